@@ -1,0 +1,52 @@
+# txpipe — make run | make test | make services | make services-down | make lint | make bench
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+GO        ?= go
+BIN       := bin/txpipe
+SERVICES  := scripts/services.sh
+TEST_FLAGS ?= -race -count=1 -timeout 15m
+
+.PHONY: help
+help:
+	@echo "make run            start Kafka + PostgreSQL if needed, migrate, create topics, run txpipe all"
+	@echo "make test           start the services if needed and run every test"
+	@echo "make services       start Kafka + PostgreSQL; eval \"\$$(make -s services)\" exports their settings"
+	@echo "make services-down  stop them"
+	@echo "make lint           gofmt and go vet"
+	@echo "make bench          domain micro-benchmarks"
+
+.PHONY: build
+build:
+	$(GO) build -o $(BIN) ./cmd/txpipe
+
+.PHONY: services
+services:
+	@$(SERVICES) up
+
+.PHONY: services-down
+services-down:
+	@$(SERVICES) down
+
+.PHONY: run
+run: build
+	@eval "$$($(SERVICES) up)"; \
+	$(BIN) migrate; \
+	$(BIN) topics; \
+	echo "txpipe: API on http://localhost:$${TXPIPE_HTTP_ADDR##*:}, metrics on http://localhost:$${TXPIPE_ADMIN_ADDR:-:9090}/metrics" | sed 's#localhost:.*:\([0-9]*\)#localhost:\1#' >&2; \
+	exec $(BIN) all
+
+.PHONY: test
+test:
+	@eval "$$($(SERVICES) up)"; \
+	$(GO) test $(TEST_FLAGS) ./...
+
+.PHONY: lint
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: bench
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./domain/...

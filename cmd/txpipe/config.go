@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/txpipe/txpipe/internal/envflag"
+)
+
+// config is every setting of every subcommand; each subcommand defines the
+// flags it uses.
+type config struct {
+	kafkaBrokers string
+	databaseURL  string
+	httpAddr     string
+	adminAddr    string
+	logLevel     string
+
+	commandsTopic, eventsTopic, postingsTopic, dlqTopic string
+
+	partitions        int
+	replicationFactor int
+
+	maxBodyBytes   int64
+	produceLinger  time.Duration
+	produceTimeout time.Duration
+
+	groupID        string
+	batchSize      int
+	batchLinger    time.Duration
+	sessionTimeout time.Duration
+
+	relayBatchSize    int
+	relayPollInterval time.Duration
+
+	shutdownTimeout time.Duration
+}
+
+// flagSet groups the flags by what uses them.
+type flagSet struct {
+	*flag.FlagSet
+	cfg *config
+}
+
+func newFlagSet(name string, e *env) flagSet {
+	fs := flag.NewFlagSet("txpipe "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	return flagSet{FlagSet: fs, cfg: &config{}}
+}
+
+func (f flagSet) logging() {
+	f.StringVar(&f.cfg.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func (f flagSet) database() {
+	f.StringVar(&f.cfg.databaseURL, "database-url", "", "PostgreSQL URL, e.g. postgres://user:pass@host:5432/db (pgxpool settings such as pool_max_conns allowed)")
+}
+
+func (f flagSet) kafka() {
+	f.StringVar(&f.cfg.kafkaBrokers, "kafka-brokers", "127.0.0.1:9092", "comma-separated Kafka bootstrap brokers")
+}
+
+func (f flagSet) topics() {
+	f.StringVar(&f.cfg.commandsTopic, "commands-topic", "ledger.commands.v1", "topic of incoming commands")
+	f.StringVar(&f.cfg.eventsTopic, "events-topic", "ledger.events.v1", "topic of outcome events")
+	f.StringVar(&f.cfg.postingsTopic, "postings-topic", "ledger.postings.v1", "topic of postings")
+	f.StringVar(&f.cfg.dlqTopic, "dlq-topic", "ledger.commands.dlq.v1", "topic of records that could not be applied")
+}
+
+func (f flagSet) admin() {
+	f.StringVar(&f.cfg.adminAddr, "admin-addr", ":9090", "address of /metrics, /healthz and /readyz")
+	f.DurationVar(&f.cfg.shutdownTimeout, "shutdown-timeout", 20*time.Second, "how long a stopping process may take to drain")
+}
+
+func (f flagSet) ingest() {
+	f.StringVar(&f.cfg.httpAddr, "http-addr", ":8080", "address of the HTTP API")
+	f.Int64Var(&f.cfg.maxBodyBytes, "max-body-bytes", 8<<20, "largest batch request body in bytes")
+	f.DurationVar(&f.cfg.produceLinger, "produce-linger", 2*time.Millisecond, "how long the producer waits to fill a batch per partition")
+	f.DurationVar(&f.cfg.produceTimeout, "produce-timeout", 10*time.Second, "how long a request waits for Kafka's acknowledgement before answering 503")
+}
+
+func (f flagSet) worker() {
+	f.StringVar(&f.cfg.groupID, "group-id", "txpipe-workers", "consumer group of the workers")
+	f.IntVar(&f.cfg.batchSize, "batch-size", 500, "most commands applied in one transaction (1: one by one)")
+	f.DurationVar(&f.cfg.batchLinger, "batch-linger", 5*time.Millisecond, "how long a batch waits for more records after its first")
+	f.DurationVar(&f.cfg.sessionTimeout, "session-timeout", 10*time.Second, "how long the group waits for a silent worker")
+}
+
+func (f flagSet) relay() {
+	f.IntVar(&f.cfg.relayBatchSize, "relay-batch-size", 500, "most outbox rows published per transaction")
+	f.DurationVar(&f.cfg.relayPollInterval, "relay-poll-interval", time.Second, "how often the relay polls when no notification arrives")
+}
+
+func (f flagSet) partitions() {
+	f.IntVar(&f.cfg.partitions, "partitions", 12, "partitions of each topic created")
+	f.IntVar(&f.cfg.replicationFactor, "replication-factor", 1, "replicas of each topic created")
+}
+
+// parse reads args and the environment, then validates what was defined.
+func (f flagSet) parse(args []string, e *env) (*config, error) {
+	if err := envflag.Parse(f.FlagSet, args, e.lookup); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usageError{err.Error()}
+	}
+	if f.NArg() > 0 {
+		return nil, usageError{fmt.Sprintf("unexpected arguments: %s", strings.Join(f.Args(), " "))}
+	}
+	var problems []string
+	need := func(name string, ok bool, what string) {
+		if f.Lookup(name) != nil && !ok {
+			problems = append(problems, fmt.Sprintf("--%s (%s): %s", name, envflag.Name(name), what))
+		}
+	}
+	c := f.cfg
+	need("database-url", c.databaseURL != "", "is required")
+	need("kafka-brokers", len(c.brokers()) > 0, "is required")
+	need("log-level", parseLevel(c.logLevel) != nil, "must be debug, info, warn or error")
+	need("batch-size", c.batchSize >= 1, "must be at least 1")
+	need("batch-linger", c.batchLinger >= 0, "must not be negative")
+	need("relay-batch-size", c.relayBatchSize >= 1, "must be at least 1")
+	need("partitions", c.partitions >= 1, "must be at least 1")
+	need("replication-factor", c.replicationFactor >= 1, "must be at least 1")
+	need("max-body-bytes", c.maxBodyBytes >= 1024, "must be at least 1024")
+	if len(problems) > 0 {
+		return nil, usageError{"invalid settings:\n  " + strings.Join(problems, "\n  ")}
+	}
+	return c, nil
+}
+
+func (c *config) brokers() []string {
+	var bs []string
+	for _, b := range strings.Split(c.kafkaBrokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			bs = append(bs, b)
+		}
+	}
+	return bs
+}
+
+func parseLevel(s string) *slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return nil
+	}
+	return &l
+}
+
+func (c *config) logger(e *env) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: *parseLevel(c.logLevel)}))
+}
+
+// openPool connects to PostgreSQL. Unless the URL sets pool_max_conns, the
+// pool holds 40 connections: one per partition a worker may own, plus the
+// relay, its listener and the API's reads.
+func (c *config) openPool(ctx context.Context) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(c.databaseURL)
+	if err != nil {
+		// pgx's parse errors can quote the URL, password included.
+		return nil, errors.New("--database-url (TXPIPE_DATABASE_URL) is not a valid PostgreSQL URL")
+	}
+	if !strings.Contains(c.databaseURL, "pool_max_conns") {
+		pc.MaxConns = 40
+	}
+	pc.ConnConfig.RuntimeParams["application_name"] = "txpipe"
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("open database pool: %w", err)
+	}
+	return pool, nil
+}

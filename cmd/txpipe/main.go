@@ -1,0 +1,82 @@
+// Command txpipe is the transaction pipeline's one binary: it migrates the
+// database, creates the topics, and runs the ingest API, the workers and the
+// outbox relay, alone or together. Run "txpipe help" for the subcommands.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], &env{stderr: os.Stderr, lookup: os.LookupEnv})
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	var uerr usageError
+	if errors.As(err, &uerr) {
+		fmt.Fprintln(os.Stderr, "txpipe:", err)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "txpipe:", err)
+		os.Exit(1)
+	}
+}
+
+// env is what a run sees of its surroundings; tests supply their own.
+type env struct {
+	stderr io.Writer
+	lookup func(string) (string, bool)
+	// onListen, when set, learns the address each server listens on (tests
+	// listen on port 0).
+	onListen func(server, addr string)
+}
+
+// usageError is a mistake on the command line; main exits 2 for it.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+const usage = `usage: txpipe <subcommand> [flags]
+
+subcommands:
+  migrate   apply pending database migrations, then exit
+  topics    create the Kafka topics if missing, then exit
+  ingest    serve the HTTP API
+  worker    run the command consumers
+  relay     run the outbox relay
+  all       ingest + worker + relay in one process
+
+Every flag has an environment fallback: --kafka-brokers ⇄ TXPIPE_KAFKA_BROKERS.
+Run "txpipe <subcommand> -h" for its flags.`
+
+func run(ctx context.Context, args []string, e *env) error {
+	if len(args) == 0 {
+		fmt.Fprintln(e.stderr, usage)
+		return usageError{"no subcommand given"}
+	}
+	sub, rest := args[0], args[1:]
+	switch sub {
+	case "migrate":
+		return runMigrate(ctx, rest, e)
+	case "topics":
+		return runTopics(ctx, rest, e)
+	case "ingest", "worker", "relay", "all":
+		return runServe(ctx, sub, rest, e)
+	case "help", "-h", "--help":
+		fmt.Fprintln(e.stderr, usage)
+		return nil
+	default:
+		fmt.Fprintln(e.stderr, usage)
+		return usageError{fmt.Sprintf("unknown subcommand %q", sub)}
+	}
+}

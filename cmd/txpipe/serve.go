@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/txpipe/txpipe/consumers"
+	"github.com/txpipe/txpipe/internal/httpserver"
+	"github.com/txpipe/txpipe/internal/kafkaadmin"
+	"github.com/txpipe/txpipe/internal/kafkawriter"
+	"github.com/txpipe/txpipe/migrations"
+	"github.com/txpipe/txpipe/outbox"
+	"github.com/txpipe/txpipe/producers"
+)
+
+func runMigrate(ctx context.Context, args []string, e *env) error {
+	fs := newFlagSet("migrate", e)
+	fs.database()
+	fs.logging()
+	cfg, err := fs.parse(args, e)
+	if err != nil {
+		return err
+	}
+	log := cfg.logger(e)
+	pool, err := cfg.openPool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	n, err := migrations.Up(ctx, pool, log)
+	if err != nil {
+		return err
+	}
+	log.Info("database is up to date", "applied", n)
+	return nil
+}
+
+func runTopics(ctx context.Context, args []string, e *env) error {
+	fs := newFlagSet("topics", e)
+	fs.kafka()
+	fs.topics()
+	fs.partitions()
+	fs.logging()
+	cfg, err := fs.parse(args, e)
+	if err != nil {
+		return err
+	}
+	log := cfg.logger(e)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(cfg.brokers()...), Timeout: 10 * time.Second}
+	configs := map[string]string{}
+	if cfg.replicationFactor >= 3 {
+		configs["min.insync.replicas"] = "2"
+	}
+	var topics []kafkaadmin.Topic
+	for _, name := range []string{cfg.commandsTopic, cfg.eventsTopic, cfg.postingsTopic, cfg.dlqTopic} {
+		topics = append(topics, kafkaadmin.Topic{Name: name, Partitions: cfg.partitions, ReplicationFactor: cfg.replicationFactor, Configs: configs})
+	}
+	if err := kafkaadmin.EnsureTopics(ctx, client, topics); err != nil {
+		return err
+	}
+	log.Info("topics ready", "topics", len(topics), "partitions", cfg.partitions, "replication_factor", cfg.replicationFactor)
+	return nil
+}
+
+// runServe runs the long-lived roles: ingest, worker, relay, or all three.
+// They share one registry, one admin server and one database pool; when any
+// of them fails, the others are stopped and the error is returned.
+func runServe(ctx context.Context, role string, args []string, e *env) error {
+	has := func(r string) bool { return role == r || role == "all" }
+	fs := newFlagSet(role, e)
+	fs.database()
+	fs.kafka()
+	fs.topics()
+	fs.admin()
+	fs.logging()
+	if has("ingest") {
+		fs.ingest()
+	}
+	if has("worker") {
+		fs.worker()
+	}
+	if has("relay") {
+		fs.relay()
+	}
+	cfg, err := fs.parse(args, e)
+	if err != nil {
+		return err
+	}
+	log := cfg.logger(e).With("role", role)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	pool, err := cfg.openPool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	brokers := cfg.brokers()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
+	checks := []httpserver.Check{
+		{Name: "postgres", Fn: func(ctx context.Context) error { return pool.Ping(ctx) }},
+		{Name: "kafka", Fn: func(ctx context.Context) error { return kafkaadmin.Ping(ctx, client) }},
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	var closers []func() error
+	defer func() {
+		for _, c := range closers {
+			if err := c(); err != nil {
+				log.Warn("close", "err", err)
+			}
+		}
+	}()
+
+	if has("ingest") {
+		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, Linger: cfg.produceLinger})
+		closers = append(closers, w.Close)
+		api, err := producers.NewAPI(producers.APIOptions{
+			Producer:       producers.NewProducer(w, cfg.commandsTopic),
+			Pool:           pool,
+			MaxBodyBytes:   cfg.maxBodyBytes,
+			ProduceTimeout: cfg.produceTimeout,
+			Registerer:     reg,
+			Log:            log,
+		})
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{
+			Handler:           api.Handler(),
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			MaxHeaderBytes:    64 << 10,
+		}
+		ln, err := listen(cfg.httpAddr, "api", e)
+		if err != nil {
+			return err
+		}
+		log.Info("api listening", "addr", ln.Addr().String())
+		g.Go(func() error { return httpserver.Run(ctx, srv, ln, cfg.shutdownTimeout) })
+	}
+	if has("worker") {
+		wk, err := consumers.New(consumers.Options{
+			Pool:           pool,
+			Brokers:        brokers,
+			GroupID:        cfg.groupID,
+			CommandsTopic:  cfg.commandsTopic,
+			EventsTopic:    cfg.eventsTopic,
+			PostingsTopic:  cfg.postingsTopic,
+			DLQTopic:       cfg.dlqTopic,
+			BatchSize:      cfg.batchSize,
+			BatchLinger:    cfg.batchLinger,
+			SessionTimeout: cfg.sessionTimeout,
+			Registerer:     reg,
+			Log:            log,
+		})
+		if err != nil {
+			return err
+		}
+		checks = append(checks, httpserver.Check{Name: "worker", Fn: wk.Ready})
+		g.Go(func() error { return wk.Run(ctx) })
+	}
+	if has("relay") {
+		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, BatchSize: cfg.relayBatchSize})
+		closers = append(closers, w.Close)
+		rl, err := outbox.NewRelay(outbox.RelayOptions{
+			Pool:         pool,
+			Publisher:    w,
+			BatchSize:    cfg.relayBatchSize,
+			PollInterval: cfg.relayPollInterval,
+			Registerer:   reg,
+			Log:          log,
+		})
+		if err != nil {
+			return err
+		}
+		checks = append(checks, httpserver.Check{Name: "relay", Fn: rl.Ready})
+		g.Go(func() error { return rl.Run(ctx) })
+	}
+
+	adminLn, err := listen(cfg.adminAddr, "admin", e)
+	if err != nil {
+		return err
+	}
+	log.Info("admin listening", "addr", adminLn.Addr().String(), "paths", "/metrics /healthz /readyz")
+	admin := &http.Server{Handler: httpserver.AdminHandler(reg, checks), ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error { return httpserver.Run(ctx, admin, adminLn, cfg.shutdownTimeout) })
+
+	err = g.Wait()
+	log.Info("stopped", "err", err)
+	return err
+}
+
+func listen(addr, name string, e *env) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for %s on %s: %w", name, addr, err)
+	}
+	if e.onListen != nil {
+		e.onListen(name, ln.Addr().String())
+	}
+	return ln, nil
+}

@@ -1,0 +1,341 @@
+package consumers
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/uuidv7"
+	"github.com/txpipe/txpipe/outbox"
+)
+
+// errFenced means the partition's stored offset is not where this worker
+// believes the partition stands: another worker (or an earlier attempt of
+// this one) has moved it. The batch is abandoned, nothing committed.
+var errFenced = errors.New("stored offset moved: this worker's position is stale")
+
+// deadLetter forces every record of a batch to the DLQ with this reason.
+type deadLetter struct{ reason, detail string }
+
+// prior is the decision stored for a command_id.
+type prior struct {
+	fingerprint []byte
+	status      domain.Status
+	reason      domain.Reason
+}
+
+// batchWrites accumulates a batch's effects, written in one round trip.
+type batchWrites struct {
+	touched   map[string]bool // accounts whose row changed or was created
+	entries   []entryRow
+	processed []processedRow
+	out       []outbox.Message
+	counts    map[outcomeKey]int
+}
+
+type entryRow struct {
+	cmd     domain.Command
+	posting domain.Posting
+}
+
+type processedRow struct {
+	cmd         domain.Command
+	fingerprint []byte
+	res         domain.Result
+	acceptedAt  time.Time
+	offset      int64
+}
+
+type outcomeKey struct{ outcome, reason string }
+
+// applyBatch applies msgs, starting at offset pos of partition, in one
+// transaction, and returns the offset after the last record. With dl set,
+// every record goes to the DLQ instead (isolating a record that cannot be
+// applied).
+func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs []kafka.Message, dl *deadLetter) (int64, error) {
+	start := time.Now()
+	now := start.UTC()
+	next := msgs[len(msgs)-1].Offset + 1
+	cmds := make([]*domain.Command, len(msgs))
+	var invalid map[int]string
+	if dl == nil {
+		for i, m := range msgs {
+			cmd, err := domain.DecodeCommand(m.Value)
+			if err != nil {
+				if invalid == nil {
+					invalid = make(map[int]string)
+				}
+				invalid[i] = err.Error()
+				continue
+			}
+			cmds[i] = &cmd
+		}
+	}
+	wr := batchWrites{touched: make(map[string]bool), counts: make(map[outcomeKey]int)}
+	err := pgx.BeginFunc(ctx, w.opts.Pool, func(tx pgx.Tx) error {
+		priors, book, err := w.load(ctx, tx, partition, pos, cmds)
+		if err != nil {
+			return err
+		}
+		for i, m := range msgs {
+			switch {
+			case dl != nil:
+				wr.deadLetter(w, m, dl.reason, dl.detail, now)
+			case cmds[i] == nil:
+				wr.deadLetter(w, m, "invalid_command", invalid[i], now)
+			default:
+				wr.command(w, *cmds[i], m, priors, book, now)
+			}
+		}
+		return w.write(ctx, tx, partition, next, book, &wr, now)
+	})
+	if err != nil {
+		return pos, err
+	}
+	elapsed := time.Since(start).Seconds()
+	w.metrics.batchSize.Observe(float64(len(msgs)))
+	w.metrics.batchDuration.Observe(elapsed)
+	for k, n := range wr.counts {
+		w.metrics.records.WithLabelValues(k.outcome, k.reason).Add(float64(n))
+	}
+	w.metrics.lastProcessed.SetToCurrentTime()
+	return next, nil
+}
+
+// load checks the fence and reads, in one round trip, the stored decisions
+// for the batch's command ids and the accounts it touches, locking those
+// accounts in account id order so that concurrent batches cannot deadlock.
+func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, cmds []*domain.Command) (map[string]prior, domain.Book, error) {
+	var ids, accounts, currencies []string
+	for _, c := range cmds {
+		if c == nil {
+			continue
+		}
+		ids = append(ids, c.CommandID)
+		for _, a := range domain.AccountIDs(*c) {
+			accounts = append(accounts, a)
+		}
+		if c.Type == domain.TypeDeposit || c.Type == domain.TypeWithdraw {
+			if _, ok := w.externals.Load(c.Currency); !ok {
+				currencies = append(currencies, c.Currency)
+			}
+		}
+	}
+	slices.Sort(accounts)
+	accounts = slices.Compact(accounts)
+	slices.Sort(currencies)
+	currencies = slices.Compact(currencies)
+
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
+		ON CONFLICT DO NOTHING`, w.opts.GroupID, w.opts.CommandsTopic, partition, pos)
+	var stored int64
+	b.Queue(`SELECT next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3 FOR UPDATE`,
+		w.opts.GroupID, w.opts.CommandsTopic, partition).QueryRow(func(r pgx.Row) error { return r.Scan(&stored) })
+	priors := make(map[string]prior)
+	if len(ids) > 0 {
+		b.Queue(`SELECT command_id::text, fingerprint, status, coalesce(reason, '') FROM processed_commands
+			WHERE command_id = ANY($1::uuid[])`, ids).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id, status, reason string
+				var fp []byte
+				if err := rows.Scan(&id, &fp, &status, &reason); err != nil {
+					return err
+				}
+				priors[id] = prior{fingerprint: fp, status: domain.Status(status), reason: domain.Reason(reason)}
+			}
+			return rows.Err()
+		})
+	}
+	if len(currencies) > 0 {
+		b.Queue(`INSERT INTO accounts (account_id, currency, status, external)
+			SELECT $1 || c, c, 'active', true FROM unnest($2::text[]) AS c
+			ON CONFLICT (account_id) DO NOTHING`, domain.ExternalPrefix, currencies)
+	}
+	book := make(domain.Book)
+	if len(accounts) > 0 {
+		b.Queue(`SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
+				coalesce(daily_debit_day::text, ''), daily_debited, version, metadata
+			FROM accounts WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE`, accounts).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				a := &domain.Account{}
+				var status string
+				if err := rows.Scan(&a.ID, &a.Currency, &status, &a.External, &a.Balance, &a.Held, &a.OverdraftLimit,
+					&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version, &a.Metadata); err != nil {
+					return err
+				}
+				a.Status = domain.AccountStatus(status)
+				book[a.ID] = a
+			}
+			return rows.Err()
+		})
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, nil, fmt.Errorf("load batch state: %w", err)
+	}
+	if stored != pos {
+		return nil, nil, fmt.Errorf("%w (stored %d, expected %d)", errFenced, stored, pos)
+	}
+	for _, c := range currencies {
+		w.externals.Store(c, true)
+	}
+	return priors, book, nil
+}
+
+// command decides one command: a replay of a known command_id has no
+// effect, other content under a known id is an idempotency conflict, and a
+// new command runs the ledger rules.
+func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, priors map[string]prior, book domain.Book, now time.Time) {
+	fp := cmd.Fingerprint()
+	if p, seen := priors[cmd.CommandID]; seen {
+		if bytes.Equal(p.fingerprint, fp) {
+			wr.counts[outcomeKey{"duplicate", ""}]++
+			return
+		}
+		res := domain.Result{Status: domain.StatusRejected, Reason: domain.ReasonIdempotencyConflict}
+		wr.outcome(w, cmd, res, m.Time, now)
+		return
+	}
+	res := book.Apply(cmd, now)
+	priors[cmd.CommandID] = prior{fingerprint: fp, status: res.Status, reason: res.Reason}
+	wr.processed = append(wr.processed, processedRow{cmd: cmd, fingerprint: fp, res: res, acceptedAt: m.Time, offset: m.Offset})
+	if res.Opened != nil {
+		wr.touched[res.Opened.ID] = true
+	}
+	for _, p := range res.Postings {
+		wr.touched[p.AccountID] = true
+		wr.entries = append(wr.entries, entryRow{cmd: cmd, posting: p})
+	}
+	wr.outcome(w, cmd, res, m.Time, now)
+	for _, p := range res.Postings {
+		ev := domain.NewPostingEvent(uuidv7.New(), cmd, p, now)
+		wr.out = append(wr.out, eventMessage(w.opts.PostingsTopic, p.AccountID, ev, time.Time{}))
+	}
+}
+
+func (wr *batchWrites) outcome(w *Worker, cmd domain.Command, res domain.Result, acceptedAt, now time.Time) {
+	ev := domain.NewOutcomeEvent(uuidv7.New(), cmd, res, acceptedAt, now)
+	wr.out = append(wr.out, eventMessage(w.opts.EventsTopic, cmd.DebitAccount(), ev, acceptedAt))
+	wr.counts[outcomeKey{string(res.Status), string(res.Reason)}]++
+}
+
+func eventMessage(topic, key string, ev domain.Event, acceptedAt time.Time) outbox.Message {
+	return outbox.Message{
+		Topic:      topic,
+		Key:        []byte(key),
+		Value:      ev.Encode(),
+		Headers:    map[string]string{"event_id": ev.EventID, "event_type": ev.Type, "command_id": ev.CommandID},
+		AcceptedAt: acceptedAt,
+	}
+}
+
+// deadLetter queues the original record for the DLQ topic, with headers that
+// say why and where it came from.
+func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, reason, detail string, now time.Time) {
+	wr.out = append(wr.out, outbox.Message{
+		Topic: w.opts.DLQTopic,
+		Key:   m.Key,
+		Value: m.Value,
+		Headers: map[string]string{
+			"dlq_reason":       reason,
+			"dlq_detail":       detail,
+			"dlq_at":           now.Format(time.RFC3339Nano),
+			"source_topic":     m.Topic,
+			"source_partition": strconv.Itoa(m.Partition),
+			"source_offset":    strconv.FormatInt(m.Offset, 10),
+		},
+	})
+	wr.counts[outcomeKey{"dlq", reason}]++
+}
+
+// write stores the batch's effects and advances the stored offset, in one
+// round trip.
+func (w *Worker) write(ctx context.Context, tx pgx.Tx, partition int, next int64, book domain.Book, wr *batchWrites, now time.Time) error {
+	b := &pgx.Batch{}
+	if len(wr.touched) > 0 {
+		queueAccounts(b, book, wr.touched, now)
+	}
+	if len(wr.entries) > 0 {
+		queueEntries(b, wr.entries, now)
+	}
+	if len(wr.processed) > 0 {
+		queueProcessed(b, wr.processed, partition, now)
+	}
+	outbox.Queue(b, wr.out)
+	b.Queue(`UPDATE consumer_offsets SET next_offset = $4, updated_at = now()
+		WHERE group_id = $1 AND topic = $2 AND partition = $3`, w.opts.GroupID, w.opts.CommandsTopic, partition, next)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write batch effects: %w", err)
+	}
+	return nil
+}
+
+func queueAccounts(b *pgx.Batch, book domain.Book, touched map[string]bool, now time.Time) {
+	n := len(touched)
+	var (
+		ids, currencies, statuses, days, metadata = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+		external                                  = make([]bool, 0, n)
+		balance, held, overdraft, daily, debited  = make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n)
+		versions                                  = make([]int64, 0, n)
+	)
+	for id := range touched {
+		a := book[id]
+		ids, currencies, statuses = append(ids, a.ID), append(currencies, a.Currency), append(statuses, string(a.Status))
+		days, metadata, external = append(days, a.DailyDebitDay), append(metadata, string(a.Metadata)), append(external, a.External)
+		balance, held, overdraft = append(balance, a.Balance), append(held, a.Held), append(overdraft, a.OverdraftLimit)
+		daily, debited, versions = append(daily, a.DailyDebitLimit), append(debited, a.DailyDebited), append(versions, a.Version)
+	}
+	b.Queue(`INSERT INTO accounts (account_id, currency, status, external, balance, held, overdraft_limit,
+			daily_debit_limit, daily_debit_day, daily_debited, version, metadata, created_at, updated_at)
+		SELECT id, cur, st, ext, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(md, '')::jsonb, $13, $13
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::int8[], $6::int8[], $7::int8[], $8::int8[],
+			$9::text[], $10::int8[], $11::int8[], $12::text[]) AS u (id, cur, st, ext, bal, hld, od, dl, dd, deb, ver, md)
+		ON CONFLICT (account_id) DO UPDATE SET
+			status = excluded.status, balance = excluded.balance, held = excluded.held,
+			overdraft_limit = excluded.overdraft_limit, daily_debit_limit = excluded.daily_debit_limit,
+			daily_debit_day = excluded.daily_debit_day, daily_debited = excluded.daily_debited,
+			version = excluded.version, updated_at = excluded.updated_at`,
+		ids, currencies, statuses, external, balance, held, overdraft, daily, days, debited, versions, metadata, now)
+}
+
+func queueEntries(b *pgx.Batch, rows []entryRow, now time.Time) {
+	n := len(rows)
+	accounts, commandIDs, types, currencies := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	versions, amounts, after := make([]int64, n), make([]int64, n), make([]int64, n)
+	for i, r := range rows {
+		accounts[i], commandIDs[i], types[i], currencies[i] = r.posting.AccountID, r.cmd.CommandID, string(r.cmd.Type), r.posting.Currency
+		versions[i], amounts[i], after[i] = r.posting.AccountVersion, r.posting.Amount, r.posting.BalanceAfter
+	}
+	b.Queue(`INSERT INTO entries (account_id, account_version, command_id, command_type, currency, amount, balance_after, created_at)
+		SELECT a, v, c::uuid, t, cur, amt, bal, $8
+		FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[]) AS u (a, v, c, t, cur, amt, bal)`,
+		accounts, versions, commandIDs, types, currencies, amounts, after, now)
+}
+
+func queueProcessed(b *pgx.Batch, rows []processedRow, partition int, now time.Time) {
+	n := len(rows)
+	ids, types, statuses, reasons, debit, accepted := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	fps := make([][]byte, n)
+	offsets := make([]int64, n)
+	for i, r := range rows {
+		ids[i], types[i], statuses[i], reasons[i] = r.cmd.CommandID, string(r.cmd.Type), string(r.res.Status), string(r.res.Reason)
+		debit[i], fps[i], offsets[i] = r.cmd.DebitAccount(), r.fingerprint, r.offset
+		if !r.acceptedAt.IsZero() {
+			accepted[i] = r.acceptedAt.UTC().Format(time.RFC3339Nano)
+		}
+	}
+	b.Queue(`INSERT INTO processed_commands (command_id, type, fingerprint, status, reason, debit_account_id,
+			accepted_at, processed_at, source_partition, source_offset)
+		SELECT id::uuid, t, fp, st, nullif(r, ''), d, nullif(acc, '')::timestamptz, $8, $9, o
+		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $10::int8[])
+			AS u (id, t, fp, st, r, d, acc, o)`,
+		ids, types, fps, statuses, reasons, debit, accepted, now, partition, offsets)
+}

@@ -1,0 +1,49 @@
+package consumers
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	records       *prometheus.CounterVec
+	batchSize     prometheus.Histogram
+	batchDuration prometheus.Histogram
+	retries       *prometheus.CounterVec
+	lag           *prometheus.GaugeVec
+	lastProcessed prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "txpipe_consumer_commands_total",
+			Help: "Command records processed, by outcome (applied, rejected, duplicate, dlq) and rejection or DLQ reason.",
+		}, []string{"outcome", "reason"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "txpipe_consumer_batch_size_records",
+			Help:    "Records applied per transaction.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+		}),
+		batchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "txpipe_consumer_batch_duration_seconds",
+			Help:    "Time to decode, apply and commit one batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "txpipe_consumer_retries_total",
+			Help: "Batch retries by cause: transient (PostgreSQL), fenced (stale position), split (isolating a bad record).",
+		}, []string{"cause"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "txpipe_consumer_lag_records",
+			Help: "Records behind the partition's high watermark after the last applied batch.",
+		}, []string{"partition"}),
+		lastProcessed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "txpipe_consumer_last_processed_timestamp_seconds",
+			Help: "Unix time of the last committed batch.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.lastProcessed} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

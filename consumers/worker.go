@@ -1,0 +1,180 @@
+// Package consumers runs the workers that apply commands from the commands
+// topic to the ledger, exactly once.
+//
+// A worker joins the consumer group and runs one loop per assigned partition.
+// Each loop takes the records its partition has ready (up to BatchSize,
+// waiting at most BatchLinger after the first) and applies them in one
+// PostgreSQL transaction that also advances the partition's offset stored in
+// PostgreSQL. That stored offset is where a partition resumes, and it fences
+// the transaction: a worker whose position is stale (a zombie after a
+// rebalance, or a redelivery) finds the stored offset moved and commits
+// nothing. Kafka's own committed offset is advanced afterwards, for lag
+// tooling only.
+package consumers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+)
+
+// Options configure a Worker.
+type Options struct {
+	Pool    *pgxpool.Pool
+	Brokers []string
+	Dialer  *kafka.Dialer // nil: kafka-go's default dialer
+	GroupID string
+	// Topics: the commands topic consumed, and the topics outcomes are
+	// written to (through the outbox).
+	CommandsTopic, EventsTopic, PostingsTopic, DLQTopic string
+	// BatchSize is the most records applied in one transaction; 1 applies
+	// record by record. Default 500.
+	BatchSize int
+	// BatchLinger is how long a batch waits for more records after its first
+	// one; 0 takes only what the first fetch returns. Default 5 ms.
+	BatchLinger time.Duration
+	// SessionTimeout is how long the group waits for a silent worker before
+	// giving its partitions to others. Default 10 s.
+	SessionTimeout time.Duration
+	Registerer     prometheus.Registerer
+	Log            *slog.Logger
+}
+
+// Worker applies commands from the commands topic. Create it with New and
+// start it with Run.
+type Worker struct {
+	opts      Options
+	metrics   *metrics
+	externals sync.Map // currency → true once its external account exists
+
+	commitMu sync.Mutex // serializes Generation.CommitOffsets across partitions
+
+	readyMu  sync.Mutex
+	stuck    map[int]error // partitions whose last batch failed, and why
+	assigned bool
+}
+
+// New checks o and registers the worker's metrics.
+func New(o Options) (*Worker, error) {
+	if o.Pool == nil || o.Log == nil || o.Registerer == nil || len(o.Brokers) == 0 {
+		return nil, errors.New("worker: Pool, Brokers, Registerer and Log are required")
+	}
+	if o.GroupID == "" || o.CommandsTopic == "" || o.EventsTopic == "" || o.PostingsTopic == "" || o.DLQTopic == "" {
+		return nil, errors.New("worker: GroupID and all four topics are required")
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 500
+	}
+	if o.BatchLinger < 0 {
+		o.BatchLinger = 0
+	}
+	if o.SessionTimeout <= 0 {
+		o.SessionTimeout = 10 * time.Second
+	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Worker{opts: o, metrics: m, stuck: make(map[int]error)}, nil
+}
+
+// Run consumes until ctx is done. At each rebalance every partition loop
+// finishes its in-flight transaction and stops before the next generation
+// starts. Run returns nil when ctx ends, or the error that stopped the group.
+func (w *Worker) Run(ctx context.Context) error {
+	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                    w.opts.GroupID,
+		Brokers:               w.opts.Brokers,
+		Dialer:                w.opts.Dialer,
+		Topics:                []string{w.opts.CommandsTopic},
+		HeartbeatInterval:     w.opts.SessionTimeout / 10,
+		SessionTimeout:        w.opts.SessionTimeout,
+		RebalanceTimeout:      30 * time.Second,
+		JoinGroupBackoff:      time.Second,
+		WatchPartitionChanges: true,
+		StartOffset:           kafka.FirstOffset,
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			w.opts.Log.Warn("kafka consumer group", "detail", fmt.Sprintf(msg, args...))
+		}),
+	})
+	if err != nil {
+		return fmt.Errorf("join consumer group %s: %w", w.opts.GroupID, err)
+	}
+	stop := make(chan struct{})
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		select {
+		case <-ctx.Done():
+		case <-stop:
+		}
+		cg.Close() // ends the current generation and unblocks Next
+	}()
+	defer func() { close(stop); <-closed }()
+	for {
+		gen, err := cg.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
+				return nil
+			}
+			w.opts.Log.Warn("consumer group generation failed, rejoining", "err", err)
+			continue
+		}
+		assignments := gen.Assignments[w.opts.CommandsTopic]
+		w.opts.Log.Info("partitions assigned", "generation", gen.ID, "member", gen.MemberID, "partitions", len(assignments))
+		w.setAssigned(gen)
+		for _, pa := range assignments {
+			gen.Start(func(gctx context.Context) { w.runPartition(gctx, gen, pa) })
+		}
+	}
+}
+
+// Ready is the worker's readiness check: it has joined the group and no
+// partition is stuck retrying a failing batch.
+func (w *Worker) Ready(context.Context) error {
+	w.readyMu.Lock()
+	defer w.readyMu.Unlock()
+	if !w.assigned {
+		return errors.New("not yet a member of the consumer group")
+	}
+	for p, err := range w.stuck {
+		return fmt.Errorf("partition %d is retrying: %w", p, err)
+	}
+	return nil
+}
+
+func (w *Worker) setAssigned(*kafka.Generation) {
+	w.readyMu.Lock()
+	w.assigned = true
+	clear(w.stuck)
+	w.readyMu.Unlock()
+}
+
+func (w *Worker) setStuck(partition int, err error) {
+	w.readyMu.Lock()
+	if err == nil {
+		delete(w.stuck, partition)
+	} else {
+		w.stuck[partition] = err
+	}
+	w.readyMu.Unlock()
+}
+
+// commitKafkaOffset records next in Kafka's group offsets. PostgreSQL holds
+// the offsets that matter; this only keeps lag tools (kafka-consumer-groups,
+// kcat) truthful, so a failure is logged and ignored.
+func (w *Worker) commitKafkaOffset(gen *kafka.Generation, partition int, next int64) {
+	w.commitMu.Lock()
+	defer w.commitMu.Unlock()
+	err := gen.CommitOffsets(map[string]map[int]int64{w.opts.CommandsTopic: {partition: next}})
+	if err != nil {
+		w.opts.Log.Debug("commit kafka offset", "partition", partition, "offset", next, "err", err)
+	}
+}

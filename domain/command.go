@@ -1,0 +1,416 @@
+// Package domain holds txpipe's commands, their strict validation, the ledger
+// rules that turn a command and the current account state into an outcome, and
+// the events that describe outcomes. It imports only the standard library and
+// does no I/O: every function here is a pure computation that the ingest API,
+// the workers and the tests share.
+package domain
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Type names a command.
+type Type string
+
+// The command types of the contract (DESIGN.md).
+const (
+	TypeOpenAccount     Type = "open_account"
+	TypeDeposit         Type = "deposit"
+	TypeWithdraw        Type = "withdraw"
+	TypeTransfer        Type = "transfer"
+	TypeHold            Type = "hold"
+	TypeCapture         Type = "capture"
+	TypeRelease         Type = "release"
+	TypeReverse         Type = "reverse"
+	TypeFreezeAccount   Type = "freeze_account"
+	TypeUnfreezeAccount Type = "unfreeze_account"
+	TypeCloseAccount    Type = "close_account"
+)
+
+// Limits on command fields.
+const (
+	// MaxAmount is the largest amount a command may carry: 2^53-1, so that
+	// every amount survives a round trip through a JavaScript number.
+	MaxAmount = 9007199254740991
+	// MaxMetadataBytes bounds open_account's metadata object.
+	MaxMetadataBytes = 4096
+	// MaxCommandBytes bounds one encoded command, on the API and on Kafka.
+	MaxCommandBytes = 64 << 10
+	maxAccountIDLen = 64
+)
+
+// Command is one decoded, validated command. Its JSON encoding (Encode) is the
+// value of a record on the commands topic.
+type Command struct {
+	CommandID       string          `json:"command_id"`
+	Type            Type            `json:"type"`
+	AccountID       string          `json:"account_id,omitempty"`
+	FromAccountID   string          `json:"from_account_id,omitempty"`
+	ToAccountID     string          `json:"to_account_id,omitempty"`
+	Amount          int64           `json:"amount,omitempty"`
+	Currency        string          `json:"currency,omitempty"`
+	OverdraftLimit  int64           `json:"overdraft_limit,omitempty"`
+	DailyDebitLimit int64           `json:"daily_debit_limit,omitempty"`
+	Metadata        json.RawMessage `json:"metadata,omitempty"`
+	HoldID          string          `json:"hold_id,omitempty"`
+	TransferID      string          `json:"transfer_id,omitempty"`
+	ExpiresAt       *time.Time      `json:"expires_at,omitempty"`
+}
+
+// spec says which fields a command type takes. Fields absent from both lists
+// are refused, so a typo never silently drops an intent.
+type spec struct {
+	required []string
+	optional []string
+}
+
+var specs = map[Type]spec{
+	TypeOpenAccount:     {required: []string{"account_id", "currency"}, optional: []string{"overdraft_limit", "daily_debit_limit", "metadata"}},
+	TypeDeposit:         {required: []string{"account_id", "amount", "currency"}},
+	TypeWithdraw:        {required: []string{"account_id", "amount", "currency"}},
+	TypeTransfer:        {required: []string{"from_account_id", "to_account_id", "amount", "currency"}},
+	TypeHold:            {required: []string{"from_account_id", "to_account_id", "amount", "currency"}, optional: []string{"expires_at"}},
+	TypeCapture:         {required: []string{"account_id", "hold_id"}, optional: []string{"amount"}},
+	TypeRelease:         {required: []string{"account_id", "hold_id"}},
+	TypeReverse:         {required: []string{"account_id", "transfer_id"}, optional: []string{"amount"}},
+	TypeFreezeAccount:   {required: []string{"account_id"}},
+	TypeUnfreezeAccount: {required: []string{"account_id"}},
+	TypeCloseAccount:    {required: []string{"account_id"}},
+}
+
+// Types lists every command type in a stable order.
+func Types() []Type {
+	ts := make([]Type, 0, len(specs))
+	for t := range specs {
+		ts = append(ts, t)
+	}
+	slices.Sort(ts)
+	return ts
+}
+
+// FieldError is one problem with one part of a command, located by a JSON
+// pointer (RFC 6901) relative to the command object.
+type FieldError struct {
+	Pointer string `json:"pointer"`
+	Detail  string `json:"detail"`
+}
+
+// ValidationError lists everything wrong with a command. Its messages are
+// written for the client: they never contain Go or driver error strings.
+type ValidationError struct {
+	Errors []FieldError
+}
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Errors))
+	for i, fe := range e.Errors {
+		parts[i] = fe.Pointer + ": " + fe.Detail
+	}
+	return "invalid command: " + strings.Join(parts, "; ")
+}
+
+func (e *ValidationError) add(pointer, format string, args ...any) {
+	e.Errors = append(e.Errors, FieldError{Pointer: pointer, Detail: fmt.Sprintf(format, args...)})
+}
+
+// DecodeCommand parses and validates one command strictly: the input must be a
+// single JSON object with no duplicate, unknown or misplaced fields, no
+// trailing data, and values of the right type and range. Both the ingest API
+// and the workers use it, so a record produced straight to Kafka is held to the
+// same rules as an HTTP request. The error is a *ValidationError.
+func DecodeCommand(data []byte) (Command, error) {
+	verr := &ValidationError{}
+	if len(data) > MaxCommandBytes {
+		verr.add("", "command is larger than %d bytes", MaxCommandBytes)
+		return Command{}, verr
+	}
+	fields, order, ok := splitObject(data, verr)
+	if !ok {
+		return Command{}, verr
+	}
+	var cmd Command
+	rawType, ok := fields["type"]
+	if !ok {
+		verr.add("/type", "is required")
+		return Command{}, verr
+	}
+	var typ string
+	if json.Unmarshal(rawType, &typ) != nil {
+		verr.add("/type", "must be a string")
+		return Command{}, verr
+	}
+	cmd.Type = Type(typ)
+	sp, known := specs[cmd.Type]
+	if !known {
+		verr.add("/type", "unknown command type %q", truncate(typ, 40))
+		return Command{}, verr
+	}
+	allowed := map[string]bool{"command_id": true, "type": true}
+	for _, f := range sp.required {
+		allowed[f] = true
+	}
+	for _, f := range sp.optional {
+		allowed[f] = true
+	}
+	for _, name := range order {
+		if !allowed[name] {
+			verr.add(pointer(name), "is not a field of a %s command", cmd.Type)
+		}
+	}
+	for _, name := range append([]string{"command_id"}, sp.required...) {
+		if _, ok := fields[name]; !ok {
+			verr.add(pointer(name), "is required")
+		}
+	}
+	for _, name := range order {
+		if allowed[name] && name != "type" {
+			decodeField(&cmd, name, fields[name], verr)
+		}
+	}
+	if cmd.Type == TypeHold && cmd.ExpiresAt != nil && !cmd.ExpiresAt.After(time.Unix(0, 0)) {
+		verr.add("/expires_at", "must be a time after 1970")
+	}
+	if len(verr.Errors) > 0 {
+		return Command{}, verr
+	}
+	return cmd, nil
+}
+
+// splitObject reads a single JSON object into its raw members, keeping the
+// order in which names appear, and refusing duplicates and trailing data.
+func splitObject(data []byte, verr *ValidationError) (map[string]json.RawMessage, []string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil || tok != json.Delim('{') {
+		verr.add("", "must be a JSON object")
+		return nil, nil, false
+	}
+	fields := make(map[string]json.RawMessage)
+	var order []string
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			verr.add("", "is not valid JSON")
+			return nil, nil, false
+		}
+		name, _ := tok.(string)
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			verr.add(pointer(name), "is not valid JSON")
+			return nil, nil, false
+		}
+		if _, dup := fields[name]; dup {
+			verr.add(pointer(name), "appears more than once")
+			return nil, nil, false
+		}
+		fields[name] = raw
+		order = append(order, name)
+	}
+	if _, err := dec.Token(); err != nil {
+		verr.add("", "is not valid JSON")
+		return nil, nil, false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		verr.add("", "has data after the command object")
+		return nil, nil, false
+	}
+	return fields, order, true
+}
+
+func decodeField(cmd *Command, name string, raw json.RawMessage, verr *ValidationError) {
+	p := pointer(name)
+	switch name {
+	case "command_id":
+		cmd.CommandID = decodeUUID(raw, p, verr)
+	case "account_id":
+		cmd.AccountID = decodeAccountID(raw, p, verr)
+	case "from_account_id":
+		cmd.FromAccountID = decodeAccountID(raw, p, verr)
+	case "to_account_id":
+		cmd.ToAccountID = decodeAccountID(raw, p, verr)
+	case "hold_id":
+		cmd.HoldID = decodeUUID(raw, p, verr)
+	case "transfer_id":
+		cmd.TransferID = decodeUUID(raw, p, verr)
+	case "amount":
+		cmd.Amount = decodeInt(raw, p, 1, verr)
+	case "overdraft_limit":
+		cmd.OverdraftLimit = decodeInt(raw, p, 0, verr)
+	case "daily_debit_limit":
+		cmd.DailyDebitLimit = decodeInt(raw, p, 1, verr)
+	case "currency":
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			verr.add(p, "must be a string")
+		} else if !ValidCurrency(s) {
+			verr.add(p, "must be an ISO 4217 currency code such as \"EUR\"")
+		} else {
+			cmd.Currency = s
+		}
+	case "metadata":
+		var obj map[string]json.RawMessage
+		var buf bytes.Buffer
+		switch {
+		case json.Unmarshal(raw, &obj) != nil || obj == nil:
+			verr.add(p, "must be a JSON object")
+		case json.Compact(&buf, raw) != nil:
+			verr.add(p, "must be a JSON object")
+		case buf.Len() > MaxMetadataBytes:
+			verr.add(p, "must be at most %d bytes", MaxMetadataBytes)
+		default:
+			cmd.Metadata = buf.Bytes()
+		}
+	case "expires_at":
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			verr.add(p, "must be an RFC 3339 time string")
+			return
+		}
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			verr.add(p, "must be an RFC 3339 time such as \"2026-01-02T15:04:05Z\"")
+			return
+		}
+		t = t.UTC()
+		cmd.ExpiresAt = &t
+	}
+}
+
+func decodeUUID(raw json.RawMessage, p string, verr *ValidationError) string {
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		verr.add(p, "must be a string")
+		return ""
+	}
+	id, ok := CanonicalUUID(s)
+	if !ok {
+		verr.add(p, "must be a UUID such as \"0190b1c2-0000-7000-8000-000000000001\"")
+	}
+	return id
+}
+
+func decodeAccountID(raw json.RawMessage, p string, verr *ValidationError) string {
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		verr.add(p, "must be a string")
+		return ""
+	}
+	if !ValidAccountID(s) {
+		verr.add(p, "must be 1 to %d characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'", maxAccountIDLen)
+	}
+	return s
+}
+
+// decodeInt accepts only a plain JSON integer literal between lo and MaxAmount:
+// no fraction, no exponent, no string. Money never passes through a float.
+func decodeInt(raw json.RawMessage, p string, lo int64, verr *ValidationError) int64 {
+	s := string(raw)
+	if strings.HasPrefix(s, `"`) {
+		verr.add(p, "must be a JSON integer (minor units), not a string")
+		return 0
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		if strings.ContainsAny(s, ".eE") {
+			verr.add(p, "must be an integer number of minor units, without fraction or exponent")
+		} else if strings.Trim(s, "-0123456789") == "" {
+			verr.add(p, "must be between %d and %d", lo, MaxAmount)
+		} else {
+			verr.add(p, "must be a JSON integer")
+		}
+		return 0
+	}
+	if n < lo || n > MaxAmount {
+		verr.add(p, "must be between %d and %d", lo, MaxAmount)
+		return 0
+	}
+	return n
+}
+
+// ValidAccountID reports whether s is 1–64 characters of [A-Za-z0-9._:-].
+func ValidAccountID(s string) bool {
+	if len(s) == 0 || len(s) > maxAccountIDLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == ':', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// CanonicalUUID returns s in the canonical lowercase 8-4-4-4-12 form when it is
+// a UUID in that layout (any case).
+func CanonicalUUID(s string) (string, bool) {
+	if len(s) != 36 {
+		return "", false
+	}
+	b := []byte(strings.ToLower(s))
+	for i, c := range b {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return "", false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+				return "", false
+			}
+		}
+	}
+	return string(b), true
+}
+
+func pointer(name string) string {
+	name = strings.ReplaceAll(name, "~", "~0")
+	return "/" + strings.ReplaceAll(name, "/", "~1")
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// DebitAccount is the account a command takes money from or acts on; it is the
+// Kafka key of the command and of its outcome event, so that one account's
+// commands are applied, and its events published, in the order accepted.
+func (c Command) DebitAccount() string {
+	if c.FromAccountID != "" {
+		return c.FromAccountID
+	}
+	return c.AccountID
+}
+
+// Encode returns the command's canonical JSON, the value of its Kafka record.
+func (c Command) Encode() []byte {
+	b, err := json.Marshal(c)
+	if err != nil {
+		// Command holds only strings, integers, a compacted raw object and a
+		// time: Marshal cannot fail on a decoded command.
+		panic(fmt.Sprintf("encode command: %v", err))
+	}
+	return b
+}
+
+// Fingerprint identifies the command's content. Two commands with the same
+// command_id and the same fingerprint are one command delivered twice; a
+// different fingerprint under the same id is an idempotency conflict.
+func (c Command) Fingerprint() []byte {
+	sum := sha256.Sum256(c.Encode())
+	return sum[:]
+}

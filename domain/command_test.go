@@ -1,0 +1,133 @@
+package domain
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+const cid = "0190b1c2-0000-7000-8000-000000000001"
+
+func TestDecodeCommandAccepts(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want Command
+	}{
+		{"open with limits and metadata",
+			`{"command_id":"` + cid + `","type":"open_account","account_id":"alice:1","currency":"EUR","overdraft_limit":500,"daily_debit_limit":1000,"metadata":{ "tier" : "gold" }}`,
+			Command{CommandID: cid, Type: TypeOpenAccount, AccountID: "alice:1", Currency: "EUR", OverdraftLimit: 500, DailyDebitLimit: 1000, Metadata: []byte(`{"tier":"gold"}`)}},
+		{"deposit", `{"command_id":"` + cid + `","type":"deposit","account_id":"a","amount":1,"currency":"USD"}`,
+			Command{CommandID: cid, Type: TypeDeposit, AccountID: "a", Amount: 1, Currency: "USD"}},
+		{"transfer max amount, uppercase id", `{"type":"transfer","command_id":"` + strings.ToUpper(cid) + `","from_account_id":"a","to_account_id":"b","amount":9007199254740991,"currency":"JPY"}`,
+			Command{CommandID: cid, Type: TypeTransfer, FromAccountID: "a", ToAccountID: "b", Amount: MaxAmount, Currency: "JPY"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := DecodeCommand([]byte(tt.in))
+			if err != nil {
+				t.Fatalf("DecodeCommand() error = %v", err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("DecodeCommand() mismatch (-want +got):\n%s", diff)
+			}
+			again, err := DecodeCommand(got.Encode())
+			if err != nil {
+				t.Fatalf("DecodeCommand(Encode()) error = %v", err)
+			}
+			if diff := cmp.Diff(got, again); diff != "" {
+				t.Errorf("Encode round trip mismatch (-first +second):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestDecodeCommandRejects(t *testing.T) {
+	dep := func(extra string) string {
+		return `{"command_id":"` + cid + `","type":"deposit","account_id":"a","currency":"EUR"` + extra + `}`
+	}
+	tests := []struct {
+		name, in, pointer string
+	}{
+		{"not json", `nope`, ""},
+		{"array", `[]`, ""},
+		{"trailing data", dep(`,"amount":1`) + `{}`, ""},
+		{"duplicate key", dep(`,"amount":1,"amount":2`), "/amount"},
+		{"unknown field", dep(`,"amount":1,"amuont":1`), "/amuont"},
+		{"field of another type", dep(`,"amount":1,"to_account_id":"b"`), "/to_account_id"},
+		{"missing amount", dep(``), "/amount"},
+		{"zero amount", dep(`,"amount":0`), "/amount"},
+		{"negative amount", dep(`,"amount":-5`), "/amount"},
+		{"fractional amount", dep(`,"amount":1.5`), "/amount"},
+		{"exponent amount", dep(`,"amount":1e3`), "/amount"},
+		{"string amount", dep(`,"amount":"10"`), "/amount"},
+		{"amount above 2^53-1", dep(`,"amount":9007199254740992`), "/amount"},
+		{"amount beyond int64", dep(`,"amount":99999999999999999999`), "/amount"},
+		{"lowercase currency", `{"command_id":"` + cid + `","type":"deposit","account_id":"a","currency":"eur","amount":1}`, "/currency"},
+		{"unknown currency", `{"command_id":"` + cid + `","type":"deposit","account_id":"a","currency":"XYZ","amount":1}`, "/currency"},
+		{"bad command id", `{"command_id":"123","type":"deposit","account_id":"a","currency":"EUR","amount":1}`, "/command_id"},
+		{"missing command id", `{"type":"deposit","account_id":"a","currency":"EUR","amount":1}`, "/command_id"},
+		{"unknown type", `{"command_id":"` + cid + `","type":"steal"}`, "/type"},
+		{"missing type", `{"command_id":"` + cid + `"}`, "/type"},
+		{"account id with space", `{"command_id":"` + cid + `","type":"deposit","account_id":"a b","currency":"EUR","amount":1}`, "/account_id"},
+		{"external account id", `{"command_id":"` + cid + `","type":"withdraw","account_id":"@external:EUR","currency":"EUR","amount":1}`, "/account_id"},
+		{"account id too long", `{"command_id":"` + cid + `","type":"deposit","account_id":"` + strings.Repeat("a", 65) + `","currency":"EUR","amount":1}`, "/account_id"},
+		{"metadata not an object", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":[1]}`, "/metadata"},
+		{"metadata too big", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"k":"` + strings.Repeat("x", MaxMetadataBytes) + `"}}`, "/metadata"},
+		{"negative overdraft", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","overdraft_limit":-1}`, "/overdraft_limit"},
+		{"bad expiry", `{"command_id":"` + cid + `","type":"hold","from_account_id":"a","to_account_id":"b","currency":"EUR","amount":1,"expires_at":"tomorrow"}`, "/expires_at"},
+		{"too large", `{"command_id":"` + cid + `","type":"deposit","pad":"` + strings.Repeat("x", MaxCommandBytes) + `"}`, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := DecodeCommand([]byte(tt.in))
+			var verr *ValidationError
+			if !errors.As(err, &verr) {
+				t.Fatalf("DecodeCommand() error = %v, want a *ValidationError", err)
+			}
+			var pointers []string
+			for _, fe := range verr.Errors {
+				pointers = append(pointers, fe.Pointer)
+				if fe.Detail == "" {
+					t.Errorf("error at %q has no detail", fe.Pointer)
+				}
+			}
+			found := false
+			for _, p := range pointers {
+				found = found || p == tt.pointer
+			}
+			if !found {
+				t.Errorf("DecodeCommand() errors at %q, want one at %q", pointers, tt.pointer)
+			}
+		})
+	}
+}
+
+func TestFingerprint(t *testing.T) {
+	a, _ := DecodeCommand([]byte(`{"command_id":"` + cid + `","type":"deposit","account_id":"a","amount":1,"currency":"EUR"}`))
+	b, _ := DecodeCommand([]byte(`{"currency":"EUR", "amount":1, "account_id":"a", "type":"deposit", "command_id":"` + cid + `"}`))
+	c, _ := DecodeCommand([]byte(`{"command_id":"` + cid + `","type":"deposit","account_id":"a","amount":2,"currency":"EUR"}`))
+	if string(a.Fingerprint()) != string(b.Fingerprint()) {
+		t.Error("the same command with fields reordered has another fingerprint")
+	}
+	if string(a.Fingerprint()) == string(c.Fingerprint()) {
+		t.Error("commands with different amounts share a fingerprint")
+	}
+}
+
+func TestDebitAccount(t *testing.T) {
+	tests := []struct {
+		cmd  Command
+		want string
+	}{
+		{Command{Type: TypeTransfer, FromAccountID: "a", ToAccountID: "b"}, "a"},
+		{Command{Type: TypeDeposit, AccountID: "c"}, "c"},
+	}
+	for _, tt := range tests {
+		if got := tt.cmd.DebitAccount(); got != tt.want {
+			t.Errorf("%s.DebitAccount() = %q, want %q", tt.cmd.Type, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,110 @@
+package domain
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Event is the envelope of every record on ledger.events.v1 and
+// ledger.postings.v1. EventID is unique per event and stays the same when the
+// relay publishes the event again, so consumers dedupe on it.
+type Event struct {
+	EventID    string          `json:"event_id"`
+	Type       string          `json:"type"`
+	CommandID  string          `json:"command_id"`
+	OccurredAt time.Time       `json:"occurred_at"`
+	Data       json.RawMessage `json:"data"`
+}
+
+// EventTypePosting is the type of every event on the postings topic.
+const EventTypePosting = "posting.created"
+
+// OutcomeType is the event type of a command's outcome, e.g. "transfer.applied"
+// or "deposit.rejected".
+func OutcomeType(t Type, s Status) string { return string(t) + "." + string(s) }
+
+// OutcomeData is the data of an outcome event: what was asked, what happened,
+// and the postings it made, so one event explains the whole command.
+type OutcomeData struct {
+	CommandType Type            `json:"command_type"`
+	Status      Status          `json:"status"`
+	Reason      Reason          `json:"reason,omitempty"`
+	Command     json.RawMessage `json:"command"`
+	Postings    []PostingData   `json:"postings"`
+	// AcceptedAt is when ingest had the command acknowledged by Kafka (the
+	// record's timestamp), for end-to-end latency.
+	AcceptedAt *time.Time `json:"accepted_at,omitempty"`
+}
+
+// PostingData is the data of a posting event: one change of one account.
+// AccountVersion is contiguous per account starting at 1, and BalanceAfter is
+// the balance once this posting applied, so the postings topic alone rebuilds
+// every balance and shows any gap.
+type PostingData struct {
+	AccountID      string `json:"account_id"`
+	AccountVersion int64  `json:"account_version"`
+	Currency       string `json:"currency"`
+	Amount         int64  `json:"amount"`
+	BalanceAfter   int64  `json:"balance_after"`
+	CommandType    Type   `json:"command_type"`
+}
+
+// NewOutcomeEvent builds the outcome event of cmd. For an idempotency
+// conflict, cmd is the command as delivered, not the one first applied.
+func NewOutcomeEvent(eventID string, cmd Command, res Result, acceptedAt, now time.Time) Event {
+	data := OutcomeData{
+		CommandType: cmd.Type,
+		Status:      res.Status,
+		Reason:      res.Reason,
+		Command:     cmd.Encode(),
+		Postings:    make([]PostingData, 0, len(res.Postings)),
+	}
+	if !acceptedAt.IsZero() {
+		t := acceptedAt.UTC()
+		data.AcceptedAt = &t
+	}
+	for _, p := range res.Postings {
+		data.Postings = append(data.Postings, postingData(cmd.Type, p))
+	}
+	return Event{
+		EventID:    eventID,
+		Type:       OutcomeType(cmd.Type, res.Status),
+		CommandID:  cmd.CommandID,
+		OccurredAt: now.UTC(),
+		Data:       mustJSON(data),
+	}
+}
+
+// NewPostingEvent builds the event of one posting made by cmd.
+func NewPostingEvent(eventID string, cmd Command, p Posting, now time.Time) Event {
+	return Event{
+		EventID:    eventID,
+		Type:       EventTypePosting,
+		CommandID:  cmd.CommandID,
+		OccurredAt: now.UTC(),
+		Data:       mustJSON(postingData(cmd.Type, p)),
+	}
+}
+
+func postingData(t Type, p Posting) PostingData {
+	return PostingData{
+		AccountID:      p.AccountID,
+		AccountVersion: p.AccountVersion,
+		Currency:       p.Currency,
+		Amount:         p.Amount,
+		BalanceAfter:   p.BalanceAfter,
+		CommandType:    t,
+	}
+}
+
+// Encode returns the event's JSON.
+func (e Event) Encode() []byte { return mustJSON(e) }
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only the plain structs of this file reach here.
+		panic("encode event: " + err.Error())
+	}
+	return b
+}

@@ -1,0 +1,96 @@
+// Package httpserver runs txpipe's HTTP servers with a clean shutdown, and
+// builds the admin handler every process serves: /metrics, /healthz, /readyz.
+package httpserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Run serves srv on ln until ctx is done, then shuts it down, giving
+// in-flight requests up to grace to finish. It returns nil after a clean
+// shutdown and the serve or shutdown error otherwise.
+func Run(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Duration) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("shut down %s: %w", ln.Addr(), err)
+	}
+	return nil
+}
+
+// Check is one readiness condition, e.g. "postgres" or "kafka". Fn returns
+// nil when the dependency is usable; its error is shown to operators.
+type Check struct {
+	Name string
+	Fn   func(ctx context.Context) error
+}
+
+// AdminHandler serves the Prometheus metrics of g on /metrics, liveness on
+// /healthz (the process answers), and readiness on /readyz (every check
+// passes within a second; the body says which failed and why).
+func AdminHandler(g prometheus.Gatherer, checks []Check) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		results := runChecks(r.Context(), checks)
+		status, code := "ready", http.StatusOK
+		for _, v := range results {
+			if v != "ok" {
+				status, code = "not ready", http.StatusServiceUnavailable
+			}
+		}
+		writeJSON(w, code, map[string]any{"status": status, "checks": results})
+	})
+	return mux
+}
+
+func runChecks(ctx context.Context, checks []Check) map[string]string {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	results := make(map[string]string, len(checks))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, c := range checks {
+		wg.Go(func() {
+			msg := "ok"
+			if err := c.Fn(ctx); err != nil {
+				msg = err.Error()
+			}
+			mu.Lock()
+			results[c.Name] = msg
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return results
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
+}

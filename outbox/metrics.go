@@ -1,0 +1,86 @@
+package outbox
+
+import (
+	"errors"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type relayMetrics struct {
+	published       *prometheus.CounterVec
+	failures        prometheus.Counter
+	publishDuration prometheus.Histogram
+	batchSize       prometheus.Histogram
+	endToEnd        prometheus.Histogram
+	pending         prometheus.Gauge
+	oldestAge       prometheus.Gauge
+}
+
+// EndToEndBuckets are the buckets of the accepted → published latency
+// histogram; they include the SLO thresholds (250 ms, 1 s).
+var EndToEndBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
+	m := &relayMetrics{
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "txpipe_relay_published_total",
+			Help: "Outbox records published to Kafka and acknowledged, by topic.",
+		}, []string{"topic"}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_relay_failures_total",
+			Help: "Relay batches that failed (PostgreSQL or Kafka) and were retried.",
+		}),
+		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "txpipe_relay_publish_duration_seconds",
+			Help:    "Time for Kafka to acknowledge one relay batch.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "txpipe_relay_batch_size_records",
+			Help:    "Records per published relay batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		}),
+		endToEnd: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "txpipe_e2e_latency_seconds",
+			Help:    "Time from a command's acceptance by Kafka to its outcome event's acknowledgement.",
+			Buckets: EndToEndBuckets,
+		}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "txpipe_outbox_pending_rows",
+			Help: "Outbox rows not yet published (sampled every 5 s).",
+		}),
+		oldestAge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "txpipe_outbox_oldest_pending_age_seconds",
+			Help: "Age of the oldest unpublished outbox row; 0 when the outbox is empty (sampled every 5 s).",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.published, m.failures, m.publishDuration, m.batchSize, m.endToEnd, m.pending, m.oldestAge} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// readiness holds the last error of a retrying loop, for /readyz.
+type readiness struct {
+	mu   sync.Mutex
+	last error
+	seen bool
+}
+
+func (r *readiness) set(err error) {
+	r.mu.Lock()
+	r.last, r.seen = err, true
+	r.mu.Unlock()
+}
+
+func (r *readiness) err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.seen {
+		return errors.New("no publish attempt yet")
+	}
+	return r.last
+}

@@ -1,0 +1,265 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
+)
+
+// Publisher sends messages to Kafka and returns once every one of them is
+// acknowledged (a *kafka.Writer built by internal/kafkawriter).
+type Publisher interface {
+	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// RelayOptions configure a Relay.
+type RelayOptions struct {
+	Pool      *pgxpool.Pool
+	Publisher Publisher
+	// BatchSize is the most rows published per transaction. Default 500.
+	BatchSize int
+	// PollInterval is how often the relay looks for rows when no
+	// notification woke it: the safety net for notifications lost while the
+	// listening connection was down. Default 1 s.
+	PollInterval time.Duration
+	Registerer   prometheus.Registerer
+	Log          *slog.Logger
+}
+
+// Relay publishes outbox rows to Kafka in id order and deletes them once
+// Kafka acknowledged them. Several relays may run: each batch locks its rows
+// (FOR UPDATE), so they take turns and never publish a row concurrently.
+type Relay struct {
+	opts    RelayOptions
+	metrics *relayMetrics
+	ready   readiness
+}
+
+// NewRelay checks the options and registers the relay's metrics.
+func NewRelay(o RelayOptions) (*Relay, error) {
+	if o.Pool == nil || o.Publisher == nil || o.Log == nil || o.Registerer == nil {
+		return nil, errors.New("relay: Pool, Publisher, Registerer and Log are required")
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 500
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = time.Second
+	}
+	m, err := newRelayMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Relay{opts: o, metrics: m}, nil
+}
+
+// Ready reports nil once the relay's last attempt to publish succeeded, or
+// why it is failing. It is a readiness check for /readyz.
+func (r *Relay) Ready(context.Context) error { return r.ready.err() }
+
+// Run relays until ctx is done. Failures (PostgreSQL or Kafka unreachable)
+// are retried with exponential backoff capped at 5 s, for as long as it
+// takes: the outbox keeps the rows, so waiting loses nothing. It returns nil
+// when ctx ends.
+func (r *Relay) Run(ctx context.Context) error {
+	wake := make(chan struct{}, 1)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { r.listen(ctx, wake); return nil })
+	g.Go(func() error { r.watchBacklog(ctx); return nil })
+	g.Go(func() error { r.loop(ctx, wake); return nil })
+	return g.Wait()
+}
+
+func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
+	bo := retryPolicy()
+	for ctx.Err() == nil {
+		n, err := r.publishBatch(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.ready.set(err)
+			r.metrics.failures.Inc()
+			d := bo.NextBackOff()
+			r.opts.Log.Warn("relay publish failed, will retry", "err", err, "retry_in", d)
+			sleep(ctx, d)
+			continue
+		}
+		r.ready.set(nil)
+		bo.Reset()
+		if n == r.opts.BatchSize {
+			continue // more rows are likely waiting
+		}
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-time.After(r.opts.PollInterval):
+		}
+	}
+}
+
+type row struct {
+	id         int64
+	topic      string
+	key, value []byte
+	headers    map[string]string
+	acceptedAt pgtype.Timestamptz
+	createdAt  time.Time
+}
+
+// publishBatch publishes the oldest rows and deletes them, in one
+// transaction: the row locks keep a second relay off these rows until they
+// are gone, and a crash after Kafka acknowledged but before the delete only
+// publishes them again (at-least-once; consumers dedupe on event_id).
+func (r *Relay) publishBatch(ctx context.Context) (int, error) {
+	var published []row
+	err := pgx.BeginFunc(ctx, r.opts.Pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT id, topic, key, value, headers, accepted_at, created_at
+			FROM outbox ORDER BY id LIMIT $1 FOR UPDATE`, r.opts.BatchSize)
+		if err != nil {
+			return fmt.Errorf("read outbox: %w", err)
+		}
+		batch, err := pgx.CollectRows(rows, func(rr pgx.CollectableRow) (row, error) {
+			var x row
+			var h []byte
+			err := rr.Scan(&x.id, &x.topic, &x.key, &x.value, &h, &x.acceptedAt, &x.createdAt)
+			if err == nil {
+				err = json.Unmarshal(h, &x.headers)
+			}
+			return x, err
+		})
+		if err != nil {
+			return fmt.Errorf("read outbox: %w", err)
+		}
+		if len(batch) == 0 {
+			return nil
+		}
+		msgs := make([]kafka.Message, len(batch))
+		ids := make([]int64, len(batch))
+		for i, x := range batch {
+			ids[i] = x.id
+			msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value}
+			for k, v := range x.headers {
+				msgs[i].Headers = append(msgs[i].Headers, kafka.Header{Key: k, Value: []byte(v)})
+			}
+		}
+		start := time.Now()
+		if err := r.opts.Publisher.WriteMessages(ctx, msgs...); err != nil {
+			return fmt.Errorf("publish %d records: %w", len(msgs), err)
+		}
+		r.metrics.publishDuration.Observe(time.Since(start).Seconds())
+		if _, err := tx.Exec(ctx, `DELETE FROM outbox WHERE id = ANY($1)`, ids); err != nil {
+			return fmt.Errorf("delete published rows: %w", err)
+		}
+		published = batch
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	now := time.Now()
+	for _, x := range published {
+		r.metrics.published.WithLabelValues(x.topic).Inc()
+		if x.acceptedAt.Valid {
+			r.metrics.endToEnd.Observe(now.Sub(x.acceptedAt.Time).Seconds())
+		}
+	}
+	if len(published) > 0 {
+		r.metrics.batchSize.Observe(float64(len(published)))
+	}
+	return len(published), nil
+}
+
+// listen holds a dedicated connection LISTENing on NotifyChannel and signals
+// wake on every notification. It reconnects with backoff; notifications sent
+// while it is down are lost, which the poll interval covers.
+func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
+	bo := retryPolicy()
+	for ctx.Err() == nil {
+		err := r.listenOnce(ctx, wake, bo)
+		if ctx.Err() != nil {
+			return
+		}
+		d := bo.NextBackOff()
+		r.opts.Log.Warn("relay listen connection lost, polling until it is back", "err", err, "retry_in", d)
+		sleep(ctx, d)
+	}
+}
+
+func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}, bo backoff.BackOff) error {
+	conn, err := pgx.ConnectConfig(ctx, r.opts.Pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "LISTEN "+NotifyChannel); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	bo.Reset()
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return fmt.Errorf("wait for notification: %w", err)
+		}
+		select {
+		case wake <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+	}
+}
+
+// watchBacklog samples the outbox size and the age of its oldest row, the
+// signals that tell an operator the relay is falling behind.
+func (r *Relay) watchBacklog(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		var n int64
+		var oldest pgtype.Timestamptz
+		err := r.opts.Pool.QueryRow(ctx, `SELECT count(*), min(created_at) FROM outbox`).Scan(&n, &oldest)
+		if err == nil {
+			r.metrics.pending.Set(float64(n))
+			age := 0.0
+			if oldest.Valid {
+				age = max(0, time.Since(oldest.Time).Seconds())
+			}
+			r.metrics.oldestAge.Set(age)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// retryPolicy is the relay's backoff: from 100 ms up to 5 s between attempts,
+// with no overall deadline (MaxElapsedTime 0), because giving up would only
+// leave committed outcomes unpublished.
+func retryPolicy() *backoff.ExponentialBackOff {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = 5 * time.Second
+	bo.MaxElapsedTime = 0
+	bo.Reset()
+	return bo
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,328 @@
+package producers
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/txpipe/txpipe/domain"
+)
+
+// MaxBatchCommands is the most commands one batch request may carry.
+const MaxBatchCommands = 1000
+
+// APIOptions configure the ingest API.
+type APIOptions struct {
+	Producer *Producer
+	// Pool serves the read endpoints.
+	Pool *pgxpool.Pool
+	// MaxBodyBytes bounds a batch request body; a single command is bounded
+	// by domain.MaxCommandBytes. Default 8 MiB.
+	MaxBodyBytes int64
+	// ProduceTimeout bounds the wait for Kafka's acknowledgement before the
+	// API answers 503. Default 10 s.
+	ProduceTimeout time.Duration
+	Registerer     prometheus.Registerer
+	Log            *slog.Logger
+}
+
+// API is the ingest HTTP API (DESIGN.md, "HTTP API").
+type API struct {
+	opts    APIOptions
+	metrics *apiMetrics
+}
+
+// NewAPI checks o and registers the API's metrics.
+func NewAPI(o APIOptions) (*API, error) {
+	if o.Producer == nil || o.Pool == nil || o.Registerer == nil || o.Log == nil {
+		return nil, errors.New("api: Producer, Pool, Registerer and Log are required")
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 8 << 20
+	}
+	if o.ProduceTimeout <= 0 {
+		o.ProduceTimeout = 10 * time.Second
+	}
+	m, err := newAPIMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &API{opts: o, metrics: m}, nil
+}
+
+// Handler routes the API.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	a.route(mux, "POST /v1/commands", "commands", a.postCommand)
+	a.route(mux, "POST /v1/commands/batch", "commands_batch", a.postBatch)
+	a.route(mux, "GET /v1/commands/{command_id}", "command", a.getCommand)
+	a.route(mux, "GET /v1/accounts/{account_id}", "account", a.getAccount)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "No such route",
+			Detail: "see docs/api.md for the routes of this API"})
+	})
+	return mux
+}
+
+// route registers h under pattern, counting and timing it under the
+// bounded label route.
+func (a *API) route(mux *http.ServeMux, pattern, route string, h http.HandlerFunc) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		a.metrics.inFlight.Inc()
+		defer a.metrics.inFlight.Dec()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		h(sw, r)
+		a.metrics.requests.WithLabelValues(route, fmt.Sprintf("%dxx", sw.status/100)).Inc()
+		a.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+type acceptedResponse struct {
+	CommandID string `json:"command_id"`
+	Status    string `json:"status"`
+}
+
+func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
+	body, ok := a.readBody(w, r, domain.MaxCommandBytes)
+	if !ok {
+		return
+	}
+	cmd, err := domain.DecodeCommand(body)
+	if err != nil {
+		a.invalid(w, err, "")
+		return
+	}
+	if _, err := a.send(r, []domain.Command{cmd}); err != nil {
+		a.unavailable(w, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/commands/"+cmd.CommandID)
+	writeJSON(w, http.StatusAccepted, acceptedResponse{CommandID: cmd.CommandID, Status: "accepted"})
+}
+
+type batchRequest struct {
+	Commands []json.RawMessage `json:"commands"`
+}
+
+type batchItem struct {
+	CommandID string `json:"command_id"`
+	Status    string `json:"status"` // accepted | failed
+	Detail    string `json:"detail,omitempty"`
+}
+
+// postBatch validates every command before producing any: one invalid
+// command refuses the whole batch with 400 and the errors of every item, so
+// a batch is never half accepted for a client mistake. A partial Kafka
+// failure answers 503 with the per-item results; retrying the whole batch is
+// safe because command_ids make it idempotent.
+func (a *API) postBatch(w http.ResponseWriter, r *http.Request) {
+	body, ok := a.readBody(w, r, a.opts.MaxBodyBytes)
+	if !ok {
+		return
+	}
+	var req batchRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil || dec.More() || req.Commands == nil {
+		a.metrics.rejects.WithLabelValues("invalid_batch").Inc()
+		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid batch",
+			Detail: `the body must be one JSON object {"commands": [ ... ]} and nothing else`})
+		return
+	}
+	if len(req.Commands) == 0 || len(req.Commands) > MaxBatchCommands {
+		a.metrics.rejects.WithLabelValues("batch_size").Inc()
+		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid batch",
+			Detail: fmt.Sprintf("a batch holds 1 to %d commands, this one %d", MaxBatchCommands, len(req.Commands)),
+			Errors: []domain.FieldError{{Pointer: "/commands", Detail: "must hold 1 to 1000 commands"}}})
+		return
+	}
+	cmds := make([]domain.Command, len(req.Commands))
+	verr := &domain.ValidationError{}
+	for i, raw := range req.Commands {
+		cmd, err := domain.DecodeCommand(raw)
+		var ve *domain.ValidationError
+		if errors.As(err, &ve) {
+			for _, fe := range ve.Errors {
+				verr.Errors = append(verr.Errors, domain.FieldError{Pointer: "/commands/" + strconv.Itoa(i) + fe.Pointer, Detail: fe.Detail})
+			}
+			continue
+		}
+		cmds[i] = cmd
+	}
+	if len(verr.Errors) > 0 {
+		a.invalid(w, verr, "no command of this batch was accepted")
+		return
+	}
+	errs, err := a.send(r, cmds)
+	items := make([]batchItem, len(cmds))
+	for i, c := range cmds {
+		items[i] = batchItem{CommandID: c.CommandID, Status: "accepted"}
+		if errs[i] != nil {
+			items[i] = batchItem{CommandID: c.CommandID, Status: "failed", Detail: "not stored in Kafka; retry with the same command_id"}
+		}
+	}
+	if err != nil {
+		a.opts.Log.Warn("batch produce failed", "err", err, "commands", len(cmds))
+		w.Header().Set("Retry-After", "1")
+		writeProblem(w, problem{Status: http.StatusServiceUnavailable, Type: "unavailable", Title: "Commands not stored",
+			Detail: "some or all commands could not be stored; retry the failed ones (or the batch) with the same command_ids",
+			Results: items})
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"results": items})
+}
+
+func (a *API) send(r *http.Request, cmds []domain.Command) ([]error, error) {
+	ctx, cancel := contextWithTimeout(r, a.opts.ProduceTimeout)
+	defer cancel()
+	start := time.Now()
+	errs, err := a.opts.Producer.Send(ctx, cmds)
+	a.metrics.produceDuration.Observe(time.Since(start).Seconds())
+	if err == nil {
+		a.metrics.commands.Add(float64(len(cmds)))
+	}
+	return errs, err
+}
+
+type commandResponse struct {
+	CommandID   string    `json:"command_id"`
+	Type        string    `json:"type"`
+	Status      string    `json:"status"`
+	Reason      *string   `json:"reason,omitempty"`
+	ProcessedAt time.Time `json:"processed_at"`
+}
+
+func (a *API) getCommand(w http.ResponseWriter, r *http.Request) {
+	id, ok := domain.CanonicalUUID(r.PathValue("command_id"))
+	if !ok {
+		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid command id",
+			Detail: "a command_id is a UUID", Errors: []domain.FieldError{{Pointer: "/command_id", Detail: "must be a UUID"}}})
+		return
+	}
+	var resp commandResponse
+	err := a.opts.Pool.QueryRow(r.Context(), `SELECT command_id::text, type, status, reason, processed_at
+		FROM processed_commands WHERE command_id = $1`, id).Scan(&resp.CommandID, &resp.Type, &resp.Status, &resp.Reason, &resp.ProcessedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Command not processed",
+			Detail: "no outcome for this command_id yet: it is still in flight, or was never accepted"})
+		return
+	}
+	if err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	resp.ProcessedAt = resp.ProcessedAt.UTC()
+	writeJSON(w, http.StatusOK, resp)
+}
+
+type accountResponse struct {
+	AccountID       string          `json:"account_id"`
+	Currency        string          `json:"currency"`
+	Status          string          `json:"status"`
+	External        bool            `json:"external,omitempty"`
+	Balance         int64           `json:"balance"`
+	Available       int64           `json:"available"`
+	PendingHolds    int64           `json:"pending_holds"`
+	OverdraftLimit  int64           `json:"overdraft_limit"`
+	DailyDebitLimit *int64          `json:"daily_debit_limit"`
+	Version         int64           `json:"version"`
+	Metadata        json.RawMessage `json:"metadata,omitempty"`
+	CreatedAt       time.Time       `json:"created_at"`
+	UpdatedAt       time.Time       `json:"updated_at"`
+}
+
+func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("account_id")
+	if !domain.ValidAccountID(id) && !(strings.HasPrefix(id, domain.ExternalPrefix) && domain.ValidCurrency(strings.TrimPrefix(id, domain.ExternalPrefix))) {
+		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid account id",
+			Errors: []domain.FieldError{{Pointer: "/account_id", Detail: "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'"}}})
+		return
+	}
+	var resp accountResponse
+	var daily int64
+	var metadata pgtype.Text
+	err := a.opts.Pool.QueryRow(r.Context(), `SELECT account_id, currency, status, external, balance, held,
+			overdraft_limit, daily_debit_limit, version, metadata::text, created_at, updated_at
+		FROM accounts WHERE account_id = $1`, id).Scan(&resp.AccountID, &resp.Currency, &resp.Status, &resp.External,
+		&resp.Balance, &resp.PendingHolds, &resp.OverdraftLimit, &daily, &resp.Version, &metadata, &resp.CreatedAt, &resp.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Account not found",
+			Detail: "no account has this id (an open_account may still be in flight)"})
+		return
+	}
+	if err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	resp.Available = resp.Balance - resp.PendingHolds
+	if daily > 0 {
+		resp.DailyDebitLimit = &daily
+	}
+	if metadata.Valid {
+		resp.Metadata = json.RawMessage(metadata.String)
+	}
+	resp.CreatedAt, resp.UpdatedAt = resp.CreatedAt.UTC(), resp.UpdatedAt.UTC()
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// readBody reads at most limit bytes; a larger body is refused with 413.
+// The Content-Type is not checked: the body must parse as JSON whatever a
+// client labels it (curl -d sends a form type), and a strict parser is the
+// real gate.
+func (a *API) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	a.metrics.payloadBytes.Observe(float64(len(body)))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		a.metrics.rejects.WithLabelValues("too_large").Inc()
+		writeProblem(w, problem{Status: http.StatusRequestEntityTooLarge, Type: "too-large", Title: "Request body too large",
+			Detail: fmt.Sprintf("the body may be at most %d bytes", limit)})
+		return nil, false
+	}
+	if err != nil {
+		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Unreadable body",
+			Detail: "the request body could not be read"})
+		return nil, false
+	}
+	return body, true
+}
+
+func (a *API) invalid(w http.ResponseWriter, err error, detail string) {
+	var verr *domain.ValidationError
+	if !errors.As(err, &verr) {
+		verr = &domain.ValidationError{Errors: []domain.FieldError{{Detail: "invalid command"}}}
+	}
+	a.metrics.rejects.WithLabelValues("invalid_command").Inc()
+	if detail == "" {
+		detail = "the command was not accepted; fix the fields listed in errors"
+	}
+	writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-command", Title: "Invalid command",
+		Detail: detail, Errors: verr.Errors})
+}
+
+func (a *API) unavailable(w http.ResponseWriter, err error) {
+	a.opts.Log.Warn("produce failed", "err", err)
+	w.Header().Set("Retry-After", "1")
+	writeProblem(w, problem{Status: http.StatusServiceUnavailable, Type: "unavailable", Title: "Command not stored",
+		Detail: "the command could not be stored durably; retry with the same command_id"})
+}
+
+func (a *API) internal(w http.ResponseWriter, r *http.Request, err error) {
+	a.opts.Log.Error("request failed", "route", r.Pattern, "err", err)
+	w.Header().Set("Retry-After", "1")
+	writeProblem(w, problem{Status: http.StatusServiceUnavailable, Type: "unavailable", Title: "Ledger unavailable",
+		Detail: "the ledger could not be read; retry shortly"})
+}

@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Dedicated PostgreSQL cluster for txpipe dev/test, managed with Debian's postgresql-common tools.
+#
+#   scripts/postgres.sh start    create cluster/role/database if missing, start, wait (idempotent)
+#   scripts/postgres.sh stop     pg_ctlcluster VERSION CLUSTER stop (fast mode)
+#   scripts/postgres.sh status   exit 0 when it accepts connections, 3 otherwise
+#   scripts/postgres.sh restart
+#   scripts/postgres.sh reset-db drop and recreate database txpipe (server must be running)
+#
+# Result: postgres://txpipe:txpipe@127.0.0.1:$PG_PORT/txpipe?sslmode=disable
+# (role txpipe: LOGIN CREATEDB, owner of database txpipe; scram-sha-256 over TCP from 127.0.0.1).
+#
+# Environment:
+#   PG_PORT           default 5433 (the Debian default cluster "main" keeps 5432)
+#   PG_CLUSTER        cluster name (default txpipe)
+#   PG_VERSION        major version (default: newest installed under /usr/lib/postgresql, else 15)
+#   PG_START_TIMEOUT  readiness wait in seconds (default 60)
+#
+# Data: /var/lib/postgresql/$PG_VERSION/$PG_CLUSTER, config: /etc/postgresql/$PG_VERSION/$PG_CLUSTER,
+# log: /var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log. Server tools refuse to run as
+# root; as root the Debian wrappers switch to the cluster owner (postgres) themselves, and psql is
+# run through runuser. As another user, sudo is used.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+log_prefix=postgres
+
+PG_HOST=127.0.0.1
+PG_PORT="${PG_PORT:-5433}"
+PG_CLUSTER="${PG_CLUSTER:-txpipe}"
+PG_START_TIMEOUT="${PG_START_TIMEOUT:-60}"
+DB_USER=txpipe
+DB_PASS=txpipe
+DB_NAME=txpipe
+
+if [[ -z "${PG_VERSION:-}" ]]; then
+  PG_VERSION="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1 || true)"
+  PG_VERSION="${PG_VERSION:-15}"
+fi
+ETC="/etc/postgresql/$PG_VERSION/$PG_CLUSTER"
+PGLOG="/var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log"
+
+# --- helpers -----------------------------------------------------------------
+
+# Run a command as root (the Debian cluster wrappers need root or the cluster owner).
+as_root() {
+  if [[ $EUID -eq 0 ]]; then "$@"; else sudo -n "$@"; fi
+}
+
+# Run a client command as the postgres OS user (peer auth over the Unix socket).
+as_pg() {
+  if [[ $EUID -eq 0 ]]; then runuser -u postgres -- "$@"
+  elif [[ "$(id -un)" == postgres ]]; then "$@"
+  else sudo -n -u postgres "$@"
+  fi
+}
+
+# pgctl ACTION [ARGS]: pg_ctlcluster for our cluster, with inherited fds above 2 closed
+# so the server does not hold on to a caller's pipes.
+pgctl() {
+  as_root bash -c "$TXPIPE_CLOSE_FDS"'; exec "$@"' _ pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" "$@"
+}
+
+admin_psql() {
+  as_pg psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres "$@"
+}
+
+app_ok() {
+  PGPASSWORD="$DB_PASS" PGCONNECT_TIMEOUT=3 psql -X -q -w -h "$PG_HOST" -p "$PG_PORT" \
+    -U "$DB_USER" -d "$DB_NAME" -tAc 'select 1' >/dev/null 2>&1
+}
+
+is_running() {
+  pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -t 2 >/dev/null 2>&1
+}
+
+cluster_exists() { [[ -f "$ETC/postgresql.conf" ]]; }
+
+cluster_online() {
+  pg_lsclusters -h 2>/dev/null | awk -v v="$PG_VERSION" -v c="$PG_CLUSTER" \
+    '$1==v && $2==c && $4 ~ /^online/ {found=1} END {exit !found}'
+}
+
+ensure_installed() {
+  if command -v pg_createcluster >/dev/null 2>&1 && [[ -x "/usr/lib/postgresql/$PG_VERSION/bin/postgres" ]]; then
+    return 0
+  fi
+  [[ $EUID -eq 0 ]] || die "PostgreSQL server is not installed; run as root: apt-get install -y postgresql"
+  log "PostgreSQL not installed: apt-get install -y postgresql"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y --no-install-recommends postgresql >&2; then
+    apt-get update >&2
+    apt-get install -y --no-install-recommends postgresql >&2
+  fi
+  PG_VERSION="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n1)"
+  ETC="/etc/postgresql/$PG_VERSION/$PG_CLUSTER"
+  PGLOG="/var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log"
+}
+
+# Desired server settings (conf.d is included by Debian's postgresql.conf).
+desired_conf() {
+  cat <<EOF
+# Managed by scripts/postgres.sh -- overwritten on start. Dev/test settings.
+listen_addresses = '127.0.0.1'
+max_connections = 300
+password_encryption = 'scram-sha-256'
+ssl = off
+# Test box: no need to survive an OS crash (a killed server still recovers fine).
+fsync = off
+full_page_writes = off
+EOF
+}
+
+desired_hba() {
+  cat <<'EOF'
+# Managed by scripts/postgres.sh -- overwritten on start.
+# TYPE  DATABASE  USER      ADDRESS        METHOD
+local   all       postgres                 peer
+local   all       all                      peer
+host    all       all       127.0.0.1/32   scram-sha-256
+EOF
+}
+
+# write_if_changed FILE: stdin -> FILE (owned by postgres) when different. Returns 0 if changed.
+write_if_changed() {
+  local f="$1" tmp
+  tmp="$(mktemp)"
+  cat >"$tmp"
+  if [[ -f "$f" ]] && cmp -s "$tmp" "$f"; then
+    rm -f "$tmp"
+    return 1
+  fi
+  as_root install -o postgres -g postgres -m 0640 "$tmp" "$f"
+  rm -f "$tmp"
+  return 0
+}
+
+# Writes config; prints "restart", "reload" or nothing.
+ensure_config() {
+  local need=""
+  as_root install -d -o postgres -g postgres "$ETC/conf.d"
+  if desired_conf | write_if_changed "$ETC/conf.d/txpipe.conf"; then need=restart; fi
+  if desired_hba | write_if_changed "$ETC/pg_hba.conf"; then need="${need:-reload}"; fi
+  if [[ "$(pg_conftool -s "$PG_VERSION" "$PG_CLUSTER" show port 2>/dev/null || true)" != "$PG_PORT" ]]; then
+    log "setting port $PG_PORT"
+    as_root pg_conftool "$PG_VERSION" "$PG_CLUSTER" set port "$PG_PORT" >&2
+    need=restart
+  fi
+  echo "$need"
+}
+
+ensure_cluster() {
+  cluster_exists && return 0
+  log "creating cluster $PG_VERSION/$PG_CLUSTER on port $PG_PORT"
+  as_root pg_createcluster "$PG_VERSION" "$PG_CLUSTER" --port "$PG_PORT" --start-conf=manual \
+    -- --auth-local=peer --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >&2 9>&-
+}
+
+wait_ready() {
+  local t0
+  t0=$(now_ms)
+  until is_running; do
+    if (( $(now_ms) - t0 > PG_START_TIMEOUT * 1000 )); then
+      [[ -f "$PGLOG" ]] && { echo "----- last 40 lines of $PGLOG -----" >&2; tail -n 40 "$PGLOG" >&2; }
+      die "PostgreSQL not ready on $PG_HOST:$PG_PORT after ${PG_START_TIMEOUT} s"
+    fi
+    sleep 0.2
+  done
+}
+
+ensure_role_and_db() {
+  admin_psql -v u="$DB_USER" -v p="$DB_PASS" <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN CREATEDB PASSWORD %L', :'u', :'p')
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'u') \gexec
+SELECT format('ALTER ROLE %I LOGIN CREATEDB PASSWORD %L', :'u', :'p') \gexec
+SQL
+  admin_psql -v u="$DB_USER" -v d="$DB_NAME" <<'SQL'
+SELECT format('CREATE DATABASE %I OWNER %I', :'d', :'u')
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'d') \gexec
+SELECT format('ALTER DATABASE %I OWNER TO %I', :'d', :'u') \gexec
+SQL
+}
+
+# --- commands ----------------------------------------------------------------
+
+cmd_start() {
+  local t0 need
+  t0=$(now_ms)
+  # Fast path: already up, configured and the app login works.
+  if cluster_exists && is_running \
+     && desired_conf | cmp -s - "$ETC/conf.d/txpipe.conf" \
+     && desired_hba | cmp -s - "$ETC/pg_hba.conf" \
+     && app_ok; then
+    log "already running on $PG_HOST:$PG_PORT (cluster $PG_VERSION/$PG_CLUSTER)"
+    return 0
+  fi
+
+  # Serialize concurrent starts (the cluster is machine-wide, not per checkout).
+  exec 9>"${TMPDIR:-/tmp}/txpipe-postgres-$PG_CLUSTER.lock"
+  flock -w 300 9 || die "could not take the start lock"
+
+  ensure_installed
+  if ! cluster_exists && port_open "$PG_HOST" "$PG_PORT"; then
+    die "$PG_HOST:$PG_PORT is already in use by another server (set PG_PORT)"
+  fi
+  ensure_cluster
+  need="$(ensure_config)"
+
+  if cluster_online; then
+    case "$need" in
+      restart) log "settings changed, restarting"; pgctl restart -m fast >&2 ;;
+      reload) log "pg_hba.conf changed, reloading"; pgctl reload >&2 ;;
+    esac
+  else
+    if port_open "$PG_HOST" "$PG_PORT"; then
+      die "$PG_HOST:$PG_PORT is already in use by another server (set PG_PORT)"
+    fi
+    log "starting cluster $PG_VERSION/$PG_CLUSTER on $PG_HOST:$PG_PORT"
+    pgctl start >&2 || {
+      [[ -f "$PGLOG" ]] && { echo "----- last 40 lines of $PGLOG -----" >&2; tail -n 40 "$PGLOG" >&2; }
+      die "pg_ctlcluster $PG_VERSION $PG_CLUSTER start failed"
+    }
+  fi
+  wait_ready
+  ensure_role_and_db
+  app_ok || die "cannot log in as $DB_USER to $DB_NAME on $PG_HOST:$PG_PORT with the password"
+  log "ready on $PG_HOST:$PG_PORT ($(( ($(now_ms) - t0) / 1000 )) s)"
+}
+
+cmd_stop() {
+  if ! cluster_exists; then
+    log "cluster $PG_VERSION/$PG_CLUSTER does not exist"
+    return 0
+  fi
+  if ! cluster_online; then
+    log "not running"
+    return 0
+  fi
+  log "stopping cluster $PG_VERSION/$PG_CLUSTER"
+  pgctl stop -m fast >&2
+  log "stopped"
+}
+
+cmd_status() {
+  if cluster_exists && is_running; then
+    log "running on $PG_HOST:$PG_PORT (cluster $PG_VERSION/$PG_CLUSTER)"
+    return 0
+  fi
+  log "not running"
+  return 3
+}
+
+cmd_reset_db() {
+  is_running || die "not running; run: $0 start"
+  log "dropping and recreating database $DB_NAME"
+  admin_psql -v d="$DB_NAME" <<'SQL'
+SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', :'d') \gexec
+SQL
+  ensure_role_and_db
+  app_ok || die "cannot log in as $DB_USER to $DB_NAME after reset"
+}
+
+case "${1:-}" in
+  start) cmd_start ;;
+  reset-db) cmd_reset_db ;;
+  stop) cmd_stop ;;
+  restart) cmd_stop; cmd_start ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 start|stop|restart|status|reset-db" >&2; exit 2 ;;
+esac

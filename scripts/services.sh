@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Start/stop the services txpipe's tests need: Kafka (scripts/kafka.sh) and PostgreSQL
+# (scripts/postgres.sh).
+#
+#   eval "$(scripts/services.sh up)"   start both (in parallel), print the export lines
+#   scripts/services.sh env            print the export lines only
+#   scripts/services.sh down           stop both
+#   scripts/services.sh status         exit 0 when both are up
+#
+# stdout carries ONLY the export lines (up, env); all progress goes to stderr:
+#   export TXPIPE_KAFKA_BROKERS=127.0.0.1:9092
+#   export TXPIPE_DATABASE_URL=postgres://txpipe:txpipe@127.0.0.1:5433/txpipe?sslmode=disable
+#
+# Ports follow KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093) and PG_PORT (5433);
+# see scripts/kafka.sh and scripts/postgres.sh for the rest.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+log_prefix=services
+
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+PG_PORT="${PG_PORT:-5433}"
+export KAFKA_PORT PG_PORT
+
+print_env() {
+  echo "export TXPIPE_KAFKA_BROKERS=127.0.0.1:${KAFKA_PORT}"
+  echo "export TXPIPE_DATABASE_URL=postgres://txpipe:txpipe@127.0.0.1:${PG_PORT}/txpipe?sslmode=disable"
+}
+
+cmd_up() {
+  local t0 kpid ppid krc=0 prc=0
+  t0=$(now_ms)
+  "$TXPIPE_SCRIPTS_DIR/kafka.sh" start >&2 &
+  kpid=$!
+  "$TXPIPE_SCRIPTS_DIR/postgres.sh" start >&2 &
+  ppid=$!
+  wait "$kpid" || krc=$?
+  wait "$ppid" || prc=$?
+  if (( krc != 0 || prc != 0 )); then
+    (( krc != 0 )) && log "kafka failed to start (exit $krc)"
+    (( prc != 0 )) && log "postgres failed to start (exit $prc)"
+    exit 1
+  fi
+  log "services up ($(( ($(now_ms) - t0) / 1000 )) s)"
+  print_env
+}
+
+cmd_down() {
+  local rc=0
+  "$TXPIPE_SCRIPTS_DIR/kafka.sh" stop >&2 || rc=1
+  "$TXPIPE_SCRIPTS_DIR/postgres.sh" stop >&2 || rc=1
+  return "$rc"
+}
+
+cmd_status() {
+  local rc=0
+  "$TXPIPE_SCRIPTS_DIR/kafka.sh" status >&2 || rc=3
+  "$TXPIPE_SCRIPTS_DIR/postgres.sh" status >&2 || rc=3
+  return "$rc"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  env) print_env ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+esac
