@@ -100,6 +100,13 @@ func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs 
 	if err != nil {
 		return pos, err
 	}
+	// Only now is every external account this batch created committed; a
+	// rolled-back batch must not teach the cache otherwise.
+	for _, c := range cmds {
+		if c != nil && (c.Type == domain.TypeDeposit || c.Type == domain.TypeWithdraw) {
+			w.externals.Store(c.Currency, true)
+		}
+	}
 	elapsed := time.Since(start).Seconds()
 	w.metrics.batchSize.Observe(float64(len(msgs)))
 	w.metrics.batchDuration.Observe(elapsed)
@@ -183,9 +190,6 @@ func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, 
 	}
 	if stored != pos {
 		return nil, nil, fmt.Errorf("%w (stored %d, expected %d)", errFenced, stored, pos)
-	}
-	for _, c := range currencies {
-		w.externals.Store(c, true)
 	}
 	return priors, book, nil
 }

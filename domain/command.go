@@ -266,6 +266,9 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 			verr.add(p, "must be a JSON object")
 		case buf.Len() > MaxMetadataBytes:
 			verr.add(p, "must be at most %d bytes", MaxMetadataBytes)
+		case bytes.Contains(buf.Bytes(), []byte(`\u0000`)):
+			// PostgreSQL's jsonb cannot store a NUL character.
+			verr.add(p, "must not contain the character \\u0000")
 		default:
 			cmd.Metadata = buf.Bytes()
 		}

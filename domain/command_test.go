@@ -76,6 +76,7 @@ func TestDecodeCommandRejects(t *testing.T) {
 		{"account id too long", `{"command_id":"` + cid + `","type":"deposit","account_id":"` + strings.Repeat("a", 65) + `","currency":"EUR","amount":1}`, "/account_id"},
 		{"metadata not an object", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":[1]}`, "/metadata"},
 		{"metadata too big", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"k":"` + strings.Repeat("x", MaxMetadataBytes) + `"}}`, "/metadata"},
+		{"metadata with NUL", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"k":"\u0000"}}`, "/metadata"},
 		{"negative overdraft", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","overdraft_limit":-1}`, "/overdraft_limit"},
 		{"bad expiry", `{"command_id":"` + cid + `","type":"hold","from_account_id":"a","to_account_id":"b","currency":"EUR","amount":1,"expires_at":"tomorrow"}`, "/expires_at"},
 		{"too large", `{"command_id":"` + cid + `","type":"deposit","pad":"` + strings.Repeat("x", MaxCommandBytes) + `"}`, ""},

@@ -178,7 +178,7 @@ func (a *API) postBatch(w http.ResponseWriter, r *http.Request) {
 		a.opts.Log.Warn("batch produce failed", "err", err, "commands", len(cmds))
 		w.Header().Set("Retry-After", "1")
 		writeProblem(w, problem{Status: http.StatusServiceUnavailable, Type: "unavailable", Title: "Commands not stored",
-			Detail: "some or all commands could not be stored; retry the failed ones (or the batch) with the same command_ids",
+			Detail:  "some or all commands could not be stored; retry the failed ones (or the batch) with the same command_ids",
 			Results: items})
 		return
 	}

@@ -1,0 +1,280 @@
+package consumers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/pgtest"
+)
+
+// These tests drive the transactional apply path directly against a real
+// PostgreSQL, with records built in memory: they pin what one batch does,
+// independent of Kafka's delivery.
+
+const partition = 3
+
+func newTestWorker(t *testing.T, db *pgtest.DB) *Worker {
+	t.Helper()
+	w, err := New(Options{
+		Pool: db.Pool, Brokers: []string{"unused:9092"}, GroupID: "g",
+		CommandsTopic: "commands", EventsTopic: "events", PostingsTopic: "postings", DLQTopic: "dlq",
+		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatalf("New() error = %v", err)
+	}
+	return w
+}
+
+// records turns command JSON into consecutive records starting at offset.
+func records(offset int64, values ...string) []kafka.Message {
+	msgs := make([]kafka.Message, len(values))
+	for i, v := range values {
+		msgs[i] = kafka.Message{Topic: "commands", Partition: partition, Offset: offset + int64(i), Value: []byte(v), Time: time.Now()}
+	}
+	return msgs
+}
+
+func id(n int) string { return fmt.Sprintf("00000000-0000-7000-8000-%012d", n) }
+
+func open(n int, account string) string {
+	return fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":%q,"currency":"EUR"}`, id(n), account)
+}
+
+func deposit(n int, account string, amount int64) string {
+	return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":%q,"amount":%d,"currency":"EUR"}`, id(n), account, amount)
+}
+
+func transfer(n int, from, to string, amount int64) string {
+	return fmt.Sprintf(`{"command_id":%q,"type":"transfer","from_account_id":%q,"to_account_id":%q,"amount":%d,"currency":"EUR"}`, id(n), from, to, amount)
+}
+
+type outcome struct{ Status, Reason string }
+
+func outcomes(t *testing.T, db *pgtest.DB) map[string]outcome {
+	t.Helper()
+	rows, err := db.Pool.Query(context.Background(), `SELECT command_id::text, status, coalesce(reason, '') FROM processed_commands`)
+	if err != nil {
+		t.Fatalf("read processed_commands: %v", err)
+	}
+	got := make(map[string]outcome)
+	for rows.Next() {
+		var cid string
+		var o outcome
+		if err := rows.Scan(&cid, &o.Status, &o.Reason); err != nil {
+			t.Fatal(err)
+		}
+		got[cid] = o
+	}
+	return got
+}
+
+func balances(t *testing.T, db *pgtest.DB) map[string]int64 {
+	t.Helper()
+	rows, err := db.Pool.Query(context.Background(), `SELECT account_id, balance FROM accounts`)
+	if err != nil {
+		t.Fatalf("read accounts: %v", err)
+	}
+	got := make(map[string]int64)
+	for rows.Next() {
+		var a string
+		var b int64
+		if err := rows.Scan(&a, &b); err != nil {
+			t.Fatal(err)
+		}
+		got[a] = b
+	}
+	return got
+}
+
+// outboxEvents returns the outbox rows of topic, decoded, in id order.
+func outboxEvents(t *testing.T, db *pgtest.DB, topic string) []domain.Event {
+	t.Helper()
+	rows, err := db.Pool.Query(context.Background(), `SELECT value FROM outbox WHERE topic = $1 ORDER BY id`, topic)
+	if err != nil {
+		t.Fatalf("read outbox: %v", err)
+	}
+	var evs []domain.Event
+	for rows.Next() {
+		var v []byte
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		var ev domain.Event
+		if err := json.Unmarshal(v, &ev); err != nil {
+			t.Fatalf("outbox row is not an event: %v", err)
+		}
+		evs = append(evs, ev)
+	}
+	return evs
+}
+
+func storedOffset(t *testing.T, db *pgtest.DB) int64 {
+	t.Helper()
+	var next int64
+	if err := db.Pool.QueryRow(context.Background(), `SELECT next_offset FROM consumer_offsets WHERE partition = $1`, partition).Scan(&next); err != nil {
+		t.Fatalf("read stored offset: %v", err)
+	}
+	return next
+}
+
+func TestApplyBatchOutcomesPerCommand(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	msgs := records(10,
+		open(1, "alice"),
+		open(2, "bob"),
+		deposit(3, "alice", 100),
+		transfer(4, "alice", "bob", 500), // rejected: insufficient funds
+		`{"not":"a command"}`,            // DLQ
+		transfer(5, "alice", "bob", 60),  // applies despite the rejection before it
+		transfer(6, "alice", "carol", 1), // rejected: account not found
+	)
+	next, err := w.applyBatch(ctx, partition, 10, msgs, nil)
+	if err != nil {
+		t.Fatalf("applyBatch() error = %v", err)
+	}
+	if next != 17 || storedOffset(t, db) != 17 {
+		t.Errorf("applyBatch() next = %d, stored %d; want 17 for both", next, storedOffset(t, db))
+	}
+	want := map[string]outcome{
+		id(1): {"applied", ""}, id(2): {"applied", ""}, id(3): {"applied", ""},
+		id(4): {"rejected", "insufficient_funds"}, id(5): {"applied", ""}, id(6): {"rejected", "account_not_found"},
+	}
+	if diff := cmp.Diff(want, outcomes(t, db)); diff != "" {
+		t.Errorf("outcomes mismatch (-want +got):\n%s", diff)
+	}
+	wantBalances := map[string]int64{"alice": 40, "bob": 60, domain.ExternalAccountID("EUR"): -100}
+	if diff := cmp.Diff(wantBalances, balances(t, db)); diff != "" {
+		t.Errorf("balances mismatch (-want +got):\n%s", diff)
+	}
+	if evs := outboxEvents(t, db, "events"); len(evs) != 6 {
+		t.Errorf("outbox holds %d outcome events, want 6 (one per command)", len(evs))
+	}
+	// deposit: 2 postings, transfer 5: 2 postings.
+	postings := outboxEvents(t, db, "postings")
+	if len(postings) != 4 {
+		t.Fatalf("outbox holds %d postings, want 4", len(postings))
+	}
+	var last domain.PostingData
+	if err := json.Unmarshal(postings[3].Data, &last); err != nil {
+		t.Fatal(err)
+	}
+	if last.AccountID != "bob" || last.AccountVersion != 1 || last.BalanceAfter != 60 {
+		t.Errorf("last posting = %+v, want bob version 1 balance_after 60", last)
+	}
+	var dlq int
+	var reason string
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*), min(headers->>'dlq_reason') FROM outbox WHERE topic = 'dlq'`).Scan(&dlq, &reason); err != nil {
+		t.Fatal(err)
+	}
+	if dlq != 1 || reason != "invalid_command" {
+		t.Errorf("DLQ rows = %d with reason %q, want 1 with invalid_command", dlq, reason)
+	}
+}
+
+func TestApplyBatchDuplicatesAndConflicts(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	if _, err := w.applyBatch(ctx, partition, 0, records(0, open(1, "alice"), deposit(2, "alice", 10)), nil); err != nil {
+		t.Fatalf("first batch: %v", err)
+	}
+	// The same deposit again (a retry), and in the same batch twice more, and
+	// the same id with another amount: one effect, one conflict outcome.
+	msgs := records(2, deposit(2, "alice", 10), deposit(3, "alice", 5), deposit(3, "alice", 5), deposit(2, "alice", 999))
+	if _, err := w.applyBatch(ctx, partition, 2, msgs, nil); err != nil {
+		t.Fatalf("second batch: %v", err)
+	}
+	if got := balances(t, db)["alice"]; got != 15 {
+		t.Errorf("alice balance = %d, want 15 (10 once, 5 once)", got)
+	}
+	var types []string
+	for _, ev := range outboxEvents(t, db, "events") {
+		types = append(types, ev.Type+" "+ev.CommandID)
+	}
+	want := []string{
+		"open_account.applied " + id(1), "deposit.applied " + id(2), // first batch
+		"deposit.applied " + id(3), "deposit.rejected " + id(2), // second: the duplicate of 2 and of 3 publish nothing
+	}
+	if diff := cmp.Diff(want, types); diff != "" {
+		t.Errorf("outcome events mismatch (-want +got):\n%s", diff)
+	}
+	if got := outcomes(t, db)[id(2)]; got != (outcome{"applied", ""}) {
+		t.Errorf("stored outcome of the conflicting id = %+v, want the first decision (applied)", got)
+	}
+}
+
+func TestApplyBatchFencesStalePosition(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	if _, err := w.applyBatch(ctx, partition, 0, records(0, open(1, "alice"), deposit(2, "alice", 10)), nil); err != nil {
+		t.Fatalf("first batch: %v", err)
+	}
+	// A zombie that still believes the partition is at offset 1 replays
+	// offset 1 and a new record: it must commit nothing.
+	_, err := w.applyBatch(ctx, partition, 1, records(1, deposit(2, "alice", 10), deposit(3, "alice", 7)), nil)
+	if !errors.Is(err, errFenced) {
+		t.Fatalf("applyBatch(stale position) error = %v, want errFenced", err)
+	}
+	if got := balances(t, db)["alice"]; got != 10 {
+		t.Errorf("alice balance = %d after a fenced batch, want 10", got)
+	}
+	if got := storedOffset(t, db); got != 2 {
+		t.Errorf("stored offset = %d after a fenced batch, want 2", got)
+	}
+}
+
+func TestProcessIsolatesRecordThatFailsInPostgres(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	// A trigger makes any entry of account "poison" fail with a
+	// non-transient error, standing in for a record the database refuses.
+	_, err := db.Pool.Exec(ctx, `
+		CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.account_id = 'poison' THEN RAISE EXCEPTION 'poisoned entry' USING ERRCODE = 'P0001'; END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER refuse_poison BEFORE INSERT ON entries FOR EACH ROW EXECUTE FUNCTION refuse_poison();`)
+	if err != nil {
+		t.Fatalf("create trigger: %v", err)
+	}
+	msgs := records(0, open(1, "alice"), open(2, "poison"), deposit(3, "alice", 10), deposit(4, "poison", 10), deposit(5, "alice", 5))
+	next, err := w.process(ctx, partition, 0, msgs, w.opts.Log)
+	if err != nil {
+		t.Fatalf("process() error = %v", err)
+	}
+	if next != 5 {
+		t.Errorf("process() next = %d, want 5", next)
+	}
+	if got := balances(t, db); got["alice"] != 15 || got["poison"] != 0 {
+		t.Errorf("balances = %v, want alice 15 and poison 0", got)
+	}
+	var offset, reason, detail string
+	err = db.Pool.QueryRow(ctx, `SELECT headers->>'source_offset', headers->>'dlq_reason', headers->>'dlq_detail'
+		FROM outbox WHERE topic = 'dlq'`).Scan(&offset, &reason, &detail)
+	if err != nil {
+		t.Fatalf("read the DLQ row: %v", err)
+	}
+	if offset != "3" || reason != "apply_failed" {
+		t.Errorf("DLQ row = offset %s reason %q (%s), want offset 3 reason apply_failed", offset, reason, detail)
+	}
+	if _, seen := outcomes(t, db)[id(4)]; seen {
+		t.Errorf("the dead-lettered command has a stored outcome; it must have none")
+	}
+}
