@@ -1,0 +1,354 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/kafkatest"
+	"github.com/txpipe/txpipe/internal/kafkawriter"
+	"github.com/txpipe/txpipe/internal/pgtest"
+	"github.com/txpipe/txpipe/internal/uuidv7"
+)
+
+// pipeline is "txpipe all" running in this test process against the real
+// Kafka and PostgreSQL, on its own database and topics.
+type pipeline struct {
+	api, admin string
+	db         *pgtest.DB
+	kc         *kafkatest.Cluster
+	topics     kafkatest.Topics
+}
+
+func startPipeline(t *testing.T) *pipeline {
+	t.Helper()
+	p := &pipeline{db: pgtest.New(t), kc: kafkatest.New(t)}
+	p.topics = p.kc.Topics(t, 3)
+	var mu sync.Mutex
+	addrs := make(map[string]string)
+	listening := make(chan struct{}, 2)
+	var logs bytes.Buffer
+	e := &env{
+		stderr: &lockedWriter{w: &logs},
+		lookup: func(string) (string, bool) { return "", false }, // flags only
+		onListen: func(server, addr string) {
+			mu.Lock()
+			addrs[server] = addr
+			mu.Unlock()
+			listening <- struct{}{}
+		},
+	}
+	args := []string{"all",
+		"--database-url", p.db.URL,
+		"--kafka-brokers", strings.Join(p.kc.Brokers, ","),
+		"--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
+		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ,
+		"--group-id", "test-" + p.topics.Commands,
+		"--relay-poll-interval", "100ms",
+		"--shutdown-timeout", "5s",
+		"--log-level", "debug",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, e) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run() = %v, want nil after cancel", err)
+		}
+		if t.Failed() {
+			t.Logf("pipeline log:\n%s", logs.String())
+		}
+	})
+	for range 2 {
+		select {
+		case <-listening:
+		case err := <-done:
+			t.Fatalf("run() ended early: %v\n%s", err, logs.String())
+		}
+	}
+	mu.Lock()
+	p.api, p.admin = "http://"+addrs["api"], "http://"+addrs["admin"]
+	mu.Unlock()
+	eventually(t, "the pipeline is ready", func() bool {
+		resp, err := http.Get(p.admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return p
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// eventually polls cond until it holds, failing the test after 60 s. It
+// waits for asynchronous work to finish; no assertion depends on how fast.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting until %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *pipeline) post(t *testing.T, path, body string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Post(p.api+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatalf("POST %s: undecodable response: %v", path, err)
+	}
+	return resp.StatusCode, out
+}
+
+func (p *pipeline) get(t *testing.T, path string, v any) int {
+	t.Helper()
+	resp, err := http.Get(p.api + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && v != nil {
+		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+			t.Fatalf("GET %s: undecodable response: %v", path, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+// awaitOutcome waits until command id has an outcome and returns its status.
+func (p *pipeline) awaitOutcome(t *testing.T, id string) (status, reason string) {
+	t.Helper()
+	var c struct{ Status, Reason string }
+	eventually(t, "command "+id+" is processed", func() bool { return p.get(t, "/v1/commands/"+id, &c) == http.StatusOK })
+	return c.Status, c.Reason
+}
+
+// events reads n records of topic and decodes them.
+func (p *pipeline) events(t *testing.T, topic string, n int) []domain.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	msgs := p.kc.ReadAll(ctx, t, topic, n)
+	if len(msgs) != n {
+		t.Fatalf("read %d records from %s, want %d", len(msgs), topic, n)
+	}
+	evs := make([]domain.Event, n)
+	for i, m := range msgs {
+		if err := json.Unmarshal(m.Value, &evs[i]); err != nil {
+			t.Fatalf("record on %s is not an event: %v", topic, err)
+		}
+		if got := kafkatest.Header(m, "event_id"); got != evs[i].EventID {
+			t.Errorf("event_id header = %q, want the event's %q", got, evs[i].EventID)
+		}
+	}
+	return evs
+}
+
+func TestEndToEndOverHTTP(t *testing.T) {
+	p := startPipeline(t)
+	ids := map[string]string{"open_alice": uuidv7.New(), "open_bob": uuidv7.New(), "deposit": uuidv7.New(), "transfer": uuidv7.New()}
+	for _, body := range []string{
+		fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"alice","currency":"EUR"}`, ids["open_alice"]),
+		fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"bob","currency":"EUR"}`, ids["open_bob"]),
+	} {
+		if code, resp := p.post(t, "/v1/commands", body); code != http.StatusAccepted || resp["status"] != "accepted" {
+			t.Fatalf("POST open_account = %d %v, want 202 accepted", code, resp)
+		}
+	}
+	p.awaitOutcome(t, ids["open_alice"])
+	p.awaitOutcome(t, ids["open_bob"])
+	batch := fmt.Sprintf(`{"commands":[
+		{"command_id":%q,"type":"deposit","account_id":"alice","amount":1000,"currency":"EUR"},
+		{"command_id":%q,"type":"transfer","from_account_id":"alice","to_account_id":"bob","amount":250,"currency":"EUR"}]}`,
+		ids["deposit"], ids["transfer"])
+	code, resp := p.post(t, "/v1/commands/batch", batch)
+	if code != http.StatusAccepted {
+		t.Fatalf("POST batch = %d %v, want 202", code, resp)
+	}
+	if results, _ := resp["results"].([]any); len(results) != 2 {
+		t.Fatalf("batch results = %v, want 2 items", resp["results"])
+	}
+	if status, reason := p.awaitOutcome(t, ids["transfer"]); status != "applied" {
+		t.Fatalf("transfer outcome = %s %s, want applied", status, reason)
+	}
+
+	// A malformed command is refused and never reaches Kafka.
+	code, prob := p.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"alice","amount":1.5,"currency":"EUR"}`, uuidv7.New()))
+	if code != http.StatusBadRequest || !strings.HasPrefix(fmt.Sprint(prob["type"]), "urn:txpipe:problem:") {
+		t.Errorf("POST bad amount = %d %v, want 400 problem+json", code, prob)
+	}
+
+	for account, want := range map[string]int64{"alice": 750, "bob": 250} {
+		var acct struct {
+			Balance, Available, Version int64
+			Currency                    string
+		}
+		if code := p.get(t, "/v1/accounts/"+account, &acct); code != http.StatusOK {
+			t.Fatalf("GET account %s = %d", account, code)
+		}
+		if acct.Balance != want || acct.Available != want || acct.Currency != "EUR" {
+			t.Errorf("account %s = %+v, want balance and available %d EUR", account, acct, want)
+		}
+	}
+
+	var types []string
+	for _, ev := range p.events(t, p.topics.Events, 4) {
+		types = append(types, ev.Type)
+	}
+	slices.Sort(types)
+	if diff := cmp.Diff([]string{"deposit.applied", "open_account.applied", "open_account.applied", "transfer.applied"}, types); diff != "" {
+		t.Errorf("outcome events mismatch (-want +got):\n%s", diff)
+	}
+
+	// Postings: per account, versions from 1 with no gap, and each
+	// balance_after follows from the one before.
+	byAccount := make(map[string][]domain.PostingData)
+	for _, ev := range p.events(t, p.topics.Postings, 4) {
+		var pd domain.PostingData
+		if err := json.Unmarshal(ev.Data, &pd); err != nil {
+			t.Fatal(err)
+		}
+		byAccount[pd.AccountID] = append(byAccount[pd.AccountID], pd)
+	}
+	want := map[string][]domain.PostingData{
+		"alice": {
+			{AccountID: "alice", AccountVersion: 1, Currency: "EUR", Amount: 1000, BalanceAfter: 1000, CommandType: domain.TypeDeposit},
+			{AccountID: "alice", AccountVersion: 2, Currency: "EUR", Amount: -250, BalanceAfter: 750, CommandType: domain.TypeTransfer},
+		},
+		"bob":                           {{AccountID: "bob", AccountVersion: 1, Currency: "EUR", Amount: 250, BalanceAfter: 250, CommandType: domain.TypeTransfer}},
+		domain.ExternalAccountID("EUR"): {{AccountID: domain.ExternalAccountID("EUR"), AccountVersion: 1, Currency: "EUR", Amount: -1000, BalanceAfter: -1000, CommandType: domain.TypeDeposit}},
+	}
+	if diff := cmp.Diff(want, byAccount); diff != "" {
+		t.Errorf("postings mismatch (-want +got):\n%s", diff)
+	}
+
+	ctx := context.Background()
+	if n := p.kc.Count(ctx, t, p.topics.Commands); n != 4 {
+		t.Errorf("commands topic holds %d records, want 4 (the malformed command must not be produced)", n)
+	}
+}
+
+// produce writes raw records straight to the commands topic, as an
+// upstream that bypasses the API would.
+func (p *pipeline) produce(t *testing.T, key string, values ...string) {
+	t.Helper()
+	w := kafkawriter.New(kafkawriter.Options{Brokers: p.kc.Brokers})
+	defer w.Close()
+	msgs := make([]kafka.Message, len(values))
+	for i, v := range values {
+		msgs[i] = kafka.Message{Topic: p.topics.Commands, Key: []byte(key), Value: []byte(v)}
+	}
+	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+}
+
+func TestDuplicateDeliveryAppliesOnce(t *testing.T) {
+	p := startPipeline(t)
+	open, dep := uuidv7.New(), uuidv7.New()
+	deposit := func(amount int) string {
+		return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"carol","amount":%d,"currency":"USD"}`, dep, amount)
+	}
+	p.produce(t, "carol",
+		fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"carol","currency":"USD"}`, open),
+		deposit(100), deposit(100), // delivered twice
+		deposit(5), // same command_id, other content
+	)
+	evs := p.events(t, p.topics.Events, 3)
+	// Every record was processed once the outbox is drained and the stored
+	// offsets cover all four records: then the count of events is final.
+	ctx := context.Background()
+	eventually(t, "all four records are applied and published", func() bool {
+		var next, pending int64
+		_ = p.db.Pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets`).Scan(&next)
+		_ = p.db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&pending)
+		return next == 4 && pending == 0
+	})
+	if n := p.kc.Count(ctx, t, p.topics.Events); n != 3 {
+		t.Errorf("events topic holds %d records, want 3 (open, deposit, conflict)", n)
+	}
+	var got []string
+	for _, ev := range evs {
+		var d domain.OutcomeData
+		if err := json.Unmarshal(ev.Data, &d); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s %s %s", ev.Type, ev.CommandID, d.Reason))
+	}
+	want := []string{
+		"open_account.applied " + open + " ",
+		"deposit.applied " + dep + " ",
+		"deposit.rejected " + dep + " idempotency_conflict",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("outcome events mismatch (-want +got):\n%s", diff)
+	}
+	var acct struct{ Balance int64 }
+	p.get(t, "/v1/accounts/carol", &acct)
+	if acct.Balance != 100 {
+		t.Errorf("carol balance = %d, want 100 (the duplicate and the conflict have no effect)", acct.Balance)
+	}
+	if status, _ := p.awaitOutcome(t, dep); status != "applied" {
+		t.Errorf("GET /v1/commands/%s status = %s, want the first decision, applied", dep, status)
+	}
+}
+
+func TestPoisonRecordGoesToDLQAndPartitionFlows(t *testing.T) {
+	p := startPipeline(t)
+	garbage := "\x00\xff not json at all"
+	open := uuidv7.New()
+	p.produce(t, "dave", garbage, fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"dave","currency":"GBP"}`, open))
+	if status, _ := p.awaitOutcome(t, open); status != "applied" {
+		t.Fatalf("the record after the poison one = %s, want applied", status)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dlq := p.kc.ReadAll(ctx, t, p.topics.DLQ, 1)
+	if len(dlq) != 1 {
+		t.Fatalf("DLQ holds %d records, want 1", len(dlq))
+	}
+	m := dlq[0]
+	if string(m.Value) != garbage || string(m.Key) != "dave" {
+		t.Errorf("DLQ record = key %q value %q, want the original key and bytes", m.Key, m.Value)
+	}
+	for h, want := range map[string]string{"dlq_reason": "invalid_command", "source_topic": p.topics.Commands, "source_offset": "0"} {
+		if got := kafkatest.Header(m, h); got != want {
+			t.Errorf("DLQ header %s = %q, want %q", h, got, want)
+		}
+	}
+	if kafkatest.Header(m, "dlq_detail") == "" {
+		t.Error("DLQ record has no dlq_detail header")
+	}
+}
