@@ -34,7 +34,9 @@ run: build
 	@eval "$$($(SERVICES) up)"; \
 	$(BIN) migrate; \
 	$(BIN) topics; \
-	echo "txpipe: API on http://localhost:$${TXPIPE_HTTP_ADDR##*:}, metrics on http://localhost:$${TXPIPE_ADMIN_ADDR:-:9090}/metrics" | sed 's#localhost:.*:\([0-9]*\)#localhost:\1#' >&2; \
+	api="$${TXPIPE_HTTP_ADDR:-:8080}"; admin="$${TXPIPE_ADMIN_ADDR:-:9090}"; \
+	echo "txpipe: API http://localhost:$${api##*:}/v1  metrics http://localhost:$${admin##*:}/metrics  readiness http://localhost:$${admin##*:}/readyz" >&2; \
+	echo "txpipe: no API key is needed yet (API keys arrive with issue 7); Ctrl-C stops the pipeline, make services-down the services" >&2; \
 	exec $(BIN) all
 
 .PHONY: test

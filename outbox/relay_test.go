@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/txpipe/txpipe/internal/kafkatest"
-	"github.com/txpipe/txpipe/internal/kafkawriter"
 	"github.com/txpipe/txpipe/internal/pgtest"
 	"github.com/txpipe/txpipe/outbox"
 )
@@ -60,8 +59,7 @@ func TestRelayPublishesRowThatCommitsLate(t *testing.T) {
 		t.Fatalf("ids %d (late) and %d (early): the test needs the late row to have the lower id", id1, id2)
 	}
 
-	w := kafkawriter.New(kafkawriter.Options{Brokers: kc.Brokers})
-	defer w.Close()
+	w := kc.Writer(t)
 	relay, err := outbox.NewRelay(outbox.RelayOptions{
 		Pool: db.Pool, Publisher: w, PollInterval: 50 * time.Millisecond,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),

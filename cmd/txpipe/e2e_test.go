@@ -18,7 +18,6 @@ import (
 
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkatest"
-	"github.com/txpipe/txpipe/internal/kafkawriter"
 	"github.com/txpipe/txpipe/internal/pgtest"
 	"github.com/txpipe/txpipe/internal/uuidv7"
 )
@@ -264,8 +263,7 @@ func TestEndToEndOverHTTP(t *testing.T) {
 // upstream that bypasses the API would.
 func (p *pipeline) produce(t *testing.T, key string, values ...string) {
 	t.Helper()
-	w := kafkawriter.New(kafkawriter.Options{Brokers: p.kc.Brokers})
-	defer w.Close()
+	w := p.kc.Writer(t)
 	msgs := make([]kafka.Message, len(values))
 	for i, v := range values {
 		msgs[i] = kafka.Message{Topic: p.topics.Commands, Key: []byte(key), Value: []byte(v)}

@@ -56,7 +56,9 @@ func runTopics(ctx context.Context, args []string, e *env) error {
 	log := cfg.logger(e)
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(cfg.brokers()...), Timeout: 10 * time.Second}
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(cfg.brokers()...), Timeout: 10 * time.Second, Transport: transport}
 	configs := map[string]string{}
 	if cfg.replicationFactor >= 3 {
 		configs["min.insync.replicas"] = "2"
@@ -106,7 +108,11 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	}
 	defer pool.Close()
 	brokers := cfg.brokers()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
+	// One connection pool for the process's clients and writers, closed on
+	// the way out so no kafka-go goroutine outlives the run.
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: transport}
 	checks := []httpserver.Check{
 		{Name: "postgres", Fn: func(ctx context.Context) error { return pool.Ping(ctx) }},
 		{Name: "kafka", Fn: func(ctx context.Context) error { return kafkaadmin.Ping(ctx, client) }},
@@ -123,7 +129,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	}()
 
 	if has("ingest") {
-		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, Linger: cfg.produceLinger})
+		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, Transport: transport, Linger: cfg.produceLinger})
 		closers = append(closers, w.Close)
 		api, err := producers.NewAPI(producers.APIOptions{
 			Producer:       producers.NewProducer(w, cfg.commandsTopic),
@@ -173,7 +179,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		g.Go(func() error { return wk.Run(ctx) })
 	}
 	if has("relay") {
-		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, BatchSize: cfg.relayBatchSize})
+		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, Transport: transport, BatchSize: cfg.relayBatchSize})
 		closers = append(closers, w.Close)
 		rl, err := outbox.NewRelay(outbox.RelayOptions{
 			Pool:         pool,

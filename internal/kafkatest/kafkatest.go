@@ -16,6 +16,7 @@ import (
 
 	"github.com/txpipe/txpipe/internal/containertest"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
+	"github.com/txpipe/txpipe/internal/kafkawriter"
 )
 
 // EnvVar names the brokers.
@@ -25,6 +26,9 @@ const EnvVar = "TXPIPE_KAFKA_BROKERS"
 type Cluster struct {
 	Brokers []string
 	Client  *kafka.Client
+	// Transport is this test's connection pool, closed when the test ends
+	// (kafka-go's DefaultTransport would keep goroutines alive).
+	Transport *kafka.Transport
 }
 
 // New returns the cluster of TXPIPE_KAFKA_BROKERS.
@@ -32,7 +36,21 @@ func New(t testing.TB) *Cluster {
 	t.Helper()
 	addr := containertest.Address(t, EnvVar, containertest.KafkaBrokers)
 	brokers := strings.Split(addr, ",")
-	return &Cluster{Brokers: brokers, Client: &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}}
+	tr := &kafka.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &Cluster{Brokers: brokers, Transport: tr, Client: &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr}}
+}
+
+// Writer returns a writer with txpipe's production settings on this
+// test's transport, closed when the test ends.
+func (c *Cluster) Writer(t testing.TB) *kafka.Writer {
+	w := kafkawriter.New(kafkawriter.Options{Brokers: c.Brokers, Transport: c.Transport})
+	t.Cleanup(func() {
+		if err := w.Close(); err != nil {
+			t.Errorf("close writer: %v", err)
+		}
+	})
+	return w
 }
 
 // Topics are one test's topics, named after the test so they never collide.
