@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
@@ -34,7 +35,8 @@ type prior struct {
 
 // batchWrites accumulates a batch's effects, written in one round trip.
 type batchWrites struct {
-	touched   map[string]bool // accounts whose row changed or was created
+	touched   map[string]bool // accounts whose row changed
+	opened    map[string]bool // accounts this batch created
 	entries   []entryRow
 	processed []processedRow
 	out       []outbox.Message
@@ -79,7 +81,7 @@ func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs 
 			cmds[i] = &cmd
 		}
 	}
-	wr := batchWrites{touched: make(map[string]bool), counts: make(map[outcomeKey]int)}
+	wr := batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), counts: make(map[outcomeKey]int)}
 	err := pgx.BeginFunc(ctx, w.opts.Pool, func(tx pgx.Tx) error {
 		priors, book, err := w.load(ctx, tx, partition, pos, cmds)
 		if err != nil {
@@ -99,13 +101,6 @@ func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs 
 	})
 	if err != nil {
 		return pos, err
-	}
-	// Only now is every external account this batch created committed; a
-	// rolled-back batch must not teach the cache otherwise.
-	for _, c := range cmds {
-		if c != nil && (c.Type == domain.TypeDeposit || c.Type == domain.TypeWithdraw) {
-			w.externals.Store(c.Currency, true)
-		}
 	}
 	elapsed := time.Since(start).Seconds()
 	w.metrics.batchSize.Observe(float64(len(msgs)))
@@ -131,9 +126,7 @@ func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, 
 			accounts = append(accounts, a)
 		}
 		if c.Type == domain.TypeDeposit || c.Type == domain.TypeWithdraw {
-			if _, ok := w.externals.Load(c.Currency); !ok {
-				currencies = append(currencies, c.Currency)
-			}
+			currencies = append(currencies, c.Currency)
 		}
 	}
 	slices.Sort(accounts)
@@ -163,6 +156,8 @@ func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, 
 		})
 	}
 	if len(currencies) > 0 {
+		// Cheap when the rows exist (no lock is taken on conflict), and
+		// right after a restore too, which a cache would not be.
 		b.Queue(`INSERT INTO accounts (account_id, currency, status, external)
 			SELECT $1 || c, c, 'active', true FROM unnest($2::text[]) AS c
 			ON CONFLICT (account_id) DO NOTHING`, domain.ExternalPrefix, currencies)
@@ -170,7 +165,7 @@ func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, 
 	book := make(domain.Book)
 	if len(accounts) > 0 {
 		b.Queue(`SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
-				coalesce(daily_debit_day::text, ''), daily_debited, version, metadata
+				coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version, metadata
 			FROM accounts WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE`, accounts).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				a := &domain.Account{}
@@ -212,7 +207,7 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 	priors[cmd.CommandID] = prior{fingerprint: fp, status: res.Status, reason: res.Reason}
 	wr.processed = append(wr.processed, processedRow{cmd: cmd, fingerprint: fp, res: res, acceptedAt: m.Time, offset: m.Offset})
 	if res.Opened != nil {
-		wr.touched[res.Opened.ID] = true
+		wr.opened[res.Opened.ID] = true
 	}
 	for _, p := range res.Postings {
 		wr.touched[p.AccountID] = true
@@ -241,22 +236,32 @@ func eventMessage(topic, key string, ev domain.Event, acceptedAt time.Time) outb
 	}
 }
 
+// maxDLQValue bounds the copy of a record kept for the DLQ, so the DLQ
+// record (with its headers) stays under the broker's default 1 MiB limit and
+// can never block the relay.
+const maxDLQValue = 900 << 10
+
 // deadLetter queues the original record for the DLQ topic, with headers that
-// say why and where it came from.
+// say why and where it came from. A record with a null value is kept with an
+// empty one; a record too large to republish is cut, and says so.
 func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, reason, detail string, now time.Time) {
-	wr.out = append(wr.out, outbox.Message{
-		Topic: w.opts.DLQTopic,
-		Key:   m.Key,
-		Value: m.Value,
-		Headers: map[string]string{
-			"dlq_reason":       reason,
-			"dlq_detail":       detail,
-			"dlq_at":           now.Format(time.RFC3339Nano),
-			"source_topic":     m.Topic,
-			"source_partition": strconv.Itoa(m.Partition),
-			"source_offset":    strconv.FormatInt(m.Offset, 10),
-		},
-	})
+	value := m.Value
+	if value == nil {
+		value = []byte{}
+	}
+	headers := map[string]string{
+		"dlq_reason":       reason,
+		"dlq_detail":       detail,
+		"dlq_at":           now.Format(time.RFC3339Nano),
+		"source_topic":     m.Topic,
+		"source_partition": strconv.Itoa(m.Partition),
+		"source_offset":    strconv.FormatInt(m.Offset, 10),
+	}
+	if len(value) > maxDLQValue {
+		headers["dlq_truncated_from"] = strconv.Itoa(len(value))
+		value = value[:maxDLQValue]
+	}
+	wr.out = append(wr.out, outbox.Message{Topic: w.opts.DLQTopic, Key: m.Key, Value: value, Headers: headers})
 	wr.counts[outcomeKey{"dlq", reason}]++
 }
 
@@ -264,8 +269,20 @@ func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, reason, detail str
 // round trip.
 func (w *Worker) write(ctx context.Context, tx pgx.Tx, partition int, next int64, book domain.Book, wr *batchWrites, now time.Time) error {
 	b := &pgx.Batch{}
-	if len(wr.touched) > 0 {
-		queueAccounts(b, book, wr.touched, now)
+	var created, changed []*domain.Account
+	for id := range wr.opened {
+		created = append(created, book[id])
+	}
+	for id := range wr.touched {
+		if !wr.opened[id] {
+			changed = append(changed, book[id])
+		}
+	}
+	if len(created) > 0 {
+		queueInsertAccounts(b, created, now)
+	}
+	if len(changed) > 0 {
+		queueUpdateAccounts(b, changed, now)
 	}
 	if len(wr.entries) > 0 {
 		queueEntries(b, wr.entries, now)
@@ -282,32 +299,49 @@ func (w *Worker) write(ctx context.Context, tx pgx.Tx, partition int, next int64
 	return nil
 }
 
-func queueAccounts(b *pgx.Batch, book domain.Book, touched map[string]bool, now time.Time) {
-	n := len(touched)
-	var (
-		ids, currencies, statuses, days, metadata = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
-		external                                  = make([]bool, 0, n)
-		balance, held, overdraft, daily, debited  = make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n)
-		versions                                  = make([]int64, 0, n)
-	)
-	for id := range touched {
-		a := book[id]
-		ids, currencies, statuses = append(ids, a.ID), append(currencies, a.Currency), append(statuses, string(a.Status))
-		days, metadata, external = append(days, a.DailyDebitDay), append(metadata, string(a.Metadata)), append(external, a.External)
-		balance, held, overdraft = append(balance, a.Balance), append(held, a.Held), append(overdraft, a.OverdraftLimit)
-		daily, debited, versions = append(daily, a.DailyDebitLimit), append(debited, a.DailyDebited), append(versions, a.Version)
+// queueInsertAccounts creates the accounts this batch opened. A plain
+// INSERT on purpose: if another partition opened the same id concurrently
+// (a second open_account under another command_id, or a producer that keys
+// records differently), the unique violation rolls this batch back and its
+// retry sees the row and rejects with account_exists. An upsert would
+// silently overwrite the other account.
+func queueInsertAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time) {
+	n := len(accounts)
+	ids, currencies, statuses, days, metadata := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	balance, held, overdraft, daily, debited, versions := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	for i, a := range accounts {
+		ids[i], currencies[i], statuses[i], days[i], metadata[i] = a.ID, a.Currency, string(a.Status), a.DailyDebitDay, string(a.Metadata)
+		balance[i], held[i], overdraft[i], daily[i], debited[i], versions[i] = a.Balance, a.Held, a.OverdraftLimit, a.DailyDebitLimit, a.DailyDebited, a.Version
 	}
-	b.Queue(`INSERT INTO accounts (account_id, currency, status, external, balance, held, overdraft_limit,
+	b.Queue(`INSERT INTO accounts (account_id, currency, status, balance, held, overdraft_limit,
 			daily_debit_limit, daily_debit_day, daily_debited, version, metadata, created_at, updated_at)
-		SELECT id, cur, st, ext, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(md, '')::jsonb, $13, $13
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::int8[], $6::int8[], $7::int8[], $8::int8[],
-			$9::text[], $10::int8[], $11::int8[], $12::text[]) AS u (id, cur, st, ext, bal, hld, od, dl, dd, deb, ver, md)
-		ON CONFLICT (account_id) DO UPDATE SET
-			status = excluded.status, balance = excluded.balance, held = excluded.held,
-			overdraft_limit = excluded.overdraft_limit, daily_debit_limit = excluded.daily_debit_limit,
-			daily_debit_day = excluded.daily_debit_day, daily_debited = excluded.daily_debited,
-			version = excluded.version, updated_at = excluded.updated_at`,
-		ids, currencies, statuses, external, balance, held, overdraft, daily, days, debited, versions, metadata, now)
+		SELECT id, cur, st, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(md, '')::jsonb, $12, $12
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+			$8::text[], $9::int8[], $10::int8[], $11::text[]) AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, md)`,
+		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, metadata, now)
+}
+
+// queueUpdateAccounts writes the new state of accounts this batch loaded
+// and locked. Every row must exist; a missing one fails the batch.
+func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time) {
+	n := len(accounts)
+	ids, statuses, days := make([]string, n), make([]string, n), make([]string, n)
+	balance, held, debited, versions := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	for i, a := range accounts {
+		ids[i], statuses[i], days[i] = a.ID, string(a.Status), a.DailyDebitDay
+		balance[i], held[i], debited[i], versions[i] = a.Balance, a.Held, a.DailyDebited, a.Version
+	}
+	b.Queue(`UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
+			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = $8
+		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[])
+			AS u (id, st, bal, hld, dd, deb, ver)
+		WHERE a.account_id = u.id`,
+		ids, statuses, balance, held, days, debited, versions, now).Exec(func(ct pgconn.CommandTag) error {
+		if ct.RowsAffected() != int64(n) {
+			return fmt.Errorf("update accounts: %d of %d rows found", ct.RowsAffected(), n)
+		}
+		return nil
+	})
 }
 
 func queueEntries(b *pgx.Batch, rows []entryRow, now time.Time) {

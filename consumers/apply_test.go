@@ -278,3 +278,72 @@ func TestProcessIsolatesRecordThatFailsInPostgres(t *testing.T) {
 		t.Errorf("the dead-lettered command has a stored outcome; it must have none")
 	}
 }
+
+// TestOpenRacingAnotherPartitionNeverOverwrites opens an account that a
+// concurrent, not yet committed transaction (another partition's batch) is
+// creating too. The batch must wait, fail on the unique key, retry, and
+// reject with account_exists, leaving the other account as it was.
+func TestOpenRacingAnotherPartitionNeverOverwrites(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	other, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback(ctx)
+	if _, err := other.Exec(ctx, `INSERT INTO accounts (account_id, currency, status, balance, version) VALUES ('x', 'EUR', 'active', 500, 1)`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := w.applyWithRetry(ctx, partition, 0, records(0, open(1, "x")), nil)
+		done <- err
+	}()
+	// Wait until the batch is blocked on the other transaction's row.
+	for {
+		var waiting int
+		if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the batch finished (%v) before the other transaction committed; it must wait", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := other.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("applyWithRetry() error = %v, want the retry to succeed", err)
+	}
+	if got := outcomes(t, db)[id(1)]; got != (outcome{"rejected", "account_exists"}) {
+		t.Errorf("outcome of the second open = %+v, want rejected account_exists", got)
+	}
+	if got := balances(t, db)["x"]; got != 500 {
+		t.Errorf("balance of x = %d, want the first account's 500 untouched", got)
+	}
+}
+
+func TestNullValueRecordIsDeadLettered(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	msgs := records(0, "", open(1, "alice"))
+	msgs[0].Value = nil // a tombstone
+	if _, err := w.applyBatch(ctx, partition, 0, msgs, nil); err != nil {
+		t.Fatalf("applyBatch() error = %v", err)
+	}
+	var n int
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE topic = 'dlq' AND value = ''`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 || outcomes(t, db)[id(1)].Status != "applied" {
+		t.Errorf("DLQ rows with an empty value = %d, open outcome %+v; want 1 and applied", n, outcomes(t, db)[id(1)])
+	}
+}

@@ -7,38 +7,38 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// transient reports whether err may go away on its own, so the batch should
-// be retried whole rather than split: lost or refused connections, timeouts,
-// serialization failures and deadlocks, a server shutting down or out of
-// resources, and unique violations (two workers racing on one command_id or
-// account id, which a retry resolves by reading the winner's row). Any other
-// PostgreSQL error is a fault of the data and is isolated to the DLQ. The
-// fence error is neither: the caller handles it first.
-func transient(err error) bool {
+// recordFault reports whether err says the records themselves are at fault,
+// so the batch is split and the guilty record sent to the DLQ: a data
+// exception (class 22, e.g. a value the column type cannot hold), an
+// integrity violation other than a unique one (class 23: not null, foreign
+// key, check), or an exception raised by a trigger (P0001).
+//
+// Everything else is the infrastructure's fault and is retried, never
+// dead-lettered: a lost connection, a timeout, a serialization failure or
+// deadlock, a server shutting down, a read-only standby, a schema or
+// permission problem during a deploy. A unique violation is retried too: it
+// is two workers racing on one command_id or account id, and the retry
+// reads the winner's row. A command that got a 202 must never land in the
+// DLQ because the database was unwell.
+func recordFault(err error) bool {
 	if errors.Is(err, errFenced) {
 		return false
 	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
-		// Not a server-side SQL error: the connection, the network or a
-		// timeout failed, which says nothing about the records.
-		return true
+		return false
 	}
 	switch {
-	case strings.HasPrefix(pgErr.Code, "08"), // connection exception
-		strings.HasPrefix(pgErr.Code, "40"), // transaction rollback: 40001, 40P01
-		strings.HasPrefix(pgErr.Code, "53"), // insufficient resources
-		strings.HasPrefix(pgErr.Code, "57"), // operator intervention: shutdown, cancel
-		strings.HasPrefix(pgErr.Code, "58"), // system error (I/O)
-		pgErr.Code == "55P03",               // lock not available
-		pgErr.Code == "23505":               // unique violation: a race, see above
+	case pgErr.Code == "23505":
+		return false
+	case strings.HasPrefix(pgErr.Code, "22"), strings.HasPrefix(pgErr.Code, "23"), pgErr.Code == "P0001":
 		return true
 	}
 	return false
 }
 
-// publicDetail describes a non-transient failure for the DLQ headers: the
-// SQLSTATE and the server's message, which name no credentials.
+// publicDetail describes a record fault for the DLQ headers: the SQLSTATE
+// and the server's message, which name no credentials.
 func publicDetail(err error) string {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {

@@ -9,6 +9,7 @@ type metrics struct {
 	retries       *prometheus.CounterVec
 	lag           *prometheus.GaugeVec
 	lastProcessed prometheus.Gauge
+	offsetGaps    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,8 +40,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "txpipe_consumer_last_processed_timestamp_seconds",
 			Help: "Unix time of the last committed batch.",
 		}),
+		offsetGaps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_consumer_skipped_offsets_total",
+			Help: "Offsets missing from the log when a partition resumed (retention or a recreated topic): records neither applied nor dead-lettered.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.lastProcessed} {
+	for _, c := range []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.lastProcessed, m.offsetGaps} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -15,7 +15,7 @@ import (
 // attemptTimeout bounds one transaction attempt. It is not tied to the
 // generation's context, so a rebalance lets an in-flight batch finish
 // rather than wasting it; the offset fence makes finishing safe.
-const attemptTimeout = 30 * time.Second
+const attemptTimeout = 20 * time.Second
 
 // kafkaCommitInterval spaces the informational Kafka offset commits.
 const kafkaCommitInterval = time.Second
@@ -46,6 +46,7 @@ func (w *Worker) runPartition(ctx context.Context, gen *kafka.Generation, pa kaf
 	}
 	log.Info("partition started", "offset", pos)
 	committed, lastCommit := int64(-1), time.Time{}
+	restart := transientPolicy(0) // paces start-overs after failed rounds
 	defer func() {
 		if committed != pos {
 			w.commitKafkaOffset(gen, pa.ID, pos)
@@ -55,7 +56,9 @@ func (w *Worker) runPartition(ctx context.Context, gen *kafka.Generation, pa kaf
 		msgs, err := fetchBatch(ctx, r, w.opts.BatchSize, w.opts.BatchLinger)
 		if err != nil {
 			if ctx.Err() == nil {
-				log.Warn("fetch failed, partition stops until the next generation", "err", err)
+				// Returning ends the whole generation: the worker rejoins
+				// the group and every partition resumes from PostgreSQL.
+				log.Warn("fetch failed; ending the generation to rejoin", "err", err)
 			}
 			return
 		}
@@ -63,11 +66,19 @@ func (w *Worker) runPartition(ctx context.Context, gen *kafka.Generation, pa kaf
 		if len(msgs) == 0 {
 			continue
 		}
+		if pos >= 0 && msgs[0].Offset > pos {
+			// Records between pos and here are gone from the log
+			// (retention, or a recreated topic): they can be neither applied
+			// nor dead-lettered. Say so loudly.
+			w.metrics.offsetGaps.Add(float64(msgs[0].Offset - pos))
+			log.Error("records missing from the log were skipped", "from_offset", pos, "to_offset", msgs[0].Offset)
+		}
 		next, err := w.process(ctx, pa.ID, pos, msgs, log)
 		switch {
 		case err == nil:
 			pos = next
 			w.setStuck(pa.ID, nil)
+			restart.Reset()
 			last := msgs[len(msgs)-1]
 			w.metrics.lag.WithLabelValues(fmt.Sprint(pa.ID)).Set(float64(max(0, last.HighWaterMark-pos)))
 			if time.Since(lastCommit) >= kafkaCommitInterval {
@@ -84,6 +95,7 @@ func (w *Worker) runPartition(ctx context.Context, gen *kafka.Generation, pa kaf
 				log.Warn("stored offset moved under this worker; re-reading it", "offset", pos)
 			} else {
 				log.Error("batch keeps failing; re-reading the stored offset and starting over", "offset", pos, "err", err)
+				sleep(ctx, restart.NextBackOff())
 			}
 			if pos, err = w.resumeOffset(ctx, pa, log); err != nil {
 				return
@@ -130,7 +142,10 @@ func dropBefore(msgs []kafka.Message, pos int64) []kafka.Message {
 }
 
 // resumeOffset is where the partition continues: the offset stored in
-// PostgreSQL, else Kafka's committed offset, else the start of the log.
+// PostgreSQL, else the start of the log. Kafka's committed offset is not
+// trusted: after a database restore it would skip the commands the restore
+// lost, while replaying from the start re-applies exactly those (the others
+// are absorbed by processed_commands).
 func (w *Worker) resumeOffset(ctx context.Context, pa kafka.PartitionAssignment, log *slog.Logger) (int64, error) {
 	bo := backoff.WithContext(transientPolicy(0), ctx)
 	var next int64
@@ -139,10 +154,7 @@ func (w *Worker) resumeOffset(ctx context.Context, pa kafka.PartitionAssignment,
 			WHERE group_id = $1 AND topic = $2 AND partition = $3`,
 			w.opts.GroupID, w.opts.CommandsTopic, pa.ID).Scan(&next)
 		if errors.Is(err, pgx.ErrNoRows) {
-			next = pa.Offset
-			if next < 0 {
-				next = kafka.FirstOffset
-			}
+			next = kafka.FirstOffset
 			return nil
 		}
 		return err
@@ -154,9 +166,10 @@ func (w *Worker) resumeOffset(ctx context.Context, pa kafka.PartitionAssignment,
 }
 
 // process applies msgs, whose first record is at or after pos, and returns
-// the next offset. A transient failure retries the whole batch; a batch that
-// fails for another reason is split in halves until the record at fault is
-// alone, and that record goes to the DLQ while its neighbours apply.
+// the next offset. An infrastructure failure retries the whole batch; a
+// batch that fails because of a record (recordFault) is split in halves
+// until that record is alone, and it goes to the DLQ while its neighbours
+// apply.
 func (w *Worker) process(ctx context.Context, partition int, pos int64, msgs []kafka.Message, log *slog.Logger) (int64, error) {
 	next, err := w.applyWithRetry(ctx, partition, pos, msgs, nil)
 	if err == nil || errors.Is(err, errFenced) || errors.Is(err, errRetriesExhausted) || ctx.Err() != nil {
@@ -174,13 +187,13 @@ func (w *Worker) process(ctx context.Context, partition int, pos int64, msgs []k
 	return w.process(ctx, partition, pos, msgs[mid:], log)
 }
 
-// errRetriesExhausted ends one round of transient retries; the partition
-// loop then starts over from the stored offset, so a PostgreSQL outage
-// never sends good records to the DLQ.
+// errRetriesExhausted ends one round of retries of an infrastructure
+// failure; the partition loop then starts over from the stored offset, so a
+// PostgreSQL outage never sends good records to the DLQ.
 var errRetriesExhausted = errors.New("transient failures: retries exhausted")
 
-// applyWithRetry runs one batch transaction, retrying transient failures up
-// to 10 times (100 ms doubling to 5 s, about 30 s in all).
+// applyWithRetry runs one batch transaction, retrying infrastructure
+// failures up to 10 times (100 ms doubling to 5 s, about 30 s in all).
 func (w *Worker) applyWithRetry(ctx context.Context, partition int, pos int64, msgs []kafka.Message, dl *deadLetter) (int64, error) {
 	bo := backoff.WithContext(backoff.WithMaxRetries(transientPolicy(5*time.Second), 10), ctx)
 	var next int64
@@ -194,7 +207,7 @@ func (w *Worker) applyWithRetry(ctx context.Context, partition int, pos int64, m
 			return nil
 		}
 		lastErr = err
-		if !transient(err) {
+		if errors.Is(err, errFenced) || recordFault(err) {
 			return backoff.Permanent(err)
 		}
 		return err
@@ -209,14 +222,23 @@ func (w *Worker) applyWithRetry(ctx context.Context, partition int, pos int64, m
 	if ctx.Err() != nil {
 		return pos, ctx.Err()
 	}
-	if transient(lastErr) {
-		return pos, fmt.Errorf("%w: %w", errRetriesExhausted, lastErr)
+	if errors.Is(lastErr, errFenced) || recordFault(lastErr) {
+		return pos, lastErr
 	}
-	return pos, lastErr
+	return pos, fmt.Errorf("%w: %w", errRetriesExhausted, lastErr)
 }
 
 // transientPolicy is exponential backoff from 100 ms, capped at maxInterval
 // (0: 5 s), with no overall deadline; callers bound the attempts.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
 func transientPolicy(maxInterval time.Duration) *backoff.ExponentialBackOff {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 100 * time.Millisecond

@@ -50,11 +50,8 @@ type Options struct {
 // Worker applies commands from the commands topic. Create it with New and
 // start it with Run.
 type Worker struct {
-	opts      Options
-	metrics   *metrics
-	externals sync.Map // currency → true once its external account exists
-
-	commitMu sync.Mutex // serializes Generation.CommitOffsets across partitions
+	opts    Options
+	metrics *metrics
 
 	readyMu  sync.Mutex
 	stuck    map[int]error // partitions whose last batch failed, and why
@@ -96,7 +93,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		Topics:                []string{w.opts.CommandsTopic},
 		HeartbeatInterval:     w.opts.SessionTimeout / 10,
 		SessionTimeout:        w.opts.SessionTimeout,
-		RebalanceTimeout:      30 * time.Second,
+		RebalanceTimeout:      60 * time.Second, // > attemptTimeout: an in-flight batch finishes within it
 		JoinGroupBackoff:      time.Second,
 		WatchPartitionChanges: true,
 		StartOffset:           kafka.FirstOffset,
@@ -124,6 +121,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
 				return nil
 			}
+			w.setUnassigned()
 			w.opts.Log.Warn("consumer group generation failed, rejoining", "err", err)
 			continue
 		}
@@ -142,7 +140,7 @@ func (w *Worker) Ready(context.Context) error {
 	w.readyMu.Lock()
 	defer w.readyMu.Unlock()
 	if !w.assigned {
-		return errors.New("not yet a member of the consumer group")
+		return errors.New("not a member of the consumer group (joining)")
 	}
 	for p, err := range w.stuck {
 		return fmt.Errorf("partition %d is retrying: %w", p, err)
@@ -154,6 +152,12 @@ func (w *Worker) setAssigned(*kafka.Generation) {
 	w.readyMu.Lock()
 	w.assigned = true
 	clear(w.stuck)
+	w.readyMu.Unlock()
+}
+
+func (w *Worker) setUnassigned() {
+	w.readyMu.Lock()
+	w.assigned = false
 	w.readyMu.Unlock()
 }
 
@@ -171,8 +175,6 @@ func (w *Worker) setStuck(partition int, err error) {
 // the offsets that matter; this only keeps lag tools (kafka-consumer-groups,
 // kcat) truthful, so a failure is logged and ignored.
 func (w *Worker) commitKafkaOffset(gen *kafka.Generation, partition int, next int64) {
-	w.commitMu.Lock()
-	defer w.commitMu.Unlock()
 	err := gen.CommitOffsets(map[string]map[int]int64{w.opts.CommandsTopic: {partition: next}})
 	if err != nil {
 		w.opts.Log.Debug("commit kafka offset", "partition", partition, "offset", next, "err", err)

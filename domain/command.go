@@ -257,20 +257,17 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 			cmd.Currency = s
 		}
 	case "metadata":
-		var obj map[string]json.RawMessage
-		var buf bytes.Buffer
+		md, ok := canonicalObject(raw)
 		switch {
-		case json.Unmarshal(raw, &obj) != nil || obj == nil:
+		case !ok:
 			verr.add(p, "must be a JSON object")
-		case json.Compact(&buf, raw) != nil:
-			verr.add(p, "must be a JSON object")
-		case buf.Len() > MaxMetadataBytes:
+		case len(md) > MaxMetadataBytes:
 			verr.add(p, "must be at most %d bytes", MaxMetadataBytes)
-		case bytes.Contains(buf.Bytes(), []byte(`\u0000`)):
+		case bytes.Contains(md, []byte(`\u0000`)):
 			// PostgreSQL's jsonb cannot store a NUL character.
 			verr.add(p, "must not contain the character \\u0000")
 		default:
-			cmd.Metadata = buf.Bytes()
+			cmd.Metadata = md
 		}
 	case "expires_at":
 		var s string
@@ -286,6 +283,21 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 		t = t.UTC()
 		cmd.ExpiresAt = &t
 	}
+}
+
+// canonicalObject re-encodes a JSON object with sorted keys, no spaces and
+// numbers kept digit for digit. Re-encoding also replaces invalid UTF-16
+// escapes (a lone surrogate) with U+FFFD, which PostgreSQL's jsonb would
+// otherwise refuse after the API had accepted the command.
+func canonicalObject(raw json.RawMessage) ([]byte, bool) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var obj map[string]any
+	if err := dec.Decode(&obj); err != nil || obj == nil {
+		return nil, false
+	}
+	b, err := json.Marshal(obj)
+	return b, err == nil
 }
 
 func decodeUUID(raw json.RawMessage, p string, verr *ValidationError) string {

@@ -19,6 +19,8 @@ func TestDecodeCommandAccepts(t *testing.T) {
 		{"open with limits and metadata",
 			`{"command_id":"` + cid + `","type":"open_account","account_id":"alice:1","currency":"EUR","overdraft_limit":500,"daily_debit_limit":1000,"metadata":{ "tier" : "gold" }}`,
 			Command{CommandID: cid, Type: TypeOpenAccount, AccountID: "alice:1", Currency: "EUR", OverdraftLimit: 500, DailyDebitLimit: 1000, Metadata: []byte(`{"tier":"gold"}`)}},
+		{"metadata is canonical and keeps big numbers", `{"command_id":"` + cid + `","type":"open_account","account_id":"m","currency":"EUR","metadata":{"z":1, "a":{"n":123456789012345678901234567890}, "s":"\ud800"}}`,
+			Command{CommandID: cid, Type: TypeOpenAccount, AccountID: "m", Currency: "EUR", Metadata: []byte(`{"a":{"n":123456789012345678901234567890},"s":"` + "\uFFFD" + `","z":1}`)}},
 		{"deposit", `{"command_id":"` + cid + `","type":"deposit","account_id":"a","amount":1,"currency":"USD"}`,
 			Command{CommandID: cid, Type: TypeDeposit, AccountID: "a", Amount: 1, Currency: "USD"}},
 		{"transfer max amount, uppercase id", `{"type":"transfer","command_id":"` + strings.ToUpper(cid) + `","from_account_id":"a","to_account_id":"b","amount":9007199254740991,"currency":"JPY"}`,

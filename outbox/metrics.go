@@ -10,6 +10,7 @@ import (
 type relayMetrics struct {
 	published       *prometheus.CounterVec
 	failures        prometheus.Counter
+	parked          prometheus.Counter
 	publishDuration prometheus.Histogram
 	batchSize       prometheus.Histogram
 	endToEnd        prometheus.Histogram
@@ -30,6 +31,10 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "txpipe_relay_failures_total",
 			Help: "Relay batches that failed (PostgreSQL or Kafka) and were retried.",
+		}),
+		parked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_relay_parked_total",
+			Help: "Outbox rows moved to outbox_parked because they can never be published (too large).",
 		}),
 		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "txpipe_relay_publish_duration_seconds",
@@ -55,7 +60,7 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 			Help: "Age of the oldest unpublished outbox row; 0 when the outbox is empty (sampled every 5 s).",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.published, m.failures, m.publishDuration, m.batchSize, m.endToEnd, m.pending, m.oldestAge} {
+	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.publishDuration, m.batchSize, m.endToEnd, m.pending, m.oldestAge} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -109,6 +109,19 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 	}
 }
 
+// maxBatchBytes bounds the records of one relay transaction. kafka-go sends
+// a partition's share of a call in several requests when it exceeds the
+// writer's BatchBytes (1 MiB), and keeps sending later requests after an
+// earlier one failed: a retry would then publish a key's older records after
+// its newer ones. Keeping the whole call under 1 MiB keeps every
+// partition's share in one request, so a key's records land in order or not
+// at all.
+const maxBatchBytes = 1<<20 - 16<<10
+
+// publishTimeout bounds one publish, so a Kafka outage does not hold the
+// batch's row locks (and back vacuum) for minutes.
+const publishTimeout = 30 * time.Second
+
 type row struct {
 	id         int64
 	topic      string
@@ -116,6 +129,15 @@ type row struct {
 	headers    map[string]string
 	acceptedAt pgtype.Timestamptz
 	createdAt  time.Time
+}
+
+// size estimates the bytes the record takes in a produce request.
+func (x row) size() int {
+	n := len(x.key) + len(x.value) + 32
+	for k, v := range x.headers {
+		n += len(k) + len(v) + 8
+	}
+	return n
 }
 
 // publishBatch publishes the oldest rows and deletes them, in one
@@ -145,6 +167,15 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 		if len(batch) == 0 {
 			return nil
 		}
+		batch, parked := fit(batch)
+		if len(parked) > 0 {
+			if err := r.park(ctx, tx, parked); err != nil {
+				return err
+			}
+		}
+		if len(batch) == 0 {
+			return nil
+		}
 		msgs := make([]kafka.Message, len(batch))
 		ids := make([]int64, len(batch))
 		for i, x := range batch {
@@ -155,7 +186,9 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 			}
 		}
 		start := time.Now()
-		if err := r.opts.Publisher.WriteMessages(ctx, msgs...); err != nil {
+		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+		defer cancel()
+		if err := r.opts.Publisher.WriteMessages(pctx, msgs...); err != nil {
 			return fmt.Errorf("publish %d records: %w", len(msgs), err)
 		}
 		r.metrics.publishDuration.Observe(time.Since(start).Seconds())
@@ -179,6 +212,46 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 		r.metrics.batchSize.Observe(float64(len(published)))
 	}
 	return len(published), nil
+}
+
+// fit splits rows, in id order, into those that fit one publish call
+// (maxBatchBytes in all) and those that can never be published because one
+// record alone exceeds it. Rows after the first that does not fit wait for
+// the next call.
+func fit(rows []row) (batch, parked []row) {
+	total := 0
+	for _, x := range rows {
+		size := x.size()
+		if size > maxBatchBytes {
+			parked = append(parked, x)
+			continue
+		}
+		if total+size > maxBatchBytes {
+			break
+		}
+		batch = append(batch, x)
+		total += size
+	}
+	return batch, parked
+}
+
+// park moves rows that can never be published to outbox_parked, so they do
+// not block the rows behind them. An operator must look at them: the
+// consumers of their topic will see a gap.
+func (r *Relay) park(ctx context.Context, tx pgx.Tx, rows []row) error {
+	ids := make([]int64, len(rows))
+	for i, x := range rows {
+		ids[i] = x.id
+		r.opts.Log.Error("outbox row too large to publish; parked", "id", x.id, "topic", x.topic, "bytes", x.size())
+	}
+	_, err := tx.Exec(ctx, `WITH moved AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *)
+		INSERT INTO outbox_parked (id, topic, key, value, headers, accepted_at, created_at, reason)
+		SELECT id, topic, key, value, headers, accepted_at, created_at, 'too_large' FROM moved`, ids)
+	if err != nil {
+		return fmt.Errorf("park rows: %w", err)
+	}
+	r.metrics.parked.Add(float64(len(rows)))
+	return nil
 }
 
 // listen holds a dedicated connection LISTENing on NotifyChannel and signals

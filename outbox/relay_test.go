@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -106,5 +107,46 @@ func TestRelayPublishesRowThatCommitsLate(t *testing.T) {
 		if left != 0 {
 			t.Errorf("outbox still holds %d rows after both were published", left)
 		}
+	}
+}
+
+// TestRelayParksRowTooLargeToPublish: a row Kafka would refuse must not
+// block the rows behind it.
+func TestRelayParksRowTooLargeToPublish(t *testing.T) {
+	db := pgtest.New(t)
+	kc := kafkatest.New(t)
+	topic := kc.Topics(t, 1).Events
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		insert(t, tx, topic, strings.Repeat("x", 2<<20))
+		insert(t, tx, topic, "small")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay, err := outbox.NewRelay(outbox.RelayOptions{
+		Pool: db.Pool, Publisher: kc.Writer(t), PollInterval: 50 * time.Millisecond,
+		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(rctx) }()
+	defer func() { stop(); <-done }()
+	got := kc.ReadAll(ctx, t, topic, 1)
+	if len(got) != 1 || string(got[0].Value) != "small" {
+		t.Fatalf("published %d records, want the small one", len(got))
+	}
+	var parked int
+	var reason string
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*), min(reason) FROM outbox_parked`).Scan(&parked, &reason); err != nil {
+		t.Fatal(err)
+	}
+	if parked != 1 || reason != "too_large" {
+		t.Errorf("outbox_parked holds %d rows (reason %q), want 1 too_large", parked, reason)
 	}
 }

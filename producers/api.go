@@ -70,10 +70,29 @@ func (a *API) Handler() http.Handler {
 	a.route(mux, "GET /v1/commands/{command_id}", "command", a.getCommand)
 	a.route(mux, "GET /v1/accounts/{account_id}", "account", a.getAccount)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if allow := allowed(r.URL.Path); allow != "" {
+			w.Header().Set("Allow", allow)
+			writeProblem(w, problem{Status: http.StatusMethodNotAllowed, Type: "method-not-allowed", Title: "Method not allowed",
+				Detail: "this route answers " + allow})
+			return
+		}
 		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "No such route",
 			Detail: "see docs/api.md for the routes of this API"})
 	})
 	return mux
+}
+
+// allowed returns the methods of the route that path belongs to, or "".
+func allowed(path string) string {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	switch {
+	case len(parts) == 2 && parts[0] == "v1" && parts[1] == "commands",
+		len(parts) == 3 && parts[0] == "v1" && parts[1] == "commands" && parts[2] == "batch":
+		return "POST"
+	case len(parts) == 3 && parts[0] == "v1" && (parts[1] == "commands" || parts[1] == "accounts"):
+		return "GET"
+	}
+	return ""
 }
 
 // route registers h under pattern, counting and timing it under the

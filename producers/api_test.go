@@ -157,6 +157,7 @@ func TestAPIReadsAnswerProblems(t *testing.T) {
 		"/v1/accounts/has%20space":     400,
 		"/v1/accounts/nobody":          404,
 		"/v2/anything":                 404,
+		"/v1/commands":                 405,
 	} {
 		resp, p := do(t, http.MethodGet, f.srv.URL+path, "")
 		if resp.StatusCode != want || p.Status != want {

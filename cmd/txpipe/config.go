@@ -126,6 +126,7 @@ func (f flagSet) parse(args []string, e *env) (*config, error) {
 	need("log-level", parseLevel(c.logLevel) != nil, "must be debug, info, warn or error")
 	need("batch-size", c.batchSize >= 1, "must be at least 1")
 	need("batch-linger", c.batchLinger >= 0, "must not be negative")
+	need("session-timeout", c.sessionTimeout >= 6*time.Second, "must be at least 6s (the broker's group.min.session.timeout.ms)")
 	need("relay-batch-size", c.relayBatchSize >= 1, "must be at least 1")
 	need("partitions", c.partitions >= 1, "must be at least 1")
 	need("replication-factor", c.replicationFactor >= 1, "must be at least 1")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -118,7 +119,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		{Name: "kafka", Fn: func(ctx context.Context) error { return kafkaadmin.Ping(ctx, client) }},
 	}
 
-	g, ctx := errgroup.WithContext(ctx)
+	// Build every part first and start them together at the end, so that a
+	// failure half-way leaves nothing running without an owner.
+	var runners []func(context.Context) error
 	var closers []func() error
 	defer func() {
 		for _, c := range closers {
@@ -154,8 +157,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		if err != nil {
 			return err
 		}
+		closers = append(closers, ignoreClosed(ln.Close))
 		log.Info("api listening", "addr", ln.Addr().String())
-		g.Go(func() error { return httpserver.Run(ctx, srv, ln, cfg.shutdownTimeout) })
+		runners = append(runners, func(ctx context.Context) error { return httpserver.Run(ctx, srv, ln, cfg.shutdownTimeout) })
 	}
 	if has("worker") {
 		wk, err := consumers.New(consumers.Options{
@@ -176,7 +180,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			return err
 		}
 		checks = append(checks, httpserver.Check{Name: "worker", Fn: wk.Ready})
-		g.Go(func() error { return wk.Run(ctx) })
+		runners = append(runners, wk.Run)
 	}
 	if has("relay") {
 		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, Transport: transport, BatchSize: cfg.relayBatchSize})
@@ -193,7 +197,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			return err
 		}
 		checks = append(checks, httpserver.Check{Name: "relay", Fn: rl.Ready})
-		g.Go(func() error { return rl.Run(ctx) })
+		runners = append(runners, rl.Run)
 	}
 
 	adminLn, err := listen(cfg.adminAddr, "admin", e)
@@ -202,11 +206,26 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	}
 	log.Info("admin listening", "addr", adminLn.Addr().String(), "paths", "/metrics /healthz /readyz")
 	admin := &http.Server{Handler: httpserver.AdminHandler(reg, checks), ReadHeaderTimeout: 5 * time.Second}
-	g.Go(func() error { return httpserver.Run(ctx, admin, adminLn, cfg.shutdownTimeout) })
+	runners = append(runners, func(ctx context.Context) error { return httpserver.Run(ctx, admin, adminLn, cfg.shutdownTimeout) })
 
+	g, ctx := errgroup.WithContext(ctx)
+	for _, r := range runners {
+		g.Go(func() error { return r(ctx) })
+	}
 	err = g.Wait()
 	log.Info("stopped", "err", err)
 	return err
+}
+
+// ignoreClosed adapts a listener's Close for the closers list: once its
+// server ran, the listener is closed already, which is not an error.
+func ignoreClosed(close func() error) func() error {
+	return func() error {
+		if err := close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	}
 }
 
 func listen(addr, name string, e *env) (net.Listener, error) {
