@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
@@ -37,6 +36,7 @@ type prior struct {
 type batchWrites struct {
 	touched   map[string]bool // accounts whose row changed
 	opened    map[string]bool // accounts this batch created
+	transfers map[string]bool // transfers created or changed
 	entries   []entryRow
 	processed []processedRow
 	out       []outbox.Message
@@ -81,9 +81,9 @@ func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs 
 			cmds[i] = &cmd
 		}
 	}
-	wr := batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), counts: make(map[outcomeKey]int)}
+	wr := batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), transfers: make(map[string]bool), counts: make(map[outcomeKey]int)}
 	err := pgx.BeginFunc(ctx, w.opts.Pool, func(tx pgx.Tx) error {
-		priors, book, err := w.load(ctx, tx, partition, pos, cmds)
+		priors, book, loaded, err := w.load(ctx, tx, partition, pos, cmds)
 		if err != nil {
 			return err
 		}
@@ -97,7 +97,7 @@ func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs 
 				wr.command(w, *cmds[i], m, priors, book, now)
 			}
 		}
-		return w.write(ctx, tx, partition, next, book, &wr, now)
+		return w.write(ctx, tx, partition, next, book, loaded, &wr, now)
 	})
 	if err != nil {
 		return pos, err
@@ -112,28 +112,33 @@ func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs 
 	return next, nil
 }
 
-// load checks the fence and reads, in one round trip, the stored decisions
-// for the batch's command ids and the accounts it touches, locking those
-// accounts in account id order so that concurrent batches cannot deadlock.
-func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, cmds []*domain.Command) (map[string]prior, domain.Book, error) {
-	var ids, accounts, currencies []string
+// load checks the fence and reads the stored decisions for the batch's
+// command ids, then loads and locks what the batch touches in the lock order
+// of store.go: the transfers it names, then every account. A batch that
+// names no transfer does it all in one round trip; otherwise the accounts
+// of the named transfers are known only once those are read, so the
+// account locks take a second round trip.
+func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, cmds []*domain.Command) (map[string]prior, *domain.Book, map[string]bool, error) {
+	var ids, accounts, transfers, currencies []string
 	for _, c := range cmds {
 		if c == nil {
 			continue
 		}
 		ids = append(ids, c.CommandID)
-		for _, a := range domain.AccountIDs(*c) {
-			accounts = append(accounts, a)
-		}
+		as, ts := domain.Refs(*c)
+		accounts = append(accounts, as...)
+		transfers = append(transfers, ts...)
 		if c.Type == domain.TypeDeposit || c.Type == domain.TypeWithdraw {
 			currencies = append(currencies, c.Currency)
 		}
 	}
-	slices.Sort(accounts)
-	accounts = slices.Compact(accounts)
+	slices.Sort(transfers)
+	transfers = slices.Compact(transfers)
 	slices.Sort(currencies)
 	currencies = slices.Compact(currencies)
 
+	book := domain.NewBook()
+	loaded := make(map[string]bool)
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
 		ON CONFLICT DO NOTHING`, w.opts.GroupID, w.opts.CommandsTopic, partition, pos)
@@ -162,37 +167,39 @@ func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, 
 			SELECT $1 || c, c, 'active', true FROM unnest($2::text[]) AS c
 			ON CONFLICT (account_id) DO NOTHING`, domain.ExternalPrefix, currencies)
 	}
-	book := make(domain.Book)
-	if len(accounts) > 0 {
-		b.Queue(`SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
-				coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version, metadata
-			FROM accounts WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE`, accounts).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				a := &domain.Account{}
-				var status string
-				if err := rows.Scan(&a.ID, &a.Currency, &status, &a.External, &a.Balance, &a.Held, &a.OverdraftLimit,
-					&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version, &a.Metadata); err != nil {
-					return err
-				}
-				a.Status = domain.AccountStatus(status)
-				book[a.ID] = a
-			}
-			return rows.Err()
-		})
+	if len(transfers) > 0 {
+		queueLockTransfers(b, transfers, book, loaded)
+	} else if len(accounts) > 0 {
+		queueLockAccounts(b, sortedUnique(accounts), book)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return nil, nil, fmt.Errorf("load batch state: %w", err)
+		return nil, nil, nil, fmt.Errorf("load batch state: %w", err)
 	}
 	if stored != pos {
-		return nil, nil, fmt.Errorf("%w (stored %d, expected %d)", errFenced, stored, pos)
+		return nil, nil, nil, fmt.Errorf("%w (stored %d, expected %d)", errFenced, stored, pos)
 	}
-	return priors, book, nil
+	if len(transfers) > 0 {
+		for _, t := range book.Transfers {
+			accounts = append(accounts, t.FromAccountID, t.ToAccountID)
+		}
+		b := &pgx.Batch{}
+		queueLockAccounts(b, sortedUnique(accounts), book)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return nil, nil, nil, fmt.Errorf("lock accounts: %w", err)
+		}
+	}
+	return priors, book, loaded, nil
+}
+
+func sortedUnique(s []string) []string {
+	slices.Sort(s)
+	return slices.Compact(s)
 }
 
 // command decides one command: a replay of a known command_id has no
 // effect, other content under a known id is an idempotency conflict, and a
 // new command runs the ledger rules.
-func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, priors map[string]prior, book domain.Book, now time.Time) {
+func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, priors map[string]prior, book *domain.Book, now time.Time) {
 	fp := cmd.Fingerprint()
 	if p, seen := priors[cmd.CommandID]; seen {
 		if bytes.Equal(p.fingerprint, fp) {
@@ -209,8 +216,13 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 	if res.Opened != nil {
 		wr.opened[res.Opened.ID] = true
 	}
+	for _, id := range res.Changed {
+		wr.touched[id] = true
+	}
+	if res.Transfer != nil {
+		wr.transfers[res.Transfer.ID] = true
+	}
 	for _, p := range res.Postings {
-		wr.touched[p.AccountID] = true
 		wr.entries = append(wr.entries, entryRow{cmd: cmd, posting: p})
 	}
 	wr.outcome(w, cmd, res, m.Time, now)
@@ -267,15 +279,23 @@ func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, reason, detail str
 
 // write stores the batch's effects and advances the stored offset, in one
 // round trip.
-func (w *Worker) write(ctx context.Context, tx pgx.Tx, partition int, next int64, book domain.Book, wr *batchWrites, now time.Time) error {
+func (w *Worker) write(ctx context.Context, tx pgx.Tx, partition int, next int64, book *domain.Book, loaded map[string]bool, wr *batchWrites, now time.Time) error {
 	b := &pgx.Batch{}
 	var created, changed []*domain.Account
 	for id := range wr.opened {
-		created = append(created, book[id])
+		created = append(created, book.Accounts[id])
 	}
 	for id := range wr.touched {
 		if !wr.opened[id] {
-			changed = append(changed, book[id])
+			changed = append(changed, book.Accounts[id])
+		}
+	}
+	var newTransfers, changedTransfers []*domain.Transfer
+	for id := range wr.transfers {
+		if loaded[id] {
+			changedTransfers = append(changedTransfers, book.Transfers[id])
+		} else {
+			newTransfers = append(newTransfers, book.Transfers[id])
 		}
 	}
 	if len(created) > 0 {
@@ -283,6 +303,12 @@ func (w *Worker) write(ctx context.Context, tx pgx.Tx, partition int, next int64
 	}
 	if len(changed) > 0 {
 		queueUpdateAccounts(b, changed, now)
+	}
+	if len(newTransfers) > 0 {
+		queueInsertTransfers(b, newTransfers, now)
+	}
+	if len(changedTransfers) > 0 {
+		queueUpdateTransfers(b, changedTransfers, now)
 	}
 	if len(wr.entries) > 0 {
 		queueEntries(b, wr.entries, now)
@@ -297,51 +323,6 @@ func (w *Worker) write(ctx context.Context, tx pgx.Tx, partition int, next int64
 		return fmt.Errorf("write batch effects: %w", err)
 	}
 	return nil
-}
-
-// queueInsertAccounts creates the accounts this batch opened. A plain
-// INSERT on purpose: if another partition opened the same id concurrently
-// (a second open_account under another command_id, or a producer that keys
-// records differently), the unique violation rolls this batch back and its
-// retry sees the row and rejects with account_exists. An upsert would
-// silently overwrite the other account.
-func queueInsertAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time) {
-	n := len(accounts)
-	ids, currencies, statuses, days, metadata := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	balance, held, overdraft, daily, debited, versions := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
-	for i, a := range accounts {
-		ids[i], currencies[i], statuses[i], days[i], metadata[i] = a.ID, a.Currency, string(a.Status), a.DailyDebitDay, string(a.Metadata)
-		balance[i], held[i], overdraft[i], daily[i], debited[i], versions[i] = a.Balance, a.Held, a.OverdraftLimit, a.DailyDebitLimit, a.DailyDebited, a.Version
-	}
-	b.Queue(`INSERT INTO accounts (account_id, currency, status, balance, held, overdraft_limit,
-			daily_debit_limit, daily_debit_day, daily_debited, version, metadata, created_at, updated_at)
-		SELECT id, cur, st, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(md, '')::jsonb, $12, $12
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
-			$8::text[], $9::int8[], $10::int8[], $11::text[]) AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, md)`,
-		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, metadata, now)
-}
-
-// queueUpdateAccounts writes the new state of accounts this batch loaded
-// and locked. Every row must exist; a missing one fails the batch.
-func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time) {
-	n := len(accounts)
-	ids, statuses, days := make([]string, n), make([]string, n), make([]string, n)
-	balance, held, debited, versions := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
-	for i, a := range accounts {
-		ids[i], statuses[i], days[i] = a.ID, string(a.Status), a.DailyDebitDay
-		balance[i], held[i], debited[i], versions[i] = a.Balance, a.Held, a.DailyDebited, a.Version
-	}
-	b.Queue(`UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
-			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = $8
-		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[])
-			AS u (id, st, bal, hld, dd, deb, ver)
-		WHERE a.account_id = u.id`,
-		ids, statuses, balance, held, days, debited, versions, now).Exec(func(ct pgconn.CommandTag) error {
-		if ct.RowsAffected() != int64(n) {
-			return fmt.Errorf("update accounts: %d of %d rows found", ct.RowsAffected(), n)
-		}
-		return nil
-	})
 }
 
 func queueEntries(b *pgx.Batch, rows []entryRow, now time.Time) {

@@ -17,10 +17,10 @@ func BenchmarkDecodeCommand(b *testing.B) {
 }
 
 func BenchmarkApplyTransfer(b *testing.B) {
-	book := make(Book)
+	book := NewBook()
 	for i := range 1000 {
 		id := fmt.Sprintf("acct-%d", i)
-		book[id] = &Account{ID: id, Currency: "EUR", Status: AccountActive, Balance: 1 << 40}
+		book.Accounts[id] = &Account{ID: id, Currency: "EUR", Status: AccountActive, Balance: 1 << 40}
 	}
 	cmds := make([]Command, 1000)
 	for i := range cmds {

@@ -39,9 +39,6 @@ const (
 	ReasonReversalExceedsTransfer Reason = "reversal_exceeds_transfer"
 	ReasonAccountNotEmpty         Reason = "account_not_empty"
 	ReasonBalanceOverflow         Reason = "balance_overflow"
-	// ReasonNotSupported rejects a well-formed command whose type this
-	// version of the workers does not apply yet.
-	ReasonNotSupported Reason = "command_not_supported"
 )
 
 // AccountStatus is an account's lifecycle state.
@@ -99,6 +96,61 @@ type Posting struct {
 	AccountVersion int64
 }
 
+// TransferKind says what made a transfer.
+type TransferKind string
+
+// Transfer kinds: every command that moves or reserves money makes one, with
+// the command_id as its id.
+const (
+	KindTransfer   TransferKind = "transfer"
+	KindDeposit    TransferKind = "deposit"
+	KindWithdrawal TransferKind = "withdrawal"
+	KindHold       TransferKind = "hold"
+)
+
+// TransferStatus is where a transfer stands.
+type TransferStatus string
+
+// Transfer states. Deposits, withdrawals and transfers are posted at once; a
+// transfer whose whole amount was reversed is reversed. A hold is pending
+// until captured, released or expired.
+const (
+	TransferPosted   TransferStatus = "posted"
+	TransferReversed TransferStatus = "reversed"
+	TransferPending  TransferStatus = "pending"
+	TransferCaptured TransferStatus = "captured"
+	TransferReleased TransferStatus = "released"
+	TransferExpired  TransferStatus = "expired"
+)
+
+// Transfer is one movement or reservation of money.
+type Transfer struct {
+	ID            string
+	Kind          TransferKind
+	FromAccountID string
+	ToAccountID   string
+	Currency      string
+	Amount        int64
+	// CapturedAmount is what a captured hold moved (the rest was released).
+	CapturedAmount int64
+	// ReversedAmount is what reversals have given back so far.
+	ReversedAmount int64
+	Status         TransferStatus
+	ExpiresAt      *time.Time
+}
+
+// reversible is how much of t reversals may still give back: a transfer's
+// amount, or a captured hold's captured amount, less what was reversed.
+func (t *Transfer) reversible() int64 {
+	switch {
+	case t.Kind == KindTransfer:
+		return t.Amount - t.ReversedAmount
+	case t.Kind == KindHold && (t.Status == TransferCaptured || t.Status == TransferReversed):
+		return t.CapturedAmount - t.ReversedAmount
+	}
+	return 0
+}
+
 // Result is the outcome of applying one command.
 type Result struct {
 	Status   Status
@@ -106,53 +158,83 @@ type Result struct {
 	Postings []Posting
 	// Opened is the account an applied open_account created.
 	Opened *Account
+	// Changed lists the existing accounts whose state changed (postings,
+	// holds or status).
+	Changed []string
+	// Transfer is the transfer the command created or changed.
+	Transfer *Transfer
 }
 
 func rejected(r Reason) Result { return Result{Status: StatusRejected, Reason: r} }
 
-// Book is the working set of accounts a batch of commands may touch, keyed by
-// account id. The caller loads (and locks) the accounts the commands name;
-// an id missing from the Book does not exist. Apply changes the Book only when
-// a command is applied, so a rejection never leaves a trace.
-type Book map[string]*Account
+// Book is the working set of accounts and transfers a batch of commands may
+// touch. The caller loads (and locks) what Refs names; an id missing from the
+// Book does not exist. Apply changes the Book only when a command is
+// applied, so a rejection never leaves a trace.
+type Book struct {
+	Accounts  map[string]*Account
+	Transfers map[string]*Transfer
+}
 
-// AccountIDs lists the accounts cmd reads or changes, including the external
-// account of its currency, so the caller knows what to load and lock.
-func AccountIDs(cmd Command) []string {
+// NewBook returns an empty Book.
+func NewBook() *Book {
+	return &Book{Accounts: make(map[string]*Account), Transfers: make(map[string]*Transfer)}
+}
+
+// Refs lists what cmd reads or changes that the caller must load first: the
+// accounts it names (with the external account of its currency) and the
+// transfer it names. A named transfer's own accounts are needed too; the
+// caller adds them once the transfer is loaded.
+func Refs(cmd Command) (accounts, transfers []string) {
 	switch cmd.Type {
 	case TypeDeposit, TypeWithdraw:
-		return []string{cmd.AccountID, ExternalAccountID(cmd.Currency)}
+		return []string{cmd.AccountID, ExternalAccountID(cmd.Currency)}, nil
 	case TypeTransfer, TypeHold:
-		return []string{cmd.FromAccountID, cmd.ToAccountID}
+		return []string{cmd.FromAccountID, cmd.ToAccountID}, nil
+	case TypeCapture, TypeRelease:
+		return []string{cmd.AccountID}, []string{cmd.HoldID}
+	case TypeReverse:
+		return []string{cmd.AccountID}, []string{cmd.TransferID}
 	default:
-		return []string{cmd.AccountID}
+		return []string{cmd.AccountID}, nil
 	}
 }
 
 // Apply runs the ledger rules for cmd against the Book at time now and
-// returns the outcome; on success the Book holds the new account states.
-// Idempotency (a command_id seen before) is the caller's check: it runs before
-// Apply so that a retry always gets the first answer.
-func (b Book) Apply(cmd Command, now time.Time) Result {
+// returns the outcome; on success the Book holds the new states.
+// Idempotency (a command_id seen before) is the caller's check: it runs
+// before Apply so that a retry always gets the first answer. The order of the
+// checks of each command is documented in docs/ledger.md.
+func (b *Book) Apply(cmd Command, now time.Time) Result {
+	acct := b.Accounts
 	switch cmd.Type {
 	case TypeOpenAccount:
 		return b.openAccount(cmd)
 	case TypeDeposit:
-		return b.move(cmd, b[ExternalAccountID(cmd.Currency)], b[cmd.AccountID], now)
+		return b.move(cmd, KindDeposit, acct[ExternalAccountID(cmd.Currency)], acct[cmd.AccountID], now)
 	case TypeWithdraw:
-		return b.move(cmd, b[cmd.AccountID], b[ExternalAccountID(cmd.Currency)], now)
+		return b.move(cmd, KindWithdrawal, acct[cmd.AccountID], acct[ExternalAccountID(cmd.Currency)], now)
 	case TypeTransfer:
 		if cmd.FromAccountID == cmd.ToAccountID {
 			return rejected(ReasonSameAccount)
 		}
-		return b.move(cmd, b[cmd.FromAccountID], b[cmd.ToAccountID], now)
-	default:
-		return rejected(ReasonNotSupported)
+		return b.move(cmd, KindTransfer, acct[cmd.FromAccountID], acct[cmd.ToAccountID], now)
+	case TypeHold:
+		return b.hold(cmd, now)
+	case TypeCapture:
+		return b.capture(cmd, now)
+	case TypeRelease:
+		return b.release(cmd)
+	case TypeReverse:
+		return b.reverse(cmd)
+	case TypeFreezeAccount, TypeUnfreezeAccount, TypeCloseAccount:
+		return b.setStatus(cmd)
 	}
+	panic("domain: Apply of unknown command type " + string(cmd.Type)) // DecodeCommand admits none
 }
 
-func (b Book) openAccount(cmd Command) Result {
-	if _, ok := b[cmd.AccountID]; ok {
+func (b *Book) openAccount(cmd Command) Result {
+	if _, ok := b.Accounts[cmd.AccountID]; ok {
 		return rejected(ReasonAccountExists)
 	}
 	a := &Account{
@@ -163,51 +245,247 @@ func (b Book) openAccount(cmd Command) Result {
 		DailyDebitLimit: cmd.DailyDebitLimit,
 		Metadata:        cmd.Metadata,
 	}
-	b[a.ID] = a
+	b.Accounts[a.ID] = a
 	return Result{Status: StatusApplied, Opened: a}
 }
 
-// move takes cmd.Amount from debit and gives it to credit. Checks run in this
-// order, the first failure winning: both accounts exist (debit first), neither
-// is closed, neither is frozen, both hold the command's currency, no balance
-// overflows, the debit account's available funds cover the amount down to its
-// overdraft limit, and the debit stays within its daily debit limit.
-func (b Book) move(cmd Command, debit, credit *Account, now time.Time) Result {
-	amount := cmd.Amount
+// usable checks that both accounts of a movement exist, are open and not
+// frozen, and hold currency. It returns "" when they do.
+func usable(debit, credit *Account, currency string) Reason {
 	switch {
 	case debit == nil || credit == nil:
-		return rejected(ReasonAccountNotFound)
+		return ReasonAccountNotFound
 	case debit.Status == AccountClosed || credit.Status == AccountClosed:
-		return rejected(ReasonAccountClosed)
+		return ReasonAccountClosed
 	case debit.Status == AccountFrozen || credit.Status == AccountFrozen:
-		return rejected(ReasonAccountFrozen)
-	case debit.Currency != cmd.Currency || credit.Currency != cmd.Currency:
-		return rejected(ReasonCurrencyMismatch)
-	case debit.Balance < math.MinInt64+amount || credit.Balance > math.MaxInt64-amount:
+		return ReasonAccountFrozen
+	case debit.Currency != currency || credit.Currency != currency:
+		return ReasonCurrencyMismatch
+	}
+	return ""
+}
+
+// fundsFor checks that debit may spend amount now: available funds down to
+// the overdraft limit, then the daily debit limit. It returns the day's
+// debits so far (0 on a new UTC day), to which the caller adds amount.
+func fundsFor(debit *Account, amount int64, now time.Time) (int64, Reason) {
+	if debit.External {
+		return 0, ""
+	}
+	if debit.Available()-amount < -debit.OverdraftLimit {
+		return 0, ReasonInsufficientFunds
+	}
+	debited := int64(0)
+	if debit.DailyDebitDay == day(now) {
+		debited = debit.DailyDebited
+	}
+	if debit.DailyDebitLimit > 0 && debited+amount > debit.DailyDebitLimit {
+		return 0, ReasonDailyLimitExceeded
+	}
+	return debited, ""
+}
+
+func day(t time.Time) string { return t.UTC().Format(time.DateOnly) }
+
+// move takes cmd.Amount from debit and gives it to credit: usable accounts,
+// then no balance overflow, then the debit's funds and daily limit.
+func (b *Book) move(cmd Command, kind TransferKind, debit, credit *Account, now time.Time) Result {
+	amount := cmd.Amount
+	if r := usable(debit, credit, cmd.Currency); r != "" {
+		return rejected(r)
+	}
+	if debit.Balance < math.MinInt64+amount || credit.Balance > math.MaxInt64-amount {
 		return rejected(ReasonBalanceOverflow)
 	}
-	day := now.UTC().Format(time.DateOnly)
-	debited := int64(0)
-	if !debit.External {
-		if debit.Available()-amount < -debit.OverdraftLimit {
-			return rejected(ReasonInsufficientFunds)
-		}
-		if debit.DailyDebitDay == day {
-			debited = debit.DailyDebited
-		}
-		if debit.DailyDebitLimit > 0 && debited+amount > debit.DailyDebitLimit {
-			return rejected(ReasonDailyLimitExceeded)
-		}
+	debited, r := fundsFor(debit, amount, now)
+	if r != "" {
+		return rejected(r)
 	}
+	if !debit.External {
+		debit.DailyDebitDay, debit.DailyDebited = day(now), debited+amount
+	}
+	t := &Transfer{ID: cmd.CommandID, Kind: kind, FromAccountID: debit.ID, ToAccountID: credit.ID,
+		Currency: cmd.Currency, Amount: amount, Status: TransferPosted}
+	b.Transfers[t.ID] = t
+	return Result{Status: StatusApplied, Postings: post(debit, credit, amount, cmd.Currency),
+		Changed: []string{debit.ID, credit.ID}, Transfer: t}
+}
+
+// post moves amount from debit to credit and returns the two postings.
+func post(debit, credit *Account, amount int64, currency string) []Posting {
 	debit.Balance -= amount
 	debit.Version++
-	if !debit.External {
-		debit.DailyDebitDay, debit.DailyDebited = day, debited+amount
-	}
 	credit.Balance += amount
 	credit.Version++
-	return Result{Status: StatusApplied, Postings: []Posting{
-		{AccountID: debit.ID, Currency: cmd.Currency, Amount: -amount, BalanceAfter: debit.Balance, AccountVersion: debit.Version},
-		{AccountID: credit.ID, Currency: cmd.Currency, Amount: amount, BalanceAfter: credit.Balance, AccountVersion: credit.Version},
-	}}
+	return []Posting{
+		{AccountID: debit.ID, Currency: currency, Amount: -amount, BalanceAfter: debit.Balance, AccountVersion: debit.Version},
+		{AccountID: credit.ID, Currency: currency, Amount: amount, BalanceAfter: credit.Balance, AccountVersion: credit.Version},
+	}
+}
+
+// hold reserves cmd.Amount of the debit account for the credit account: the
+// checks of a transfer (holds count against funds and the daily limit, and
+// the reservation must not overflow), then an expiry in the past is
+// hold_expired. Balances do not change, so a hold has no postings.
+func (b *Book) hold(cmd Command, now time.Time) Result {
+	if cmd.FromAccountID == cmd.ToAccountID {
+		return rejected(ReasonSameAccount)
+	}
+	debit, credit := b.Accounts[cmd.FromAccountID], b.Accounts[cmd.ToAccountID]
+	if r := usable(debit, credit, cmd.Currency); r != "" {
+		return rejected(r)
+	}
+	if debit.Held > math.MaxInt64-cmd.Amount || debit.Balance-debit.Held < math.MinInt64+cmd.Amount {
+		return rejected(ReasonBalanceOverflow)
+	}
+	debited, r := fundsFor(debit, cmd.Amount, now)
+	if r != "" {
+		return rejected(r)
+	}
+	if cmd.ExpiresAt != nil && !cmd.ExpiresAt.After(now) {
+		return rejected(ReasonHoldExpired)
+	}
+	debit.Held += cmd.Amount
+	debit.DailyDebitDay, debit.DailyDebited = day(now), debited+cmd.Amount
+	t := &Transfer{ID: cmd.CommandID, Kind: KindHold, FromAccountID: debit.ID, ToAccountID: credit.ID,
+		Currency: cmd.Currency, Amount: cmd.Amount, Status: TransferPending, ExpiresAt: cmd.ExpiresAt}
+	b.Transfers[t.ID] = t
+	return Result{Status: StatusApplied, Changed: []string{debit.ID}, Transfer: t}
+}
+
+// pendingHold finds the hold a capture or release names: it must exist, be a
+// hold of cmd.AccountID, and be pending.
+func (b *Book) pendingHold(cmd Command) (*Transfer, Reason) {
+	t := b.Transfers[cmd.HoldID]
+	switch {
+	case t == nil || t.Kind != KindHold || t.FromAccountID != cmd.AccountID:
+		return nil, ReasonHoldNotFound
+	case t.Status != TransferPending:
+		return nil, ReasonHoldNotPending
+	}
+	return t, ""
+}
+
+// capture moves all or part of a pending hold and releases the rest:
+// hold_not_found, hold_not_pending, hold_expired (past its expiry even if
+// the expirer has not run yet), capture_exceeds_hold, then the accounts must
+// be usable and the credit must not overflow. Funds were reserved by the
+// hold, so there is no funds or daily-limit check.
+func (b *Book) capture(cmd Command, now time.Time) Result {
+	t, r := b.pendingHold(cmd)
+	if r != "" {
+		return rejected(r)
+	}
+	if t.ExpiresAt != nil && !t.ExpiresAt.After(now) {
+		return rejected(ReasonHoldExpired)
+	}
+	amount := t.Amount
+	if cmd.Amount > 0 {
+		amount = cmd.Amount
+	}
+	if amount > t.Amount {
+		return rejected(ReasonCaptureExceedsHold)
+	}
+	debit, credit := b.Accounts[t.FromAccountID], b.Accounts[t.ToAccountID]
+	if r := usable(debit, credit, t.Currency); r != "" {
+		return rejected(r)
+	}
+	if credit.Balance > math.MaxInt64-amount {
+		return rejected(ReasonBalanceOverflow)
+	}
+	debit.Held -= t.Amount
+	t.Status, t.CapturedAmount = TransferCaptured, amount
+	return Result{Status: StatusApplied, Postings: post(debit, credit, amount, t.Currency),
+		Changed: []string{debit.ID, credit.ID}, Transfer: t}
+}
+
+// release gives a pending hold's whole amount back to available funds:
+// hold_not_found, hold_not_pending. A hold past its expiry that the expirer
+// has not reached yet is released (the funds come back either way). Frozen
+// accounts may release.
+func (b *Book) release(cmd Command) Result {
+	t, r := b.pendingHold(cmd)
+	if r != "" {
+		return rejected(r)
+	}
+	debit := b.Accounts[t.FromAccountID]
+	debit.Held -= t.Amount
+	t.Status = TransferReleased
+	return Result{Status: StatusApplied, Changed: []string{debit.ID}, Transfer: t}
+}
+
+// Expire ends a pending hold whose expiry has passed, giving its amount
+// back to available funds. ok is false when the hold is not pending or not
+// due, so a hold expires once whoever tries.
+func (b *Book) Expire(holdID string, now time.Time) (t *Transfer, ok bool) {
+	t = b.Transfers[holdID]
+	if t == nil || t.Kind != KindHold || t.Status != TransferPending || t.ExpiresAt == nil || t.ExpiresAt.After(now) {
+		return nil, false
+	}
+	b.Accounts[t.FromAccountID].Held -= t.Amount
+	t.Status = TransferExpired
+	return t, true
+}
+
+// reverse gives back all (no amount) or part of a transfer or captured hold:
+// transfer_not_found (also when cmd.AccountID is not its debit account),
+// reversal_exceeds_transfer (nothing or not that much left), then the
+// accounts must be usable, no overflow, and the account that received the
+// money must have the funds to return it. A reversal is a correction: it
+// does not count against the daily limit.
+func (b *Book) reverse(cmd Command) Result {
+	t := b.Transfers[cmd.TransferID]
+	if t == nil || (t.Kind != KindTransfer && t.Kind != KindHold) || t.FromAccountID != cmd.AccountID {
+		return rejected(ReasonTransferNotFound)
+	}
+	left := t.reversible()
+	amount := left
+	if cmd.Amount > 0 {
+		amount = cmd.Amount
+	}
+	if left == 0 || amount > left {
+		return rejected(ReasonReversalExceedsTransfer)
+	}
+	debit, credit := b.Accounts[t.ToAccountID], b.Accounts[t.FromAccountID]
+	if r := usable(debit, credit, t.Currency); r != "" {
+		return rejected(r)
+	}
+	if credit.Balance > math.MaxInt64-amount || debit.Balance < math.MinInt64+amount {
+		return rejected(ReasonBalanceOverflow)
+	}
+	if debit.Available()-amount < -debit.OverdraftLimit {
+		return rejected(ReasonInsufficientFunds)
+	}
+	t.ReversedAmount += amount
+	if t.reversible() == 0 {
+		t.Status = TransferReversed
+	}
+	return Result{Status: StatusApplied, Postings: post(debit, credit, amount, t.Currency),
+		Changed: []string{debit.ID, credit.ID}, Transfer: t}
+}
+
+// setStatus freezes, unfreezes or closes an account: account_not_found,
+// account_closed (a closed account stays closed), and for close_account
+// account_not_empty (a balance or pending holds). Freezing a frozen or
+// unfreezing an active account is applied and changes nothing.
+func (b *Book) setStatus(cmd Command) Result {
+	a := b.Accounts[cmd.AccountID]
+	switch {
+	case a == nil:
+		return rejected(ReasonAccountNotFound)
+	case a.Status == AccountClosed:
+		return rejected(ReasonAccountClosed)
+	}
+	switch cmd.Type {
+	case TypeFreezeAccount:
+		a.Status = AccountFrozen
+	case TypeUnfreezeAccount:
+		a.Status = AccountActive
+	case TypeCloseAccount:
+		if a.Balance != 0 || a.Held != 0 {
+			return rejected(ReasonAccountNotEmpty)
+		}
+		a.Status = AccountClosed
+	}
+	return Result{Status: StatusApplied, Changed: []string{a.ID}}
 }

@@ -12,14 +12,13 @@ var now = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 // book returns a Book with active EUR accounts a and b, the EUR external
 // account, and whatever the options change.
-func book(opts ...func(Book)) Book {
-	b := Book{
-		"a":                      {ID: "a", Currency: "EUR", Status: AccountActive, Balance: 100, Version: 1},
-		"b":                      {ID: "b", Currency: "EUR", Status: AccountActive},
-		ExternalAccountID("EUR"): NewExternalAccount("EUR"),
-	}
+func book(opts ...func(acct map[string]*Account)) *Book {
+	b := NewBook()
+	b.Accounts["a"] = &Account{ID: "a", Currency: "EUR", Status: AccountActive, Balance: 100, Version: 1}
+	b.Accounts["b"] = &Account{ID: "b", Currency: "EUR", Status: AccountActive}
+	b.Accounts[ExternalAccountID("EUR")] = NewExternalAccount("EUR")
 	for _, o := range opts {
-		o(b)
+		o(b.Accounts)
 	}
 	return b
 }
@@ -31,7 +30,7 @@ func transfer(amount int64) Command {
 func TestApplyRejections(t *testing.T) {
 	tests := []struct {
 		name string
-		book Book
+		book *Book
 		cmd  Command
 		want Reason
 	}{
@@ -40,22 +39,22 @@ func TestApplyRejections(t *testing.T) {
 		{"transfer from missing", book(), Command{Type: TypeTransfer, FromAccountID: "zz", ToAccountID: "b", Amount: 1, Currency: "EUR"}, ReasonAccountNotFound},
 		{"transfer to missing", book(), Command{Type: TypeTransfer, FromAccountID: "a", ToAccountID: "zz", Amount: 1, Currency: "EUR"}, ReasonAccountNotFound},
 		{"same account before not found", book(), Command{Type: TypeTransfer, FromAccountID: "zz", ToAccountID: "zz", Amount: 1, Currency: "EUR"}, ReasonSameAccount},
-		{"closed before frozen", book(func(b Book) { b["a"].Status = AccountFrozen; b["b"].Status = AccountClosed }), transfer(1), ReasonAccountClosed},
-		{"frozen receiver", book(func(b Book) { b["b"].Status = AccountFrozen }), transfer(1), ReasonAccountFrozen},
+		{"closed before frozen", book(func(b map[string]*Account) { b["a"].Status = AccountFrozen; b["b"].Status = AccountClosed }), transfer(1), ReasonAccountClosed},
+		{"frozen receiver", book(func(b map[string]*Account) { b["b"].Status = AccountFrozen }), transfer(1), ReasonAccountFrozen},
 		{"currency of command", book(), Command{Type: TypeTransfer, FromAccountID: "a", ToAccountID: "b", Amount: 1, Currency: "USD"}, ReasonCurrencyMismatch},
-		{"currency of receiver", book(func(b Book) { b["b"].Currency = "USD" }), transfer(1), ReasonCurrencyMismatch},
+		{"currency of receiver", book(func(b map[string]*Account) { b["b"].Currency = "USD" }), transfer(1), ReasonCurrencyMismatch},
 		{"insufficient funds", book(), transfer(101), ReasonInsufficientFunds},
-		{"overdraft too small", book(func(b Book) { b["a"].OverdraftLimit = 50 }), transfer(151), ReasonInsufficientFunds},
-		{"holds count against available", book(func(b Book) { b["a"].Held = 60 }), transfer(41), ReasonInsufficientFunds},
-		{"daily limit", book(func(b Book) { b["a"].DailyDebitLimit = 10 }), transfer(11), ReasonDailyLimitExceeded},
-		{"daily limit counts today's debits", book(func(b Book) {
+		{"overdraft too small", book(func(b map[string]*Account) { b["a"].OverdraftLimit = 50 }), transfer(151), ReasonInsufficientFunds},
+		{"holds count against available", book(func(b map[string]*Account) { b["a"].Held = 60 }), transfer(41), ReasonInsufficientFunds},
+		{"daily limit", book(func(b map[string]*Account) { b["a"].DailyDebitLimit = 10 }), transfer(11), ReasonDailyLimitExceeded},
+		{"daily limit counts today's debits", book(func(b map[string]*Account) {
 			b["a"].DailyDebitLimit, b["a"].DailyDebitDay, b["a"].DailyDebited = 10, "2026-11-25", 5
 		}), transfer(6), ReasonDailyLimitExceeded},
-		{"credit overflow", book(func(b Book) { b["b"].Balance = math.MaxInt64 - 5 }), transfer(6), ReasonBalanceOverflow},
-		{"overflow before insufficient funds", book(func(b Book) { b["b"].Balance = math.MaxInt64 }), transfer(1000), ReasonBalanceOverflow},
+		{"credit overflow", book(func(b map[string]*Account) { b["b"].Balance = math.MaxInt64 - 5 }), transfer(6), ReasonBalanceOverflow},
+		{"overflow before insufficient funds", book(func(b map[string]*Account) { b["b"].Balance = math.MaxInt64 }), transfer(1000), ReasonBalanceOverflow},
 		{"withdraw beyond balance", book(), Command{Type: TypeWithdraw, AccountID: "a", Amount: 101, Currency: "EUR"}, ReasonInsufficientFunds},
-		{"withdraw from frozen", book(func(b Book) { b["a"].Status = AccountFrozen }), Command{Type: TypeWithdraw, AccountID: "a", Amount: 1, Currency: "EUR"}, ReasonAccountFrozen},
-		{"deposit of another currency", book(func(b Book) { b[ExternalAccountID("USD")] = NewExternalAccount("USD") }),
+		{"withdraw from frozen", book(func(b map[string]*Account) { b["a"].Status = AccountFrozen }), Command{Type: TypeWithdraw, AccountID: "a", Amount: 1, Currency: "EUR"}, ReasonAccountFrozen},
+		{"deposit of another currency", book(func(b map[string]*Account) { b[ExternalAccountID("USD")] = NewExternalAccount("USD") }),
 			Command{Type: TypeDeposit, AccountID: "a", Amount: 1, Currency: "USD"}, ReasonCurrencyMismatch},
 	}
 	for _, tt := range tests {
@@ -76,7 +75,7 @@ func TestApplyPostings(t *testing.T) {
 	ext := ExternalAccountID("EUR")
 	tests := []struct {
 		name string
-		book Book
+		book *Book
 		cmd  Command
 		want []Posting
 	}{
@@ -88,11 +87,11 @@ func TestApplyPostings(t *testing.T) {
 			{AccountID: "a", Currency: "EUR", Amount: -100, BalanceAfter: 0, AccountVersion: 2},
 			{AccountID: ext, Currency: "EUR", Amount: 100, BalanceAfter: 100, AccountVersion: 1},
 		}},
-		{"transfer into overdraft", book(func(b Book) { b["a"].OverdraftLimit = 50 }), transfer(150), []Posting{
+		{"transfer into overdraft", book(func(b map[string]*Account) { b["a"].OverdraftLimit = 50 }), transfer(150), []Posting{
 			{AccountID: "a", Currency: "EUR", Amount: -150, BalanceAfter: -50, AccountVersion: 2},
 			{AccountID: "b", Currency: "EUR", Amount: 150, BalanceAfter: 150, AccountVersion: 1},
 		}},
-		{"daily limit resets on a new day", book(func(b Book) {
+		{"daily limit resets on a new day", book(func(b map[string]*Account) {
 			b["a"].DailyDebitLimit, b["a"].DailyDebitDay, b["a"].DailyDebited = 10, "2026-11-24", 10
 		}), transfer(10), []Posting{
 			{AccountID: "a", Currency: "EUR", Amount: -10, BalanceAfter: 90, AccountVersion: 2},
@@ -111,7 +110,7 @@ func TestApplyPostings(t *testing.T) {
 			var sum int64
 			for _, p := range got.Postings {
 				sum += p.Amount
-				if a := tt.book[p.AccountID]; a.Balance != p.BalanceAfter || a.Version != p.AccountVersion {
+				if a := tt.book.Accounts[p.AccountID]; a.Balance != p.BalanceAfter || a.Version != p.AccountVersion {
 					t.Errorf("account %s = balance %d version %d, want the posting's %d and %d", a.ID, a.Balance, a.Version, p.BalanceAfter, p.AccountVersion)
 				}
 			}
@@ -123,7 +122,8 @@ func TestApplyPostings(t *testing.T) {
 }
 
 func TestApplyOpenAccountThenUseInSameBook(t *testing.T) {
-	b := Book{ExternalAccountID("GBP"): NewExternalAccount("GBP")}
+	b := NewBook()
+	b.Accounts[ExternalAccountID("GBP")] = NewExternalAccount("GBP")
 	open := Command{Type: TypeOpenAccount, AccountID: "n", Currency: "GBP", OverdraftLimit: 5, DailyDebitLimit: 7}
 	if got := b.Apply(open, now); got.Status != StatusApplied || got.Opened == nil || len(got.Postings) != 0 {
 		t.Fatalf("Apply(open_account) = %+v, want applied with the opened account and no postings", got)
@@ -139,17 +139,15 @@ func TestApplyOpenAccountThenUseInSameBook(t *testing.T) {
 	}
 }
 
-func TestApplyUnsupportedType(t *testing.T) {
-	if got := book().Apply(Command{Type: TypeHold}, now); got.Reason != ReasonNotSupported {
-		t.Errorf("Apply(hold) = %q, want %q", got.Reason, ReasonNotSupported)
-	}
-}
-
-func cloneBook(b Book) Book {
-	c := make(Book, len(b))
-	for id, a := range b {
+func cloneBook(b *Book) *Book {
+	c := NewBook()
+	for id, a := range b.Accounts {
 		cp := *a
-		c[id] = &cp
+		c.Accounts[id] = &cp
+	}
+	for id, t := range b.Transfers {
+		cp := *t
+		c.Transfers[id] = &cp
 	}
 	return c
 }
