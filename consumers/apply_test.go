@@ -347,3 +347,71 @@ func TestNullValueRecordIsDeadLettered(t *testing.T) {
 		t.Errorf("DLQ rows with an empty value = %d, open outcome %+v; want 1 and applied", n, outcomes(t, db)[id(1)])
 	}
 }
+
+func TestHoldLifecycleAndExpiryInPostgres(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	hold := func(n int, amount int64, expires time.Time) string {
+		return fmt.Sprintf(`{"command_id":%q,"type":"hold","from_account_id":"alice","to_account_id":"bob","amount":%d,"currency":"EUR","expires_at":%q}`,
+			id(n), amount, expires.Format(time.RFC3339Nano))
+	}
+	msgs := records(0, open(1, "alice"), open(2, "bob"), deposit(3, "alice", 100),
+		hold(4, 30, now.Add(time.Hour)), hold(5, 20, now.Add(time.Hour)), hold(6, 10, now.Add(time.Second)),
+		fmt.Sprintf(`{"command_id":%q,"type":"capture","account_id":"alice","hold_id":%q,"amount":25}`, id(7), id(4)),
+	)
+	if _, err := w.applyBatch(ctx, partition, 0, msgs, nil); err != nil {
+		t.Fatalf("first batch: %v", err)
+	}
+	// In a later batch the holds are loaded from PostgreSQL, not memory.
+	msgs = records(7,
+		fmt.Sprintf(`{"command_id":%q,"type":"release","account_id":"alice","hold_id":%q}`, id(8), id(5)),
+		fmt.Sprintf(`{"command_id":%q,"type":"capture","account_id":"alice","hold_id":%q}`, id(9), id(4)), // captured already
+		fmt.Sprintf(`{"command_id":%q,"type":"reverse","account_id":"alice","transfer_id":%q,"amount":5}`, id(10), id(4)),
+	)
+	if _, err := w.applyBatch(ctx, partition, 7, msgs, nil); err != nil {
+		t.Fatalf("second batch: %v", err)
+	}
+	got := outcomes(t, db)
+	for n, want := range map[int]outcome{7: {"applied", ""}, 8: {"applied", ""}, 9: {"rejected", "hold_not_pending"}, 10: {"applied", ""}} {
+		if got[id(n)] != want {
+			t.Errorf("outcome of command %d = %+v, want %+v", n, got[id(n)], want)
+		}
+	}
+	var balance, held int64
+	if err := db.Pool.QueryRow(ctx, `SELECT balance, held FROM accounts WHERE account_id = 'alice'`).Scan(&balance, &held); err != nil {
+		t.Fatal(err)
+	}
+	if balance != 80 || held != 10 {
+		t.Errorf("alice = balance %d held %d, want 80 (100-25+5) and 10 (the hold still pending)", balance, held)
+	}
+	if n, err := w.expireDue(ctx, now); err != nil || n != 0 {
+		t.Fatalf("expireDue(before expiry) = %d, %v; want 0", n, err)
+	}
+	if n, err := w.expireDue(ctx, now.Add(2*time.Second)); err != nil || n != 1 {
+		t.Fatalf("expireDue(after expiry) = %d, %v; want 1", n, err)
+	}
+	if n, err := w.expireDue(ctx, now.Add(time.Hour)); err != nil || n != 0 {
+		t.Fatalf("expireDue(again) = %d, %v; want 0: a hold expires once", n, err)
+	}
+	var status string
+	if err := db.Pool.QueryRow(ctx, `SELECT status FROM transfers WHERE transfer_id = $1`, id(6)).Scan(&status); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Pool.QueryRow(ctx, `SELECT held FROM accounts WHERE account_id = 'alice'`).Scan(&held); err != nil {
+		t.Fatal(err)
+	}
+	if status != "expired" || held != 0 {
+		t.Errorf("after expiry: hold %s, alice held %d; want expired and 0", status, held)
+	}
+	var expiredEvents int
+	for _, ev := range outboxEvents(t, db, "events") {
+		if ev.Type == domain.EventTypeHoldExpired && ev.CommandID == id(6) {
+			expiredEvents++
+		}
+	}
+	if expiredEvents != 1 {
+		t.Errorf("hold.expired events for the hold = %d, want 1", expiredEvents)
+	}
+}

@@ -10,6 +10,7 @@ type metrics struct {
 	lag           *prometheus.GaugeVec
 	lastProcessed prometheus.Gauge
 	offsetGaps    prometheus.Counter
+	expired       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -44,8 +45,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "txpipe_consumer_skipped_offsets_total",
 			Help: "Offsets missing from the log when a partition resumed (retention or a recreated topic): records neither applied nor dead-lettered.",
 		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_consumer_holds_expired_total",
+			Help: "Holds expired by the workers' expirer.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.lastProcessed, m.offsetGaps} {
+	for _, c := range []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.lastProcessed, m.offsetGaps, m.expired} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

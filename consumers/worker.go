@@ -43,6 +43,9 @@ type Options struct {
 	// SessionTimeout is how long the group waits for a silent worker before
 	// giving its partitions to others. Default 10 s.
 	SessionTimeout time.Duration
+	// ExpiryInterval is how often the worker looks for holds past their
+	// expiry. Default 1 s.
+	ExpiryInterval time.Duration
 	Registerer     prometheus.Registerer
 	Log            *slog.Logger
 }
@@ -75,6 +78,9 @@ func New(o Options) (*Worker, error) {
 	if o.SessionTimeout <= 0 {
 		o.SessionTimeout = 10 * time.Second
 	}
+	if o.ExpiryInterval <= 0 {
+		o.ExpiryInterval = time.Second
+	}
 	m, err := newMetrics(o.Registerer)
 	if err != nil {
 		return nil, err
@@ -104,6 +110,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("join consumer group %s: %w", w.opts.GroupID, err)
 	}
+	expirerDone := make(chan struct{})
+	ectx, stopExpirer := context.WithCancel(ctx)
+	go func() {
+		defer close(expirerDone)
+		w.runExpirer(ectx)
+	}()
+	defer func() { stopExpirer(); <-expirerDone }()
+
 	stop := make(chan struct{})
 	closed := make(chan struct{})
 	go func() {

@@ -31,6 +31,9 @@ type OutcomeData struct {
 	Reason      Reason          `json:"reason,omitempty"`
 	Command     json.RawMessage `json:"command"`
 	Postings    []PostingData   `json:"postings"`
+	// Transfer is the state, after this command, of the transfer or hold
+	// it created or changed.
+	Transfer *TransferData `json:"transfer,omitempty"`
 	// AcceptedAt is when ingest had the command acknowledged by Kafka (the
 	// record's timestamp), for end-to-end latency.
 	AcceptedAt *time.Time `json:"accepted_at,omitempty"`
@@ -66,12 +69,60 @@ func NewOutcomeEvent(eventID string, cmd Command, res Result, acceptedAt, now ti
 	for _, p := range res.Postings {
 		data.Postings = append(data.Postings, postingData(cmd.Type, p))
 	}
+	if res.Transfer != nil {
+		td := NewTransferData(res.Transfer)
+		data.Transfer = &td
+	}
 	return Event{
 		EventID:    eventID,
 		Type:       OutcomeType(cmd.Type, res.Status),
 		CommandID:  cmd.CommandID,
 		OccurredAt: now.UTC(),
 		Data:       mustJSON(data),
+	}
+}
+
+// TransferData describes a transfer, deposit, withdrawal or hold and where
+// it stands; GET /v1/transfers/{id} answers it too.
+type TransferData struct {
+	TransferID     string         `json:"transfer_id"`
+	Kind           TransferKind   `json:"kind"`
+	FromAccountID  string         `json:"from_account_id"`
+	ToAccountID    string         `json:"to_account_id"`
+	Currency       string         `json:"currency"`
+	Amount         int64          `json:"amount"`
+	CapturedAmount int64          `json:"captured_amount"`
+	ReversedAmount int64          `json:"reversed_amount"`
+	Status         TransferStatus `json:"status"`
+	ExpiresAt      *time.Time     `json:"expires_at,omitempty"`
+}
+
+// NewTransferData describes t.
+func NewTransferData(t *Transfer) TransferData {
+	return TransferData{
+		TransferID: t.ID, Kind: t.Kind, FromAccountID: t.FromAccountID, ToAccountID: t.ToAccountID,
+		Currency: t.Currency, Amount: t.Amount, CapturedAmount: t.CapturedAmount, ReversedAmount: t.ReversedAmount,
+		Status: t.Status, ExpiresAt: t.ExpiresAt,
+	}
+}
+
+// EventTypeHoldExpired is the type of the event the expirer publishes when a
+// hold runs out; its command_id is the hold's.
+const EventTypeHoldExpired = "hold.expired"
+
+// ExpiryData is the data of a hold.expired event.
+type ExpiryData struct {
+	Hold TransferData `json:"hold"`
+}
+
+// NewExpiryEvent builds the event of hold t expiring at now.
+func NewExpiryEvent(eventID string, t *Transfer, now time.Time) Event {
+	return Event{
+		EventID:    eventID,
+		Type:       EventTypeHoldExpired,
+		CommandID:  t.ID,
+		OccurredAt: now.UTC(),
+		Data:       mustJSON(ExpiryData{Hold: NewTransferData(t)}),
 	}
 }
 

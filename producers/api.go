@@ -69,6 +69,8 @@ func (a *API) Handler() http.Handler {
 	a.route(mux, "POST /v1/commands/batch", "commands_batch", a.postBatch)
 	a.route(mux, "GET /v1/commands/{command_id}", "command", a.getCommand)
 	a.route(mux, "GET /v1/accounts/{account_id}", "account", a.getAccount)
+	a.route(mux, "GET /v1/accounts/{account_id}/entries", "entries", a.getEntries)
+	a.route(mux, "GET /v1/transfers/{transfer_id}", "transfer", a.getTransfer)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if allow := allowed(r.URL.Path); allow != "" {
 			w.Header().Set("Allow", allow)
@@ -89,7 +91,8 @@ func allowed(path string) string {
 	case len(parts) == 2 && parts[0] == "v1" && parts[1] == "commands",
 		len(parts) == 3 && parts[0] == "v1" && parts[1] == "commands" && parts[2] == "batch":
 		return "POST"
-	case len(parts) == 3 && parts[0] == "v1" && (parts[1] == "commands" || parts[1] == "accounts"):
+	case len(parts) == 3 && parts[0] == "v1" && (parts[1] == "commands" || parts[1] == "accounts" || parts[1] == "transfers"),
+		len(parts) == 4 && parts[0] == "v1" && parts[1] == "accounts" && parts[3] == "entries":
 		return "GET"
 	}
 	return ""
@@ -263,11 +266,26 @@ type accountResponse struct {
 	UpdatedAt       time.Time       `json:"updated_at"`
 }
 
-func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
+// accountID reads the account id of the path; it answers 400 and returns
+// false when the id cannot name an account (external ones included).
+func accountID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := r.PathValue("account_id")
 	if !domain.ValidAccountID(id) && !(strings.HasPrefix(id, domain.ExternalPrefix) && domain.ValidCurrency(strings.TrimPrefix(id, domain.ExternalPrefix))) {
 		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid account id",
 			Errors: []domain.FieldError{{Pointer: "/account_id", Detail: "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'"}}})
+		return "", false
+	}
+	return id, true
+}
+
+func accountNotFound(w http.ResponseWriter) {
+	writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Account not found",
+		Detail: "no account has this id (an open_account may still be in flight)"})
+}
+
+func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
+	id, ok := accountID(w, r)
+	if !ok {
 		return
 	}
 	var resp accountResponse
@@ -278,8 +296,7 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 		FROM accounts WHERE account_id = $1`, id).Scan(&resp.AccountID, &resp.Currency, &resp.Status, &resp.External,
 		&resp.Balance, &resp.PendingHolds, &resp.OverdraftLimit, &daily, &resp.Version, &metadata, &resp.CreatedAt, &resp.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
-		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Account not found",
-			Detail: "no account has this id (an open_account may still be in flight)"})
+		accountNotFound(w)
 		return
 	}
 	if err != nil {
@@ -295,6 +312,134 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 	}
 	resp.CreatedAt, resp.UpdatedAt = resp.CreatedAt.UTC(), resp.UpdatedAt.UTC()
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// Statement paging limits.
+const (
+	defaultEntries = 50
+	maxEntries     = 1000
+)
+
+type entry struct {
+	AccountVersion int64     `json:"account_version"`
+	CommandID      string    `json:"command_id"`
+	CommandType    string    `json:"command_type"`
+	Currency       string    `json:"currency"`
+	Amount         int64     `json:"amount"`
+	BalanceAfter   int64     `json:"balance_after"`
+	CreatedAt      time.Time `json:"created_at"`
+}
+
+type entriesResponse struct {
+	AccountID string  `json:"account_id"`
+	Entries   []entry `json:"entries"`
+	// NextAfter is the cursor of the next (older) page, absent on the last.
+	NextAfter *int64 `json:"next_after,omitempty"`
+}
+
+// getEntries pages through an account's statement, newest first. The cursor
+// is an account_version: versions never change once written and new entries
+// only get higher ones, so a page never shifts under concurrent writes.
+func (a *API) getEntries(w http.ResponseWriter, r *http.Request) {
+	id, ok := accountID(w, r)
+	if !ok {
+		return
+	}
+	limit, after := int64(defaultEntries), int64(0)
+	var errs []domain.FieldError
+	q := r.URL.Query()
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 || n > maxEntries {
+			errs = append(errs, domain.FieldError{Pointer: "/limit", Detail: fmt.Sprintf("must be an integer from 1 to %d", maxEntries)})
+		}
+		limit = n
+	}
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			errs = append(errs, domain.FieldError{Pointer: "/after", Detail: "must be a cursor from next_after (a positive integer)"})
+		}
+		after = n
+	}
+	if len(errs) > 0 {
+		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid query", Errors: errs})
+		return
+	}
+	var exists bool
+	if err := a.opts.Pool.QueryRow(r.Context(), `SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)`, id).Scan(&exists); err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	if !exists {
+		accountNotFound(w)
+		return
+	}
+	rows, err := a.opts.Pool.Query(r.Context(), `SELECT account_version, command_id::text, command_type, currency, amount, balance_after, created_at
+		FROM entries WHERE account_id = $1 AND ($2 = 0 OR account_version < $2)
+		ORDER BY account_version DESC LIMIT $3`, id, after, limit+1)
+	if err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	entries, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (entry, error) {
+		var e entry
+		err := row.Scan(&e.AccountVersion, &e.CommandID, &e.CommandType, &e.Currency, &e.Amount, &e.BalanceAfter, &e.CreatedAt)
+		e.CreatedAt = e.CreatedAt.UTC()
+		return e, err
+	})
+	if err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	resp := entriesResponse{AccountID: id, Entries: entries}
+	if int64(len(entries)) > limit {
+		resp.Entries = entries[:limit]
+		next := entries[limit-1].AccountVersion
+		resp.NextAfter = &next
+	}
+	if resp.Entries == nil {
+		resp.Entries = []entry{}
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+type transferResponse struct {
+	domain.TransferData
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {
+	id, ok := domain.CanonicalUUID(r.PathValue("transfer_id"))
+	if !ok {
+		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid transfer id",
+			Detail: "a transfer_id is the UUID of the command that made it", Errors: []domain.FieldError{{Pointer: "/transfer_id", Detail: "must be a UUID"}}})
+		return
+	}
+	var t transferResponse
+	var kind, status string
+	var expires pgtype.Timestamptz
+	err := a.opts.Pool.QueryRow(r.Context(), `SELECT transfer_id::text, kind, from_account_id, to_account_id, currency, amount,
+			captured_amount, reversed_amount, status, expires_at, created_at, updated_at
+		FROM transfers WHERE transfer_id = $1`, id).Scan(&t.TransferID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency,
+		&t.Amount, &t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.CreatedAt, &t.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Transfer not found",
+			Detail: "no transfer, deposit, withdrawal or hold has this id (its command may still be in flight, or was rejected)"})
+		return
+	}
+	if err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	t.Kind, t.Status = domain.TransferKind(kind), domain.TransferStatus(status)
+	if expires.Valid {
+		e := expires.Time.UTC()
+		t.ExpiresAt = &e
+	}
+	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
+	writeJSON(w, http.StatusOK, t)
 }
 
 // readBody reads at most limit bytes; a larger body is refused with 413.

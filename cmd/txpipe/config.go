@@ -36,6 +36,7 @@ type config struct {
 	batchSize      int
 	batchLinger    time.Duration
 	sessionTimeout time.Duration
+	expiryInterval time.Duration
 
 	relayBatchSize    int
 	relayPollInterval time.Duration
@@ -91,6 +92,7 @@ func (f flagSet) worker() {
 	f.IntVar(&f.cfg.batchSize, "batch-size", 500, "most commands applied in one transaction (1: one by one)")
 	f.DurationVar(&f.cfg.batchLinger, "batch-linger", 5*time.Millisecond, "how long a batch waits for more records after its first")
 	f.DurationVar(&f.cfg.sessionTimeout, "session-timeout", 10*time.Second, "how long the group waits for a silent worker")
+	f.DurationVar(&f.cfg.expiryInterval, "hold-expiry-interval", time.Second, "how often workers expire holds past their expires_at")
 }
 
 func (f flagSet) relay() {
@@ -127,6 +129,7 @@ func (f flagSet) parse(args []string, e *env) (*config, error) {
 	need("batch-size", c.batchSize >= 1, "must be at least 1")
 	need("batch-linger", c.batchLinger >= 0, "must not be negative")
 	need("session-timeout", c.sessionTimeout >= 6*time.Second, "must be at least 6s (the broker's group.min.session.timeout.ms)")
+	need("hold-expiry-interval", c.expiryInterval > 0, "must be positive")
 	need("relay-batch-size", c.relayBatchSize >= 1, "must be at least 1")
 	need("partitions", c.partitions >= 1, "must be at least 1")
 	need("replication-factor", c.replicationFactor >= 1, "must be at least 1")

@@ -253,6 +253,34 @@ func TestEndToEndOverHTTP(t *testing.T) {
 		t.Errorf("postings mismatch (-want +got):\n%s", diff)
 	}
 
+	var tr domain.TransferData
+	if code := p.get(t, "/v1/transfers/"+ids["transfer"], &tr); code != http.StatusOK {
+		t.Fatalf("GET transfer = %d", code)
+	}
+	wantTransfer := domain.TransferData{TransferID: ids["transfer"], Kind: domain.KindTransfer, FromAccountID: "alice", ToAccountID: "bob",
+		Currency: "EUR", Amount: 250, Status: domain.TransferPosted}
+	if diff := cmp.Diff(wantTransfer, tr); diff != "" {
+		t.Errorf("GET transfer mismatch (-want +got):\n%s", diff)
+	}
+	// The statement, newest first, one entry per page.
+	type page struct {
+		Entries []struct {
+			AccountVersion int64  `json:"account_version"`
+			BalanceAfter   int64  `json:"balance_after"`
+			CommandID      string `json:"command_id"`
+		}
+		NextAfter *int64 `json:"next_after"`
+	}
+	var first, second page
+	p.get(t, "/v1/accounts/alice/entries?limit=1", &first)
+	if len(first.Entries) != 1 || first.Entries[0].AccountVersion != 2 || first.Entries[0].CommandID != ids["transfer"] || first.NextAfter == nil {
+		t.Fatalf("first statement page = %+v, want version 2 (the transfer) and a cursor", first)
+	}
+	p.get(t, fmt.Sprintf("/v1/accounts/alice/entries?limit=1&after=%d", *first.NextAfter), &second)
+	if len(second.Entries) != 1 || second.Entries[0].AccountVersion != 1 || second.Entries[0].BalanceAfter != 1000 || second.NextAfter != nil {
+		t.Errorf("second statement page = %+v, want version 1 (the deposit) and no cursor", second)
+	}
+
 	ctx := context.Background()
 	if n := p.kc.Count(ctx, t, p.topics.Commands); n != 4 {
 		t.Errorf("commands topic holds %d records, want 4 (the malformed command must not be produced)", n)

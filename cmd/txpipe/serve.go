@@ -173,6 +173,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			BatchSize:      cfg.batchSize,
 			BatchLinger:    cfg.batchLinger,
 			SessionTimeout: cfg.sessionTimeout,
+			ExpiryInterval: cfg.expiryInterval,
 			Registerer:     reg,
 			Log:            log,
 		})
