@@ -53,12 +53,18 @@ func TestLifecycleRejections(t *testing.T) {
 		{"hold already expired", withHold(), hold(1, at(-time.Second)), ReasonHoldExpired},
 		{"hold expiring now", withHold(), hold(1, at(0)), ReasonHoldExpired},
 		{"hold funds before expiry", withHold(), hold(31, at(-time.Second)), ReasonInsufficientFunds},
-		{"hold overflows held", withHold(func(b *Book) { b.Accounts["a"].Held = math.MaxInt64 - 1; b.Accounts["a"].OverdraftLimit = math.MaxInt64 }), hold(2, nil), ReasonBalanceOverflow},
+		{"hold overflows held", withHold(func(b *Book) {
+			b.Accounts["a"].Held = math.MaxInt64 - 1
+			b.Accounts["a"].OverdraftLimit = math.MaxInt64
+		}), hold(2, nil), ReasonBalanceOverflow},
 		// capture
 		{"capture unknown hold", withHold(), Command{Type: TypeCapture, AccountID: "a", HoldID: cid}, ReasonHoldNotFound},
 		{"capture another account's hold", withHold(), Command{Type: TypeCapture, AccountID: "b", HoldID: holdID}, ReasonHoldNotFound},
 		{"capture released hold", withHold(func(b *Book) { b.Transfers[holdID].Status = TransferReleased }), capture(0), ReasonHoldNotPending},
-		{"not pending before expired", withHold(func(b *Book) { b.Transfers[holdID].Status = TransferCaptured; b.Transfers[holdID].ExpiresAt = at(-time.Hour) }), capture(0), ReasonHoldNotPending},
+		{"not pending before expired", withHold(func(b *Book) {
+			b.Transfers[holdID].Status = TransferCaptured
+			b.Transfers[holdID].ExpiresAt = at(-time.Hour)
+		}), capture(0), ReasonHoldNotPending},
 		{"capture past expiry", withHold(func(b *Book) { b.Transfers[holdID].ExpiresAt = at(-time.Second) }), capture(0), ReasonHoldExpired},
 		{"expired before exceeds", withHold(func(b *Book) { b.Transfers[holdID].ExpiresAt = at(-time.Second) }), capture(41), ReasonHoldExpired},
 		{"capture more than held", withHold(), capture(41), ReasonCaptureExceedsHold},
