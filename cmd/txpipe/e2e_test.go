@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -285,6 +286,38 @@ func TestEndToEndOverHTTP(t *testing.T) {
 	if n := p.kc.Count(ctx, t, p.topics.Commands); n != 4 {
 		t.Errorf("commands topic holds %d records, want 4 (the malformed command must not be produced)", n)
 	}
+	if out := p.verify(t); !strings.Contains(out, "all invariants hold") {
+		t.Errorf("verify output lacks its verdict:\n%s", out)
+	}
+}
+
+// verify drains the pipeline (every command record processed, the outbox
+// empty), then runs "txpipe verify" and fails the test on any violation.
+func (p *pipeline) verify(t *testing.T) string {
+	t.Helper()
+	ctx := context.Background()
+	eventually(t, "the pipeline drains", func() bool {
+		var processed, pending int64
+		_ = p.db.Pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets`).Scan(&processed)
+		_ = p.db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&pending)
+		return processed == p.kc.Count(ctx, t, p.topics.Commands) && pending == 0
+	})
+	out, err := p.runVerify()
+	if err != nil {
+		t.Fatalf("txpipe verify = %v:\n%s", err, out)
+	}
+	return out
+}
+
+func (p *pipeline) runVerify() (string, error) {
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"verify",
+		"--database-url", p.db.URL, "--kafka-brokers", strings.Join(p.kc.Brokers, ","),
+		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
+		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ,
+		"--group-id", "test-" + p.topics.Commands,
+	}, &env{stdout: &out, stderr: io.Discard, lookup: func(string) (string, bool) { return "", false }})
+	return out.String(), err
 }
 
 // produce writes raw records straight to the commands topic, as an
@@ -349,6 +382,16 @@ func TestDuplicateDeliveryAppliesOnce(t *testing.T) {
 	if status, _ := p.awaitOutcome(t, dep); status != "applied" {
 		t.Errorf("GET /v1/commands/%s status = %s, want the first decision, applied", dep, status)
 	}
+	p.verify(t)
+
+	// verify must notice a ledger that was changed behind its back.
+	if _, err := p.db.Pool.Exec(ctx, `UPDATE accounts SET balance = balance + 1 WHERE account_id = 'carol'`); err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.runVerify()
+	if !errors.Is(err, errViolations) || !strings.Contains(out, "FAIL invariant 3") || !strings.Contains(out, "FAIL invariant 4") {
+		t.Errorf("verify after tampering = %v, want violations of invariants 3 and 4:\n%s", err, out)
+	}
 }
 
 func TestPoisonRecordGoesToDLQAndPartitionFlows(t *testing.T) {
@@ -377,4 +420,5 @@ func TestPoisonRecordGoesToDLQAndPartitionFlows(t *testing.T) {
 	if kafkatest.Header(m, "dlq_detail") == "" {
 		t.Error("DLQ record has no dlq_detail header")
 	}
+	p.verify(t)
 }

@@ -16,7 +16,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], &env{stderr: os.Stderr, lookup: os.LookupEnv})
+	err := run(ctx, os.Args[1:], &env{stdout: os.Stdout, stderr: os.Stderr, lookup: os.LookupEnv})
 	stop()
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -26,6 +26,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "txpipe:", err)
 		os.Exit(2)
 	}
+	if errors.Is(err, errViolations) {
+		os.Exit(1) // the report said what
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "txpipe:", err)
 		os.Exit(1)
@@ -34,7 +37,8 @@ func main() {
 
 // env is what a run sees of its surroundings; tests supply their own.
 type env struct {
-	stderr io.Writer
+	stdout io.Writer // reports (verify)
+	stderr io.Writer // logs and usage
 	lookup func(string) (string, bool)
 	// onListen, when set, learns the address each server listens on (tests
 	// listen on port 0).
@@ -55,6 +59,7 @@ subcommands:
   worker    run the command consumers
   relay     run the outbox relay
   all       ingest + worker + relay in one process
+  verify    audit the invariants against PostgreSQL and the topics; exit 1 on any violation
 
 Every flag has an environment fallback: --kafka-brokers ⇄ TXPIPE_KAFKA_BROKERS.
 Run "txpipe <subcommand> -h" for its flags.`
@@ -70,6 +75,8 @@ func run(ctx context.Context, args []string, e *env) error {
 		return runMigrate(ctx, rest, e)
 	case "topics":
 		return runTopics(ctx, rest, e)
+	case "verify":
+		return runVerify(ctx, rest, e)
 	case "ingest", "worker", "relay", "all":
 		return runServe(ctx, sub, rest, e)
 	case "help", "-h", "--help":

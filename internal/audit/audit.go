@@ -1,0 +1,469 @@
+// Package audit checks the invariants of DESIGN.md against PostgreSQL and
+// the topics, for "txpipe verify" and the tests. It reads every topic up to
+// its end offsets at the start, so it audits a snapshot; run it once the
+// pipeline has drained (it reports records still in flight as a failure).
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/domain"
+)
+
+// Options say where to look.
+type Options struct {
+	Pool    *pgxpool.Pool
+	Brokers []string
+	Client  *kafka.Client
+	// Topics and the consumer group whose stored offsets say what was
+	// processed.
+	CommandsTopic, EventsTopic, PostingsTopic, DLQTopic, GroupID string
+}
+
+// Report is what an audit found.
+type Report struct {
+	Checks     []Check
+	Violations int
+}
+
+// Check is one audited statement and what contradicts it.
+type Check struct {
+	Name     string
+	Detail   string   // counts that show what was looked at
+	Problems []string // empty when the check passed
+}
+
+// OK reports whether every check passed.
+func (r *Report) OK() bool { return r.Violations == 0 }
+
+// Print writes the report, one line per check and up to ten problems each.
+func (r *Report) Print(w io.Writer) {
+	for _, c := range r.Checks {
+		status := "ok  "
+		if len(c.Problems) > 0 {
+			status = "FAIL"
+		}
+		fmt.Fprintf(w, "%s %s (%s)\n", status, c.Name, c.Detail)
+		for i, p := range c.Problems {
+			if i == 10 {
+				fmt.Fprintf(w, "     … and %d more\n", len(c.Problems)-10)
+				break
+			}
+			fmt.Fprintf(w, "     - %s\n", p)
+		}
+	}
+	if r.OK() {
+		fmt.Fprintln(w, "verify: all invariants hold")
+	} else {
+		fmt.Fprintf(w, "verify: %d violations\n", r.Violations)
+	}
+}
+
+func (r *Report) add(c Check) {
+	r.Checks = append(r.Checks, c)
+	r.Violations += len(c.Problems)
+}
+
+// Run audits invariants 1–5. It returns an error only when it cannot look
+// (a database or broker failure); violations are in the report.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	db, err := loadDatabase(ctx, o.Pool, o.GroupID, o.CommandsTopic)
+	if err != nil {
+		return nil, err
+	}
+	commands, err := readTopic(ctx, o, o.CommandsTopic)
+	if err != nil {
+		return nil, err
+	}
+	dlq, err := readTopic(ctx, o, o.DLQTopic)
+	if err != nil {
+		return nil, err
+	}
+	events, err := readTopic(ctx, o, o.EventsTopic)
+	if err != nil {
+		return nil, err
+	}
+	postings, err := readTopic(ctx, o, o.PostingsTopic)
+	if err != nil {
+		return nil, err
+	}
+	r := &Report{}
+	r.add(checkOutcomes(db, commands, dlq, events))
+	r.add(checkSingleEffect(db))
+	r.add(checkConservation(db))
+	r.add(checkBalances(db))
+	r.add(checkPublished(db, postings))
+	return r, nil
+}
+
+// readTopic reads every partition of topic from the start to the end offset
+// it has now.
+func readTopic(ctx context.Context, o Options, topic string) ([]kafka.Message, error) {
+	md, err := o.Client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, fmt.Errorf("read metadata of %s: %w", topic, err)
+	}
+	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
+		return nil, fmt.Errorf("topic %s not found", topic)
+	}
+	var reqs []kafka.OffsetRequest
+	for _, p := range md.Topics[0].Partitions {
+		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
+	}
+	offs, err := o.Client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("list offsets of %s: %w", topic, err)
+	}
+	var all []kafka.Message
+	for _, p := range offs.Topics[topic] {
+		if p.Error != nil {
+			return nil, fmt.Errorf("list offsets of %s/%d: %w", topic, p.Partition, p.Error)
+		}
+		if p.LastOffset == 0 {
+			continue
+		}
+		msgs, err := readPartition(ctx, o.Brokers, topic, p.Partition, p.LastOffset)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, msgs...)
+	}
+	return all, nil
+}
+
+func readPartition(ctx context.Context, brokers []string, topic string, partition int, end int64) ([]kafka.Message, error) {
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MaxBytes: 16 << 20, MaxWait: 200 * time.Millisecond})
+	defer r.Close()
+	var msgs []kafka.Message
+	for {
+		m, err := r.ReadMessage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read %s/%d: %w", topic, partition, err)
+		}
+		msgs = append(msgs, m)
+		if m.Offset >= end-1 {
+			return msgs, nil
+		}
+	}
+}
+
+// database is the part of PostgreSQL the audit reads.
+type database struct {
+	processed   map[string]processed // command_id →
+	nextOffsets map[int]int64        // partition → stored next offset
+	accounts    map[string]*account
+	entries     map[string][]entry // account → entries by version
+	byCommand   map[string][]entry
+	pendingHeld map[string]int64 // account → sum of pending holds
+	outboxRows  int64
+}
+
+type processed struct{ status, reason string }
+
+type account struct {
+	currency                          string
+	external                          bool
+	balance, held, overdraft, version int64
+}
+
+type entry struct {
+	account             string
+	version             int64
+	amount, balance     int64
+	commandID, currency string
+}
+
+func loadDatabase(ctx context.Context, pool *pgxpool.Pool, group, commandsTopic string) (*database, error) {
+	db := &database{processed: map[string]processed{}, nextOffsets: map[int]int64{}, accounts: map[string]*account{},
+		entries: map[string][]entry{}, byCommand: map[string][]entry{}, pendingHeld: map[string]int64{}}
+	rows, err := pool.Query(ctx, `SELECT command_id::text, status, coalesce(reason, '') FROM processed_commands`)
+	if err != nil {
+		return nil, fmt.Errorf("read processed commands: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		var p processed
+		if err := rows.Scan(&id, &p.status, &p.reason); err != nil {
+			return nil, err
+		}
+		db.processed[id] = p
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read processed commands: %w", err)
+	}
+	rows, err = pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2`, group, commandsTopic)
+	if err != nil {
+		return nil, fmt.Errorf("read stored offsets: %w", err)
+	}
+	for rows.Next() {
+		var p int
+		var n int64
+		if err := rows.Scan(&p, &n); err != nil {
+			return nil, err
+		}
+		db.nextOffsets[p] = n
+	}
+	rows, err = pool.Query(ctx, `SELECT account_id, currency, external, balance, held, overdraft_limit, version FROM accounts`)
+	if err != nil {
+		return nil, fmt.Errorf("read accounts: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		a := &account{}
+		if err := rows.Scan(&id, &a.currency, &a.external, &a.balance, &a.held, &a.overdraft, &a.version); err != nil {
+			return nil, err
+		}
+		db.accounts[id] = a
+	}
+	rows, err = pool.Query(ctx, `SELECT account_id, account_version, amount, balance_after, command_id::text, currency
+		FROM entries ORDER BY account_id, account_version`)
+	if err != nil {
+		return nil, fmt.Errorf("read entries: %w", err)
+	}
+	for rows.Next() {
+		var e entry
+		if err := rows.Scan(&e.account, &e.version, &e.amount, &e.balance, &e.commandID, &e.currency); err != nil {
+			return nil, err
+		}
+		db.entries[e.account] = append(db.entries[e.account], e)
+		db.byCommand[e.commandID] = append(db.byCommand[e.commandID], e)
+	}
+	rows, err = pool.Query(ctx, `SELECT from_account_id, sum(amount) FROM transfers WHERE status = 'pending' GROUP BY from_account_id`)
+	if err != nil {
+		return nil, fmt.Errorf("read holds: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		var n int64
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, err
+		}
+		db.pendingHeld[id] = n
+	}
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&db.outboxRows); err != nil {
+		return nil, fmt.Errorf("count outbox rows: %w", err)
+	}
+	return db, nil
+}
+
+// dedupe keeps the first record of each event_id, in topic order.
+func dedupe(msgs []kafka.Message) ([]domain.Event, []kafka.Message, []string) {
+	seen := make(map[string]bool)
+	var evs []domain.Event
+	var kept []kafka.Message
+	var bad []string
+	for _, m := range msgs {
+		var ev domain.Event
+		if err := json.Unmarshal(m.Value, &ev); err != nil || ev.EventID == "" {
+			bad = append(bad, fmt.Sprintf("%s/%d@%d is not an event", m.Topic, m.Partition, m.Offset))
+			continue
+		}
+		if seen[ev.EventID] {
+			continue
+		}
+		seen[ev.EventID] = true
+		evs = append(evs, ev)
+		kept = append(kept, m)
+	}
+	return evs, kept, bad
+}
+
+// checkOutcomes: invariant 1 (and 6). Every command record was processed or
+// dead-lettered, and every processed command has exactly one outcome event.
+func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
+	c := Check{Name: "invariant 1: every accepted command has exactly one outcome"}
+	dead := make(map[string]bool)
+	for _, m := range dlq {
+		var part, off string
+		for _, h := range m.Headers {
+			switch h.Key {
+			case "source_partition":
+				part = string(h.Value)
+			case "source_offset":
+				off = string(h.Value)
+			}
+		}
+		dead[part+"@"+off] = true
+	}
+	pending := 0
+	for _, m := range commands {
+		if next, ok := db.nextOffsets[m.Partition]; !ok || m.Offset >= next {
+			pending++
+			continue
+		}
+		if dead[strconv.Itoa(m.Partition)+"@"+strconv.FormatInt(m.Offset, 10)] {
+			continue
+		}
+		cmd, err := domain.DecodeCommand(m.Value)
+		if err != nil {
+			c.Problems = append(c.Problems, fmt.Sprintf("record %d@%d is invalid but not on the DLQ", m.Partition, m.Offset))
+			continue
+		}
+		if _, ok := db.processed[cmd.CommandID]; !ok {
+			c.Problems = append(c.Problems, fmt.Sprintf("command %s (record %d@%d) has no outcome", cmd.CommandID, m.Partition, m.Offset))
+		}
+	}
+	if pending > 0 {
+		c.Problems = append(c.Problems, fmt.Sprintf("%d command records are not processed yet: let the pipeline drain, then verify", pending))
+	}
+	evs, _, bad := dedupe(events)
+	c.Problems = append(c.Problems, bad...)
+	outcomes := make(map[string]int)
+	for _, ev := range evs {
+		if ev.Type == domain.EventTypeHoldExpired {
+			continue
+		}
+		var d domain.OutcomeData
+		if err := json.Unmarshal(ev.Data, &d); err != nil {
+			c.Problems = append(c.Problems, fmt.Sprintf("event %s has undecodable data", ev.EventID))
+			continue
+		}
+		if d.Reason == domain.ReasonIdempotencyConflict {
+			continue // the outcome of a conflicting duplicate, not of the command
+		}
+		outcomes[ev.CommandID]++
+		if p, ok := db.processed[ev.CommandID]; !ok {
+			c.Problems = append(c.Problems, fmt.Sprintf("event %s is the outcome of unknown command %s", ev.EventID, ev.CommandID))
+		} else if string(d.Status) != p.status || string(d.Reason) != p.reason {
+			c.Problems = append(c.Problems, fmt.Sprintf("event %s says %s %s, the database %s %s", ev.EventID, d.Status, d.Reason, p.status, p.reason))
+		}
+	}
+	for id := range db.processed {
+		if n := outcomes[id]; n != 1 {
+			c.Problems = append(c.Problems, fmt.Sprintf("command %s has %d outcome events, want 1", id, n))
+		}
+	}
+	c.Detail = fmt.Sprintf("%d command records, %d processed, %d dead-lettered, %d outcome events", len(commands), len(db.processed), len(dlq), len(evs))
+	return c
+}
+
+// checkSingleEffect: invariant 2. Each command's entries balance to zero,
+// come in one pair at most, and belong to an applied command.
+func checkSingleEffect(db *database) Check {
+	c := Check{Name: "invariant 2: no command changed the ledger twice"}
+	for id, es := range db.byCommand {
+		var sum int64
+		for _, e := range es {
+			sum += e.amount
+		}
+		if len(es) != 2 || sum != 0 {
+			c.Problems = append(c.Problems, fmt.Sprintf("command %s has %d entries summing to %d, want one balanced pair", id, len(es), sum))
+		}
+		if p := db.processed[id]; p.status != string(domain.StatusApplied) {
+			c.Problems = append(c.Problems, fmt.Sprintf("command %s has entries but its outcome is %q", id, p.status))
+		}
+	}
+	c.Detail = fmt.Sprintf("%d commands with postings", len(db.byCommand))
+	return c
+}
+
+// checkConservation: invariant 3. Per currency, balances and entries sum
+// to zero.
+func checkConservation(db *database) Check {
+	c := Check{Name: "invariant 3: money is conserved per currency"}
+	balances, entries := make(map[string]int64), make(map[string]int64)
+	for _, a := range db.accounts {
+		balances[a.currency] += a.balance
+	}
+	for _, es := range db.entries {
+		for _, e := range es {
+			entries[e.currency] += e.amount
+		}
+	}
+	for cur, sum := range balances {
+		if sum != 0 || entries[cur] != 0 {
+			c.Problems = append(c.Problems, fmt.Sprintf("%s: balances sum to %d and entries to %d, want 0", cur, sum, entries[cur]))
+		}
+	}
+	c.Detail = fmt.Sprintf("%d currencies", len(balances))
+	return c
+}
+
+// checkBalances: invariant 4. Balance = sum of entries, versions contiguous,
+// held = pending holds, nothing below its overdraft limit.
+func checkBalances(db *database) Check {
+	c := Check{Name: "invariant 4: balances equal their entries and respect limits and holds"}
+	for id, a := range db.accounts {
+		var sum int64
+		for i, e := range db.entries[id] {
+			sum += e.amount
+			if e.version != int64(i+1) || e.balance != sum {
+				c.Problems = append(c.Problems, fmt.Sprintf("account %s: entry %d has version %d balance_after %d, want %d and %d", id, i, e.version, e.balance, i+1, sum))
+				break
+			}
+		}
+		if a.balance != sum || a.version != int64(len(db.entries[id])) {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: balance %d version %d, entries sum to %d over %d", id, a.balance, a.version, sum, len(db.entries[id])))
+		}
+		if a.held != db.pendingHeld[id] {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: held %d, pending holds %d", id, a.held, db.pendingHeld[id]))
+		}
+		if !a.external && a.balance-a.held < -a.overdraft {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: available %d below -%d", id, a.balance-a.held, a.overdraft))
+		}
+	}
+	c.Detail = fmt.Sprintf("%d accounts", len(db.accounts))
+	return c
+}
+
+// checkPublished: invariant 5. The outbox is drained, and the postings topic
+// alone rebuilds every balance, with versions contiguous and in order.
+func checkPublished(db *database, msgs []kafka.Message) Check {
+	c := Check{Name: "invariant 5: every outcome is published; postings rebuild every balance in order"}
+	if db.outboxRows > 0 {
+		c.Problems = append(c.Problems, fmt.Sprintf("%d outbox rows are not published yet: let the relay drain, then verify", db.outboxRows))
+	}
+	evs, kept, bad := dedupe(msgs)
+	c.Problems = append(c.Problems, bad...)
+	last := make(map[string]int64)
+	rebuilt := make(map[string]int64)
+	for i, ev := range evs {
+		var p domain.PostingData
+		if err := json.Unmarshal(ev.Data, &p); err != nil || p.AccountID == "" {
+			c.Problems = append(c.Problems, fmt.Sprintf("posting %s has undecodable data", ev.EventID))
+			continue
+		}
+		if string(kept[i].Key) != p.AccountID {
+			c.Problems = append(c.Problems, fmt.Sprintf("posting %s is keyed %q, want its account %q", ev.EventID, kept[i].Key, p.AccountID))
+		}
+		if p.AccountVersion != last[p.AccountID]+1 {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: posting version %d follows %d", p.AccountID, p.AccountVersion, last[p.AccountID]))
+		}
+		last[p.AccountID] = p.AccountVersion
+		rebuilt[p.AccountID] += p.Amount
+		if p.BalanceAfter != rebuilt[p.AccountID] {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: version %d balance_after %d, rebuilt %d", p.AccountID, p.AccountVersion, p.BalanceAfter, rebuilt[p.AccountID]))
+		}
+	}
+	for id, a := range db.accounts {
+		if rebuilt[id] != a.balance || last[id] != a.version {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: the topic rebuilds balance %d at version %d, the database has %d at %d",
+				id, rebuilt[id], last[id], a.balance, a.version))
+		}
+	}
+	c.Detail = fmt.Sprintf("%d postings (%d after dedupe by event_id), %d accounts rebuilt", len(msgs), len(evs), len(rebuilt))
+	return c
+}
+
+// Summary is a one-line description for logs.
+func (r *Report) Summary() string {
+	var names []string
+	for _, c := range r.Checks {
+		if len(c.Problems) > 0 {
+			names = append(names, c.Name)
+		}
+	}
+	if len(names) == 0 {
+		return "all invariants hold"
+	}
+	return "violated: " + strings.Join(names, "; ")
+}
