@@ -355,6 +355,7 @@ func queueProcessed(b *pgx.Batch, rows []processedRow, partition int, now time.T
 			accepted_at, processed_at, source_partition, source_offset)
 		SELECT id::uuid, t, fp, st, nullif(r, ''), d, nullif(acc, '')::timestamptz, $8, $9, o
 		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $10::int8[])
-			AS u (id, t, fp, st, r, d, acc, o)`,
+			WITH ORDINALITY AS u (id, t, fp, st, r, d, acc, o, n)
+		ORDER BY n`,
 		ids, types, fps, statuses, reasons, debit, accepted, now, partition, offsets)
 }

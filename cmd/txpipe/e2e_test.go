@@ -32,10 +32,14 @@ type pipeline struct {
 	topics     kafkatest.Topics
 }
 
-func startPipeline(t *testing.T) *pipeline {
+func startPipeline(t *testing.T) *pipeline { return startPipelineWith(t, 3) }
+
+// startPipelineWith runs the pipeline on topics of the given partition
+// count, with extra flags for "txpipe all".
+func startPipelineWith(t *testing.T, partitions int, extra ...string) *pipeline {
 	t.Helper()
 	p := &pipeline{db: pgtest.New(t), kc: kafkatest.New(t)}
-	p.topics = p.kc.Topics(t, 3)
+	p.topics = p.kc.Topics(t, partitions)
 	var mu sync.Mutex
 	addrs := make(map[string]string)
 	listening := make(chan struct{}, 2)
@@ -61,6 +65,7 @@ func startPipeline(t *testing.T) *pipeline {
 		"--shutdown-timeout", "5s",
 		"--log-level", "debug",
 	}
+	args = append(args, extra...)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, args, e) }()
