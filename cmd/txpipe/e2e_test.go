@@ -20,6 +20,7 @@ import (
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/pgtest"
+	"github.com/txpipe/txpipe/internal/schematest"
 	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
@@ -311,7 +312,34 @@ func (p *pipeline) verify(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("txpipe verify = %v:\n%s", err, out)
 	}
+	p.validateSchemas(t)
 	return out
+}
+
+// validateSchemas checks every record of the events and postings topics,
+// and every valid command, against docs/schemas.
+func (p *pipeline) validateSchemas(t *testing.T) {
+	t.Helper()
+	schemas := schematest.Load(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, topic := range []string{p.topics.Events, p.topics.Postings, p.topics.Commands} {
+		n := p.kc.Count(ctx, t, topic)
+		for _, m := range p.kc.ReadAll(ctx, t, topic, int(n)) {
+			var err error
+			if topic == p.topics.Commands {
+				if _, derr := domain.DecodeCommand(m.Value); derr != nil {
+					continue // dead-lettered, not a command
+				}
+				err = schemas.Command(m.Value)
+			} else {
+				err = schemas.Event(m.Value)
+			}
+			if err != nil {
+				t.Errorf("record %s/%d@%d does not match its schema: %v\n%s", topic, m.Partition, m.Offset, err, m.Value)
+			}
+		}
+	}
 }
 
 func (p *pipeline) runVerify() (string, error) {
@@ -424,6 +452,57 @@ func TestPoisonRecordGoesToDLQAndPartitionFlows(t *testing.T) {
 	}
 	if kafkatest.Header(m, "dlq_detail") == "" {
 		t.Error("DLQ record has no dlq_detail header")
+	}
+	p.verify(t)
+}
+
+// TestHoldLifecycleOverHTTP: a hold captured in part, one released, one
+// left to expire by the workers, and a partial reversal, seen through the
+// API and the topics.
+func TestHoldLifecycleOverHTTP(t *testing.T) {
+	p := startPipelineWith(t, 3, "--hold-expiry-interval", "100ms")
+	ids := make(map[string]string)
+	for _, k := range []string{"open_a", "open_b", "deposit", "hold1", "hold2", "hold3", "capture", "release", "reverse"} {
+		ids[k] = uuidv7.New()
+	}
+	post := func(body string) {
+		t.Helper()
+		if code, resp := p.post(t, "/v1/commands", body); code != http.StatusAccepted {
+			t.Fatalf("POST %s = %d %v", body, code, resp)
+		}
+	}
+	post(fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"payer","currency":"EUR"}`, ids["open_a"]))
+	post(fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"shop","currency":"EUR"}`, ids["open_b"]))
+	p.awaitOutcome(t, ids["open_b"])
+	post(fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"payer","amount":1000,"currency":"EUR"}`, ids["deposit"]))
+	hold := func(id string, amount int, expires time.Time) {
+		post(fmt.Sprintf(`{"command_id":%q,"type":"hold","from_account_id":"payer","to_account_id":"shop","amount":%d,"currency":"EUR","expires_at":%q}`,
+			id, amount, expires.UTC().Format(time.RFC3339Nano)))
+	}
+	hold(ids["hold1"], 300, time.Now().Add(time.Hour))
+	hold(ids["hold2"], 200, time.Now().Add(time.Hour))
+	hold(ids["hold3"], 100, time.Now().Add(2*time.Second))
+	post(fmt.Sprintf(`{"command_id":%q,"type":"capture","account_id":"payer","hold_id":%q,"amount":250}`, ids["capture"], ids["hold1"]))
+	post(fmt.Sprintf(`{"command_id":%q,"type":"release","account_id":"payer","hold_id":%q}`, ids["release"], ids["hold2"]))
+	post(fmt.Sprintf(`{"command_id":%q,"type":"reverse","account_id":"payer","transfer_id":%q,"amount":50}`, ids["reverse"], ids["hold1"]))
+	if status, reason := p.awaitOutcome(t, ids["reverse"]); status != "applied" {
+		t.Fatalf("reverse = %s %s, want applied", status, reason)
+	}
+	var h domain.TransferData
+	eventually(t, "the third hold expires", func() bool {
+		return p.get(t, "/v1/transfers/"+ids["hold3"], &h) == http.StatusOK && h.Status == domain.TransferExpired
+	})
+	var payer struct {
+		Balance, Available int64
+		PendingHolds       int64 `json:"pending_holds"`
+	}
+	p.get(t, "/v1/accounts/payer", &payer)
+	if payer.Balance != 800 || payer.PendingHolds != 0 || payer.Available != 800 {
+		t.Errorf("payer = %+v, want balance 800 (1000 - 250 + 50), no holds", payer)
+	}
+	p.get(t, "/v1/transfers/"+ids["hold1"], &h)
+	if h.Status != domain.TransferCaptured || h.CapturedAmount != 250 || h.ReversedAmount != 50 {
+		t.Errorf("first hold = %+v, want captured 250, reversed 50", h)
 	}
 	p.verify(t)
 }
