@@ -15,11 +15,12 @@ help:
 	@echo "make services       start Kafka + PostgreSQL; eval \"\$$(make -s services)\" exports their settings"
 	@echo "make services-down  stop them"
 	@echo "make lint           gofmt and go vet"
-	@echo "make bench          domain micro-benchmarks"
+	@echo "make bench          side-by-side benchmark (BENCH_QUICK=1: under 3 minutes); make bench-micro: Go benchmarks"
 
 .PHONY: build
 build:
 	$(GO) build -o $(BIN) ./cmd/txpipe
+	$(GO) build -o bin/loadgen ./cmd/loadgen
 
 .PHONY: services
 services:
@@ -49,6 +50,13 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# bench: naive vs txpipe vs the PostgreSQL and Kafka ceilings, skewed vs
+# uniform, latency at 1000/s; each scenario on its own database and topics.
 .PHONY: bench
-bench:
+bench: build
+	@eval "$$($(SERVICES) up)"; \
+	bin/loadgen bench --txpipe $(BIN) --out bench-results $(if $(BENCH_QUICK),--quick,)
+
+.PHONY: bench-micro
+bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem ./domain/...

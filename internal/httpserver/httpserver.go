@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -47,11 +48,17 @@ type Check struct {
 }
 
 // AdminHandler serves the Prometheus metrics of g on /metrics, liveness on
-// /healthz (the process answers), and readiness on /readyz (every check
-// passes within a second; the body says which failed and why).
+// /healthz (the process answers), readiness on /readyz (every check passes
+// within a second; the body says which failed and why), and Go profiles on
+// /debug/pprof/.
 func AdminHandler(g prometheus.Gatherer, checks []Check) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	// Profiles, for diagnosing a slow or stuck process; the admin address
+	// must not be exposed beyond operators.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

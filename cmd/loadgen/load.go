@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/uuidv7"
+)
+
+// workload describes the commands to send.
+type workload struct {
+	accounts int     // accounts acct-0 … acct-N-1, opened and funded beforehand
+	hot      int     // size of the hot set
+	skew     float64 // share of transfers between hot accounts
+	seed     uint64
+}
+
+// accountID names account i.
+func accountID(i int) string { return fmt.Sprintf("acct-%d", i) }
+
+// transfers returns n transfers of 1 to 100 EUR cents. With skew, that
+// share of them moves money between two accounts of the hot set.
+func (w workload) transfers(n int) []domain.Command {
+	r := rand.New(rand.NewPCG(w.seed, 7))
+	pick := func() (int, int) {
+		size := w.accounts
+		if w.skew > 0 && r.Float64() < w.skew {
+			size = min(w.hot, w.accounts)
+		}
+		a := r.IntN(size)
+		b := r.IntN(size - 1)
+		if b >= a {
+			b++
+		}
+		return a, b
+	}
+	cmds := make([]domain.Command, n)
+	for i := range cmds {
+		a, b := pick()
+		cmds[i] = domain.Command{CommandID: uuidv7.New(), Type: domain.TypeTransfer, FromAccountID: accountID(a),
+			ToAccountID: accountID(b), Amount: 1 + r.Int64N(100), Currency: "EUR"}
+	}
+	return cmds
+}
+
+// latencies collects end-to-end latencies: from a command's intended send
+// time to its outcome event being consumed.
+type latencies struct {
+	mu       sync.Mutex
+	intended map[string]time.Time
+	samples  []sample
+	accepted atomic.Int64
+	failed   atomic.Int64
+}
+
+type sample struct {
+	sent    time.Time // intended send time
+	latency time.Duration
+}
+
+func newLatencies() *latencies { return &latencies{intended: make(map[string]time.Time)} }
+
+func (l *latencies) expect(id string, at time.Time) {
+	l.mu.Lock()
+	l.intended[id] = at
+	l.mu.Unlock()
+}
+
+func (l *latencies) observe(id string, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if at, ok := l.intended[id]; ok {
+		delete(l.intended, id)
+		l.samples = append(l.samples, sample{sent: at, latency: now.Sub(at)})
+	}
+}
+
+func (l *latencies) done() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.samples)
+}
+
+// percentile returns the q-quantile (0 < q ≤ 1) of the latencies.
+func percentile(ss []sample, q float64) time.Duration {
+	if len(ss) == 0 {
+		return 0
+	}
+	d := make([]time.Duration, len(ss))
+	for i, s := range ss {
+		d[i] = s.latency
+	}
+	slices.Sort(d)
+	i := int(q*float64(len(d))+0.5) - 1
+	return d[max(0, min(i, len(d)-1))]
+}
+
+// watchOutcomes consumes the events topic from its current end and records
+// every outcome's arrival, until ctx ends.
+func watchOutcomes(ctx context.Context, brokers []string, client *kafka.Client, topic string, l *latencies) (func(), error) {
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil || len(md.Topics) != 1 || len(md.Topics[0].Partitions) == 0 {
+		return nil, fmt.Errorf("read metadata of %s: %v", topic, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, p := range md.Topics[0].Partitions {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 50 * time.Millisecond})
+		if err := r.SetOffset(kafka.LastOffset); err != nil {
+			cancel()
+			return nil, err
+		}
+		wg.Go(func() {
+			defer r.Close()
+			for {
+				m, err := r.ReadMessage(ctx)
+				if err != nil {
+					return
+				}
+				var ev struct {
+					CommandID string `json:"command_id"`
+				}
+				if json.Unmarshal(m.Value, &ev) == nil {
+					l.observe(ev.CommandID, time.Now())
+				}
+			}
+		})
+	}
+	return func() { cancel(); wg.Wait() }, nil
+}
+
+// sender sends one group of commands and reports whether they were
+// accepted.
+type sender func(ctx context.Context, cmds []domain.Command) error
+
+// httpSender posts single commands, or batches when len(cmds) > 1.
+func httpSender(base string) sender {
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxConnsPerHost: 512}}
+	return func(ctx context.Context, cmds []domain.Command) error {
+		var body []byte
+		path := "/v1/commands"
+		if len(cmds) == 1 {
+			body = cmds[0].Encode()
+		} else {
+			raw := make([]json.RawMessage, len(cmds))
+			for i, c := range cmds {
+				raw[i] = c.Encode()
+			}
+			body, _ = json.Marshal(map[string]any{"commands": raw})
+			path += "/batch"
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != http.StatusAccepted {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+}
+
+// kafkaSender produces straight to the commands topic, keyed as ingest does.
+func kafkaSender(w *kafka.Writer, topic string) sender {
+	return func(ctx context.Context, cmds []domain.Command) error {
+		msgs := make([]kafka.Message, len(cmds))
+		for i, c := range cmds {
+			msgs[i] = kafka.Message{Topic: topic, Key: []byte(c.DebitAccount()), Value: c.Encode()}
+		}
+		return w.WriteMessages(ctx, msgs...)
+	}
+}
+
+// openLoop sends cmds in groups of group at rate commands per second,
+// each group at its intended time whatever happened to the ones before, so
+// a stall shows as latency instead of slowing the load. inFlight bounds the
+// groups outstanding; beyond it, sending waits, but latency still counts from
+// the intended time.
+func openLoop(ctx context.Context, cmds []domain.Command, group int, rate float64, send sender, l *latencies, progress func()) {
+	start := time.Now()
+	sem := make(chan struct{}, 1024)
+	var wg sync.WaitGroup
+	for i := 0; i < len(cmds); i += group {
+		g := cmds[i:min(i+group, len(cmds))]
+		at := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+		if d := time.Until(at); d > 0 {
+			select {
+			case <-ctx.Done():
+				wg.Wait()
+				return
+			case <-time.After(d):
+			}
+		}
+		for _, c := range g {
+			l.expect(c.CommandID, at)
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := send(ctx, g); err != nil {
+				l.failed.Add(int64(len(g)))
+				return
+			}
+			l.accepted.Add(int64(len(g)))
+		})
+		if progress != nil {
+			progress()
+		}
+	}
+	wg.Wait()
+}

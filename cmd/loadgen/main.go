@@ -1,0 +1,218 @@
+// Command loadgen drives txpipe and measures it.
+//
+//	loadgen run    load a running pipeline (HTTP single, HTTP batch, or the
+//	               commands topic), open loop, and measure end-to-end latency
+//	loadgen bench  the side-by-side benchmark of make bench: naive vs txpipe vs
+//	               the PostgreSQL and Kafka ceilings, skewed vs uniform, and
+//	               latency at a fixed rate
+//
+// Every flag has an environment fallback (--kafka-brokers ⇄ TXPIPE_KAFKA_BROKERS).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/envflag"
+	"github.com/txpipe/txpipe/internal/kafkawriter"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: loadgen run|bench [flags]   (loadgen <subcommand> -h for flags)`
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errors.New(usage)
+	}
+	fs := flag.NewFlagSet("loadgen "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	brokers := fs.String("kafka-brokers", "127.0.0.1:9092", "Kafka bootstrap brokers")
+	accounts := fs.Int("accounts", 10000, "accounts acct-0 … acct-N-1")
+	rate := fs.Float64("rate", 1000, "commands per second, open loop")
+	out := fs.String("out", "bench-results", "folder for results.json, results.md and latency.png")
+	switch args[0] {
+	case "bench":
+		txpipe := fs.String("txpipe", "bin/txpipe", "the txpipe binary under test")
+		dbURL := fs.String("database-url", "", "PostgreSQL server URL; each scenario creates and drops its own database")
+		quick := fs.Bool("quick", false, "smaller runs (under 3 minutes)")
+		rounds := fs.Int("rounds", 3, "runs of each throughput scenario, interleaved; the median counts")
+		only := fs.String("only", "", "run only the scenarios whose names start with this (no ratios)")
+		workerArgs := fs.String("worker-args", "", "extra flags for the worker of the txpipe scenarios, e.g. \"--batch-linger 20ms\"")
+		if err := envflag.Parse(fs, args[1:], os.LookupEnv); err != nil {
+			return err
+		}
+		if *dbURL == "" {
+			return errors.New("--database-url (TXPIPE_DATABASE_URL) is required")
+		}
+		return runBench(ctx, benchOptions{txpipe: *txpipe, brokers: strings.Split(*brokers, ","), adminURL: *dbURL, out: *out,
+			quick: *quick, accounts: *accounts, rate: *rate, workerArgs: strings.Fields(*workerArgs), only: *only, rounds: max(1, *rounds), log: stderr})
+	case "run":
+		api := fs.String("api", "http://127.0.0.1:8080", "base URL of the txpipe API")
+		mode := fs.String("mode", "http", "http (one command per request), batch (--batch per request) or kafka (straight to the commands topic)")
+		batch := fs.Int("batch", 100, "commands per request in batch mode, per produce call in kafka mode")
+		hot := fs.Int("hot", 10, "size of the hot set of accounts")
+		skew := fs.Float64("skew", 0, "share of transfers between hot accounts (0–1)")
+		total := fs.Int("total", 0, "commands to send (0: rate × duration)")
+		duration := fs.Duration("duration", 10*time.Second, "how long to send, when --total is 0")
+		setup := fs.Bool("setup", false, "first open and fund the accounts through the API")
+		commands := fs.String("commands-topic", "ledger.commands.v1", "commands topic (kafka mode)")
+		events := fs.String("events-topic", "ledger.events.v1", "events topic, consumed to measure latency")
+		if err := envflag.Parse(fs, args[1:], os.LookupEnv); err != nil {
+			return err
+		}
+		n := *total
+		if n == 0 {
+			n = int(*rate * duration.Seconds())
+		}
+		return runLoad(ctx, loadOptions{api: *api, brokers: strings.Split(*brokers, ","), mode: *mode, group: *batch,
+			wl: workload{accounts: *accounts, hot: *hot, skew: *skew, seed: uint64(time.Now().UnixNano())},
+			n:  n, rate: *rate, setup: *setup, commandsTopic: *commands, eventsTopic: *events, out: *out, log: stderr})
+	}
+	return errors.New(usage)
+}
+
+type loadOptions struct {
+	api                        string
+	brokers                    []string
+	mode                       string
+	group                      int
+	wl                         workload
+	n                          int
+	rate                       float64
+	setup                      bool
+	commandsTopic, eventsTopic string
+	out                        string
+	log                        io.Writer
+}
+
+// runLoad loads a running pipeline and reports latency.
+func runLoad(ctx context.Context, o loadOptions) error {
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(o.brokers...), Timeout: 10 * time.Second, Transport: transport}
+	if o.setup {
+		if err := setupAccounts(ctx, o); err != nil {
+			return err
+		}
+	}
+	var send sender
+	group := 1
+	switch o.mode {
+	case "http":
+		send = httpSender(o.api)
+	case "batch":
+		send, group = httpSender(o.api), o.group
+	case "kafka":
+		w := kafkawriter.New(kafkawriter.Options{Brokers: o.brokers, Transport: transport})
+		defer w.Close()
+		send, group = kafkaSender(w, o.commandsTopic), o.group
+	default:
+		return fmt.Errorf("--mode %q: want http, batch or kafka", o.mode)
+	}
+	l := newLatencies()
+	stop, err := watchOutcomes(ctx, o.brokers, client, o.eventsTopic, l)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	cmds := o.wl.transfers(o.n)
+	start := time.Now()
+	last := time.Now()
+	openLoop(ctx, cmds, group, o.rate, send, l, func() {
+		if time.Since(last) > 5*time.Second {
+			fmt.Fprintf(o.log, "loadgen: sent %d/%d, accepted %d, failed %d, outcomes %d\n",
+				l.accepted.Load()+l.failed.Load(), o.n, l.accepted.Load(), l.failed.Load(), l.done())
+			last = time.Now()
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for l.done() < int(l.accepted.Load()) && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	secs := time.Since(start).Seconds()
+	l.mu.Lock()
+	ss := append([]sample(nil), l.samples...)
+	l.mu.Unlock()
+	f, err := os.Create(o.out + "/latency.png")
+	if err != nil {
+		return err
+	}
+	yMax, err := writeChart(f, ss)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	r := result{Scenario: "run-" + o.mode, Commands: len(ss), Seconds: secs, PerSecond: float64(len(ss)) / secs,
+		P50ms: ms(percentile(ss, 0.5)), P99ms: ms(percentile(ss, 0.99)), P999ms: ms(percentile(ss, 0.999)),
+		Note: fmt.Sprintf("%.0f/s open loop; chart latency.png (y: 0–%.0f ms); %d failed, %d without outcome",
+			o.rate, ms(yMax), l.failed.Load(), int(l.accepted.Load())-len(ss))}
+	if err := writeReport(o.out, report{Date: time.Now().UTC(), Results: []result{r}, Ratios: map[string]float64{}}); err != nil {
+		return err
+	}
+	printTable(o.log, []result{r})
+	return nil
+}
+
+// setupAccounts opens acct-0 … acct-N-1 in EUR and deposits 10^9 cents in
+// each, through the batch API, and waits for the last deposit to apply.
+func setupAccounts(ctx context.Context, o loadOptions) error {
+	send := httpSender(o.api)
+	var cmds []domain.Command
+	for i := range o.wl.accounts {
+		id := accountID(i)
+		cmds = append(cmds,
+			domain.Command{CommandID: fmt.Sprintf("5e7e0000-0000-7000-8000-%012d", 2*i), Type: domain.TypeOpenAccount, AccountID: id, Currency: "EUR"},
+			domain.Command{CommandID: fmt.Sprintf("5e7e0000-0000-7000-8000-%012d", 2*i+1), Type: domain.TypeDeposit, AccountID: id, Amount: 1000000000, Currency: "EUR"})
+	}
+	for i := 0; i < len(cmds); i += 500 {
+		if err := send(ctx, cmds[i:min(i+500, len(cmds))]); err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+	}
+	last := o.api + "/v1/commands/" + cmds[len(cmds)-1].CommandID
+	for {
+		resp, err := http.Get(last)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	fmt.Fprintf(o.log, "loadgen: opened and funded %d accounts\n", o.wl.accounts)
+	return nil
+}

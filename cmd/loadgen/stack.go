@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+)
+
+// stack is one benchmark scenario's pipeline: its own database and topics,
+// and txpipe processes started from the binary under test.
+type stack struct {
+	name     string
+	txpipe   string
+	brokers  []string
+	adminURL string
+	dbName   string
+	dbURL    string
+	pool     *pgxpool.Pool
+	topics   map[string]string // commands, events, postings, dlq
+	logDir   string
+	procs    []*proc
+}
+
+type proc struct {
+	role  string
+	cmd   *exec.Cmd
+	admin string
+	http  string
+}
+
+// newStack creates a database (migrated, with accounts acct-0…N-1 funded
+// with 10^9 cents each) and fresh topics of 12 partitions.
+func newStack(ctx context.Context, name, txpipe, adminURL string, brokers []string, logDir string, accounts int) (*stack, error) {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	s := &stack{name: name, txpipe: txpipe, brokers: brokers, adminURL: adminURL, dbName: "txpipe_bench_" + id, logDir: logDir,
+		topics: map[string]string{}}
+	for _, t := range []string{"commands", "events", "postings", "dlq"} {
+		s.topics[t] = "bench." + id + "." + t
+	}
+	admin, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the database server: %w", err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+s.dbName); err != nil {
+		return nil, fmt.Errorf("create database: %w", err)
+	}
+	u, err := url.Parse(adminURL)
+	if err != nil {
+		return nil, err
+	}
+	u.Path = "/" + s.dbName
+	s.dbURL = u.String()
+	if err := s.runOnce(ctx, "migrate"); err != nil {
+		return nil, err
+	}
+	if err := s.runOnce(ctx, "topics", "--partitions", "12"); err != nil {
+		return nil, err
+	}
+	if s.pool, err = pgxpool.New(ctx, s.dbURL); err != nil {
+		return nil, err
+	}
+	if _, err = s.pool.Exec(ctx, `INSERT INTO accounts (account_id, currency, status, balance, external)
+		VALUES ('@external:EUR', 'EUR', 'active', -1000000000::bigint * $1, true)`, accounts); err != nil {
+		return nil, fmt.Errorf("seed external account: %w", err)
+	}
+	if _, err = s.pool.Exec(ctx, `INSERT INTO accounts (account_id, currency, status, balance)
+		SELECT 'acct-' || g, 'EUR', 'active', 1000000000 FROM generate_series(0, $1 - 1) AS g`, accounts); err != nil {
+		return nil, fmt.Errorf("seed accounts: %w", err)
+	}
+	return s, nil
+}
+
+func (s *stack) flags() []string {
+	return []string{"--database-url", s.dbURL, "--kafka-brokers", strings.Join(s.brokers, ","),
+		"--commands-topic", s.topics["commands"], "--events-topic", s.topics["events"],
+		"--postings-topic", s.topics["postings"], "--dlq-topic", s.topics["dlq"]}
+}
+
+func (s *stack) runOnce(ctx context.Context, sub string, extra ...string) error {
+	args := []string{sub, "--log-level", "warn"}
+	switch sub {
+	case "migrate":
+		args = append(args, "--database-url", s.dbURL)
+	case "topics":
+		args = append(args, "--kafka-brokers", strings.Join(s.brokers, ","),
+			"--commands-topic", s.topics["commands"], "--events-topic", s.topics["events"],
+			"--postings-topic", s.topics["postings"], "--dlq-topic", s.topics["dlq"])
+	}
+	out, err := exec.CommandContext(ctx, s.txpipe, append(args, extra...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("txpipe %s: %w: %s", sub, err, out)
+	}
+	return nil
+}
+
+// start runs "txpipe role" as a separate process and waits until its
+// /readyz answers 200.
+func (s *stack) start(ctx context.Context, role string, extra ...string) (*proc, error) {
+	p := &proc{role: role, admin: freeAddr()}
+	args := append([]string{role, "--admin-addr", p.admin, "--log-level", "warn"}, s.flags()...)
+	switch role {
+	case "worker":
+		args = append(args, "--group-id", "bench-"+s.dbName)
+	case "ingest":
+		p.http = freeAddr()
+		args = append(args, "--http-addr", p.http)
+	}
+	args = append(args, extra...)
+	logf, err := os.Create(filepath.Join(s.logDir, s.name+"-"+role+".log"))
+	if err != nil {
+		return nil, err
+	}
+	p.cmd = exec.Command(s.txpipe, args...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start txpipe %s: %w", role, err)
+	}
+	s.procs = append(s.procs, p)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + p.admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("txpipe %s not ready after 60 s (see %s)", role, logf.Name())
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// peakRSS is the process's high-water resident set size in bytes (VmHWM).
+func (p *proc) peakRSS() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// close stops the processes (SIGTERM, then SIGKILL after 20 s), and drops
+// the database and topics.
+func (s *stack) close(ctx context.Context, client *kafka.Client) {
+	for _, p := range s.procs {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-done
+		}
+	}
+	if s.pool != nil {
+		s.pool.Close()
+	}
+	if admin, err := pgx.Connect(ctx, s.adminURL); err == nil {
+		_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+s.dbName+" WITH (FORCE)")
+		admin.Close(ctx)
+	}
+	var names []string
+	for _, t := range s.topics {
+		names = append(names, t)
+	}
+	_, _ = client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: names})
+}
+
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "127.0.0.1:0"
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// topicCount is the number of records topic holds (sum of end offsets).
+func topicCount(ctx context.Context, client *kafka.Client, topic string) (int64, error) {
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil || len(md.Topics) != 1 {
+		return 0, fmt.Errorf("metadata of %s: %v", topic, err)
+	}
+	var reqs []kafka.OffsetRequest
+	for _, p := range md.Topics[0].Partitions {
+		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
+	}
+	resp, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, p := range resp.Topics[topic] {
+		n += p.LastOffset
+	}
+	return n, nil
+}
