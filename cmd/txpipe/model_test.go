@@ -69,7 +69,14 @@ func modelCheck(t *testing.T, p *pipeline, accounts []ledgertest.Account, n int)
 	}
 	p.produceCommands(t, cmds)
 	p.verify(t) // waits for the pipeline to drain first
+	replayModel(t, p, byID)
+}
 
+// replayModel replays every processed command, in the order the workers
+// decided them (processed_commands.seq), through the pure domain rules, and
+// fails on any outcome or final account that differs.
+func replayModel(t *testing.T, p *pipeline, byID map[string]domain.Command) {
+	t.Helper()
 	ctx := context.Background()
 	rows, err := p.db.Pool.Query(ctx, `SELECT command_id::text, status, coalesce(reason, ''), processed_at
 		FROM processed_commands ORDER BY seq`)

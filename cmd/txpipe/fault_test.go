@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/kafkatest"
+	"github.com/txpipe/txpipe/internal/ledgertest"
+	"github.com/txpipe/txpipe/internal/pgtest"
+)
+
+// process is a txpipe role running as its own OS process.
+type process struct {
+	t     *testing.T
+	bin   string
+	role  string
+	args  []string
+	log   string
+	cmd   *exec.Cmd
+	admin string
+}
+
+func (p *process) start() {
+	p.t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.admin = ln.Addr().String()
+	ln.Close()
+	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer f.Close()
+	p.cmd = exec.Command(p.bin, append([]string{p.role, "--admin-addr", p.admin}, p.args...)...)
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatalf("start %s: %v", p.role, err)
+	}
+}
+
+// kill9 kills the process without warning and reaps it.
+func (p *process) kill9() {
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
+}
+
+func (p *process) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		p.kill9()
+		p.t.Errorf("%s did not stop within 30 s of SIGTERM", p.role)
+	}
+}
+
+func (p *process) ready() bool {
+	resp, err := http.Get("http://" + p.admin + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// TestFaultsLoseAndDoubleNothing runs two workers and a relay as separate
+// processes while commands stream in, kills workers with SIGKILL five
+// times, the relay three times, freezes a worker (SIGSTOP) past its session
+// timeout so the group moves on without it and then thaws it, and finally
+// checks that every command has exactly one outcome, the invariants hold
+// (txpipe verify) and the outcomes equal the pure domain model's.
+func TestFaultsLoseAndDoubleNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault soak; runs without -short")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "txpipe")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build txpipe: %v\n%s", err, out)
+	}
+	p := &pipeline{db: pgtest.New(t), kc: kafkatest.New(t)}
+	p.topics = p.kc.Topics(t, 6)
+	common := []string{"--database-url", p.db.URL, "--kafka-brokers", strings.Join(p.kc.Brokers, ","),
+		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
+		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ, "--log-level", "info"}
+	worker := append([]string{"--group-id", "test-" + p.topics.Commands, "--session-timeout", "6s"}, common...)
+	procs := map[string]*process{
+		"worker-a": {t: t, bin: bin, role: "worker", args: worker, log: filepath.Join(dir, "worker-a.log")},
+		"worker-b": {t: t, bin: bin, role: "worker", args: worker, log: filepath.Join(dir, "worker-b.log")},
+		"relay":    {t: t, bin: bin, role: "relay", args: append([]string{"--relay-poll-interval", "200ms"}, common...), log: filepath.Join(dir, "relay.log")},
+	}
+	for _, pr := range procs {
+		pr.start()
+	}
+	defer func() {
+		for _, pr := range procs {
+			pr.stop()
+		}
+		if t.Failed() {
+			for name, pr := range procs {
+				b, _ := os.ReadFile(pr.log)
+				t.Logf("%s log (tail):\n%s", name, tail(string(b), 3000))
+			}
+		}
+	}()
+	eventually(t, "both workers and the relay are ready", func() bool {
+		return procs["worker-a"].ready() && procs["worker-b"].ready() && procs["relay"].ready()
+	})
+
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	prefix := hex.EncodeToString(b[:])
+	accounts := []ledgertest.Account{{ID: "f1", Currency: "EUR"}, {ID: "f2", Currency: "EUR"}, {ID: "f3", Currency: "EUR"},
+		{ID: "f4", Currency: "EUR"}, {ID: "f5", Currency: "EUR"}, {ID: "f6", Currency: "EUR"}, {ID: "f7", Currency: "EUR"}}
+	byID := make(map[string]domain.Command)
+	var setup []domain.Command
+	for i, a := range accounts {
+		open := domain.Command{CommandID: fmt.Sprintf("%s-0000-7000-9000-%012d", prefix, i), Type: domain.TypeOpenAccount, AccountID: a.ID, Currency: a.Currency}
+		dep := domain.Command{CommandID: fmt.Sprintf("%s-0000-7000-a000-%012d", prefix, i), Type: domain.TypeDeposit, AccountID: a.ID, Currency: a.Currency, Amount: 5000}
+		setup = append(setup, open, dep)
+	}
+	for _, c := range setup {
+		byID[c.CommandID] = c
+	}
+	p.produceCommands(t, setup)
+	ctx := context.Background()
+	eventually(t, "the accounts are open and funded", func() bool {
+		var n int
+		_ = p.db.Pool.QueryRow(ctx, `SELECT count(*) FROM processed_commands`).Scan(&n)
+		return n == len(setup)
+	})
+
+	gen := ledgertest.Generator{Accounts: accounts, Base: time.Now().Add(24 * time.Hour), IDPrefix: prefix}
+	cmds := gen.Commands(uint64(b[0])<<8|uint64(b[1]), 4000)
+	for _, c := range cmds {
+		byID[c.CommandID] = c
+	}
+	faults := map[string]int{}
+	restart := func(name string) {
+		procs[name].kill9()
+		faults["kill -9 "+procs[name].role]++
+		procs[name].start()
+	}
+	const chunks = 20
+	per := len(cmds) / chunks
+	for i := range chunks {
+		p.produceCommands(t, cmds[i*per:(i+1)*per])
+		switch {
+		case i%3 == 0 && faults["kill -9 worker"] < 5:
+			restart([]string{"worker-a", "worker-b"}[i%2])
+		case i%3 == 1 && faults["kill -9 relay"] < 3:
+			restart("relay")
+		case i == 11:
+			// A zombie: frozen past its session timeout, the group gives
+			// its partitions to the other worker; thawed, it must not
+			// commit stale work (the stored-offset fence).
+			_ = procs["worker-b"].cmd.Process.Signal(syscall.SIGSTOP)
+			p.produceCommands(t, cmds[len(cmds)-per/2:]) // more work while it is frozen
+			time.Sleep(9 * time.Second)
+			_ = procs["worker-b"].cmd.Process.Signal(syscall.SIGCONT)
+			faults["SIGSTOP past session timeout"]++
+		}
+		// Give each new process a moment to come up before the next fault,
+		// so faults land on running work, not on a starting process.
+		time.Sleep(300 * time.Millisecond)
+	}
+	for _, k := range []string{"kill -9 worker", "kill -9 relay", "SIGSTOP past session timeout"} {
+		if faults[k] == 0 {
+			t.Fatalf("the harness injected no %q", k)
+		}
+	}
+	// The last half-chunk was produced twice (before and during the freeze):
+	// duplicates the workers must absorb.
+	out := p.verify(t)
+	replayModel(t, p, byID)
+	var dups float64
+	for _, pr := range []string{"worker-a", "worker-b"} {
+		dups += scrape(t, procs[pr].admin, `txpipe_consumer_commands_total{outcome="duplicate",reason=""}`)
+	}
+	t.Logf("commands acknowledged %d (+%d produced twice), faults %v, duplicates absorbed by the live workers %.0f\n%s",
+		len(byID), per/2, faults, dups, out)
+}
+
+// scrape reads one sample of a process's /metrics, 0 when absent.
+func scrape(t *testing.T, admin, series string) float64 {
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var body strings.Builder
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		body.WriteString(string(buf[:n]))
+		if err != nil {
+			break
+		}
+	}
+	for _, l := range strings.Split(body.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return 0
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
