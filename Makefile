@@ -45,6 +45,15 @@ test:
 	@eval "$$($(SERVICES) up)"; \
 	$(GO) test $(TEST_FLAGS) ./...
 
+# chaos: the fault test with a Kafka broker restart and a PostgreSQL crash
+# added (they hit the shared services, so make test leaves them out);
+# CHAOS_COMMANDS sets its length (default 4000).
+.PHONY: chaos
+chaos:
+	@eval "$$($(SERVICES) up)"; \
+	TXPIPE_CHAOS=1 TXPIPE_CHAOS_COMMANDS=$(or $(CHAOS_COMMANDS),4000) \
+	$(GO) test -count=1 -timeout 60m -run 'TestFaultsLoseAndDoubleNothing' -v ./cmd/txpipe/ 2>&1 | grep -v '^\s*{'
+
 .PHONY: lint
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

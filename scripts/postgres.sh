@@ -5,6 +5,7 @@
 #   scripts/postgres.sh stop     pg_ctlcluster VERSION CLUSTER stop (fast mode)
 #   scripts/postgres.sh status   exit 0 when it accepts connections, 3 otherwise
 #   scripts/postgres.sh restart
+#   scripts/postgres.sh crash-restart   stop -m immediate (as if it crashed), then start (fault tests)
 #   scripts/postgres.sh reset-db drop and recreate database txpipe (server must be running)
 #
 # Result: postgres://txpipe:txpipe@127.0.0.1:$PG_PORT/txpipe?sslmode=disable
@@ -266,6 +267,7 @@ case "${1:-}" in
   reset-db) cmd_reset_db ;;
   stop) cmd_stop ;;
   restart) cmd_stop; cmd_start ;;
+  crash-restart) log "stopping in immediate mode (a crash: no checkpoint, clients cut off)"; pgctl stop -m immediate >&2; cmd_start ;;
   status) cmd_status ;;
-  *) echo "usage: $0 start|stop|restart|status|reset-db" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|crash-restart|status|reset-db" >&2; exit 2 ;;
 esac

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -146,8 +147,16 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 		return n == len(setup)
 	})
 
+	// make chaos sets TXPIPE_CHAOS=1: it also restarts the Kafka broker and
+	// crashes PostgreSQL (the shared services, so not under make test), and
+	// TXPIPE_CHAOS_COMMANDS sets the length of the run.
+	chaos := os.Getenv("TXPIPE_CHAOS") == "1"
+	total := 4000
+	if n, err := strconv.Atoi(os.Getenv("TXPIPE_CHAOS_COMMANDS")); err == nil && n >= 400 {
+		total = n
+	}
 	gen := ledgertest.Generator{Accounts: accounts, Base: time.Now().Add(24 * time.Hour), IDPrefix: prefix}
-	cmds := gen.Commands(uint64(b[0])<<8|uint64(b[1]), 4000)
+	cmds := gen.Commands(uint64(b[0])<<8|uint64(b[1]), total)
 	for _, c := range cmds {
 		byID[c.CommandID] = c
 	}
@@ -166,6 +175,12 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 			restart([]string{"worker-a", "worker-b"}[i%2])
 		case i%3 == 1 && faults["kill -9 relay"] < 3:
 			restart("relay")
+		case chaos && i == 5:
+			script(t, "kafka.sh", "restart")
+			faults["Kafka broker restart"]++
+		case chaos && i == 15:
+			script(t, "postgres.sh", "crash-restart")
+			faults["PostgreSQL crash (immediate) restart"]++
 		case i == 11:
 			// A zombie: frozen past its session timeout, the group gives
 			// its partitions to the other worker; thawed, it must not
@@ -195,6 +210,15 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 	}
 	t.Logf("commands acknowledged %d (+%d produced twice), faults %v, duplicates absorbed by the live workers %.0f\n%s",
 		len(byID), per/2, faults, dups, out)
+}
+
+// script runs one of scripts/ (the services the tests use) and waits.
+func script(t *testing.T, name string, args ...string) {
+	t.Helper()
+	out, err := exec.Command(filepath.Join("..", "..", "scripts", name), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("scripts/%s %v: %v\n%s", name, args, err, out)
+	}
 }
 
 // scrape reads one sample of a process's /metrics, 0 when absent.
