@@ -10,6 +10,8 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/internal/retry"
 )
 
 // attemptTimeout bounds one transaction attempt. It is not tied to the
@@ -46,7 +48,7 @@ func (w *Worker) runPartition(ctx context.Context, gen *kafka.Generation, pa kaf
 	}
 	log.Info("partition started", "offset", pos)
 	committed, lastCommit := int64(-1), time.Time{}
-	restart := transientPolicy(0) // paces start-overs after failed rounds
+	restart := retry.Policy(5 * time.Second) // paces start-overs after failed rounds
 	defer func() {
 		if committed != pos {
 			w.commitKafkaOffset(gen, pa.ID, pos)
@@ -95,7 +97,7 @@ func (w *Worker) runPartition(ctx context.Context, gen *kafka.Generation, pa kaf
 				log.Warn("stored offset moved under this worker; re-reading it", "offset", pos)
 			} else {
 				log.Error("batch keeps failing; re-reading the stored offset and starting over", "offset", pos, "err", err)
-				sleep(ctx, restart.NextBackOff())
+				retry.Sleep(ctx, restart.NextBackOff())
 			}
 			if pos, err = w.resumeOffset(ctx, pa, log); err != nil {
 				return
@@ -147,7 +149,7 @@ func dropBefore(msgs []kafka.Message, pos int64) []kafka.Message {
 // lost, while replaying from the start re-applies exactly those (the others
 // are absorbed by processed_commands).
 func (w *Worker) resumeOffset(ctx context.Context, pa kafka.PartitionAssignment, log *slog.Logger) (int64, error) {
-	bo := backoff.WithContext(transientPolicy(0), ctx)
+	bo := backoff.WithContext(retry.Policy(5*time.Second), ctx)
 	var next int64
 	err := backoff.RetryNotify(func() error {
 		err := w.opts.Pool.QueryRow(ctx, `SELECT next_offset FROM consumer_offsets
@@ -195,7 +197,7 @@ var errRetriesExhausted = errors.New("transient failures: retries exhausted")
 // applyWithRetry runs one batch transaction, retrying infrastructure
 // failures up to 10 times (100 ms doubling to 5 s, about 30 s in all).
 func (w *Worker) applyWithRetry(ctx context.Context, partition int, pos int64, msgs []kafka.Message, dl *deadLetter) (int64, error) {
-	bo := backoff.WithContext(backoff.WithMaxRetries(transientPolicy(5*time.Second), 10), ctx)
+	bo := backoff.WithContext(backoff.WithMaxRetries(retry.Policy(5*time.Second), 10), ctx)
 	var next int64
 	var lastErr error
 	err := backoff.RetryNotify(func() error {
@@ -226,28 +228,4 @@ func (w *Worker) applyWithRetry(ctx context.Context, partition int, pos int64, m
 		return pos, lastErr
 	}
 	return pos, fmt.Errorf("%w: %w", errRetriesExhausted, lastErr)
-}
-
-// transientPolicy is exponential backoff from 100 ms, capped at maxInterval
-// (0: 5 s), with no overall deadline; callers bound the attempts.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
-
-func transientPolicy(maxInterval time.Duration) *backoff.ExponentialBackOff {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 100 * time.Millisecond
-	bo.Multiplier = 2
-	bo.MaxInterval = 5 * time.Second
-	if maxInterval > 0 {
-		bo.MaxInterval = maxInterval
-	}
-	bo.MaxElapsedTime = 0
-	bo.Reset()
-	return bo
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/txpipe/txpipe/internal/retry"
 )
 
 // Publisher sends messages to Kafka and returns once every one of them is
@@ -82,7 +84,7 @@ func (r *Relay) Run(ctx context.Context) error {
 }
 
 func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
-	bo := retryPolicy()
+	bo := retry.Policy(5 * time.Second)
 	for ctx.Err() == nil {
 		n, err := r.publishBatch(ctx)
 		if err != nil {
@@ -93,7 +95,7 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 			r.metrics.failures.Inc()
 			d := bo.NextBackOff()
 			r.opts.Log.Warn("relay publish failed, will retry", "err", err, "retry_in", d)
-			sleep(ctx, d)
+			retry.Sleep(ctx, d)
 			continue
 		}
 		r.ready.set(nil)
@@ -258,7 +260,7 @@ func (r *Relay) park(ctx context.Context, tx pgx.Tx, rows []row) error {
 // wake on every notification. It reconnects with backoff; notifications sent
 // while it is down are lost, which the poll interval covers.
 func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
-	bo := retryPolicy()
+	bo := retry.Policy(5 * time.Second)
 	for ctx.Err() == nil {
 		err := r.listenOnce(ctx, wake, bo)
 		if ctx.Err() != nil {
@@ -266,7 +268,7 @@ func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
 		}
 		d := bo.NextBackOff()
 		r.opts.Log.Warn("relay listen connection lost, polling until it is back", "err", err, "retry_in", d)
-		sleep(ctx, d)
+		retry.Sleep(ctx, d)
 	}
 }
 
@@ -313,26 +315,5 @@ func (r *Relay) watchBacklog(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-	}
-}
-
-// retryPolicy is the relay's backoff: from 100 ms up to 5 s between attempts,
-// with no overall deadline (MaxElapsedTime 0), because giving up would only
-// leave committed outcomes unpublished.
-func retryPolicy() *backoff.ExponentialBackOff {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 100 * time.Millisecond
-	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0
-	bo.Reset()
-	return bo
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }

@@ -32,6 +32,27 @@ func insert(t *testing.T, tx pgx.Tx, topic, value string) int64 {
 	return id
 }
 
+// runRelay runs a relay on db until the returned stop is called.
+func runRelay(t *testing.T, ctx context.Context, db *pgtest.DB, kc *kafkatest.Cluster) (stop func()) {
+	t.Helper()
+	relay, err := outbox.NewRelay(outbox.RelayOptions{
+		Pool: db.Pool, Publisher: kc.Writer(t), PollInterval: 50 * time.Millisecond,
+		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(rctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("relay.Run() = %v, want nil after cancel", err)
+		}
+	}
+}
+
 // TestRelayPublishesRowThatCommitsLate is the BIGSERIAL trap: T1 takes the
 // lower id but commits after T2, and after the relay has already published
 // T2's row. A relay that kept a high-water mark would skip T1's row forever.
@@ -60,23 +81,7 @@ func TestRelayPublishesRowThatCommitsLate(t *testing.T) {
 		t.Fatalf("ids %d (late) and %d (early): the test needs the late row to have the lower id", id1, id2)
 	}
 
-	w := kc.Writer(t)
-	relay, err := outbox.NewRelay(outbox.RelayOptions{
-		Pool: db.Pool, Publisher: w, PollInterval: 50 * time.Millisecond,
-		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- relay.Run(rctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("relay.Run() = %v, want nil after cancel", err)
-		}
-	}()
+	defer runRelay(t, ctx, db, kc)()
 
 	first := kc.ReadAll(ctx, t, topic, 1)
 	if len(first) != 1 || string(first[0].Value) != "early" {
@@ -126,17 +131,7 @@ func TestRelayParksRowTooLargeToPublish(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	relay, err := outbox.NewRelay(outbox.RelayOptions{
-		Pool: db.Pool, Publisher: kc.Writer(t), PollInterval: 50 * time.Millisecond,
-		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- relay.Run(rctx) }()
-	defer func() { stop(); <-done }()
+	defer runRelay(t, ctx, db, kc)()
 	got := kc.ReadAll(ctx, t, topic, 1)
 	if len(got) != 1 || string(got[0].Value) != "small" {
 		t.Fatalf("published %d records, want the small one", len(got))
