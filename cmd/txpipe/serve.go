@@ -108,6 +108,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		return err
 	}
 	defer pool.Close()
+	if err := httpserver.RegisterPoolMetrics(reg, pool); err != nil {
+		return err
+	}
 	brokers := cfg.brokers()
 	// One connection pool for the process's clients and writers, closed on
 	// the way out so no kafka-go goroutine outlives the run.
