@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -35,12 +38,7 @@ type process struct {
 
 func (p *process) start() {
 	p.t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	p.admin = ln.Addr().String()
-	ln.Close()
+	p.admin = freeAddr(p.t)
 	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		p.t.Fatal(err)
@@ -80,12 +78,13 @@ func (p *process) ready() bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// TestFaultsLoseAndDoubleNothing runs two workers and a relay as separate
-// processes while commands stream in, kills workers with SIGKILL five
-// times, the relay three times, freezes a worker (SIGSTOP) past its session
-// timeout so the group moves on without it and then thaws it, and finally
-// checks that every command has exactly one outcome, the invariants hold
-// (txpipe verify) and the outcomes equal the pure domain model's.
+// TestFaultsLoseAndDoubleNothing runs ingest, two workers and a relay as
+// separate processes while a retrying client posts commands, kills ingest
+// once, workers five times and the relay three times with SIGKILL, stops a
+// worker with SIGTERM, freezes a worker (SIGSTOP) past its session timeout
+// so the group moves on without it and then thaws it, and finally checks
+// that every command has exactly one outcome, the invariants hold (txpipe
+// verify) and the outcomes equal the pure domain model's.
 func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault soak; runs without -short")
@@ -101,7 +100,9 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
 		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ, "--log-level", "info"}
 	worker := append([]string{"--group-id", "test-" + p.topics.Commands, "--session-timeout", "6s"}, common...)
+	api := freeAddr(t)
 	procs := map[string]*process{
+		"ingest":   {t: t, bin: bin, role: "ingest", args: append([]string{"--http-addr", api}, common...), log: filepath.Join(dir, "ingest.log")},
 		"worker-a": {t: t, bin: bin, role: "worker", args: worker, log: filepath.Join(dir, "worker-a.log")},
 		"worker-b": {t: t, bin: bin, role: "worker", args: worker, log: filepath.Join(dir, "worker-b.log")},
 		"relay":    {t: t, bin: bin, role: "relay", args: append([]string{"--relay-poll-interval", "200ms"}, common...), log: filepath.Join(dir, "relay.log")},
@@ -120,9 +121,10 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 			}
 		}
 	}()
-	eventually(t, "both workers and the relay are ready", func() bool {
-		return procs["worker-a"].ready() && procs["worker-b"].ready() && procs["relay"].ready()
+	eventually(t, "ingest, both workers and the relay are ready", func() bool {
+		return procs["ingest"].ready() && procs["worker-a"].ready() && procs["worker-b"].ready() && procs["relay"].ready()
 	})
+	client := &retryingClient{base: "http://" + api}
 
 	var b [4]byte
 	_, _ = rand.Read(b[:])
@@ -169,8 +171,36 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 	const chunks = 20
 	per := len(cmds) / chunks
 	for i := range chunks {
-		p.produceCommands(t, cmds[i*per:(i+1)*per])
+		chunk := cmds[i*per : (i+1)*per]
+		if i == 2 {
+			// Ingest dies; the client's requests fail until it is back, and
+			// the client retries them with the same command_ids.
+			procs["ingest"].kill9()
+			faults["kill -9 ingest"]++
+			back := make(chan struct{})
+			go func() {
+				time.Sleep(time.Second)
+				procs["ingest"].start()
+				close(back)
+			}()
+			err := client.send(chunk)
+			<-back
+			if err != nil {
+				t.Fatal(err)
+			}
+			if client.retries.Load() == 0 {
+				t.Fatal("no request was retried while ingest was down")
+			}
+		} else if err := client.send(chunk); err != nil {
+			t.Fatal(err)
+		}
 		switch {
+		case i == 8:
+			// SIGTERM: the worker drains and exits (stop fails the test if
+			// it takes over 30 s); its successor resumes from PostgreSQL.
+			procs["worker-a"].stop()
+			faults["SIGTERM worker"]++
+			procs["worker-a"].start()
 		case i%3 == 0 && faults["kill -9 worker"] < 5:
 			restart([]string{"worker-a", "worker-b"}[i%2])
 		case i%3 == 1 && faults["kill -9 relay"] < 3:
@@ -186,7 +216,9 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 			// its partitions to the other worker; thawed, it must not
 			// commit stale work (the stored-offset fence).
 			_ = procs["worker-b"].cmd.Process.Signal(syscall.SIGSTOP)
-			p.produceCommands(t, cmds[len(cmds)-per/2:]) // more work while it is frozen
+			if err := client.send(cmds[len(cmds)-per/2:]); err != nil { // more work while it is frozen
+				t.Fatal(err)
+			}
 			time.Sleep(9 * time.Second)
 			_ = procs["worker-b"].cmd.Process.Signal(syscall.SIGCONT)
 			faults["SIGSTOP past session timeout"]++
@@ -195,7 +227,7 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 		// so faults land on running work, not on a starting process.
 		time.Sleep(300 * time.Millisecond)
 	}
-	for _, k := range []string{"kill -9 worker", "kill -9 relay", "SIGSTOP past session timeout"} {
+	for _, k := range []string{"kill -9 ingest", "kill -9 worker", "kill -9 relay", "SIGTERM worker", "SIGSTOP past session timeout"} {
 		if faults[k] == 0 {
 			t.Fatalf("the harness injected no %q", k)
 		}
@@ -208,8 +240,51 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 	for _, pr := range []string{"worker-a", "worker-b"} {
 		dups += scrape(t, procs[pr].admin, `txpipe_consumer_commands_total{outcome="duplicate",reason=""}`)
 	}
-	t.Logf("commands acknowledged %d (+%d produced twice), faults %v, duplicates absorbed by the live workers %.0f\n%s",
-		len(byID), per/2, faults, dups, out)
+	t.Logf("commands acknowledged %d (+%d sent twice), requests retried %d, faults %v, duplicates absorbed by the live workers %.0f\n%s",
+		len(byID), per/2, client.retries.Load(), faults, dups, out)
+}
+
+// retryingClient posts commands in batches and retries every batch that
+// was not answered 202 with the same command_ids, as a careful upstream
+// would: a command is acknowledged once a 202 covered it.
+type retryingClient struct {
+	base    string
+	retries atomic.Int64
+}
+
+func (c *retryingClient) send(cmds []domain.Command) error {
+	for start := 0; start < len(cmds); start += 100 {
+		raw := make([]json.RawMessage, 0, 100)
+		for _, cmd := range cmds[start:min(start+100, len(cmds))] {
+			raw = append(raw, cmd.Encode())
+		}
+		body, _ := json.Marshal(map[string]any{"commands": raw})
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			resp, err := http.Post(c.base+"/v1/commands/batch", "application/json", bytes.NewReader(body))
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusAccepted {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("batch not accepted for 2 minutes (last: %v)", err)
+			}
+			c.retries.Add(1)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // script runs one of scripts/ (the services the tests use) and waits.
