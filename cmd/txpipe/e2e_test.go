@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -505,4 +506,64 @@ func TestHoldLifecycleOverHTTP(t *testing.T) {
 		t.Errorf("first hold = %+v, want captured 250, reversed 50", h)
 	}
 	p.verify(t)
+}
+
+// TestReadyzSaysWhyWhenPostgresIsUnreachable: with the database away, the
+// process stays up, /readyz answers 503 naming the failing dependency, and
+// /healthz still answers (the process itself is alive).
+func TestReadyzSaysWhyWhenPostgresIsUnreachable(t *testing.T) {
+	kc := kafkatest.New(t)
+	topics := kc.Topics(t, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	admin := make(chan string, 2)
+	e := &env{stdout: io.Discard, stderr: io.Discard, lookup: func(string) (string, bool) { return "", false },
+		onListen: func(server, addr string) {
+			if server == "admin" {
+				admin <- addr
+			}
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"worker", "--database-url", "postgres://txpipe:txpipe@" + dead + "/txpipe?sslmode=disable&connect_timeout=1",
+			"--kafka-brokers", strings.Join(kc.Brokers, ","), "--admin-addr", "127.0.0.1:0", "--commands-topic", topics.Commands,
+			"--events-topic", topics.Events, "--postings-topic", topics.Postings, "--dlq-topic", topics.DLQ,
+			"--group-id", "test-" + topics.Commands, "--shutdown-timeout", "5s"}, e)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run() = %v, want nil after cancel", err)
+		}
+	}()
+	base := "http://" + <-admin
+	var body struct {
+		Status string
+		Checks map[string]string
+	}
+	eventually(t, "/readyz reports PostgreSQL", func() bool {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode == http.StatusServiceUnavailable && body.Checks["postgres"] != "" && body.Checks["postgres"] != "ok"
+	})
+	if body.Status != "not ready" || body.Checks["kafka"] != "ok" {
+		t.Errorf("/readyz = %+v, want not ready with kafka ok and postgres failing", body)
+	}
+	resp, err := http.Get(base + "/healthz")
+	if err != nil {
+		t.Fatalf("/healthz: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz = %d, want 200", resp.StatusCode)
+	}
 }
