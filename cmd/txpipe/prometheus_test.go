@@ -98,6 +98,7 @@ scrape_configs:
 		`sum(txpipe_e2e_latency_seconds_count)`,
 	}
 	send(5)
+	p.post(t, "/v1/commands", `{"type":"deposit"}`) // a refusal, for the rejects series
 	first := map[string]float64{}
 	eventually(t, "Prometheus sees every stage", func() bool {
 		for _, q := range stages {
@@ -125,5 +126,33 @@ scrape_configs:
 	}
 	if v, ok := query(`up{job="txpipe-all"}`); !ok || v != 1 {
 		t.Errorf("up = %v (%v), want 1", v, ok)
+	}
+
+	// Every panel query of the Grafana dashboard parses and returns data.
+	raw, err := os.ReadFile(filepath.Join("..", "..", "deploy", "grafana", "dashboards", "txpipe.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatalf("dashboard JSON: %v", err)
+	}
+	n := 0
+	for _, panel := range dash.Panels {
+		for _, target := range panel.Targets {
+			n++
+			eventually(t, fmt.Sprintf("panel %q query %s returns data", panel.Title, target.Expr), func() bool {
+				_, ok := query(target.Expr)
+				return ok
+			})
+		}
+	}
+	if n < 20 {
+		t.Errorf("the dashboard has %d queries; it lost its panels", n)
 	}
 }
