@@ -60,7 +60,7 @@ func TestMetricsPassTheLinter(t *testing.T) {
 			t.Errorf("series carries an id in a label: %s", line)
 		}
 	}
-	for _, want := range []string{"txpipe_ingest_requests_total", "txpipe_consumer_commands_total", "txpipe_relay_published_total", "txpipe_e2e_latency_seconds_bucket", "txpipe_postgres_pool_connections_acquired"} {
+	for _, want := range []string{"txpipe_ingest_requests_total", "txpipe_consumer_commands_total", "txpipe_relay_published_total", "txpipe_e2e_latency_seconds_bucket", "txpipe_postgres_pool_connections_acquired", `txpipe_kafka_writer_messages_total{writer="relay"}`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

@@ -137,6 +137,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	if has("ingest") {
 		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, Transport: transport, Linger: cfg.produceLinger})
 		closers = append(closers, w.Close)
+		if err := reg.Register(kafkawriter.NewStatsCollector(w, "ingest")); err != nil {
+			return err
+		}
 		api, err := producers.NewAPI(producers.APIOptions{
 			Producer:       producers.NewProducer(w, cfg.commandsTopic),
 			Pool:           pool,
@@ -189,6 +192,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	if has("relay") {
 		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, Transport: transport, BatchSize: cfg.relayBatchSize})
 		closers = append(closers, w.Close)
+		if err := reg.Register(kafkawriter.NewStatsCollector(w, "relay")); err != nil {
+			return err
+		}
 		rl, err := outbox.NewRelay(outbox.RelayOptions{
 			Pool:         pool,
 			Publisher:    w,
