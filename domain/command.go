@@ -112,7 +112,10 @@ type ValidationError struct {
 func (e *ValidationError) Error() string {
 	parts := make([]string, len(e.Errors))
 	for i, fe := range e.Errors {
-		parts[i] = fe.Pointer + ": " + fe.Detail
+		parts[i] = fe.Detail // the whole document
+		if fe.Pointer != "" {
+			parts[i] = fe.Pointer + ": " + fe.Detail
+		}
 	}
 	return "invalid command: " + strings.Join(parts, "; ")
 }

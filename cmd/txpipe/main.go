@@ -60,6 +60,8 @@ subcommands:
   relay     run the outbox relay
   all       ingest + worker + relay in one process
   verify    audit the invariants against PostgreSQL and the topics; exit 1 on any violation
+  dlq list  show the dead letters (reason, origin, command id)
+  dlq replay --records p@o,…|all   send dead letters back to the commands topic
 
 Every flag has an environment fallback: --kafka-brokers ⇄ TXPIPE_KAFKA_BROKERS.
 Run "txpipe <subcommand> -h" for its flags.`
@@ -77,6 +79,8 @@ func run(ctx context.Context, args []string, e *env) error {
 		return runTopics(ctx, rest, e)
 	case "verify":
 		return runVerify(ctx, rest, e)
+	case "dlq":
+		return runDLQ(ctx, rest, e)
 	case "ingest", "worker", "relay", "all":
 		return runServe(ctx, sub, rest, e)
 	case "help", "-h", "--help":

@@ -11,12 +11,12 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/kafkaadmin"
 )
 
 // Options say where to look.
@@ -80,19 +80,19 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	commands, err := readTopic(ctx, o, o.CommandsTopic)
+	commands, err := kafkaadmin.ReadAll(ctx, o.Client, o.Brokers, o.CommandsTopic)
 	if err != nil {
 		return nil, err
 	}
-	dlq, err := readTopic(ctx, o, o.DLQTopic)
+	dlq, err := kafkaadmin.ReadAll(ctx, o.Client, o.Brokers, o.DLQTopic)
 	if err != nil {
 		return nil, err
 	}
-	events, err := readTopic(ctx, o, o.EventsTopic)
+	events, err := kafkaadmin.ReadAll(ctx, o.Client, o.Brokers, o.EventsTopic)
 	if err != nil {
 		return nil, err
 	}
-	postings, err := readTopic(ctx, o, o.PostingsTopic)
+	postings, err := kafkaadmin.ReadAll(ctx, o.Client, o.Brokers, o.PostingsTopic)
 	if err != nil {
 		return nil, err
 	}
@@ -103,57 +103,6 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	r.add(checkBalances(db))
 	r.add(checkPublished(db, postings))
 	return r, nil
-}
-
-// readTopic reads every partition of topic from the start to the end offset
-// it has now.
-func readTopic(ctx context.Context, o Options, topic string) ([]kafka.Message, error) {
-	md, err := o.Client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil {
-		return nil, fmt.Errorf("read metadata of %s: %w", topic, err)
-	}
-	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
-		return nil, fmt.Errorf("topic %s not found", topic)
-	}
-	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-	}
-	offs, err := o.Client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		return nil, fmt.Errorf("list offsets of %s: %w", topic, err)
-	}
-	var all []kafka.Message
-	for _, p := range offs.Topics[topic] {
-		if p.Error != nil {
-			return nil, fmt.Errorf("list offsets of %s/%d: %w", topic, p.Partition, p.Error)
-		}
-		if p.LastOffset == 0 {
-			continue
-		}
-		msgs, err := readPartition(ctx, o.Brokers, topic, p.Partition, p.LastOffset)
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, msgs...)
-	}
-	return all, nil
-}
-
-func readPartition(ctx context.Context, brokers []string, topic string, partition int, end int64) ([]kafka.Message, error) {
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MaxBytes: 16 << 20, MaxWait: 200 * time.Millisecond})
-	defer r.Close()
-	var msgs []kafka.Message
-	for {
-		m, err := r.ReadMessage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("read %s/%d: %w", topic, partition, err)
-		}
-		msgs = append(msgs, m)
-		if m.Offset >= end-1 {
-			return msgs, nil
-		}
-	}
 }
 
 // database is the part of PostgreSQL the audit reads.

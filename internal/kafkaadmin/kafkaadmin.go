@@ -96,3 +96,55 @@ func Ping(ctx context.Context, client *kafka.Client) error {
 	}
 	return nil
 }
+
+// ReadAll reads every partition of topic from the start to the end offset
+// it has when called: a snapshot, for audits and operator tools.
+func ReadAll(ctx context.Context, client *kafka.Client, brokers []string, topic string) ([]kafka.Message, error) {
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, fmt.Errorf("read metadata of %s: %w", topic, err)
+	}
+	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
+		return nil, fmt.Errorf("topic %s not found", topic)
+	}
+	var reqs []kafka.OffsetRequest
+	for _, p := range md.Topics[0].Partitions {
+		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
+	}
+	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("list offsets of %s: %w", topic, err)
+	}
+	var all []kafka.Message
+	for _, p := range offs.Topics[topic] {
+		if p.Error != nil {
+			return nil, fmt.Errorf("list offsets of %s/%d: %w", topic, p.Partition, p.Error)
+		}
+		if p.LastOffset == 0 {
+			continue
+		}
+		msgs, err := readPartition(ctx, brokers, topic, p.Partition, p.LastOffset)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, msgs...)
+	}
+	return all, nil
+}
+
+func readPartition(ctx context.Context, brokers []string, topic string, partition int, end int64) ([]kafka.Message, error) {
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MaxBytes: 16 << 20, MaxWait: 200 * time.Millisecond})
+	defer r.Close()
+	var msgs []kafka.Message
+	for {
+		m, err := r.ReadMessage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read %s/%d: %w", topic, partition, err)
+		}
+		msgs = append(msgs, m)
+		if m.Offset >= end-1 {
+			return msgs, nil
+		}
+	}
+}
+

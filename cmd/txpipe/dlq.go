@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/internal/kafkaadmin"
+	"github.com/txpipe/txpipe/internal/kafkawriter"
+)
+
+// runDLQ serves "txpipe dlq list" and "txpipe dlq replay".
+func runDLQ(ctx context.Context, args []string, e *env) error {
+	if len(args) == 0 || (args[0] != "list" && args[0] != "replay") {
+		return usageError{"usage: txpipe dlq list|replay [flags]"}
+	}
+	sub := args[0]
+	fs := newFlagSet("dlq "+sub, e)
+	fs.kafka()
+	fs.topics()
+	fs.logging()
+	var only string
+	if sub == "replay" {
+		fs.StringVar(&only, "records", "", "comma-separated DLQ records to replay as partition@offset (as dlq list prints them), or \"all\"")
+	}
+	cfg, err := fs.parse(args[1:], e)
+	if err != nil {
+		return err
+	}
+	if sub == "replay" && only == "" {
+		return usageError{"--records is required: partition@offset[,…] from txpipe dlq list, or all"}
+	}
+	log := cfg.logger(e)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
+	brokers := cfg.brokers()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: transport}
+	msgs, err := kafkaadmin.ReadAll(ctx, client, brokers, cfg.dlqTopic)
+	if err != nil {
+		return err
+	}
+	if sub == "list" {
+		for _, m := range msgs {
+			fmt.Fprintln(e.stdout, describeDLQ(m))
+		}
+		fmt.Fprintf(e.stdout, "%d records in %s\n", len(msgs), cfg.dlqTopic)
+		return nil
+	}
+	return replayDLQ(ctx, log, msgs, only, cfg.commandsTopic, brokers, transport, e)
+}
+
+// describeDLQ is one line of "dlq list": where the record sits in the DLQ,
+// why it is there, where it came from, and its command id when readable.
+func describeDLQ(m kafka.Message) string {
+	h := map[string]string{}
+	for _, x := range m.Headers {
+		h[x.Key] = string(x.Value)
+	}
+	var head struct {
+		CommandID string `json:"command_id"`
+	}
+	_ = json.Unmarshal(m.Value, &head) // undecodable records have no command id
+	id := head.CommandID
+	if id == "" {
+		id = "-"
+	}
+	return fmt.Sprintf("%d@%d reason=%s source=%s/%s@%s key=%q command_id=%s at=%s detail=%q",
+		m.Partition, m.Offset, h["dlq_reason"], h["source_topic"], h["source_partition"], h["source_offset"],
+		m.Key, id, h["dlq_at"], h["dlq_detail"])
+}
+
+// replayDLQ produces the chosen DLQ records, key and value unchanged, to the
+// commands topic. Replaying twice is safe: commands are idempotent by
+// command_id, and a record that is still invalid goes to the DLQ again.
+func replayDLQ(ctx context.Context, log *slog.Logger, msgs []kafka.Message, only, topic string, brokers []string, transport *kafka.Transport, e *env) error {
+	want := map[string]bool{}
+	for _, r := range strings.Split(only, ",") {
+		want[strings.TrimSpace(r)] = true
+	}
+	var out []kafka.Message
+	for _, m := range msgs {
+		ref := strconv.Itoa(m.Partition) + "@" + strconv.FormatInt(m.Offset, 10)
+		if want["all"] || want[ref] {
+			out = append(out, kafka.Message{Topic: topic, Key: m.Key, Value: m.Value,
+				Headers: []kafka.Header{{Key: "replayed_from", Value: []byte(ref)}}})
+			delete(want, ref)
+		}
+	}
+	delete(want, "all")
+	if len(want) > 0 {
+		var missing []string
+		for r := range want {
+			missing = append(missing, r)
+		}
+		return fmt.Errorf("not in the DLQ: %s", strings.Join(missing, ", "))
+	}
+	w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, Transport: transport})
+	defer w.Close()
+	if err := w.WriteMessages(ctx, out...); err != nil {
+		return fmt.Errorf("replay %d records: %w", len(out), err)
+	}
+	for _, m := range out {
+		log.Info("dlq record replayed", "from", string(m.Headers[0].Value), "topic", topic)
+	}
+	fmt.Fprintf(e.stdout, "replayed %d records to %s\n", len(out), topic)
+	return nil
+}
