@@ -147,4 +147,3 @@ func readPartition(ctx context.Context, brokers []string, topic string, partitio
 		}
 	}
 }
-
