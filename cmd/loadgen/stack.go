@@ -44,8 +44,9 @@ type proc struct {
 }
 
 // newStack creates a database (migrated, with accounts acct-0…N-1 funded
-// with 10^9 cents each) and fresh topics of 12 partitions.
-func newStack(ctx context.Context, name, txpipe, adminURL string, brokers []string, logDir string, accounts int) (*stack, error) {
+// with 10^9 cents each) and fresh topics of 12 partitions. On failure it
+// drops what it created.
+func newStack(ctx context.Context, name, txpipe, adminURL string, brokers []string, logDir string, accounts int) (st *stack, err error) {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
@@ -62,6 +63,13 @@ func newStack(ctx context.Context, name, txpipe, adminURL string, brokers []stri
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+s.dbName); err != nil {
 		return nil, fmt.Errorf("create database: %w", err)
 	}
+	defer func() {
+		if err != nil {
+			tr := &kafka.Transport{}
+			defer tr.CloseIdleConnections()
+			s.close(context.WithoutCancel(ctx), &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr})
+		}
+	}()
 	u, err := url.Parse(adminURL)
 	if err != nil {
 		return nil, err
