@@ -158,8 +158,10 @@ func parseLevel(s string) *slog.Level {
 	return &l
 }
 
-func (c *config) logger(e *env) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: *parseLevel(c.logLevel)}))
+func (c *config) logger(e *env) *slog.Logger { return slog.New(c.logHandler(e)) }
+
+func (c *config) logHandler(e *env) slog.Handler {
+	return slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: *parseLevel(c.logLevel)})
 }
 
 // openPool connects to PostgreSQL. Unless the URL sets pool_max_conns, the

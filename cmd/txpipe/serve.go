@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"fmt"
 	"net"
 	"net/http"
@@ -99,8 +100,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	if err != nil {
 		return err
 	}
-	log := cfg.logger(e).With("role", role)
 	reg := prometheus.NewRegistry()
+	status := httpserver.NewStatus(reg)
+	log := slog.New(status.LogHandler(cfg.logHandler(e))).With("role", role)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	pool, err := cfg.openPool(ctx)
@@ -214,9 +216,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	if err != nil {
 		return err
 	}
-	log.Info("admin listening", "addr", adminLn.Addr().String(), "paths", "/metrics /healthz /readyz")
-	admin := &http.Server{Handler: httpserver.AdminHandler(reg, checks), ReadHeaderTimeout: 5 * time.Second}
-	runners = append(runners, func(ctx context.Context) error { return httpserver.Run(ctx, admin, adminLn, cfg.shutdownTimeout) })
+	log.Info("admin listening", "addr", adminLn.Addr().String(), "paths", "/metrics /healthz /readyz /status")
+	admin := &http.Server{Handler: httpserver.AdminHandler(reg, checks, status), ReadHeaderTimeout: 5 * time.Second}
+	runners = append(runners, func(ctx context.Context) error { return httpserver.Run(ctx, admin, adminLn, cfg.shutdownTimeout) }, status.Run)
 
 	g, ctx := errgroup.WithContext(ctx)
 	for _, r := range runners {

@@ -51,8 +51,14 @@ type Check struct {
 // /healthz (the process answers), readiness on /readyz (every check passes
 // within a second; the body says which failed and why), and Go profiles on
 // /debug/pprof/.
-func AdminHandler(g prometheus.Gatherer, checks []Check) http.Handler {
+//
+// With status set, /status serves the status page too.
+func AdminHandler(g prometheus.Gatherer, checks []Check, status *Status) http.Handler {
 	mux := http.NewServeMux()
+	if status != nil {
+		status.checks = checks
+		mux.Handle("GET /status", status)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 	// Profiles, for diagnosing a slow or stuck process; the admin address
 	// must not be exposed beyond operators.

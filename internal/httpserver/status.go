@@ -1,0 +1,241 @@
+package httpserver
+
+import (
+	"context"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// statusSeries are the figures the status page follows: a name, the
+// metric family summed over its labels, and whether the page shows its rate
+// (a counter) or its value (a gauge).
+var statusSeries = []struct {
+	name, family string
+	rate         bool
+}{
+	{"commands accepted /s", "txpipe_ingest_commands_accepted_total", true},
+	{"commands processed /s", "txpipe_consumer_commands_total", true},
+	{"records published /s", "txpipe_relay_published_total", true},
+	{"consumer lag (records)", "txpipe_consumer_lag_records", false},
+	{"outbox backlog (rows)", "txpipe_outbox_pending_rows", false},
+	{"oldest outbox row (s)", "txpipe_outbox_oldest_pending_age_seconds", false},
+	{"dead letters /s", "txpipe_consumer_commands_total{outcome=dlq}", true},
+}
+
+const statusSamples = 150 // 5 minutes at one sample every 2 s
+
+// Status keeps the last minutes of the pipeline's main figures and the
+// last warnings and errors logged, and serves them as one server-rendered
+// page (/status on the admin address) for when no Grafana is at hand.
+type Status struct {
+	g      prometheus.Gatherer
+	checks []Check
+
+	mu      sync.Mutex
+	at      []time.Time
+	values  [][]float64 // per sample, per statusSeries entry
+	lastErr []string
+}
+
+// NewStatus returns a Status reading g. AdminHandler gives it the
+// readiness checks and serves it.
+func NewStatus(g prometheus.Gatherer) *Status { return &Status{g: g} }
+
+// Run samples the figures every 2 s until ctx ends.
+func (s *Status) Run(ctx context.Context) error {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		s.sample(time.Now())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Status) sample(now time.Time) {
+	mfs, err := s.g.Gather()
+	if err != nil {
+		return
+	}
+	sums := make([]float64, len(statusSeries))
+	for i, ser := range statusSeries {
+		family, filter, _ := strings.Cut(ser.family, "{")
+		filter = strings.TrimSuffix(filter, "}")
+		for _, mf := range mfs {
+			if mf.GetName() == family {
+				sums[i] = sumFamily(mf, filter)
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.at = append(s.at, now)
+	s.values = append(s.values, sums)
+	if len(s.at) > statusSamples {
+		s.at, s.values = s.at[1:], s.values[1:]
+	}
+}
+
+// sumFamily adds a family's samples, keeping those whose labels match
+// filter ("name=value", or "" for all).
+func sumFamily(mf *dto.MetricFamily, filter string) float64 {
+	name, value, _ := strings.Cut(filter, "=")
+	var sum float64
+	for _, m := range mf.GetMetric() {
+		if filter != "" {
+			ok := false
+			for _, l := range m.GetLabel() {
+				ok = ok || (l.GetName() == name && l.GetValue() == value)
+			}
+			if !ok {
+				continue
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
+
+// LogHandler wraps h so that warnings and errors are also kept, the last 20,
+// for the page.
+func (s *Status) LogHandler(h slog.Handler) slog.Handler { return &statusLog{Handler: h, s: s} }
+
+type statusLog struct {
+	slog.Handler
+	s     *Status
+	attrs []slog.Attr
+}
+
+func (l *statusLog) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s %s %s", r.Time.UTC().Format("15:04:05"), r.Level, r.Message)
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "err" || a.Key == "detail" || a.Key == "partition" {
+				fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+			}
+			return true
+		})
+		l.s.mu.Lock()
+		l.s.lastErr = append(l.s.lastErr, b.String())
+		if len(l.s.lastErr) > 20 {
+			l.s.lastErr = l.s.lastErr[1:]
+		}
+		l.s.mu.Unlock()
+	}
+	return l.Handler.Handle(ctx, r)
+}
+
+func (l *statusLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return &statusLog{Handler: l.Handler.WithAttrs(as), s: l.s}
+}
+
+func (l *statusLog) WithGroup(name string) slog.Handler {
+	return &statusLog{Handler: l.Handler.WithGroup(name), s: l.s}
+}
+
+type statusRow struct {
+	Name, Now string
+	Points    string // SVG polyline points
+}
+
+var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>txpipe status</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse}td,th{padding:4px 12px;border-bottom:1px solid #ddd;text-align:left}
+.ok{color:#070}.bad{color:#b00}svg{background:#f7f7f7}pre{background:#f7f7f7;padding:8px}
+</style></head><body>
+<h1>txpipe status</h1>
+<p id="readiness" class="{{if .Ready}}ok{{else}}bad{{end}}">{{if .Ready}}ready{{else}}not ready{{end}} — {{.Now}}</p>
+<table id="checks"><tr><th>dependency</th><th>state</th></tr>
+{{range .Checks}}<tr><td>{{.Name}}</td><td class="{{if eq .State "ok"}}ok{{else}}bad{{end}}">{{.State}}</td></tr>{{end}}
+</table>
+<h2>Last five minutes</h2>
+<table id="figures"><tr><th>figure</th><th>now</th><th>trend</th></tr>
+{{range .Rows}}<tr><td>{{.Name}}</td><td class="value" data-name="{{.Name}}">{{.Now}}</td>
+<td><svg width="300" height="40" viewBox="0 0 300 40"><polyline fill="none" stroke="#36c" stroke-width="1.5" points="{{.Points}}"/></svg></td></tr>{{end}}
+</table>
+<h2>Last warnings and errors</h2>
+<pre id="errors">{{range .Errors}}{{.}}
+{{else}}none{{end}}</pre>
+</body></html>`))
+
+// ServeHTTP renders the page.
+func (s *Status) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	results := runChecks(r.Context(), s.checks)
+	type check struct{ Name, State string }
+	data := struct {
+		Ready  bool
+		Now    string
+		Checks []check
+		Rows   []statusRow
+		Errors []string
+	}{Ready: true, Now: time.Now().UTC().Format(time.RFC3339)}
+	for _, c := range s.checks {
+		data.Checks = append(data.Checks, check{c.Name, results[c.Name]})
+		data.Ready = data.Ready && results[c.Name] == "ok"
+	}
+	s.mu.Lock()
+	for i, ser := range statusSeries {
+		var pts []float64
+		for j := range s.values {
+			v := s.values[j][i]
+			if ser.rate {
+				if j == 0 {
+					continue
+				}
+				dt := s.at[j].Sub(s.at[j-1]).Seconds()
+				v = max(0, v-s.values[j-1][i]) / max(dt, 0.001)
+			}
+			pts = append(pts, v)
+		}
+		row := statusRow{Name: ser.name, Now: "–"}
+		if len(pts) > 0 {
+			row.Now = fmt.Sprintf("%.1f", pts[len(pts)-1])
+			row.Points = sparkline(pts)
+		}
+		data.Rows = append(data.Rows, row)
+	}
+	data.Errors = append([]string(nil), s.lastErr...)
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if !data.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = statusPage.Execute(w, data) // the client went away; nothing to do
+}
+
+// sparkline scales pts into a 300×40 box as SVG polyline points.
+func sparkline(pts []float64) string {
+	top := 0.0
+	for _, p := range pts {
+		top = max(top, p)
+	}
+	if top == 0 {
+		top = 1
+	}
+	var b strings.Builder
+	for i, p := range pts {
+		x := float64(i) * 300 / float64(max(1, statusSamples-1))
+		fmt.Fprintf(&b, "%.1f,%.1f ", x, 38-36*p/top)
+	}
+	return strings.TrimSpace(b.String())
+}
