@@ -2,8 +2,12 @@ package main
 
 import (
 	"fmt"
+	"image/png"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -46,4 +50,52 @@ func TestStatusPageShowsLiveNumbers(t *testing.T) {
 		m := processed.FindStringSubmatch(page())
 		return m != nil && m[1] != first[1] && m[1] != "0.0" && m[1] != "–"
 	})
+
+	// A real browser renders it: headless Chromium (Debian's chromium)
+	// loads the page, its DOM holds the figures, and a screenshot is kept.
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("chromium not found; .ci/run installs Debian's chromium")
+		}
+		t.Skip("chromium not found: apt-get install chromium")
+	}
+	profile := t.TempDir()
+	browser := func(args ...string) []byte {
+		t.Helper()
+		base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+			"--disable-background-networking", "--disable-component-update", "--disable-sync", "--user-data-dir=" + profile}
+		cmd := exec.Command(chromium, append(append(base, args...), p.admin+"/status")...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("chromium %v: %v", args, err)
+		}
+		return out
+	}
+	dom := string(browser("--dump-dom"))
+	if !strings.Contains(dom, "txpipe status") || processed.FindStringSubmatch(dom) == nil {
+		t.Errorf("Chromium's DOM of /status lacks the title or the figures:\n%s", tail(dom, 2000))
+	}
+	dir := os.Getenv("TXPIPE_ARTIFACTS_DIR")
+	if dir == "" {
+		dir = filepath.Join("..", "..", ".cache", "artifacts")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	shot, err := filepath.Abs(filepath.Join(dir, "status.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	browser("--screenshot="+shot, "--window-size=1000,900")
+	f, err := os.Open(shot)
+	if err != nil {
+		t.Fatalf("no screenshot: %v", err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil || img.Bounds().Dx() != 1000 {
+		t.Fatalf("screenshot %s is not a 1000-px-wide PNG: %v", shot, err)
+	}
+	t.Logf("status page screenshot: %s", shot)
 }

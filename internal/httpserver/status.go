@@ -161,7 +161,7 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <style>
 body{font:14px system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse}td,th{padding:4px 12px;border-bottom:1px solid #ddd;text-align:left}
-.ok{color:#070}.bad{color:#b00}svg{background:#f7f7f7}pre{background:#f7f7f7;padding:8px}
+.ok{color:#070}.bad{color:#b00}svg{background:#f7f7f7}pre{background:#f7f7f7;padding:8px;white-space:pre-wrap}
 </style></head><body>
 <h1>txpipe status</h1>
 <p id="readiness" class="{{if .Ready}}ok{{else}}bad{{end}}">{{if .Ready}}ready{{else}}not ready{{end}} — {{.Now}}</p>
