@@ -58,16 +58,21 @@ func TestApplyRejections(t *testing.T) {
 			Command{Type: TypeDeposit, AccountID: "a", Amount: 1, Currency: "USD"}, ReasonCurrencyMismatch},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			before := cloneBook(tt.book)
-			got := tt.book.Apply(tt.cmd, now)
-			if got.Status != StatusRejected || got.Reason != tt.want {
-				t.Errorf("Apply(%s) = %s %q, want rejected %q", tt.cmd.Type, got.Status, got.Reason, tt.want)
-			}
-			if diff := cmp.Diff(before, tt.book); diff != "" {
-				t.Errorf("a rejected %s changed the book (-before +after):\n%s", tt.cmd.Type, diff)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { checkRejected(t, tt.book, tt.cmd, tt.want) })
+	}
+}
+
+// checkRejected applies cmd to b and requires the rejection want and a
+// book left exactly as it was.
+func checkRejected(t *testing.T, b *Book, cmd Command, want Reason) {
+	t.Helper()
+	before := cloneBook(b)
+	got := b.Apply(cmd, now)
+	if got.Status != StatusRejected || got.Reason != want {
+		t.Errorf("Apply(%s) = %s %q, want rejected %q", cmd.Type, got.Status, got.Reason, want)
+	}
+	if diff := cmp.Diff(before, b); diff != "" {
+		t.Errorf("a rejected %s changed the book (-before +after):\n%s", cmd.Type, diff)
 	}
 }
 

@@ -179,18 +179,10 @@ func throughput(ctx context.Context, o benchOptions, client *kafka.Client, name 
 	defer w.Close()
 	send := kafkaSender(w, s.topics["commands"])
 	start := time.Now()
-	errc := make(chan error, 1)
-	go func() {
-		for i := 0; i < len(cmds); i += 1000 {
-			if err := send(ctx, cmds[i:min(i+1000, len(cmds))]); err != nil {
-				errc <- err
-				return
-			}
+	for i := 0; i < len(cmds); i += 1000 {
+		if err := send(ctx, cmds[i:min(i+1000, len(cmds))]); err != nil {
+			return result{}, fmt.Errorf("produce: %w", err)
 		}
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		return result{}, fmt.Errorf("produce: %w", err)
 	}
 	applied := make(chan float64, 1)
 	go func() {
@@ -222,7 +214,7 @@ func waitFor(ctx context.Context, client *kafka.Client, topic string, n int64, l
 	last := time.Now()
 	deadline := time.Now().Add(10 * time.Minute)
 	for {
-		got, err := topicCount(ctx, client, topic)
+		got, err := kafkaadmin.Count(ctx, client, topic)
 		if err != nil {
 			return err
 		}

@@ -213,24 +213,3 @@ func freeAddr() string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
-
-// topicCount is the number of records topic holds (sum of end offsets).
-func topicCount(ctx context.Context, client *kafka.Client, topic string) (int64, error) {
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil || len(md.Topics) != 1 {
-		return 0, fmt.Errorf("metadata of %s: %v", topic, err)
-	}
-	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-	}
-	resp, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		return 0, err
-	}
-	var n int64
-	for _, p := range resp.Topics[topic] {
-		n += p.LastOffset
-	}
-	return n, nil
-}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -303,16 +304,11 @@ func scrape(t *testing.T, admin, series string) float64 {
 		return 0
 	}
 	defer resp.Body.Close()
-	var body strings.Builder
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		body.WriteString(string(buf[:n]))
-		if err != nil {
-			break
-		}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0
 	}
-	for _, l := range strings.Split(body.String(), "\n") {
+	for _, l := range strings.Split(string(body), "\n") {
 		if v, ok := strings.CutPrefix(l, series+" "); ok {
 			var f float64
 			fmt.Sscan(v, &f)

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
@@ -401,18 +400,4 @@ func checkPublished(db *database, msgs []kafka.Message) Check {
 	}
 	c.Detail = fmt.Sprintf("%d postings (%d after dedupe by event_id), %d accounts rebuilt", len(msgs), len(evs), len(rebuilt))
 	return c
-}
-
-// Summary is a one-line description for logs.
-func (r *Report) Summary() string {
-	var names []string
-	for _, c := range r.Checks {
-		if len(c.Problems) > 0 {
-			names = append(names, c.Name)
-		}
-	}
-	if len(names) == 0 {
-		return "all invariants hold"
-	}
-	return "violated: " + strings.Join(names, "; ")
 }

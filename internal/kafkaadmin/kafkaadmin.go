@@ -100,11 +100,31 @@ func Ping(ctx context.Context, client *kafka.Client) error {
 // ReadAll reads every partition of topic from the start to the end offset
 // it has when called: a snapshot, for audits and operator tools.
 func ReadAll(ctx context.Context, client *kafka.Client, brokers []string, topic string) ([]kafka.Message, error) {
+	ends, err := EndOffsets(ctx, client, topic)
+	if err != nil {
+		return nil, err
+	}
+	var all []kafka.Message
+	for p, end := range ends {
+		if end == 0 {
+			continue
+		}
+		msgs, err := readPartition(ctx, brokers, topic, p, end)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, msgs...)
+	}
+	return all, nil
+}
+
+// EndOffsets returns the end offset of each partition of topic.
+func EndOffsets(ctx context.Context, client *kafka.Client, topic string) (map[int]int64, error) {
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		return nil, fmt.Errorf("read metadata of %s: %w", topic, err)
 	}
-	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
+	if len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) == 0 {
 		return nil, fmt.Errorf("topic %s not found", topic)
 	}
 	var reqs []kafka.OffsetRequest
@@ -115,21 +135,28 @@ func ReadAll(ctx context.Context, client *kafka.Client, brokers []string, topic 
 	if err != nil {
 		return nil, fmt.Errorf("list offsets of %s: %w", topic, err)
 	}
-	var all []kafka.Message
+	ends := make(map[int]int64)
 	for _, p := range offs.Topics[topic] {
 		if p.Error != nil {
 			return nil, fmt.Errorf("list offsets of %s/%d: %w", topic, p.Partition, p.Error)
 		}
-		if p.LastOffset == 0 {
-			continue
-		}
-		msgs, err := readPartition(ctx, brokers, topic, p.Partition, p.LastOffset)
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, msgs...)
+		ends[p.Partition] = p.LastOffset
 	}
-	return all, nil
+	return ends, nil
+}
+
+// Count returns how many records topic holds: the sum of its partitions'
+// end offsets, exact for a topic that was never truncated.
+func Count(ctx context.Context, client *kafka.Client, topic string) (int64, error) {
+	ends, err := EndOffsets(ctx, client, topic)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, e := range ends {
+		n += e
+	}
+	return n, nil
 }
 
 func readPartition(ctx context.Context, brokers []string, topic string, partition int, end int64) ([]kafka.Message, error) {

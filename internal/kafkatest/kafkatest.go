@@ -144,28 +144,13 @@ func Header(m kafka.Message, key string) string {
 	return ""
 }
 
-// Count returns how many records topic holds: the sum of its partitions'
-// end offsets (the topics here are never truncated).
+// Count returns how many records topic holds (kafkaadmin.Count), failing
+// the test when the broker cannot say.
 func (c *Cluster) Count(ctx context.Context, t testing.TB, topic string) int64 {
 	t.Helper()
-	md, err := c.Client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil || len(md.Topics) != 1 {
-		t.Fatalf("read metadata of %s: %v", topic, err)
-	}
-	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-	}
-	resp, err := c.Client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	n, err := kafkaadmin.Count(ctx, c.Client, topic)
 	if err != nil {
-		t.Fatalf("list offsets of %s: %v", topic, err)
-	}
-	var n int64
-	for _, p := range resp.Topics[topic] {
-		if p.Error != nil {
-			t.Fatalf("list offsets of %s partition %d: %v", topic, p.Partition, p.Error)
-		}
-		n += p.LastOffset
+		t.Fatal(err)
 	}
 	return n
 }
