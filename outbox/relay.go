@@ -111,13 +111,12 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 	}
 }
 
-// maxBatchBytes bounds the records of one relay transaction. kafka-go sends
-// a partition's share of a call in several requests when it exceeds the
-// writer's BatchBytes (1 MiB), and keeps sending later requests after an
-// earlier one failed: a retry would then publish a key's older records after
-// its newer ones. Keeping the whole call under 1 MiB keeps every
-// partition's share in one request, so a key's records land in order or not
-// at all.
+// maxBatchBytes bounds the records of one relay transaction, so that every
+// partition's share of a publish fits one record batch (the broker's default
+// limit is 1 MiB) and one request. The writer never sends a partition's later
+// records after its earlier ones failed, so a retry cannot publish a key's
+// older records after its newer ones either way; this keeps the transaction
+// and its row locks short.
 const maxBatchBytes = 1<<20 - 16<<10
 
 // publishTimeout bounds one publish, so a Kafka outage does not hold the

@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/kafkawriter"
 	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
@@ -180,7 +181,7 @@ func httpSender(base string) sender {
 }
 
 // kafkaSender produces straight to the commands topic, keyed as ingest does.
-func kafkaSender(w *kafka.Writer, topic string) sender {
+func kafkaSender(w *kafkawriter.Writer, topic string) sender {
 	return func(ctx context.Context, cmds []domain.Command) error {
 		msgs := make([]kafka.Message, len(cmds))
 		for i, c := range cmds {

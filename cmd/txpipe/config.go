@@ -83,7 +83,7 @@ func (f flagSet) admin() {
 func (f flagSet) ingest() {
 	f.StringVar(&f.cfg.httpAddr, "http-addr", ":8080", "address of the HTTP API")
 	f.Int64Var(&f.cfg.maxBodyBytes, "max-body-bytes", 8<<20, "largest batch request body in bytes")
-	f.DurationVar(&f.cfg.produceLinger, "produce-linger", 2*time.Millisecond, "how long the producer waits to fill a batch per partition")
+	f.DurationVar(&f.cfg.produceLinger, "produce-linger", 0, "how long an idle producer waits for more records before sending (records arriving while a request is in flight go in the next one anyway)")
 	f.DurationVar(&f.cfg.produceTimeout, "produce-timeout", 10*time.Second, "how long a request waits for Kafka's acknowledgement before answering 503")
 }
 

@@ -192,7 +192,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		runners = append(runners, wk.Run)
 	}
 	if has("relay") {
-		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, Transport: transport, BatchSize: cfg.relayBatchSize})
+		w := kafkawriter.New(kafkawriter.Options{Brokers: brokers, Transport: transport})
 		closers = append(closers, w.Close)
 		if err := reg.Register(kafkawriter.NewStatsCollector(w, "relay")); err != nil {
 			return err

@@ -43,7 +43,7 @@ func New(t testing.TB) *Cluster {
 
 // Writer returns a writer with txpipe's production settings on this
 // test's transport, closed when the test ends.
-func (c *Cluster) Writer(t testing.TB) *kafka.Writer {
+func (c *Cluster) Writer(t testing.TB) *kafkawriter.Writer {
 	w := kafkawriter.New(kafkawriter.Options{Brokers: c.Brokers, Transport: c.Transport})
 	t.Cleanup(func() {
 		if err := w.Close(); err != nil {

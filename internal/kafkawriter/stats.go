@@ -1,37 +1,27 @@
 package kafkawriter
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/segmentio/kafka-go"
 )
 
-// StatsCollector exposes a Writer's statistics as Prometheus counters,
-// labelled writer="<name>". kafka-go's Writer.Stats returns the change since
-// the previous call, so the collector adds each change to running totals
-// under a lock: any number of scrapers see consistent, monotonic counters.
+// StatsCollector exposes a Writer's counters to Prometheus, labelled
+// writer="<name>".
 type StatsCollector struct {
-	w    *kafka.Writer
-	name string
-
-	mu                                       sync.Mutex
-	writes, messages, bytes, errors, retries float64
-
+	w     *Writer
 	descs map[string]*prometheus.Desc
 }
 
-// NewStatsCollector returns a collector for w; register it once.
-func NewStatsCollector(w *kafka.Writer, name string) *StatsCollector {
+// NewStatsCollector returns a collector of w's counters.
+func NewStatsCollector(w *Writer, name string) *StatsCollector {
 	d := func(metric, help string) *prometheus.Desc {
 		return prometheus.NewDesc("txpipe_kafka_writer_"+metric, help, nil, prometheus.Labels{"writer": name})
 	}
-	return &StatsCollector{w: w, name: name, descs: map[string]*prometheus.Desc{
-		"writes":   d("writes_total", "Produce requests the writer sent."),
-		"messages": d("messages_total", "Records the writer produced."),
-		"bytes":    d("bytes_total", "Bytes of records the writer produced."),
-		"errors":   d("errors_total", "Produce requests that failed."),
-		"retries":  d("retries_total", "Produce requests retried."),
+	return &StatsCollector{w: w, descs: map[string]*prometheus.Desc{
+		"writes":   d("writes_total", "Produce requests the writer sent (one per broker per round)."),
+		"messages": d("messages_total", "Records the writer sent, retries included."),
+		"bytes":    d("bytes_total", "Bytes of records the writer sent."),
+		"errors":   d("errors_total", "Partitions whose records a produce request failed to write."),
+		"retries":  d("retries_total", "Rounds the writer retried after a partition failed."),
 	}}
 }
 
@@ -45,15 +35,7 @@ func (c *StatsCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *StatsCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.w.Stats()
-	c.mu.Lock()
-	c.writes += float64(st.Writes)
-	c.messages += float64(st.Messages)
-	c.bytes += float64(st.Bytes)
-	c.errors += float64(st.Errors)
-	c.retries += float64(st.Retries)
-	values := map[string]float64{"writes": c.writes, "messages": c.messages, "bytes": c.bytes, "errors": c.errors, "retries": c.retries}
-	c.mu.Unlock()
-	for k, v := range values {
-		ch <- prometheus.MustNewConstMetric(c.descs[k], prometheus.CounterValue, v)
+	for k, v := range map[string]int64{"writes": st.Writes, "messages": st.Messages, "bytes": st.Bytes, "errors": st.Errors, "retries": st.Retries} {
+		ch <- prometheus.MustNewConstMetric(c.descs[k], prometheus.CounterValue, float64(v))
 	}
 }
