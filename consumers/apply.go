@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -53,19 +54,37 @@ type processedRow struct {
 	fingerprint []byte
 	res         domain.Result
 	acceptedAt  time.Time
+	partition   int
 	offset      int64
 }
 
 type outcomeKey struct{ outcome, reason string }
 
-// applyBatch applies msgs, starting at offset pos of partition, in one
-// transaction, and returns the offset after the last record. With dl set,
-// every record goes to the DLQ instead (isolating a record that cannot be
-// applied).
-func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs []kafka.Message, dl *deadLetter) (int64, error) {
+// positions maps a partition to the offset of its next record to apply.
+type positions map[int]int64
+
+// applyBatch applies msgs in one transaction and returns the positions
+// after it. msgs hold, for each partition they come from, consecutive
+// records in offset order starting at or after pos[partition]; the stored
+// offset of each of those partitions must equal pos or nothing commits
+// (errFenced). With dl set, every record goes to the DLQ instead (isolating
+// a record that cannot be applied).
+func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Message, dl *deadLetter) (positions, error) {
 	start := time.Now()
 	now := start.UTC()
-	next := msgs[len(msgs)-1].Offset + 1
+	next := positions{}
+	for _, m := range msgs {
+		if _, ok := next[m.Partition]; !ok {
+			if _, ok := pos[m.Partition]; !ok {
+				return nil, fmt.Errorf("record of partition %d, whose position is unknown", m.Partition)
+			}
+		}
+		next[m.Partition] = m.Offset + 1
+	}
+	expected := positions{}
+	for p := range next {
+		expected[p] = pos[p]
+	}
 	cmds := make([]*domain.Command, len(msgs))
 	var invalid map[int]string
 	if dl == nil {
@@ -83,7 +102,7 @@ func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs 
 	}
 	wr := batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), transfers: make(map[string]bool), counts: make(map[outcomeKey]int)}
 	err := pgx.BeginFunc(ctx, w.opts.Pool, func(tx pgx.Tx) error {
-		priors, book, loaded, err := w.load(ctx, tx, partition, pos, cmds)
+		priors, book, loaded, err := w.load(ctx, tx, expected, cmds)
 		if err != nil {
 			return err
 		}
@@ -97,7 +116,7 @@ func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs 
 				wr.command(w, *cmds[i], m, priors, book, now)
 			}
 		}
-		return w.write(ctx, tx, partition, next, book, loaded, &wr, now)
+		return w.write(ctx, tx, next, book, loaded, &wr, now)
 	})
 	if err != nil {
 		return pos, err
@@ -109,7 +128,19 @@ func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs 
 		w.metrics.records.WithLabelValues(k.outcome, k.reason).Add(float64(n))
 	}
 	w.metrics.lastProcessed.SetToCurrentTime()
-	return next, nil
+	out := maps.Clone(pos)
+	maps.Copy(out, next)
+	return out, nil
+}
+
+// offsetColumns returns pos as parallel arrays in partition order, the
+// order in which a transaction locks consumer_offsets rows.
+func offsetColumns(pos positions) (parts []int32, offsets []int64) {
+	for _, p := range slices.Sorted(maps.Keys(pos)) {
+		parts = append(parts, int32(p))
+		offsets = append(offsets, pos[p])
+	}
+	return parts, offsets
 }
 
 // load checks the fence and reads the stored decisions for the batch's
@@ -118,7 +149,7 @@ func (w *Worker) applyBatch(ctx context.Context, partition int, pos int64, msgs 
 // names no transfer does it all in one round trip; otherwise the accounts
 // of the named transfers are known only once those are read, so the
 // account locks take a second round trip.
-func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, cmds []*domain.Command) (map[string]prior, *domain.Book, map[string]bool, error) {
+func (w *Worker) load(ctx context.Context, tx pgx.Tx, expected positions, cmds []*domain.Command) (map[string]prior, *domain.Book, map[string]bool, error) {
 	var ids, accounts, transfers, currencies []string
 	for _, c := range cmds {
 		if c == nil {
@@ -140,11 +171,26 @@ func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, 
 	book := domain.NewBook()
 	loaded := make(map[string]bool)
 	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
-		ON CONFLICT DO NOTHING`, w.opts.GroupID, w.opts.CommandsTopic, partition, pos)
-	var stored int64
-	b.Queue(`SELECT next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3 FOR UPDATE`,
-		w.opts.GroupID, w.opts.CommandsTopic, partition).QueryRow(func(r pgx.Row) error { return r.Scan(&stored) })
+	parts, offsets := offsetColumns(expected)
+	b.Queue(`INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+		SELECT $1, $2, p, o FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
+		ORDER BY p
+		ON CONFLICT DO NOTHING`, w.opts.GroupID, w.opts.CommandsTopic, parts, offsets)
+	stored := positions{}
+	b.Queue(`SELECT partition, next_offset FROM consumer_offsets
+		WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])
+		ORDER BY partition FOR UPDATE`,
+		w.opts.GroupID, w.opts.CommandsTopic, parts).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var p int32
+			var o int64
+			if err := rows.Scan(&p, &o); err != nil {
+				return err
+			}
+			stored[int(p)] = o
+		}
+		return rows.Err()
+	})
 	priors := make(map[string]prior)
 	if len(ids) > 0 {
 		b.Queue(`SELECT command_id::text, fingerprint, status, coalesce(reason, '') FROM processed_commands
@@ -175,8 +221,10 @@ func (w *Worker) load(ctx context.Context, tx pgx.Tx, partition int, pos int64, 
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, nil, nil, fmt.Errorf("load batch state: %w", err)
 	}
-	if stored != pos {
-		return nil, nil, nil, fmt.Errorf("%w (stored %d, expected %d)", errFenced, stored, pos)
+	for p, want := range expected {
+		if got, ok := stored[p]; !ok || got != want {
+			return nil, nil, nil, fmt.Errorf("%w (partition %d: stored %d, expected %d)", errFenced, p, got, want)
+		}
 	}
 	if len(transfers) > 0 {
 		for _, t := range book.Transfers {
@@ -212,7 +260,7 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 	}
 	res := book.Apply(cmd, now)
 	priors[cmd.CommandID] = prior{fingerprint: fp, status: res.Status, reason: res.Reason}
-	wr.processed = append(wr.processed, processedRow{cmd: cmd, fingerprint: fp, res: res, acceptedAt: m.Time, offset: m.Offset})
+	wr.processed = append(wr.processed, processedRow{cmd: cmd, fingerprint: fp, res: res, acceptedAt: m.Time, partition: m.Partition, offset: m.Offset})
 	if res.Opened != nil {
 		wr.opened[res.Opened.ID] = true
 	}
@@ -279,7 +327,7 @@ func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, reason, detail str
 
 // write stores the batch's effects and advances the stored offset, in one
 // round trip.
-func (w *Worker) write(ctx context.Context, tx pgx.Tx, partition int, next int64, book *domain.Book, loaded map[string]bool, wr *batchWrites, now time.Time) error {
+func (w *Worker) write(ctx context.Context, tx pgx.Tx, next positions, book *domain.Book, loaded map[string]bool, wr *batchWrites, now time.Time) error {
 	b := &pgx.Batch{}
 	var created, changed []*domain.Account
 	for id := range wr.opened {
@@ -314,11 +362,13 @@ func (w *Worker) write(ctx context.Context, tx pgx.Tx, partition int, next int64
 		queueEntries(b, wr.entries, now)
 	}
 	if len(wr.processed) > 0 {
-		queueProcessed(b, wr.processed, partition, now)
+		queueProcessed(b, wr.processed, now)
 	}
 	outbox.Queue(b, wr.out)
-	b.Queue(`UPDATE consumer_offsets SET next_offset = $4, updated_at = now()
-		WHERE group_id = $1 AND topic = $2 AND partition = $3`, w.opts.GroupID, w.opts.CommandsTopic, partition, next)
+	parts, offsets := offsetColumns(next)
+	b.Queue(`UPDATE consumer_offsets AS c SET next_offset = u.o, updated_at = now()
+		FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
+		WHERE c.group_id = $1 AND c.topic = $2 AND c.partition = u.p`, w.opts.GroupID, w.opts.CommandsTopic, parts, offsets)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write batch effects: %w", err)
 	}
@@ -339,23 +389,23 @@ func queueEntries(b *pgx.Batch, rows []entryRow, now time.Time) {
 		accounts, versions, commandIDs, types, currencies, amounts, after, now)
 }
 
-func queueProcessed(b *pgx.Batch, rows []processedRow, partition int, now time.Time) {
+func queueProcessed(b *pgx.Batch, rows []processedRow, now time.Time) {
 	n := len(rows)
 	ids, types, statuses, reasons, debit, accepted := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	fps := make([][]byte, n)
-	offsets := make([]int64, n)
+	offsets, partitions := make([]int64, n), make([]int32, n)
 	for i, r := range rows {
 		ids[i], types[i], statuses[i], reasons[i] = r.cmd.CommandID, string(r.cmd.Type), string(r.res.Status), string(r.res.Reason)
-		debit[i], fps[i], offsets[i] = r.cmd.DebitAccount(), r.fingerprint, r.offset
+		debit[i], fps[i], offsets[i], partitions[i] = r.cmd.DebitAccount(), r.fingerprint, r.offset, int32(r.partition)
 		if !r.acceptedAt.IsZero() {
 			accepted[i] = r.acceptedAt.UTC().Format(time.RFC3339Nano)
 		}
 	}
 	b.Queue(`INSERT INTO processed_commands (command_id, type, fingerprint, status, reason, debit_account_id,
 			accepted_at, processed_at, source_partition, source_offset)
-		SELECT id::uuid, t, fp, st, nullif(r, ''), d, nullif(acc, '')::timestamptz, $8, $9, o
-		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $10::int8[])
-			WITH ORDINALITY AS u (id, t, fp, st, r, d, acc, o, n)
+		SELECT id::uuid, t, fp, st, nullif(r, ''), d, nullif(acc, '')::timestamptz, $8, p, o
+		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $9::int4[], $10::int8[])
+			WITH ORDINALITY AS u (id, t, fp, st, r, d, acc, p, o, n)
 		ORDER BY n`,
-		ids, types, fps, statuses, reasons, debit, accepted, now, partition, offsets)
+		ids, types, fps, statuses, reasons, debit, accepted, now, partitions, offsets)
 }

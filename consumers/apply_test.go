@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"testing"
 	"time"
 
@@ -42,6 +43,17 @@ func records(offset int64, values ...string) []kafka.Message {
 	msgs := make([]kafka.Message, len(values))
 	for i, v := range values {
 		msgs[i] = kafka.Message{Topic: "commands", Partition: partition, Offset: offset + int64(i), Value: []byte(v), Time: time.Now()}
+	}
+	return msgs
+}
+
+// at is the position of the test partition at offset.
+func at(offset int64) positions { return positions{partition: offset} }
+
+// onPartition moves msgs to partition p.
+func onPartition(p int, msgs []kafka.Message) []kafka.Message {
+	for i := range msgs {
+		msgs[i].Partition = p
 	}
 	return msgs
 }
@@ -142,12 +154,12 @@ func TestApplyBatchOutcomesPerCommand(t *testing.T) {
 		transfer(5, "alice", "bob", 60),  // applies despite the rejection before it
 		transfer(6, "alice", "carol", 1), // rejected: account not found
 	)
-	next, err := w.applyBatch(ctx, partition, 10, msgs, nil)
+	next, err := w.applyBatch(ctx, at(10), msgs, nil)
 	if err != nil {
 		t.Fatalf("applyBatch() error = %v", err)
 	}
-	if next != 17 || storedOffset(t, db) != 17 {
-		t.Errorf("applyBatch() next = %d, stored %d; want 17 for both", next, storedOffset(t, db))
+	if next[partition] != 17 || storedOffset(t, db) != 17 {
+		t.Errorf("applyBatch() next = %d, stored %d; want 17 for both", next[partition], storedOffset(t, db))
 	}
 	want := map[string]outcome{
 		id(1): {"applied", ""}, id(2): {"applied", ""}, id(3): {"applied", ""},
@@ -189,13 +201,13 @@ func TestApplyBatchDuplicatesAndConflicts(t *testing.T) {
 	db := pgtest.New(t)
 	w := newTestWorker(t, db)
 	ctx := context.Background()
-	if _, err := w.applyBatch(ctx, partition, 0, records(0, open(1, "alice"), deposit(2, "alice", 10)), nil); err != nil {
+	if _, err := w.applyBatch(ctx, at(0), records(0, open(1, "alice"), deposit(2, "alice", 10)), nil); err != nil {
 		t.Fatalf("first batch: %v", err)
 	}
 	// The same deposit again (a retry), and in the same batch twice more, and
 	// the same id with another amount: one effect, one conflict outcome.
 	msgs := records(2, deposit(2, "alice", 10), deposit(3, "alice", 5), deposit(3, "alice", 5), deposit(2, "alice", 999))
-	if _, err := w.applyBatch(ctx, partition, 2, msgs, nil); err != nil {
+	if _, err := w.applyBatch(ctx, at(2), msgs, nil); err != nil {
 		t.Fatalf("second batch: %v", err)
 	}
 	if got := balances(t, db)["alice"]; got != 15 {
@@ -221,12 +233,12 @@ func TestApplyBatchFencesStalePosition(t *testing.T) {
 	db := pgtest.New(t)
 	w := newTestWorker(t, db)
 	ctx := context.Background()
-	if _, err := w.applyBatch(ctx, partition, 0, records(0, open(1, "alice"), deposit(2, "alice", 10)), nil); err != nil {
+	if _, err := w.applyBatch(ctx, at(0), records(0, open(1, "alice"), deposit(2, "alice", 10)), nil); err != nil {
 		t.Fatalf("first batch: %v", err)
 	}
 	// A zombie that still believes the partition is at offset 1 replays
 	// offset 1 and a new record: it must commit nothing.
-	_, err := w.applyBatch(ctx, partition, 1, records(1, deposit(2, "alice", 10), deposit(3, "alice", 7)), nil)
+	_, err := w.applyBatch(ctx, at(1), records(1, deposit(2, "alice", 10), deposit(3, "alice", 7)), nil)
 	if !errors.Is(err, errFenced) {
 		t.Fatalf("applyBatch(stale position) error = %v, want errFenced", err)
 	}
@@ -255,12 +267,12 @@ func TestProcessIsolatesRecordThatFailsInPostgres(t *testing.T) {
 		t.Fatalf("create trigger: %v", err)
 	}
 	msgs := records(0, open(1, "alice"), open(2, "poison"), deposit(3, "alice", 10), deposit(4, "poison", 10), deposit(5, "alice", 5))
-	next, err := w.process(ctx, partition, 0, msgs, w.opts.Log)
+	next, err := w.process(ctx, at(0), msgs, w.opts.Log)
 	if err != nil {
 		t.Fatalf("process() error = %v", err)
 	}
-	if next != 5 {
-		t.Errorf("process() next = %d, want 5", next)
+	if next[partition] != 5 {
+		t.Errorf("process() next = %d, want 5", next[partition])
 	}
 	if got := balances(t, db); got["alice"] != 15 || got["poison"] != 0 {
 		t.Errorf("balances = %v, want alice 15 and poison 0", got)
@@ -297,7 +309,7 @@ func TestOpenRacingAnotherPartitionNeverOverwrites(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := w.applyWithRetry(ctx, partition, 0, records(0, open(1, "x")), nil)
+		_, err := w.applyWithRetry(ctx, at(0), records(0, open(1, "x")), nil)
 		done <- err
 	}()
 	// Wait until the batch is blocked on the other transaction's row.
@@ -336,7 +348,7 @@ func TestNullValueRecordIsDeadLettered(t *testing.T) {
 	ctx := context.Background()
 	msgs := records(0, "", open(1, "alice"))
 	msgs[0].Value = nil // a tombstone
-	if _, err := w.applyBatch(ctx, partition, 0, msgs, nil); err != nil {
+	if _, err := w.applyBatch(ctx, at(0), msgs, nil); err != nil {
 		t.Fatalf("applyBatch() error = %v", err)
 	}
 	var n int
@@ -361,7 +373,7 @@ func TestHoldLifecycleAndExpiryInPostgres(t *testing.T) {
 		hold(4, 30, now.Add(time.Hour)), hold(5, 20, now.Add(time.Hour)), hold(6, 10, now.Add(time.Second)),
 		fmt.Sprintf(`{"command_id":%q,"type":"capture","account_id":"alice","hold_id":%q,"amount":25}`, id(7), id(4)),
 	)
-	if _, err := w.applyBatch(ctx, partition, 0, msgs, nil); err != nil {
+	if _, err := w.applyBatch(ctx, at(0), msgs, nil); err != nil {
 		t.Fatalf("first batch: %v", err)
 	}
 	// In a later batch the holds are loaded from PostgreSQL, not memory.
@@ -370,7 +382,7 @@ func TestHoldLifecycleAndExpiryInPostgres(t *testing.T) {
 		fmt.Sprintf(`{"command_id":%q,"type":"capture","account_id":"alice","hold_id":%q}`, id(9), id(4)), // captured already
 		fmt.Sprintf(`{"command_id":%q,"type":"reverse","account_id":"alice","transfer_id":%q,"amount":5}`, id(10), id(4)),
 	)
-	if _, err := w.applyBatch(ctx, partition, 7, msgs, nil); err != nil {
+	if _, err := w.applyBatch(ctx, at(7), msgs, nil); err != nil {
 		t.Fatalf("second batch: %v", err)
 	}
 	got := outcomes(t, db)
@@ -413,5 +425,62 @@ func TestHoldLifecycleAndExpiryInPostgres(t *testing.T) {
 	}
 	if expiredEvents != 1 {
 		t.Errorf("hold.expired events for the hold = %d, want 1", expiredEvents)
+	}
+}
+
+// TestBatchAcrossPartitions applies one transaction holding records of two
+// partitions: a duplicate, a rejection, a poison record and a transfer
+// between two accounts both touched earlier in the batch (one opened on each
+// partition). Each partition's stored offset moves past its own records,
+// and a stale position of either one fences the whole batch.
+func TestBatchAcrossPartitions(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	a := onPartition(1, records(5, open(1, "alice"), deposit(2, "alice", 100), open(1, "alice"), `garbage`))
+	b := onPartition(2, records(40, open(3, "bob"), transfer(4, "alice", "bob", 30), transfer(5, "bob", "alice", 31)))
+	msgs := append(a, b...)
+	next, err := w.applyBatch(ctx, positions{1: 5, 2: 40}, msgs, nil)
+	if err != nil {
+		t.Fatalf("applyBatch() error = %v", err)
+	}
+	if want := (positions{1: 9, 2: 43}); !maps.Equal(next, want) {
+		t.Errorf("next = %v, want %v", next, want)
+	}
+	stored := map[int]int64{}
+	rows, _ := db.Pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets`)
+	for rows.Next() {
+		var p int
+		var o int64
+		if err := rows.Scan(&p, &o); err != nil {
+			t.Fatal(err)
+		}
+		stored[p] = o
+	}
+	if want := map[int]int64{1: 9, 2: 43}; !maps.Equal(stored, want) {
+		t.Errorf("stored offsets = %v, want %v", stored, want)
+	}
+	want := map[string]outcome{
+		id(1): {"applied", ""}, id(2): {"applied", ""}, id(3): {"applied", ""},
+		id(4): {"applied", ""}, id(5): {"rejected", "insufficient_funds"},
+	}
+	if diff := cmp.Diff(want, outcomes(t, db)); diff != "" {
+		t.Errorf("outcomes mismatch (-want +got):\n%s", diff)
+	}
+	if got := balances(t, db); got["alice"] != 70 || got["bob"] != 30 {
+		t.Errorf("balances = %v, want alice 70 and bob 30", got)
+	}
+	var dlq int
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE topic = 'dlq' AND headers->>'source_partition' = '1' AND headers->>'source_offset' = '8'`).Scan(&dlq); err != nil || dlq != 1 {
+		t.Errorf("DLQ rows for partition 1 offset 8 = %d (%v), want 1", dlq, err)
+	}
+
+	// Partition 2 is where this worker thinks; partition 1 is stale.
+	stale := append(onPartition(1, records(7, deposit(6, "alice", 1))), onPartition(2, records(43, deposit(7, "bob", 1)))...)
+	if _, err := w.applyBatch(ctx, positions{1: 7, 2: 43}, stale, nil); !errors.Is(err, errFenced) {
+		t.Fatalf("applyBatch(stale partition 1) error = %v, want errFenced", err)
+	}
+	if _, seen := outcomes(t, db)[id(7)]; seen {
+		t.Error("a fenced batch committed partition 2's record")
 	}
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/internal/retry"
@@ -22,188 +24,299 @@ const attemptTimeout = 20 * time.Second
 // kafkaCommitInterval spaces the informational Kafka offset commits.
 const kafkaCommitInterval = time.Second
 
-// runPartition consumes one partition until the generation ends.
-func (w *Worker) runPartition(ctx context.Context, gen *kafka.Generation, pa kafka.PartitionAssignment) {
-	log := w.opts.Log.With("partition", pa.ID, "generation", gen.ID)
-	defer w.setStuck(pa.ID, nil)
-	pos, err := w.resumeOffset(ctx, pa, log)
-	if err != nil {
-		return // the generation ended while PostgreSQL was unreachable
+// idleWait is how long a fetch waits at the broker when nothing is pending.
+const idleWait = 500 * time.Millisecond
+
+// lane consumes a set of partitions: one fetch request for all of them,
+// and transactions that each apply records from any of them. A worker runs
+// Options.Lanes lanes, each with its own share of the assigned partitions.
+type lane struct {
+	w     *Worker
+	gen   *kafka.Generation
+	parts []int
+	f     *fetcher
+	log   *slog.Logger
+
+	pos      positions               // next offset to apply, as stored in PostgreSQL
+	fetchPos positions               // next offset to fetch
+	pending  map[int][]kafka.Message // fetched, not applied yet, in offset order
+	rr       int                     // where take starts, for fairness
+	commit   struct {
+		at  time.Time
+		pos positions
+	} // last Kafka offset commit
+}
+
+// runLane consumes parts until the generation ends.
+func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int) {
+	l := &lane{
+		w: w, gen: gen, parts: parts,
+		f:       newFetcher(w.opts.Brokers, w.opts.Transport, w.opts.CommandsTopic),
+		log:     w.opts.Log.With("partitions", fmt.Sprint(parts), "generation", gen.ID),
+		pending: map[int][]kafka.Message{},
 	}
-	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:       w.opts.Brokers,
-		Dialer:        w.opts.Dialer,
-		Topic:         w.opts.CommandsTopic,
-		Partition:     pa.ID,
-		MinBytes:      1,
-		MaxBytes:      16 << 20,
-		MaxWait:       500 * time.Millisecond,
-		QueueCapacity: max(100, 2*w.opts.BatchSize),
-		ErrorLogger:   kafka.LoggerFunc(func(msg string, args ...any) { log.Warn("kafka reader", "detail", fmt.Sprintf(msg, args...)) }),
-	})
-	defer r.Close()
-	if err := r.SetOffset(pos); err != nil {
-		log.Error("seek partition", "offset", pos, "err", err)
-		return
+	defer w.setStuck(parts, nil)
+	if err := l.resume(ctx); err != nil {
+		return // the generation ended while PostgreSQL or Kafka was unreachable
 	}
-	log.Info("partition started", "offset", pos)
-	committed, lastCommit := int64(-1), time.Time{}
+	l.log.Info("partitions started", "offsets", fmt.Sprint(l.pos))
+	defer l.commitKafka(true)
 	restart := retry.Policy(5 * time.Second) // paces start-overs after failed rounds
-	defer func() {
-		if committed != pos {
-			w.commitKafkaOffset(gen, pa.ID, pos)
-		}
-	}()
-	for {
-		msgs, err := fetchBatch(ctx, r, w.opts.BatchSize, w.opts.BatchLinger)
-		if err != nil {
-			if ctx.Err() == nil {
-				// Returning ends the whole generation: the worker rejoins
-				// the group and every partition resumes from PostgreSQL.
-				log.Warn("fetch failed; ending the generation to rejoin", "err", err)
+	fetchBackoff := retry.Policy(5 * time.Second)
+	for ctx.Err() == nil {
+		if err := l.fill(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
 			}
-			return
-		}
-		msgs = dropBefore(msgs, pos)
-		if len(msgs) == 0 {
+			d := fetchBackoff.NextBackOff()
+			w.setStuck(parts, err)
+			l.log.Warn("fetch failed, will retry", "err", err, "retry_in", d)
+			retry.Sleep(ctx, d)
 			continue
 		}
-		if pos >= 0 && msgs[0].Offset > pos {
-			// Records between pos and here are gone from the log
-			// (retention, or a recreated topic): they can be neither applied
-			// nor dead-lettered. Say so loudly.
-			w.metrics.offsetGaps.Add(float64(msgs[0].Offset - pos))
-			log.Error("records missing from the log were skipped", "from_offset", pos, "to_offset", msgs[0].Offset)
+		fetchBackoff.Reset()
+		msgs := l.take(w.opts.BatchSize)
+		if len(msgs) == 0 {
+			w.setStuck(parts, nil)
+			continue
 		}
-		next, err := w.process(ctx, pa.ID, pos, msgs, log)
+		next, err := w.process(ctx, l.pos, msgs, l.log)
 		switch {
 		case err == nil:
-			pos = next
-			w.setStuck(pa.ID, nil)
+			l.advance(next)
+			w.setStuck(parts, nil)
 			restart.Reset()
-			last := msgs[len(msgs)-1]
-			w.metrics.lag.WithLabelValues(fmt.Sprint(pa.ID)).Set(float64(max(0, last.HighWaterMark-pos)))
-			if time.Since(lastCommit) >= kafkaCommitInterval {
-				w.commitKafkaOffset(gen, pa.ID, pos)
-				committed, lastCommit = pos, time.Now()
-			}
+			l.commitKafka(false)
 		case ctx.Err() != nil:
 			return
 		default:
 			// Fenced, or retries exhausted: PostgreSQL decides where we are.
-			w.setStuck(pa.ID, err)
+			w.setStuck(parts, err)
 			if errors.Is(err, errFenced) {
 				w.metrics.retries.WithLabelValues("fenced").Inc()
-				log.Warn("stored offset moved under this worker; re-reading it", "offset", pos)
+				l.log.Warn("stored offset moved under this worker; re-reading it", "err", err)
 			} else {
-				log.Error("batch keeps failing; re-reading the stored offset and starting over", "offset", pos, "err", err)
+				l.log.Error("batch keeps failing; re-reading the stored offsets and starting over", "err", err)
 				retry.Sleep(ctx, restart.NextBackOff())
 			}
-			if pos, err = w.resumeOffset(ctx, pa, log); err != nil {
-				return
-			}
-			if err := r.SetOffset(pos); err != nil {
-				log.Error("seek partition", "offset", pos, "err", err)
+			if err := l.resume(ctx); err != nil {
 				return
 			}
 		}
 	}
 }
 
-// fetchBatch returns the next records: it waits for the first one, then
-// takes what arrives within linger, up to size records.
-func fetchBatch(ctx context.Context, r *kafka.Reader, size int, linger time.Duration) ([]kafka.Message, error) {
-	first, err := r.FetchMessage(ctx)
-	if err != nil {
-		return nil, err
-	}
-	msgs := []kafka.Message{first}
-	if size == 1 || linger == 0 {
-		return msgs, nil
-	}
-	lctx, cancel := context.WithTimeout(ctx, linger)
-	defer cancel()
-	for len(msgs) < size {
-		m, err := r.FetchMessage(lctx)
-		if err != nil {
-			break // linger over (a record not taken stays queued in the reader)
-		}
-		msgs = append(msgs, m)
-	}
-	return msgs, nil
-}
-
-// dropBefore removes records below pos, which a reader can hand out again
-// around a seek; they were applied already.
-func dropBefore(msgs []kafka.Message, pos int64) []kafka.Message {
-	i := 0
-	for i < len(msgs) && msgs[i].Offset < pos {
-		i++
-	}
-	return msgs[i:]
-}
-
-// resumeOffset is where the partition continues: the offset stored in
-// PostgreSQL, else the start of the log. Kafka's committed offset is not
-// trusted: after a database restore it would skip the commands the restore
-// lost, while replaying from the start re-applies exactly those (the others
-// are absorbed by processed_commands).
-func (w *Worker) resumeOffset(ctx context.Context, pa kafka.PartitionAssignment, log *slog.Logger) (int64, error) {
+// resume sets every partition's position to the offset stored in
+// PostgreSQL, else the start of the log, and forgets what was fetched.
+// Kafka's committed offset is not trusted: after a database restore it would
+// skip the commands the restore lost, while replaying from the start
+// re-applies exactly those (the others are absorbed by processed_commands).
+func (l *lane) resume(ctx context.Context) error {
 	bo := backoff.WithContext(retry.Policy(5*time.Second), ctx)
-	var next int64
-	err := backoff.RetryNotify(func() error {
-		err := w.opts.Pool.QueryRow(ctx, `SELECT next_offset FROM consumer_offsets
-			WHERE group_id = $1 AND topic = $2 AND partition = $3`,
-			w.opts.GroupID, w.opts.CommandsTopic, pa.ID).Scan(&next)
-		if errors.Is(err, pgx.ErrNoRows) {
-			next = kafka.FirstOffset
-			return nil
+	return backoff.RetryNotify(func() error {
+		stored := positions{}
+		rows, err := l.w.opts.Pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
+			WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])`,
+			l.w.opts.GroupID, l.w.opts.CommandsTopic, l.parts)
+		if err != nil {
+			return err
 		}
-		return err
+		for rows.Next() {
+			var p int32
+			var o int64
+			if err := rows.Scan(&p, &o); err != nil {
+				return err
+			}
+			stored[int(p)] = o
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		var unknown []int
+		for _, p := range l.parts {
+			if _, ok := stored[p]; !ok {
+				unknown = append(unknown, p)
+			}
+		}
+		if len(unknown) > 0 {
+			first, _, err := l.f.bounds(ctx, unknown)
+			if err != nil {
+				return err
+			}
+			maps.Copy(stored, first)
+		}
+		l.pos, l.fetchPos = stored, maps.Clone(stored)
+		clear(l.pending)
+		return nil
 	}, bo, func(err error, d time.Duration) {
-		w.setStuck(pa.ID, err)
-		log.Warn("read stored offset failed, will retry", "err", err, "retry_in", d)
+		l.w.setStuck(l.parts, err)
+		l.log.Warn("read stored offsets failed, will retry", "err", err, "retry_in", d)
 	})
-	return next, err
 }
 
-// process applies msgs, whose first record is at or after pos, and returns
-// the next offset. An infrastructure failure retries the whole batch; a
-// batch that fails because of a record (recordFault) is split in halves
-// until that record is alone, and it goes to the DLQ while its neighbours
-// apply.
-func (w *Worker) process(ctx context.Context, partition int, pos int64, msgs []kafka.Message, log *slog.Logger) (int64, error) {
-	next, err := w.applyWithRetry(ctx, partition, pos, msgs, nil)
+// fill fetches more records when fewer than a batch are pending: it waits
+// up to idleWait for the first, and once some are pending, up to
+// BatchLinger for more.
+func (l *lane) fill(ctx context.Context) error {
+	size, linger := l.w.opts.BatchSize, l.w.opts.BatchLinger
+	n := 0
+	want := positions{}
+	for _, p := range l.parts {
+		n += len(l.pending[p])
+		if len(l.pending[p]) < size {
+			want[p] = l.fetchPos[p]
+		}
+	}
+	if n >= size || len(want) == 0 || (n > 0 && linger == 0) {
+		return nil
+	}
+	maxWait, minBytes := idleWait, 1
+	if n > 0 {
+		maxWait, minBytes = linger, partitionMaxBytes
+	}
+	got, err := l.f.fetch(ctx, want, maxWait, minBytes)
+	for p, msgs := range got.msgs {
+		if len(msgs) == 0 {
+			continue
+		}
+		if from := l.fetchPos[p]; msgs[0].Offset > from {
+			// Records between from and here are gone from the log: they
+			// can be neither applied nor dead-lettered. Say so loudly.
+			l.w.metrics.offsetGaps.Add(float64(msgs[0].Offset - from))
+			l.log.Error("records missing from the log were skipped", "partition", p, "from_offset", from, "to_offset", msgs[0].Offset)
+		}
+		l.pending[p] = append(l.pending[p], msgs...)
+		l.fetchPos[p] = msgs[len(msgs)-1].Offset + 1
+	}
+	for p, hw := range got.highWater {
+		l.w.metrics.lag.WithLabelValues(strconv.Itoa(p)).Set(float64(max(0, hw-l.pos[p])))
+	}
+	var out []error
+	for p, perr := range got.errs {
+		if errors.Is(perr, kafka.OffsetOutOfRange) {
+			perr = l.outOfRange(ctx, p)
+		}
+		if perr != nil {
+			out = append(out, fmt.Errorf("partition %d: %w", p, perr))
+		}
+	}
+	return errors.Join(append(out, err)...)
+}
+
+// outOfRange handles a fetch position the log no longer (or does not yet)
+// hold. Below the log start, retention removed records never applied: they
+// are skipped, loudly. Past the end, the topic was recreated or truncated:
+// nothing is skipped, and the partition stays stuck for an operator.
+func (l *lane) outOfRange(ctx context.Context, p int) error {
+	first, next, err := l.f.bounds(ctx, []int{p})
+	if err != nil {
+		return err
+	}
+	from := l.fetchPos[p]
+	if from < first[p] {
+		l.w.metrics.offsetGaps.Add(float64(first[p] - from))
+		l.log.Error("records missing from the log were skipped", "partition", p, "from_offset", from, "to_offset", first[p])
+		l.fetchPos[p] = first[p]
+		return nil
+	}
+	return fmt.Errorf("stored offset %d is past the end of the log (%d): was the topic recreated?", from, next[p])
+}
+
+// take removes up to n pending records for one transaction: a run of
+// consecutive records from each partition, visiting partitions from a
+// rotating start so that none waits behind a busy one.
+func (l *lane) take(n int) []kafka.Message {
+	var msgs []kafka.Message
+	for i := range l.parts {
+		p := l.parts[(l.rr+i)%len(l.parts)]
+		k := min(n-len(msgs), len(l.pending[p]))
+		msgs = append(msgs, l.pending[p][:k]...)
+		if len(msgs) == n {
+			break
+		}
+	}
+	l.rr++
+	return msgs
+}
+
+// advance moves to next after a committed transaction and drops the pending
+// records it applied.
+func (l *lane) advance(next positions) {
+	for p, off := range next {
+		l.pos[p] = off
+		q := l.pending[p]
+		i := 0
+		for i < len(q) && q[i].Offset < off {
+			i++
+		}
+		l.pending[p] = q[i:]
+	}
+}
+
+// commitKafka records the positions in Kafka's group offsets at most once
+// a second (always with final). PostgreSQL holds the offsets that matter;
+// this only keeps lag tools (kafka-consumer-groups, kcat) truthful, so a
+// failure is logged and ignored.
+func (l *lane) commitKafka(final bool) {
+	if !final && time.Since(l.commit.at) < kafkaCommitInterval {
+		return
+	}
+	changed := map[int]int64{}
+	for p, off := range l.pos {
+		if old, ok := l.commit.pos[p]; !ok || old != off {
+			changed[p] = off
+		}
+	}
+	l.commit.at = time.Now()
+	if len(changed) == 0 {
+		return
+	}
+	if err := l.gen.CommitOffsets(map[string]map[int]int64{l.w.opts.CommandsTopic: changed}); err != nil {
+		l.log.Debug("commit kafka offsets", "err", err)
+		return
+	}
+	l.commit.pos = maps.Clone(l.pos)
+}
+
+// process applies msgs from pos and returns the positions after them. An
+// infrastructure failure retries the whole batch; a batch that fails
+// because of a record (recordFault) is split in halves until that record is
+// alone, and it goes to the DLQ while its neighbours apply. Halves keep each
+// partition's records in order: msgs holds a run per partition, so the
+// first half is a prefix of every run.
+func (w *Worker) process(ctx context.Context, pos positions, msgs []kafka.Message, log *slog.Logger) (positions, error) {
+	next, err := w.applyWithRetry(ctx, pos, msgs, nil)
 	if err == nil || errors.Is(err, errFenced) || errors.Is(err, errRetriesExhausted) || ctx.Err() != nil {
 		return next, err
 	}
 	w.metrics.retries.WithLabelValues("split").Inc()
 	if len(msgs) == 1 {
-		log.Error("record cannot be applied; sending it to the DLQ", "offset", msgs[0].Offset, "err", err)
-		return w.applyWithRetry(ctx, partition, pos, msgs, &deadLetter{reason: "apply_failed", detail: publicDetail(err)})
+		log.Error("record cannot be applied; sending it to the DLQ", "partition", msgs[0].Partition, "offset", msgs[0].Offset, "err", err)
+		return w.applyWithRetry(ctx, pos, msgs, &deadLetter{reason: "apply_failed", detail: publicDetail(err)})
 	}
 	mid := len(msgs) / 2
-	if pos, err = w.process(ctx, partition, pos, msgs[:mid], log); err != nil {
+	if pos, err = w.process(ctx, pos, msgs[:mid], log); err != nil {
 		return pos, err
 	}
-	return w.process(ctx, partition, pos, msgs[mid:], log)
+	return w.process(ctx, pos, msgs[mid:], log)
 }
 
 // errRetriesExhausted ends one round of retries of an infrastructure
-// failure; the partition loop then starts over from the stored offset, so a
+// failure; the lane then starts over from the stored offsets, so a
 // PostgreSQL outage never sends good records to the DLQ.
 var errRetriesExhausted = errors.New("transient failures: retries exhausted")
 
 // applyWithRetry runs one batch transaction, retrying infrastructure
 // failures up to 10 times (100 ms doubling to 5 s, about 30 s in all).
-func (w *Worker) applyWithRetry(ctx context.Context, partition int, pos int64, msgs []kafka.Message, dl *deadLetter) (int64, error) {
+func (w *Worker) applyWithRetry(ctx context.Context, pos positions, msgs []kafka.Message, dl *deadLetter) (positions, error) {
 	bo := backoff.WithContext(backoff.WithMaxRetries(retry.Policy(5*time.Second), 10), ctx)
-	var next int64
+	var next positions
 	var lastErr error
+	parts := batchPartitions(msgs)
 	err := backoff.RetryNotify(func() error {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attemptTimeout)
 		defer cancel()
-		n, err := w.applyBatch(actx, partition, pos, msgs, dl)
+		n, err := w.applyBatch(actx, pos, msgs, dl)
 		if err == nil {
 			next = n
 			return nil
@@ -215,8 +328,8 @@ func (w *Worker) applyWithRetry(ctx context.Context, partition int, pos int64, m
 		return err
 	}, bo, func(err error, d time.Duration) {
 		w.metrics.retries.WithLabelValues("transient").Inc()
-		w.setStuck(partition, err)
-		w.opts.Log.Warn("batch failed, will retry", "partition", partition, "offset", pos, "records", len(msgs), "err", err, "retry_in", d)
+		w.setStuck(parts, err)
+		w.opts.Log.Warn("batch failed, will retry", "partitions", fmt.Sprint(parts), "records", len(msgs), "err", err, "retry_in", d)
 	})
 	if err == nil {
 		return next, nil
@@ -228,4 +341,14 @@ func (w *Worker) applyWithRetry(ctx context.Context, partition int, pos int64, m
 		return pos, lastErr
 	}
 	return pos, fmt.Errorf("%w: %w", errRetriesExhausted, lastErr)
+}
+
+// batchPartitions lists the partitions msgs come from, in order.
+func batchPartitions(msgs []kafka.Message) []int {
+	var parts []int
+	for _, m := range msgs {
+		parts = append(parts, m.Partition)
+	}
+	slices.Sort(parts)
+	return slices.Compact(parts)
 }

@@ -1,15 +1,16 @@
 // Package consumers runs the workers that apply commands from the commands
 // topic to the ledger, exactly once.
 //
-// A worker joins the consumer group and runs one loop per assigned partition.
-// Each loop takes the records its partition has ready (up to BatchSize,
-// waiting at most BatchLinger after the first) and applies them in one
-// PostgreSQL transaction that also advances the partition's offset stored in
-// PostgreSQL. That stored offset is where a partition resumes, and it fences
-// the transaction: a worker whose position is stale (a zombie after a
-// rebalance, or a redelivery) finds the stored offset moved and commits
-// nothing. Kafka's own committed offset is advanced afterwards, for lag
-// tooling only.
+// A worker joins the consumer group and splits the partitions it is
+// assigned into lanes (Options.Lanes). A lane fetches all of its partitions
+// with one request per broker and applies what they have ready (up to
+// BatchSize records, waiting at most BatchLinger for more once some are
+// there) in one PostgreSQL transaction, which also advances the offset
+// stored in PostgreSQL of every partition it took records from. Those stored
+// offsets are where partitions resume, and they fence the transaction: a
+// worker whose position is stale (a zombie after a rebalance, or a
+// redelivery) finds a stored offset moved and commits nothing. Kafka's own
+// committed offsets are advanced afterwards, for lag tooling only.
 package consumers
 
 import (
@@ -17,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -29,16 +31,19 @@ import (
 type Options struct {
 	Pool    *pgxpool.Pool
 	Brokers []string
-	Dialer  *kafka.Dialer // nil: kafka-go's default dialer
-	GroupID string
+	Dialer  *kafka.Dialer // group membership; nil: kafka-go's default dialer
+	// Transport carries the fetches; nil: kafka-go's DefaultTransport.
+	Transport kafka.RoundTripper
+	GroupID   string
 	// Topics: the commands topic consumed, and the topics outcomes are
 	// written to (through the outbox).
 	CommandsTopic, EventsTopic, PostingsTopic, DLQTopic string
 	// BatchSize is the most records applied in one transaction; 1 applies
-	// record by record. Default 50: larger batches lock more accounts each,
-	// and concurrent partitions then queue behind each other's locks
-	// (docs/benchmarks.md).
+	// record by record. Default 200 (docs/benchmarks.md).
 	BatchSize int
+	// Lanes is how many transactions a worker runs at once, each over its
+	// own share of the assigned partitions. Default 2.
+	Lanes int
 	// BatchLinger is how long a batch waits for more records after its first
 	// one; 0 takes only the first. Default 2 ms.
 	BatchLinger time.Duration
@@ -72,7 +77,10 @@ func New(o Options) (*Worker, error) {
 		return nil, errors.New("worker: GroupID and all four topics are required")
 	}
 	if o.BatchSize <= 0 {
-		o.BatchSize = 50
+		o.BatchSize = 200
+	}
+	if o.Lanes <= 0 {
+		o.Lanes = 2
 	}
 	if o.BatchLinger < 0 {
 		o.BatchLinger = 0
@@ -90,7 +98,21 @@ func New(o Options) (*Worker, error) {
 	return &Worker{opts: o, metrics: m, stuck: make(map[int]error)}, nil
 }
 
-// Run consumes until ctx is done. At each rebalance every partition loop
+// splitLanes deals the assigned partitions, in order, to at most n lanes.
+func splitLanes(assignments []kafka.PartitionAssignment, n int) [][]int {
+	var ids []int
+	for _, pa := range assignments {
+		ids = append(ids, pa.ID)
+	}
+	slices.Sort(ids)
+	lanes := make([][]int, min(n, len(ids)))
+	for i, id := range ids {
+		lanes[i%len(lanes)] = append(lanes[i%len(lanes)], id)
+	}
+	return lanes
+}
+
+// Run consumes until ctx is done. At each rebalance every lane
 // finishes its in-flight transaction and stops before the next generation
 // starts. Run returns nil when ctx ends, or the error that stopped the group.
 func (w *Worker) Run(ctx context.Context) error {
@@ -144,8 +166,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		assignments := gen.Assignments[w.opts.CommandsTopic]
 		w.opts.Log.Info("partitions assigned", "generation", gen.ID, "member", gen.MemberID, "partitions", len(assignments))
 		w.setAssigned(gen)
-		for _, pa := range assignments {
-			gen.Start(func(gctx context.Context) { w.runPartition(gctx, gen, pa) })
+		for _, parts := range splitLanes(assignments, w.opts.Lanes) {
+			gen.Start(func(gctx context.Context) { w.runLane(gctx, gen, parts) })
 		}
 	}
 }
@@ -177,22 +199,14 @@ func (w *Worker) setUnassigned() {
 	w.readyMu.Unlock()
 }
 
-func (w *Worker) setStuck(partition int, err error) {
+func (w *Worker) setStuck(partitions []int, err error) {
 	w.readyMu.Lock()
-	if err == nil {
-		delete(w.stuck, partition)
-	} else {
-		w.stuck[partition] = err
+	for _, p := range partitions {
+		if err == nil {
+			delete(w.stuck, p)
+		} else {
+			w.stuck[p] = err
+		}
 	}
 	w.readyMu.Unlock()
-}
-
-// commitKafkaOffset records next in Kafka's group offsets. PostgreSQL holds
-// the offsets that matter; this only keeps lag tools (kafka-consumer-groups,
-// kcat) truthful, so a failure is logged and ignored.
-func (w *Worker) commitKafkaOffset(gen *kafka.Generation, partition int, next int64) {
-	err := gen.CommitOffsets(map[string]map[int]int64{w.opts.CommandsTopic: {partition: next}})
-	if err != nil {
-		w.opts.Log.Debug("commit kafka offset", "partition", partition, "offset", next, "err", err)
-	}
 }

@@ -34,6 +34,7 @@ type config struct {
 
 	groupID        string
 	batchSize      int
+	lanes          int
 	batchLinger    time.Duration
 	sessionTimeout time.Duration
 	expiryInterval time.Duration
@@ -89,7 +90,8 @@ func (f flagSet) ingest() {
 
 func (f flagSet) worker() {
 	f.StringVar(&f.cfg.groupID, "group-id", "txpipe-workers", "consumer group of the workers")
-	f.IntVar(&f.cfg.batchSize, "batch-size", 50, "most commands applied in one transaction (1: one by one)")
+	f.IntVar(&f.cfg.batchSize, "batch-size", 200, "most commands applied in one transaction (1: one by one)")
+	f.IntVar(&f.cfg.lanes, "lanes", 2, "transactions a worker runs at once, each over its share of the assigned partitions")
 	f.DurationVar(&f.cfg.batchLinger, "batch-linger", 2*time.Millisecond, "how long a batch waits for more records after its first")
 	f.DurationVar(&f.cfg.sessionTimeout, "session-timeout", 10*time.Second, "how long the group waits for a silent worker")
 	f.DurationVar(&f.cfg.expiryInterval, "hold-expiry-interval", time.Second, "how often workers expire holds past their expires_at")
@@ -127,6 +129,7 @@ func (f flagSet) parse(args []string, e *env) (*config, error) {
 	need("kafka-brokers", len(c.brokers()) > 0, "is required")
 	need("log-level", parseLevel(c.logLevel) != nil, "must be debug, info, warn or error")
 	need("batch-size", c.batchSize >= 1, "must be at least 1")
+	need("lanes", c.lanes >= 1, "must be at least 1")
 	need("batch-linger", c.batchLinger >= 0, "must not be negative")
 	need("session-timeout", c.sessionTimeout >= 6*time.Second, "must be at least 6s (the broker's group.min.session.timeout.ms)")
 	need("hold-expiry-interval", c.expiryInterval > 0, "must be positive")
