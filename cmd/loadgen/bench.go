@@ -88,7 +88,9 @@ func runBench(ctx context.Context, o benchOptions) error {
 		f    func() (result, error)
 	}{
 		{"naive (batch size 1)", &naive, func() (result, error) {
-			return throughput(ctx, o, client, "naive", n["naive"], uniform, "--batch-size", "1")
+			// One transaction per command, one transaction stream per partition:
+			// the textbook pipeline, and the strongest batch-size-1 baseline.
+			return throughput(ctx, o, client, "naive", n["naive"], uniform, "--batch-size", "1", "--lanes", "12")
 		}},
 		{"txpipe (defaults)", &txp, func() (result, error) {
 			return throughput(ctx, o, client, "txpipe", n["txpipe"], uniform, o.workerArgs...)
