@@ -13,6 +13,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/internal/kafkafetch"
 	"github.com/txpipe/txpipe/internal/retry"
 )
 
@@ -34,7 +35,7 @@ type lane struct {
 	w     *Worker
 	gen   *kafka.Generation
 	parts []int
-	f     *fetcher
+	f     *kafkafetch.Fetcher
 	log   *slog.Logger
 
 	pos      positions               // next offset to apply, as stored in PostgreSQL
@@ -51,7 +52,7 @@ type lane struct {
 func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int) {
 	l := &lane{
 		w: w, gen: gen, parts: parts,
-		f:       newFetcher(w.opts.Brokers, w.opts.Transport, w.opts.CommandsTopic),
+		f:       kafkafetch.New(w.opts.Brokers, w.opts.Transport, w.opts.CommandsTopic),
 		log:     w.opts.Log.With("partitions", fmt.Sprint(parts), "generation", gen.ID),
 		pending: map[int][]kafka.Message{},
 	}
@@ -139,7 +140,7 @@ func (l *lane) resume(ctx context.Context) error {
 			}
 		}
 		if len(unknown) > 0 {
-			first, _, err := l.f.bounds(ctx, unknown)
+			first, _, err := l.f.Bounds(ctx, unknown)
 			if err != nil {
 				return err
 			}
@@ -172,10 +173,10 @@ func (l *lane) fill(ctx context.Context) error {
 	}
 	maxWait, minBytes := idleWait, 1
 	if n > 0 {
-		maxWait, minBytes = linger, partitionMaxBytes
+		maxWait, minBytes = linger, kafkafetch.PartitionMaxBytes
 	}
-	got, err := l.f.fetch(ctx, want, maxWait, minBytes)
-	for p, msgs := range got.msgs {
+	got, err := l.f.Fetch(ctx, want, maxWait, minBytes)
+	for p, msgs := range got.Msgs {
 		if len(msgs) == 0 {
 			continue
 		}
@@ -188,11 +189,11 @@ func (l *lane) fill(ctx context.Context) error {
 		l.pending[p] = append(l.pending[p], msgs...)
 		l.fetchPos[p] = msgs[len(msgs)-1].Offset + 1
 	}
-	for p, hw := range got.highWater {
+	for p, hw := range got.HighWater {
 		l.w.metrics.lag.WithLabelValues(strconv.Itoa(p)).Set(float64(max(0, hw-l.pos[p])))
 	}
 	var out []error
-	for p, perr := range got.errs {
+	for p, perr := range got.Errs {
 		if errors.Is(perr, kafka.OffsetOutOfRange) {
 			perr = l.outOfRange(ctx, p)
 		}
@@ -208,7 +209,7 @@ func (l *lane) fill(ctx context.Context) error {
 // are skipped, loudly. Past the end, the topic was recreated or truncated:
 // nothing is skipped, and the partition stays stuck for an operator.
 func (l *lane) outOfRange(ctx context.Context, p int) error {
-	first, next, err := l.f.bounds(ctx, []int{p})
+	first, next, err := l.f.Bounds(ctx, []int{p})
 	if err != nil {
 		return err
 	}

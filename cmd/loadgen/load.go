@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/kafkafetch"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
 	"github.com/txpipe/txpipe/internal/uuidv7"
 )
@@ -109,37 +110,49 @@ func percentile(ss []sample, q float64) time.Duration {
 }
 
 // watchOutcomes consumes the events topic from its current end and records
-// every outcome's arrival, until ctx ends.
+// every outcome's arrival, until ctx ends. It fetches every partition in one
+// request, so the measuring costs the broker little.
 func watchOutcomes(ctx context.Context, brokers []string, client *kafka.Client, topic string, l *latencies) (func(), error) {
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil || len(md.Topics) != 1 || len(md.Topics[0].Partitions) == 0 {
 		return nil, fmt.Errorf("read metadata of %s: %v", topic, err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
+	var parts []int
 	for _, p := range md.Topics[0].Partitions {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 50 * time.Millisecond})
-		if err := r.SetOffset(kafka.LastOffset); err != nil {
-			cancel()
-			return nil, err
-		}
-		wg.Go(func() {
-			defer r.Close()
-			for {
-				m, err := r.ReadMessage(ctx)
-				if err != nil {
-					return
+		parts = append(parts, p.ID)
+	}
+	f := kafkafetch.New(brokers, client.Transport, topic)
+	_, pos, err := f.Bounds(ctx, parts)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			got, err := f.Fetch(ctx, pos, 100*time.Millisecond, 1)
+			if err != nil {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			now := time.Now()
+			for p, msgs := range got.Msgs {
+				for _, m := range msgs {
+					var ev struct {
+						CommandID string `json:"command_id"`
+					}
+					if json.Unmarshal(m.Value, &ev) == nil {
+						l.observe(ev.CommandID, now)
+					}
 				}
-				var ev struct {
-					CommandID string `json:"command_id"`
-				}
-				if json.Unmarshal(m.Value, &ev) == nil {
-					l.observe(ev.CommandID, time.Now())
+				if len(msgs) > 0 {
+					pos[p] = msgs[len(msgs)-1].Offset + 1
 				}
 			}
-		})
-	}
-	return func() { cancel(); wg.Wait() }, nil
+		}
+	}()
+	return func() { cancel(); <-done }, nil
 }
 
 // sender sends one group of commands and reports whether they were

@@ -1,4 +1,9 @@
-package consumers
+// Package kafkafetch reads several partitions of one topic with one fetch
+// request per partition leader, as Java's consumer does. kafka-go's Reader
+// fetches each partition on its own: a consumer of twelve partitions at a
+// modest rate sends a fetch per record or two, and the broker's CPU goes on
+// request overhead.
+package kafkafetch
 
 import (
 	"context"
@@ -14,12 +19,11 @@ import (
 	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
 )
 
-// fetcher reads several partitions of one topic with one fetch request per
-// partition leader, as Java's consumer does. kafka-go's Reader fetches each
-// partition on its own: a worker with twelve partitions at a modest rate
-// sends a fetch per record or two, and the broker's CPU goes on request
-// overhead.
-type fetcher struct {
+// Offsets maps a partition to an offset.
+type Offsets = map[int]int64
+
+// Fetcher reads partitions of one topic. It is not safe for concurrent use.
+type Fetcher struct {
 	client *kafka.Client
 	addr   net.Addr
 	topic  string
@@ -29,27 +33,30 @@ type fetcher struct {
 }
 
 const (
-	leadersTTL        = 30 * time.Second
-	fetchMaxBytes     = 16 << 20
-	partitionMaxBytes = 1 << 20
+	leadersTTL    = 30 * time.Second
+	fetchMaxBytes = 16 << 20
+	// PartitionMaxBytes is the most a fetch returns of one partition.
+	PartitionMaxBytes = 1 << 20
 )
 
-func newFetcher(brokers []string, transport kafka.RoundTripper, topic string) *fetcher {
+// New returns a Fetcher of topic; a nil transport is kafka-go's
+// DefaultTransport.
+func New(brokers []string, transport kafka.RoundTripper, topic string) *Fetcher {
 	addr := kafka.TCP(brokers...)
-	return &fetcher{client: &kafka.Client{Addr: addr, Transport: transport, Timeout: 10 * time.Second}, addr: addr, topic: topic}
+	return &Fetcher{client: &kafka.Client{Addr: addr, Transport: transport, Timeout: 10 * time.Second}, addr: addr, topic: topic}
 }
 
-// fetched is what one fetch returned.
-type fetched struct {
-	msgs      map[int][]kafka.Message // records at or after the requested offsets
-	highWater map[int]int64
-	errs      map[int]error // partitions the broker answered with an error
+// Result is what one fetch returned.
+type Result struct {
+	Msgs      map[int][]kafka.Message // records at or after the requested offsets
+	HighWater map[int]int64
+	Errs      map[int]error // partitions the broker answered with an error
 }
 
-// fetch reads from each partition of want at its offset. The broker answers
+// Fetch reads from each partition of want at its offset. The broker answers
 // once minBytes are ready across them, or after maxWait.
-func (f *fetcher) fetch(ctx context.Context, want positions, maxWait time.Duration, minBytes int) (fetched, error) {
-	out := fetched{msgs: map[int][]kafka.Message{}, highWater: map[int]int64{}, errs: map[int]error{}}
+func (f *Fetcher) Fetch(ctx context.Context, want Offsets, maxWait time.Duration, minBytes int) (Result, error) {
+	out := Result{Msgs: map[int][]kafka.Message{}, HighWater: map[int]int64{}, Errs: map[int]error{}}
 	if err := f.refreshLeaders(ctx, false); err != nil {
 		return out, err
 	}
@@ -77,13 +84,13 @@ func (f *fetcher) fetch(ctx context.Context, want positions, maxWait time.Durati
 		}()
 	}
 	wg.Wait()
-	if len(out.errs) > 0 || len(errs) > 0 {
+	if len(out.Errs) > 0 || len(errs) > 0 {
 		f.leadersAt = time.Time{} // leaders may have moved
 	}
 	return out, errors.Join(errs...)
 }
 
-func (f *fetcher) fetchFrom(ctx context.Context, parts []int, want positions, maxWait time.Duration, minBytes int, out *fetched, mu *sync.Mutex) error {
+func (f *Fetcher) fetchFrom(ctx context.Context, parts []int, want Offsets, maxWait time.Duration, minBytes int, out *Result, mu *sync.Mutex) error {
 	req := &fetchapi.Request{
 		ReplicaID:    -1,
 		MaxWaitTime:  int32(maxWait / time.Millisecond),
@@ -99,7 +106,7 @@ func (f *fetcher) fetchFrom(ctx context.Context, parts []int, want positions, ma
 			CurrentLeaderEpoch: -1,
 			FetchOffset:        want[p],
 			LogStartOffset:     -1,
-			PartitionMaxBytes:  partitionMaxBytes,
+			PartitionMaxBytes:  PartitionMaxBytes,
 		})
 	}
 	rctx, cancel := context.WithTimeout(ctx, maxWait+10*time.Second)
@@ -122,17 +129,17 @@ func (f *fetcher) fetchFrom(ctx context.Context, parts []int, want positions, ma
 		for _, rp := range t.Partitions {
 			p := int(rp.Partition)
 			if rp.ErrorCode != 0 {
-				out.errs[p] = kafka.Error(rp.ErrorCode)
+				out.Errs[p] = kafka.Error(rp.ErrorCode)
 				continue
 			}
-			out.highWater[p] = rp.HighWatermark
+			out.HighWater[p] = rp.HighWatermark
 			if rp.RecordSet.Records == nil {
 				continue
 			}
 			msgs, err := readRecords(rp.RecordSet.Records, f.topic, p, want[p], rp.HighWatermark)
-			out.msgs[p] = msgs
+			out.Msgs[p] = msgs
 			if err != nil {
-				out.errs[p] = err
+				out.Errs[p] = err
 			}
 		}
 	}
@@ -176,7 +183,7 @@ func readBytes(b protocol.Bytes) ([]byte, error) {
 
 // refreshLeaders loads the topic's partition leaders when they are unknown
 // or old, or always with force.
-func (f *fetcher) refreshLeaders(ctx context.Context, force bool) error {
+func (f *Fetcher) refreshLeaders(ctx context.Context, force bool) error {
 	if !force && f.leaders != nil && time.Since(f.leadersAt) < leadersTTL {
 		return nil
 	}
@@ -197,9 +204,9 @@ func (f *fetcher) refreshLeaders(ctx context.Context, force bool) error {
 	return nil
 }
 
-// bounds returns the first and next offsets of partitions: where the log
+// Bounds returns the first and next offsets of partitions: where the log
 // starts now (after retention) and where the next record will go.
-func (f *fetcher) bounds(ctx context.Context, parts []int) (first, next positions, err error) {
+func (f *Fetcher) Bounds(ctx context.Context, parts []int) (first, next Offsets, err error) {
 	var reqs []kafka.OffsetRequest
 	for _, p := range parts {
 		reqs = append(reqs, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
@@ -210,7 +217,7 @@ func (f *fetcher) bounds(ctx context.Context, parts []int) (first, next position
 	if err != nil {
 		return nil, nil, fmt.Errorf("list offsets of %s: %w", f.topic, err)
 	}
-	first, next = positions{}, positions{}
+	first, next = Offsets{}, Offsets{}
 	for _, po := range res.Topics[f.topic] {
 		if po.Error != nil {
 			return nil, nil, fmt.Errorf("list offsets of %s/%d: %w", f.topic, po.Partition, po.Error)
