@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/pgtx"
 	"github.com/txpipe/txpipe/internal/uuidv7"
 	"github.com/txpipe/txpipe/outbox"
 )
@@ -60,6 +62,11 @@ type processedRow struct {
 
 type outcomeKey struct{ outcome, reason string }
 
+// batchSender runs a batch of statements on one connection.
+type batchSender interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
 // positions maps a partition to the offset of its next record to apply.
 type positions map[int]int64
 
@@ -101,7 +108,8 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 		}
 	}
 	wr := batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), transfers: make(map[string]bool), counts: make(map[outcomeKey]int)}
-	err := pgx.BeginFunc(ctx, w.opts.Pool, func(tx pgx.Tx) error {
+	// load queues BEGIN and write queues COMMIT (internal/pgtx).
+	err := pgtx.Run(ctx, w.opts.Pool, func(tx *pgxpool.Conn) error {
 		priors, book, loaded, err := w.load(ctx, tx, expected, cmds)
 		if err != nil {
 			return err
@@ -149,7 +157,7 @@ func offsetColumns(pos positions) (parts []int32, offsets []int64) {
 // names no transfer does it all in one round trip; otherwise the accounts
 // of the named transfers are known only once those are read, so the
 // account locks take a second round trip.
-func (w *Worker) load(ctx context.Context, tx pgx.Tx, expected positions, cmds []*domain.Command) (map[string]prior, *domain.Book, map[string]bool, error) {
+func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, cmds []*domain.Command) (map[string]prior, *domain.Book, map[string]bool, error) {
 	var ids, accounts, transfers, currencies []string
 	for _, c := range cmds {
 		if c == nil {
@@ -171,6 +179,7 @@ func (w *Worker) load(ctx context.Context, tx pgx.Tx, expected positions, cmds [
 	book := domain.NewBook()
 	loaded := make(map[string]bool)
 	b := &pgx.Batch{}
+	b.Queue("BEGIN") // see pgtx
 	parts, offsets := offsetColumns(expected)
 	b.Queue(`INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
 		SELECT $1, $2, p, o FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
@@ -327,7 +336,7 @@ func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, reason, detail str
 
 // write stores the batch's effects and advances the stored offset, in one
 // round trip.
-func (w *Worker) write(ctx context.Context, tx pgx.Tx, next positions, book *domain.Book, loaded map[string]bool, wr *batchWrites, now time.Time) error {
+func (w *Worker) write(ctx context.Context, tx batchSender, next positions, book *domain.Book, loaded map[string]bool, wr *batchWrites, now time.Time) error {
 	b := &pgx.Batch{}
 	var created, changed []*domain.Account
 	for id := range wr.opened {
@@ -369,6 +378,7 @@ func (w *Worker) write(ctx context.Context, tx pgx.Tx, next positions, book *dom
 	b.Queue(`UPDATE consumer_offsets AS c SET next_offset = u.o, updated_at = now()
 		FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
 		WHERE c.group_id = $1 AND c.topic = $2 AND c.partition = u.p`, w.opts.GroupID, w.opts.CommandsTopic, parts, offsets)
+	b.Queue("COMMIT") // see pgtx
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write batch effects: %w", err)
 	}

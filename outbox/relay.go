@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/txpipe/txpipe/internal/pgtx"
 	"github.com/txpipe/txpipe/internal/retry"
 )
 
@@ -146,58 +147,15 @@ func (x row) size() int {
 // are gone, and a crash after Kafka acknowledged but before the delete only
 // publishes them again (at-least-once; consumers dedupe on event_id).
 func (r *Relay) publishBatch(ctx context.Context) (int, error) {
+	// One connection, and a transaction opened by the batch that reads the
+	// rows (BEGIN queued ahead of the SELECT) and committed by the one that
+	// deletes them: two round trips where BEGIN, SELECT, DELETE and COMMIT
+	// would take four.
 	var published []row
-	err := pgx.BeginFunc(ctx, r.opts.Pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT id, topic, key, value, headers, accepted_at, created_at
-			FROM outbox ORDER BY id LIMIT $1 FOR UPDATE`, r.opts.BatchSize)
-		if err != nil {
-			return fmt.Errorf("read outbox: %w", err)
-		}
-		batch, err := pgx.CollectRows(rows, func(rr pgx.CollectableRow) (row, error) {
-			var x row
-			var h []byte
-			err := rr.Scan(&x.id, &x.topic, &x.key, &x.value, &h, &x.acceptedAt, &x.createdAt)
-			if err == nil {
-				err = json.Unmarshal(h, &x.headers)
-			}
-			return x, err
-		})
-		if err != nil {
-			return fmt.Errorf("read outbox: %w", err)
-		}
-		if len(batch) == 0 {
-			return nil
-		}
-		batch, parked := fit(batch)
-		if len(parked) > 0 {
-			if err := r.park(ctx, tx, parked); err != nil {
-				return err
-			}
-		}
-		if len(batch) == 0 {
-			return nil
-		}
-		msgs := make([]kafka.Message, len(batch))
-		ids := make([]int64, len(batch))
-		for i, x := range batch {
-			ids[i] = x.id
-			msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value}
-			for k, v := range x.headers {
-				msgs[i].Headers = append(msgs[i].Headers, kafka.Header{Key: k, Value: []byte(v)})
-			}
-		}
-		start := time.Now()
-		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
-		defer cancel()
-		if err := r.opts.Publisher.WriteMessages(pctx, msgs...); err != nil {
-			return fmt.Errorf("publish %d records: %w", len(msgs), err)
-		}
-		r.metrics.publishDuration.Observe(time.Since(start).Seconds())
-		if _, err := tx.Exec(ctx, `DELETE FROM outbox WHERE id = ANY($1)`, ids); err != nil {
-			return fmt.Errorf("delete published rows: %w", err)
-		}
-		published = batch
-		return nil
+	err := pgtx.Run(ctx, r.opts.Pool, func(conn *pgxpool.Conn) error {
+		var err error
+		published, err = r.publishIn(ctx, conn)
+		return err
 	})
 	if err != nil {
 		return 0, err
@@ -213,6 +171,66 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 		r.metrics.batchSize.Observe(float64(len(published)))
 	}
 	return len(published), nil
+}
+
+// publishIn runs publishBatch's transaction on conn and returns the rows
+// it published.
+func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn) ([]row, error) {
+	var batch []row
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(`SELECT id, topic, key, value, headers, accepted_at, created_at
+		FROM outbox ORDER BY id LIMIT $1 FOR UPDATE`, r.opts.BatchSize).Query(func(rows pgx.Rows) error {
+		var err error
+		batch, err = pgx.CollectRows(rows, func(rr pgx.CollectableRow) (row, error) {
+			var x row
+			var h []byte
+			err := rr.Scan(&x.id, &x.topic, &x.key, &x.value, &h, &x.acceptedAt, &x.createdAt)
+			if err == nil {
+				err = json.Unmarshal(h, &x.headers)
+			}
+			return x, err
+		})
+		return err
+	})
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	batch, parked := fit(batch)
+	if len(parked) > 0 {
+		if err := r.park(ctx, conn, parked); err != nil {
+			return nil, err
+		}
+	}
+	if len(batch) > 0 {
+		msgs := make([]kafka.Message, len(batch))
+		for i, x := range batch {
+			msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value}
+			for k, v := range x.headers {
+				msgs[i].Headers = append(msgs[i].Headers, kafka.Header{Key: k, Value: []byte(v)})
+			}
+		}
+		start := time.Now()
+		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+		defer cancel()
+		if err := r.opts.Publisher.WriteMessages(pctx, msgs...); err != nil {
+			return nil, fmt.Errorf("publish %d records: %w", len(msgs), err)
+		}
+		r.metrics.publishDuration.Observe(time.Since(start).Seconds())
+	}
+	b = &pgx.Batch{}
+	if len(batch) > 0 {
+		ids := make([]int64, len(batch))
+		for i, x := range batch {
+			ids[i] = x.id
+		}
+		b.Queue(`DELETE FROM outbox WHERE id = ANY($1)`, ids)
+	}
+	b.Queue("COMMIT")
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("delete published rows: %w", err)
+	}
+	return batch, nil
 }
 
 // fit splits rows, in id order, into those that fit one publish call
@@ -239,7 +257,7 @@ func fit(rows []row) (batch, parked []row) {
 // park moves rows that can never be published to outbox_parked, so they do
 // not block the rows behind them. An operator must look at them: the
 // consumers of their topic will see a gap.
-func (r *Relay) park(ctx context.Context, tx pgx.Tx, rows []row) error {
+func (r *Relay) park(ctx context.Context, tx *pgxpool.Conn, rows []row) error {
 	ids := make([]int64, len(rows))
 	for i, x := range rows {
 		ids[i] = x.id
