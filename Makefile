@@ -16,6 +16,7 @@ help:
 	@echo "make services-down  stop them"
 	@echo "make lint           gofmt and go vet"
 	@echo "make bench          side-by-side benchmark (BENCH_QUICK=1: under 3 minutes); make bench-micro: Go benchmarks"
+	@echo "make soak           the 1000/s latency run for SOAK_DURATION (5m), RSS at start and end"
 
 .PHONY: build
 build:
@@ -65,6 +66,14 @@ lint:
 bench: build
 	@eval "$$($(SERVICES) up)"; \
 	bin/loadgen bench --txpipe $(BIN) --out bench-results $(if $(BENCH_QUICK),--quick,)
+
+# soak: the latency run for SOAK_DURATION (default 5m) at 1000/s, with each
+# process's RSS at the start and the end.
+SOAK_DURATION ?= 5m
+.PHONY: soak
+soak: build
+	@eval "$$($(SERVICES) up)"; \
+	bin/loadgen bench --txpipe $(BIN) --out bench-results/soak --only latency --latency-duration $(SOAK_DURATION)
 
 .PHONY: bench-micro
 bench-micro:

@@ -93,15 +93,20 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 		expected[p] = pos[p]
 	}
 	cmds := make([]*domain.Command, len(msgs))
-	var invalid map[int]string
+	var invalid map[int]deadLetter
 	if dl == nil {
 		for i, m := range msgs {
 			cmd, err := domain.DecodeCommand(m.Value)
 			if err != nil {
 				if invalid == nil {
-					invalid = make(map[int]string)
+					invalid = make(map[int]deadLetter)
 				}
-				invalid[i] = err.Error()
+				reason := domain.InvalidFields
+				var verr *domain.ValidationError
+				if errors.As(err, &verr) && verr.Kind != "" {
+					reason = verr.Kind
+				}
+				invalid[i] = deadLetter{reason: reason, detail: err.Error()}
 				continue
 			}
 			cmds[i] = &cmd
@@ -119,7 +124,7 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 			case dl != nil:
 				wr.deadLetter(w, m, dl.reason, dl.detail, now)
 			case cmds[i] == nil:
-				wr.deadLetter(w, m, "invalid_command", invalid[i], now)
+				wr.deadLetter(w, m, invalid[i].reason, invalid[i].detail, now)
 			default:
 				wr.command(w, *cmds[i], m, priors, book, now)
 			}

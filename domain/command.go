@@ -103,9 +103,20 @@ type FieldError struct {
 	Detail  string `json:"detail"`
 }
 
+// Why a command was refused, in the words of a DLQ record's dlq_reason and
+// the consumer metrics' reason label.
+const (
+	InvalidTooLarge    = "too_large"       // over MaxCommandBytes
+	InvalidMalformed   = "malformed"       // not a single JSON object
+	InvalidUnknownType = "unknown_type"    // a type that is no command type
+	InvalidFields      = "invalid_command" // fields missing, unknown, of the wrong type or out of range
+)
+
 // ValidationError lists everything wrong with a command. Its messages are
 // written for the client: they never contain Go or driver error strings.
 type ValidationError struct {
+	// Kind is the broad reason: one of the Invalid… constants.
+	Kind   string
 	Errors []FieldError
 }
 
@@ -130,15 +141,17 @@ func (e *ValidationError) add(pointer, format string, args ...any) {
 // and the workers use it, so a record produced straight to Kafka is held to the
 // same rules as an HTTP request. The error is a *ValidationError.
 func DecodeCommand(data []byte) (Command, error) {
-	verr := &ValidationError{}
+	verr := &ValidationError{Kind: InvalidTooLarge}
 	if len(data) > MaxCommandBytes {
 		verr.add("", "command is larger than %d bytes", MaxCommandBytes)
 		return Command{}, verr
 	}
+	verr.Kind = InvalidMalformed
 	fields, order, ok := splitObject(data, verr)
 	if !ok {
 		return Command{}, verr
 	}
+	verr.Kind = InvalidFields
 	var cmd Command
 	rawType, ok := fields["type"]
 	if !ok {
@@ -153,6 +166,7 @@ func DecodeCommand(data []byte) (Command, error) {
 	cmd.Type = Type(typ)
 	sp, known := specs[cmd.Type]
 	if !known {
+		verr.Kind = InvalidUnknownType
 		verr.add("/type", "unknown command type %q", truncate(typ, 40))
 		return Command{}, verr
 	}

@@ -104,6 +104,14 @@ func TestDecodeCommandRejects(t *testing.T) {
 			if !found {
 				t.Errorf("DecodeCommand() errors at %q, want one at %q", pointers, tt.pointer)
 			}
+			kind := map[string]string{"not json": InvalidMalformed, "array": InvalidMalformed, "trailing data": InvalidMalformed,
+				"duplicate key": InvalidMalformed, "unknown type": InvalidUnknownType, "too large": InvalidTooLarge}[tt.name]
+			if kind == "" {
+				kind = InvalidFields
+			}
+			if verr.Kind != kind {
+				t.Errorf("Kind = %q, want %q", verr.Kind, kind)
+			}
 		})
 	}
 }

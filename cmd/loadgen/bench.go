@@ -37,7 +37,9 @@ type benchOptions struct {
 	only string
 	// rounds is how many times each throughput scenario runs.
 	rounds int
-	log    io.Writer
+	// latency, when set, is how long the latency run sends.
+	latency time.Duration
+	log     io.Writer
 }
 
 // result is one scenario's figures.
@@ -74,6 +76,9 @@ func runBench(ctx context.Context, o benchOptions) error {
 	if o.quick {
 		n = map[string]int{"naive": 3000, "txpipe": 20000, "pg": 20000, "kafka": 20000}
 		latencySeconds = 10
+	}
+	if o.latency > 0 {
+		latencySeconds = o.latency.Seconds()
 	}
 	transport := &kafka.Transport{}
 	defer transport.CloseIdleConnections()
@@ -388,6 +393,11 @@ func latencyRun(ctx context.Context, o benchOptions, client *kafka.Client, secon
 	}
 	n := int(o.rate * seconds)
 	cmds := wl.transfers(n)
+	procs := []*proc{worker, relay, ingest}
+	rssStart := make([]int64, len(procs))
+	for i, p := range procs {
+		rssStart[i] = p.rss()
+	}
 	start := time.Now()
 	lastProgress := time.Now()
 	openLoop(ctx, cmds, 1, o.rate, httpSender("http://"+ingest.http), l, func() {
@@ -401,6 +411,10 @@ func latencyRun(ctx context.Context, o benchOptions, client *kafka.Client, secon
 		time.Sleep(20 * time.Millisecond)
 	}
 	secs := time.Since(start).Seconds()
+	var rss []string
+	for i, p := range procs {
+		rss = append(rss, fmt.Sprintf("%s %.1f→%.1f", p.role, mib(rssStart[i]), mib(p.rss())))
+	}
 	l.mu.Lock()
 	ss := append([]sample(nil), l.samples...)
 	l.mu.Unlock()
@@ -416,8 +430,8 @@ func latencyRun(ctx context.Context, o benchOptions, client *kafka.Client, secon
 		return result{}, err
 	}
 	missing := int(l.accepted.Load()) - len(ss)
-	note := fmt.Sprintf("%.0f/s open loop, single POSTs; chart latency.png (x: %.0f s, y: 0–%.0f ms); %d failed, %d without outcome",
-		o.rate, seconds, ms(yMax), l.failed.Load(), missing)
+	note := fmt.Sprintf("%.0f/s open loop, single POSTs; chart latency.png (x: %.0f s, y: 0–%.0f ms); %d failed, %d without outcome; RSS MiB at start→end: %s",
+		o.rate, seconds, ms(yMax), l.failed.Load(), missing, strings.Join(rss, ", "))
 	return result{Scenario: "latency", Commands: len(ss), Seconds: secs, PerSecond: float64(len(ss)) / secs,
 		P50ms: ms(percentile(ss, 0.5)), P99ms: ms(percentile(ss, 0.99)), P999ms: ms(percentile(ss, 0.999)),
 		WorkerRSSMiB: mib(worker.peakRSS()), RelayRSSMiB: mib(relay.peakRSS()), IngestRSSMiB: mib(ingest.peakRSS()), Note: note}, nil

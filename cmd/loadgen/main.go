@@ -61,6 +61,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		quick := fs.Bool("quick", false, "smaller runs (under 3 minutes)")
 		rounds := fs.Int("rounds", 3, "runs of each throughput scenario, interleaved; the median counts")
 		only := fs.String("only", "", "run only the scenarios whose names start with this (no ratios)")
+		latency := fs.Duration("latency-duration", 0, "how long the latency run sends (default 60 s, 10 s with --quick); 5m makes it the memory soak")
 		workerArgs := fs.String("worker-args", "", "extra flags for the worker of the txpipe scenarios, e.g. \"--batch-linger 20ms\"")
 		if err := envflag.Parse(fs, args[1:], os.LookupEnv); err != nil {
 			return err
@@ -69,7 +70,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return errors.New("--database-url (TXPIPE_DATABASE_URL) is required")
 		}
 		return runBench(ctx, benchOptions{txpipe: *txpipe, brokers: strings.Split(*brokers, ","), adminURL: *dbURL, out: *out,
-			quick: *quick, accounts: *accounts, rate: *rate, workerArgs: strings.Fields(*workerArgs), only: *only, rounds: max(1, *rounds), log: stderr})
+			quick: *quick, accounts: *accounts, rate: *rate, workerArgs: strings.Fields(*workerArgs), only: *only, rounds: max(1, *rounds), latency: *latency, log: stderr})
 	case "run":
 		api := fs.String("api", "http://127.0.0.1:8080", "base URL of the txpipe API")
 		mode := fs.String("mode", "http", "http (one command per request), batch (--batch per request) or kafka (straight to the commands topic)")

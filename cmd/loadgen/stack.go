@@ -163,13 +163,19 @@ func (s *stack) start(ctx context.Context, role string, extra ...string) (*proc,
 }
 
 // peakRSS is the process's high-water resident set size in bytes (VmHWM).
-func (p *proc) peakRSS() int64 {
+func (p *proc) peakRSS() int64 { return p.status("VmHWM:") }
+
+// rss is the process's resident set size now, in bytes (VmRSS).
+func (p *proc) rss() int64 { return p.status("VmRSS:") }
+
+// status reads a size in kB from /proc/<pid>/status, in bytes.
+func (p *proc) status(field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(l, field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return kb * 1024
 		}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -446,7 +447,7 @@ func TestPoisonRecordGoesToDLQAndPartitionFlows(t *testing.T) {
 	if string(m.Value) != garbage || string(m.Key) != "dave" {
 		t.Errorf("DLQ record = key %q value %q, want the original key and bytes", m.Key, m.Value)
 	}
-	for h, want := range map[string]string{"dlq_reason": "invalid_command", "source_topic": p.topics.Commands, "source_offset": "0"} {
+	for h, want := range map[string]string{"dlq_reason": "malformed", "source_topic": p.topics.Commands, "source_offset": "0"} {
 		if got := kafkatest.Header(m, h); got != want {
 			t.Errorf("DLQ header %s = %q, want %q", h, got, want)
 		}
@@ -467,7 +468,7 @@ func TestPoisonRecordGoesToDLQAndPartitionFlows(t *testing.T) {
 	}
 	list, err := dlqCmd("list")
 	ref := fmt.Sprintf("%d@%d", m.Partition, m.Offset)
-	if err != nil || !strings.Contains(list, ref+" reason=invalid_command source="+p.topics.Commands+"/"+kafkatest.Header(m, "source_partition")+"@0") || !strings.Contains(list, "1 records") {
+	if err != nil || !strings.Contains(list, ref+" reason=malformed source="+p.topics.Commands+"/"+kafkatest.Header(m, "source_partition")+"@0") || !strings.Contains(list, "1 records") {
 		t.Fatalf("dlq list = %v:\n%s\nwant the record %s with its reason and origin", err, list, ref)
 	}
 	if out, err := dlqCmd("replay", "--records", ref); err != nil || !strings.Contains(out, "replayed 1 records") {
@@ -592,4 +593,57 @@ func TestReadyzSaysWhyWhenPostgresIsUnreachable(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz = %d, want 200", resp.StatusCode)
 	}
+}
+
+// TestEveryKindOfPoisonIsDeadLettered produces, straight onto the commands
+// topic, each kind of record a producer can get wrong. Each goes to the DLQ
+// with its reason and origin, the worker counts it by reason, and the
+// partition keeps flowing.
+func TestEveryKindOfPoisonIsDeadLettered(t *testing.T) {
+	p := startPipelineWith(t, 1)
+	open := uuidv7.New()
+	poison := []struct{ value, reason string }{
+		{"\x00\xff garbage", "malformed"},
+		{`[1, 2, 3]`, "malformed"},
+		{`{"hello":"world"}`, "invalid_command"},
+		{fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"erin"}`, uuidv7.New()), "invalid_command"},
+		{fmt.Sprintf(`{"command_id":%q,"type":"teleport"}`, uuidv7.New()), "unknown_type"},
+		{fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"not an id!","currency":"EUR"}`, uuidv7.New()), "invalid_command"},
+		{fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"erin","currency":"EUR","metadata":{"pad":%q}}`, uuidv7.New(), strings.Repeat("x", domain.MaxCommandBytes)), "too_large"},
+	}
+	var values []string
+	for _, x := range poison {
+		values = append(values, x.value)
+	}
+	p.produce(t, "erin", append(values, fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"erin","currency":"EUR"}`, open))...)
+	if status, _ := p.awaitOutcome(t, open); status != "applied" {
+		t.Fatalf("the record after the poison = %s, want applied", status)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dlq := p.kc.ReadAll(ctx, t, p.topics.DLQ, len(poison))
+	if len(dlq) != len(poison) {
+		t.Fatalf("DLQ holds %d records, want %d", len(dlq), len(poison))
+	}
+	counts := map[string]int{}
+	for i, m := range dlq {
+		want := poison[i]
+		if got := kafkatest.Header(m, "dlq_reason"); got != want.reason {
+			t.Errorf("DLQ record %d: reason %q, want %q (%.40q)", i, got, want.reason, want.value)
+		}
+		if got := kafkatest.Header(m, "source_offset"); got != strconv.Itoa(i) {
+			t.Errorf("DLQ record %d: source_offset %s, want %d", i, got, i)
+		}
+		if string(m.Value) != want.value || kafkatest.Header(m, "dlq_detail") == "" {
+			t.Errorf("DLQ record %d: value or detail lost", i)
+		}
+		counts[want.reason]++
+	}
+	for reason, n := range counts {
+		series := fmt.Sprintf(`txpipe_consumer_commands_total{outcome="dlq",reason=%q}`, reason)
+		if got := scrape(t, strings.TrimPrefix(p.admin, "http://"), series); got != float64(n) {
+			t.Errorf("%s = %v, want %d", series, got, n)
+		}
+	}
+	p.verify(t)
 }

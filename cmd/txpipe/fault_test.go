@@ -196,6 +196,17 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		switch {
+		case i == 13:
+			// The group grows mid-load: a third worker joins and takes
+			// partitions from the other two.
+			procs["worker-c"] = &process{t: t, bin: bin, role: "worker", args: worker, log: filepath.Join(dir, "worker-c.log")}
+			procs["worker-c"].start()
+			faults["worker added"]++
+		case i == 17:
+			// And shrinks: the third worker leaves (SIGTERM), its
+			// partitions go back to the others.
+			procs["worker-c"].stop()
+			faults["worker removed"]++
 		case i == 8:
 			// SIGTERM: the worker drains and exits (stop fails the test if
 			// it takes over 30 s); its successor resumes from PostgreSQL.
@@ -228,7 +239,7 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 		// so faults land on running work, not on a starting process.
 		time.Sleep(300 * time.Millisecond)
 	}
-	for _, k := range []string{"kill -9 ingest", "kill -9 worker", "kill -9 relay", "SIGTERM worker", "SIGSTOP past session timeout"} {
+	for _, k := range []string{"kill -9 ingest", "kill -9 worker", "kill -9 relay", "SIGTERM worker", "SIGSTOP past session timeout", "worker added", "worker removed"} {
 		if faults[k] == 0 {
 			t.Fatalf("the harness injected no %q", k)
 		}

@@ -242,7 +242,8 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 		}
 		dead[part+"@"+off] = true
 	}
-	pending := 0
+	pending, valid := 0, 0
+	distinct := make(map[string]bool)
 	for _, m := range commands {
 		if next, ok := db.nextOffsets[m.Partition]; !ok || m.Offset >= next {
 			pending++
@@ -256,6 +257,8 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 			c.Problems = append(c.Problems, fmt.Sprintf("record %d@%d is invalid but not on the DLQ", m.Partition, m.Offset))
 			continue
 		}
+		valid++
+		distinct[cmd.CommandID] = true
 		if _, ok := db.processed[cmd.CommandID]; !ok {
 			c.Problems = append(c.Problems, fmt.Sprintf("command %s (record %d@%d) has no outcome", cmd.CommandID, m.Partition, m.Offset))
 		}
@@ -290,7 +293,8 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 			c.Problems = append(c.Problems, fmt.Sprintf("command %s has %d outcome events, want 1", id, n))
 		}
 	}
-	c.Detail = fmt.Sprintf("%d command records, %d processed, %d dead-lettered, %d outcome events", len(commands), len(db.processed), len(dlq), len(evs))
+	c.Detail = fmt.Sprintf("%d command records (%d repeats of a command_id, absorbed), %d processed, %d dead-lettered, %d outcome events (%d more delivered again, deduped by event_id)",
+		len(commands), valid-len(distinct), len(db.processed), len(dlq), len(evs), len(events)-len(evs))
 	return c
 }
 
