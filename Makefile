@@ -48,12 +48,24 @@ test:
 
 # chaos: the fault test with a Kafka broker restart and a PostgreSQL crash
 # added (they hit the shared services, so make test leaves them out);
-# CHAOS_COMMANDS sets its length (default 4000).
+# CHAOS_COMMANDS sets its length (default 4000). Then the leader-loss test on
+# a three-broker cluster (scripts/kafka-cluster.sh), stopped afterwards.
 .PHONY: chaos
 chaos:
 	@eval "$$($(SERVICES) up)"; \
 	TXPIPE_CHAOS=1 TXPIPE_CHAOS_COMMANDS=$(or $(CHAOS_COMMANDS),4000) \
 	$(GO) test -count=1 -timeout 60m -run 'TestFaultsLoseAndDoubleNothing' -v ./cmd/txpipe/ 2>&1 | grep -v '^\s*{'
+	@$(MAKE) --no-print-directory chaos-cluster
+
+# chaos-cluster: only the leader-loss test on a three-broker cluster, which
+# is started for it and stopped afterwards (CI runs it after make test).
+.PHONY: chaos-cluster
+chaos-cluster:
+	@eval "$$($(SERVICES) up)"; \
+	scripts/kafka-cluster.sh start; \
+	eval "$$(scripts/kafka-cluster.sh env)"; \
+	rc=0; $(GO) test -count=1 -timeout 20m -run 'TestLeaderLossInAThreeBrokerCluster' -v ./cmd/txpipe/ 2>&1 | grep -v '^\s*{' || rc=$$?; \
+	scripts/kafka-cluster.sh stop; exit $$rc
 
 .PHONY: lint
 lint:

@@ -86,69 +86,100 @@ func (p *process) ready() bool {
 // so the group moves on without it and then thaws it, and finally checks
 // that every command has exactly one outcome, the invariants hold (txpipe
 // verify) and the outcomes equal the pure domain model's.
-func TestFaultsLoseAndDoubleNothing(t *testing.T) {
-	if testing.Short() {
-		t.Skip("fault soak; runs without -short")
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "txpipe")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+// rig runs ingest, two workers and the relay as separate processes of a
+// freshly built binary against p, with seven funded accounts, and holds the
+// commands of a run.
+type rig struct {
+	p      *pipeline
+	bin    string
+	dir    string
+	worker []string // flags of a worker process
+	procs  map[string]*process
+	client *retryingClient
+	prefix string
+	seed   uint64
+	accts  []ledgertest.Account
+	byID   map[string]domain.Command
+}
+
+func newRig(t *testing.T, p *pipeline) *rig {
+	t.Helper()
+	r := &rig{p: p, dir: t.TempDir(), byID: map[string]domain.Command{}}
+	r.bin = filepath.Join(r.dir, "txpipe")
+	if out, err := exec.Command("go", "build", "-o", r.bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build txpipe: %v\n%s", err, out)
 	}
-	p := &pipeline{db: pgtest.New(t), kc: kafkatest.New(t)}
-	p.topics = p.kc.Topics(t, 6)
 	common := []string{"--database-url", p.db.URL, "--kafka-brokers", strings.Join(p.kc.Brokers, ","),
 		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
 		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ, "--log-level", "info"}
-	worker := append([]string{"--group-id", "test-" + p.topics.Commands, "--session-timeout", "6s"}, common...)
+	r.worker = append([]string{"--group-id", "test-" + p.topics.Commands, "--session-timeout", "6s"}, common...)
 	api := freeAddr(t)
-	procs := map[string]*process{
-		"ingest":   {t: t, bin: bin, role: "ingest", args: append([]string{"--http-addr", api}, common...), log: filepath.Join(dir, "ingest.log")},
-		"worker-a": {t: t, bin: bin, role: "worker", args: worker, log: filepath.Join(dir, "worker-a.log")},
-		"worker-b": {t: t, bin: bin, role: "worker", args: worker, log: filepath.Join(dir, "worker-b.log")},
-		"relay":    {t: t, bin: bin, role: "relay", args: append([]string{"--relay-poll-interval", "200ms"}, common...), log: filepath.Join(dir, "relay.log")},
+	r.procs = map[string]*process{
+		"ingest":   {t: t, bin: r.bin, role: "ingest", args: append([]string{"--http-addr", api}, common...), log: filepath.Join(r.dir, "ingest.log")},
+		"worker-a": {t: t, bin: r.bin, role: "worker", args: r.worker, log: filepath.Join(r.dir, "worker-a.log")},
+		"worker-b": {t: t, bin: r.bin, role: "worker", args: r.worker, log: filepath.Join(r.dir, "worker-b.log")},
+		"relay":    {t: t, bin: r.bin, role: "relay", args: append([]string{"--relay-poll-interval", "200ms"}, common...), log: filepath.Join(r.dir, "relay.log")},
 	}
-	for _, pr := range procs {
+	for _, pr := range r.procs {
 		pr.start()
 	}
-	defer func() {
-		for _, pr := range procs {
+	t.Cleanup(func() {
+		for _, pr := range r.procs {
 			pr.stop()
 		}
 		if t.Failed() {
-			for name, pr := range procs {
+			for name, pr := range r.procs {
 				b, _ := os.ReadFile(pr.log)
 				t.Logf("%s log (tail):\n%s", name, tail(string(b), 3000))
 			}
 		}
-	}()
-	eventually(t, "ingest, both workers and the relay are ready", func() bool {
-		return procs["ingest"].ready() && procs["worker-a"].ready() && procs["worker-b"].ready() && procs["relay"].ready()
 	})
-	client := &retryingClient{base: "http://" + api}
+	eventually(t, "ingest, both workers and the relay are ready", func() bool {
+		return r.procs["ingest"].ready() && r.procs["worker-a"].ready() && r.procs["worker-b"].ready() && r.procs["relay"].ready()
+	})
+	r.client = &retryingClient{base: "http://" + api}
 
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	prefix := hex.EncodeToString(b[:])
-	accounts := []ledgertest.Account{{ID: "f1", Currency: "EUR"}, {ID: "f2", Currency: "EUR"}, {ID: "f3", Currency: "EUR"},
-		{ID: "f4", Currency: "EUR"}, {ID: "f5", Currency: "EUR"}, {ID: "f6", Currency: "EUR"}, {ID: "f7", Currency: "EUR"}}
-	byID := make(map[string]domain.Command)
+	r.prefix, r.seed = hex.EncodeToString(b[:]), uint64(b[0])<<8|uint64(b[1])
 	var setup []domain.Command
-	for i, a := range accounts {
-		open := domain.Command{CommandID: fmt.Sprintf("%s-0000-7000-9000-%012d", prefix, i), Type: domain.TypeOpenAccount, AccountID: a.ID, Currency: a.Currency}
-		dep := domain.Command{CommandID: fmt.Sprintf("%s-0000-7000-a000-%012d", prefix, i), Type: domain.TypeDeposit, AccountID: a.ID, Currency: a.Currency, Amount: 5000}
+	for i := range 7 {
+		a := ledgertest.Account{ID: fmt.Sprintf("f%d", i+1), Currency: "EUR"}
+		r.accts = append(r.accts, a)
+		open := domain.Command{CommandID: fmt.Sprintf("%s-0000-7000-9000-%012d", r.prefix, i), Type: domain.TypeOpenAccount, AccountID: a.ID, Currency: a.Currency}
+		dep := domain.Command{CommandID: fmt.Sprintf("%s-0000-7000-a000-%012d", r.prefix, i), Type: domain.TypeDeposit, AccountID: a.ID, Currency: a.Currency, Amount: 5000}
 		setup = append(setup, open, dep)
 	}
 	for _, c := range setup {
-		byID[c.CommandID] = c
+		r.byID[c.CommandID] = c
 	}
 	p.produceCommands(t, setup)
-	ctx := context.Background()
 	eventually(t, "the accounts are open and funded", func() bool {
 		var n int
-		_ = p.db.Pool.QueryRow(ctx, `SELECT count(*) FROM processed_commands`).Scan(&n)
+		_ = p.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM processed_commands`).Scan(&n)
 		return n == len(setup)
 	})
+	return r
+}
+
+// commands returns n generated commands, remembered for the model check.
+func (r *rig) commands(n int) []domain.Command {
+	gen := ledgertest.Generator{Accounts: r.accts, Base: time.Now().Add(24 * time.Hour), IDPrefix: r.prefix}
+	cmds := gen.Commands(r.seed, n)
+	for _, c := range cmds {
+		r.byID[c.CommandID] = c
+	}
+	return cmds
+}
+
+func TestFaultsLoseAndDoubleNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault soak; runs without -short")
+	}
+	p := &pipeline{db: pgtest.New(t), kc: kafkatest.New(t)}
+	p.topics = p.kc.Topics(t, 6)
+	r := newRig(t, p)
+	procs, client, bin, dir, worker, byID := r.procs, r.client, r.bin, r.dir, r.worker, r.byID
 
 	// make chaos sets TXPIPE_CHAOS=1: it also restarts the Kafka broker and
 	// crashes PostgreSQL (the shared services, so not under make test), and
@@ -158,11 +189,7 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("TXPIPE_CHAOS_COMMANDS")); err == nil && n >= 400 {
 		total = n
 	}
-	gen := ledgertest.Generator{Accounts: accounts, Base: time.Now().Add(24 * time.Hour), IDPrefix: prefix}
-	cmds := gen.Commands(uint64(b[0])<<8|uint64(b[1]), total)
-	for _, c := range cmds {
-		byID[c.CommandID] = c
-	}
+	cmds := r.commands(total)
 	faults := map[string]int{}
 	restart := func(name string) {
 		procs[name].kill9()

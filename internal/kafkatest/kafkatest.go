@@ -31,14 +31,18 @@ type Cluster struct {
 	Transport *kafka.Transport
 }
 
+// Connect returns the cluster of brokers, without checking it.
+func Connect(t testing.TB, brokers []string) *Cluster {
+	tr := &kafka.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &Cluster{Brokers: brokers, Transport: tr, Client: &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr}}
+}
+
 // New returns the cluster of TXPIPE_KAFKA_BROKERS.
 func New(t testing.TB) *Cluster {
 	t.Helper()
 	addr := containertest.Address(t, EnvVar, containertest.KafkaBrokers)
-	brokers := strings.Split(addr, ",")
-	tr := &kafka.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &Cluster{Brokers: brokers, Transport: tr, Client: &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr}}
+	return Connect(t, strings.Split(addr, ","))
 }
 
 // Writer returns a writer with txpipe's production settings on this
@@ -62,6 +66,12 @@ type Topics struct {
 // given partition count, and deletes them when the test ends.
 func (c *Cluster) Topics(t testing.TB, partitions int) Topics {
 	t.Helper()
+	return c.TopicsReplicated(t, partitions, 1)
+}
+
+// TopicsReplicated is Topics with each partition on replicas brokers.
+func (c *Cluster) TopicsReplicated(t testing.TB, partitions, replicas int) Topics {
+	t.Helper()
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	prefix := "test." + hex.EncodeToString(b[:]) + "."
@@ -69,7 +79,7 @@ func (c *Cluster) Topics(t testing.TB, partitions int) Topics {
 	names := []string{ts.Commands, ts.Events, ts.Postings, ts.DLQ}
 	var topics []kafkaadmin.Topic
 	for _, n := range names {
-		topics = append(topics, kafkaadmin.Topic{Name: n, Partitions: partitions, ReplicationFactor: 1})
+		topics = append(topics, kafkaadmin.Topic{Name: n, Partitions: partitions, ReplicationFactor: replicas})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
