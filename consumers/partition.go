@@ -41,6 +41,7 @@ type lane struct {
 	pos      positions               // next offset to apply, as stored in PostgreSQL
 	fetchPos positions               // next offset to fetch
 	pending  map[int][]kafka.Message // fetched, not applied yet, in offset order
+	retryAt  map[int]time.Time       // partitions whose fetch failed, left out until then
 	rr       int                     // where take starts, for fairness
 	commit   struct {
 		at  time.Time
@@ -55,8 +56,14 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 		f:       kafkafetch.New(w.opts.Brokers, w.opts.Transport, w.opts.CommandsTopic),
 		log:     w.opts.Log.With("partitions", fmt.Sprint(parts), "generation", gen.ID),
 		pending: map[int][]kafka.Message{},
+		retryAt: map[int]time.Time{},
 	}
 	defer w.setStuck(parts, nil)
+	defer func() {
+		for _, p := range parts { // another worker reports these now
+			w.metrics.lag.DeleteLabelValues(strconv.Itoa(p))
+		}
+	}()
 	if err := l.resume(ctx); err != nil {
 		return // the generation ended while PostgreSQL or Kafka was unreachable
 	}
@@ -78,14 +85,14 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 		fetchBackoff.Reset()
 		msgs := l.take(w.opts.BatchSize)
 		if len(msgs) == 0 {
-			w.setStuck(parts, nil)
+			w.setStuck(l.healthy(), nil)
 			continue
 		}
 		next, err := w.process(ctx, l.pos, msgs, l.log)
 		switch {
 		case err == nil:
 			l.advance(next)
-			w.setStuck(parts, nil)
+			w.setStuck(l.healthy(), nil)
 			restart.Reset()
 			l.commitKafka(false)
 		case ctx.Err() != nil:
@@ -155,20 +162,48 @@ func (l *lane) resume(ctx context.Context) error {
 	})
 }
 
+// partitionRetry is how long a partition whose fetch failed is left out.
+const partitionRetry = time.Second
+
+// healthy lists the lane's partitions whose fetches are not failing.
+func (l *lane) healthy() []int {
+	var ok []int
+	for _, p := range l.parts {
+		if _, bad := l.retryAt[p]; !bad {
+			ok = append(ok, p)
+		}
+	}
+	return ok
+}
+
 // fill fetches more records when fewer than a batch are pending: it waits
 // up to idleWait for the first, and once some are pending, up to
-// BatchLinger for more.
+// BatchLinger for more. A partition the broker answers with an error is
+// left out for partitionRetry (and reported stuck) while the others go on;
+// fill fails only when no broker answered at all.
 func (l *lane) fill(ctx context.Context) error {
 	size, linger := l.w.opts.BatchSize, l.w.opts.BatchLinger
+	now := time.Now()
 	n := 0
 	want := positions{}
+	wake := now.Add(idleWait)
 	for _, p := range l.parts {
 		n += len(l.pending[p])
+		if at, bad := l.retryAt[p]; bad && now.Before(at) {
+			if at.Before(wake) {
+				wake = at
+			}
+			continue
+		}
 		if len(l.pending[p]) < size {
 			want[p] = l.fetchPos[p]
 		}
 	}
-	if n >= size || len(want) == 0 || (n > 0 && linger == 0) {
+	if n >= size || (n > 0 && (len(want) == 0 || linger == 0)) {
+		return nil
+	}
+	if len(want) == 0 {
+		retry.Sleep(ctx, time.Until(wake)) // every partition waits to retry
 		return nil
 	}
 	maxWait, minBytes := idleWait, 1
@@ -176,6 +211,12 @@ func (l *lane) fill(ctx context.Context) error {
 		maxWait, minBytes = linger, kafkafetch.PartitionMaxBytes
 	}
 	got, err := l.f.Fetch(ctx, want, maxWait, minBytes)
+	if err != nil && len(got.HighWater) == 0 && len(got.Errs) == 0 {
+		return err // no broker answered
+	}
+	if err != nil {
+		l.log.Warn("fetch from a broker failed; the other partitions go on", "err", err)
+	}
 	for p, msgs := range got.Msgs {
 		if len(msgs) == 0 {
 			continue
@@ -191,17 +232,28 @@ func (l *lane) fill(ctx context.Context) error {
 	}
 	for p, hw := range got.HighWater {
 		l.w.metrics.lag.WithLabelValues(strconv.Itoa(p)).Set(float64(max(0, hw-l.pos[p])))
+		if _, failed := got.Errs[p]; !failed {
+			delete(l.retryAt, p)
+		}
 	}
-	var out []error
-	for p, perr := range got.Errs {
+	for p := range want {
+		perr := got.Errs[p]
 		if errors.Is(perr, kafka.OffsetOutOfRange) {
 			perr = l.outOfRange(ctx, p)
 		}
-		if perr != nil {
-			out = append(out, fmt.Errorf("partition %d: %w", p, perr))
+		if _, answered := got.HighWater[p]; perr == nil && !answered && err != nil {
+			perr = err // its broker did not answer
 		}
+		if perr == nil {
+			continue
+		}
+		if _, already := l.retryAt[p]; !already {
+			l.log.Warn("partition fetch failed; retrying it alone", "partition", p, "err", perr, "retry_in", partitionRetry)
+		}
+		l.retryAt[p] = now.Add(partitionRetry)
+		l.w.setStuck([]int{p}, fmt.Errorf("fetch: %w", perr))
 	}
-	return errors.Join(append(out, err)...)
+	return nil
 }
 
 // outOfRange handles a fetch position the log no longer (or does not yet)

@@ -121,8 +121,10 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 const maxBatchBytes = 1<<20 - 16<<10
 
 // publishTimeout bounds one publish, so a Kafka outage does not hold the
-// batch's row locks (and back vacuum) for minutes.
-const publishTimeout = 30 * time.Second
+// batch's row locks (and back vacuum) for minutes. It is longer than the
+// writer's round (30 s, plus a request in flight): records of a publish
+// that timed out are dropped by the writer, not sent after the rollback.
+const publishTimeout = 60 * time.Second
 
 type row struct {
 	id         int64

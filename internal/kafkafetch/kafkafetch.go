@@ -35,8 +35,10 @@ type Fetcher struct {
 const (
 	leadersTTL    = 30 * time.Second
 	fetchMaxBytes = 16 << 20
-	// PartitionMaxBytes is the most a fetch returns of one partition.
-	PartitionMaxBytes = 1 << 20
+	// PartitionMaxBytes is the most a fetch returns of one partition: above
+	// the broker's default max.message.bytes (1 MiB), so a whole record
+	// batch always fits.
+	PartitionMaxBytes = 2 << 20
 )
 
 // New returns a Fetcher of topic; a nil transport is kafka-go's

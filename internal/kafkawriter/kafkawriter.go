@@ -47,8 +47,12 @@ type Options struct {
 	// 1 MiB, the broker's default message.max.bytes.
 	BatchBytes int64
 	// MaxAttempts is how often a round tries a partition's records before
-	// reporting them failed. Default 10 (about 6 s of backoff).
+	// reporting them failed. Default 20.
 	MaxAttempts int
+	// Timeout bounds a round: no attempt starts after it, and no request
+	// outlives it by more than the request timeout (15 s). Default 30 s,
+	// long enough to ride through a leader election.
+	Timeout time.Duration
 }
 
 // ErrClosed is returned for records written after Close.
@@ -58,6 +62,7 @@ const (
 	requestTimeout = 10 * time.Second // broker-side wait for the replicas
 	metadataTTL    = 30 * time.Second
 	maxRoundBytes  = 8 << 20 // records gathered into one round
+	closeGrace     = 10 * time.Second
 	backoffMin     = 100 * time.Millisecond
 	backoffMax     = time.Second
 )
@@ -85,9 +90,19 @@ type topicMeta struct {
 }
 
 type call struct {
-	msgs []kafka.Message
-	errs []error
-	done chan struct{}
+	ctx      context.Context // the caller's: once done, unsent records are dropped
+	msgs     []kafka.Message
+	errs     []error
+	done     chan struct{}
+	released bool
+}
+
+// release tells the caller its records are settled.
+func (c *call) release() {
+	if !c.released {
+		c.released = true
+		close(c.done)
+	}
 }
 
 // New starts a Writer. Close it to stop its goroutine.
@@ -96,7 +111,10 @@ func New(o Options) *Writer {
 		o.BatchBytes = 1 << 20
 	}
 	if o.MaxAttempts <= 0 {
-		o.MaxAttempts = 10
+		o.MaxAttempts = 20
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Second
 	}
 	addr := kafka.TCP(o.Brokers...)
 	w := &Writer{
@@ -124,7 +142,7 @@ func (w *Writer) WriteMessages(ctx context.Context, msgs ...kafka.Message) error
 			return errors.New("kafkawriter: a message names no topic")
 		}
 	}
-	c := &call{msgs: msgs, errs: make([]error, len(msgs)), done: make(chan struct{})}
+	c := &call{ctx: ctx, msgs: msgs, errs: make([]error, len(msgs)), done: make(chan struct{})}
 	select {
 	case <-w.closing:
 		return ErrClosed
@@ -164,8 +182,8 @@ func (w *Writer) WriteMessages(ctx context.Context, msgs ...kafka.Message) error
 	return fmt.Errorf("%w: %w", kafka.WriteErrors(c.errs), first)
 }
 
-// Close stops the writer once the round in flight is done; records still
-// queued fail with ErrClosed.
+// Close stops the writer once the round in flight is done (it is abandoned
+// after closeGrace); records still queued fail with ErrClosed.
 func (w *Writer) Close() error {
 	w.once.Do(func() { close(w.closing) })
 	<-w.stopped
@@ -188,8 +206,13 @@ func (w *Writer) run() {
 		select {
 		case <-w.closing:
 		case <-w.stopped:
+			return
 		}
-		cancel() // abandon backoff sleeps; a request in flight ends with ctx
+		select {
+		case <-time.After(closeGrace):
+			cancel() // abandon the round: backoff sleeps and requests in flight
+		case <-w.stopped:
+		}
 	}()
 	for {
 		var first *call
@@ -202,7 +225,7 @@ func (w *Writer) run() {
 		round := w.gather(first)
 		w.send(ctx, round)
 		for _, c := range round {
-			close(c.done)
+			c.release()
 		}
 	}
 }
@@ -210,8 +233,20 @@ func (w *Writer) run() {
 // gather takes first and every call already queued (waiting up to Linger
 // for more), up to maxRoundBytes.
 func (w *Writer) gather(first *call) []*call {
-	round := []*call{first}
-	size := callBytes(first)
+	var round []*call
+	size := 0
+	add := func(c *call) {
+		if err := c.ctx.Err(); err != nil {
+			for i := range c.errs {
+				c.errs[i] = err
+			}
+			c.release() // its caller is gone: send nothing for it
+			return
+		}
+		round = append(round, c)
+		size += callBytes(c)
+	}
+	add(first)
 	var linger <-chan time.Time
 	if w.opts.Linger > 0 {
 		t := time.NewTimer(w.opts.Linger)
@@ -221,8 +256,7 @@ func (w *Writer) gather(first *call) []*call {
 	for size < maxRoundBytes {
 		select {
 		case c := <-w.calls:
-			round = append(round, c)
-			size += callBytes(c)
+			add(c)
 			continue
 		default:
 		}
@@ -231,8 +265,7 @@ func (w *Writer) gather(first *call) []*call {
 		}
 		select {
 		case c := <-w.calls:
-			round = append(round, c)
-			size += callBytes(c)
+			add(c)
 			continue
 		case <-linger:
 		}
@@ -248,7 +281,7 @@ func (w *Writer) failQueued() {
 			for i := range c.errs {
 				c.errs[i] = ErrClosed
 			}
-			close(c.done)
+			c.release()
 		default:
 			return
 		}
@@ -286,20 +319,39 @@ type partKey struct {
 
 // send writes a round: each message gets its partition, a partition's
 // records keep their order, and failed partitions are retried with backoff
-// up to MaxAttempts. Every message's error is set (nil when written).
+// up to MaxAttempts within Timeout. Every message's error is set (nil when
+// written); a call is released as soon as all of its records are settled,
+// so a partition that keeps failing holds up only the callers with records
+// on it.
 func (w *Writer) send(ctx context.Context, round []*call) {
+	ctx, cancel := context.WithTimeout(ctx, w.opts.Timeout)
+	defer cancel()
 	topics := map[string]bool{}
 	for _, c := range round {
 		for _, m := range c.msgs {
 			topics[m.Topic] = true
 		}
 	}
-	var err error
+	// A round whose callers have all given up ends at once.
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		for _, c := range round {
+			select {
+			case <-c.ctx.Done():
+			case <-ctx.Done():
+				return
+			}
+		}
+		stop()
+	}()
+	var metaErr error
 	for attempt := 0; attempt < w.opts.MaxAttempts; attempt++ {
 		if attempt > 0 && !w.sleep(ctx, attempt) {
 			break
 		}
-		if err = w.refreshMetadata(ctx, topics, attempt > 0); err == nil {
+		metaErr = w.refreshMetadata(ctx, topics, attempt > 0)
+		if w.knows(topics) {
 			break
 		}
 	}
@@ -310,10 +362,7 @@ func (w *Writer) send(ctx context.Context, round []*call) {
 		for i, m := range c.msgs {
 			tm, ok := w.meta[m.Topic]
 			if !ok || len(tm.partitions) == 0 {
-				if err == nil {
-					err = fmt.Errorf("topic %q: no partitions known", m.Topic)
-				}
-				c.errs[i] = err
+				c.errs[i] = fmt.Errorf("topic %q: partitions unknown: %w", m.Topic, metaErr)
 				continue
 			}
 			k := partKey{m.Topic, balancer.Balance(m, tm.partitions...)}
@@ -323,14 +372,16 @@ func (w *Writer) send(ctx context.Context, round []*call) {
 			pending[k] = append(pending[k], rec{c: c, i: i, part: k.part})
 		}
 	}
+	releaseSettled(round, pending)
 	last := map[partKey]error{}
 	for attempt := 0; len(pending) > 0; attempt++ {
 		if attempt > 0 {
-			w.retries.Add(1)
 			if attempt >= w.opts.MaxAttempts || !w.sleep(ctx, attempt) {
 				break
 			}
-			if err := w.refreshMetadata(ctx, topics, true); err != nil {
+			w.retries.Add(1)
+			dropAbandoned(pending)
+			if w.refreshMetadata(ctx, topics, true) != nil && !w.knows(topics) {
 				continue
 			}
 		}
@@ -345,15 +396,56 @@ func (w *Writer) send(ctx context.Context, round []*call) {
 				delete(pending, k)
 			}
 		}
-		if err := ctx.Err(); err != nil {
-			for _, recs := range pending {
-				fail(recs, ErrClosed)
-			}
-			return
-		}
+		releaseSettled(round, pending)
 	}
 	for k, recs := range pending {
-		fail(recs, fmt.Errorf("partition %s/%d: gave up after %d attempts: %w", k.topic, k.part, w.opts.MaxAttempts, last[k]))
+		err := last[k]
+		if err == nil {
+			err = ctx.Err()
+		}
+		fail(recs, fmt.Errorf("partition %s/%d: gave up: %w", k.topic, k.part, err))
+	}
+}
+
+// knows reports whether every topic has partitions in the cache.
+func (w *Writer) knows(topics map[string]bool) bool {
+	for t := range topics {
+		if len(w.meta[t].partitions) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// releaseSettled releases the calls with no record left in pending.
+func releaseSettled(round []*call, pending map[partKey][]rec) {
+	waiting := map[*call]bool{}
+	for _, recs := range pending {
+		for _, r := range recs {
+			waiting[r.c] = true
+		}
+	}
+	for _, c := range round {
+		if !waiting[c] {
+			c.release()
+		}
+	}
+}
+
+// dropAbandoned removes from pending the records of callers that gave up,
+// so a retry never lands records whose caller (a relay that rolled back)
+// may be publishing them again.
+func dropAbandoned(pending map[partKey][]rec) {
+	for k, recs := range pending {
+		kept := recs[:0:0]
+		for _, r := range recs {
+			if err := r.c.ctx.Err(); err != nil {
+				r.c.errs[r.i] = err
+				continue
+			}
+			kept = append(kept, r)
+		}
+		pending[k] = kept
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
 )
@@ -165,5 +166,31 @@ func TestClosedWriterRefuses(t *testing.T) {
 	}
 	if err := w.WriteMessages(context.Background(), kafka.Message{Topic: "x", Value: []byte("y")}); !errors.Is(err, kafkawriter.ErrClosed) {
 		t.Fatalf("err = %v, want ErrClosed", err)
+	}
+}
+
+func TestAbandonedCallSendsNothing(t *testing.T) {
+	k := kafkatest.New(t)
+	ts := k.Topics(t, 3)
+	w := k.Writer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := w.WriteMessages(ctx, kafka.Message{Topic: ts.Events, Value: []byte("late")}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	// A later write goes through, and it is all the topic holds.
+	live, stop := context.WithTimeout(context.Background(), 30*time.Second)
+	defer stop()
+	if err := w.WriteMessages(live, kafka.Message{Topic: ts.Events, Value: []byte("now")}); err != nil {
+		t.Fatal(err)
+	}
+	// A fresh topic's leaders may still be settling: ask until answered.
+	n, err := kafkaadmin.Count(live, k.Client, ts.Events)
+	for err != nil && live.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+		n, err = kafkaadmin.Count(live, k.Client, ts.Events)
+	}
+	if err != nil || n != 1 {
+		t.Errorf("topic holds %d records (%v), want only the live one", n, err)
 	}
 }
