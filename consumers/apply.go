@@ -44,6 +44,29 @@ type batchWrites struct {
 	processed []processedRow
 	out       []outbox.Message
 	counts    map[outcomeKey]int
+	replay    bool           // the record being decided came back from the DLQ
+	replayed  map[string]int // outcome → replayed records
+}
+
+// count records the outcome of the record being decided.
+func (wr *batchWrites) count(outcome, reason string) {
+	wr.counts[outcomeKey{outcome, reason}]++
+	if wr.replay {
+		wr.replayed[outcome]++
+	}
+}
+
+// replayedFrom is the header txpipe dlq replay puts on the records it sends
+// back: the DLQ record's partition@offset.
+const replayedFrom = "replayed_from"
+
+func isReplay(m kafka.Message) bool {
+	for _, h := range m.Headers {
+		if h.Key == replayedFrom {
+			return true
+		}
+	}
+	return false
 }
 
 type entryRow struct {
@@ -112,7 +135,7 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 			cmds[i] = &cmd
 		}
 	}
-	wr := batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), transfers: make(map[string]bool), counts: make(map[outcomeKey]int)}
+	wr := batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), transfers: make(map[string]bool), counts: make(map[outcomeKey]int), replayed: make(map[string]int)}
 	// load queues BEGIN and write queues COMMIT (internal/pgtx).
 	err := pgtx.Run(ctx, w.opts.Pool, func(tx *pgxpool.Conn) error {
 		priors, book, loaded, err := w.load(ctx, tx, expected, cmds)
@@ -120,6 +143,7 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 			return err
 		}
 		for i, m := range msgs {
+			wr.replay = isReplay(m)
 			switch {
 			case dl != nil:
 				wr.deadLetter(w, m, dl.reason, dl.detail, now)
@@ -139,6 +163,9 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 	w.metrics.batchDuration.Observe(elapsed)
 	for k, n := range wr.counts {
 		w.metrics.records.WithLabelValues(k.outcome, k.reason).Add(float64(n))
+	}
+	for outcome, n := range wr.replayed {
+		w.metrics.replayed.WithLabelValues(outcome).Add(float64(n))
 	}
 	w.metrics.lastProcessed.SetToCurrentTime()
 	out := maps.Clone(pos)
@@ -265,7 +292,7 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 	fp := cmd.Fingerprint()
 	if p, seen := priors[cmd.CommandID]; seen {
 		if bytes.Equal(p.fingerprint, fp) {
-			wr.counts[outcomeKey{"duplicate", ""}]++
+			wr.count("duplicate", "")
 			return
 		}
 		res := domain.Result{Status: domain.StatusRejected, Reason: domain.ReasonIdempotencyConflict}
@@ -297,7 +324,7 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 func (wr *batchWrites) outcome(w *Worker, cmd domain.Command, res domain.Result, acceptedAt, now time.Time) {
 	ev := domain.NewOutcomeEvent(uuidv7.New(), cmd, res, acceptedAt, now)
 	wr.out = append(wr.out, eventMessage(w.opts.EventsTopic, cmd.DebitAccount(), ev, acceptedAt))
-	wr.counts[outcomeKey{string(res.Status), string(res.Reason)}]++
+	wr.count(string(res.Status), string(res.Reason))
 }
 
 func eventMessage(topic, key string, ev domain.Event, acceptedAt time.Time) outbox.Message {
@@ -336,7 +363,7 @@ func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, reason, detail str
 		value = value[:maxDLQValue]
 	}
 	wr.out = append(wr.out, outbox.Message{Topic: w.opts.DLQTopic, Key: m.Key, Value: value, Headers: headers})
-	wr.counts[outcomeKey{"dlq", reason}]++
+	wr.count("dlq", reason)
 }
 
 // write stores the batch's effects and advances the stored offset, in one

@@ -1,6 +1,12 @@
 package consumers
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/txpipe/txpipe/internal/kafkafetch"
+)
 
 type metrics struct {
 	records       *prometheus.CounterVec
@@ -11,6 +17,8 @@ type metrics struct {
 	lastProcessed prometheus.Gauge
 	offsetGaps    prometheus.Counter
 	expired       prometheus.Counter
+	replayed      *prometheus.CounterVec
+	fetch         kafkafetch.Stats
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -35,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"cause"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "txpipe_consumer_lag_records",
-			Help: "Records behind the partition's high watermark after the last applied batch.",
+			Help: "Records of the partition not applied yet: the end of its log minus the offset stored in PostgreSQL (after each fetch, and every 5 s even while stalled).",
 		}, []string{"partition"}),
 		lastProcessed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "txpipe_consumer_last_processed_timestamp_seconds",
@@ -50,7 +58,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Holds expired by the workers' expirer.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.lastProcessed, m.offsetGaps, m.expired} {
+	m.replayed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "txpipe_consumer_replayed_records_total",
+		Help: "Records sent back from the DLQ by txpipe dlq replay (header replayed_from) and processed, by outcome.",
+	}, []string{"outcome"})
+	fetchCounter := func(name, help string, v *atomic.Int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
+	}
+	collectors := []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.lastProcessed, m.offsetGaps, m.expired, m.replayed,
+		fetchCounter("txpipe_kafka_fetch_requests_total", "Fetch requests the worker sent (one per broker per lane round).", &m.fetch.Requests),
+		fetchCounter("txpipe_kafka_fetch_records_total", "Command records the worker fetched.", &m.fetch.Records),
+		fetchCounter("txpipe_kafka_fetch_bytes_total", "Bytes of keys and values the worker fetched.", &m.fetch.Bytes),
+		fetchCounter("txpipe_kafka_fetch_errors_total", "Fetch requests or partitions a broker answered with an error.", &m.fetch.Errors),
+	}
+	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -53,7 +53,7 @@ type lane struct {
 func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int) {
 	l := &lane{
 		w: w, gen: gen, parts: parts,
-		f:       kafkafetch.New(w.opts.Brokers, w.opts.Transport, w.opts.CommandsTopic),
+		f:       kafkafetch.New(w.opts.Brokers, w.opts.Transport, w.opts.CommandsTopic).WithStats(&w.metrics.fetch),
 		log:     w.opts.Log.With("partitions", fmt.Sprint(parts), "generation", gen.ID),
 		pending: map[int][]kafka.Message{},
 		retryAt: map[int]time.Time{},

@@ -19,12 +19,15 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/internal/kafkafetch"
 )
 
 // Options configure a Worker.
@@ -66,6 +69,7 @@ type Worker struct {
 	readyMu  sync.Mutex
 	stuck    map[int]error // partitions whose last batch failed, and why
 	assigned bool
+	parts    []int // partitions of the current generation
 }
 
 // New checks o and registers the worker's metrics.
@@ -141,6 +145,13 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.runExpirer(ectx)
 	}()
 	defer func() { stopExpirer(); <-expirerDone }()
+	lagDone := make(chan struct{})
+	lctx, stopLag := context.WithCancel(ctx)
+	go func() {
+		defer close(lagDone)
+		w.watchLag(lctx)
+	}()
+	defer func() { stopLag(); <-lagDone }()
 
 	stop := make(chan struct{})
 	closed := make(chan struct{})
@@ -186,11 +197,74 @@ func (w *Worker) Ready(context.Context) error {
 	return nil
 }
 
-func (w *Worker) setAssigned(*kafka.Generation) {
+func (w *Worker) setAssigned(gen *kafka.Generation) {
 	w.readyMu.Lock()
 	w.assigned = true
 	clear(w.stuck)
+	w.parts = w.parts[:0]
+	for _, pa := range gen.Assignments[w.opts.CommandsTopic] {
+		w.parts = append(w.parts, pa.ID)
+	}
 	w.readyMu.Unlock()
+}
+
+// lagInterval spaces the lag watcher's samples.
+const lagInterval = 5 * time.Second
+
+// watchLag sets the lag of this worker's partitions from the end of each
+// partition's log and the offset stored in PostgreSQL, every lagInterval,
+// whatever the lanes are doing: a lane stuck retrying does not fetch, but
+// its partitions' lag keeps growing here. When PostgreSQL cannot be read,
+// the last stored offsets known are used.
+func (w *Worker) watchLag(ctx context.Context) {
+	f := kafkafetch.New(w.opts.Brokers, w.opts.Transport, w.opts.CommandsTopic)
+	stored := positions{}
+	reported := map[int]bool{}
+	t := time.NewTicker(lagInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.readyMu.Lock()
+		parts := slices.Clone(w.parts)
+		w.readyMu.Unlock()
+		for p := range reported {
+			if !slices.Contains(parts, p) {
+				w.metrics.lag.DeleteLabelValues(strconv.Itoa(p))
+				delete(reported, p)
+			}
+		}
+		if len(parts) == 0 {
+			continue
+		}
+		first, end, err := f.Bounds(ctx, parts)
+		if err != nil {
+			continue // Kafka unreachable: the lanes say so
+		}
+		rows, err := w.opts.Pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
+			WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])`, w.opts.GroupID, w.opts.CommandsTopic, parts)
+		if err == nil {
+			for rows.Next() {
+				var p int32
+				var o int64
+				if rows.Scan(&p, &o) == nil {
+					stored[int(p)] = o
+				}
+			}
+			rows.Close()
+		}
+		for _, p := range parts {
+			from, ok := stored[p]
+			if !ok {
+				from = first[p] // nothing applied yet
+			}
+			w.metrics.lag.WithLabelValues(strconv.Itoa(p)).Set(float64(max(0, end[p]-from)))
+			reported[p] = true
+		}
+	}
 }
 
 func (w *Worker) setUnassigned() {

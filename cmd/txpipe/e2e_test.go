@@ -479,6 +479,9 @@ func TestPoisonRecordGoesToDLQAndPartitionFlows(t *testing.T) {
 	if again := p.kc.ReadAll(ctx2, t, p.topics.DLQ, 2); len(again) != 2 || string(again[1].Value) != garbage {
 		t.Errorf("DLQ after replaying the garbage = %d records, want it dead-lettered again", len(again))
 	}
+	eventually(t, "the worker counts the replayed record", func() bool {
+		return scrape(t, strings.TrimPrefix(p.admin, "http://"), `txpipe_consumer_replayed_records_total{outcome="dlq"}`) == 1
+	})
 	if _, err := dlqCmd("replay", "--records", "0@999"); err == nil {
 		t.Error("dlq replay of a record not in the DLQ succeeded")
 	}
@@ -645,5 +648,49 @@ func TestEveryKindOfPoisonIsDeadLettered(t *testing.T) {
 			t.Errorf("%s = %v, want %d", series, got, n)
 		}
 	}
+	p.verify(t)
+}
+
+// TestLagGrowsWhileTheWorkerIsStalled holds the partition's stored-offset
+// row locked, so the worker's next batch waits on it: the lag gauge must
+// still show the records piling up, and fall to zero once the lock goes.
+func TestLagGrowsWhileTheWorkerIsStalled(t *testing.T) {
+	p := startPipelineWith(t, 1)
+	admin := strings.TrimPrefix(p.admin, "http://")
+	first := uuidv7.New()
+	p.produce(t, "gina", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"gina","currency":"EUR"}`, first))
+	if status, _ := p.awaitOutcome(t, first); status != "applied" {
+		t.Fatalf("open = %s, want applied", status)
+	}
+	ctx := context.Background()
+	tx, err := p.db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT * FROM consumer_offsets FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	var values []string
+	for i := range 5 {
+		values = append(values, fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"gina","currency":"EUR","amount":%d}`, uuidv7.New(), i+1))
+	}
+	p.produce(t, "gina", values...)
+	lag := `txpipe_consumer_lag_records{partition="0"}`
+	eventually(t, "the lag shows the 5 records the stalled worker has not applied", func() bool {
+		return scrape(t, admin, lag) == 5
+	})
+	// The lane is now blocked inside its transaction and fetches nothing:
+	// only the lag watcher can see the next records arrive.
+	p.produce(t, "gina", values[:3]...) // duplicates, but records all the same
+	eventually(t, "the lag keeps growing while the worker is stalled", func() bool {
+		return scrape(t, admin, lag) == 8
+	})
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the lag falls to zero once the worker goes on", func() bool {
+		return scrape(t, admin, lag) == 0
+	})
 	p.verify(t)
 }

@@ -12,12 +12,19 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
 )
+
+// Stats count a consumer's fetches; share one among Fetchers with
+// WithStats. The zero value is ready.
+type Stats struct {
+	Requests, Records, Bytes, Errors atomic.Int64
+}
 
 // Offsets maps a partition to an offset.
 type Offsets = map[int]int64
@@ -30,6 +37,13 @@ type Fetcher struct {
 
 	leaders   map[int]int // partition → broker id
 	leadersAt time.Time
+	stats     *Stats
+}
+
+// WithStats makes f count its fetches in s, and returns f.
+func (f *Fetcher) WithStats(s *Stats) *Fetcher {
+	f.stats = s
+	return f
 }
 
 const (
@@ -45,7 +59,7 @@ const (
 // DefaultTransport.
 func New(brokers []string, transport kafka.RoundTripper, topic string) *Fetcher {
 	addr := kafka.TCP(brokers...)
-	return &Fetcher{client: &kafka.Client{Addr: addr, Transport: transport, Timeout: 10 * time.Second}, addr: addr, topic: topic}
+	return &Fetcher{client: &kafka.Client{Addr: addr, Transport: transport, Timeout: 10 * time.Second}, addr: addr, topic: topic, stats: &Stats{}}
 }
 
 // Result is what one fetch returned.
@@ -117,12 +131,15 @@ func (f *Fetcher) fetchFrom(ctx context.Context, parts []int, want Offsets, maxW
 	if transport == nil {
 		transport = kafka.DefaultTransport
 	}
+	f.stats.Requests.Add(1)
 	res, err := transport.RoundTrip(rctx, f.addr, req)
 	if err != nil {
+		f.stats.Errors.Add(1)
 		return fmt.Errorf("fetch %s: %w", f.topic, err)
 	}
 	r := res.(*fetchapi.Response)
 	if r.ErrorCode != 0 {
+		f.stats.Errors.Add(1)
 		return fmt.Errorf("fetch %s: %w", f.topic, kafka.Error(r.ErrorCode))
 	}
 	mu.Lock()
@@ -131,6 +148,7 @@ func (f *Fetcher) fetchFrom(ctx context.Context, parts []int, want Offsets, maxW
 		for _, rp := range t.Partitions {
 			p := int(rp.Partition)
 			if rp.ErrorCode != 0 {
+				f.stats.Errors.Add(1)
 				out.Errs[p] = kafka.Error(rp.ErrorCode)
 				continue
 			}
@@ -140,7 +158,12 @@ func (f *Fetcher) fetchFrom(ctx context.Context, parts []int, want Offsets, maxW
 			}
 			msgs, err := readRecords(rp.RecordSet.Records, f.topic, p, want[p], rp.HighWatermark)
 			out.Msgs[p] = msgs
+			f.stats.Records.Add(int64(len(msgs)))
+			for _, m := range msgs {
+				f.stats.Bytes.Add(int64(len(m.Key) + len(m.Value)))
+			}
 			if err != nil {
+				f.stats.Errors.Add(1)
 				out.Errs[p] = err
 			}
 		}
