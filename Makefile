@@ -38,7 +38,10 @@ run: build
 	$(BIN) topics; \
 	api="$${TXPIPE_HTTP_ADDR:-:8080}"; admin="$${TXPIPE_ADMIN_ADDR:-:9090}"; \
 	echo "txpipe: API http://localhost:$${api##*:}/v1  metrics http://localhost:$${admin##*:}/metrics  readiness http://localhost:$${admin##*:}/readyz" >&2; \
-	echo "txpipe: no API key is needed yet (API keys arrive with issue 7); Ctrl-C stops the pipeline, make services-down the services" >&2; \
+	key="$$($(BIN) apikey create --name "dev $$(date -u +%FT%TZ)" --scopes commands:write,ledger:read | sed -n 's/^api key: //p')"; \
+	echo "txpipe: development API key (every scope; txpipe apikey list|revoke manage keys): $$key" >&2; \
+	echo "txpipe: try  curl -H 'Authorization: Bearer $$key' http://localhost:$${api##*:}/v1/accounts/alice" >&2; \
+	echo "txpipe: Ctrl-C stops the pipeline, make services-down the services" >&2; \
 	exec $(BIN) all
 
 .PHONY: test

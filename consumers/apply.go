@@ -15,6 +15,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/pgtx"
 	"github.com/txpipe/txpipe/internal/uuidv7"
 	"github.com/txpipe/txpipe/outbox"
@@ -45,6 +46,7 @@ type batchWrites struct {
 	out       []outbox.Message
 	counts    map[outcomeKey]int
 	replay    bool           // the record being decided came back from the DLQ
+	by        string         // the API key that submitted it, if any
 	replayed  map[string]int // outcome → replayed records
 }
 
@@ -60,6 +62,19 @@ func (wr *batchWrites) count(outcome, reason string) {
 // back: the DLQ record's partition@offset.
 const replayedFrom = "replayed_from"
 
+// submittedBy is the API key id ingest put on m, or "" when it has none or
+// it is not a key id (the header of a record produced by someone else).
+func submittedBy(m kafka.Message) string {
+	for _, h := range m.Headers {
+		if h.Key == domain.SubmittedByHeader {
+			if apikey.ValidID(string(h.Value)) {
+				return string(h.Value)
+			}
+		}
+	}
+	return ""
+}
+
 func isReplay(m kafka.Message) bool {
 	for _, h := range m.Headers {
 		if h.Key == replayedFrom {
@@ -72,6 +87,7 @@ func isReplay(m kafka.Message) bool {
 type entryRow struct {
 	cmd     domain.Command
 	posting domain.Posting
+	by      string
 }
 
 type processedRow struct {
@@ -81,6 +97,7 @@ type processedRow struct {
 	acceptedAt  time.Time
 	partition   int
 	offset      int64
+	by          string
 }
 
 type outcomeKey struct{ outcome, reason string }
@@ -143,7 +160,7 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 			return err
 		}
 		for i, m := range msgs {
-			wr.replay = isReplay(m)
+			wr.replay, wr.by = isReplay(m), submittedBy(m)
 			switch {
 			case dl != nil:
 				wr.deadLetter(w, m, dl.reason, dl.detail, now)
@@ -301,7 +318,7 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 	}
 	res := book.Apply(cmd, now)
 	priors[cmd.CommandID] = prior{fingerprint: fp, status: res.Status, reason: res.Reason}
-	wr.processed = append(wr.processed, processedRow{cmd: cmd, fingerprint: fp, res: res, acceptedAt: m.Time, partition: m.Partition, offset: m.Offset})
+	wr.processed = append(wr.processed, processedRow{cmd: cmd, fingerprint: fp, res: res, acceptedAt: m.Time, partition: m.Partition, offset: m.Offset, by: wr.by})
 	if res.Opened != nil {
 		wr.opened[res.Opened.ID] = true
 	}
@@ -312,17 +329,19 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 		wr.transfers[res.Transfer.ID] = true
 	}
 	for _, p := range res.Postings {
-		wr.entries = append(wr.entries, entryRow{cmd: cmd, posting: p})
+		wr.entries = append(wr.entries, entryRow{cmd: cmd, posting: p, by: wr.by})
 	}
 	wr.outcome(w, cmd, res, m.Time, now)
 	for _, p := range res.Postings {
 		ev := domain.NewPostingEvent(uuidv7.New(), cmd, p, now)
+		ev.SubmittedBy = wr.by
 		wr.out = append(wr.out, eventMessage(w.opts.PostingsTopic, p.AccountID, ev, time.Time{}))
 	}
 }
 
 func (wr *batchWrites) outcome(w *Worker, cmd domain.Command, res domain.Result, acceptedAt, now time.Time) {
 	ev := domain.NewOutcomeEvent(uuidv7.New(), cmd, res, acceptedAt, now)
+	ev.SubmittedBy = wr.by
 	wr.out = append(wr.out, eventMessage(w.opts.EventsTopic, cmd.DebitAccount(), ev, acceptedAt))
 	wr.count(string(res.Status), string(res.Reason))
 }
@@ -419,35 +438,35 @@ func (w *Worker) write(ctx context.Context, tx batchSender, next positions, book
 
 func queueEntries(b *pgx.Batch, rows []entryRow, now time.Time) {
 	n := len(rows)
-	accounts, commandIDs, types, currencies := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	accounts, commandIDs, types, currencies, by := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	versions, amounts, after := make([]int64, n), make([]int64, n), make([]int64, n)
 	for i, r := range rows {
-		accounts[i], commandIDs[i], types[i], currencies[i] = r.posting.AccountID, r.cmd.CommandID, string(r.cmd.Type), r.posting.Currency
+		accounts[i], commandIDs[i], types[i], currencies[i], by[i] = r.posting.AccountID, r.cmd.CommandID, string(r.cmd.Type), r.posting.Currency, r.by
 		versions[i], amounts[i], after[i] = r.posting.AccountVersion, r.posting.Amount, r.posting.BalanceAfter
 	}
-	b.Queue(`INSERT INTO entries (account_id, account_version, command_id, command_type, currency, amount, balance_after, created_at)
-		SELECT a, v, c::uuid, t, cur, amt, bal, $8
-		FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[]) AS u (a, v, c, t, cur, amt, bal)`,
-		accounts, versions, commandIDs, types, currencies, amounts, after, now)
+	b.Queue(`INSERT INTO entries (account_id, account_version, command_id, command_type, currency, amount, balance_after, created_at, submitted_by)
+		SELECT a, v, c::uuid, t, cur, amt, bal, $8, s
+		FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $9::text[]) AS u (a, v, c, t, cur, amt, bal, s)`,
+		accounts, versions, commandIDs, types, currencies, amounts, after, now, by)
 }
 
 func queueProcessed(b *pgx.Batch, rows []processedRow, now time.Time) {
 	n := len(rows)
-	ids, types, statuses, reasons, debit, accepted := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, types, statuses, reasons, debit, accepted, by := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	fps := make([][]byte, n)
 	offsets, partitions := make([]int64, n), make([]int32, n)
 	for i, r := range rows {
 		ids[i], types[i], statuses[i], reasons[i] = r.cmd.CommandID, string(r.cmd.Type), string(r.res.Status), string(r.res.Reason)
-		debit[i], fps[i], offsets[i], partitions[i] = r.cmd.DebitAccount(), r.fingerprint, r.offset, int32(r.partition)
+		debit[i], fps[i], offsets[i], partitions[i], by[i] = r.cmd.DebitAccount(), r.fingerprint, r.offset, int32(r.partition), r.by
 		if !r.acceptedAt.IsZero() {
 			accepted[i] = r.acceptedAt.UTC().Format(time.RFC3339Nano)
 		}
 	}
 	b.Queue(`INSERT INTO processed_commands (command_id, type, fingerprint, status, reason, debit_account_id,
-			accepted_at, processed_at, source_partition, source_offset)
-		SELECT id::uuid, t, fp, st, nullif(r, ''), d, nullif(acc, '')::timestamptz, $8, p, o
-		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $9::int4[], $10::int8[])
-			WITH ORDINALITY AS u (id, t, fp, st, r, d, acc, p, o, n)
+			accepted_at, processed_at, source_partition, source_offset, submitted_by)
+		SELECT id::uuid, t, fp, st, nullif(r, ''), d, nullif(acc, '')::timestamptz, $8, p, o, s
+		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $9::int4[], $10::int8[], $11::text[])
+			WITH ORDINALITY AS u (id, t, fp, st, r, d, acc, p, o, s, n)
 		ORDER BY n`,
-		ids, types, fps, statuses, reasons, debit, accepted, now, partitions, offsets)
+		ids, types, fps, statuses, reasons, debit, accepted, now, partitions, offsets, by)
 }

@@ -9,12 +9,20 @@ import (
 // ledger.postings.v1. EventID is unique per event and stays the same when the
 // relay publishes the event again, so consumers dedupe on it.
 type Event struct {
-	EventID    string          `json:"event_id"`
-	Type       string          `json:"type"`
-	CommandID  string          `json:"command_id"`
-	OccurredAt time.Time       `json:"occurred_at"`
-	Data       json.RawMessage `json:"data"`
+	EventID    string    `json:"event_id"`
+	Type       string    `json:"type"`
+	CommandID  string    `json:"command_id"`
+	OccurredAt time.Time `json:"occurred_at"`
+	// SubmittedBy is the id of the API key that submitted the command;
+	// empty for records produced straight to the commands topic.
+	SubmittedBy string          `json:"submitted_by,omitempty"`
+	Data        json.RawMessage `json:"data"`
 }
+
+// SubmittedByHeader carries, on a command record, the id of the API key
+// that submitted it. The workers copy it into the command's rows and events;
+// a record produced straight to Kafka by anyone else has none.
+const SubmittedByHeader = "txpipe_submitted_by"
 
 // EventTypePosting is the type of every event on the postings topic.
 const EventTypePosting = "posting.created"

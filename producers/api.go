@@ -2,6 +2,7 @@ package producers
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/apikey"
 )
 
 // MaxBatchCommands is the most commands one batch request may carry.
@@ -26,6 +28,8 @@ const MaxBatchCommands = 1000
 // APIOptions configure the ingest API.
 type APIOptions struct {
 	Producer *Producer
+	// Auth checks the Authorization header of every request.
+	Auth Authenticator
 	// Pool serves the read endpoints.
 	Pool *pgxpool.Pool
 	// MaxBodyBytes bounds a batch request body; a single command is bounded
@@ -38,6 +42,11 @@ type APIOptions struct {
 	Log            *slog.Logger
 }
 
+// Authenticator checks an Authorization header (*apikey.Authenticator).
+type Authenticator interface {
+	Authenticate(ctx context.Context, header string) (apikey.Identity, error)
+}
+
 // API is the ingest HTTP API (DESIGN.md, "HTTP API").
 type API struct {
 	opts    APIOptions
@@ -46,8 +55,8 @@ type API struct {
 
 // NewAPI checks o and registers the API's metrics.
 func NewAPI(o APIOptions) (*API, error) {
-	if o.Producer == nil || o.Pool == nil || o.Registerer == nil || o.Log == nil {
-		return nil, errors.New("api: Producer, Pool, Registerer and Log are required")
+	if o.Producer == nil || o.Auth == nil || o.Pool == nil || o.Registerer == nil || o.Log == nil {
+		return nil, errors.New("api: Producer, Auth, Pool, Registerer and Log are required")
 	}
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 8 << 20
@@ -65,12 +74,13 @@ func NewAPI(o APIOptions) (*API, error) {
 // Handler routes the API.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
-	a.route(mux, "POST /v1/commands", "commands", a.postCommand)
-	a.route(mux, "POST /v1/commands/batch", "commands_batch", a.postBatch)
-	a.route(mux, "GET /v1/commands/{command_id}", "command", a.getCommand)
-	a.route(mux, "GET /v1/accounts/{account_id}", "account", a.getAccount)
-	a.route(mux, "GET /v1/accounts/{account_id}/entries", "entries", a.getEntries)
-	a.route(mux, "GET /v1/transfers/{transfer_id}", "transfer", a.getTransfer)
+	write, read := apikey.ScopeCommandsWrite, apikey.ScopeLedgerRead
+	a.route(mux, "POST /v1/commands", "commands", write, a.postCommand)
+	a.route(mux, "POST /v1/commands/batch", "commands_batch", write, a.postBatch)
+	a.route(mux, "GET /v1/commands/{command_id}", "command", read, a.getCommand)
+	a.route(mux, "GET /v1/accounts/{account_id}", "account", read, a.getAccount)
+	a.route(mux, "GET /v1/accounts/{account_id}/entries", "entries", read, a.getEntries)
+	a.route(mux, "GET /v1/transfers/{transfer_id}", "transfer", read, a.getTransfer)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if allow := allowed(r.URL.Path); allow != "" {
 			w.Header().Set("Allow", allow)
@@ -98,18 +108,49 @@ func allowed(path string) string {
 	return ""
 }
 
-// route registers h under pattern, counting and timing it under the
-// bounded label route.
-func (a *API) route(mux *http.ServeMux, pattern, route string, h http.HandlerFunc) {
+// route registers h under pattern for keys with scope, counting and timing
+// it under the bounded label route.
+func (a *API) route(mux *http.ServeMux, pattern, route, scope string, h http.HandlerFunc) {
 	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		a.metrics.inFlight.Inc()
 		defer a.metrics.inFlight.Dec()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-		h(sw, r)
+		if id, ok := a.authorize(sw, r, scope); ok {
+			h(sw, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
+		}
 		a.metrics.requests.WithLabelValues(route, fmt.Sprintf("%dxx", sw.status/100)).Inc()
 		a.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
+}
+
+type identityKey struct{}
+
+// authorize answers 401 unless the request carries a valid key, and 403
+// unless that key has scope. Both problems say nothing about why a key was
+// refused.
+func (a *API) authorize(w http.ResponseWriter, r *http.Request, scope string) (apikey.Identity, bool) {
+	id, err := a.opts.Auth.Authenticate(r.Context(), r.Header.Get("Authorization"))
+	switch {
+	case errors.Is(err, apikey.ErrUnauthenticated):
+		a.metrics.rejects.WithLabelValues("unauthorized").Inc()
+		w.Header().Set("WWW-Authenticate", `Bearer realm="txpipe"`)
+		writeProblem(w, problem{Status: http.StatusUnauthorized, Type: "unauthorized", Title: "API key required",
+			Detail: "send Authorization: Bearer <API key>; this one is missing, malformed, unknown or revoked"})
+		return id, false
+	case err != nil:
+		a.opts.Log.Error("API keys cannot be read", "err", err)
+		w.Header().Set("Retry-After", "1")
+		writeProblem(w, problem{Status: http.StatusServiceUnavailable, Type: "unavailable", Title: "Service unavailable",
+			Detail: "API keys cannot be checked right now; retry"})
+		return id, false
+	case !id.Has(scope):
+		a.metrics.rejects.WithLabelValues("forbidden").Inc()
+		writeProblem(w, problem{Status: http.StatusForbidden, Type: "forbidden", Title: "Scope missing",
+			Detail: "this API key lacks the scope " + scope})
+		return id, false
+	}
+	return id, true
 }
 
 type acceptedResponse struct {
@@ -211,7 +252,8 @@ func (a *API) send(r *http.Request, cmds []domain.Command) ([]error, error) {
 	ctx, cancel := contextWithTimeout(r, a.opts.ProduceTimeout)
 	defer cancel()
 	start := time.Now()
-	errs, err := a.opts.Producer.Send(ctx, cmds)
+	id, _ := r.Context().Value(identityKey{}).(apikey.Identity)
+	errs, err := a.opts.Producer.Send(ctx, cmds, id.KeyID)
 	a.metrics.produceDuration.Observe(time.Since(start).Seconds())
 	if err == nil {
 		a.metrics.commands.Add(float64(len(cmds)))

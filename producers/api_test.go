@@ -3,6 +3,7 @@ package producers_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
 	"github.com/txpipe/txpipe/internal/pgtest"
@@ -37,7 +39,7 @@ func setup(t *testing.T) *fixture {
 	topic := kc.Topics(t, 1).Commands
 	w := kc.Writer(t)
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(w, topic), Pool: db.Pool, MaxBodyBytes: 256 << 10,
+		Producer: producers.NewProducer(w, topic), Auth: authorize(t, db), Pool: db.Pool, MaxBodyBytes: 256 << 10,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -54,11 +56,35 @@ type problem struct {
 	Errors              []domain.FieldError
 }
 
+// bearer is the Authorization header do sends: a key with every scope,
+// made by authorize for the test's database.
+var bearer string
+
+// authorize creates a key with every scope, makes do send it, and returns
+// an authenticator over db.
+func authorize(t *testing.T, db *pgtest.DB) producers.Authenticator {
+	t.Helper()
+	key, _, err := apikey.Create(context.Background(), db.Pool, "test", apikey.Scopes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bearer = "Bearer " + key
+	return apikey.NewAuthenticator(db.Pool)
+}
+
 func do(t *testing.T, method, url, body string) (*http.Response, problem) {
+	t.Helper()
+	return doAs(t, bearer, method, url, body)
+}
+
+func doAs(t *testing.T, authorization, method, url, body string) (*http.Response, problem) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -181,7 +207,7 @@ func TestAPIAnswers503WhenKafkaIsDown(t *testing.T) {
 	w := kafkawriter.New(kafkawriter.Options{Brokers: []string{dead}, Transport: tr})
 	defer w.Close()
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(w, "ledger.commands.v1"), Pool: db.Pool, ProduceTimeout: 500 * time.Millisecond,
+		Producer: producers.NewProducer(w, "ledger.commands.v1"), Auth: authorize(t, db), Pool: db.Pool, ProduceTimeout: 500 * time.Millisecond,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -199,6 +225,110 @@ func TestAPIAnswers503WhenKafkaIsDown(t *testing.T) {
 		}
 		if strings.Contains(p.Detail, dead) || strings.Contains(p.Detail, "dial") {
 			t.Errorf("problem detail leaks a driver error: %q", p.Detail)
+		}
+	}
+}
+
+// TestAPIRequiresAKeyWithTheRightScope: every route answers 401 without a
+// valid key (missing, malformed, unknown, wrong secret, revoked) and 403
+// with a key lacking the route's scope, as problem+json that says nothing
+// about which check failed.
+func TestAPIRequiresAKeyWithTheRightScope(t *testing.T) {
+	f := setup(t)
+	db := pgtest.New(t)
+	ctx := context.Background()
+	reader, _, err := apikey.Create(ctx, db.Pool, "reader", []string{apikey.ScopeLedgerRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc := f.kc
+	api, err := producers.NewAPI(producers.APIOptions{
+		Producer: producers.NewProducer(kc.Writer(t), f.topic), Auth: apikey.NewAuthenticator(db.Pool), Pool: db.Pool,
+		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api.Handler())
+	defer srv.Close()
+	writer, writerID, err := apikey.Create(ctx, db.Pool, "writer", []string{apikey.ScopeCommandsWrite})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _, _ := apikey.Parse(writer)
+	unknown := strings.Replace(writer, id, "0123456789abcdef", 1)
+	wrongSecret := writer[:len(writer)-1] + map[bool]string{true: "B", false: "A"}[strings.HasSuffix(writer, "A")]
+	for _, c := range []struct {
+		name, auth, method, path string
+		status                   int
+	}{
+		{"no header", "", "POST", "/v1/commands", 401},
+		{"not bearer", "Basic " + writer, "POST", "/v1/commands", 401},
+		{"malformed", "Bearer txp_nothex_x", "POST", "/v1/commands", 401},
+		{"unknown key id", "Bearer " + unknown, "POST", "/v1/commands", 401},
+		{"wrong secret", "Bearer " + wrongSecret, "POST", "/v1/commands", 401},
+		{"read key writes", "Bearer " + reader, "POST", "/v1/commands", 403},
+		{"read key writes a batch", "Bearer " + reader, "POST", "/v1/commands/batch", 403},
+		{"write key reads", "Bearer " + writer, "GET", "/v1/accounts/a", 403},
+		{"read key reads", "Bearer " + reader, "GET", "/v1/accounts/a", 404},
+		{"write key writes", "Bearer " + writer, "POST", "/v1/commands", 202},
+	} {
+		resp, p := doAs(t, c.auth, c.method, srv.URL+c.path, deposit("1"))
+		if resp.StatusCode != c.status {
+			t.Errorf("%s: %s %s = %d, want %d", c.name, c.method, c.path, resp.StatusCode, c.status)
+			continue
+		}
+		switch c.status {
+		case 401:
+			if p.Type != producers.ProblemTypeBase+"unauthorized" || resp.Header.Get("WWW-Authenticate") == "" {
+				t.Errorf("%s: problem %q, WWW-Authenticate %q", c.name, p.Type, resp.Header.Get("WWW-Authenticate"))
+			}
+			if strings.Contains(p.Detail, "unknown key") || strings.Contains(p.Detail, "secret") {
+				t.Errorf("%s: the detail says which check failed: %q", c.name, p.Detail)
+			}
+		case 403:
+			if p.Type != producers.ProblemTypeBase+"forbidden" {
+				t.Errorf("%s: problem %q, want forbidden", c.name, p.Type)
+			}
+		}
+	}
+
+	// The key that wrote records when it was last used (off the request
+	// path, so wait for it).
+	used := func() bool {
+		keys, err := apikey.List(ctx, db.Pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if k.KeyID == writerID {
+				return k.LastUsedAt != nil
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(30 * time.Second); !used(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("last_used_at of the writer key was never set")
+		}
+	}
+
+	// A revoked key is refused once the cache forgets it (a fresh
+	// authenticator here; CacheTTL in a running ingest).
+	if err := apikey.Revoke(ctx, db.Pool, writerID); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := apikey.NewAuthenticator(db.Pool).Authenticate(ctx, "Bearer "+writer)
+	if !errors.Is(err, apikey.ErrUnauthenticated) {
+		t.Errorf("revoked key: identity %+v, err %v; want ErrUnauthenticated", fresh, err)
+	}
+	keys, err := apikey.List(ctx, db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if k.KeyID == writerID && (k.RevokedAt == nil) {
+			t.Errorf("apikey list shows %s as not revoked", writerID)
 		}
 	}
 }

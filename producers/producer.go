@@ -33,13 +33,16 @@ func NewProducer(w Writer, topic string) *Producer { return &Producer{w: w, topi
 // when any failed. When ctx ends early the commands may or may not have been
 // written: a client retries with the same command_id and the workers apply
 // it once.
-func (p *Producer) Send(ctx context.Context, cmds []domain.Command) ([]error, error) {
+func (p *Producer) Send(ctx context.Context, cmds []domain.Command, submittedBy string) ([]error, error) {
 	msgs := make([]kafka.Message, len(cmds))
 	for i, c := range cmds {
 		msgs[i] = kafka.Message{
 			Topic: p.topic,
 			Key:   []byte(c.DebitAccount()),
 			Value: c.Encode(),
+		}
+		if submittedBy != "" {
+			msgs[i].Headers = []kafka.Header{{Key: domain.SubmittedByHeader, Value: []byte(submittedBy)}}
 		}
 	}
 	errs := make([]error, len(cmds))

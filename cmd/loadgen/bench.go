@@ -387,7 +387,7 @@ func latencyRun(ctx context.Context, o benchOptions, client *kafka.Client, secon
 	// Warm up for 2 s (connections, pools, caches), unmeasured.
 	warm := newLatencies()
 	warmCmds := wl.transfers(int(2 * o.rate))
-	openLoop(ctx, warmCmds, 1, o.rate, httpSender("http://"+ingest.http), warm, nil)
+	openLoop(ctx, warmCmds, 1, o.rate, httpSender("http://"+ingest.http, s.key), warm, nil)
 	if err := waitFor(ctx, sc, s.topics["events"], int64(len(warmCmds)), o.log); err != nil {
 		return result{}, err
 	}
@@ -400,7 +400,7 @@ func latencyRun(ctx context.Context, o benchOptions, client *kafka.Client, secon
 	}
 	start := time.Now()
 	lastProgress := time.Now()
-	openLoop(ctx, cmds, 1, o.rate, httpSender("http://"+ingest.http), l, func() {
+	openLoop(ctx, cmds, 1, o.rate, httpSender("http://"+ingest.http, s.key), l, func() {
 		if time.Since(lastProgress) > 5*time.Second {
 			fmt.Fprintf(o.log, "bench:   sent %d, accepted %d, outcomes %d\n", l.accepted.Load()+l.failed.Load(), l.accepted.Load(), l.done())
 			lastProgress = time.Now()

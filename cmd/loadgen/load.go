@@ -160,7 +160,7 @@ func watchOutcomes(ctx context.Context, brokers []string, client *kafka.Client, 
 type sender func(ctx context.Context, cmds []domain.Command) error
 
 // httpSender posts single commands, or batches when len(cmds) > 1.
-func httpSender(base string) sender {
+func httpSender(base, key string) sender {
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxConnsPerHost: 512}}
 	return func(ctx context.Context, cmds []domain.Command) error {
 		var body []byte
@@ -180,6 +180,7 @@ func httpSender(base string) sender {
 			return err
 		}
 		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+key)
 		resp, err := client.Do(req)
 		if err != nil {
 			return err

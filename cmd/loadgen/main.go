@@ -73,6 +73,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			quick: *quick, accounts: *accounts, rate: *rate, workerArgs: strings.Fields(*workerArgs), only: *only, rounds: max(1, *rounds), latency: *latency, log: stderr})
 	case "run":
 		api := fs.String("api", "http://127.0.0.1:8080", "base URL of the txpipe API")
+		key := fs.String("api-key", "", "API key with commands:write and ledger:read")
 		mode := fs.String("mode", "http", "http (one command per request), batch (--batch per request) or kafka (straight to the commands topic)")
 		batch := fs.Int("batch", 100, "commands per request in batch mode, per produce call in kafka mode")
 		hot := fs.Int("hot", 10, "size of the hot set of accounts")
@@ -89,7 +90,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if n == 0 {
 			n = int(*rate * duration.Seconds())
 		}
-		return runLoad(ctx, loadOptions{api: *api, brokers: strings.Split(*brokers, ","), mode: *mode, group: *batch,
+		if *key == "" {
+			return errors.New("--api-key (TXPIPE_API_KEY) is required: txpipe apikey create --name loadgen --scopes commands:write,ledger:read")
+		}
+		return runLoad(ctx, loadOptions{api: *api, key: *key, brokers: strings.Split(*brokers, ","), mode: *mode, group: *batch,
 			wl: workload{accounts: *accounts, hot: *hot, skew: *skew, seed: uint64(time.Now().UnixNano())},
 			n:  n, rate: *rate, setup: *setup, commandsTopic: *commands, eventsTopic: *events, out: *out, log: stderr})
 	}
@@ -98,6 +102,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 type loadOptions struct {
 	api                        string
+	key                        string
 	brokers                    []string
 	mode                       string
 	group                      int
@@ -127,9 +132,9 @@ func runLoad(ctx context.Context, o loadOptions) error {
 	group := 1
 	switch o.mode {
 	case "http":
-		send = httpSender(o.api)
+		send = httpSender(o.api, o.key)
 	case "batch":
-		send, group = httpSender(o.api), o.group
+		send, group = httpSender(o.api, o.key), o.group
 	case "kafka":
 		w := kafkawriter.New(kafkawriter.Options{Brokers: o.brokers, Transport: transport})
 		defer w.Close()
@@ -186,7 +191,7 @@ func runLoad(ctx context.Context, o loadOptions) error {
 // setupAccounts opens acct-0 … acct-N-1 in EUR and deposits 10^9 cents in
 // each, through the batch API, and waits for the last deposit to apply.
 func setupAccounts(ctx context.Context, o loadOptions) error {
-	send := httpSender(o.api)
+	send := httpSender(o.api, o.key)
 	var cmds []domain.Command
 	for i := range o.wl.accounts {
 		id := accountID(i)
@@ -201,7 +206,9 @@ func setupAccounts(ctx context.Context, o loadOptions) error {
 	}
 	last := o.api + "/v1/commands/" + cmds[len(cmds)-1].CommandID
 	for {
-		resp, err := http.Get(last)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, last, nil)
+		req.Header.Set("Authorization", "Bearer "+o.key)
+		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

@@ -34,6 +34,7 @@ type stack struct {
 	topics   map[string]string // commands, events, postings, dlq
 	logDir   string
 	procs    []*proc
+	key      string // an API key with every scope
 }
 
 type proc struct {
@@ -78,6 +79,16 @@ func newStack(ctx context.Context, name, txpipe, adminURL string, brokers []stri
 	s.dbURL = u.String()
 	if err := s.runOnce(ctx, "migrate"); err != nil {
 		return nil, err
+	}
+	out, err := exec.CommandContext(ctx, s.txpipe, "apikey", "create", "--database-url", s.dbURL, "--name", "bench",
+		"--scopes", "commands:write,ledger:read").CombinedOutput()
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, "api key: "); ok {
+			s.key = v
+		}
+	}
+	if err != nil || s.key == "" {
+		return nil, fmt.Errorf("txpipe apikey create: %v: %s", err, out)
 	}
 	if err := s.runOnce(ctx, "topics", "--partitions", "12"); err != nil {
 		return nil, err

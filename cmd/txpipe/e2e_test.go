@@ -30,6 +30,7 @@ import (
 // Kafka and PostgreSQL, on its own database and topics.
 type pipeline struct {
 	api, admin string
+	key, keyID string // an API key with every scope, and its id
 	db         *pgtest.DB
 	kc         *kafkatest.Cluster
 	topics     kafkatest.Topics
@@ -43,6 +44,7 @@ func startPipelineWith(t *testing.T, partitions int, extra ...string) *pipeline 
 	t.Helper()
 	p := &pipeline{db: pgtest.New(t), kc: kafkatest.New(t)}
 	p.topics = p.kc.Topics(t, partitions)
+	p.key, p.keyID = createKey(t, p.db.URL, "e2e", "commands:write,ledger:read")
 	var mu sync.Mutex
 	addrs := make(map[string]string)
 	listening := make(chan struct{}, 2)
@@ -126,9 +128,59 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// createKey runs "txpipe apikey create" and returns the key and its id.
+func createKey(t *testing.T, dbURL, name, scopes string) (key, id string) {
+	t.Helper()
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"apikey", "create", "--database-url", dbURL, "--name", name, "--scopes", scopes},
+		&env{stdout: &out, stderr: io.Discard, lookup: func(string) (string, bool) { return "", false }})
+	if err != nil {
+		t.Fatalf("apikey create: %v", err)
+	}
+	for _, l := range strings.Split(out.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, "api key: "); ok {
+			key = v
+		}
+		if v, ok := strings.CutPrefix(l, "key id: "); ok {
+			id = v
+		}
+	}
+	if key == "" || id == "" {
+		t.Fatalf("apikey create printed no key:\n%s", out.String())
+	}
+	return key, id
+}
+
+// request sends a request with key (none when empty) and returns the status
+// and the decoded body.
+func (p *pipeline) request(t *testing.T, method, path, body, key string) (int, map[string]any, http.Header) {
+	t.Helper()
+	req, err := http.NewRequest(method, p.api+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out, resp.Header
+}
+
 func (p *pipeline) post(t *testing.T, path, body string) (int, map[string]any) {
 	t.Helper()
-	resp, err := http.Post(p.api+path, "application/json", strings.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, p.api+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+p.key)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("POST %s: %v", path, err)
 	}
@@ -142,7 +194,12 @@ func (p *pipeline) post(t *testing.T, path, body string) (int, map[string]any) {
 
 func (p *pipeline) get(t *testing.T, path string, v any) int {
 	t.Helper()
-	resp, err := http.Get(p.api + path)
+	req, err := http.NewRequest(http.MethodGet, p.api+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+p.key)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
@@ -296,6 +353,24 @@ func TestEndToEndOverHTTP(t *testing.T) {
 	}
 	if out := p.verify(t); !strings.Contains(out, "all invariants hold") {
 		t.Errorf("verify output lacks its verdict:\n%s", out)
+	}
+
+	// Who moved what: every command came through the API with p's key, so
+	// its id is on the command record, the ledger rows and the events.
+	var commands, entries, unattributed int
+	err := p.db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM processed_commands WHERE submitted_by = $1),
+		(SELECT count(*) FROM entries WHERE submitted_by = $1),
+		(SELECT count(*) FROM processed_commands WHERE submitted_by <> $1) + (SELECT count(*) FROM entries WHERE submitted_by <> $1)`, p.keyID).
+		Scan(&commands, &entries, &unattributed)
+	if err != nil || commands != 4 || entries == 0 || unattributed != 0 {
+		t.Errorf("rows submitted by the key: %d commands, %d entries, %d others (%v); want 4, some, 0", commands, entries, unattributed, err)
+	}
+	for _, topic := range []string{p.topics.Events, p.topics.Postings} {
+		for _, ev := range p.events(t, topic, 4) {
+			if ev.SubmittedBy != p.keyID {
+				t.Errorf("event %s on %s: submitted_by %q, want %q", ev.EventID, topic, ev.SubmittedBy, p.keyID)
+			}
+		}
 	}
 }
 

@@ -137,7 +137,8 @@ func newRig(t *testing.T, p *pipeline) *rig {
 	eventually(t, "ingest, both workers and the relay are ready", func() bool {
 		return r.procs["ingest"].ready() && r.procs["worker-a"].ready() && r.procs["worker-b"].ready() && r.procs["relay"].ready()
 	})
-	r.client = &retryingClient{base: "http://" + api}
+	key, _ := createKey(t, p.db.URL, "fault-harness", "commands:write")
+	r.client = &retryingClient{base: "http://" + api, key: key}
 
 	var b [4]byte
 	_, _ = rand.Read(b[:])
@@ -288,6 +289,7 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 // would: a command is acknowledged once a 202 covered it.
 type retryingClient struct {
 	base    string
+	key     string
 	retries atomic.Int64
 }
 
@@ -300,7 +302,9 @@ func (c *retryingClient) send(cmds []domain.Command) error {
 		body, _ := json.Marshal(map[string]any{"commands": raw})
 		deadline := time.Now().Add(2 * time.Minute)
 		for {
-			resp, err := http.Post(c.base+"/v1/commands/batch", "application/json", bytes.NewReader(body))
+			req, _ := http.NewRequest(http.MethodPost, c.base+"/v1/commands/batch", bytes.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+c.key)
+			resp, err := http.DefaultClient.Do(req)
 			if err == nil {
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusAccepted {

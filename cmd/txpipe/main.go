@@ -62,6 +62,8 @@ subcommands:
   verify    audit the invariants against PostgreSQL and the topics; exit 1 on any violation
   dlq list  show the dead letters (reason, origin, command id)
   dlq replay --records p@o,…|all   send dead letters back to the commands topic
+  apikey create --name N --scopes commands:write,ledger:read   print a new API key (once)
+  apikey list | apikey revoke --id KEY_ID
 
 Every flag has an environment fallback: --kafka-brokers ⇄ TXPIPE_KAFKA_BROKERS.
 Run "txpipe <subcommand> -h" for its flags.`
@@ -81,6 +83,8 @@ func run(ctx context.Context, args []string, e *env) error {
 		return runVerify(ctx, rest, e)
 	case "dlq":
 		return runDLQ(ctx, rest, e)
+	case "apikey":
+		return runAPIKey(ctx, rest, e)
 	case "ingest", "worker", "relay", "all":
 		return runServe(ctx, sub, rest, e)
 	case "help", "-h", "--help":

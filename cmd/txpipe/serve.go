@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/txpipe/txpipe/consumers"
+	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/httpserver"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
@@ -146,6 +147,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		}
 		api, err := producers.NewAPI(producers.APIOptions{
 			Producer:       producers.NewProducer(w, cfg.commandsTopic),
+			Auth:           apikey.NewAuthenticator(pool),
 			Pool:           pool,
 			MaxBodyBytes:   cfg.maxBodyBytes,
 			ProduceTimeout: cfg.produceTimeout,

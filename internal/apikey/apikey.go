@@ -1,0 +1,263 @@
+// Package apikey issues, stores and checks txpipe's API keys.
+//
+// A key reads txp_<key id>_<secret>: the key id (16 hex digits) is visible
+// and names the key in logs, `apikey list` and the audit trail; the secret
+// (32 random bytes, base64url) is shown once, at creation. PostgreSQL keeps
+// only SHA-256 of the secret: a fast hash is enough for 256 random bits,
+// which no dictionary or brute force reaches. A check looks the key up by
+// id and compares hashes in constant time; an unknown id is compared against
+// a dummy hash, so "no such key" and "wrong secret" take the same time.
+package apikey
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// The scopes a key may carry.
+const (
+	ScopeCommandsWrite = "commands:write" // POST /v1/commands, /v1/commands/batch
+	ScopeLedgerRead    = "ledger:read"    // every GET of the API
+)
+
+// Scopes lists every scope.
+var Scopes = []string{ScopeCommandsWrite, ScopeLedgerRead}
+
+const (
+	prefix    = "txp_"
+	idLen     = 16 // hex digits
+	secretLen = 43 // base64url characters of 32 bytes
+	// TokenLen is the length of every key.
+	TokenLen = len(prefix) + idLen + 1 + secretLen
+)
+
+// ErrUnauthenticated is every reason a key is refused: missing, malformed,
+// unknown, revoked or wrong. Callers answer 401 without saying which.
+var ErrUnauthenticated = errors.New("missing or invalid API key")
+
+// Identity is an authenticated key.
+type Identity struct {
+	KeyID  string
+	Name   string
+	Scopes []string
+}
+
+// Has reports whether the key carries scope.
+func (id Identity) Has(scope string) bool { return slices.Contains(id.Scopes, scope) }
+
+// Parse splits a key into its id and secret, checking its shape only.
+func Parse(token string) (keyID, secret string, ok bool) {
+	if len(token) != TokenLen || !strings.HasPrefix(token, prefix) || token[len(prefix)+idLen] != '_' {
+		return "", "", false
+	}
+	keyID, secret = token[len(prefix):len(prefix)+idLen], token[len(prefix)+idLen+1:]
+	if !ValidID(keyID) {
+		return "", "", false
+	}
+	for _, c := range secret {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-' || c == '_') {
+			return "", "", false
+		}
+	}
+	return keyID, secret, true
+}
+
+// ValidID reports whether id has the shape of a key id.
+func ValidID(id string) bool {
+	if len(id) != idLen {
+		return false
+	}
+	for _, c := range id {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func hash(secret string) []byte {
+	h := sha256.Sum256([]byte(secret))
+	return h[:]
+}
+
+// Create stores a new key and returns it; the secret is not kept.
+func Create(ctx context.Context, pool *pgxpool.Pool, name string, scopes []string) (token, keyID string, err error) {
+	name = strings.TrimSpace(name)
+	if name == "" || len(name) > 100 {
+		return "", "", errors.New("a key needs a name of 1–100 characters")
+	}
+	if len(scopes) == 0 {
+		return "", "", fmt.Errorf("a key needs at least one scope (%s)", strings.Join(Scopes, ", "))
+	}
+	for _, s := range scopes {
+		if !slices.Contains(Scopes, s) {
+			return "", "", fmt.Errorf("unknown scope %q (scopes: %s)", s, strings.Join(Scopes, ", "))
+		}
+	}
+	var id [idLen / 2]byte
+	var secret [32]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return "", "", err
+	}
+	if _, err := rand.Read(secret[:]); err != nil {
+		return "", "", err
+	}
+	keyID = hex.EncodeToString(id[:])
+	s := base64.RawURLEncoding.EncodeToString(secret[:])
+	slices.Sort(scopes)
+	if _, err := pool.Exec(ctx, `INSERT INTO api_keys (key_id, name, scopes, secret_hash) VALUES ($1, $2, $3, $4)`,
+		keyID, name, slices.Compact(scopes), hash(s)); err != nil {
+		return "", "", fmt.Errorf("store key: %w", err)
+	}
+	return prefix + keyID + "_" + s, keyID, nil
+}
+
+// Key is a stored key, without its secret.
+type Key struct {
+	KeyID, Name           string
+	Scopes                []string
+	CreatedAt             time.Time
+	LastUsedAt, RevokedAt *time.Time
+}
+
+// List returns every key, oldest first.
+func List(ctx context.Context, pool *pgxpool.Pool) ([]Key, error) {
+	rows, err := pool.Query(ctx, `SELECT key_id, name, scopes, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at, key_id`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Key, error) {
+		var k Key
+		err := r.Scan(&k.KeyID, &k.Name, &k.Scopes, &k.CreatedAt, &k.LastUsedAt, &k.RevokedAt)
+		return k, err
+	})
+}
+
+// Revoke revokes a key; within Authenticator's cache TTL it stops working
+// everywhere.
+func Revoke(ctx context.Context, pool *pgxpool.Pool, keyID string) error {
+	ct, err := pool.Exec(ctx, `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = $1`, keyID)
+	if err != nil {
+		return err
+	}
+	if ct.RowsAffected() == 0 {
+		return fmt.Errorf("no key %q", keyID)
+	}
+	return nil
+}
+
+// CacheTTL is how long an Authenticator trusts what it read about a key:
+// a revocation takes at most this long to reach every ingest.
+const CacheTTL = 10 * time.Second
+
+// touchInterval spaces the last_used_at updates of one key.
+const touchInterval = time.Minute
+
+// Authenticator checks keys against PostgreSQL, caching each for CacheTTL.
+type Authenticator struct {
+	pool *pgxpool.Pool
+
+	mu      sync.Mutex
+	cache   map[string]cached
+	touched map[string]time.Time
+}
+
+type cached struct {
+	hash    []byte // nil: no such key, or revoked
+	id      Identity
+	fetched time.Time
+}
+
+// dummy is compared when a key does not exist, so that an unknown id and a
+// wrong secret cost the same.
+var dummy = hash("txpipe-no-such-key")
+
+// NewAuthenticator returns an Authenticator over pool.
+func NewAuthenticator(pool *pgxpool.Pool) *Authenticator {
+	return &Authenticator{pool: pool, cache: map[string]cached{}, touched: map[string]time.Time{}}
+}
+
+// Authenticate checks the value of an Authorization header ("Bearer
+// <key>"). Any refusal is ErrUnauthenticated; other errors mean the key
+// store could not be read.
+func (a *Authenticator) Authenticate(ctx context.Context, header string) (Identity, error) {
+	token, ok := strings.CutPrefix(header, "Bearer ")
+	if !ok {
+		return Identity{}, ErrUnauthenticated
+	}
+	keyID, secret, ok := Parse(strings.TrimSpace(token))
+	if !ok {
+		return Identity{}, ErrUnauthenticated
+	}
+	c, err := a.lookup(ctx, keyID)
+	if err != nil {
+		return Identity{}, err
+	}
+	want := c.hash
+	if want == nil {
+		want = dummy
+	}
+	if subtle.ConstantTimeCompare(hash(secret), want) != 1 || c.hash == nil {
+		return Identity{}, ErrUnauthenticated
+	}
+	a.touch(keyID)
+	return c.id, nil
+}
+
+func (a *Authenticator) lookup(ctx context.Context, keyID string) (cached, error) {
+	a.mu.Lock()
+	c, ok := a.cache[keyID]
+	a.mu.Unlock()
+	if ok && time.Since(c.fetched) < CacheTTL {
+		return c, nil
+	}
+	c = cached{id: Identity{KeyID: keyID}, fetched: time.Now()}
+	var revoked *time.Time
+	var h []byte
+	err := a.pool.QueryRow(ctx, `SELECT name, scopes, secret_hash, revoked_at FROM api_keys WHERE key_id = $1`, keyID).
+		Scan(&c.id.Name, &c.id.Scopes, &h, &revoked)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return cached{}, fmt.Errorf("read API key: %w", err)
+	case revoked == nil:
+		c.hash = h
+	}
+	a.mu.Lock()
+	if len(a.cache) > 10000 {
+		clear(a.cache) // unknown ids from a scanner must not grow it forever
+	}
+	a.cache[keyID] = c
+	a.mu.Unlock()
+	return c, nil
+}
+
+// touch records last_used_at, at most once a minute per key, off the
+// request's path.
+func (a *Authenticator) touch(keyID string) {
+	a.mu.Lock()
+	if time.Since(a.touched[keyID]) < touchInterval {
+		a.mu.Unlock()
+		return
+	}
+	a.touched[keyID] = time.Now()
+	a.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _ = a.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = now() WHERE key_id = $1`, keyID)
+	}()
+}
