@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -30,6 +31,13 @@ type APIOptions struct {
 	Producer *Producer
 	// Auth checks the Authorization header of every request.
 	Auth Authenticator
+	// RateLimit is the commands a second each API key may send on average
+	// (a token bucket of RateBurst commands); 0 turns the limit off.
+	RateLimit float64
+	// RateBurst is the most commands a key may send at once; at least
+	// MaxBatchCommands, so that any valid batch can pass. Default 2 × the
+	// larger of RateLimit and MaxBatchCommands.
+	RateBurst int
 	// Pool serves the read endpoints.
 	Pool *pgxpool.Pool
 	// MaxBodyBytes bounds a batch request body; a single command is bounded
@@ -51,6 +59,7 @@ type Authenticator interface {
 type API struct {
 	opts    APIOptions
 	metrics *apiMetrics
+	limiter *limiter
 }
 
 // NewAPI checks o and registers the API's metrics.
@@ -64,11 +73,14 @@ func NewAPI(o APIOptions) (*API, error) {
 	if o.ProduceTimeout <= 0 {
 		o.ProduceTimeout = 10 * time.Second
 	}
+	if o.RateBurst < MaxBatchCommands {
+		o.RateBurst = 2 * int(max(o.RateLimit, MaxBatchCommands))
+	}
 	m, err := newAPIMetrics(o.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	return &API{opts: o, metrics: m}, nil
+	return &API{opts: o, metrics: m, limiter: newLimiter(o.RateLimit, o.RateBurst)}, nil
 }
 
 // Handler routes the API.
@@ -153,6 +165,21 @@ func (a *API) authorize(w http.ResponseWriter, r *http.Request, scope string) (a
 	return id, true
 }
 
+// allow spends n commands of the caller's rate limit, or answers 429 with
+// Retry-After.
+func (a *API) allow(w http.ResponseWriter, r *http.Request, n int) bool {
+	id, _ := r.Context().Value(identityKey{}).(apikey.Identity)
+	ok, wait := a.limiter.take(id.KeyID, n, time.Now())
+	if ok {
+		return true
+	}
+	a.metrics.rejects.WithLabelValues("rate_limited").Inc()
+	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+	writeProblem(w, problem{Status: http.StatusTooManyRequests, Type: "rate-limited", Title: "Too many commands",
+		Detail: fmt.Sprintf("this API key may send %g commands a second (bursts of %d); retry after the time in Retry-After", a.opts.RateLimit, a.opts.RateBurst)})
+	return false
+}
+
 type acceptedResponse struct {
 	CommandID string `json:"command_id"`
 	Status    string `json:"status"`
@@ -166,6 +193,9 @@ func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
 	cmd, err := domain.DecodeCommand(body)
 	if err != nil {
 		a.invalid(w, err, "")
+		return
+	}
+	if !a.allow(w, r, 1) {
 		return
 	}
 	if _, err := a.send(r, []domain.Command{cmd}); err != nil {
@@ -227,6 +257,9 @@ func (a *API) postBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(verr.Errors) > 0 {
 		a.invalid(w, verr, "no command of this batch was accepted")
+		return
+	}
+	if !a.allow(w, r, len(cmds)) {
 		return
 	}
 	errs, err := a.send(r, cmds)

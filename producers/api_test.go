@@ -332,3 +332,47 @@ func TestAPIRequiresAKeyWithTheRightScope(t *testing.T) {
 		}
 	}
 }
+
+// TestAPIRateLimitsEachKey: a key that spent its burst gets 429 with
+// Retry-After and a problem; another key is not affected. The refill (one
+// command per 1000 s) is far slower than the test, so no timing decides
+// the outcome.
+func TestAPIRateLimitsEachKey(t *testing.T) {
+	db := pgtest.New(t)
+	kc := kafkatest.New(t)
+	topic := kc.Topics(t, 1).Commands
+	ctx := context.Background()
+	api, err := producers.NewAPI(producers.APIOptions{
+		Producer: producers.NewProducer(kc.Writer(t), topic), Auth: apikey.NewAuthenticator(db.Pool), Pool: db.Pool,
+		RateLimit: 0.001, RateBurst: producers.MaxBatchCommands,
+		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api.Handler())
+	defer srv.Close()
+	busy, _, _ := apikey.Create(ctx, db.Pool, "busy", apikey.Scopes)
+	other, _, _ := apikey.Create(ctx, db.Pool, "other", apikey.Scopes)
+	var batch []string
+	for range producers.MaxBatchCommands - 1 {
+		batch = append(batch, deposit("1"))
+	}
+	if resp, p := doAs(t, "Bearer "+busy, "POST", srv.URL+"/v1/commands/batch", `{"commands":[`+strings.Join(batch, ",")+`]}`); resp.StatusCode != 202 {
+		t.Fatalf("first batch = %d %+v, want 202", resp.StatusCode, p)
+	}
+	// 999 spent of 1000: a batch of 2 is refused whole, one command passes.
+	resp, p := doAs(t, "Bearer "+busy, "POST", srv.URL+"/v1/commands/batch", `{"commands":[`+deposit("1")+`,`+deposit("1")+`]}`)
+	if resp.StatusCode != http.StatusTooManyRequests || p.Type != producers.ProblemTypeBase+"rate-limited" || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("over the limit = %d %q Retry-After %q, want 429 rate-limited with Retry-After", resp.StatusCode, p.Type, resp.Header.Get("Retry-After"))
+	}
+	if resp, _ := doAs(t, "Bearer "+busy, "POST", srv.URL+"/v1/commands", deposit("1")); resp.StatusCode != 202 {
+		t.Errorf("the last token = %d, want 202", resp.StatusCode)
+	}
+	if resp, _ := doAs(t, "Bearer "+other, "POST", srv.URL+"/v1/commands", deposit("1")); resp.StatusCode != 202 {
+		t.Errorf("another key = %d, want 202 (buckets are per key)", resp.StatusCode)
+	}
+	if n := kc.Count(ctx, t, topic); n != int64(producers.MaxBatchCommands+1) {
+		t.Errorf("topic holds %d commands, want %d: a refused batch must produce nothing", n, producers.MaxBatchCommands+1)
+	}
+}

@@ -29,6 +29,8 @@ type config struct {
 	replicationFactor int
 
 	maxBodyBytes   int64
+	rateLimit      float64
+	rateBurst      int
 	produceLinger  time.Duration
 	produceTimeout time.Duration
 
@@ -84,6 +86,8 @@ func (f flagSet) admin() {
 func (f flagSet) ingest() {
 	f.StringVar(&f.cfg.httpAddr, "http-addr", ":8080", "address of the HTTP API")
 	f.Int64Var(&f.cfg.maxBodyBytes, "max-body-bytes", 8<<20, "largest batch request body in bytes")
+	f.Float64Var(&f.cfg.rateLimit, "rate-limit", 2000, "commands a second each API key may send on average (0: no limit)")
+	f.IntVar(&f.cfg.rateBurst, "rate-burst", 4000, "most commands an API key may send at once (at least 1000, a full batch)")
 	f.DurationVar(&f.cfg.produceLinger, "produce-linger", 0, "how long an idle producer waits for more records before sending (records arriving while a request is in flight go in the next one anyway)")
 	f.DurationVar(&f.cfg.produceTimeout, "produce-timeout", 10*time.Second, "how long a request waits for Kafka's acknowledgement before answering 503")
 }
@@ -137,6 +141,8 @@ func (f flagSet) parse(args []string, e *env) (*config, error) {
 	need("partitions", c.partitions >= 1, "must be at least 1")
 	need("replication-factor", c.replicationFactor >= 1, "must be at least 1")
 	need("max-body-bytes", c.maxBodyBytes >= 1024, "must be at least 1024")
+	need("rate-limit", c.rateLimit >= 0, "must not be negative")
+	need("rate-burst", c.rateBurst >= 1000, "must be at least 1000, a full batch")
 	if len(problems) > 0 {
 		return nil, usageError{"invalid settings:\n  " + strings.Join(problems, "\n  ")}
 	}

@@ -148,6 +148,8 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		api, err := producers.NewAPI(producers.APIOptions{
 			Producer:       producers.NewProducer(w, cfg.commandsTopic),
 			Auth:           apikey.NewAuthenticator(pool),
+			RateLimit:      cfg.rateLimit,
+			RateBurst:      cfg.rateBurst,
 			Pool:           pool,
 			MaxBodyBytes:   cfg.maxBodyBytes,
 			ProduceTimeout: cfg.produceTimeout,
