@@ -45,9 +45,14 @@ run: build
 	exec $(BIN) all
 
 .PHONY: test
+# Each fuzz target also fuzzes briefly (FUZZTIME); seeds and any crash it
+# finds live in the package's testdata/fuzz and replay in every go test.
+FUZZ_TARGETS := FuzzDecodeCommand:./domain FuzzCheckPublished:./internal/audit FuzzParse:./internal/apikey
+FUZZTIME ?= 5s
 test:
 	@eval "$$($(SERVICES) up)"; \
-	$(GO) test $(TEST_FLAGS) ./...
+	$(GO) test $(TEST_FLAGS) ./...; \
+	for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) "$${t#*:}"; done
 
 # chaos: the fault test with a Kafka broker restart and a PostgreSQL crash
 # added (they hit the shared services, so make test leaves them out);
