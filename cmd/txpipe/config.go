@@ -21,6 +21,8 @@ type config struct {
 	databaseURL  string
 	httpAddr     string
 	adminAddr    string
+	tlsCert      string
+	tlsKey       string
 	logLevel     string
 
 	commandsTopic, eventsTopic, postingsTopic, dlqTopic string
@@ -81,6 +83,8 @@ func (f flagSet) topics() {
 func (f flagSet) admin() {
 	f.StringVar(&f.cfg.adminAddr, "admin-addr", ":9090", "address of /metrics, /healthz and /readyz")
 	f.DurationVar(&f.cfg.shutdownTimeout, "shutdown-timeout", 20*time.Second, "how long a stopping process may take to drain")
+	f.StringVar(&f.cfg.tlsCert, "tls-cert", "", "PEM certificate (chain) file: serve the API and admin addresses over HTTPS (with --tls-key)")
+	f.StringVar(&f.cfg.tlsKey, "tls-key", "", "PEM private key file of --tls-cert")
 }
 
 func (f flagSet) ingest() {
@@ -142,6 +146,7 @@ func (f flagSet) parse(args []string, e *env) (*config, error) {
 	need("replication-factor", c.replicationFactor >= 1, "must be at least 1")
 	need("max-body-bytes", c.maxBodyBytes >= 1024, "must be at least 1024")
 	need("rate-limit", c.rateLimit >= 0, "must not be negative")
+	need("tls-key", (c.tlsCert == "") == (c.tlsKey == ""), "--tls-cert and --tls-key go together")
 	need("rate-burst", c.rateBurst >= 1000, "must be at least 1000, a full batch")
 	if len(problems) > 0 {
 		return nil, usageError{"invalid settings:\n  " + strings.Join(problems, "\n  ")}

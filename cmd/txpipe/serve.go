@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -114,6 +115,10 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	if err := httpserver.RegisterPoolMetrics(reg, pool); err != nil {
 		return err
 	}
+	tlsConfig, err := cfg.serverTLS()
+	if err != nil {
+		return err
+	}
 	brokers := cfg.brokers()
 	// One connection pool for the process's clients and writers, closed on
 	// the way out so no kafka-go goroutine outlives the run. Its metadata
@@ -167,7 +172,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			IdleTimeout:       2 * time.Minute,
 			MaxHeaderBytes:    64 << 10,
 		}
-		ln, err := listen(cfg.httpAddr, "api", e)
+		ln, err := listen(cfg.httpAddr, "api", e, tlsConfig)
 		if err != nil {
 			return err
 		}
@@ -220,7 +225,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		runners = append(runners, rl.Run)
 	}
 
-	adminLn, err := listen(cfg.adminAddr, "admin", e)
+	adminLn, err := listen(cfg.adminAddr, "admin", e, tlsConfig)
 	if err != nil {
 		return err
 	}
@@ -248,13 +253,29 @@ func ignoreClosed(close func() error) func() error {
 	}
 }
 
-func listen(addr, name string, e *env) (net.Listener, error) {
+func listen(addr, name string, e *env, tlsConfig *tls.Config) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for %s on %s: %w", name, addr, err)
+	}
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
 	}
 	if e.onListen != nil {
 		e.onListen(name, ln.Addr().String())
 	}
 	return ln, nil
+}
+
+// serverTLS is the TLS configuration of the API and admin servers, or nil
+// when they serve plain HTTP. The certificate is read once, at start.
+func (c *config) serverTLS() (*tls.Config, error) {
+	if c.tlsCert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("load --tls-cert and --tls-key: %w", err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}, nil
 }
