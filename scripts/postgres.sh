@@ -33,6 +33,7 @@ PG_CLUSTER="${PG_CLUSTER:-txpipe}"
 PG_START_TIMEOUT="${PG_START_TIMEOUT:-60}"
 DB_USER=txpipe
 DB_PASS=txpipe
+TLS_USER=txpipe_tls # may connect only over TLS; its password is its name
 DB_NAME=txpipe
 
 if [[ -z "${PG_VERSION:-}" ]]; then
@@ -106,7 +107,11 @@ desired_conf() {
 listen_addresses = '127.0.0.1'
 max_connections = 300
 password_encryption = 'scram-sha-256'
-ssl = off
+# TLS with a certificate of the cluster's own CA (ensure_tls); the role
+# $TLS_USER may only connect over it (pg_hba below).
+ssl = on
+ssl_cert_file = '$ETC/server.crt'
+ssl_key_file = '$ETC/server.key'
 # Test box: no need to survive an OS crash (a killed server still recovers fine).
 fsync = off
 full_page_writes = off
@@ -114,13 +119,46 @@ EOF
 }
 
 desired_hba() {
-  cat <<'EOF'
+  cat <<EOF
 # Managed by scripts/postgres.sh -- overwritten on start.
-# TYPE  DATABASE  USER      ADDRESS        METHOD
-local   all       postgres                 peer
-local   all       all                      peer
-host    all       all       127.0.0.1/32   scram-sha-256
+# TYPE     DATABASE  USER         ADDRESS        METHOD
+local      all       postgres                    peer
+local      all       all                         peer
+hostnossl  all       $TLS_USER    127.0.0.1/32   reject
+hostssl    all       $TLS_USER    127.0.0.1/32   scram-sha-256
+host       all       all          127.0.0.1/32   scram-sha-256
 EOF
+}
+
+# ensure_tls: a CA and a server certificate for 127.0.0.1/localhost, made
+# once per cluster with openssl. The CA's key is thrown away; clients verify
+# with $ETC/txpipe-ca.crt (copied to the cache as postgres-ca.crt).
+# Prints "restart" when it made them.
+ensure_tls() {
+  [[ -f "$ETC/server.crt" && -f "$ETC/server.key" && -f "$ETC/txpipe-ca.crt" ]] && return 0
+  command -v openssl >/dev/null 2>&1 || die "openssl not found (apt-get install -y openssl)"
+  log "making a CA and a server certificate for TLS"
+  local d
+  d="$(mktemp -d)"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=txpipe dev CA" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" >/dev/null 2>&1 || die "openssl: CA"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$d/server.key" -out "$d/server.csr" >/dev/null 2>&1 \
+    || die "openssl: server key"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$d/ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$d/ext" -out "$d/server.crt" >/dev/null 2>&1 || die "openssl: sign"
+  as_root install -o postgres -g postgres -m 0644 "$d/server.crt" "$ETC/server.crt"
+  as_root install -o postgres -g postgres -m 0600 "$d/server.key" "$ETC/server.key"
+  as_root install -o postgres -g postgres -m 0644 "$d/ca.crt" "$ETC/txpipe-ca.crt"
+  rm -rf "$d"
+  echo restart
+}
+
+# copy_ca: the CA certificate where clients of this checkout find it.
+copy_ca() {
+  [[ -f "$ETC/txpipe-ca.crt" ]] || return 0
+  mkdir -p "$TXPIPE_CACHE_DIR"
+  cmp -s "$ETC/txpipe-ca.crt" "$TXPIPE_CACHE_DIR/postgres-ca.crt" 2>/dev/null || cp "$ETC/txpipe-ca.crt" "$TXPIPE_CACHE_DIR/postgres-ca.crt"
 }
 
 # write_if_changed FILE: stdin -> FILE (owned by postgres) when different. Returns 0 if changed.
@@ -141,7 +179,9 @@ write_if_changed() {
 ensure_config() {
   local need=""
   as_root install -d -o postgres -g postgres "$ETC/conf.d"
+  need="$(ensure_tls)"
   if desired_conf | write_if_changed "$ETC/conf.d/txpipe.conf"; then need=restart; fi
+  copy_ca
   if desired_hba | write_if_changed "$ETC/pg_hba.conf"; then need="${need:-reload}"; fi
   if [[ "$(pg_conftool -s "$PG_VERSION" "$PG_CLUSTER" show port 2>/dev/null || true)" != "$PG_PORT" ]]; then
     log "setting port $PG_PORT"
@@ -176,6 +216,12 @@ SELECT format('CREATE ROLE %I LOGIN CREATEDB PASSWORD %L', :'u', :'p')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'u') \gexec
 SELECT format('ALTER ROLE %I LOGIN CREATEDB PASSWORD %L', :'u', :'p') \gexec
 SQL
+  # A role that may connect only over TLS (pg_hba), with the app role's rights.
+  admin_psql -v u="$TLS_USER" -v p="$TLS_USER" -v app="$DB_USER" <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'u', :'p')
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'u') \gexec
+SELECT format('GRANT %I TO %I', :'app', :'u') \gexec
+SQL
   admin_psql -v u="$DB_USER" -v d="$DB_NAME" <<'SQL'
 SELECT format('CREATE DATABASE %I OWNER %I', :'d', :'u')
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'d') \gexec
@@ -192,7 +238,9 @@ cmd_start() {
   if cluster_exists && is_running \
      && desired_conf | cmp -s - "$ETC/conf.d/txpipe.conf" \
      && desired_hba | cmp -s - "$ETC/pg_hba.conf" \
+     && [[ -f "$ETC/server.crt" ]] \
      && app_ok; then
+    copy_ca
     log "already running on $PG_HOST:$PG_PORT (cluster $PG_VERSION/$PG_CLUSTER)"
     return 0
   fi

@@ -28,8 +28,9 @@ import (
 )
 
 // testCA makes a CA and a certificate it signs for 127.0.0.1, writes the
-// certificate and key as PEM files, and returns their paths and the CA pool.
-func testCA(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+// CA certificate, the certificate and its key as PEM files in dir, and
+// returns their paths and the CA pool.
+func testCA(t *testing.T, dir string) (certFile, keyFile, caFile string, pool *x509.CertPool) {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "txpipe test CA"},
@@ -56,9 +57,13 @@ func testCA(t *testing.T, dir string) (certFile, keyFile string, pool *x509.Cert
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	caFile = filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	pool = x509.NewCertPool()
 	pool.AddCert(caCert)
-	return certFile, keyFile, pool
+	return certFile, keyFile, caFile, pool
 }
 
 // TestHTTPSForAPIAndAdmin: with --tls-cert and --tls-key both addresses
@@ -68,7 +73,7 @@ func testCA(t *testing.T, dir string) (certFile, keyFile string, pool *x509.Cert
 func TestHTTPSForAPIAndAdmin(t *testing.T) {
 	db, kc := pgtest.New(t), kafkatest.New(t)
 	topics := kc.Topics(t, 1)
-	certFile, keyFile, pool := testCA(t, t.TempDir())
+	certFile, keyFile, _, pool := testCA(t, t.TempDir())
 	key, _ := createKey(t, db.URL, "tls", "commands:write,ledger:read")
 	var mu sync.Mutex
 	addrs := map[string]string{}
