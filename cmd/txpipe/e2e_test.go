@@ -31,6 +31,7 @@ import (
 type pipeline struct {
 	api, admin string
 	key, keyID string // an API key with every scope, and its id
+	logs       func() string // what the pipeline logged so far
 	db         *pgtest.DB
 	kc         *kafkatest.Cluster
 	topics     kafkatest.Topics
@@ -93,6 +94,12 @@ func startPipelineWith(t *testing.T, partitions int, extra ...string) *pipeline 
 	mu.Lock()
 	p.api, p.admin = "http://"+addrs["api"], "http://"+addrs["admin"]
 	mu.Unlock()
+	lw := e.stderr.(*lockedWriter)
+	p.logs = func() string {
+		lw.mu.Lock()
+		defer lw.mu.Unlock()
+		return logs.String()
+	}
 	eventually(t, "the pipeline is ready", func() bool {
 		resp, err := http.Get(p.admin + "/readyz")
 		if err != nil {

@@ -3,6 +3,7 @@ package envflag
 import (
 	"flag"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -43,5 +44,38 @@ func TestParseBadEnvNamesVariable(t *testing.T) {
 	err := Parse(fs, nil, func(k string) (string, bool) { return "many", k == "TXPIPE_BATCH_SIZE" })
 	if err == nil || !strings.Contains(err.Error(), "TXPIPE_BATCH_SIZE") {
 		t.Errorf("Parse() error = %v, want one naming TXPIPE_BATCH_SIZE", err)
+	}
+}
+
+func TestParseReadsSecretsFromFiles(t *testing.T) {
+	dir := t.TempDir()
+	secret := dir + "/db"
+	if err := os.WriteFile(secret, []byte("postgres://u:s3cret@h/db\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := dir + "/bad"
+	if err := os.WriteFile(bad, []byte("s3cret-not-a-duration"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"TXPIPE_DATABASE_URL_FILE": secret, "TXPIPE_KAFKA_BROKERS": "env:1", "TXPIPE_KAFKA_BROKERS_FILE": bad}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	db := fs.String("database-url", "", "")
+	brokers := fs.String("kafka-brokers", "", "")
+	if err := Parse(fs, nil, lookup); err != nil {
+		t.Fatal(err)
+	}
+	if *db != "postgres://u:s3cret@h/db" || *brokers != "env:1" {
+		t.Errorf("database-url %q (want the file's content), kafka-brokers %q (the variable wins over _FILE)", *db, *brokers)
+	}
+
+	// A file whose content is not a valid value: the error names the file,
+	// never the content.
+	fs = flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.Duration("batch-linger", 0, "")
+	env = map[string]string{"TXPIPE_BATCH_LINGER_FILE": bad}
+	err := Parse(fs, nil, lookup)
+	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), bad) {
+		t.Errorf("Parse() error = %v: want one naming %s without its content", err, bad)
 	}
 }
