@@ -30,7 +30,7 @@ import (
 // Kafka and PostgreSQL, on its own database and topics.
 type pipeline struct {
 	api, admin string
-	key, keyID string // an API key with every scope, and its id
+	key, keyID string        // an API key with every scope, and its id
 	logs       func() string // what the pipeline logged so far
 	db         *pgtest.DB
 	kc         *kafkatest.Cluster
