@@ -120,3 +120,37 @@ func rawStatus(t *testing.T, addr, raw string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+// TestServerLimitsHeadersAndSlowClients: a header block over the limit is
+// refused with 431, and a client that never finishes its headers (slow
+// loris) is disconnected by the server instead of holding a connection.
+func TestServerLimitsHeadersAndSlowClients(t *testing.T) {
+	p := startPipeline(t)
+	addr := strings.TrimPrefix(p.api, "http://")
+	big := "GET /v1/accounts/h HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 100<<10) + "\r\n\r\n"
+	if status := rawStatus(t, addr, big); status != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("100 KiB of headers answered %d, want 431", status)
+	}
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET /v1/accounts/h HTTP/1.1\r\nHost: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	// The server gives up on the headers (ReadHeaderTimeout, 5 s); the test
+	// waits up to a minute for it, so no speed is asserted.
+	_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+	buf := make([]byte, 1024)
+	for {
+		_, err := conn.Read(buf)
+		if err == nil {
+			continue // e.g. a 408 the server sends before closing
+		}
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("the server kept a connection with unfinished headers open for a minute")
+		}
+		break // closed by the server
+	}
+}
