@@ -26,6 +26,9 @@ export KAFKA_PORT PG_PORT
 print_env() {
   echo "export TXPIPE_KAFKA_BROKERS=127.0.0.1:${KAFKA_PORT}"
   echo "export TXPIPE_DATABASE_URL=postgres://txpipe:txpipe@127.0.0.1:${PG_PORT}/txpipe?sslmode=disable"
+  # The broker's SASL_SSL listener (SCRAM-SHA-512 over TLS) and its CA.
+  echo "export TXPIPE_KAFKA_SASL_BROKERS=127.0.0.1:${KAFKA_SASL_PORT:-9094}"
+  echo "export TXPIPE_KAFKA_CA=${TXPIPE_CACHE_DIR}/kafka-ca.crt"
   # The same database over verified TLS, as a role refused without it.
   echo "export TXPIPE_DATABASE_TLS_URL='postgres://txpipe_tls:txpipe_tls@127.0.0.1:${PG_PORT}/txpipe?sslmode=verify-full&sslrootcert=${TXPIPE_CACHE_DIR}/postgres-ca.crt'"
 }

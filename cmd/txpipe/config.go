@@ -2,10 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl/scram"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -18,6 +23,9 @@ import (
 // flags it uses.
 type config struct {
 	kafkaBrokers string
+	kafkaTLSCA   string
+	kafkaUser    string
+	kafkaPass    string
 	databaseURL  string
 	httpAddr     string
 	adminAddr    string
@@ -71,6 +79,9 @@ func (f flagSet) database() {
 
 func (f flagSet) kafka() {
 	f.StringVar(&f.cfg.kafkaBrokers, "kafka-brokers", "127.0.0.1:9092", "comma-separated Kafka bootstrap brokers")
+	f.StringVar(&f.cfg.kafkaTLSCA, "kafka-tls-ca", "", "PEM CA file: talk to Kafka over TLS, verifying the brokers against it")
+	f.StringVar(&f.cfg.kafkaUser, "kafka-sasl-user", "", "SASL/SCRAM-SHA-512 user (with --kafka-sasl-password)")
+	f.StringVar(&f.cfg.kafkaPass, "kafka-sasl-password", "", "SASL/SCRAM-SHA-512 password; pass it as TXPIPE_KAFKA_SASL_PASSWORD_FILE rather than a flag")
 }
 
 func (f flagSet) topics() {
@@ -135,6 +146,7 @@ func (f flagSet) parse(args []string, e *env) (*config, error) {
 	c := f.cfg
 	need("database-url", c.databaseURL != "", "is required")
 	need("kafka-brokers", len(c.brokers()) > 0, "is required")
+	need("kafka-sasl-password", (c.kafkaUser == "") == (c.kafkaPass == ""), "--kafka-sasl-user and --kafka-sasl-password go together")
 	need("log-level", parseLevel(c.logLevel) != nil, "must be debug, info, warn or error")
 	need("batch-size", c.batchSize >= 1, "must be at least 1")
 	need("lanes", c.lanes >= 1, "must be at least 1")
@@ -196,4 +208,33 @@ func (c *config) openPool(ctx context.Context) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("open database pool: %w", err)
 	}
 	return pool, nil
+}
+
+// kafkaClients returns the transport (producers, fetches, admin requests)
+// and the dialer (consumer group membership) for the brokers, over TLS and
+// with SASL/SCRAM-SHA-512 when those are set. The transport's metadata
+// lives 1 s, so requests find a new partition leader soon after an election.
+func (c *config) kafkaClients() (*kafka.Transport, *kafka.Dialer, error) {
+	tr := &kafka.Transport{MetadataTTL: time.Second}
+	dialer := &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true}
+	if c.kafkaTLSCA != "" {
+		pem, err := os.ReadFile(c.kafkaTLSCA)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--kafka-tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, nil, fmt.Errorf("--kafka-tls-ca: no certificate in %s", c.kafkaTLSCA)
+		}
+		tr.TLS = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+		dialer.TLS = tr.TLS
+	}
+	if c.kafkaUser != "" {
+		mech, err := scram.Mechanism(scram.SHA512, c.kafkaUser, c.kafkaPass)
+		if err != nil {
+			return nil, nil, fmt.Errorf("SASL/SCRAM: %w", err)
+		}
+		tr.SASL, dialer.SASLMechanism = mech, mech
+	}
+	return tr, dialer, nil
 }

@@ -39,7 +39,10 @@ func runDLQ(ctx context.Context, args []string, e *env) error {
 	log := cfg.logger(e)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	transport := &kafka.Transport{}
+	transport, _, err := cfg.kafkaClients()
+	if err != nil {
+		return err
+	}
 	defer transport.CloseIdleConnections()
 	brokers := cfg.brokers()
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: transport}

@@ -28,13 +28,8 @@ func TestPostgresOverVerifiedTLS(t *testing.T) {
 		t.Skip("TXPIPE_DATABASE_TLS_URL is not set (eval \"$(scripts/services.sh env)\")")
 	}
 	db := pgtest.New(t) // a fresh database owned by the app role
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbu, _ := url.Parse(db.URL)
-	u.Path = dbu.Path
-	tlsURL := u.String()
+	tlsURL := tlsDatabaseURL(t, base, db)
+	u, _ := url.Parse(tlsURL)
 	ctx := context.Background()
 
 	conn, err := pgx.Connect(ctx, tlsURL)
@@ -77,4 +72,19 @@ func TestPostgresOverVerifiedTLS(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("wrong CA failed for another reason: %v", err)
 	}
+}
+
+// tlsDatabaseURL is base (TXPIPE_DATABASE_TLS_URL) pointed at db's database.
+func tlsDatabaseURL(t *testing.T, base string, db *pgtest.DB) string {
+	t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbu, err := url.Parse(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = dbu.Path
+	return u.String()
 }

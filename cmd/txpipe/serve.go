@@ -60,7 +60,10 @@ func runTopics(ctx context.Context, args []string, e *env) error {
 	log := cfg.logger(e)
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	transport := &kafka.Transport{}
+	transport, _, err := cfg.kafkaClients()
+	if err != nil {
+		return err
+	}
 	defer transport.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(cfg.brokers()...), Timeout: 10 * time.Second, Transport: transport}
 	configs := map[string]string{}
@@ -124,7 +127,10 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	// the way out so no kafka-go goroutine outlives the run. Its metadata
 	// (which broker leads which partition) lives 1 s instead of 6 s, so
 	// produce and fetch requests find a new leader soon after an election.
-	transport := &kafka.Transport{MetadataTTL: time.Second}
+	transport, dialer, err := cfg.kafkaClients()
+	if err != nil {
+		return err
+	}
 	defer transport.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: transport}
 	checks := []httpserver.Check{
@@ -185,6 +191,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			Pool:           pool,
 			Brokers:        brokers,
 			Transport:      transport,
+			Dialer:         dialer,
 			GroupID:        cfg.groupID,
 			CommandsTopic:  cfg.commandsTopic,
 			EventsTopic:    cfg.eventsTopic,

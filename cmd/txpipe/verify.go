@@ -31,7 +31,10 @@ func runVerify(ctx context.Context, args []string, e *env) error {
 		return err
 	}
 	defer pool.Close()
-	transport := &kafka.Transport{}
+	transport, _, err := cfg.kafkaClients()
+	if err != nil {
+		return err
+	}
 	defer transport.CloseIdleConnections()
 	brokers := cfg.brokers()
 	report, err := audit.Run(ctx, audit.Options{

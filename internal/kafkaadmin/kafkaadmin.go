@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/internal/kafkafetch"
 )
 
 // Topic is a topic txpipe needs.
@@ -109,7 +111,7 @@ func ReadAll(ctx context.Context, client *kafka.Client, brokers []string, topic 
 		if end == 0 {
 			continue
 		}
-		msgs, err := readPartition(ctx, brokers, topic, p, end)
+		msgs, err := readPartition(ctx, client, brokers, topic, p, end)
 		if err != nil {
 			return nil, err
 		}
@@ -159,18 +161,34 @@ func Count(ctx context.Context, client *kafka.Client, topic string) (int64, erro
 	return n, nil
 }
 
-func readPartition(ctx context.Context, brokers []string, topic string, partition int, end int64) ([]kafka.Message, error) {
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MaxBytes: 16 << 20, MaxWait: 200 * time.Millisecond})
-	defer r.Close()
+func readPartition(ctx context.Context, client *kafka.Client, brokers []string, topic string, partition int, end int64) ([]kafka.Message, error) {
+	f := kafkafetch.New(brokers, client.Transport, topic)
 	var msgs []kafka.Message
-	for {
-		m, err := r.ReadMessage(ctx)
+	from := int64(0)
+	if first, _, err := f.Bounds(ctx, []int{partition}); err == nil {
+		from = first[partition] // retention may have removed the start
+	}
+	for from < end {
+		got, err := f.Fetch(ctx, kafkafetch.Offsets{partition: from}, 200*time.Millisecond, 1)
+		if err == nil {
+			err = got.Errs[partition]
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read %s/%d: %w", topic, partition, err)
 		}
-		msgs = append(msgs, m)
-		if m.Offset >= end-1 {
-			return msgs, nil
+		if len(got.Msgs[partition]) == 0 && got.HighWater[partition] <= from {
+			break // nothing more to read (the end moved back: a recreated topic)
+		}
+		for _, m := range got.Msgs[partition] {
+			if m.Offset >= end {
+				return msgs, nil
+			}
+			msgs = append(msgs, m)
+			from = m.Offset + 1
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("read %s/%d: %w", topic, partition, err)
 		}
 	}
+	return msgs, nil
 }

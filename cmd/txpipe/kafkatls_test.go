@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha512"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/internal/kafkatest"
+	"github.com/txpipe/txpipe/internal/pgtest"
+	"github.com/txpipe/txpipe/internal/uuidv7"
+)
+
+// TestPipelineOverKafkaSASLSSL runs ingest, worker and relay against the
+// broker's SASL_SSL listener (SCRAM-SHA-512 over TLS, scripts/kafka.sh) with
+// a user made for the test, and against PostgreSQL over verify-full TLS as a
+// role refused without it, and checks that commands go through end to end;
+// then that a wrong password, a client without TLS, and a client that does
+// not trust the broker's CA are all refused.
+func TestPipelineOverKafkaSASLSSL(t *testing.T) {
+	sasl, ca := os.Getenv("TXPIPE_KAFKA_SASL_BROKERS"), os.Getenv("TXPIPE_KAFKA_CA")
+	pgTLS := os.Getenv("TXPIPE_DATABASE_TLS_URL")
+	if sasl == "" || ca == "" || pgTLS == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("TXPIPE_KAFKA_SASL_BROKERS, TXPIPE_KAFKA_CA and TXPIPE_DATABASE_TLS_URL are not set (scripts/services.sh env prints them)")
+		}
+		t.Skip("TXPIPE_KAFKA_SASL_BROKERS, TXPIPE_KAFKA_CA and TXPIPE_DATABASE_TLS_URL are not set")
+	}
+	// The user, made over the plaintext listener (an operator's job).
+	p := &pipeline{db: pgtest.New(t), kc: kafkatest.New(t)}
+	p.topics = p.kc.Topics(t, 3)
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	user, password := "txpipe-test-"+hex.EncodeToString(b[:4]), hex.EncodeToString(b[:])
+	salt := make([]byte, 16)
+	_, _ = rand.Read(salt)
+	salted, err := pbkdf2.Key(sha512.New, password, salt, 4096, sha512.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := p.kc.Client.AlterUserScramCredentials(ctx, &kafka.AlterUserScramCredentialsRequest{
+		Upsertions: []kafka.UserScramCredentialsUpsertion{{Name: user, Mechanism: kafka.ScramMechanismSha512, Iterations: 4096, Salt: salt, SaltedPassword: salted}}})
+	if err != nil || len(res.Results) != 1 || res.Results[0].Error != nil {
+		t.Fatalf("create SCRAM user: %v %+v", err, res)
+	}
+	pwFile := filepath.Join(t.TempDir(), "sasl-password")
+	if err := os.WriteFile(pwFile, []byte(password), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := createKey(t, p.db.URL, "sasl", "commands:write,ledger:read")
+
+	// The whole pipeline over SASL_SSL; the password from a _FILE.
+	bin := filepath.Join(t.TempDir(), "txpipe")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	api := freeAddr(t)
+	dir := t.TempDir()
+	common := []string{"--database-url", tlsDatabaseURL(t, pgTLS, p.db), "--kafka-brokers", sasl, "--kafka-tls-ca", ca, "--kafka-sasl-user", user,
+		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events, "--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ}
+	proc := &process{t: t, bin: bin, role: "all", log: filepath.Join(dir, "all.log"),
+		args: append([]string{"--http-addr", api, "--group-id", "test-" + p.topics.Commands}, common...)}
+	t.Setenv("TXPIPE_KAFKA_SASL_PASSWORD_FILE", pwFile) // inherited by the process
+	proc.start()
+	defer func() {
+		proc.stop()
+		if t.Failed() {
+			b, _ := os.ReadFile(proc.log)
+			t.Logf("log:\n%s", tail(string(b), 4000))
+		}
+	}()
+	eventually(t, "the pipeline over SASL_SSL is ready", proc.ready)
+	p.api, p.key = "http://"+api, key
+	id := uuidv7.New()
+	if status, body := p.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"sasl","currency":"EUR"}`, id)); status != 202 {
+		t.Fatalf("POST = %d %v", status, body)
+	}
+	if status, _ := p.awaitOutcome(t, id); status != "applied" {
+		t.Fatalf("outcome = %s, want applied", status)
+	}
+	if evs := p.events(t, p.topics.Events, 1); len(evs) != 1 || evs[0].CommandID != id {
+		t.Errorf("events topic = %v, want the outcome of %s", evs, id)
+	}
+	if b, _ := os.ReadFile(proc.log); strings.Contains(string(b), password) {
+		t.Error("the SASL password reached the log")
+	}
+
+	// Refusals at the protocol level, beside a control that succeeds with
+	// the right settings (so each refusal is the changed setting's doing).
+	topics := func(args ...string) error {
+		cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer ccancel()
+		return run(cctx, append([]string{"topics", "--log-level", "error", "--commands-topic", p.topics.Commands,
+			"--events-topic", p.topics.Events, "--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ}, args...),
+			&env{stdout: devNull{}, stderr: devNull{}, lookup: func(string) (string, bool) { return "", false }})
+	}
+	if err := topics("--kafka-brokers", sasl, "--kafka-tls-ca", ca, "--kafka-sasl-user", user, "--kafka-sasl-password", password); err != nil {
+		t.Fatalf("control: txpipe topics with the right settings: %v", err)
+	}
+	for name, args := range map[string][]string{
+		"wrong password": {"--kafka-brokers", sasl, "--kafka-tls-ca", ca, "--kafka-sasl-user", user, "--kafka-sasl-password", "wrong"},
+		"no TLS":         {"--kafka-brokers", sasl, "--kafka-sasl-user", user, "--kafka-sasl-password", password},
+		"untrusted CA":   {"--kafka-brokers", sasl, "--kafka-tls-ca", otherCA(t), "--kafka-sasl-user", user, "--kafka-sasl-password", password},
+		"no SASL":        {"--kafka-brokers", sasl, "--kafka-tls-ca", ca},
+	} {
+		if err := topics(args...); err == nil {
+			t.Errorf("%s: txpipe topics succeeded against the SASL_SSL listener", name)
+		}
+	}
+}
+
+type devNull struct{}
+
+func (devNull) Write(b []byte) (int, error) { return len(b), nil }
+
+func otherCA(t *testing.T) string {
+	_, _, ca, _ := testCA(t, t.TempDir())
+	return ca
+}
