@@ -86,6 +86,20 @@ func (c *Cluster) TopicsReplicated(t testing.TB, partitions, replicas int) Topic
 	if err := kafkaadmin.EnsureTopics(ctx, c.Client, topics); err != nil {
 		t.Fatalf("create test topics: %v", err)
 	}
+	// A new topic's partitions may answer "not leader" for a moment after
+	// the controller elected their leaders: wait until every one answers.
+	for _, n := range names {
+		for {
+			_, err := kafkaadmin.EndOffsets(ctx, c.Client, n)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("test topic %s never became usable: %v", n, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
