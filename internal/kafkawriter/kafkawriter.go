@@ -355,6 +355,9 @@ func (w *Writer) send(ctx context.Context, round []*call) {
 			break
 		}
 	}
+	if metaErr == nil {
+		metaErr = errors.New("the brokers list no partitions for it")
+	}
 	pending := map[partKey][]rec{}
 	var order []partKey
 	balancer := kafka.Murmur2Balancer{}
