@@ -238,17 +238,7 @@ func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, c
 	b.Queue(`SELECT partition, next_offset FROM consumer_offsets
 		WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])
 		ORDER BY partition FOR UPDATE`,
-		w.opts.GroupID, w.opts.CommandsTopic, parts).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var p int32
-			var o int64
-			if err := rows.Scan(&p, &o); err != nil {
-				return err
-			}
-			stored[int(p)] = o
-		}
-		return rows.Err()
-	})
+		w.opts.GroupID, w.opts.CommandsTopic, parts).Query(func(rows pgx.Rows) error { return scanPositions(rows, stored) })
 	priors := make(map[string]prior)
 	if len(ids) > 0 {
 		b.Queue(`SELECT command_id::text, fingerprint, status, coalesce(reason, '') FROM processed_commands

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/internal/kafkafetch"
@@ -122,22 +123,8 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 func (l *lane) resume(ctx context.Context) error {
 	bo := backoff.WithContext(retry.Policy(5*time.Second), ctx)
 	return backoff.RetryNotify(func() error {
-		stored := positions{}
-		rows, err := l.w.opts.Pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
-			WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])`,
-			l.w.opts.GroupID, l.w.opts.CommandsTopic, l.parts)
+		stored, err := l.w.storedOffsets(ctx, l.parts)
 		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var p int32
-			var o int64
-			if err := rows.Scan(&p, &o); err != nil {
-				return err
-			}
-			stored[int(p)] = o
-		}
-		if err := rows.Err(); err != nil {
 			return err
 		}
 		var unknown []int
@@ -404,4 +391,31 @@ func batchPartitions(msgs []kafka.Message) []int {
 	}
 	slices.Sort(parts)
 	return slices.Compact(parts)
+}
+
+// storedOffsets reads the offsets stored in PostgreSQL for parts; a
+// partition never applied has none.
+func (w *Worker) storedOffsets(ctx context.Context, parts []int) (positions, error) {
+	rows, err := w.opts.Pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
+		WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])`,
+		w.opts.GroupID, w.opts.CommandsTopic, parts)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	stored := positions{}
+	return stored, scanPositions(rows, stored)
+}
+
+// scanPositions reads (partition, next_offset) rows into into.
+func scanPositions(rows pgx.Rows, into positions) error {
+	for rows.Next() {
+		var p int32
+		var o int64
+		if err := rows.Scan(&p, &o); err != nil {
+			return err
+		}
+		into[int(p)] = o
+	}
+	return rows.Err()
 }

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -244,17 +245,8 @@ func (w *Worker) watchLag(ctx context.Context) {
 		if err != nil {
 			continue // Kafka unreachable: the lanes say so
 		}
-		rows, err := w.opts.Pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
-			WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])`, w.opts.GroupID, w.opts.CommandsTopic, parts)
-		if err == nil {
-			for rows.Next() {
-				var p int32
-				var o int64
-				if rows.Scan(&p, &o) == nil {
-					stored[int(p)] = o
-				}
-			}
-			rows.Close()
+		if got, err := w.storedOffsets(ctx, parts); err == nil {
+			maps.Copy(stored, got)
 		}
 		for _, p := range parts {
 			from, ok := stored[p]

@@ -46,20 +46,6 @@ func startPipelineWith(t *testing.T, partitions int, extra ...string) *pipeline 
 	p := &pipeline{db: pgtest.New(t), kc: kafkatest.New(t)}
 	p.topics = p.kc.Topics(t, partitions)
 	p.key, p.keyID = createKey(t, p.db.URL, "e2e", "commands:write,ledger:read")
-	var mu sync.Mutex
-	addrs := make(map[string]string)
-	listening := make(chan struct{}, 2)
-	var logs bytes.Buffer
-	e := &env{
-		stderr: &lockedWriter{w: &logs},
-		lookup: func(string) (string, bool) { return "", false }, // flags only
-		onListen: func(server, addr string) {
-			mu.Lock()
-			addrs[server] = addr
-			mu.Unlock()
-			listening <- struct{}{}
-		},
-	}
 	args := []string{"all",
 		"--database-url", p.db.URL,
 		"--kafka-brokers", strings.Join(p.kc.Brokers, ","),
@@ -72,34 +58,8 @@ func startPipelineWith(t *testing.T, partitions int, extra ...string) *pipeline 
 		"--log-level", "debug",
 	}
 	args = append(args, extra...)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, e) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run() = %v, want nil after cancel", err)
-		}
-		if t.Failed() {
-			t.Logf("pipeline log:\n%s", logs.String())
-		}
-	})
-	for range 2 {
-		select {
-		case <-listening:
-		case err := <-done:
-			t.Fatalf("run() ended early: %v\n%s", err, logs.String())
-		}
-	}
-	mu.Lock()
-	p.api, p.admin = "http://"+addrs["api"], "http://"+addrs["admin"]
-	mu.Unlock()
-	lw := e.stderr.(*lockedWriter)
-	p.logs = func() string {
-		lw.mu.Lock()
-		defer lw.mu.Unlock()
-		return logs.String()
-	}
+	api, admin, logs := runServing(t, args)
+	p.api, p.admin, p.logs = "http://"+api, "http://"+admin, logs
 	eventually(t, "the pipeline is ready", func() bool {
 		resp, err := http.Get(p.admin + "/readyz")
 		if err != nil {
@@ -109,6 +69,55 @@ func startPipelineWith(t *testing.T, partitions int, extra ...string) *pipeline 
 		return resp.StatusCode == http.StatusOK
 	})
 	return p
+}
+
+// runServing runs txpipe with args (a serving subcommand, listening on
+// 127.0.0.1:0) in this process until the test ends, and returns the API and
+// admin addresses and a reader of what it logged (printed if the test fails).
+func runServing(t *testing.T, args []string) (api, admin string, logs func() string) {
+	t.Helper()
+	var mu sync.Mutex
+	addrs := make(map[string]string)
+	listening := make(chan struct{}, 2)
+	var buf bytes.Buffer
+	lw := &lockedWriter{w: &buf}
+	logs = func() string {
+		lw.mu.Lock()
+		defer lw.mu.Unlock()
+		return buf.String()
+	}
+	e := &env{
+		stderr: lw,
+		lookup: func(string) (string, bool) { return "", false }, // flags only
+		onListen: func(server, addr string) {
+			mu.Lock()
+			addrs[server] = addr
+			mu.Unlock()
+			listening <- struct{}{}
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, e) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run() = %v, want nil after cancel", err)
+		}
+		if t.Failed() {
+			t.Logf("txpipe log:\n%s", logs())
+		}
+	})
+	for range 2 {
+		select {
+		case <-listening:
+		case err := <-done:
+			t.Fatalf("run() ended early: %v\n%s", err, logs())
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return addrs["api"], addrs["admin"], logs
 }
 
 type lockedWriter struct {

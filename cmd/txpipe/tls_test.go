@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -75,43 +72,9 @@ func TestHTTPSForAPIAndAdmin(t *testing.T) {
 	topics := kc.Topics(t, 1)
 	certFile, keyFile, _, pool := testCA(t, t.TempDir())
 	key, _ := createKey(t, db.URL, "tls", "commands:write,ledger:read")
-	var mu sync.Mutex
-	addrs := map[string]string{}
-	listening := make(chan struct{}, 2)
-	var logs bytes.Buffer
-	e := &env{stderr: &lockedWriter{w: &logs}, lookup: func(string) (string, bool) { return "", false },
-		onListen: func(server, addr string) {
-			mu.Lock()
-			addrs[server] = addr
-			mu.Unlock()
-			listening <- struct{}{}
-		}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"ingest", "--database-url", db.URL, "--kafka-brokers", strings.Join(kc.Brokers, ","),
-			"--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--commands-topic", topics.Commands,
-			"--tls-cert", certFile, "--tls-key", keyFile, "--log-level", "warn"}, e)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run() = %v", err)
-		}
-		if t.Failed() {
-			t.Logf("log:\n%s", logs.String())
-		}
-	}()
-	for range 2 {
-		select {
-		case <-listening:
-		case err := <-done:
-			t.Fatalf("run() ended early: %v\n%s", err, logs.String())
-		}
-	}
-	mu.Lock()
-	api, admin := addrs["api"], addrs["admin"]
-	mu.Unlock()
+	api, admin, _ := runServing(t, []string{"ingest", "--database-url", db.URL, "--kafka-brokers", strings.Join(kc.Brokers, ","),
+		"--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--commands-topic", topics.Commands,
+		"--tls-cert", certFile, "--tls-key", keyFile, "--log-level", "warn"})
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
 	defer tr.CloseIdleConnections()
 	trusted := &http.Client{Transport: tr, Timeout: 10 * time.Second}

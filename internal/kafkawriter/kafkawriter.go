@@ -307,9 +307,8 @@ func recordSize(m kafka.Message) int {
 
 // rec is one message of a round, with where it goes.
 type rec struct {
-	c    *call
-	i    int
-	part int
+	c *call
+	i int
 }
 
 type partKey struct {
@@ -372,7 +371,7 @@ func (w *Writer) send(ctx context.Context, round []*call) {
 			if _, seen := pending[k]; !seen {
 				order = append(order, k)
 			}
-			pending[k] = append(pending[k], rec{c: c, i: i, part: k.part})
+			pending[k] = append(pending[k], rec{c: c, i: i})
 		}
 	}
 	releaseSettled(round, pending)
