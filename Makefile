@@ -42,6 +42,10 @@ run: build
 	echo "txpipe: development API key (every scope; txpipe apikey list|revoke manage keys): $$key" >&2; \
 	echo "txpipe: try  curl -H 'Authorization: Bearer $$key' http://localhost:$${api##*:}/v1/accounts/alice" >&2; \
 	echo "txpipe: Ctrl-C stops the pipeline, make services-down the services" >&2; \
+	keys=.cache/dev-metadata-keys; \
+	if [ ! -s "$$keys" ]; then mkdir -p .cache; (umask 077; $(BIN) metadata-key new --id dev1 > "$$keys"); fi; \
+	echo "txpipe: account metadata is sealed with the development key in $$keys (TXPIPE_METADATA_KEYS_FILE)" >&2; \
+	export TXPIPE_METADATA_KEYS_FILE="$${TXPIPE_METADATA_KEYS_FILE:-$$keys}"; \
 	exec $(BIN) all
 
 .PHONY: test

@@ -17,6 +17,7 @@ import (
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/pgtx"
+	"github.com/txpipe/txpipe/internal/sealing"
 	"github.com/txpipe/txpipe/internal/uuidv7"
 	"github.com/txpipe/txpipe/outbox"
 )
@@ -38,8 +39,11 @@ type prior struct {
 
 // batchWrites accumulates a batch's effects, written in one round trip.
 type batchWrites struct {
-	touched   map[string]bool // accounts whose row changed
-	opened    map[string]bool // accounts this batch created
+	touched map[string]bool // accounts whose row changed
+	opened  map[string]bool // accounts this batch created
+	// sealed is the metadata of accounts this batch created, sealed: the
+	// plaintext is never written.
+	sealed    map[string]domain.Sealed
 	transfers map[string]bool // transfers created or changed
 	entries   []entryRow
 	processed []processedRow
@@ -152,7 +156,7 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 			cmds[i] = &cmd
 		}
 	}
-	wr := batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), transfers: make(map[string]bool), counts: make(map[outcomeKey]int), replayed: make(map[string]int)}
+	wr := batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), sealed: make(map[string]domain.Sealed), transfers: make(map[string]bool), counts: make(map[outcomeKey]int), replayed: make(map[string]int)}
 	// load queues BEGIN and write queues COMMIT (internal/pgtx).
 	err := pgtx.Run(ctx, w.opts.Pool, func(tx *pgxpool.Conn) error {
 		priors, book, loaded, err := w.load(ctx, tx, expected, cmds)
@@ -330,7 +334,15 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 }
 
 func (wr *batchWrites) outcome(w *Worker, cmd domain.Command, res domain.Result, acceptedAt, now time.Time) {
-	ev := domain.NewOutcomeEvent(uuidv7.New(), cmd, res, acceptedAt, now)
+	var sealed *domain.Sealed
+	if len(cmd.Metadata) > 0 {
+		keyID, ct := w.opts.Keyring.Seal(cmd.Metadata, sealing.MetadataAAD(cmd.AccountID))
+		sealed = &domain.Sealed{KeyID: keyID, Ciphertext: ct}
+		if res.Opened != nil {
+			wr.sealed[res.Opened.ID] = *sealed
+		}
+	}
+	ev := domain.NewOutcomeEvent(uuidv7.New(), cmd, sealed, res, acceptedAt, now)
 	ev.SubmittedBy = wr.by
 	wr.out = append(wr.out, eventMessage(w.opts.EventsTopic, cmd.DebitAccount(), ev, acceptedAt))
 	wr.count(string(res.Status), string(res.Reason))
@@ -397,7 +409,7 @@ func (w *Worker) write(ctx context.Context, tx batchSender, next positions, book
 		}
 	}
 	if len(created) > 0 {
-		queueInsertAccounts(b, created, now)
+		queueInsertAccounts(b, created, wr.sealed, now)
 	}
 	if len(changed) > 0 {
 		queueUpdateAccounts(b, changed, now)

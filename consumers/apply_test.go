@@ -17,6 +17,7 @@ import (
 
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/pgtest"
+	"github.com/txpipe/txpipe/internal/sealingtest"
 )
 
 // These tests drive the transactional apply path directly against a real
@@ -30,6 +31,7 @@ func newTestWorker(t *testing.T, db *pgtest.DB) *Worker {
 	w, err := New(Options{
 		Pool: db.Pool, Brokers: []string{"unused:9092"}, GroupID: "g",
 		CommandsTopic: "commands", EventsTopic: "events", PostingsTopic: "postings", DLQTopic: "dlq",
+		Keyring:    sealingtest.Keyring(t),
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

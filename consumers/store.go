@@ -50,13 +50,13 @@ func scanTransfers(rows pgx.Rows, book *domain.Book, loaded map[string]bool) err
 // queueLockAccounts loads and locks the accounts ids into book, in id order.
 func queueLockAccounts(b *pgx.Batch, ids []string, book *domain.Book) {
 	b.Queue(`SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
-			coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version, metadata
+			coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version
 		FROM accounts WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE`, ids).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			a := &domain.Account{}
 			var status string
 			if err := rows.Scan(&a.ID, &a.Currency, &status, &a.External, &a.Balance, &a.Held, &a.OverdraftLimit,
-				&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version, &a.Metadata); err != nil {
+				&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version); err != nil {
 				return err
 			}
 			a.Status = domain.AccountStatus(status)
@@ -71,21 +71,25 @@ func queueLockAccounts(b *pgx.Batch, ids []string, book *domain.Book) {
 // (a second open_account under another command_id, or a producer that keys
 // records differently), the unique violation rolls this batch back and its
 // retry sees the row and rejects with account_exists. An upsert would
-// silently overwrite the other account.
-func queueInsertAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time) {
+// silently overwrite the other account. Metadata is written only sealed.
+func queueInsertAccounts(b *pgx.Batch, accounts []*domain.Account, sealed map[string]domain.Sealed, now time.Time) {
 	n := len(accounts)
-	ids, currencies, statuses, days, metadata := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, currencies, statuses, days, keyIDs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	balance, held, overdraft, daily, debited, versions := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	ciphertexts := make([][]byte, n)
 	for i, a := range accounts {
-		ids[i], currencies[i], statuses[i], days[i], metadata[i] = a.ID, a.Currency, string(a.Status), a.DailyDebitDay, string(a.Metadata)
+		ids[i], currencies[i], statuses[i], days[i] = a.ID, a.Currency, string(a.Status), a.DailyDebitDay
 		balance[i], held[i], overdraft[i], daily[i], debited[i], versions[i] = a.Balance, a.Held, a.OverdraftLimit, a.DailyDebitLimit, a.DailyDebited, a.Version
+		if s, ok := sealed[a.ID]; ok {
+			keyIDs[i], ciphertexts[i] = s.KeyID, s.Ciphertext
+		}
 	}
 	b.Queue(`INSERT INTO accounts (account_id, currency, status, balance, held, overdraft_limit,
-			daily_debit_limit, daily_debit_day, daily_debited, version, metadata, created_at, updated_at)
-		SELECT id, cur, st, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(md, '')::jsonb, $12, $12
+			daily_debit_limit, daily_debit_day, daily_debited, version, metadata_key_id, metadata_sealed, created_at, updated_at)
+		SELECT id, cur, st, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(kid, ''), ct, $13, $13
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
-			$8::text[], $9::int8[], $10::int8[], $11::text[]) AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, md)`,
-		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, metadata, now)
+			$8::text[], $9::int8[], $10::int8[], $11::text[], $12::bytea[]) AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, kid, ct)`,
+		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, keyIDs, ciphertexts, now)
 }
 
 // queueUpdateAccounts writes the new state of accounts this batch loaded

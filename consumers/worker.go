@@ -29,6 +29,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/internal/kafkafetch"
+	"github.com/txpipe/txpipe/internal/sealing"
 )
 
 // Options configure a Worker.
@@ -57,8 +58,10 @@ type Options struct {
 	// ExpiryInterval is how often the worker looks for holds past their
 	// expiry. Default 1 s.
 	ExpiryInterval time.Duration
-	Registerer     prometheus.Registerer
-	Log            *slog.Logger
+	// Keyring seals account metadata before it is stored or published.
+	Keyring    *sealing.Keyring
+	Registerer prometheus.Registerer
+	Log        *slog.Logger
 }
 
 // Worker applies commands from the commands topic. Create it with New and
@@ -80,6 +83,9 @@ func New(o Options) (*Worker, error) {
 	}
 	if o.GroupID == "" || o.CommandsTopic == "" || o.EventsTopic == "" || o.PostingsTopic == "" || o.DLQTopic == "" {
 		return nil, errors.New("worker: GroupID and all four topics are required")
+	}
+	if o.Keyring == nil {
+		return nil, errors.New("worker: Keyring is required: account metadata is stored only sealed")
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = 200

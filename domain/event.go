@@ -60,14 +60,33 @@ type PostingData struct {
 	CommandType    Type   `json:"command_type"`
 }
 
+// Sealed is a value encrypted at rest (internal/sealing): the id of the key
+// that sealed it and the sealed bytes, base64 in JSON.
+type Sealed struct {
+	KeyID      string `json:"key_id"`
+	Ciphertext []byte `json:"ciphertext"`
+}
+
+// shownCommand is a command as its outcome event shows it: as sent, except
+// its metadata, which may hold personal data and is shown only sealed. The
+// outer Metadata field shadows the command's and is always empty, so the
+// plaintext can never reach the outbox or the events topic.
+type shownCommand struct {
+	Command
+	Metadata       json.RawMessage `json:"metadata,omitempty"`
+	MetadataSealed *Sealed         `json:"metadata_sealed,omitempty"`
+}
+
 // NewOutcomeEvent builds the outcome event of cmd. For an idempotency
 // conflict, cmd is the command as delivered, not the one first applied.
-func NewOutcomeEvent(eventID string, cmd Command, res Result, acceptedAt, now time.Time) Event {
+// sealedMetadata is cmd's metadata sealed, shown in its place; nil when cmd
+// has none.
+func NewOutcomeEvent(eventID string, cmd Command, sealedMetadata *Sealed, res Result, acceptedAt, now time.Time) Event {
 	data := OutcomeData{
 		CommandType: cmd.Type,
 		Status:      res.Status,
 		Reason:      res.Reason,
-		Command:     cmd.Encode(),
+		Command:     mustJSON(shownCommand{Command: cmd, MetadataSealed: sealedMetadata}),
 		Postings:    make([]PostingData, 0, len(res.Postings)),
 	}
 	if !acceptedAt.IsZero() {

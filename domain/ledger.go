@@ -1,7 +1,6 @@
 package domain
 
 import (
-	"encoding/json"
 	"math"
 	"time"
 )
@@ -68,8 +67,9 @@ type Account struct {
 	DailyDebited    int64 // debits and holds on DailyDebitDay (UTC, 2006-01-02)
 	// Version counts the account's postings: the n-th posting of an account
 	// carries AccountVersion n, so a consumer can see gaps.
-	Version  int64
-	Metadata json.RawMessage
+	Version int64
+	// An account's metadata is not part of its state here: it never changes
+	// and the rules never read it; the worker stores it sealed.
 }
 
 // Available is what the account may still spend before its overdraft limit.
@@ -243,7 +243,6 @@ func (b *Book) openAccount(cmd Command) Result {
 		Status:          AccountActive,
 		OverdraftLimit:  cmd.OverdraftLimit,
 		DailyDebitLimit: cmd.DailyDebitLimit,
-		Metadata:        cmd.Metadata,
 	}
 	b.Accounts[a.ID] = a
 	return Result{Status: StatusApplied, Opened: a}

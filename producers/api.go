@@ -21,6 +21,7 @@ import (
 
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/apikey"
+	"github.com/txpipe/txpipe/internal/sealing"
 )
 
 // MaxBatchCommands is the most commands one batch request may carry.
@@ -40,6 +41,9 @@ type APIOptions struct {
 	RateBurst int
 	// Pool serves the read endpoints.
 	Pool *pgxpool.Pool
+	// Keyring opens the sealed metadata of accounts for keys allowed to
+	// read the ledger.
+	Keyring *sealing.Keyring
 	// MaxBodyBytes bounds a batch request body; a single command is bounded
 	// by domain.MaxCommandBytes. Default 8 MiB.
 	MaxBodyBytes int64
@@ -64,8 +68,8 @@ type API struct {
 
 // NewAPI checks o and registers the API's metrics.
 func NewAPI(o APIOptions) (*API, error) {
-	if o.Producer == nil || o.Auth == nil || o.Pool == nil || o.Registerer == nil || o.Log == nil {
-		return nil, errors.New("api: Producer, Auth, Pool, Registerer and Log are required")
+	if o.Producer == nil || o.Auth == nil || o.Pool == nil || o.Keyring == nil || o.Registerer == nil || o.Log == nil {
+		return nil, errors.New("api: Producer, Auth, Pool, Keyring, Registerer and Log are required")
 	}
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 8 << 20
@@ -365,11 +369,12 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 	}
 	var resp accountResponse
 	var daily int64
-	var metadata pgtype.Text
+	var plain, keyID pgtype.Text
+	var sealed []byte
 	err := a.opts.Pool.QueryRow(r.Context(), `SELECT account_id, currency, status, external, balance, held,
-			overdraft_limit, daily_debit_limit, version, metadata::text, created_at, updated_at
+			overdraft_limit, daily_debit_limit, version, metadata::text, metadata_key_id, metadata_sealed, created_at, updated_at
 		FROM accounts WHERE account_id = $1`, id).Scan(&resp.AccountID, &resp.Currency, &resp.Status, &resp.External,
-		&resp.Balance, &resp.PendingHolds, &resp.OverdraftLimit, &daily, &resp.Version, &metadata, &resp.CreatedAt, &resp.UpdatedAt)
+		&resp.Balance, &resp.PendingHolds, &resp.OverdraftLimit, &daily, &resp.Version, &plain, &keyID, &sealed, &resp.CreatedAt, &resp.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		accountNotFound(w)
 		return
@@ -382,8 +387,16 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 	if daily > 0 {
 		resp.DailyDebitLimit = &daily
 	}
-	if metadata.Valid {
-		resp.Metadata = json.RawMessage(metadata.String)
+	switch {
+	case keyID.Valid:
+		md, err := a.opts.Keyring.Open(keyID.String, sealed, sealing.MetadataAAD(id))
+		if err != nil {
+			a.internal(w, r, fmt.Errorf("open the metadata of account %s: %w", id, err))
+			return
+		}
+		resp.Metadata = md
+	case plain.Valid: // written before metadata was sealed; `metadata-key rotate` seals it
+		resp.Metadata = json.RawMessage(plain.String)
 	}
 	resp.CreatedAt, resp.UpdatedAt = resp.CreatedAt.UTC(), resp.UpdatedAt.UTC()
 	writeJSON(w, http.StatusOK, resp)

@@ -22,6 +22,7 @@ import (
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
 	"github.com/txpipe/txpipe/internal/pgtest"
+	"github.com/txpipe/txpipe/internal/sealingtest"
 	"github.com/txpipe/txpipe/internal/uuidv7"
 	"github.com/txpipe/txpipe/producers"
 )
@@ -39,7 +40,7 @@ func setup(t *testing.T) *fixture {
 	topic := kc.Topics(t, 1).Commands
 	w := kc.Writer(t)
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(w, topic), Auth: authorize(t, db), Pool: db.Pool, MaxBodyBytes: 256 << 10,
+		Producer: producers.NewProducer(w, topic), Auth: authorize(t, db), Pool: db.Pool, Keyring: sealingtest.Keyring(t), MaxBodyBytes: 256 << 10,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -207,7 +208,7 @@ func TestAPIAnswers503WhenKafkaIsDown(t *testing.T) {
 	w := kafkawriter.New(kafkawriter.Options{Brokers: []string{dead}, Transport: tr})
 	defer w.Close()
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(w, "ledger.commands.v1"), Auth: authorize(t, db), Pool: db.Pool, ProduceTimeout: 500 * time.Millisecond,
+		Producer: producers.NewProducer(w, "ledger.commands.v1"), Auth: authorize(t, db), Pool: db.Pool, Keyring: sealingtest.Keyring(t), ProduceTimeout: 500 * time.Millisecond,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -243,7 +244,7 @@ func TestAPIRequiresAKeyWithTheRightScope(t *testing.T) {
 	}
 	kc := f.kc
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(kc.Writer(t), f.topic), Auth: apikey.NewAuthenticator(db.Pool), Pool: db.Pool,
+		Producer: producers.NewProducer(kc.Writer(t), f.topic), Auth: apikey.NewAuthenticator(db.Pool), Pool: db.Pool, Keyring: sealingtest.Keyring(t),
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -343,7 +344,7 @@ func TestAPIRateLimitsEachKey(t *testing.T) {
 	topic := kc.Topics(t, 1).Commands
 	ctx := context.Background()
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(kc.Writer(t), topic), Auth: apikey.NewAuthenticator(db.Pool), Pool: db.Pool,
+		Producer: producers.NewProducer(kc.Writer(t), topic), Auth: apikey.NewAuthenticator(db.Pool), Pool: db.Pool, Keyring: sealingtest.Keyring(t),
 		RateLimit: 0.001, RateBurst: producers.MaxBatchCommands,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

@@ -35,6 +35,7 @@ type stack struct {
 	logDir   string
 	procs    []*proc
 	key      string // an API key with every scope
+	sealKeys string // the processes' --metadata-keys, passed in their environment
 }
 
 type proc struct {
@@ -90,6 +91,11 @@ func newStack(ctx context.Context, name, txpipe, adminURL string, brokers []stri
 	if err != nil || s.key == "" {
 		return nil, fmt.Errorf("txpipe apikey create: %v: %s", err, out)
 	}
+	sealKey, err := exec.CommandContext(ctx, s.txpipe, "metadata-key", "new", "--id", "bench").Output()
+	if err != nil {
+		return nil, fmt.Errorf("txpipe metadata-key new: %v", err)
+	}
+	s.sealKeys = strings.TrimSpace(string(sealKey))
 	if err := s.runOnce(ctx, "topics", "--partitions", "12"); err != nil {
 		return nil, err
 	}
@@ -148,6 +154,7 @@ func (s *stack) start(ctx context.Context, role string, extra ...string) (*proc,
 		return nil, err
 	}
 	p.cmd = exec.Command(s.txpipe, args...)
+	p.cmd.Env = append(os.Environ(), "TXPIPE_METADATA_KEYS="+s.sealKeys)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start txpipe %s: %w", role, err)

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/txpipe/txpipe/internal/envflag"
+	"github.com/txpipe/txpipe/internal/sealing"
 )
 
 // config is every setting of every subcommand; each subcommand defines the
@@ -55,6 +56,9 @@ type config struct {
 	relayPollInterval time.Duration
 
 	shutdownTimeout time.Duration
+
+	metadataKeys string
+	keyring      *sealing.Keyring // parsed from metadataKeys
 }
 
 // flagSet groups the flags by what uses them.
@@ -121,6 +125,12 @@ func (f flagSet) relay() {
 	f.DurationVar(&f.cfg.relayPollInterval, "relay-poll-interval", time.Second, "how often the relay polls when no notification arrives")
 }
 
+// sealing is the keyring of the processes that read or write account
+// metadata, which is stored and published only sealed.
+func (f flagSet) sealing() {
+	f.StringVar(&f.cfg.metadataKeys, "metadata-keys", "", "keys sealing account metadata at rest: comma-separated id:base64-key, the first seals, the others only open older values (txpipe metadata-key new); pass it as TXPIPE_METADATA_KEYS_FILE")
+}
+
 func (f flagSet) partitions() {
 	f.IntVar(&f.cfg.partitions, "partitions", 12, "partitions of each topic created")
 	f.IntVar(&f.cfg.replicationFactor, "replication-factor", 1, "replicas of each topic created")
@@ -160,6 +170,15 @@ func (f flagSet) parse(args []string, e *env) (*config, error) {
 	need("rate-limit", c.rateLimit >= 0, "must not be negative")
 	need("tls-key", (c.tlsCert == "") == (c.tlsKey == ""), "--tls-cert and --tls-key go together")
 	need("rate-burst", c.rateBurst >= 1000, "must be at least 1000, a full batch")
+	if f.Lookup("metadata-keys") != nil {
+		if c.metadataKeys == "" {
+			need("metadata-keys", false, "is required: account metadata is stored sealed; make a key with `txpipe metadata-key new --id ID`")
+		} else if k, err := sealing.Parse(c.metadataKeys); err != nil {
+			need("metadata-keys", false, err.Error())
+		} else {
+			c.keyring = k
+		}
+	}
 	if len(problems) > 0 {
 		return nil, usageError{"invalid settings:\n  " + strings.Join(problems, "\n  ")}
 	}

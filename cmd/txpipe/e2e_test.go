@@ -88,7 +88,7 @@ func runServing(t *testing.T, args []string) (api, admin string, logs func() str
 	}
 	e := &env{
 		stderr: lw,
-		lookup: func(string) (string, bool) { return "", false }, // flags only
+		lookup: testLookup,
 		onListen: func(server, addr string) {
 			mu.Lock()
 			addrs[server] = addr
@@ -149,7 +149,7 @@ func createKey(t *testing.T, dbURL, name, scopes string) (key, id string) {
 	t.Helper()
 	var out bytes.Buffer
 	err := run(context.Background(), []string{"apikey", "create", "--database-url", dbURL, "--name", name, "--scopes", scopes},
-		&env{stdout: &out, stderr: io.Discard, lookup: func(string) (string, bool) { return "", false }})
+		&env{stdout: &out, stderr: io.Discard, lookup: testLookup})
 	if err != nil {
 		t.Fatalf("apikey create: %v", err)
 	}
@@ -442,7 +442,7 @@ func (p *pipeline) runVerify() (string, error) {
 		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
 		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ,
 		"--group-id", "test-" + p.topics.Commands,
-	}, &env{stdout: &out, stderr: io.Discard, lookup: func(string) (string, bool) { return "", false }})
+	}, &env{stdout: &out, stderr: io.Discard, lookup: testLookup})
 	return out.String(), err
 }
 
@@ -554,7 +554,7 @@ func TestPoisonRecordGoesToDLQAndPartitionFlows(t *testing.T) {
 		var out bytes.Buffer
 		full := append(append([]string{"dlq"}, args...), "--kafka-brokers", strings.Join(p.kc.Brokers, ","),
 			"--commands-topic", p.topics.Commands, "--dlq-topic", p.topics.DLQ, "--log-level", "warn")
-		err := run(context.Background(), full, &env{stdout: &out, stderr: io.Discard, lookup: func(string) (string, bool) { return "", false }})
+		err := run(context.Background(), full, &env{stdout: &out, stderr: io.Discard, lookup: testLookup})
 		return out.String(), err
 	}
 	list, err := dlqCmd("list")
@@ -642,7 +642,7 @@ func TestReadyzSaysWhyWhenPostgresIsUnreachable(t *testing.T) {
 	dead := ln.Addr().String()
 	ln.Close()
 	admin := make(chan string, 2)
-	e := &env{stdout: io.Discard, stderr: io.Discard, lookup: func(string) (string, bool) { return "", false },
+	e := &env{stdout: io.Discard, stderr: io.Discard, lookup: testLookup,
 		onListen: func(server, addr string) {
 			if server == "admin" {
 				admin <- addr
@@ -662,7 +662,14 @@ func TestReadyzSaysWhyWhenPostgresIsUnreachable(t *testing.T) {
 			t.Errorf("run() = %v, want nil after cancel", err)
 		}
 	}()
-	base := "http://" + <-admin
+	var base string
+	select {
+	case addr := <-admin:
+		base = "http://" + addr
+	case err := <-done:
+		done <- err // for the deferred check
+		t.Fatalf("run() ended before listening: %v", err)
+	}
 	var body struct {
 		Status string
 		Checks map[string]string

@@ -104,7 +104,7 @@ func TestPipelineOverKafkaSASLSSL(t *testing.T) {
 		defer ccancel()
 		return run(cctx, append([]string{"topics", "--log-level", "error", "--commands-topic", p.topics.Commands,
 			"--events-topic", p.topics.Events, "--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ}, args...),
-			&env{stdout: devNull{}, stderr: devNull{}, lookup: func(string) (string, bool) { return "", false }})
+			&env{stdout: devNull{}, stderr: devNull{}, lookup: testLookup})
 	}
 	if err := topics("--kafka-brokers", sasl, "--kafka-tls-ca", ca, "--kafka-sasl-user", user, "--kafka-sasl-password", password); err != nil {
 		t.Fatalf("control: txpipe topics with the right settings: %v", err)

@@ -64,6 +64,8 @@ subcommands:
   dlq replay --records p@o,…|all   send dead letters back to the commands topic
   apikey create --name N --scopes commands:write,ledger:read   print a new API key (once)
   apikey list | apikey revoke --id KEY_ID
+  metadata-key new --id ID   print a new key for --metadata-keys
+  metadata-key rotate        re-seal all account metadata under the first of --metadata-keys
 
 Every flag has an environment fallback: --kafka-brokers ⇄ TXPIPE_KAFKA_BROKERS.
 Run "txpipe <subcommand> -h" for its flags.`
@@ -85,6 +87,8 @@ func run(ctx context.Context, args []string, e *env) error {
 		return runDLQ(ctx, rest, e)
 	case "apikey":
 		return runAPIKey(ctx, rest, e)
+	case "metadata-key":
+		return runMetadataKey(ctx, rest, e)
 	case "ingest", "worker", "relay", "all":
 		return runServe(ctx, sub, rest, e)
 	case "help", "-h", "--help":

@@ -44,7 +44,7 @@ func TestPostgresOverVerifiedTLS(t *testing.T) {
 
 	// txpipe itself over it: migrations and a key, through --database-url.
 	var out bytes.Buffer
-	e := &env{stdout: &out, stderr: io.Discard, lookup: func(string) (string, bool) { return "", false }}
+	e := &env{stdout: &out, stderr: io.Discard, lookup: testLookup}
 	if err := run(ctx, []string{"apikey", "create", "--database-url", tlsURL, "--name", "tls", "--scopes", "ledger:read"}, e); err != nil {
 		t.Fatalf("txpipe apikey create over TLS: %v", err)
 	}

@@ -95,6 +95,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	if has("ingest") {
 		fs.ingest()
 	}
+	if has("ingest") || has("worker") {
+		fs.sealing()
+	}
 	if has("worker") {
 		fs.worker()
 	}
@@ -162,6 +165,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			RateLimit:      cfg.rateLimit,
 			RateBurst:      cfg.rateBurst,
 			Pool:           pool,
+			Keyring:        cfg.keyring,
 			MaxBodyBytes:   cfg.maxBodyBytes,
 			ProduceTimeout: cfg.produceTimeout,
 			Registerer:     reg,
@@ -202,6 +206,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			BatchLinger:    cfg.batchLinger,
 			SessionTimeout: cfg.sessionTimeout,
 			ExpiryInterval: cfg.expiryInterval,
+			Keyring:        cfg.keyring,
 			Registerer:     reg,
 			Log:            log,
 		})
