@@ -59,6 +59,7 @@ FUZZTIME ?= 30000x
 test:
 	@eval "$$($(SERVICES) up)"; \
 	$(GO) test $(TEST_FLAGS) ./...; \
+	(cd deploy/verify && $(GO) test -count=1 ./...); \
 	for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) "$${t#*:}"; done
 
 # chaos: the fault test with a Kafka broker restart and a PostgreSQL crash
@@ -86,6 +87,7 @@ chaos-cluster:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd deploy/verify && $(GO) vet ./...
 
 # bench: naive vs txpipe vs the PostgreSQL and Kafka ceilings, skewed vs
 # uniform, latency at 1000/s; each scenario on its own database and topics.
