@@ -156,10 +156,18 @@ ensure_tls() {
   cp "$d/ca.crt" "$TXPIPE_CACHE_DIR/kafka-ca.crt"
 }
 
-# sasl_config: the SASL_SSL listener's part of server.properties.
+# sasl_config: the SASL_SSL listener's part of server.properties. SASL users
+# are authorized by ACLs (StandardAuthorizer; `txpipe kafka-acls` grants the
+# roles theirs) and get nothing else. The PLAINTEXT and CONTROLLER listeners
+# are this development broker's local ports: their clients are ANONYMOUS,
+# made a super user so the tests and tools keep working there. A production
+# cluster closes plaintext instead (docs/security.md).
 sasl_config() {
   [[ -n "$KAFKA_SASL_PORT" ]] || return 0
   cat <<EOF
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.ssl.keystore.type=PEM

@@ -32,6 +32,7 @@ type process struct {
 	bin   string
 	role  string
 	args  []string
+	env   []string // added to the test's environment
 	log   string
 	cmd   *exec.Cmd
 	admin string
@@ -47,6 +48,9 @@ func (p *process) start() {
 	defer f.Close()
 	p.cmd = exec.Command(p.bin, append([]string{p.role, "--admin-addr", p.admin}, p.args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if len(p.env) > 0 {
+		p.cmd.Env = append(os.Environ(), p.env...)
+	}
 	if err := p.cmd.Start(); err != nil {
 		p.t.Fatalf("start %s: %v", p.role, err)
 	}

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha512"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/pgtest"
 	"github.com/txpipe/txpipe/internal/uuidv7"
@@ -28,44 +31,26 @@ import (
 // then that a wrong password, a client without TLS, and a client that does
 // not trust the broker's CA are all refused.
 func TestPipelineOverKafkaSASLSSL(t *testing.T) {
-	sasl, ca := os.Getenv("TXPIPE_KAFKA_SASL_BROKERS"), os.Getenv("TXPIPE_KAFKA_CA")
-	pgTLS := os.Getenv("TXPIPE_DATABASE_TLS_URL")
-	if sasl == "" || ca == "" || pgTLS == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TXPIPE_KAFKA_SASL_BROKERS, TXPIPE_KAFKA_CA and TXPIPE_DATABASE_TLS_URL are not set (scripts/services.sh env prints them)")
-		}
-		t.Skip("TXPIPE_KAFKA_SASL_BROKERS, TXPIPE_KAFKA_CA and TXPIPE_DATABASE_TLS_URL are not set")
-	}
-	// The user, made over the plaintext listener (an operator's job).
+	sasl, ca, pgTLS := saslServices(t)
+	// The user and its grants, made over the plaintext listener (an
+	// operator's job): the three roles' ACLs, and creating the topics, for
+	// the control below.
 	p := &pipeline{db: pgtest.New(t), kc: kafkatest.New(t)}
 	p.topics = p.kc.Topics(t, 3)
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	user, password := "txpipe-test-"+hex.EncodeToString(b[:4]), hex.EncodeToString(b[:])
-	salt := make([]byte, 16)
-	_, _ = rand.Read(salt)
-	salted, err := pbkdf2.Key(sha512.New, password, salt, 4096, sha512.Size)
-	if err != nil {
-		t.Fatal(err)
+	user, password, pwFile := scramUser(t, p.kc, "txpipe-test")
+	grant(t, p, "--ingest-user", user, "--worker-user", user, "--relay-user", user, "--group-id", "test-"+p.topics.Commands)
+	var creates []kafka.ACLEntry
+	for _, name := range []string{p.topics.Commands, p.topics.Events, p.topics.Postings, p.topics.DLQ} {
+		creates = append(creates, kafka.ACLEntry{ResourceType: kafka.ResourceTypeTopic, ResourceName: name, ResourcePatternType: kafka.PatternTypeLiteral,
+			Principal: "User:" + user, Host: "*", Operation: kafka.ACLOperationTypeCreate, PermissionType: kafka.ACLPermissionTypeAllow})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	res, err := p.kc.Client.AlterUserScramCredentials(ctx, &kafka.AlterUserScramCredentialsRequest{
-		Upsertions: []kafka.UserScramCredentialsUpsertion{{Name: user, Mechanism: kafka.ScramMechanismSha512, Iterations: 4096, Salt: salt, SaltedPassword: salted}}})
-	if err != nil || len(res.Results) != 1 || res.Results[0].Error != nil {
-		t.Fatalf("create SCRAM user: %v %+v", err, res)
-	}
-	pwFile := filepath.Join(t.TempDir(), "sasl-password")
-	if err := os.WriteFile(pwFile, []byte(password), 0o600); err != nil {
+	if err := kafkaadmin.CreateACLs(context.Background(), p.kc.Client, creates); err != nil {
 		t.Fatal(err)
 	}
 	key, _ := createKey(t, p.db.URL, "sasl", "commands:write,ledger:read")
 
 	// The whole pipeline over SASL_SSL; the password from a _FILE.
-	bin := filepath.Join(t.TempDir(), "txpipe")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildTxpipe(t)
 	api := freeAddr(t)
 	dir := t.TempDir()
 	common := []string{"--database-url", tlsDatabaseURL(t, pgTLS, p.db), "--kafka-brokers", sasl, "--kafka-tls-ca", ca, "--kafka-sasl-user", user,
@@ -119,6 +104,78 @@ func TestPipelineOverKafkaSASLSSL(t *testing.T) {
 			t.Errorf("%s: txpipe topics succeeded against the SASL_SSL listener", name)
 		}
 	}
+}
+
+// saslServices returns the SASL_SSL listener, its CA and the TLS database
+// URL that scripts/services.sh env exports; it skips the test without them
+// (fails it in CI).
+func saslServices(t *testing.T) (sasl, ca, pgTLS string) {
+	t.Helper()
+	sasl, ca = os.Getenv("TXPIPE_KAFKA_SASL_BROKERS"), os.Getenv("TXPIPE_KAFKA_CA")
+	pgTLS = os.Getenv("TXPIPE_DATABASE_TLS_URL")
+	if sasl == "" || ca == "" || pgTLS == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("TXPIPE_KAFKA_SASL_BROKERS, TXPIPE_KAFKA_CA and TXPIPE_DATABASE_TLS_URL are not set (scripts/services.sh env prints them)")
+		}
+		t.Skip("TXPIPE_KAFKA_SASL_BROKERS, TXPIPE_KAFKA_CA and TXPIPE_DATABASE_TLS_URL are not set")
+	}
+	return sasl, ca, pgTLS
+}
+
+// grant runs txpipe kafka-acls over the plaintext listener (whose
+// ANONYMOUS clients are the development broker's super users) for p's
+// topics, with args naming the users, and returns what it printed.
+func grant(t *testing.T, p *pipeline, args ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := run(ctx, append([]string{"kafka-acls", "--kafka-brokers", strings.Join(p.kc.Brokers, ","),
+		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
+		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ}, args...),
+		&env{stdout: &out, stderr: io.Discard, lookup: testLookup})
+	if err != nil {
+		t.Fatalf("txpipe kafka-acls: %v\n%s", err, out.String())
+	}
+	return out.String()
+}
+
+// buildTxpipe builds the binary for tests that run it as processes.
+func buildTxpipe(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "txpipe")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// scramUser makes a SCRAM-SHA-512 user with a random name starting with
+// prefix, over the plaintext listener (an operator's job), and returns its
+// name, its password and a file holding the password.
+func scramUser(t *testing.T, kc *kafkatest.Cluster, prefix string) (user, password, file string) {
+	t.Helper()
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	user, password = prefix+"-"+hex.EncodeToString(b[:4]), hex.EncodeToString(b[:])
+	salt := make([]byte, 16)
+	_, _ = rand.Read(salt)
+	salted, err := pbkdf2.Key(sha512.New, password, salt, 4096, sha512.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := kc.Client.AlterUserScramCredentials(ctx, &kafka.AlterUserScramCredentialsRequest{
+		Upsertions: []kafka.UserScramCredentialsUpsertion{{Name: user, Mechanism: kafka.ScramMechanismSha512, Iterations: 4096, Salt: salt, SaltedPassword: salted}}})
+	if err != nil || len(res.Results) != 1 || res.Results[0].Error != nil {
+		t.Fatalf("create SCRAM user: %v %+v", err, res)
+	}
+	file = filepath.Join(t.TempDir(), "sasl-password")
+	if err := os.WriteFile(file, []byte(password), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return user, password, file
 }
 
 type devNull struct{}

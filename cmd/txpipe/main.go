@@ -64,6 +64,8 @@ subcommands:
   dlq replay --records p@o,…|all   send dead letters back to the commands topic
   apikey create --name N --scopes commands:write,ledger:read   print a new API key (once)
   apikey list | apikey revoke --id KEY_ID
+  kafka-acls --ingest-user U --worker-user U --relay-user U [--reader-user U]
+            grant each role's SASL user only what it needs on the topics
   metadata-key new --id ID   print a new key for --metadata-keys
   metadata-key rotate        re-seal all account metadata under the first of --metadata-keys
 
@@ -87,6 +89,8 @@ func run(ctx context.Context, args []string, e *env) error {
 		return runDLQ(ctx, rest, e)
 	case "apikey":
 		return runAPIKey(ctx, rest, e)
+	case "kafka-acls":
+		return runKafkaACLs(ctx, rest, e)
 	case "metadata-key":
 		return runMetadataKey(ctx, rest, e)
 	case "ingest", "worker", "relay", "all":
