@@ -16,6 +16,9 @@ type relayMetrics struct {
 	endToEnd        prometheus.Histogram
 	pending         prometheus.Gauge
 	oldestAge       prometheus.Gauge
+	shardsOwned     prometheus.Gauge
+	leaseChanges    *prometheus.CounterVec
+	fenced          prometheus.Counter
 }
 
 // EndToEndBuckets are the buckets of the accepted → published latency
@@ -59,8 +62,21 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 			Name: "txpipe_outbox_oldest_pending_age_seconds",
 			Help: "Age of the oldest unpublished outbox row; 0 when the outbox is empty (sampled every 5 s).",
 		}),
+		shardsOwned: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "txpipe_relay_shards_owned",
+			Help: "Outbox shards this relay holds the lease of (of 32, shared among the relays alive).",
+		}),
+		leaseChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "txpipe_relay_lease_changes_total",
+			Help: "Shard leases this relay acquired, released (dealt to another relay) or lost (taken over after it expired).",
+		}, []string{"change"}),
+		fenced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_relay_fenced_batches_total",
+			Help: "Batches that marked nothing published because a lease was lost mid-batch; the new holder publishes them (possibly again).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.publishDuration, m.batchSize, m.endToEnd, m.pending, m.oldestAge} {
+	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.publishDuration, m.batchSize, m.endToEnd, m.pending, m.oldestAge,
+		m.shardsOwned, m.leaseChanges, m.fenced} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

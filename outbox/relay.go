@@ -10,6 +10,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,17 +37,26 @@ type RelayOptions struct {
 	// notification woke it: the safety net for notifications lost while the
 	// listening connection was down. Default 1 s.
 	PollInterval time.Duration
-	Registerer   prometheus.Registerer
-	Log          *slog.Logger
+	// LeaseTTL is how long a relay's shard leases last without renewal:
+	// how soon the others take over from a relay that stopped, paused or
+	// lost PostgreSQL. Renewed every LeaseTTL/3. Default 10 s.
+	LeaseTTL time.Duration
+	// ID names the relay in the lease table; default host-pid-random.
+	ID         string
+	Registerer prometheus.Registerer
+	Log        *slog.Logger
 }
 
 // Relay publishes outbox rows to Kafka in id order and deletes them once
-// Kafka acknowledged them. Several relays may run: each batch locks its rows
-// (FOR UPDATE), so they take turns and never publish a row concurrently.
+// Kafka acknowledged them. Several relays share the work: each publishes
+// the shards it holds the lease of (see leases), and each batch also locks
+// its rows (FOR UPDATE), so no row is ever published by two relays at once
+// and a key's records keep their order.
 type Relay struct {
 	opts    RelayOptions
 	metrics *relayMetrics
 	ready   readiness
+	leases  *leases
 }
 
 // NewRelay checks the options and registers the relay's metrics.
@@ -60,16 +70,30 @@ func NewRelay(o RelayOptions) (*Relay, error) {
 	if o.PollInterval <= 0 {
 		o.PollInterval = time.Second
 	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = 10 * time.Second
+	}
+	if o.ID == "" {
+		o.ID = newRelayID()
+	}
 	m, err := newRelayMetrics(o.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	return &Relay{opts: o, metrics: m}, nil
+	return &Relay{opts: o, metrics: m,
+		leases: &leases{pool: o.Pool, id: o.ID, ttl: o.LeaseTTL, log: o.Log, metrics: m}}, nil
 }
 
-// Ready reports nil once the relay's last attempt to publish succeeded, or
-// why it is failing. It is a readiness check for /readyz.
-func (r *Relay) Ready(context.Context) error { return r.ready.err() }
+// Ready reports nil once the relay's last lease upkeep and its last attempt
+// to publish succeeded, or why they are failing. It is a readiness check for
+// /readyz. A relay dealt no shard (more relays than shards) is ready: it
+// stands by.
+func (r *Relay) Ready(context.Context) error {
+	if err := r.leases.ready.err(); err != nil {
+		return fmt.Errorf("leases: %w", err)
+	}
+	return r.ready.err()
+}
 
 // Run relays until ctx is done. Failures (PostgreSQL or Kafka unreachable)
 // are retried with exponential backoff capped at 5 s, for as long as it
@@ -78,6 +102,7 @@ func (r *Relay) Ready(context.Context) error { return r.ready.err() }
 func (r *Relay) Run(ctx context.Context) error {
 	wake := make(chan struct{}, 1)
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { r.leases.run(ctx, wake); return nil })
 	g.Go(func() error { r.listen(ctx, wake); return nil })
 	g.Go(func() error { r.watchBacklog(ctx); return nil })
 	g.Go(func() error { r.loop(ctx, wake); return nil })
@@ -88,6 +113,13 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 	bo := retry.Policy(5 * time.Second)
 	for ctx.Err() == nil {
 		n, err := r.publishBatch(ctx)
+		if errors.Is(err, errFenced) {
+			r.metrics.fenced.Inc()
+			r.opts.Log.Warn("relay lost a lease mid-batch; its new holder publishes the rows", "relay", r.opts.ID)
+			if err = r.leases.recheck(ctx); err == nil {
+				continue // the shards it still holds may have rows waiting
+			}
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -128,6 +160,7 @@ const publishTimeout = 60 * time.Second
 
 type row struct {
 	id         int64
+	shard      int16
 	topic      string
 	key, value []byte
 	headers    map[string]string
@@ -178,16 +211,20 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 // publishIn runs publishBatch's transaction on conn and returns the rows
 // it published.
 func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn) ([]row, error) {
+	shards, epochs := r.leases.held()
+	if len(shards) == 0 {
+		return nil, nil
+	}
 	var batch []row
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	b.Queue(`SELECT id, topic, key, value, headers, accepted_at, created_at
-		FROM outbox ORDER BY id LIMIT $1 FOR UPDATE`, r.opts.BatchSize).Query(func(rows pgx.Rows) error {
+	b.Queue(`SELECT id, shard, topic, key, value, headers, accepted_at, created_at
+		FROM outbox WHERE shard = ANY($2) ORDER BY id LIMIT $1 FOR UPDATE`, r.opts.BatchSize, shards).Query(func(rows pgx.Rows) error {
 		var err error
 		batch, err = pgx.CollectRows(rows, func(rr pgx.CollectableRow) (row, error) {
 			var x row
 			var h []byte
-			err := rr.Scan(&x.id, &x.topic, &x.key, &x.value, &h, &x.acceptedAt, &x.createdAt)
+			err := rr.Scan(&x.id, &x.shard, &x.topic, &x.key, &x.value, &h, &x.acceptedAt, &x.createdAt)
 			if err == nil {
 				err = json.Unmarshal(h, &x.headers)
 			}
@@ -221,16 +258,42 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn) ([]row, error
 		r.metrics.publishDuration.Observe(time.Since(start).Seconds())
 	}
 	b = &pgx.Batch{}
+	fenced := false
 	if len(batch) > 0 {
 		ids := make([]int64, len(batch))
+		epochOf := make(map[int16]int64, len(shards))
+		for i, s := range shards {
+			epochOf[s] = epochs[i]
+		}
+		var fenceShards []int16
+		var fenceEpochs []int64
 		for i, x := range batch {
 			ids[i] = x.id
+			if e, ok := epochOf[x.shard]; ok {
+				fenceShards, fenceEpochs = append(fenceShards, x.shard), append(fenceEpochs, e)
+				delete(epochOf, x.shard)
+			}
 		}
-		b.Queue(`DELETE FROM outbox WHERE id = ANY($1)`, ids)
+		// The fence: delete only while this relay still holds the lease of
+		// every shard in the batch with the epoch it read the rows under. FOR SHARE
+		// holds off a takeover until this transaction ends.
+		b.Queue(`DELETE FROM outbox WHERE id = ANY($1) AND (
+				SELECT count(*) FROM (SELECT 1 FROM relay_leases AS l
+					JOIN unnest($2::int2[], $3::int8[]) AS u (shard, epoch) ON l.shard = u.shard AND l.epoch = u.epoch
+					WHERE l.owner = $4 FOR SHARE OF l) AS held) = cardinality($2::int2[])`,
+			ids, fenceShards, fenceEpochs, r.opts.ID).Exec(func(ct pgconn.CommandTag) error {
+			fenced = ct.RowsAffected() != int64(len(ids))
+			return nil
+		})
 	}
 	b.Queue("COMMIT")
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("delete published rows: %w", err)
+	}
+	if fenced {
+		// The rows were locked by this transaction, so none was deleted by
+		// anyone else: the fence refused, and the commit deleted nothing.
+		return nil, errFenced
 	}
 	return batch, nil
 }

@@ -86,7 +86,7 @@ func runBench(ctx context.Context, o benchOptions) error {
 	uniform := workload{accounts: o.accounts, seed: 1}
 	skewed := workload{accounts: o.accounts, hot: 10, skew: 0.5, seed: 2}
 	rep := report{Date: time.Now().UTC(), Quick: o.quick, Ratios: map[string]float64{}}
-	var naive, txp, skew, pgc, kfc, lat result
+	var naive, txp, skew, scaled, pgc, kfc, lat result
 	steps := []struct {
 		name string
 		dst  *result
@@ -95,13 +95,16 @@ func runBench(ctx context.Context, o benchOptions) error {
 		{"naive (batch size 1)", &naive, func() (result, error) {
 			// One transaction per command, one transaction stream per partition:
 			// the textbook pipeline, and the strongest batch-size-1 baseline.
-			return throughput(ctx, o, client, "naive", n["naive"], uniform, "--batch-size", "1", "--lanes", "12")
+			return throughput(ctx, o, client, "naive", n["naive"], uniform, 1, 1, "--batch-size", "1", "--lanes", "12")
 		}},
 		{"txpipe (defaults)", &txp, func() (result, error) {
-			return throughput(ctx, o, client, "txpipe", n["txpipe"], uniform, o.workerArgs...)
+			return throughput(ctx, o, client, "txpipe", n["txpipe"], uniform, 1, 1, o.workerArgs...)
 		}},
 		{"txpipe skewed (half on 10 hot accounts)", &skew, func() (result, error) {
-			return throughput(ctx, o, client, "txpipe-skewed", n["txpipe"], skewed, o.workerArgs...)
+			return throughput(ctx, o, client, "txpipe-skewed", n["txpipe"], skewed, 1, 1, o.workerArgs...)
+		}},
+		{"txpipe scaled out (3 workers, 2 relays)", &scaled, func() (result, error) {
+			return throughput(ctx, o, client, "txpipe-3w2r", n["txpipe"], uniform, 3, 2, o.workerArgs...)
 		}},
 		{"PostgreSQL ceiling", &pgc, func() (result, error) { return pgCeiling(ctx, o, client, n["pg"], uniform) }},
 		{"Kafka ceiling", &kfc, func() (result, error) { return kafkaCeiling(ctx, o, client, transport, n["kafka"], uniform) }},
@@ -147,14 +150,15 @@ func runBench(ctx context.Context, o benchOptions) error {
 	rep.Ratios["txpipe/naive"] = txp.PerSecond / naive.PerSecond
 	rep.Ratios["txpipe/pg_ceiling"] = txp.PerSecond / pgc.PerSecond
 	rep.Ratios["skewed/uniform"] = skew.PerSecond / txp.PerSecond
+	rep.Ratios["scaled/one_worker"] = scaled.PerSecond / txp.PerSecond
 	rep.Ratios["p99_ms_at_1000"] = lat.P99ms
 	if err := writeReport(o.out, rep); err != nil {
 		return err
 	}
 	printTable(o.log, rep.Results)
 	fmt.Fprintf(o.log, "results: %s\n", o.out)
-	fmt.Printf("ratios: txpipe/naive=%.2f txpipe/pg_ceiling=%.2f skewed/uniform=%.2f p99_ms_at_1000=%.1f\n",
-		rep.Ratios["txpipe/naive"], rep.Ratios["txpipe/pg_ceiling"], rep.Ratios["skewed/uniform"], rep.Ratios["p99_ms_at_1000"])
+	fmt.Printf("ratios: txpipe/naive=%.2f txpipe/pg_ceiling=%.2f skewed/uniform=%.2f scaled/one_worker=%.2f p99_ms_at_1000=%.1f\n",
+		rep.Ratios["txpipe/naive"], rep.Ratios["txpipe/pg_ceiling"], rep.Ratios["skewed/uniform"], rep.Ratios["scaled/one_worker"], rep.Ratios["p99_ms_at_1000"])
 	return nil
 }
 
@@ -162,19 +166,30 @@ func runBench(ctx context.Context, o benchOptions) error {
 // processes, produces n transfers straight to the commands topic as fast
 // as Kafka takes them, and measures until the last outcome event is on the
 // events topic — end to end from the first produce.
-func throughput(ctx context.Context, o benchOptions, client *kafka.Client, name string, n int, wl workload, workerArgs ...string) (result, error) {
+func throughput(ctx context.Context, o benchOptions, client *kafka.Client, name string, n int, wl workload, workers, relays int, workerArgs ...string) (result, error) {
 	s, err := newStack(ctx, name, o.txpipe, o.adminURL, o.brokers, o.out, o.accounts)
 	if err != nil {
 		return result{}, err
 	}
 	defer s.close(context.WithoutCancel(ctx), client)
-	worker, err := s.start(ctx, "worker", workerArgs...)
-	if err != nil {
-		return result{}, err
+	var worker, relay *proc
+	for i := range workers {
+		p, err := s.start(ctx, "worker", workerArgs...)
+		if err != nil {
+			return result{}, err
+		}
+		if i == 0 {
+			worker = p // RSS is reported for the first of each role
+		}
 	}
-	relay, err := s.start(ctx, "relay")
-	if err != nil {
-		return result{}, err
+	for i := range relays {
+		p, err := s.start(ctx, "relay")
+		if err != nil {
+			return result{}, err
+		}
+		if i == 0 {
+			relay = p
+		}
 	}
 	cmds := wl.transfers(n)
 	// A transport of its own: a shared one caches metadata from before
@@ -210,9 +225,14 @@ func throughput(ctx context.Context, o benchOptions, client *kafka.Client, name 
 	secs := time.Since(start).Seconds()
 	r := result{Scenario: name, Commands: n, Seconds: secs, PerSecond: float64(n) / secs, AppliedSeconds: <-applied,
 		WorkerRSSMiB: mib(worker.peakRSS()), RelayRSSMiB: mib(relay.peakRSS())}
-	if len(workerArgs) > 0 {
-		r.Note = strings.Join(workerArgs, " ")
+	var notes []string
+	if workers > 1 || relays > 1 {
+		notes = append(notes, fmt.Sprintf("%d workers, %d relays", workers, relays))
 	}
+	if len(workerArgs) > 0 {
+		notes = append(notes, strings.Join(workerArgs, " "))
+	}
+	r.Note = strings.Join(notes, "; ")
 	return r, nil
 }
 

@@ -149,7 +149,7 @@ func (s *stack) start(ctx context.Context, role string, extra ...string) (*proc,
 		args = append(args, "--http-addr", p.http)
 	}
 	args = append(args, extra...)
-	logf, err := os.Create(filepath.Join(s.logDir, s.name+"-"+role+".log"))
+	logf, err := os.Create(filepath.Join(s.logDir, fmt.Sprintf("%s-%s-%d.log", s.name, role, len(s.procs))))
 	if err != nil {
 		return nil, err
 	}

@@ -28,11 +28,13 @@ type config struct {
 	kafkaUser    string
 	kafkaPass    string
 	databaseURL  string
-	httpAddr     string
-	adminAddr    string
-	tlsCert      string
-	tlsKey       string
-	logLevel     string
+	// readDatabaseURL, when set, serves the API's reads (a replica).
+	readDatabaseURL string
+	httpAddr        string
+	adminAddr       string
+	tlsCert         string
+	tlsKey          string
+	logLevel        string
 
 	commandsTopic, eventsTopic, postingsTopic, dlqTopic string
 
@@ -54,6 +56,7 @@ type config struct {
 
 	relayBatchSize    int
 	relayPollInterval time.Duration
+	relayLeaseTTL     time.Duration
 
 	shutdownTimeout time.Duration
 
@@ -104,6 +107,7 @@ func (f flagSet) admin() {
 
 func (f flagSet) ingest() {
 	f.StringVar(&f.cfg.httpAddr, "http-addr", ":8080", "address of the HTTP API")
+	f.StringVar(&f.cfg.readDatabaseURL, "read-database-url", "", "PostgreSQL URL of a read replica for the API's GET routes (default: --database-url); API keys are still checked on the primary")
 	f.Int64Var(&f.cfg.maxBodyBytes, "max-body-bytes", 8<<20, "largest batch request body in bytes")
 	f.Float64Var(&f.cfg.rateLimit, "rate-limit", 2000, "commands a second each API key may send on average (0: no limit)")
 	f.IntVar(&f.cfg.rateBurst, "rate-burst", 4000, "most commands an API key may send at once (at least 1000, a full batch)")
@@ -123,6 +127,7 @@ func (f flagSet) worker() {
 func (f flagSet) relay() {
 	f.IntVar(&f.cfg.relayBatchSize, "relay-batch-size", 500, "most outbox rows published per transaction")
 	f.DurationVar(&f.cfg.relayPollInterval, "relay-poll-interval", time.Second, "how often the relay polls when no notification arrives")
+	f.DurationVar(&f.cfg.relayLeaseTTL, "relay-lease-ttl", 10*time.Second, "how long a relay's outbox shard leases last unrenewed: how soon other relays take over from one that stopped, paused or lost PostgreSQL")
 }
 
 // sealing is the keyring of the processes that read or write account
@@ -164,6 +169,7 @@ func (f flagSet) parse(args []string, e *env) (*config, error) {
 	need("session-timeout", c.sessionTimeout >= 6*time.Second, "must be at least 6s (the broker's group.min.session.timeout.ms)")
 	need("hold-expiry-interval", c.expiryInterval > 0, "must be positive")
 	need("relay-batch-size", c.relayBatchSize >= 1, "must be at least 1")
+	need("relay-lease-ttl", c.relayLeaseTTL >= time.Second, "must be at least 1s")
 	need("partitions", c.partitions >= 1, "must be at least 1")
 	need("replication-factor", c.replicationFactor >= 1, "must be at least 1")
 	need("max-body-bytes", c.maxBodyBytes >= 1024, "must be at least 1024")
@@ -213,13 +219,27 @@ func (c *config) logHandler(e *env) slog.Handler {
 // pool holds 40 connections: one per partition a worker may own, plus the
 // relay, its listener and the API's reads.
 func (c *config) openPool(ctx context.Context) (*pgxpool.Pool, error) {
-	pc, err := pgxpool.ParseConfig(c.databaseURL)
+	return openPool(ctx, c.databaseURL, "database-url", 40)
+}
+
+// openReadPool connects to the read replica of --read-database-url, or
+// returns nil when it is not set (reads then use the primary). Unless the
+// URL sets pool_max_conns, the pool holds 20 connections.
+func (c *config) openReadPool(ctx context.Context) (*pgxpool.Pool, error) {
+	if c.readDatabaseURL == "" {
+		return nil, nil
+	}
+	return openPool(ctx, c.readDatabaseURL, "read-database-url", 20)
+}
+
+func openPool(ctx context.Context, url, flagName string, maxConns int32) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		// pgx's parse errors can quote the URL, password included.
-		return nil, errors.New("--database-url (TXPIPE_DATABASE_URL) is not a valid PostgreSQL URL")
+		return nil, fmt.Errorf("--%s (%s) is not a valid PostgreSQL URL", flagName, envflag.Name(flagName))
 	}
-	if !strings.Contains(c.databaseURL, "pool_max_conns") {
-		pc.MaxConns = 40
+	if !strings.Contains(url, "pool_max_conns") {
+		pc.MaxConns = maxConns
 	}
 	pc.ConnConfig.RuntimeParams["application_name"] = "txpipe"
 	pool, err := pgxpool.NewWithConfig(ctx, pc)

@@ -792,3 +792,45 @@ func TestLagGrowsWhileTheWorkerIsStalled(t *testing.T) {
 	})
 	p.verify(t)
 }
+
+// TestAPIReadsFromTheReadDatabase runs an ingest whose --read-database-url
+// is a database of its own, standing in for a replica that has not caught
+// up: the API's reads come from it (an account the primary holds is not
+// found there until the "replica" has its row), while API keys are still
+// checked on the primary and commands still go through.
+func TestAPIReadsFromTheReadDatabase(t *testing.T) {
+	p := startPipeline(t)
+	replica := pgtest.New(t)
+	api, admin, _ := runServing(t, []string{"ingest", "--database-url", p.db.URL, "--read-database-url", replica.URL,
+		"--kafka-brokers", strings.Join(p.kc.Brokers, ","), "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+		"--commands-topic", p.topics.Commands, "--log-level", "debug"})
+	viaReplica := &pipeline{api: "http://" + api, key: p.key}
+
+	id := uuidv7.New()
+	if code, resp := viaReplica.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"carol","currency":"EUR"}`, id)); code != http.StatusAccepted {
+		t.Fatalf("POST through the replica-reading ingest = %d %v (its key lives only on the primary)", code, resp)
+	}
+	if status, _ := p.awaitOutcome(t, id); status != "applied" {
+		t.Fatalf("open_account = %s, want applied", status)
+	}
+	if code := viaReplica.get(t, "/v1/accounts/carol", nil); code != http.StatusNotFound {
+		t.Errorf("GET carol from the lagging replica = %d, want 404", code)
+	}
+	if _, err := replica.Pool.Exec(context.Background(), `INSERT INTO accounts (account_id, currency, status, balance) VALUES ('carol', 'EUR', 'active', 4242)`); err != nil {
+		t.Fatal(err)
+	}
+	var acct struct{ Balance int64 }
+	if code := viaReplica.get(t, "/v1/accounts/carol", &acct); code != http.StatusOK || acct.Balance != 4242 {
+		t.Errorf("GET carol once the replica has it = %d %+v, want 200 with the replica's balance 4242", code, acct)
+	}
+	resp, err := http.Get("http://" + admin + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var ready struct{ Checks map[string]string }
+	_ = json.NewDecoder(resp.Body).Decode(&ready)
+	if ready.Checks["postgres-read"] != "ok" {
+		t.Errorf("/readyz checks = %v, want postgres-read ok", ready.Checks)
+	}
+}

@@ -98,6 +98,7 @@ type rig struct {
 	bin    string
 	dir    string
 	worker []string // flags of a worker process
+	relay  []string // flags of a relay process
 	procs  map[string]*process
 	client *retryingClient
 	prefix string
@@ -117,12 +118,13 @@ func newRig(t *testing.T, p *pipeline) *rig {
 		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
 		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ, "--log-level", "info"}
 	r.worker = append([]string{"--group-id", "test-" + p.topics.Commands, "--session-timeout", "6s"}, common...)
+	r.relay = append([]string{"--relay-poll-interval", "200ms", "--relay-lease-ttl", "3s"}, common...)
 	api := freeAddr(t)
 	r.procs = map[string]*process{
 		"ingest":   {t: t, bin: r.bin, role: "ingest", args: append([]string{"--http-addr", api}, common...), log: filepath.Join(r.dir, "ingest.log")},
 		"worker-a": {t: t, bin: r.bin, role: "worker", args: r.worker, log: filepath.Join(r.dir, "worker-a.log")},
 		"worker-b": {t: t, bin: r.bin, role: "worker", args: r.worker, log: filepath.Join(r.dir, "worker-b.log")},
-		"relay":    {t: t, bin: r.bin, role: "relay", args: append([]string{"--relay-poll-interval", "200ms"}, common...), log: filepath.Join(r.dir, "relay.log")},
+		"relay":    {t: t, bin: r.bin, role: "relay", args: r.relay, log: filepath.Join(r.dir, "relay.log")},
 	}
 	for _, pr := range r.procs {
 		pr.start()

@@ -159,12 +159,22 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		if err := reg.Register(kafkawriter.NewStatsCollector(w, "ingest")); err != nil {
 			return err
 		}
+		reads := pool
+		replica, err := cfg.openReadPool(ctx)
+		if err != nil {
+			return err
+		}
+		if replica != nil {
+			closers = append(closers, func() error { replica.Close(); return nil })
+			reads = replica
+			checks = append(checks, httpserver.Check{Name: "postgres-read", Fn: func(ctx context.Context) error { return replica.Ping(ctx) }})
+		}
 		api, err := producers.NewAPI(producers.APIOptions{
 			Producer:       producers.NewProducer(w, cfg.commandsTopic),
 			Auth:           apikey.NewAuthenticator(pool),
 			RateLimit:      cfg.rateLimit,
 			RateBurst:      cfg.rateBurst,
-			Pool:           pool,
+			Pool:           reads,
 			Keyring:        cfg.keyring,
 			MaxBodyBytes:   cfg.maxBodyBytes,
 			ProduceTimeout: cfg.produceTimeout,
@@ -227,6 +237,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			Publisher:    w,
 			BatchSize:    cfg.relayBatchSize,
 			PollInterval: cfg.relayPollInterval,
+			LeaseTTL:     cfg.relayLeaseTTL,
 			Registerer:   reg,
 			Log:          log,
 		})
