@@ -32,6 +32,10 @@ const Shards = 32
 // and publishes them; this relay's commit marked nothing.
 var errFenced = errors.New("lease lost during the batch: marked nothing published")
 
+// errSteppedDown is the readiness of a relay that gave its shards away
+// because it could not publish.
+var errSteppedDown = errors.New("stepped down: could not publish for a whole lease TTL; the other relays hold the shards")
+
 // leases keeps this relay's share of the shards. Every TTL/3 it
 // heartbeats, deals the shards among the relays alive (shard s to the
 // (s mod n)-th relay id in order), gives back the shards dealt to others,
@@ -49,6 +53,46 @@ type leases struct {
 
 	mu    sync.Mutex
 	owned map[int16]int64 // shard → epoch of this relay's lease
+	// failingSince is when this relay's publishes started failing in a
+	// row (zero while they succeed). A relay that cannot publish for a
+	// whole TTL steps down: it gives its shards to the others and stays
+	// out for a cooldown that doubles each time (up to maxCooldown), so a
+	// relay cut off from Kafka cannot hold its shards hostage.
+	failingSince time.Time
+	outUntil     time.Time
+	cooldown     time.Duration
+}
+
+// maxCooldown bounds how long a relay that stepped down stays out.
+const maxCooldown = 5 * time.Minute
+
+func (l *leases) publishFailed() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.failingSince.IsZero() {
+		l.failingSince = time.Now()
+	}
+}
+
+func (l *leases) publishSucceeded() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failingSince, l.cooldown = time.Time{}, 0
+}
+
+// stepDown reports whether this relay must stay out of the deal now: it
+// has failed to publish for a whole TTL (then it starts a cooldown), or its
+// cooldown runs.
+func (l *leases) stepDown() (now, out bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.failingSince.IsZero() && time.Since(l.failingSince) > l.ttl {
+		l.cooldown = min(max(2*l.cooldown, 3*l.ttl), maxCooldown)
+		l.outUntil = time.Now().Add(l.cooldown)
+		l.failingSince = time.Time{}
+		return true, true
+	}
+	return false, time.Now().Before(l.outUntil)
 }
 
 func newRelayID() string {
@@ -78,7 +122,7 @@ func (l *leases) run(ctx context.Context, changed chan<- struct{}) {
 		err := l.maintain(ctx, changed)
 		l.ready.set(err)
 		wait := l.ttl / 3
-		if err != nil {
+		if err != nil && !errors.Is(err, errSteppedDown) {
 			if ctx.Err() != nil {
 				break
 			}
@@ -98,6 +142,14 @@ func (l *leases) run(ctx context.Context, changed chan<- struct{}) {
 // maintain runs one round of lease upkeep and signals changed when this
 // relay's shards changed.
 func (l *leases) maintain(ctx context.Context, changed chan<- struct{}) error {
+	if now, out := l.stepDown(); out {
+		if now {
+			l.log.Warn("relay cannot publish; giving its shards to the other relays", "relay", l.id, "back_in", l.cooldown)
+			l.metrics.stepDowns.Inc()
+			l.leave(ctx)
+		}
+		return errSteppedDown
+	}
 	var members []string
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO relay_members (relay_id, heartbeat_at) VALUES ($1, now())

@@ -215,3 +215,68 @@ func TestRelayThatLostItsLeaseMarksNothing(t *testing.T) {
 		t.Errorf("relay-a was fenced %v times, want once", n)
 	}
 }
+
+// unreachable is a publisher cut off from Kafka.
+type unreachable struct{}
+
+func (unreachable) WriteMessages(context.Context, ...kafka.Message) error {
+	return fmt.Errorf("dial kafka: connection refused")
+}
+
+// TestRelayThatCannotPublishGivesUpItsShards runs two relays, one of which
+// cannot reach Kafka. It keeps renewing its leases, but after failing for a
+// whole TTL it steps down: the healthy relay takes every shard and
+// publishes every key's records, in order.
+func TestRelayThatCannotPublishGivesUpItsShards(t *testing.T) {
+	db := pgtest.New(t)
+	kc := kafkatest.New(t)
+	topic := kc.Topics(t, 3).Events
+	reg := prometheus.NewRegistry()
+	startRelay(t, db, unreachable{}, "relay-a", reg)
+	startRelay(t, db, kc.Writer(t), "relay-b", prometheus.NewRegistry())
+	waitFor(t, "the shards are dealt 16 and 16", func() bool {
+		o := owners(t, db)
+		return o["relay-a"] == 16 && o["relay-b"] == 16
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const keys, perKey = 40, 3
+	for i := range perKey {
+		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+			var msgs []outbox.Message
+			for k := range keys {
+				msgs = append(msgs, outbox.Message{Topic: topic, Key: []byte(fmt.Sprintf("key-%d", k)), Value: []byte(fmt.Sprint(i))})
+			}
+			b := &pgx.Batch{}
+			outbox.Queue(b, msgs)
+			return tx.SendBatch(ctx, b).Close()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := kc.ReadAll(ctx, t, topic, keys*perKey)
+	next := make(map[string]int)
+	for _, m := range got {
+		if want := fmt.Sprint(next[string(m.Key)]); string(m.Value) != want {
+			t.Fatalf("key %s: record %s, want %s", m.Key, m.Value, want)
+		}
+		next[string(m.Key)]++
+	}
+	if len(next) != keys {
+		t.Fatalf("records of %d keys, want all %d (relay-a's shards were never taken over)", len(next), keys)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == "txpipe_relay_step_downs_total" {
+			steps = mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	if steps < 1 {
+		t.Error("relay-a did not count a step-down")
+	}
+}

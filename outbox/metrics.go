@@ -19,6 +19,7 @@ type relayMetrics struct {
 	shardsOwned     prometheus.Gauge
 	leaseChanges    *prometheus.CounterVec
 	fenced          prometheus.Counter
+	stepDowns       prometheus.Counter
 }
 
 // EndToEndBuckets are the buckets of the accepted → published latency
@@ -74,9 +75,13 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 			Name: "txpipe_relay_fenced_batches_total",
 			Help: "Batches that marked nothing published because a lease was lost mid-batch; the new holder publishes them (possibly again).",
 		}),
+		stepDowns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_relay_step_downs_total",
+			Help: "Times this relay gave its shards to the others because it could not publish for a whole lease TTL.",
+		}),
 	}
 	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.publishDuration, m.batchSize, m.endToEnd, m.pending, m.oldestAge,
-		m.shardsOwned, m.leaseChanges, m.fenced} {
+		m.shardsOwned, m.leaseChanges, m.fenced, m.stepDowns} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -126,12 +126,16 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 			}
 			r.ready.set(err)
 			r.metrics.failures.Inc()
+			r.leases.publishFailed()
 			d := bo.NextBackOff()
 			r.opts.Log.Warn("relay publish failed, will retry", "err", err, "retry_in", d)
 			retry.Sleep(ctx, d)
 			continue
 		}
 		r.ready.set(nil)
+		if n > 0 {
+			r.leases.publishSucceeded()
+		}
 		bo.Reset()
 		if n == r.opts.BatchSize {
 			continue // more rows are likely waiting

@@ -16,14 +16,10 @@ const (
 	deployDir = ".."
 )
 
-// pendingSettings are flags being added to cmd/txpipe alongside these
-// manifests (issue 8): accepted even while config.go does not define them
-// yet. Remove a name once its flag exists.
-var pendingSettings = []string{
-	"metadata-keys",     // TXPIPE_METADATA_KEYS: account metadata encryption keys (ingest, worker)
-	"read-database-url", // TXPIPE_READ_DATABASE_URL: ingest's reads from a replica
-	"relay-lease-ttl",   // TXPIPE_RELAY_LEASE_TTL: the relay's lease on the outbox
-}
+// pendingSettings are flags the manifests may name before cmd/txpipe
+// defines them: accepted even while config.go does not. Empty: every
+// setting the manifests use exists.
+var pendingSettings []string
 
 // flagDef matches a flag definition of the standard flag package in
 // cmd/txpipe: fs.StringVar(&x, "name", …), f.Duration("name", …), …
