@@ -16,11 +16,6 @@ const (
 	deployDir = ".."
 )
 
-// pendingSettings are flags the manifests may name before cmd/txpipe
-// defines them: accepted even while config.go does not. Empty: every
-// setting the manifests use exists.
-var pendingSettings []string
-
 // flagDef matches a flag definition of the standard flag package in
 // cmd/txpipe: fs.StringVar(&x, "name", …), f.Duration("name", …), …
 var flagDef = regexp.MustCompile(`\.(?:String|Int|Int64|Uint|Uint64|Float64|Duration|Bool|Func|BoolFunc|Text)(?:Var)?\(\s*(?:[^,"()]+,\s*)?"([a-z][a-z0-9-]*)"`)
@@ -72,12 +67,12 @@ func settingFlag(env string, known map[string]bool) (string, bool) {
 }
 
 // unknownSettings returns the TXPIPE_ variables among envs that set no flag
-// of cmd/txpipe (nor a pending one).
+// of cmd/txpipe.
 func unknownSettings(envs []string, known map[string]bool) []string {
 	var bad []string
 	for _, e := range envs {
 		name, ok := settingFlag(e, known)
-		if ok && !known[name] && !slices.Contains(pendingSettings, name) {
+		if ok && !known[name] {
 			bad = append(bad, e)
 		}
 	}
@@ -86,7 +81,7 @@ func unknownSettings(envs []string, known map[string]bool) []string {
 }
 
 func TestUnknownSettingsAreReported(t *testing.T) {
-	known := map[string]bool{"kafka-brokers": true, "database-url": true}
+	known := map[string]bool{"kafka-brokers": true, "database-url": true, "metadata-keys": true}
 	got := unknownSettings([]string{"TXPIPE_KAFKA_BROKERS", "TXPIPE_DATABASE_URL_FILE", "TXPIPE_METADATA_KEYS_FILE",
 		"TXPIPE_KAFKA_BROKER", "TXPIPE_DATABASE_URL_PATH", "GOMEMLIMIT"}, known)
 	want := []string{"TXPIPE_DATABASE_URL_PATH", "TXPIPE_KAFKA_BROKER"}
@@ -174,7 +169,7 @@ func TestDeploymentDocListsEverySetting(t *testing.T) {
 		}
 	}
 	for f := range documented {
-		if !known[f] && !slices.Contains(pendingSettings, f) {
+		if !known[f] {
 			t.Errorf("docs/deployment.md: row for --%s, which cmd/txpipe does not define", f)
 		}
 	}
