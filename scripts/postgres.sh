@@ -8,6 +8,11 @@
 #   scripts/postgres.sh crash-restart   stop -m immediate (as if it crashed), then start (fault tests)
 #   scripts/postgres.sh reset-db drop and recreate database txpipe (server must be running)
 #
+# start also runs a streaming replica of it, cluster "${PG_CLUSTER}_replica" on
+# $PG_REPLICA_PORT (default 5434), made once with pg_basebackup: ingest's
+# --read-database-url is tested against it. Role txpipe may pause and resume
+# its replay (pg_wal_replay_pause), so a test can hold the replica behind.
+#
 # Result: postgres://txpipe:txpipe@127.0.0.1:$PG_PORT/txpipe?sslmode=disable
 # (role txpipe: LOGIN CREATEDB, owner of database txpipe; scram-sha-256 over TCP from 127.0.0.1).
 #
@@ -35,6 +40,9 @@ DB_USER=txpipe
 DB_PASS=txpipe
 TLS_USER=txpipe_tls # may connect only over TLS; its password is its name
 DB_NAME=txpipe
+REPL_USER=txpipe_repl # streaming replication; its password is its name
+PG_REPLICA_PORT="${PG_REPLICA_PORT:-5434}"
+REPLICA_CLUSTER="${PG_CLUSTER}_replica"
 
 if [[ -z "${PG_VERSION:-}" ]]; then
   PG_VERSION="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1 || true)"
@@ -42,6 +50,8 @@ if [[ -z "${PG_VERSION:-}" ]]; then
 fi
 ETC="/etc/postgresql/$PG_VERSION/$PG_CLUSTER"
 PGLOG="/var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log"
+REPLICA_ETC="/etc/postgresql/$PG_VERSION/$REPLICA_CLUSTER"
+REPLICA_DATA="/var/lib/postgresql/$PG_VERSION/$REPLICA_CLUSTER"
 
 # --- helpers -----------------------------------------------------------------
 
@@ -127,7 +137,39 @@ local      all       all                         peer
 hostnossl  all       $TLS_USER    127.0.0.1/32   reject
 hostssl    all       $TLS_USER    127.0.0.1/32   scram-sha-256
 host       all       all          127.0.0.1/32   scram-sha-256
+host       replication $REPL_USER 127.0.0.1/32   scram-sha-256
 EOF
+}
+
+# The replica's settings: max_connections must not be below the primary's.
+replica_conf() {
+  cat <<EOF
+# Managed by scripts/postgres.sh -- overwritten on start. A streaming replica of $PG_CLUSTER.
+listen_addresses = '127.0.0.1'
+port = $PG_REPLICA_PORT
+max_connections = 300
+hot_standby = on
+ssl = off
+fsync = off
+full_page_writes = off
+EOF
+}
+
+replica_hba() {
+  cat <<EOF
+# Managed by scripts/postgres.sh -- overwritten on start.
+local      all       all                         peer
+host       all       all          127.0.0.1/32   scram-sha-256
+EOF
+}
+
+replica_online() {
+  pg_lsclusters -h 2>/dev/null | awk -v v="$PG_VERSION" -v c="$REPLICA_CLUSTER" \
+    '$1==v && $2==c && $4 ~ /^online/ {found=1} END {exit !found}'
+}
+
+replica_ctl() {
+  as_root bash -c "$TXPIPE_CLOSE_FDS"'; exec "$@"' _ pg_ctlcluster "$PG_VERSION" "$REPLICA_CLUSTER" "$@"
 }
 
 # ensure_tls: a CA and a server certificate for 127.0.0.1/localhost, made
@@ -229,6 +271,68 @@ SELECT format('ALTER DATABASE %I OWNER TO %I', :'d', :'u') \gexec
 SQL
 }
 
+# ensure_replica: a streaming replica of the cluster, made once with
+# pg_basebackup (-R writes standby.signal and primary_conninfo), running on
+# $PG_REPLICA_PORT. The primary must be up.
+ensure_replica() {
+  # Functions' rights are per database: grant in template1, which every
+  # database created afterwards (the tests' too) copies, and in $DB_NAME.
+  local db
+  for db in template1 "$DB_NAME"; do
+    as_pg psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d "$db" \
+      -c "GRANT EXECUTE ON FUNCTION pg_wal_replay_pause(), pg_wal_replay_resume() TO $DB_USER" >/dev/null
+  done
+  if [[ -f "$REPLICA_DATA/standby.signal" ]] && pg_isready -q -h "$PG_HOST" -p "$PG_REPLICA_PORT" -t 2 >/dev/null 2>&1 \
+     && replica_conf | cmp -s - "$REPLICA_ETC/conf.d/txpipe.conf"; then
+    return 0
+  fi
+  admin_psql -v u="$REPL_USER" <<'SQL'
+SELECT format('CREATE ROLE %I REPLICATION LOGIN PASSWORD %L', :'u', :'u')
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'u') \gexec
+SQL
+  if [[ ! -f "$REPLICA_DATA/standby.signal" ]]; then
+    if [[ -f "$REPLICA_ETC/postgresql.conf" ]]; then
+      log "dropping the unfinished replica cluster"
+      as_root pg_dropcluster --stop "$PG_VERSION" "$REPLICA_CLUSTER" >&2 9>&- || true
+    fi
+    log "creating replica cluster $PG_VERSION/$REPLICA_CLUSTER on port $PG_REPLICA_PORT (pg_basebackup)"
+    as_root pg_createcluster "$PG_VERSION" "$REPLICA_CLUSTER" --port "$PG_REPLICA_PORT" --start-conf=manual >&2 9>&-
+    as_root find "$REPLICA_DATA" -mindepth 1 -delete
+    as_pg env PGPASSWORD="$REPL_USER" pg_basebackup -h "$PG_HOST" -p "$PG_PORT" -U "$REPL_USER" \
+      -D "$REPLICA_DATA" -R -X stream -c fast >&2 || die "pg_basebackup failed"
+  fi
+  as_root install -d -o postgres -g postgres "$REPLICA_ETC/conf.d"
+  replica_conf | write_if_changed "$REPLICA_ETC/conf.d/txpipe.conf" || true
+  replica_hba | write_if_changed "$REPLICA_ETC/pg_hba.conf" || true
+  local rlog="/var/log/postgresql/postgresql-$PG_VERSION-$REPLICA_CLUSTER.log"
+  if replica_online; then
+    replica_ctl restart -m fast >&2
+  else
+    replica_ctl start >&2 || {
+      [[ -f "$rlog" ]] && tail -n 40 "$rlog" >&2
+      die "the replica did not start"
+    }
+  fi
+  local t0
+  t0=$(now_ms)
+  until pg_isready -q -h "$PG_HOST" -p "$PG_REPLICA_PORT" -t 2 >/dev/null 2>&1; do
+    if (( $(now_ms) - t0 > PG_START_TIMEOUT * 1000 )); then
+      [[ -f "$rlog" ]] && tail -n 40 "$rlog" >&2
+      die "replica not ready on $PG_HOST:$PG_REPLICA_PORT"
+    fi
+    sleep 0.2
+  done
+  log "replica ready on $PG_HOST:$PG_REPLICA_PORT"
+}
+
+stop_replica() {
+  [[ -f "$REPLICA_ETC/postgresql.conf" ]] || return 0
+  if replica_online; then
+    log "stopping replica $PG_VERSION/$REPLICA_CLUSTER"
+    replica_ctl stop -m fast >&2
+  fi
+}
+
 # --- commands ----------------------------------------------------------------
 
 cmd_start() {
@@ -242,6 +346,7 @@ cmd_start() {
      && app_ok; then
     copy_ca
     log "already running on $PG_HOST:$PG_PORT (cluster $PG_VERSION/$PG_CLUSTER)"
+    ensure_replica
     return 0
   fi
 
@@ -275,6 +380,7 @@ cmd_start() {
   ensure_role_and_db
   app_ok || die "cannot log in as $DB_USER to $DB_NAME on $PG_HOST:$PG_PORT with the password"
   log "ready on $PG_HOST:$PG_PORT ($(( ($(now_ms) - t0) / 1000 )) s)"
+  ensure_replica
 }
 
 cmd_stop() {
@@ -286,6 +392,7 @@ cmd_stop() {
     log "not running"
     return 0
   fi
+  stop_replica
   log "stopping cluster $PG_VERSION/$PG_CLUSTER"
   pgctl stop -m fast >&2
   log "stopped"

@@ -31,6 +31,8 @@ print_env() {
   echo "export TXPIPE_KAFKA_CA=${TXPIPE_CACHE_DIR}/kafka-ca.crt"
   # The same database over verified TLS, as a role refused without it.
   echo "export TXPIPE_DATABASE_TLS_URL='postgres://txpipe_tls:txpipe_tls@127.0.0.1:${PG_PORT}/txpipe?sslmode=verify-full&sslrootcert=${TXPIPE_CACHE_DIR}/postgres-ca.crt'"
+  # Its streaming replica (scripts/postgres.sh), for --read-database-url.
+  echo "export TXPIPE_DATABASE_REPLICA_URL=postgres://txpipe:txpipe@127.0.0.1:${PG_REPLICA_PORT:-5434}/txpipe?sslmode=disable"
 }
 
 cmd_up() {
