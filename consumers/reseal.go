@@ -20,11 +20,20 @@ type ResealReport struct {
 	// Unopened counts the values left as they were because the keyring lacks
 	// their key, by that key's id.
 	Unopened map[string]int
+	// Behind counts the values not under the active key once the pass
+	// ended: sealed meanwhile by a process still on the old keyring.
+	Behind int
 }
 
-// ErrUnopened means some values could not be re-sealed: their key is not in
-// the keyring. The report says which keys.
-var ErrUnopened = errors.New("some metadata is sealed under keys the keyring does not hold")
+// Errors of ResealMetadata; the report says more.
+var (
+	// ErrUnopened means some values could not be re-sealed: their key is
+	// not in the keyring.
+	ErrUnopened = errors.New("some metadata is sealed under keys the keyring does not hold")
+	// ErrBehind means values were sealed under another key during the pass
+	// (a process not yet on the new keyring): restart it, run again.
+	ErrBehind = errors.New("metadata was sealed under another key during the rotation")
+)
 
 // resealBatch is how many accounts one transaction re-seals.
 const resealBatch = 500
@@ -51,6 +60,15 @@ func ResealMetadata(ctx context.Context, pool *pgxpool.Pool, keyring *sealing.Ke
 	}
 	if len(rep.Unopened) > 0 {
 		return rep, ErrUnopened
+	}
+	// A process still on the old keyring (a rolling restart) may have
+	// sealed a new account under the old key behind the cursor.
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM accounts WHERE metadata IS NOT NULL OR metadata_key_id <> $1`,
+		keyring.Active()).Scan(&rep.Behind); err != nil {
+		return rep, fmt.Errorf("count metadata left behind: %w", err)
+	}
+	if rep.Behind > 0 {
+		return rep, ErrBehind
 	}
 	return rep, nil
 }
@@ -104,7 +122,8 @@ func resealFrom(ctx context.Context, pool *pgxpool.Pool, keyring *sealing.Keyrin
 		return nil
 	})
 	if err != nil {
-		// The batch rolled back: none of its counts stand.
+		// The batch rolled back; the counts it added are returned with
+		// the error, for the record, not as work done.
 		return "", err
 	}
 	return last, nil

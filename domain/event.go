@@ -69,8 +69,9 @@ type Sealed struct {
 
 // shownCommand is a command as its outcome event shows it: as sent, except
 // its metadata, which may hold personal data and is shown only sealed. The
-// outer Metadata field shadows the command's and is always empty, so the
-// plaintext can never reach the outbox or the events topic.
+// outer Metadata field shadows the command's and is always empty, so no
+// outcome event carries the plaintext. (A record dead-lettered keeps its
+// original bytes, so that it can be replayed: docs/security.md.)
 type shownCommand struct {
 	Command
 	Metadata       json.RawMessage `json:"metadata,omitempty"`

@@ -21,9 +21,12 @@ CREATE TABLE relay_leases (
 INSERT INTO relay_leases (shard) SELECT generate_series(0, 31);
 
 -- The relays alive: each heartbeats here, and the shards are dealt among
--- those whose heartbeat is within the lease TTL.
+-- those whose heartbeat is within the lease TTL. failing: its publishes to
+-- Kafka have failed for a whole TTL (it steps down only if another relay's
+-- have not).
 CREATE TABLE relay_members (
     relay_id     text        PRIMARY KEY,
     heartbeat_at timestamptz NOT NULL,
+    failing      boolean     NOT NULL DEFAULT false,
     started_at   timestamptz NOT NULL DEFAULT now()
 );

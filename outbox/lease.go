@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/txpipe/txpipe/internal/retry"
@@ -53,11 +52,14 @@ type leases struct {
 
 	mu    sync.Mutex
 	owned map[int16]int64 // shard → epoch of this relay's lease
-	// failingSince is when this relay's publishes started failing in a
-	// row (zero while they succeed). A relay that cannot publish for a
-	// whole TTL steps down: it gives its shards to the others and stays
-	// out for a cooldown that doubles each time (up to maxCooldown), so a
-	// relay cut off from Kafka cannot hold its shards hostage.
+	// failingSince is when this relay's publishes to Kafka started failing
+	// in a row (zero once a round goes through). A relay that cannot publish
+	// for a whole TTL while another relay can steps down: it gives its
+	// shards to the others and stays out for a cooldown that doubles each
+	// time (up to maxCooldown), so a relay cut off from Kafka cannot hold its
+	// shards hostage. Alone, or when every relay fails alike (Kafka is down
+	// for all), it stays: nobody could do better, and it must be there the
+	// moment Kafka is back.
 	failingSince time.Time
 	outUntil     time.Time
 	cooldown     time.Duration
@@ -66,7 +68,8 @@ type leases struct {
 // maxCooldown bounds how long a relay that stepped down stays out.
 const maxCooldown = 5 * time.Minute
 
-func (l *leases) publishFailed() {
+// kafkaFailed records a failed publish to Kafka.
+func (l *leases) kafkaFailed() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.failingSince.IsZero() {
@@ -74,25 +77,40 @@ func (l *leases) publishFailed() {
 	}
 }
 
-func (l *leases) publishSucceeded() {
+// roundSucceeded records a publish round without error; published says
+// whether it sent anything (which alone proves Kafka takes this relay's
+// records, and ends a run of step-downs).
+func (l *leases) roundSucceeded(published bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.failingSince, l.cooldown = time.Time{}, 0
+	l.failingSince = time.Time{}
+	if published {
+		l.cooldown = 0
+	}
 }
 
-// stepDown reports whether this relay must stay out of the deal now: it
-// has failed to publish for a whole TTL (then it starts a cooldown), or its
-// cooldown runs.
-func (l *leases) stepDown() (now, out bool) {
+// failing reports whether this relay has failed to publish for a whole TTL.
+func (l *leases) failing() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.failingSince.IsZero() && time.Since(l.failingSince) > l.ttl {
-		l.cooldown = min(max(2*l.cooldown, 3*l.ttl), maxCooldown)
-		l.outUntil = time.Now().Add(l.cooldown)
-		l.failingSince = time.Time{}
-		return true, true
-	}
-	return false, time.Now().Before(l.outUntil)
+	return !l.failingSince.IsZero() && time.Since(l.failingSince) > l.ttl
+}
+
+// out reports whether this relay is in a step-down's cooldown.
+func (l *leases) out() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return time.Now().Before(l.outUntil)
+}
+
+// stepDown starts a cooldown and returns its length.
+func (l *leases) stepDown() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cooldown = min(max(2*l.cooldown, 3*l.ttl), maxCooldown)
+	l.outUntil = time.Now().Add(l.cooldown)
+	l.failingSince = time.Time{}
+	return l.cooldown
 }
 
 func newRelayID() string {
@@ -142,31 +160,42 @@ func (l *leases) run(ctx context.Context, changed chan<- struct{}) {
 // maintain runs one round of lease upkeep and signals changed when this
 // relay's shards changed.
 func (l *leases) maintain(ctx context.Context, changed chan<- struct{}) error {
-	if now, out := l.stepDown(); out {
-		if now {
-			l.log.Warn("relay cannot publish; giving its shards to the other relays", "relay", l.id, "back_in", l.cooldown)
-			l.metrics.stepDowns.Inc()
-			l.leave(ctx)
-		}
+	if l.out() {
 		return errSteppedDown
 	}
-	var members []string
+	failing := l.failing()
+	type member struct {
+		id      string
+		failing bool
+	}
+	var members []member
 	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO relay_members (relay_id, heartbeat_at) VALUES ($1, now())
-		ON CONFLICT (relay_id) DO UPDATE SET heartbeat_at = now()`, l.id)
+	b.Queue(`INSERT INTO relay_members (relay_id, heartbeat_at, failing) VALUES ($1, now(), $2)
+		ON CONFLICT (relay_id) DO UPDATE SET heartbeat_at = now(), failing = $2`, l.id, failing)
 	b.Queue(`DELETE FROM relay_members WHERE heartbeat_at < now() - $1::interval * 10`, l.ttl)
-	b.Queue(`SELECT relay_id FROM relay_members WHERE heartbeat_at > now() - $1::interval ORDER BY relay_id`, l.ttl).
+	b.Queue(`SELECT relay_id, failing FROM relay_members WHERE heartbeat_at > now() - $1::interval ORDER BY relay_id`, l.ttl).
 		Query(func(rows pgx.Rows) error {
 			var err error
-			members, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			members, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (member, error) {
+				var m member
+				err := r.Scan(&m.id, &m.failing)
+				return m, err
+			})
 			return err
 		})
 	if err := l.pool.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("relay heartbeat: %w", err)
 	}
-	me := slices.Index(members, l.id)
+	me := slices.IndexFunc(members, func(m member) bool { return m.id == l.id })
 	if me < 0 {
 		return errors.New("relay heartbeat: this relay is not among the members")
+	}
+	if failing && slices.ContainsFunc(members, func(m member) bool { return m.id != l.id && !m.failing }) {
+		cooldown := l.stepDown()
+		l.log.Warn("relay cannot publish to Kafka while another relay can; giving it the shards", "relay", l.id, "back_in", cooldown)
+		l.metrics.stepDowns.Inc()
+		l.leave(ctx)
+		return errSteppedDown
 	}
 	var target []int16
 	for s := range Shards {
@@ -174,18 +203,28 @@ func (l *leases) maintain(ctx context.Context, changed chan<- struct{}) error {
 			target = append(target, int16(s))
 		}
 	}
-	var released int
+	released := make(map[int16]bool)
 	now := make(map[int16]int64)
 	b = &pgx.Batch{}
-	b.Queue(`UPDATE relay_leases SET owner = NULL, expires_at = '-infinity'
-		WHERE owner = $1 AND shard <> ALL($2)`, l.id, target).Exec(func(ct pgconn.CommandTag) error {
-		released = int(ct.RowsAffected())
-		return nil
+	// Lease rows are locked in shard order everywhere (here, in leave and
+	// in the publish fence), so no two transactions wait on each other.
+	b.Queue(`UPDATE relay_leases AS l SET owner = NULL, expires_at = '-infinity'
+		FROM (SELECT shard FROM relay_leases WHERE owner = $1 AND shard <> ALL($2) ORDER BY shard FOR UPDATE) AS g
+		WHERE l.shard = g.shard RETURNING l.shard`, l.id, target).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var s int16
+			if err := rows.Scan(&s); err != nil {
+				return err
+			}
+			released[s] = true
+		}
+		return rows.Err()
 	})
-	b.Queue(`UPDATE relay_leases SET owner = $1, expires_at = now() + $3::interval,
-			epoch = CASE WHEN owner = $1 THEN epoch ELSE epoch + 1 END
-		WHERE shard = ANY($2) AND (owner = $1 OR owner IS NULL OR expires_at < now())
-		RETURNING shard, epoch`, l.id, target, l.ttl).Query(func(rows pgx.Rows) error {
+	b.Queue(`UPDATE relay_leases AS l SET owner = $1, expires_at = now() + $3::interval,
+			epoch = CASE WHEN l.owner = $1 THEN l.epoch ELSE l.epoch + 1 END
+		FROM (SELECT shard FROM relay_leases WHERE shard = ANY($2) AND (owner = $1 OR owner IS NULL OR expires_at < now())
+			ORDER BY shard FOR UPDATE) AS g
+		WHERE l.shard = g.shard RETURNING l.shard, l.epoch`, l.id, target, l.ttl).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var s int16
 			var e int64
@@ -201,7 +240,7 @@ func (l *leases) maintain(ctx context.Context, changed chan<- struct{}) error {
 	}
 	l.mu.Lock()
 	before := l.owned
-	l.owned = now
+	l.owned = now // never written in place: held and recheck read or replace it
 	l.mu.Unlock()
 	var acquired, lost int
 	for s, e := range now {
@@ -210,18 +249,17 @@ func (l *leases) maintain(ctx context.Context, changed chan<- struct{}) error {
 		}
 	}
 	for s, e := range before {
-		if now[s] != e {
+		if now[s] != e && !released[s] {
 			lost++
 		}
 	}
-	lost -= released // given back on purpose, not lost
 	l.metrics.leaseChanges.WithLabelValues("acquired").Add(float64(acquired))
-	l.metrics.leaseChanges.WithLabelValues("released").Add(float64(released))
-	l.metrics.leaseChanges.WithLabelValues("lost").Add(float64(max(0, lost)))
+	l.metrics.leaseChanges.WithLabelValues("released").Add(float64(len(released)))
+	l.metrics.leaseChanges.WithLabelValues("lost").Add(float64(lost))
 	l.metrics.shardsOwned.Set(float64(len(now)))
-	if acquired > 0 || lost > 0 || released > 0 {
+	if acquired > 0 || lost > 0 || len(released) > 0 {
 		l.log.Info("relay shards changed", "relay", l.id, "relays", len(members), "shards", len(now),
-			"acquired", acquired, "released", released, "lost", max(0, lost))
+			"acquired", acquired, "released", len(released), "lost", lost)
 		select {
 		case changed <- struct{}{}:
 		default:
@@ -253,13 +291,16 @@ func (l *leases) recheck(ctx context.Context) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	kept := make(map[int16]int64, len(l.owned))
 	for s, e := range l.owned {
-		if current[s] != e {
-			delete(l.owned, s)
+		if current[s] == e {
+			kept[s] = e
+		} else {
 			l.metrics.leaseChanges.WithLabelValues("lost").Inc()
 		}
 	}
-	l.metrics.shardsOwned.Set(float64(len(l.owned)))
+	l.owned = kept
+	l.metrics.shardsOwned.Set(float64(len(kept)))
 	return nil
 }
 
@@ -269,7 +310,8 @@ func (l *leases) leave(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	b := &pgx.Batch{}
-	b.Queue(`UPDATE relay_leases SET owner = NULL, expires_at = '-infinity' WHERE owner = $1`, l.id)
+	b.Queue(`UPDATE relay_leases AS l SET owner = NULL, expires_at = '-infinity'
+		FROM (SELECT shard FROM relay_leases WHERE owner = $1 ORDER BY shard FOR UPDATE) AS g WHERE l.shard = g.shard`, l.id)
 	b.Queue(`DELETE FROM relay_members WHERE relay_id = $1`, l.id)
 	if err := l.pool.SendBatch(ctx, b).Close(); err != nil {
 		l.log.Warn("relay could not give back its leases; they expire after the TTL", "err", err)

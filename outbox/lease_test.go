@@ -280,3 +280,46 @@ func TestRelayThatCannotPublishGivesUpItsShards(t *testing.T) {
 		t.Error("relay-a did not count a step-down")
 	}
 }
+
+// TestARelayAloneNeverStepsDown: a relay that cannot publish, with no other
+// relay that can, keeps its shards, so it publishes the moment Kafka is
+// back instead of sitting out a cooldown.
+func TestARelayAloneNeverStepsDown(t *testing.T) {
+	db := pgtest.New(t)
+	reg := prometheus.NewRegistry()
+	startRelay(t, db, unreachable{}, "relay-a", reg)
+	waitFor(t, "relay-a holds all 32 shards", func() bool { return owners(t, db)["relay-a"] == outbox.Shards })
+	ctx := context.Background()
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		insert(t, tx, "events", "stuck")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A heartbeat that says "failing", then a later one: the round that
+	// wrote the first has decided whether to step down.
+	var first time.Time
+	waitFor(t, "relay-a reports it cannot publish", func() bool {
+		var failing bool
+		_ = db.Pool.QueryRow(ctx, `SELECT failing, heartbeat_at FROM relay_members WHERE relay_id = 'relay-a'`).Scan(&failing, &first)
+		return failing
+	})
+	waitFor(t, "relay-a heartbeats again", func() bool {
+		var at time.Time
+		_ = db.Pool.QueryRow(ctx, `SELECT heartbeat_at FROM relay_members WHERE relay_id = 'relay-a'`).Scan(&at)
+		return at.After(first)
+	})
+	if n := owners(t, db)["relay-a"]; n != outbox.Shards {
+		t.Errorf("relay-a, alone, holds %d shards, want all 32", n)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "txpipe_relay_step_downs_total" && mf.GetMetric()[0].GetCounter().GetValue() != 0 {
+			t.Error("relay-a stepped down with nobody to take its shards")
+		}
+	}
+}

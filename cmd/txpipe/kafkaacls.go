@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -34,8 +35,8 @@ func runKafkaACLs(ctx context.Context, args []string, e *env) error {
 	if p == (kafkaadmin.Principals{ReaderGroupPrefix: p.ReaderGroupPrefix}) {
 		return usageError{"name at least one of --ingest-user, --worker-user, --relay-user, --reader-user"}
 	}
-	if p.Reader != "" && p.ReaderGroupPrefix == "" {
-		return usageError{"--reader-group-prefix must not be empty: it would let the reader join the workers' group"}
+	if p.Reader != "" && strings.HasPrefix(group, p.ReaderGroupPrefix) {
+		return usageError{fmt.Sprintf("--reader-group-prefix %q covers the workers' group %q: the reader could join it and stall its partitions", p.ReaderGroupPrefix, group)}
 	}
 	acls := kafkaadmin.RoleACLs(p, kafkaadmin.TopicNames{Commands: cfg.commandsTopic, Events: cfg.eventsTopic,
 		Postings: cfg.postingsTopic, DLQ: cfg.dlqTopic}, group)

@@ -52,7 +52,10 @@ func runMetadataKey(ctx context.Context, args []string, e *env) error {
 	for _, from := range slices.Sorted(maps.Keys(rep.Unopened)) {
 		fmt.Fprintf(e.stdout, "left %d under %s: add that key to --metadata-keys and run again\n", rep.Unopened[from], from)
 	}
-	if err != nil && !errors.Is(err, consumers.ErrUnopened) {
+	if rep.Behind > 0 {
+		fmt.Fprintf(e.stdout, "%d values were sealed under another key meanwhile: put the new key first in every process's --metadata-keys, restart them, and run again\n", rep.Behind)
+	}
+	if err != nil && !errors.Is(err, consumers.ErrUnopened) && !errors.Is(err, consumers.ErrBehind) {
 		return err
 	}
 	if err == nil {

@@ -166,8 +166,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		}
 		if replica != nil {
 			closers = append(closers, func() error { replica.Close(); return nil })
+			// Not a readiness check: a replica down must not take the API
+			// out of service; its GETs answer 503 until it is back.
 			reads = replica
-			checks = append(checks, httpserver.Check{Name: "postgres-read", Fn: func(ctx context.Context) error { return replica.Ping(ctx) }})
 		}
 		api, err := producers.NewAPI(producers.APIOptions{
 			Producer:       producers.NewProducer(w, cfg.commandsTopic),
