@@ -76,6 +76,63 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// writeKeys writes perKey records for each of keys keys to topic, record i
+// of every key in the i-th transaction, its value "i".
+func writeKeys(t *testing.T, ctx context.Context, db *pgtest.DB, topic string, keys, perKey int) {
+	t.Helper()
+	for i := range perKey {
+		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+			var msgs []outbox.Message
+			for k := range keys {
+				msgs = append(msgs, outbox.Message{Topic: topic, Key: []byte(fmt.Sprintf("key-%d", k)), Value: []byte(fmt.Sprint(i)),
+					Headers: map[string]string{"event_id": fmt.Sprintf("%d-%d", k, i)}})
+			}
+			b := &pgx.Batch{}
+			outbox.Queue(b, msgs)
+			return tx.SendBatch(ctx, b).Close()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// readInKeyOrder reads what writeKeys wrote and fails unless every key's
+// records arrived, in order.
+func readInKeyOrder(t *testing.T, ctx context.Context, kc *kafkatest.Cluster, topic string, keys, perKey int) {
+	t.Helper()
+	next := make(map[string]int)
+	for _, m := range kc.ReadAll(ctx, t, topic, keys*perKey) {
+		if want := fmt.Sprint(next[string(m.Key)]); string(m.Value) != want {
+			t.Fatalf("key %s: record %s after %d in order, want %s", m.Key, m.Value, next[string(m.Key)], want)
+		}
+		next[string(m.Key)]++
+	}
+	if len(next) != keys {
+		t.Fatalf("records of %d keys, want all %d", len(next), keys)
+	}
+}
+
+// metric is the value of the single-series counter or gauge name in reg.
+func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			m := mf.GetMetric()[0]
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
 // TestRelaysShareTheShardsInKeyOrder runs two relays over one outbox: the
 // shards are dealt half and half, every key's records reach Kafka in the
 // order written, and when one relay stops the other takes all shards.
@@ -95,34 +152,8 @@ func TestRelaysShareTheShardsInKeyOrder(t *testing.T) {
 	// relays publish.
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	const keys, perKey = 20, 25
-	for i := range perKey {
-		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-			var msgs []outbox.Message
-			for k := range keys {
-				v := fmt.Sprintf("%d", i)
-				msgs = append(msgs, outbox.Message{Topic: topic, Key: []byte(fmt.Sprintf("key-%d", k)), Value: []byte(v), Headers: map[string]string{"event_id": fmt.Sprintf("%d-%d", k, i)}})
-			}
-			b := &pgx.Batch{}
-			outbox.Queue(b, msgs)
-			return tx.SendBatch(ctx, b).Close()
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	got := kc.ReadAll(ctx, t, topic, keys*perKey)
-	next := make(map[string]int)
-	for _, m := range got {
-		want := fmt.Sprintf("%d", next[string(m.Key)])
-		if string(m.Value) != want {
-			t.Fatalf("key %s: record %s after %d in order, want %s", m.Key, m.Value, next[string(m.Key)], want)
-		}
-		next[string(m.Key)]++
-	}
-	if len(next) != keys {
-		t.Errorf("records of %d keys, want %d", len(next), keys)
-	}
+	writeKeys(t, ctx, db, topic, 20, 25)
+	readInKeyOrder(t, ctx, kc, topic, 20, 25)
 
 	stopA()
 	waitFor(t, "relay-b holds all 32 shards once relay-a stopped", func() bool { return owners(t, db)["relay-b"] == outbox.Shards })
@@ -179,23 +210,7 @@ func TestRelayThatLostItsLeaseMarksNothing(t *testing.T) {
 	}
 	close(g.open)
 
-	metric := func(name string) float64 {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() == name {
-				m := mf.GetMetric()[0]
-				if m.GetGauge() != nil {
-					return m.GetGauge().GetValue()
-				}
-				return m.GetCounter().GetValue()
-			}
-		}
-		return 0
-	}
-	fenced := func() float64 { return metric("txpipe_relay_fenced_batches_total") }
+	fenced := func() float64 { return metric(t, reg, "txpipe_relay_fenced_batches_total") }
 	waitFor(t, "relay-a's batch is fenced", func() bool { return fenced() >= 1 })
 	var left int
 	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE id = $1`, id).Scan(&left); err != nil {
@@ -210,7 +225,7 @@ func TestRelayThatLostItsLeaseMarksNothing(t *testing.T) {
 		t.Errorf("read %d records, want relay-a's one publish", len(got))
 	}
 	// Fenced once, relay-a lets the shard go instead of trying again.
-	waitFor(t, "relay-a counts the 31 shards it still holds", func() bool { return metric("txpipe_relay_shards_owned") == outbox.Shards-1 })
+	waitFor(t, "relay-a counts the 31 shards it still holds", func() bool { return metric(t, reg, "txpipe_relay_shards_owned") == outbox.Shards-1 })
 	if n := fenced(); n != 1 {
 		t.Errorf("relay-a was fenced %v times, want once", n)
 	}
@@ -240,43 +255,9 @@ func TestRelayThatCannotPublishGivesUpItsShards(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	const keys, perKey = 40, 3
-	for i := range perKey {
-		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-			var msgs []outbox.Message
-			for k := range keys {
-				msgs = append(msgs, outbox.Message{Topic: topic, Key: []byte(fmt.Sprintf("key-%d", k)), Value: []byte(fmt.Sprint(i))})
-			}
-			b := &pgx.Batch{}
-			outbox.Queue(b, msgs)
-			return tx.SendBatch(ctx, b).Close()
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	got := kc.ReadAll(ctx, t, topic, keys*perKey)
-	next := make(map[string]int)
-	for _, m := range got {
-		if want := fmt.Sprint(next[string(m.Key)]); string(m.Value) != want {
-			t.Fatalf("key %s: record %s, want %s", m.Key, m.Value, want)
-		}
-		next[string(m.Key)]++
-	}
-	if len(next) != keys {
-		t.Fatalf("records of %d keys, want all %d (relay-a's shards were never taken over)", len(next), keys)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	steps := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == "txpipe_relay_step_downs_total" {
-			steps = mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	if steps < 1 {
+	writeKeys(t, ctx, db, topic, 40, 3)
+	readInKeyOrder(t, ctx, kc, topic, 40, 3) // relay-a's shards too: taken over
+	if metric(t, reg, "txpipe_relay_step_downs_total") < 1 {
 		t.Error("relay-a did not count a step-down")
 	}
 }
@@ -313,13 +294,7 @@ func TestARelayAloneNeverStepsDown(t *testing.T) {
 	if n := owners(t, db)["relay-a"]; n != outbox.Shards {
 		t.Errorf("relay-a, alone, holds %d shards, want all 32", n)
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "txpipe_relay_step_downs_total" && mf.GetMetric()[0].GetCounter().GetValue() != 0 {
-			t.Error("relay-a stepped down with nobody to take its shards")
-		}
+	if metric(t, reg, "txpipe_relay_step_downs_total") != 0 {
+		t.Error("relay-a stepped down with nobody to take its shards")
 	}
 }
