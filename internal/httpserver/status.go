@@ -27,6 +27,7 @@ var statusSeries = []struct {
 	{"consumer lag (records)", "txpipe_consumer_lag_records", false},
 	{"outbox backlog (rows)", "txpipe_outbox_pending_rows", false},
 	{"oldest outbox row (s)", "txpipe_outbox_oldest_pending_age_seconds", false},
+	{"outbox shards held (of 32)", "txpipe_relay_shards_owned", false},
 	{"dead letters /s", "txpipe_consumer_commands_total{outcome=dlq}", true},
 }
 
