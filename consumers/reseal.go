@@ -43,8 +43,9 @@ const resealBatch = 500
 // plaintext left from before metadata was sealed is sealed and erased. It
 // runs beside the workers: each batch locks its accounts in id order, as the
 // workers do, and the workers never write metadata. Run it after putting the
-// new key first in every process's keyring; once it reports nothing
-// unopened, the old key may be dropped.
+// new key first in every process's keyring; once it returns no error
+// (nothing unopened, nothing sealed meanwhile under another key), the old
+// key may be dropped.
 func ResealMetadata(ctx context.Context, pool *pgxpool.Pool, keyring *sealing.Keyring) (ResealReport, error) {
 	rep := ResealReport{Resealed: make(map[string]int), Unopened: make(map[string]int)}
 	after := ""
