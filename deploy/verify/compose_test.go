@@ -88,12 +88,7 @@ func replicas(svc types.ServiceConfig) int {
 	return 1
 }
 
-type composeCheck struct {
-	name string
-	fn   func(*stack) []string
-}
-
-var composeChecks = []composeCheck{
+var composeChecks = []check[*stack]{
 	{"services", checkComposeServices},
 	{"image", checkComposeImage},
 	{"health", checkComposeHealth},
@@ -616,16 +611,10 @@ func TestComposeChecksFail(t *testing.T) {
 			if !strings.Contains(orig, tc.old) {
 				t.Fatalf("compose.yaml has no %q to replace", tc.old)
 			}
-			s := newStack(t, []byte(strings.Replace(orig, tc.old, tc.new, 1)))
-			for _, c := range composeChecks {
-				if c.name == tc.check {
-					if len(c.fn(s)) == 0 {
-						t.Errorf("check %s passes a compose file that breaks it", c.name)
-					}
-					return
-				}
+			c := checkNamed(t, composeChecks, tc.check)
+			if len(c.fn(newStack(t, []byte(strings.Replace(orig, tc.old, tc.new, 1))))) == 0 {
+				t.Errorf("check %s passes a compose file that breaks it", c.name)
 			}
-			t.Fatalf("no check named %s", tc.check)
 		})
 	}
 }

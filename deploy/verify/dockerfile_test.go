@@ -78,12 +78,7 @@ type image struct {
 
 func (im image) final() stage { return im.stages[len(im.stages)-1] }
 
-type dockerfileCheck struct {
-	name string
-	fn   func(image) []string
-}
-
-var dockerfileChecks = []dockerfileCheck{
+var dockerfileChecks = []check[image]{
 	{"stages", checkStages},
 	{"static-build", checkStaticBuild},
 	{"user", checkUser},
@@ -270,16 +265,10 @@ func TestDockerfileChecksFail(t *testing.T) {
 			if !strings.Contains(orig, tc.old) {
 				t.Fatalf("Dockerfile has no %q to replace", tc.old)
 			}
-			im := newImage(t, []byte(strings.Replace(orig, tc.old, tc.new, 1)))
-			for _, c := range dockerfileChecks {
-				if c.name == tc.check {
-					if len(c.fn(im)) == 0 {
-						t.Errorf("check %s passes a Dockerfile that breaks it", c.name)
-					}
-					return
-				}
+			c := checkNamed(t, dockerfileChecks, tc.check)
+			if len(c.fn(newImage(t, []byte(strings.Replace(orig, tc.old, tc.new, 1))))) == 0 {
+				t.Errorf("check %s passes a Dockerfile that breaks it", c.name)
 			}
-			t.Fatalf("no check named %s", tc.check)
 		})
 	}
 }

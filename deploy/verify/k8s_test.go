@@ -220,13 +220,7 @@ func (m *manifests) drain() (time.Duration, error) {
 	return m.drainDefault, nil
 }
 
-// check is one rule; it returns what breaks it.
-type check struct {
-	name string
-	fn   func(*manifests) []string
-}
-
-var k8sChecks = []check{
+var k8sChecks = []check[*manifests]{
 	{"roles", checkRoles},
 	{"probes", checkProbes},
 	{"security", checkSecurity},
@@ -949,19 +943,14 @@ func TestKubernetesChecksFail(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.check+"/"+tc.what, func(t *testing.T) {
 			m := fresh(t)
-			for _, c := range k8sChecks {
-				if c.name == tc.check {
-					if p := c.fn(m); len(p) > 0 {
-						t.Fatalf("check %s fails on the unbroken manifests: %v", c.name, p)
-					}
-					tc.mutate(m)
-					if p := c.fn(m); len(p) == 0 {
-						t.Errorf("check %s passes manifests that break it", c.name)
-					}
-					return
-				}
+			c := checkNamed(t, k8sChecks, tc.check)
+			if p := c.fn(m); len(p) > 0 {
+				t.Fatalf("check %s fails on the unbroken manifests: %v", c.name, p)
 			}
-			t.Fatalf("no check named %s", tc.check)
+			tc.mutate(m)
+			if p := c.fn(m); len(p) == 0 {
+				t.Errorf("check %s passes manifests that break it", c.name)
+			}
 		})
 	}
 }
