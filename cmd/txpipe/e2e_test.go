@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/containertest"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/pgtest"
 	"github.com/txpipe/txpipe/internal/schematest"
@@ -803,13 +803,7 @@ func TestLagGrowsWhileTheWorkerIsStalled(t *testing.T) {
 // replay resumes, the replica catches up and the account is there. API keys
 // are checked on the primary throughout.
 func TestAPIReadsFromTheReplica(t *testing.T) {
-	replicaServer := os.Getenv("TXPIPE_DATABASE_REPLICA_URL")
-	if replicaServer == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TXPIPE_DATABASE_REPLICA_URL is not set (scripts/services.sh env prints it)")
-		}
-		t.Skip("TXPIPE_DATABASE_REPLICA_URL is not set")
-	}
+	replicaServer := containertest.Env(t, "TXPIPE_DATABASE_REPLICA_URL")
 	p := startPipeline(t)
 	// The test's database, as the replica serves it (CREATE DATABASE is
 	// replicated like everything else).

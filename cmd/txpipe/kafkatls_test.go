@@ -18,6 +18,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/internal/containertest"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/pgtest"
@@ -107,19 +108,11 @@ func TestPipelineOverKafkaSASLSSL(t *testing.T) {
 }
 
 // saslServices returns the SASL_SSL listener, its CA and the TLS database
-// URL that scripts/services.sh env exports; it skips the test without them
-// (fails it in CI).
+// URL that scripts/services.sh env exports (containertest.Env).
 func saslServices(t *testing.T) (sasl, ca, pgTLS string) {
 	t.Helper()
-	sasl, ca = os.Getenv("TXPIPE_KAFKA_SASL_BROKERS"), os.Getenv("TXPIPE_KAFKA_CA")
-	pgTLS = os.Getenv("TXPIPE_DATABASE_TLS_URL")
-	if sasl == "" || ca == "" || pgTLS == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TXPIPE_KAFKA_SASL_BROKERS, TXPIPE_KAFKA_CA and TXPIPE_DATABASE_TLS_URL are not set (scripts/services.sh env prints them)")
-		}
-		t.Skip("TXPIPE_KAFKA_SASL_BROKERS, TXPIPE_KAFKA_CA and TXPIPE_DATABASE_TLS_URL are not set")
-	}
-	return sasl, ca, pgTLS
+	return containertest.Env(t, "TXPIPE_KAFKA_SASL_BROKERS"), containertest.Env(t, "TXPIPE_KAFKA_CA"),
+		containertest.Env(t, "TXPIPE_DATABASE_TLS_URL")
 }
 
 // grant runs txpipe kafka-acls over the plaintext listener (whose

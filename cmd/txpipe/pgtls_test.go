@@ -5,12 +5,12 @@ import (
 	"context"
 	"io"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/txpipe/txpipe/internal/containertest"
 	"github.com/txpipe/txpipe/internal/pgtest"
 )
 
@@ -20,13 +20,7 @@ import (
 // plaintext connection is refused, and a server certificate from another CA
 // fails verification.
 func TestPostgresOverVerifiedTLS(t *testing.T) {
-	base := os.Getenv("TXPIPE_DATABASE_TLS_URL")
-	if base == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TXPIPE_DATABASE_TLS_URL is not set (scripts/services.sh env prints it)")
-		}
-		t.Skip("TXPIPE_DATABASE_TLS_URL is not set (eval \"$(scripts/services.sh env)\")")
-	}
+	base := containertest.Env(t, "TXPIPE_DATABASE_TLS_URL")
 	db := pgtest.New(t) // a fresh database owned by the app role
 	tlsURL := tlsDatabaseURL(t, base, db)
 	u, _ := url.Parse(tlsURL)

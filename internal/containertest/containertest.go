@@ -137,6 +137,21 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
+// Env returns the value of the environment variable name, for a service
+// only scripts/ provide (a TLS listener, a replica: no container stands in
+// for it). Unset, it fails the test under CI=true and skips it otherwise.
+func Env(t testing.TB, name string) string {
+	t.Helper()
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is not set; under CI=true the tests need the real services (eval \"$(make -s services)\")", name)
+	}
+	t.Skipf("%s is not set; run eval \"$(make -s services)\" to test against real services", name)
+	return ""
+}
+
 // Address returns the value of the environment variable name when it is
 // set. Otherwise it fails the test under CI=true (CI must test against the
 // real services of scripts/), starts the service with start when a Docker
