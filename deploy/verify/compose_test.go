@@ -580,10 +580,7 @@ func TestComposeStack(t *testing.T) {
 // TestComposeChecksFail proves that each check can fail: every case edits
 // compose.yaml in one way and expects its check to say so.
 func TestComposeChecksFail(t *testing.T) {
-	orig := string(composeFile(t))
-	cases := []struct {
-		check, what, old, new string
-	}{
+	checksCatch(t, "compose.yaml", string(composeFile(t)), []edit{
 		{"services", "one worker", "replicas: 2", "replicas: 1"},
 		{"services", "another Kafka image", "image: apache/kafka:", "image: bitnami/kafka:"},
 		{"image", "another Dockerfile", "dockerfile: deploy/Dockerfile", "dockerfile: Dockerfile"},
@@ -605,18 +602,7 @@ func TestComposeChecksFail(t *testing.T) {
 		{"grafana", "no dashboards", "./grafana/dashboards:/var/lib/grafana/dashboards:ro", "./grafana/dashboards:/dashboards:ro"},
 		{"paths", "missing rules file", "./prometheus/rules.yml:", "./prometheus/missing.yml:"},
 		{"grace", "docker's default grace period", "stop_grace_period: 30s", "stop_grace_period: 10s"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.check+"/"+tc.what, func(t *testing.T) {
-			if !strings.Contains(orig, tc.old) {
-				t.Fatalf("compose.yaml has no %q to replace", tc.old)
-			}
-			c := checkNamed(t, composeChecks, tc.check)
-			if len(c.fn(newStack(t, []byte(strings.Replace(orig, tc.old, tc.new, 1))))) == 0 {
-				t.Errorf("check %s passes a compose file that breaks it", c.name)
-			}
-		})
-	}
+	}, newStack, composeChecks)
 }
 
 // TestComposePrometheusConfig runs promtool on the compose stack's

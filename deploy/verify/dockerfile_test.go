@@ -245,8 +245,7 @@ func TestDockerfile(t *testing.T) {
 // TestDockerfileChecksFail proves that each check can fail: every case
 // edits the Dockerfile in one way and expects its check to say so.
 func TestDockerfileChecksFail(t *testing.T) {
-	orig := string(dockerfile(t))
-	cases := []struct{ check, what, old, new string }{
+	checksCatch(t, "Dockerfile", string(dockerfile(t)), []edit{
 		{"stages", "one stage", "FROM gcr.io/distroless/static-debian12:nonroot\nCOPY --from=build /out/txpipe /txpipe\n", ""},
 		{"stages", "Debian base", "FROM gcr.io/distroless/static-debian12:nonroot", "FROM debian:bookworm-slim"},
 		{"stages", "older Go", "FROM golang:1.26 AS build", "FROM golang:1.25 AS build"},
@@ -259,18 +258,7 @@ func TestDockerfileChecksFail(t *testing.T) {
 		{"entrypoint", "another binary", `ENTRYPOINT ["/txpipe"]`, `ENTRYPOINT ["/bin/sh", "-c", "/txpipe"]`},
 		{"entrypoint", "more files", "COPY --from=build /out/txpipe /txpipe\n", "COPY --from=build /out/txpipe /txpipe\nCOPY --from=build /src /src\n"},
 		{"expose", "no admin port", "EXPOSE 8080 9090", "EXPOSE 8080"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.check+"/"+tc.what, func(t *testing.T) {
-			if !strings.Contains(orig, tc.old) {
-				t.Fatalf("Dockerfile has no %q to replace", tc.old)
-			}
-			c := checkNamed(t, dockerfileChecks, tc.check)
-			if len(c.fn(newImage(t, []byte(strings.Replace(orig, tc.old, tc.new, 1))))) == 0 {
-				t.Errorf("check %s passes a Dockerfile that breaks it", c.name)
-			}
-		})
-	}
+	}, newImage, dockerfileChecks)
 }
 
 // buildInputs returns the files of the txpipe module that building
