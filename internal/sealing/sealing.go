@@ -35,7 +35,6 @@ var keyIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,32}$`)
 type Keyring struct {
 	active string
 	aeads  map[string]cipher.AEAD
-	ids    []string // in the order given, active first
 }
 
 // Parse reads a keyring from its setting: comma-separated `id:key` pairs,
@@ -64,9 +63,10 @@ func Parse(spec string) (*Keyring, error) {
 			return nil, fmt.Errorf("key %d (%s): %w", i+1, id, err)
 		}
 		k.aeads[id] = aead
-		k.ids = append(k.ids, id)
+		if i == 0 {
+			k.active = id
+		}
 	}
-	k.active = k.ids[0]
 	return k, nil
 }
 
@@ -99,9 +99,6 @@ func MetadataAAD(accountID string) []byte {
 
 // Active is the id of the key that seals.
 func (k *Keyring) Active() string { return k.active }
-
-// IDs lists the keyring's key ids, active first.
-func (k *Keyring) IDs() []string { return append([]string(nil), k.ids...) }
 
 // Seal encrypts plain under the active key, bound to aad, and returns the
 // key's id and the sealed value.
