@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Type names a command.
@@ -147,11 +148,21 @@ func DecodeCommand(data []byte) (Command, error) {
 		return Command{}, verr
 	}
 	verr.Kind = InvalidMalformed
+	if !utf8.Valid(data) {
+		verr.add("", "is not valid UTF-8")
+		return Command{}, verr
+	}
 	fields, order, ok := splitObject(data, verr)
 	if !ok {
 		return Command{}, verr
 	}
 	verr.Kind = InvalidFields
+	if problem := textProblem(data); problem != "" {
+		// Checked on the whole document, so that it covers field names and
+		// nested metadata alike, and no NUL ever reaches a pointer.
+		verr.add("", "%s", problem)
+		return Command{}, verr
+	}
 	var cmd Command
 	rawType, ok := fields["type"]
 	if !ok {
@@ -193,7 +204,7 @@ func DecodeCommand(data []byte) (Command, error) {
 		}
 	}
 	if cmd.Type == TypeHold && cmd.ExpiresAt != nil && !cmd.ExpiresAt.After(time.Unix(0, 0)) {
-		verr.add("/expires_at", "must be a time after 1970")
+		verr.add("/expires_at", "must be a time after 1970-01-01T00:00:00Z")
 	}
 	if len(verr.Errors) > 0 {
 		return Command{}, verr
@@ -280,9 +291,8 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 			verr.add(p, "must be a JSON object")
 		case len(md) > MaxMetadataBytes:
 			verr.add(p, "must be at most %d bytes", MaxMetadataBytes)
-		case bytes.Contains(md, []byte(`\u0000`)):
-			// PostgreSQL's jsonb cannot store a NUL character.
-			verr.add(p, "must not contain the character \\u0000")
+		case !finiteNumbers(raw):
+			verr.add(p, "must hold only numbers that a 64-bit floating point value can represent (|x| < 1.8e308, not below 1e-307 unless 0)")
 		default:
 			cmd.Metadata = md
 		}
@@ -298,6 +308,10 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 			return
 		}
 		t = t.UTC()
+		if reason := storableTime(t); reason != "" {
+			verr.add(p, "%s", reason)
+			return
+		}
 		cmd.ExpiresAt = &t
 	}
 }
@@ -445,4 +459,45 @@ func (c Command) Encode() []byte {
 func (c Command) Fingerprint() []byte {
 	sum := sha256.Sum256(c.Encode())
 	return sum[:]
+}
+
+// Identity is what can be read of a record that did not decode as a
+// command: its command_id when that is a UUID, its type when it is a command
+// type, and its debit account when that is a valid account id. Fields that
+// cannot be read are empty.
+type Identity struct {
+	CommandID      string
+	Type           Type
+	DebitAccountID string
+}
+
+// Identify reads what it can of data, a record that may be anything: a
+// dead-lettered record whose command_id can be read gets the outcome
+// dead_lettered under that id.
+func Identify(data []byte) Identity {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(data, &fields) != nil {
+		return Identity{}
+	}
+	str := func(name string) string {
+		var s string
+		if json.Unmarshal(fields[name], &s) != nil {
+			return ""
+		}
+		return s
+	}
+	var id Identity
+	if s, ok := CanonicalUUID(str("command_id")); ok {
+		id.CommandID = s
+	}
+	if _, known := specs[Type(str("type"))]; known {
+		id.Type = Type(str("type"))
+	}
+	for _, name := range []string{"from_account_id", "account_id"} {
+		if s := str(name); ValidAccountID(s) {
+			id.DebitAccountID = s
+			break
+		}
+	}
+	return id
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -19,8 +20,10 @@ func TestDecodeCommandAccepts(t *testing.T) {
 		{"open with limits and metadata",
 			`{"command_id":"` + cid + `","type":"open_account","account_id":"alice:1","currency":"EUR","overdraft_limit":500,"daily_debit_limit":1000,"metadata":{ "tier" : "gold" }}`,
 			Command{CommandID: cid, Type: TypeOpenAccount, AccountID: "alice:1", Currency: "EUR", OverdraftLimit: 500, DailyDebitLimit: 1000, Metadata: []byte(`{"tier":"gold"}`)}},
-		{"metadata is canonical and keeps big numbers", `{"command_id":"` + cid + `","type":"open_account","account_id":"m","currency":"EUR","metadata":{"z":1, "a":{"n":123456789012345678901234567890}, "s":"\ud800"}}`,
-			Command{CommandID: cid, Type: TypeOpenAccount, AccountID: "m", Currency: "EUR", Metadata: []byte(`{"a":{"n":123456789012345678901234567890},"s":"` + "\uFFFD" + `","z":1}`)}},
+		{"metadata is canonical and keeps big numbers and surrogate pairs", `{"command_id":"` + cid + `","type":"open_account","account_id":"m","currency":"EUR","metadata":{"z":1, "a":{"n":123456789012345678901234567890}, "s":"\ud83d\ude00"}}`,
+			Command{CommandID: cid, Type: TypeOpenAccount, AccountID: "m", Currency: "EUR", Metadata: []byte(`{"a":{"n":123456789012345678901234567890},"s":"` + "\U0001F600" + `","z":1}`)}},
+		{"expiry at the last representable microsecond, from an offset", `{"command_id":"` + cid + `","type":"hold","from_account_id":"a","to_account_id":"b","currency":"EUR","amount":1,"expires_at":"9999-12-31T22:59:59.999999-01:00"}`,
+			Command{CommandID: cid, Type: TypeHold, FromAccountID: "a", ToAccountID: "b", Amount: 1, Currency: "EUR", ExpiresAt: ptr(time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC))}},
 		{"deposit", `{"command_id":"` + cid + `","type":"deposit","account_id":"a","amount":1,"currency":"USD"}`,
 			Command{CommandID: cid, Type: TypeDeposit, AccountID: "a", Amount: 1, Currency: "USD"}},
 		{"transfer max amount, uppercase id", `{"type":"transfer","command_id":"` + strings.ToUpper(cid) + `","from_account_id":"a","to_account_id":"b","amount":9007199254740991,"currency":"JPY"}`,
@@ -50,6 +53,9 @@ func TestDecodeCommandRejects(t *testing.T) {
 	dep := func(extra string) string {
 		return `{"command_id":"` + cid + `","type":"deposit","account_id":"a","currency":"EUR"` + extra + `}`
 	}
+	hold := func(expires string) string {
+		return `{"command_id":"` + cid + `","type":"hold","from_account_id":"a","to_account_id":"b","currency":"EUR","amount":1,"expires_at":` + expires + `}`
+	}
 	tests := []struct {
 		name, in, pointer string
 	}{
@@ -78,10 +84,22 @@ func TestDecodeCommandRejects(t *testing.T) {
 		{"account id too long", `{"command_id":"` + cid + `","type":"deposit","account_id":"` + strings.Repeat("a", 65) + `","currency":"EUR","amount":1}`, "/account_id"},
 		{"metadata not an object", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":[1]}`, "/metadata"},
 		{"metadata too big", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"k":"` + strings.Repeat("x", MaxMetadataBytes) + `"}}`, "/metadata"},
-		{"metadata with NUL", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"k":"\u0000"}}`, "/metadata"},
+		{"metadata with NUL", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"k":"\u0000"}}`, ""},
 		{"negative overdraft", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","overdraft_limit":-1}`, "/overdraft_limit"},
 		{"bad expiry", `{"command_id":"` + cid + `","type":"hold","from_account_id":"a","to_account_id":"b","currency":"EUR","amount":1,"expires_at":"tomorrow"}`, "/expires_at"},
 		{"too large", `{"command_id":"` + cid + `","type":"deposit","pad":"` + strings.Repeat("x", MaxCommandBytes) + `"}`, ""},
+		// Values that decode but could not be stored, encoded or published
+		// as sent (issue 13: a year-10000 expiry stopped every worker).
+		{"expiry past year 9999 once in UTC", hold(`"9999-12-31T23:59:59-01:00"`), "/expires_at"},
+		{"expiry in year 10000", hold(`"10000-01-01T00:00:00Z"`), "/expires_at"},
+		{"expiry with nanoseconds", hold(`"2030-01-01T00:00:00.123456789Z"`), "/expires_at"},
+		{"expiry before 1970", hold(`"0001-01-01T00:00:00Z"`), "/expires_at"},
+		{"NUL in a field name", `{"command_id":"` + cid + `","type":"deposit","account_id":"a","currency":"EUR","amount":1,"x\u0000":1}`, ""},
+		{"NUL in a metadata key", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"k\u0000":1}}`, ""},
+		{"lone surrogate in metadata", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"s":"\ud800"}}`, ""},
+		{"lone low surrogate in a name", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"\udc00":1}}`, ""},
+		{"invalid UTF-8", "{\"command_id\":\"" + cid + "\",\"type\":\"open_account\",\"account_id\":\"a\",\"currency\":\"EUR\",\"metadata\":{\"s\":\"\xff\"}}", ""},
+		{"metadata number beyond float64", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"n":1e400}}`, "/metadata"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -105,7 +123,7 @@ func TestDecodeCommandRejects(t *testing.T) {
 				t.Errorf("DecodeCommand() errors at %q, want one at %q", pointers, tt.pointer)
 			}
 			kind := map[string]string{"not json": InvalidMalformed, "array": InvalidMalformed, "trailing data": InvalidMalformed,
-				"duplicate key": InvalidMalformed, "unknown type": InvalidUnknownType, "too large": InvalidTooLarge}[tt.name]
+				"duplicate key": InvalidMalformed, "unknown type": InvalidUnknownType, "too large": InvalidTooLarge, "invalid UTF-8": InvalidMalformed}[tt.name]
 			if kind == "" {
 				kind = InvalidFields
 			}
@@ -139,6 +157,47 @@ func TestDebitAccount(t *testing.T) {
 	for _, tt := range tests {
 		if got := tt.cmd.DebitAccount(); got != tt.want {
 			t.Errorf("%s.DebitAccount() = %q, want %q", tt.cmd.Type, got, tt.want)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestIdentify: what can be read of a record that is not a valid command.
+func TestIdentify(t *testing.T) {
+	tests := []struct {
+		name, in string
+		want     Identity
+	}{
+		{"valid command", `{"command_id":"` + strings.ToUpper(cid) + `","type":"transfer","from_account_id":"a","to_account_id":"b"}`, Identity{CommandID: cid, Type: TypeTransfer, DebitAccountID: "a"}},
+		{"bad amount still names its command", `{"command_id":"` + cid + `","type":"deposit","account_id":"a","amount":"x"}`, Identity{CommandID: cid, Type: TypeDeposit, DebitAccountID: "a"}},
+		{"unknown type, invalid account", `{"command_id":"` + cid + `","type":"steal","account_id":"a b"}`, Identity{CommandID: cid}},
+		{"id not a UUID", `{"command_id":"x","type":"deposit"}`, Identity{Type: TypeDeposit}},
+		{"id not a string", `{"command_id":1}`, Identity{}},
+		{"not an object", `[1]`, Identity{}},
+		{"not JSON", "\xff\x00", Identity{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Identify([]byte(tt.in)); got != tt.want {
+				t.Errorf("Identify(%q) = %+v, want %+v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRecordTime(t *testing.T) {
+	tests := []struct {
+		in, want time.Time
+	}{
+		{time.Date(2026, 1, 2, 3, 4, 5, 6789, time.FixedZone("x", 3600)), time.Date(2026, 1, 2, 2, 4, 5, 6000, time.UTC)},
+		{time.UnixMilli(-1), time.Time{}},                           // Kafka's "no timestamp"
+		{time.UnixMilli(1 << 62), time.Time{}},                      // beyond year 9999
+		{time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), time.Time{}}, // not encodable as RFC 3339
+	}
+	for _, tt := range tests {
+		if got := RecordTime(tt.in); !got.Equal(tt.want) {
+			t.Errorf("RecordTime(%v) = %v, want %v", tt.in, got, tt.want)
 		}
 	}
 }

@@ -187,3 +187,40 @@ func mustJSON(v any) json.RawMessage {
 	}
 	return b
 }
+
+// EventTypeDeadLettered is the type of the event published when a record
+// whose command_id can be read goes to the DLQ.
+const EventTypeDeadLettered = "command.dead_lettered"
+
+// DeadLetteredData is the data of a command.dead_lettered event: why the
+// record went to the DLQ and where it came from. CommandType is set when
+// the record names a known command type.
+type DeadLetteredData struct {
+	Status          Status     `json:"status"` // always StatusDeadLettered
+	Reason          string     `json:"reason"`
+	Detail          string     `json:"detail"`
+	CommandType     Type       `json:"command_type,omitempty"`
+	SourceTopic     string     `json:"source_topic"`
+	SourcePartition int        `json:"source_partition"`
+	SourceOffset    int64      `json:"source_offset"`
+	AcceptedAt      *time.Time `json:"accepted_at,omitempty"`
+}
+
+// NewDeadLetteredEvent builds the event of the record identified by id
+// going to the DLQ. acceptedAt is the record's time (RecordTime), zero when
+// unknown.
+func NewDeadLetteredEvent(eventID string, id Identity, data DeadLetteredData, acceptedAt, now time.Time) Event {
+	data.Status = StatusDeadLettered
+	data.CommandType = id.Type
+	if !acceptedAt.IsZero() {
+		t := acceptedAt.UTC()
+		data.AcceptedAt = &t
+	}
+	return Event{
+		EventID:    eventID,
+		Type:       EventTypeDeadLettered,
+		CommandID:  id.CommandID,
+		OccurredAt: now.UTC(),
+		Data:       mustJSON(data),
+	}
+}

@@ -17,6 +17,10 @@ func FuzzDecodeCommand(f *testing.F) {
 		`{"command_id":"0190b1c2-0000-7000-8000-000000000002","type":"transfer","from_account_id":"a","to_account_id":"b","amount":9007199254740991,"currency":"JPY"}`,
 		`{"command_id":"0190b1c2-0000-7000-8000-000000000003","type":"hold","from_account_id":"a","to_account_id":"b","amount":1,"currency":"EUR","expires_at":"2030-01-01T00:00:00Z"}`,
 		`{"type":"deposit","type":"deposit"}`, `[]`, `{"a":1}{}`, "\xff", `{"amount":1e400}`,
+		// Found in issue 13: accepted, then Encode panicked on year 10000.
+		`{"command_id":"0190b1c2-0000-7000-8000-000000000003","type":"hold","from_account_id":"a","to_account_id":"b","amount":1,"currency":"EUR","expires_at":"9999-12-31T23:59:59-01:00"}`,
+		`{"command_id":"0190b1c2-0000-7000-8000-000000000004","type":"deposit","account_id":"a","amount":1,"currency":"EUR","x\u0000":1}`,
+		`{"command_id":"0190b1c2-0000-7000-8000-000000000005","type":"open_account","account_id":"a","currency":"EUR","metadata":{"s":"\ud800\u0041","n":1e400}}`,
 	} {
 		f.Add([]byte(s))
 	}

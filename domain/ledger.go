@@ -12,6 +12,10 @@ type Status string
 const (
 	StatusApplied  Status = "applied"
 	StatusRejected Status = "rejected"
+	// StatusDeadLettered is the status of a command whose record went to
+	// the DLQ: it was never decided. A later replay that decides it
+	// replaces it.
+	StatusDeadLettered Status = "dead_lettered"
 )
 
 // Reason says why a command was rejected. Reasons are stable snake_case codes
@@ -275,7 +279,7 @@ func fundsFor(debit *Account, amount int64, now time.Time) (int64, Reason) {
 		return 0, ReasonInsufficientFunds
 	}
 	debited := int64(0)
-	if debit.DailyDebitDay == day(now) {
+	if today(debit, now) == debit.DailyDebitDay {
 		debited = debit.DailyDebited
 	}
 	if debit.DailyDebitLimit > 0 && debited+amount > debit.DailyDebitLimit {
@@ -285,6 +289,14 @@ func fundsFor(debit *Account, amount int64, now time.Time) (int64, Reason) {
 }
 
 func day(t time.Time) string { return t.UTC().Format(time.DateOnly) }
+
+// today is the day whose debits a debit at now counts against: now's UTC
+// day, unless the account already stored a later one. Days never go back,
+// so a worker whose clock is behind the day stored on the account (another
+// worker's, or its own before a clock step) cannot reset the daily limit.
+func today(a *Account, now time.Time) string {
+	return max(day(now), a.DailyDebitDay) // YYYY-MM-DD sorts as it reads
+}
 
 // move takes cmd.Amount from debit and gives it to credit: usable accounts,
 // then no balance overflow, then the debit's funds and daily limit.
@@ -301,7 +313,7 @@ func (b *Book) move(cmd Command, kind TransferKind, debit, credit *Account, now 
 		return rejected(r)
 	}
 	if !debit.External {
-		debit.DailyDebitDay, debit.DailyDebited = day(now), debited+amount
+		debit.DailyDebitDay, debit.DailyDebited = today(debit, now), debited+amount
 	}
 	t := &Transfer{ID: cmd.CommandID, Kind: kind, FromAccountID: debit.ID, ToAccountID: credit.ID,
 		Currency: cmd.Currency, Amount: amount, Status: TransferPosted}
@@ -345,7 +357,7 @@ func (b *Book) hold(cmd Command, now time.Time) Result {
 		return rejected(ReasonHoldExpired)
 	}
 	debit.Held += cmd.Amount
-	debit.DailyDebitDay, debit.DailyDebited = day(now), debited+cmd.Amount
+	debit.DailyDebitDay, debit.DailyDebited = today(debit, now), debited+cmd.Amount
 	t := &Transfer{ID: cmd.CommandID, Kind: KindHold, FromAccountID: debit.ID, ToAccountID: credit.ID,
 		Currency: cmd.Currency, Amount: cmd.Amount, Status: TransferPending, ExpiresAt: cmd.ExpiresAt}
 	b.Transfers[t.ID] = t

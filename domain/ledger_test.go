@@ -50,6 +50,14 @@ func TestApplyRejections(t *testing.T) {
 		{"daily limit counts today's debits", book(func(b map[string]*Account) {
 			b["a"].DailyDebitLimit, b["a"].DailyDebitDay, b["a"].DailyDebited = 10, "2026-11-25", 5
 		}), transfer(6), ReasonDailyLimitExceeded},
+		// A worker whose clock is behind the day stored on the account (a
+		// day another worker already counted) must not reset the limit.
+		{"daily limit holds on a clock behind the stored day", book(func(b map[string]*Account) {
+			b["a"].DailyDebitLimit, b["a"].DailyDebitDay, b["a"].DailyDebited = 10, "2026-11-26", 10
+		}), transfer(1), ReasonDailyLimitExceeded},
+		{"daily limit holds for holds on a clock behind the stored day", book(func(b map[string]*Account) {
+			b["a"].DailyDebitLimit, b["a"].DailyDebitDay, b["a"].DailyDebited = 10, "2026-11-26", 10
+		}), Command{CommandID: cid, Type: TypeHold, FromAccountID: "a", ToAccountID: "b", Amount: 1, Currency: "EUR"}, ReasonDailyLimitExceeded},
 		{"credit overflow", book(func(b map[string]*Account) { b["b"].Balance = math.MaxInt64 - 5 }), transfer(6), ReasonBalanceOverflow},
 		{"overflow before insufficient funds", book(func(b map[string]*Account) { b["b"].Balance = math.MaxInt64 }), transfer(1000), ReasonBalanceOverflow},
 		{"withdraw beyond balance", book(), Command{Type: TypeWithdraw, AccountID: "a", Amount: 101, Currency: "EUR"}, ReasonInsufficientFunds},
