@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime/debug"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -27,8 +30,31 @@ import (
 // this one) has moved it. The batch is abandoned, nothing committed.
 var errFenced = errors.New("stored offset moved: this worker's position is stale")
 
-// deadLetter forces every record of a batch to the DLQ with this reason.
-type deadLetter struct{ reason, detail string }
+// deadLetter sends a record to the DLQ with this reason. bare sends only
+// the record, without its dead_lettered outcome: the last resort for a
+// record whose dead-lettering itself panicked.
+type deadLetter struct {
+	reason, detail string
+	bare           bool
+}
+
+// The DLQ reason of a record the worker panicked on (a bug in txpipe,
+// never the sender's fault); the others are domain.Invalid… and
+// apply_failed.
+const (
+	reasonInternalError = "internal_error"
+	reasonApplyFailed   = "apply_failed"
+)
+
+// batchState is what a batch's decisions read: the stored decisions of
+// its command ids, the accounts and transfers it touches (locked), and the
+// time of the decisions.
+type batchState struct {
+	priors map[string]prior
+	book   *domain.Book
+	loaded map[string]bool // transfers read from the database
+	now    time.Time
+}
 
 // prior is the decision stored for a command_id.
 type prior struct {
@@ -47,6 +73,7 @@ type batchWrites struct {
 	transfers map[string]bool // transfers created or changed
 	entries   []entryRow
 	processed []processedRow
+	dead      []deadRow
 	out       []outbox.Message
 	counts    map[outcomeKey]int
 	replay    bool           // the record being decided came back from the DLQ
@@ -106,6 +133,21 @@ type processedRow struct {
 
 type outcomeKey struct{ outcome, reason string }
 
+// deadRow is the dead_lettered outcome of a record whose command id could
+// be read.
+type deadRow struct {
+	id             domain.Identity
+	reason, detail string
+	partition      int
+	offset         int64
+	by             string
+}
+
+func newBatchWrites() *batchWrites {
+	return &batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), sealed: make(map[string]domain.Sealed),
+		transfers: make(map[string]bool), counts: make(map[outcomeKey]int), replayed: make(map[string]int)}
+}
+
 // batchSender runs a batch of statements on one connection.
 type batchSender interface {
 	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
@@ -119,62 +161,37 @@ type positions map[int]int64
 // records in offset order starting at or after pos[partition]; the stored
 // offset of each of those partitions must equal pos or nothing commits
 // (errFenced). With dl set, every record goes to the DLQ instead (isolating
-// a record that cannot be applied).
-func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Message, dl *deadLetter) (positions, error) {
-	start := time.Now()
-	now := start.UTC()
-	next := positions{}
-	for _, m := range msgs {
-		if _, ok := next[m.Partition]; !ok {
-			if _, ok := pos[m.Partition]; !ok {
-				return nil, fmt.Errorf("record of partition %d, whose position is unknown", m.Partition)
-			}
+// a record that cannot be applied). A panic while deciding is returned as a
+// *recordPanic, naming its record when it is known, and nothing commits.
+func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Message, dl *deadLetter) (_ positions, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &recordPanic{index: -1, value: r, stack: debug.Stack()}
 		}
-		next[m.Partition] = m.Offset + 1
+	}()
+	start := time.Now()
+	next, expected, err := batchPositions(pos, msgs)
+	if err != nil {
+		return pos, err
 	}
-	expected := positions{}
-	for p := range next {
-		expected[p] = pos[p]
-	}
-	cmds := make([]*domain.Command, len(msgs))
+	var cmds []*domain.Command
 	var invalid map[int]deadLetter
 	if dl == nil {
-		for i, m := range msgs {
-			cmd, err := domain.DecodeCommand(m.Value)
-			if err != nil {
-				if invalid == nil {
-					invalid = make(map[int]deadLetter)
-				}
-				reason := domain.InvalidFields
-				var verr *domain.ValidationError
-				if errors.As(err, &verr) && verr.Kind != "" {
-					reason = verr.Kind
-				}
-				invalid[i] = deadLetter{reason: reason, detail: err.Error()}
-				continue
-			}
-			cmds[i] = &cmd
+		if cmds, invalid, err = decodeAll(msgs); err != nil {
+			return pos, err
 		}
 	}
-	wr := batchWrites{touched: make(map[string]bool), opened: make(map[string]bool), sealed: make(map[string]domain.Sealed), transfers: make(map[string]bool), counts: make(map[outcomeKey]int), replayed: make(map[string]int)}
+	wr := newBatchWrites()
 	// load queues BEGIN and write queues COMMIT (internal/pgtx).
-	err := pgtx.Run(ctx, w.opts.Pool, func(tx *pgxpool.Conn) error {
-		priors, book, loaded, err := w.load(ctx, tx, expected, cmds)
+	err = pgtx.Run(ctx, w.opts.Pool, func(tx *pgxpool.Conn) error {
+		st, err := w.load(ctx, tx, expected, cmds)
 		if err != nil {
 			return err
 		}
-		for i, m := range msgs {
-			wr.replay, wr.by = isReplay(m), submittedBy(m)
-			switch {
-			case dl != nil:
-				wr.deadLetter(w, m, dl.reason, dl.detail, now)
-			case cmds[i] == nil:
-				wr.deadLetter(w, m, invalid[i].reason, invalid[i].detail, now)
-			default:
-				wr.command(w, *cmds[i], m, priors, book, now)
-			}
+		if err := wr.decideAll(w, msgs, cmds, invalid, dl, st); err != nil {
+			return err
 		}
-		return w.write(ctx, tx, next, book, loaded, &wr, now)
+		return w.write(ctx, tx, next, st, wr)
 	})
 	if err != nil {
 		return pos, err
@@ -194,6 +211,100 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 	return out, nil
 }
 
+// batchPositions returns, for the partitions msgs come from, the position
+// after them and the position the stored offset must hold now.
+func batchPositions(pos positions, msgs []kafka.Message) (next, expected positions, err error) {
+	next = positions{}
+	for _, m := range msgs {
+		if _, ok := next[m.Partition]; !ok {
+			if _, ok := pos[m.Partition]; !ok {
+				return nil, nil, fmt.Errorf("record of partition %d, whose position is unknown", m.Partition)
+			}
+		}
+		next[m.Partition] = m.Offset + 1
+	}
+	expected = positions{}
+	for p := range next {
+		expected[p] = pos[p]
+	}
+	return next, expected, nil
+}
+
+// recordPanic is a panic recovered while deciding a batch. index is the
+// record being decided (in the batch's msgs), or -1 when no one record was.
+type recordPanic struct {
+	index int
+	value any
+	stack []byte
+}
+
+func (e *recordPanic) Error() string { return fmt.Sprintf("panic while deciding: %v", e.value) }
+
+// guard runs f, the handling of record i, and returns a panic in it as a
+// *recordPanic.
+func guard(i int, f func()) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &recordPanic{index: i, value: r, stack: debug.Stack()}
+		}
+	}()
+	f()
+	return nil
+}
+
+// decodeAll decodes msgs into commands; the records that are not valid
+// commands are left nil in cmds and say why in invalid.
+func decodeAll(msgs []kafka.Message) (cmds []*domain.Command, invalid map[int]deadLetter, err error) {
+	cmds = make([]*domain.Command, len(msgs))
+	for i, m := range msgs {
+		err := guard(i, func() {
+			cmd, err := domain.DecodeCommand(m.Value)
+			if err != nil {
+				if invalid == nil {
+					invalid = make(map[int]deadLetter)
+				}
+				reason := domain.InvalidFields
+				var verr *domain.ValidationError
+				if errors.As(err, &verr) && verr.Kind != "" {
+					reason = verr.Kind
+				}
+				invalid[i] = deadLetter{reason: reason, detail: err.Error()}
+				return
+			}
+			cmds[i] = &cmd
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return cmds, invalid, nil
+}
+
+// decideAll decides every record of the batch against the state loaded
+// for it, in order: each record's outcome is a pure function of that state
+// and the records before it. A panic stops the batch as a *recordPanic
+// naming the record; the book may then be half changed, so the batch is
+// never written.
+func (wr *batchWrites) decideAll(w *Worker, msgs []kafka.Message, cmds []*domain.Command, invalid map[int]deadLetter, dl *deadLetter, st *batchState) error {
+	for i, m := range msgs {
+		err := guard(i, func() {
+			wr.replay, wr.by = isReplay(m), submittedBy(m)
+			switch {
+			case dl != nil:
+				wr.deadLetter(w, m, *dl, st.now)
+			case cmds[i] == nil:
+				wr.deadLetter(w, m, invalid[i], st.now)
+			default:
+				wr.command(w, *cmds[i], m, st.priors, st.book, st.now)
+			}
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // offsetColumns returns pos as parallel arrays in partition order, the
 // order in which a transaction locks consumer_offsets rows.
 func offsetColumns(pos positions) (parts []int32, offsets []int64) {
@@ -210,7 +321,7 @@ func offsetColumns(pos positions) (parts []int32, offsets []int64) {
 // names no transfer does it all in one round trip; otherwise the accounts
 // of the named transfers are known only once those are read, so the
 // account locks take a second round trip.
-func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, cmds []*domain.Command) (map[string]prior, *domain.Book, map[string]bool, error) {
+func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, cmds []*domain.Command) (*batchState, error) {
 	var ids, accounts, transfers, currencies []string
 	for _, c := range cmds {
 		if c == nil {
@@ -229,10 +340,19 @@ func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, c
 	slices.Sort(currencies)
 	currencies = slices.Compact(currencies)
 
-	book := domain.NewBook()
-	loaded := make(map[string]bool)
+	st := &batchState{book: domain.NewBook(), loaded: make(map[string]bool), priors: make(map[string]prior)}
+	book, loaded, priors := st.book, st.loaded, st.priors
 	b := &pgx.Batch{}
 	b.Queue("BEGIN") // see pgtx
+	// One clock decides: every worker takes the time of its decisions (daily
+	// limits, expiries, processed_at) from PostgreSQL, not from its host.
+	b.Queue(`SELECT now()`).QueryRow(func(row pgx.Row) error {
+		if err := row.Scan(&st.now); err != nil {
+			return err
+		}
+		st.now = st.now.UTC()
+		return nil
+	})
 	parts, offsets := offsetColumns(expected)
 	b.Queue(`INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
 		SELECT $1, $2, p, o FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
@@ -243,7 +363,6 @@ func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, c
 		WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])
 		ORDER BY partition FOR UPDATE`,
 		w.opts.GroupID, w.opts.CommandsTopic, parts).Query(func(rows pgx.Rows) error { return scanPositions(rows, stored) })
-	priors := make(map[string]prior)
 	if len(ids) > 0 {
 		b.Queue(`SELECT command_id::text, fingerprint, status, coalesce(reason, '') FROM processed_commands
 			WHERE command_id = ANY($1::uuid[])`, ids).Query(func(rows pgx.Rows) error {
@@ -271,11 +390,11 @@ func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, c
 		queueLockAccounts(b, sortedUnique(accounts), book)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return nil, nil, nil, fmt.Errorf("load batch state: %w", err)
+		return nil, fmt.Errorf("load batch state: %w", err)
 	}
 	for p, want := range expected {
 		if got, ok := stored[p]; !ok || got != want {
-			return nil, nil, nil, fmt.Errorf("%w (partition %d: stored %d, expected %d)", errFenced, p, got, want)
+			return nil, fmt.Errorf("%w (partition %d: stored %d, expected %d)", errFenced, p, got, want)
 		}
 	}
 	if len(transfers) > 0 {
@@ -285,10 +404,10 @@ func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, c
 		b := &pgx.Batch{}
 		queueLockAccounts(b, sortedUnique(accounts), book)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return nil, nil, nil, fmt.Errorf("lock accounts: %w", err)
+			return nil, fmt.Errorf("lock accounts: %w", err)
 		}
 	}
-	return priors, book, loaded, nil
+	return st, nil
 }
 
 func sortedUnique(s []string) []string {
@@ -300,6 +419,7 @@ func sortedUnique(s []string) []string {
 // effect, other content under a known id is an idempotency conflict, and a
 // new command runs the ledger rules.
 func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, priors map[string]prior, book *domain.Book, now time.Time) {
+	acceptedAt := domain.RecordTime(m.Time)
 	fp := cmd.Fingerprint()
 	if p, seen := priors[cmd.CommandID]; seen {
 		if bytes.Equal(p.fingerprint, fp) {
@@ -307,12 +427,12 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 			return
 		}
 		res := domain.Result{Status: domain.StatusRejected, Reason: domain.ReasonIdempotencyConflict}
-		wr.outcome(w, cmd, res, m.Time, now)
+		wr.outcome(w, cmd, res, acceptedAt, now)
 		return
 	}
 	res := book.Apply(cmd, now)
 	priors[cmd.CommandID] = prior{fingerprint: fp, status: res.Status, reason: res.Reason}
-	wr.processed = append(wr.processed, processedRow{cmd: cmd, fingerprint: fp, res: res, acceptedAt: m.Time, partition: m.Partition, offset: m.Offset, by: wr.by})
+	wr.processed = append(wr.processed, processedRow{cmd: cmd, fingerprint: fp, res: res, acceptedAt: acceptedAt, partition: m.Partition, offset: m.Offset, by: wr.by})
 	if res.Opened != nil {
 		wr.opened[res.Opened.ID] = true
 	}
@@ -325,7 +445,7 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 	for _, p := range res.Postings {
 		wr.entries = append(wr.entries, entryRow{cmd: cmd, posting: p, by: wr.by})
 	}
-	wr.outcome(w, cmd, res, m.Time, now)
+	wr.outcome(w, cmd, res, acceptedAt, now)
 	for _, p := range res.Postings {
 		ev := domain.NewPostingEvent(uuidv7.New(), cmd, p, now)
 		ev.SubmittedBy = wr.by
@@ -358,38 +478,99 @@ func eventMessage(topic, key string, ev domain.Event, acceptedAt time.Time) outb
 	}
 }
 
-// maxDLQValue bounds the copy of a record kept for the DLQ, so the DLQ
-// record (with its headers) stays under the broker's default 1 MiB limit and
-// can never block the relay.
-const maxDLQValue = 900 << 10
+// Bounds on a DLQ record, so that with its headers it stays under the
+// broker's default 1 MiB limit and the relay's batch (maxBatchBytes) and can
+// never be parked: the original value and key are cut beyond them, and a
+// header says so; the detail is cut too.
+const (
+	maxDLQValue  = 900 << 10
+	maxDLQKey    = 16 << 10
+	maxDLQDetail = 2 << 10
+)
+
+// DLQ record headers (docs/operations.md, txpipe dlq list and replay).
+const (
+	HeaderDLQReason           = "dlq_reason"
+	HeaderDLQDetail           = "dlq_detail"
+	HeaderDLQAt               = "dlq_at"
+	HeaderSourceTopic         = "source_topic"
+	HeaderSourcePartition     = "source_partition"
+	HeaderSourceOffset        = "source_offset"
+	HeaderDLQTruncatedFrom    = "dlq_truncated_from"
+	HeaderDLQKeyTruncatedFrom = "dlq_key_truncated_from"
+)
 
 // deadLetter queues the original record for the DLQ topic, with headers that
-// say why and where it came from. A record with a null value is kept with an
-// empty one; a record too large to republish is cut, and says so.
-func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, reason, detail string, now time.Time) {
-	value := m.Value
+// say why and where it came from and which key submitted it (so a replay
+// keeps it). A record with a null value is kept with an empty one; a value
+// or key too large to republish is cut, and says so. Unless dl is bare, a
+// record whose command id can be read also gets its dead_lettered outcome:
+// a row that GET /v1/commands/{id} answers and a command.dead_lettered event.
+func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, dl deadLetter, now time.Time) {
+	detail := headerText(dl.detail, maxDLQDetail)
+	value, key := m.Value, m.Key
 	if value == nil {
 		value = []byte{}
 	}
 	headers := map[string]string{
-		"dlq_reason":       reason,
-		"dlq_detail":       detail,
-		"dlq_at":           now.Format(time.RFC3339Nano),
-		"source_topic":     m.Topic,
-		"source_partition": strconv.Itoa(m.Partition),
-		"source_offset":    strconv.FormatInt(m.Offset, 10),
+		HeaderDLQReason:       dl.reason,
+		HeaderDLQDetail:       detail,
+		HeaderDLQAt:           now.Format(time.RFC3339Nano),
+		HeaderSourceTopic:     m.Topic,
+		HeaderSourcePartition: strconv.Itoa(m.Partition),
+		HeaderSourceOffset:    strconv.FormatInt(m.Offset, 10),
+	}
+	if wr.by != "" {
+		headers[domain.SubmittedByHeader] = wr.by
 	}
 	if len(value) > maxDLQValue {
-		headers["dlq_truncated_from"] = strconv.Itoa(len(value))
+		headers[HeaderDLQTruncatedFrom] = strconv.Itoa(len(value))
 		value = value[:maxDLQValue]
 	}
-	wr.out = append(wr.out, outbox.Message{Topic: w.opts.DLQTopic, Key: m.Key, Value: value, Headers: headers})
-	wr.count("dlq", reason)
+	if len(key) > maxDLQKey {
+		headers[HeaderDLQKeyTruncatedFrom] = strconv.Itoa(len(key))
+		key = key[:maxDLQKey]
+	}
+	wr.out = append(wr.out, outbox.Message{Topic: w.opts.DLQTopic, Key: key, Value: value, Headers: headers})
+	wr.count("dlq", dl.reason)
+	if dl.bare {
+		return
+	}
+	id := domain.Identify(m.Value)
+	if id.CommandID == "" {
+		return
+	}
+	wr.dead = append(wr.dead, deadRow{id: id, reason: dl.reason, detail: detail, partition: m.Partition, offset: m.Offset, by: wr.by})
+	ev := domain.NewDeadLetteredEvent(uuidv7.New(), id, domain.DeadLetteredData{
+		Reason: dl.reason, Detail: detail, SourceTopic: m.Topic, SourcePartition: m.Partition, SourceOffset: m.Offset,
+	}, domain.RecordTime(m.Time), now)
+	ev.SubmittedBy = wr.by
+	eventKey := id.DebitAccountID
+	if eventKey == "" {
+		eventKey = id.CommandID
+	}
+	wr.out = append(wr.out, eventMessage(w.opts.EventsTopic, eventKey, ev, domain.RecordTime(m.Time)))
+}
+
+// headerText makes s fit a Kafka header, a PostgreSQL text column and a
+// JSON string unchanged: valid UTF-8 with no NUL, at most limit bytes
+// (cut on a character boundary, marked with …).
+func headerText(s string, limit int) string {
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+	if len(s) <= limit {
+		return s
+	}
+	cut := limit - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // write stores the batch's effects and advances the stored offset, in one
 // round trip.
-func (w *Worker) write(ctx context.Context, tx batchSender, next positions, book *domain.Book, loaded map[string]bool, wr *batchWrites, now time.Time) error {
+func (w *Worker) write(ctx context.Context, tx batchSender, next positions, st *batchState, wr *batchWrites) error {
+	book, loaded, now := st.book, st.loaded, st.now
 	b := &pgx.Batch{}
 	var created, changed []*domain.Account
 	for id := range wr.opened {
@@ -425,6 +606,9 @@ func (w *Worker) write(ctx context.Context, tx batchSender, next positions, book
 	}
 	if len(wr.processed) > 0 {
 		queueProcessed(b, wr.processed, now)
+	}
+	if len(wr.dead) > 0 {
+		queueDeadLettered(b, wr.dead, now)
 	}
 	outbox.Queue(b, wr.out)
 	parts, offsets := offsetColumns(next)
@@ -471,4 +655,30 @@ func queueProcessed(b *pgx.Batch, rows []processedRow, now time.Time) {
 			WITH ORDINALITY AS u (id, t, fp, st, r, d, acc, p, o, s, n)
 		ORDER BY n`,
 		ids, types, fps, statuses, reasons, debit, accepted, now, partitions, offsets, by)
+}
+
+// queueDeadLettered records the dead_lettered outcome of records whose
+// command id could be read; the latest dead-lettering of an id wins. A
+// decision in processed_commands, earlier or later, always wins over it
+// (the API reads that first).
+func queueDeadLettered(b *pgx.Batch, rows []deadRow, now time.Time) {
+	n := len(rows)
+	ids, types, debit, reasons, details, by := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	partitions, offsets := make([]int32, n), make([]int64, n)
+	for i, r := range rows {
+		ids[i], types[i], debit[i], reasons[i], details[i], by[i] = r.id.CommandID, string(r.id.Type), r.id.DebitAccountID, r.reason, r.detail, r.by
+		partitions[i], offsets[i] = int32(r.partition), r.offset
+	}
+	// DISTINCT ON keeps one row per id (the last in the batch): ON CONFLICT
+	// cannot change one row twice in a statement.
+	b.Queue(`INSERT INTO dead_lettered_commands (command_id, type, debit_account_id, reason, detail,
+			source_partition, source_offset, submitted_by, dead_lettered_at)
+		SELECT DISTINCT ON (id) id::uuid, nullif(t, ''), nullif(d, ''), r, dt, p, o, nullif(s, ''), $9
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::text[])
+			WITH ORDINALITY AS u (id, t, d, r, dt, p, o, s, n)
+		ORDER BY id, n DESC
+		ON CONFLICT (command_id) DO UPDATE SET type = excluded.type, debit_account_id = excluded.debit_account_id,
+			reason = excluded.reason, detail = excluded.detail, source_partition = excluded.source_partition,
+			source_offset = excluded.source_offset, submitted_by = excluded.submitted_by, dead_lettered_at = excluded.dead_lettered_at`,
+		ids, types, debit, reasons, details, partitions, offsets, by, now)
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
@@ -484,5 +485,153 @@ func TestBatchAcrossPartitions(t *testing.T) {
 	}
 	if _, seen := outcomes(t, db)[id(7)]; seen {
 		t.Error("a fenced batch committed partition 2's record")
+	}
+}
+
+// dlqRow is an outbox row bound for the DLQ topic.
+type dlqRow struct {
+	key     []byte
+	value   []byte
+	headers map[string]string
+}
+
+func dlqRows(t *testing.T, db *pgtest.DB) []dlqRow {
+	t.Helper()
+	rows, err := db.Pool.Query(context.Background(), `SELECT key, value, headers FROM outbox WHERE topic = 'dlq' ORDER BY id`)
+	if err != nil {
+		t.Fatalf("read DLQ rows: %v", err)
+	}
+	var out []dlqRow
+	for rows.Next() {
+		var r dlqRow
+		if err := rows.Scan(&r.key, &r.value, &r.headers); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// deadLettered reads dead_lettered_commands: command id → reason.
+func deadLettered(t *testing.T, db *pgtest.DB) map[string]string {
+	t.Helper()
+	rows, err := db.Pool.Query(context.Background(), `SELECT command_id::text, reason FROM dead_lettered_commands`)
+	if err != nil {
+		t.Fatalf("read dead_lettered_commands: %v", err)
+	}
+	got := map[string]string{}
+	for rows.Next() {
+		var id, reason string
+		if err := rows.Scan(&id, &reason); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = reason
+	}
+	return got
+}
+
+// TestHostileRecordsEndAsOutcomesOrDeadLetters: records that a producer
+// other than txpipe may write — values the decoder used to accept but that
+// could not be encoded, odd timestamps, NUL in a field name, a huge key, a
+// foreign submitted_by — each end as an outcome or a DLQ record with its
+// reason, in one batch, and the partition goes on.
+func TestHostileRecordsEndAsOutcomesOrDeadLetters(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	const keyID = "0123456789abcdef"
+	msgs := records(0,
+		open(1, "alice"),
+		deposit(2, "alice", 100),
+		// Year 10000 once in UTC: Encode used to panic on it, killing the worker.
+		fmt.Sprintf(`{"command_id":%q,"type":"hold","from_account_id":"alice","to_account_id":"alice2","amount":1,"currency":"EUR","expires_at":"9999-12-31T23:59:59-01:00"}`, id(3)),
+		// A NUL in a field name: its detail used to break the DLQ row's jsonb headers.
+		fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"alice","amount":1,"currency":"EUR","x\u0000y":1}`, id(4)),
+		// A valid command under a timestamp no RFC 3339 string can show.
+		deposit(5, "alice", 7),
+		// Not JSON, with a huge key.
+		"\xff\xfe",
+		deposit(7, "alice", 3),
+	)
+	msgs[4].Time = time.UnixMilli(1 << 60)
+	msgs[5].Key = make([]byte, 2<<20)
+	msgs[3].Headers = []kafka.Header{{Key: domain.SubmittedByHeader, Value: []byte(keyID)}}
+	next, err := w.process(ctx, at(0), msgs, w.opts.Log)
+	if err != nil {
+		t.Fatalf("process() error = %v", err)
+	}
+	if next[partition] != 7 {
+		t.Errorf("process() next = %d, want 7", next[partition])
+	}
+	if got := balances(t, db)["alice"]; got != 110 {
+		t.Errorf("alice's balance = %d, want 110 (deposits 2, 5 and 7)", got)
+	}
+	var accepted *time.Time
+	if err := db.Pool.QueryRow(ctx, `SELECT accepted_at FROM processed_commands WHERE command_id = $1`, id(5)).Scan(&accepted); err != nil {
+		t.Fatal(err)
+	}
+	if accepted != nil {
+		t.Errorf("accepted_at of a record timestamped beyond year 9999 = %v, want none", accepted)
+	}
+	dlq := dlqRows(t, db)
+	if len(dlq) != 3 {
+		t.Fatalf("DLQ rows = %d, want 3 (records 2, 3 and 5)", len(dlq))
+	}
+	for i, want := range []struct{ offset, reason string }{{"2", "invalid_command"}, {"3", "invalid_command"}, {"5", "malformed"}} {
+		h := dlq[i].headers
+		if h["source_offset"] != want.offset || h["dlq_reason"] != want.reason {
+			t.Errorf("DLQ row %d: offset %s reason %s (%s), want offset %s reason %s", i, h["source_offset"], h["dlq_reason"], h["dlq_detail"], want.offset, want.reason)
+		}
+	}
+	if h := dlq[1].headers; h[domain.SubmittedByHeader] != keyID {
+		t.Errorf("DLQ row of a record submitted by %s carries %s=%q; a replay would lose who sent it", keyID, domain.SubmittedByHeader, h[domain.SubmittedByHeader])
+	}
+	if got, h := len(dlq[2].key), dlq[2].headers; got != maxDLQKey || h[HeaderDLQKeyTruncatedFrom] != fmt.Sprint(2<<20) {
+		t.Errorf("DLQ row of a 2 MiB key: key %d bytes, %s=%q; want %d and %d", got, HeaderDLQKeyTruncatedFrom, h[HeaderDLQKeyTruncatedFrom], maxDLQKey, 2<<20)
+	}
+	if got, want := deadLettered(t, db), map[string]string{id(3): "invalid_command", id(4): "invalid_command"}; !maps.Equal(got, want) {
+		t.Errorf("dead_lettered_commands = %v, want %v", got, want)
+	}
+	var deadEvents []string
+	for _, ev := range outboxEvents(t, db, "events") {
+		if ev.Type == domain.EventTypeDeadLettered {
+			deadEvents = append(deadEvents, ev.CommandID)
+		}
+	}
+	if diff := cmp.Diff([]string{id(3), id(4)}, deadEvents); diff != "" {
+		t.Errorf("command.dead_lettered events (-want +got):\n%s", diff)
+	}
+}
+
+// TestProcessDeadLettersARecordItPanicsOn: a panic while deciding one
+// record (here: sealing metadata without a keyring, standing in for any
+// bug on a record's path) dead-letters that record with internal_error,
+// counts it, and applies its neighbours.
+func TestProcessDeadLettersARecordItPanicsOn(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	w.opts.Keyring = nil
+	ctx := context.Background()
+	withMetadata := fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"bob","currency":"EUR","metadata":{"k":"v"}}`, id(2))
+	msgs := records(0, open(1, "alice"), withMetadata, deposit(3, "alice", 10))
+	next, err := w.process(ctx, at(0), msgs, w.opts.Log)
+	if err != nil {
+		t.Fatalf("process() error = %v", err)
+	}
+	if next[partition] != 3 {
+		t.Errorf("process() next = %d, want 3", next[partition])
+	}
+	if got := outcomes(t, db); got[id(1)].Status != "applied" || got[id(3)].Status != "applied" {
+		t.Errorf("outcomes = %v, want both neighbours applied", got)
+	}
+	dlq := dlqRows(t, db)
+	if len(dlq) != 1 || dlq[0].headers["dlq_reason"] != "internal_error" || dlq[0].headers["source_offset"] != "1" {
+		t.Fatalf("DLQ rows = %+v, want one for offset 1 with reason internal_error", dlq)
+	}
+	if got := deadLettered(t, db); got[id(2)] != "internal_error" {
+		t.Errorf("dead_lettered_commands = %v, want %s internal_error", got, id(2))
+	}
+	if got := testutil.ToFloat64(w.metrics.panics); got != 1 {
+		t.Errorf("txpipe_consumer_recovered_panics_total = %v, want 1", got)
 	}
 }

@@ -24,6 +24,10 @@ func recordFault(err error) bool {
 	if errors.Is(err, errFenced) {
 		return false
 	}
+	var rp *recordPanic
+	if errors.As(err, &rp) {
+		return true // deciding a record panicked: txpipe's bug, isolated like a bad record
+	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return false

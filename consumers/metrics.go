@@ -18,6 +18,7 @@ type metrics struct {
 	offsetGaps    prometheus.Counter
 	expired       prometheus.Counter
 	replayed      *prometheus.CounterVec
+	panics        prometheus.Counter
 	fetch         kafkafetch.Stats
 }
 
@@ -62,10 +63,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "txpipe_consumer_replayed_records_total",
 		Help: "Records sent back from the DLQ by txpipe dlq replay (header replayed_from) and processed, by outcome.",
 	}, []string{"outcome"})
+	m.panics = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "txpipe_consumer_recovered_panics_total",
+		Help: "Panics the worker recovered, logged with their stack: deciding a record (dead-lettered with reason internal_error) or fetching (retried). Any is a txpipe bug.",
+	})
 	fetchCounter := func(name, help string, v *atomic.Int64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 	}
-	collectors := []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.lastProcessed, m.offsetGaps, m.expired, m.replayed,
+	collectors := []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.lastProcessed, m.offsetGaps, m.expired, m.replayed, m.panics,
 		fetchCounter("txpipe_kafka_fetch_requests_total", "Fetch requests the worker sent (one per broker per lane round).", &m.fetch.Requests),
 		fetchCounter("txpipe_kafka_fetch_records_total", "Command records the worker fetched.", &m.fetch.Records),
 		fetchCounter("txpipe_kafka_fetch_bytes_total", "Bytes of keys and values the worker fetched.", &m.fetch.Bytes),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"time"
@@ -73,7 +74,7 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 	restart := retry.Policy(5 * time.Second) // paces start-overs after failed rounds
 	fetchBackoff := retry.Policy(5 * time.Second)
 	for ctx.Err() == nil {
-		if err := l.fill(ctx); err != nil {
+		if err := l.guardedFill(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -243,6 +244,20 @@ func (l *lane) fill(ctx context.Context) error {
 	return nil
 }
 
+// guardedFill is fill with a panic (a record batch that kafka-go's decoder
+// chokes on, say) turned into a fetch failure, logged with its stack:
+// the lane retries with backoff and the process lives.
+func (l *lane) guardedFill(ctx context.Context) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.w.metrics.panics.Inc()
+			l.log.Error("fetch panicked; retrying", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = fmt.Errorf("fetch panicked: %v", r)
+		}
+	}()
+	return l.fill(ctx)
+}
+
 // outOfRange handles a fetch position the log no longer (or does not yet)
 // hold. Below the log start, retention removed records never applied: they
 // are skipped, loudly. Past the end, the topic was recreated or truncated:
@@ -320,25 +335,64 @@ func (l *lane) commitKafka(final bool) {
 
 // process applies msgs from pos and returns the positions after them. An
 // infrastructure failure retries the whole batch; a batch that fails
-// because of a record (recordFault) is split in halves until that record is
-// alone, and it goes to the DLQ while its neighbours apply. Halves keep each
-// partition's records in order: msgs holds a run per partition, so the
-// first half is a prefix of every run.
+// because of a record (recordFault) is split until that record is alone,
+// and it goes to the DLQ while its neighbours apply. A panic that names its
+// record splits the batch around it at once; other record faults halve it.
+// Splits keep each partition's records in order: msgs holds a run per
+// partition, so a prefix of msgs is a prefix of every run.
 func (w *Worker) process(ctx context.Context, pos positions, msgs []kafka.Message, log *slog.Logger) (positions, error) {
+	if len(msgs) == 0 {
+		return pos, nil
+	}
 	next, err := w.applyWithRetry(ctx, pos, msgs, nil)
 	if err == nil || errors.Is(err, errFenced) || errors.Is(err, errRetriesExhausted) || ctx.Err() != nil {
 		return next, err
 	}
 	w.metrics.retries.WithLabelValues("split").Inc()
 	if len(msgs) == 1 {
-		log.Error("record cannot be applied; sending it to the DLQ", "partition", msgs[0].Partition, "offset", msgs[0].Offset, "err", err)
-		return w.applyWithRetry(ctx, pos, msgs, &deadLetter{reason: "apply_failed", detail: publicDetail(err)})
+		return w.deadLetterOne(ctx, pos, msgs[0], err, log)
+	}
+	var rp *recordPanic
+	if errors.As(err, &rp) && rp.index >= 0 && rp.index < len(msgs) {
+		i := rp.index
+		for _, part := range [][]kafka.Message{msgs[:i], msgs[i : i+1]} {
+			if pos, err = w.process(ctx, pos, part, log); err != nil {
+				return pos, err
+			}
+		}
+		return w.process(ctx, pos, msgs[i+1:], log)
 	}
 	mid := len(msgs) / 2
 	if pos, err = w.process(ctx, pos, msgs[:mid], log); err != nil {
 		return pos, err
 	}
 	return w.process(ctx, pos, msgs[mid:], log)
+}
+
+// deadLetterOne sends m, a record whose batch failed because of it (cause),
+// to the DLQ. A panic is logged here with its stack, once per record, and
+// counted; if dead-lettering the record panics too, the record goes to the
+// DLQ bare, without its dead_lettered outcome, so the partition goes on.
+func (w *Worker) deadLetterOne(ctx context.Context, pos positions, m kafka.Message, cause error, log *slog.Logger) (positions, error) {
+	dl := &deadLetter{reason: reasonApplyFailed, detail: publicDetail(cause)}
+	var rp *recordPanic
+	if errors.As(cause, &rp) {
+		dl = &deadLetter{reason: reasonInternalError, detail: "txpipe failed on this record (a bug, not the sender's fault); the worker's log has the stack"}
+		w.metrics.panics.Inc()
+		log.Error("record made the worker panic; sending it to the DLQ", "partition", m.Partition, "offset", m.Offset,
+			"panic", fmt.Sprint(rp.value), "stack", string(rp.stack))
+	} else {
+		log.Error("record cannot be applied; sending it to the DLQ", "partition", m.Partition, "offset", m.Offset, "err", cause)
+	}
+	msgs := []kafka.Message{m}
+	next, err := w.applyWithRetry(ctx, pos, msgs, dl)
+	if errors.As(err, &rp) {
+		log.Error("dead-lettering the record panicked; sending it to the DLQ bare", "partition", m.Partition, "offset", m.Offset,
+			"panic", fmt.Sprint(rp.value), "stack", string(rp.stack))
+		dl.bare = true
+		next, err = w.applyWithRetry(ctx, pos, msgs, dl)
+	}
+	return next, err
 }
 
 // errRetriesExhausted ends one round of retries of an infrastructure

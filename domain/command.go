@@ -307,7 +307,8 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 			verr.add(p, "must be an RFC 3339 time such as \"2026-01-02T15:04:05Z\"")
 			return
 		}
-		t = t.UTC()
+		// PostgreSQL keeps microseconds: the command holds what is stored.
+		t = t.UTC().Truncate(time.Microsecond)
 		if reason := storableTime(t); reason != "" {
 			verr.add(p, "%s", reason)
 			return

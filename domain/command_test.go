@@ -22,7 +22,7 @@ func TestDecodeCommandAccepts(t *testing.T) {
 			Command{CommandID: cid, Type: TypeOpenAccount, AccountID: "alice:1", Currency: "EUR", OverdraftLimit: 500, DailyDebitLimit: 1000, Metadata: []byte(`{"tier":"gold"}`)}},
 		{"metadata is canonical and keeps big numbers and surrogate pairs", `{"command_id":"` + cid + `","type":"open_account","account_id":"m","currency":"EUR","metadata":{"z":1, "a":{"n":123456789012345678901234567890}, "s":"\ud83d\ude00"}}`,
 			Command{CommandID: cid, Type: TypeOpenAccount, AccountID: "m", Currency: "EUR", Metadata: []byte(`{"a":{"n":123456789012345678901234567890},"s":"` + "\U0001F600" + `","z":1}`)}},
-		{"expiry at the last representable microsecond, from an offset", `{"command_id":"` + cid + `","type":"hold","from_account_id":"a","to_account_id":"b","currency":"EUR","amount":1,"expires_at":"9999-12-31T22:59:59.999999-01:00"}`,
+		{"expiry at the last representable microsecond, from an offset, nanoseconds cut", `{"command_id":"` + cid + `","type":"hold","from_account_id":"a","to_account_id":"b","currency":"EUR","amount":1,"expires_at":"9999-12-31T22:59:59.999999999-01:00"}`,
 			Command{CommandID: cid, Type: TypeHold, FromAccountID: "a", ToAccountID: "b", Amount: 1, Currency: "EUR", ExpiresAt: ptr(time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC))}},
 		{"deposit", `{"command_id":"` + cid + `","type":"deposit","account_id":"a","amount":1,"currency":"USD"}`,
 			Command{CommandID: cid, Type: TypeDeposit, AccountID: "a", Amount: 1, Currency: "USD"}},
@@ -92,7 +92,6 @@ func TestDecodeCommandRejects(t *testing.T) {
 		// as sent (issue 13: a year-10000 expiry stopped every worker).
 		{"expiry past year 9999 once in UTC", hold(`"9999-12-31T23:59:59-01:00"`), "/expires_at"},
 		{"expiry in year 10000", hold(`"10000-01-01T00:00:00Z"`), "/expires_at"},
-		{"expiry with nanoseconds", hold(`"2030-01-01T00:00:00.123456789Z"`), "/expires_at"},
 		{"expiry before 1970", hold(`"0001-01-01T00:00:00Z"`), "/expires_at"},
 		{"NUL in a field name", `{"command_id":"` + cid + `","type":"deposit","account_id":"a","currency":"EUR","amount":1,"x\u0000":1}`, ""},
 		{"NUL in a metadata key", `{"command_id":"` + cid + `","type":"open_account","account_id":"a","currency":"EUR","metadata":{"k\u0000":1}}`, ""},

@@ -13,8 +13,9 @@ import (
 // encoding and publishing unchanged, or the record would be accepted and
 // then fail (or be silently altered) further down: PostgreSQL's text and
 // jsonb cannot hold a NUL character, encoding/json turns a lone UTF-16
-// surrogate into U+FFFD, time.Time's JSON encoding refuses years past 9999,
-// and PostgreSQL keeps microseconds, not nanoseconds.
+// surrogate into U+FFFD, and time.Time's JSON encoding refuses years past
+// 9999. (Times are cut to the microseconds PostgreSQL keeps at decoding, so
+// the command holds what is stored.)
 
 // textProblem reports why a JSON document's strings (names and values, at
 // any depth) cannot be kept as sent: an escaped NUL or an escaped lone
@@ -97,14 +98,11 @@ var (
 	maxTime = time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC)
 )
 
-// storableTime says why t (in UTC) cannot be stored and published as sent,
-// or "" when it can.
+// storableTime says why t (in UTC, truncated to microseconds) cannot be
+// stored and published, or "" when it can.
 func storableTime(t time.Time) string {
-	switch {
-	case t.Before(minTime) || t.After(maxTime):
+	if t.Before(minTime) || t.After(maxTime) {
 		return "must lie between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z once converted to UTC"
-	case t.Nanosecond()%1000 != 0:
-		return "must have at most microsecond precision (6 fractional digits)"
 	}
 	return ""
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -132,15 +133,41 @@ func (a *API) route(mux *http.ServeMux, pattern, route, scope string, h http.Han
 		a.metrics.inFlight.Inc()
 		defer a.metrics.inFlight.Dec()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-		if id, ok := a.authorize(sw, r, scope); ok {
-			h(sw, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
-		}
+		a.serveGuarded(sw, r, func() {
+			if id, ok := a.authorize(sw, r, scope); ok {
+				h(sw, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
+			}
+		})
 		a.metrics.requests.WithLabelValues(route, fmt.Sprintf("%dxx", sw.status/100)).Inc()
 		a.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
 }
 
 type identityKey struct{}
+
+// serveGuarded runs serve, and answers a panic in it (a txpipe bug) with a
+// 500 problem instead of the dropped connection net/http would leave: the
+// client learns the request failed and may retry it with the same
+// command_id. The stack is logged once and the panic counted.
+func (a *API) serveGuarded(sw *statusWriter, r *http.Request, serve func()) {
+	defer func() {
+		v := recover()
+		if v == nil {
+			return
+		}
+		if v == http.ErrAbortHandler {
+			panic(v) // net/http's own way to abort a response
+		}
+		a.metrics.panics.Inc()
+		a.opts.Log.Error("request handler panicked", "route", r.Pattern, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		if sw.wrote {
+			panic(http.ErrAbortHandler) // half an answer is out: only closing the connection says it failed
+		}
+		writeProblem(sw, problem{Status: http.StatusInternalServerError, Type: "internal-error", Title: "Internal error",
+			Detail: "txpipe failed on this request; nothing was accepted unless a 202 said so. Retry with the same command_id"})
+	}()
+	serve()
+}
 
 // authorize answers 401 unless the request carries a valid key, and 403
 // unless that key has scope. Both problems say nothing about why a key was
@@ -214,6 +241,12 @@ type batchRequest struct {
 	Commands []json.RawMessage `json:"commands"`
 }
 
+// atEOF reports whether dec has nothing left but white space.
+func atEOF(dec *json.Decoder) bool {
+	_, err := dec.Token()
+	return err == io.EOF
+}
+
 type batchItem struct {
 	CommandID string `json:"command_id"`
 	Status    string `json:"status"` // accepted | failed
@@ -233,7 +266,7 @@ func (a *API) postBatch(w http.ResponseWriter, r *http.Request) {
 	var req batchRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil || dec.More() || req.Commands == nil {
+	if err := dec.Decode(&req); err != nil || req.Commands == nil || !atEOF(dec) {
 		a.metrics.rejects.WithLabelValues("invalid_batch").Inc()
 		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid batch",
 			Detail: `the body must be one JSON object {"commands": [ ... ]} and nothing else`})
@@ -299,10 +332,12 @@ func (a *API) send(r *http.Request, cmds []domain.Command) ([]error, error) {
 }
 
 type commandResponse struct {
-	CommandID   string    `json:"command_id"`
-	Type        string    `json:"type"`
-	Status      string    `json:"status"`
-	Reason      *string   `json:"reason,omitempty"`
+	CommandID string  `json:"command_id"`
+	Type      *string `json:"type,omitempty"` // unknown for a dead-lettered record without a valid type
+	Status    string  `json:"status"`
+	Reason    *string `json:"reason,omitempty"`
+	// Detail says why a dead-lettered record was refused.
+	Detail      *string   `json:"detail,omitempty"`
 	ProcessedAt time.Time `json:"processed_at"`
 }
 
@@ -314,8 +349,15 @@ func (a *API) getCommand(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var resp commandResponse
-	err := a.opts.Pool.QueryRow(r.Context(), `SELECT command_id::text, type, status, reason, processed_at
-		FROM processed_commands WHERE command_id = $1`, id).Scan(&resp.CommandID, &resp.Type, &resp.Status, &resp.Reason, &resp.ProcessedAt)
+	// A decision wins over a dead-lettering, whichever came first: a
+	// replay that decided the command replaces dead_lettered.
+	err := a.opts.Pool.QueryRow(r.Context(), `SELECT command_id::text, type, status, reason, NULL, processed_at
+		FROM processed_commands WHERE command_id = $1
+		UNION ALL
+		SELECT command_id::text, type, 'dead_lettered', reason, detail, dead_lettered_at
+		FROM dead_lettered_commands WHERE command_id = $1
+			AND NOT EXISTS (SELECT 1 FROM processed_commands WHERE command_id = $1)`,
+		id).Scan(&resp.CommandID, &resp.Type, &resp.Status, &resp.Reason, &resp.Detail, &resp.ProcessedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Command not processed",
 			Detail: "no outcome for this command_id yet: it is still in flight, or was never accepted"})

@@ -127,6 +127,9 @@ func TestAPIRefusesBadInputWithProblems(t *testing.T) {
 		{"batch too many", "/v1/commands/batch", `{"commands":[` + strings.Join(many, ",") + `]}`, 400, "/commands"},
 		{"batch empty", "/v1/commands/batch", `{"commands":[]}`, 400, "/commands"},
 		{"batch unknown field", "/v1/commands/batch", `{"commands":[],"extra":1}`, 400, ""},
+		{"batch with a closing brace after it", "/v1/commands/batch", `{"commands":[` + deposit("1") + `]}}`, 400, ""},
+		{"batch with a closing bracket after it", "/v1/commands/batch", `{"commands":[` + deposit("1") + `]}]`, 400, ""},
+		{"batch with a second envelope after it", "/v1/commands/batch", `{"commands":[` + deposit("1") + `]} {"commands":[]}`, 400, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -376,4 +379,44 @@ func TestAPIRateLimitsEachKey(t *testing.T) {
 	if n := kc.Count(ctx, t, topic); n != int64(producers.MaxBatchCommands+1) {
 		t.Errorf("topic holds %d commands, want %d: a refused batch must produce nothing", n, producers.MaxBatchCommands+1)
 	}
+}
+
+// panickingWriter stands in for a bug on the request path.
+type panickingWriter struct{}
+
+func (panickingWriter) WriteMessages(context.Context, ...kafka.Message) error { panic("a bug") }
+
+// TestHandlerPanicIsAProblemNotADroppedConnection: a panic while serving a
+// request is answered 500 problem+json, counted, and the server goes on.
+func TestHandlerPanicIsAProblemNotADroppedConnection(t *testing.T) {
+	db := pgtest.New(t)
+	reg := prometheus.NewRegistry()
+	api, err := producers.NewAPI(producers.APIOptions{
+		Producer: producers.NewProducer(panickingWriter{}, "commands"), Auth: authorize(t, db), Pool: db.Pool, Keyring: sealingtest.Keyring(t),
+		Registerer: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	for range 2 { // the second shows the server survived the first
+		resp, p := do(t, "POST", srv.URL+"/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"a","currency":"EUR"}`, uuidv7.New()))
+		if resp.StatusCode != http.StatusInternalServerError || resp.Header.Get("Content-Type") != "application/problem+json" || p.Type != producers.ProblemTypeBase+"internal-error" {
+			t.Fatalf("POST with a panicking producer = %d %q %+v, want 500 problem+json internal-error", resp.StatusCode, resp.Header.Get("Content-Type"), p)
+		}
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "txpipe_ingest_recovered_panics_total" {
+			if got := mf.GetMetric()[0].GetCounter().GetValue(); got != 2 {
+				t.Errorf("txpipe_ingest_recovered_panics_total = %v, want 2", got)
+			}
+			return
+		}
+	}
+	t.Error("txpipe_ingest_recovered_panics_total is not registered")
 }

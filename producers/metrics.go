@@ -10,6 +10,7 @@ type apiMetrics struct {
 	rejects         *prometheus.CounterVec
 	inFlight        prometheus.Gauge
 	commands        prometheus.Counter
+	panics          prometheus.Counter
 }
 
 func newAPIMetrics(reg prometheus.Registerer) (*apiMetrics, error) {
@@ -45,8 +46,12 @@ func newAPIMetrics(reg prometheus.Registerer) (*apiMetrics, error) {
 			Name: "txpipe_ingest_commands_accepted_total",
 			Help: "Commands acknowledged by Kafka and answered 202.",
 		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_ingest_recovered_panics_total",
+			Help: "Requests whose handler panicked, answered 500 and logged with the stack. Any is a txpipe bug.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.produceDuration, m.payloadBytes, m.rejects, m.inFlight, m.commands} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.produceDuration, m.payloadBytes, m.rejects, m.inFlight, m.commands, m.panics} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

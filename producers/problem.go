@@ -42,11 +42,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	wrote  bool // a status line has gone out
 }
 
 func (s *statusWriter) WriteHeader(code int) {
-	s.status = code
+	s.status, s.wrote = code, true
 	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	s.wrote = true
+	return s.ResponseWriter.Write(b)
 }
 
 // contextWithTimeout bounds the produce wait. It is detached from the

@@ -11,6 +11,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
 )
@@ -81,7 +82,8 @@ func describeDLQ(m kafka.Message) string {
 }
 
 // replayDLQ produces the chosen DLQ records, key and value unchanged, to the
-// commands topic. Replaying twice is safe: commands are idempotent by
+// commands topic, with the API key that first submitted them (the DLQ
+// record's txpipe_submitted_by header), so the outcome names its real sender. Replaying twice is safe: commands are idempotent by
 // command_id, and a record that is still invalid goes to the DLQ again.
 func replayDLQ(ctx context.Context, log *slog.Logger, msgs []kafka.Message, only, topic string, brokers []string, transport *kafka.Transport, e *env) error {
 	want := map[string]bool{}
@@ -92,8 +94,13 @@ func replayDLQ(ctx context.Context, log *slog.Logger, msgs []kafka.Message, only
 	for _, m := range msgs {
 		ref := strconv.Itoa(m.Partition) + "@" + strconv.FormatInt(m.Offset, 10)
 		if want["all"] || want[ref] {
-			out = append(out, kafka.Message{Topic: topic, Key: m.Key, Value: m.Value,
-				Headers: []kafka.Header{{Key: "replayed_from", Value: []byte(ref)}}})
+			headers := []kafka.Header{{Key: "replayed_from", Value: []byte(ref)}}
+			for _, h := range m.Headers {
+				if h.Key == domain.SubmittedByHeader { // the key that first sent it stays its sender
+					headers = append(headers, h)
+				}
+			}
+			out = append(out, kafka.Message{Topic: topic, Key: m.Key, Value: m.Value, Headers: headers})
 			delete(want, ref)
 		}
 	}

@@ -270,8 +270,8 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 	c.Problems = append(c.Problems, bad...)
 	outcomes := make(map[string]int)
 	for _, ev := range evs {
-		if ev.Type == domain.EventTypeHoldExpired {
-			continue
+		if ev.Type == domain.EventTypeHoldExpired || ev.Type == domain.EventTypeDeadLettered {
+			continue // not a decision: an expiry, or a record that went to the DLQ
 		}
 		var d domain.OutcomeData
 		if err := json.Unmarshal(ev.Data, &d); err != nil {

@@ -22,6 +22,7 @@ type Schemas struct {
 	outcome  *jsonschema.Schema
 	posting  *jsonschema.Schema
 	expired  *jsonschema.Schema
+	dead     *jsonschema.Schema
 }
 
 // Load compiles docs/schemas, found by walking up from the working
@@ -59,6 +60,7 @@ func Load(t testing.TB) *Schemas {
 	s.outcome = compile("events/outcome.schema.json")
 	s.posting = compile("events/posting.schema.json")
 	s.expired = compile("events/hold_expired.schema.json")
+	s.dead = compile("events/dead_lettered.schema.json")
 	return s
 }
 
@@ -87,6 +89,8 @@ func (s *Schemas) Event(value []byte) error {
 		return validate(s.posting, value)
 	case domain.EventTypeHoldExpired:
 		return validate(s.expired, value)
+	case domain.EventTypeDeadLettered:
+		return validate(s.dead, value)
 	}
 	return validate(s.outcome, value)
 }
