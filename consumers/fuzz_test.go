@@ -1,0 +1,212 @@
+package consumers
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/schematest"
+	"github.com/txpipe/txpipe/internal/sealingtest"
+)
+
+// Ids of the state FuzzDecide decides against.
+const (
+	fuzzHold     = "0190b1c2-0000-7000-8000-00000000f001" // alice's pending hold to bob
+	fuzzTransfer = "0190b1c2-0000-7000-8000-00000000f002" // alice's posted transfer to bob
+	fuzzPrior    = "0190b1c2-0000-7000-8000-00000000f003" // a command already decided
+)
+
+var fuzzNow = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+
+// fuzzBook is a small ledger whose money sums to zero per currency: EUR
+// accounts alice (with an overdraft, a daily limit counted on a day after
+// fuzzNow, a pending hold), bob and a frozen one, a USD account, and the
+// external accounts that funded them.
+func fuzzBook() *domain.Book {
+	b := domain.NewBook()
+	add := func(a *domain.Account) { b.Accounts[a.ID] = a }
+	add(&domain.Account{ID: "alice", Currency: "EUR", Status: domain.AccountActive, Balance: 1000, Held: 100, OverdraftLimit: 50,
+		DailyDebitLimit: 5000, DailyDebitDay: "2026-12-01", DailyDebited: 400, Version: 3})
+	add(&domain.Account{ID: "bob", Currency: "EUR", Status: domain.AccountActive, Balance: 200, Version: 2})
+	add(&domain.Account{ID: "frozen", Currency: "EUR", Status: domain.AccountFrozen, Balance: 50, Version: 1})
+	add(&domain.Account{ID: "carol", Currency: "USD", Status: domain.AccountActive, Balance: 70, Version: 1})
+	eur, usd := domain.NewExternalAccount("EUR"), domain.NewExternalAccount("USD")
+	eur.Balance, usd.Balance = -1250, -70
+	add(eur)
+	add(usd)
+	expires := fuzzNow.Add(time.Hour)
+	b.Transfers[fuzzHold] = &domain.Transfer{ID: fuzzHold, Kind: domain.KindHold, FromAccountID: "alice", ToAccountID: "bob",
+		Currency: "EUR", Amount: 100, Status: domain.TransferPending, ExpiresAt: &expires}
+	b.Transfers[fuzzTransfer] = &domain.Transfer{ID: fuzzTransfer, Kind: domain.KindTransfer, FromAccountID: "alice", ToAccountID: "bob",
+		Currency: "EUR", Amount: 200, Status: domain.TransferPosted}
+	return b
+}
+
+// FuzzDecide runs one record — value, key, a header and a timestamp, as
+// any producer may write them — through the worker's whole decision:
+// decode, validate, fingerprint, decide against an in-memory ledger, and
+// build every row and event. Whatever the bytes: nothing panics; every
+// event validates against its published JSON Schema; every DLQ record and
+// every header fits what Kafka and PostgreSQL take; money is conserved and
+// no balance passes its limit; and the same record delivered again changes
+// nothing. Seeds, in testdata/fuzz too, include every record that broke a
+// worker.
+func FuzzDecide(f *testing.F) {
+	cmd := func(s string) string { return strings.ReplaceAll(s, "ID", "0190b1c2-0000-7000-8000-000000000001") }
+	for _, s := range []string{
+		cmd(`{"command_id":"ID","type":"open_account","account_id":"dave","currency":"EUR","overdraft_limit":10,"daily_debit_limit":5,"metadata":{"k":[1,{"x":null}]}}`),
+		cmd(`{"command_id":"ID","type":"deposit","account_id":"alice","amount":9007199254740991,"currency":"EUR"}`),
+		cmd(`{"command_id":"ID","type":"withdraw","account_id":"alice","amount":950,"currency":"EUR"}`),
+		cmd(`{"command_id":"ID","type":"transfer","from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR"}`),
+		cmd(`{"command_id":"ID","type":"transfer","from_account_id":"alice","to_account_id":"carol","amount":1,"currency":"EUR"}`),
+		cmd(`{"command_id":"ID","type":"hold","from_account_id":"alice","to_account_id":"bob","amount":5,"currency":"EUR","expires_at":"2026-11-30T12:00:01Z"}`),
+		cmd(`{"command_id":"ID","type":"capture","account_id":"alice","hold_id":"` + fuzzHold + `","amount":60}`),
+		cmd(`{"command_id":"ID","type":"release","account_id":"alice","hold_id":"` + fuzzHold + `"}`),
+		cmd(`{"command_id":"ID","type":"reverse","account_id":"alice","transfer_id":"` + fuzzTransfer + `","amount":150}`),
+		cmd(`{"command_id":"ID","type":"close_account","account_id":"frozen"}`),
+		cmd(`{"command_id":"ID","type":"unfreeze_account","account_id":"frozen"}`),
+		`{"command_id":"` + fuzzPrior + `","type":"freeze_account","account_id":"bob"}`,
+		// Records that stopped or fooled workers (issue 13).
+		cmd(`{"command_id":"ID","type":"hold","from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR","expires_at":"9999-12-31T23:59:59-01:00"}`),
+		cmd(`{"command_id":"ID","type":"deposit","account_id":"alice","amount":1,"currency":"EUR","x\u0000y":1}`),
+		cmd(`{"command_id":"ID","type":"open_account","account_id":"dave","currency":"EUR","metadata":{"s":"\ud800","n":1e400}}`),
+		"\xff\xfe not json", `[]`, `{"command_id":"x"}`,
+	} {
+		f.Add([]byte(s), []byte("alice"), []byte("0123456789abcdef"), int64(1764500000000))
+	}
+	f.Add([]byte(cmd(`{"command_id":"ID","type":"deposit","account_id":"alice","amount":3,"currency":"EUR"}`)), []byte("k"), []byte{0, 0xff}, int64(1<<60))
+	f.Add([]byte(`{"command_id":"`+fuzzPrior+`"}`), []byte(strings.Repeat("k", 20<<10)), []byte(nil), int64(-1))
+
+	schemas := schematest.Load(f)
+	w := &Worker{opts: Options{CommandsTopic: "commands", EventsTopic: "events", PostingsTopic: "postings", DLQTopic: "dlq",
+		Keyring: sealingtest.Keyring(f)}}
+	f.Fuzz(func(t *testing.T, value, key, header []byte, ts int64) {
+		m := kafka.Message{Topic: "commands", Partition: 1, Offset: 42, Key: key, Value: value, Time: time.UnixMilli(ts),
+			Headers: []kafka.Header{{Key: domain.SubmittedByHeader, Value: header}, {Key: string(header), Value: header}}}
+		st := &batchState{book: fuzzBook(), loaded: map[string]bool{fuzzHold: true, fuzzTransfer: true}, now: fuzzNow,
+			priors: map[string]prior{fuzzPrior: {fingerprint: []byte("another command"), status: domain.StatusApplied}}}
+		wr := decideRecord(t, w, m, st)
+		checkWrites(t, schemas, wr)
+		checkMoney(t, st.book)
+
+		// Delivered again, with the decision stored: nothing changes.
+		before := cloneBook(st.book)
+		again := decideRecord(t, w, m, st)
+		if len(wr.processed) == 1 && (len(again.processed) != 0 || len(again.out) != 0) {
+			t.Fatalf("a redelivered command was decided again: %d rows, %d messages", len(again.processed), len(again.out))
+		}
+		if diff := cmp.Diff(before, st.book); diff != "" {
+			t.Fatalf("a redelivery changed the ledger (-before +after):\n%s", diff)
+		}
+	})
+}
+
+// decideRecord runs m through decodeAll and decideAll as applyBatch does,
+// and records its decision in st.priors as the stored row would.
+func decideRecord(t *testing.T, w *Worker, m kafka.Message, st *batchState) *batchWrites {
+	t.Helper()
+	msgs := []kafka.Message{m}
+	cmds, invalid, err := decodeAll(msgs)
+	if err != nil {
+		t.Fatalf("decoding %q: %v", m.Value, err)
+	}
+	wr := newBatchWrites()
+	if err := wr.decideAll(w, msgs, cmds, invalid, nil, st); err != nil {
+		var rp *recordPanic
+		if errors.As(err, &rp) {
+			t.Fatalf("deciding %q panicked: %v\n%s", m.Value, rp.value, rp.stack)
+		}
+		t.Fatalf("deciding %q: %v", m.Value, err)
+	}
+	return wr
+}
+
+// maxRecordBytes is what one record may take for the relay to publish it
+// (outbox.maxBatchBytes) under the broker's default 1 MiB limit.
+const maxRecordBytes = 1<<20 - 16<<10
+
+// checkWrites: every message validates and fits; every text bound for
+// PostgreSQL or a header is valid UTF-8 without NUL.
+func checkWrites(t *testing.T, schemas *schematest.Schemas, wr *batchWrites) {
+	t.Helper()
+	for _, msg := range wr.out {
+		size := len(msg.Key) + len(msg.Value)
+		for k, v := range msg.Headers {
+			checkText(t, "header "+k, v)
+			size += len(k) + len(v) + 8
+		}
+		if size > maxRecordBytes {
+			t.Fatalf("a %s record of %d bytes could never be published", msg.Topic, size)
+		}
+		switch msg.Topic {
+		case "events", "postings":
+			if err := schemas.Event(msg.Value); err != nil {
+				t.Fatalf("%s event does not match its schema: %v\n%s", msg.Topic, err, msg.Value)
+			}
+			checkText(t, "event key", string(msg.Key))
+		case "dlq":
+			if len(msg.Key) > maxDLQKey || len(msg.Value) > maxDLQValue {
+				t.Fatalf("DLQ record of key %d and value %d bytes", len(msg.Key), len(msg.Value))
+			}
+		default:
+			t.Fatalf("a message for topic %q", msg.Topic)
+		}
+	}
+	for _, r := range wr.processed {
+		for _, s := range []string{r.cmd.CommandID, string(r.cmd.Type), string(r.res.Reason), r.cmd.DebitAccount(), r.by} {
+			checkText(t, "processed row", s)
+		}
+	}
+	for _, r := range wr.dead {
+		for _, s := range []string{r.id.CommandID, string(r.id.Type), r.id.DebitAccountID, r.reason, r.detail, r.by} {
+			checkText(t, "dead_lettered row", s)
+		}
+	}
+	if n := len(wr.processed) + len(wr.counts); n == 0 {
+		t.Fatal("the record has no outcome")
+	}
+}
+
+func checkText(t *testing.T, what, s string) {
+	t.Helper()
+	if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
+		t.Fatalf("%s %q is not valid UTF-8 without NUL: PostgreSQL or Kafka headers would refuse it", what, s)
+	}
+}
+
+// checkMoney: per currency the balances sum to zero (invariant 3), and no
+// account may spend past its overdraft limit (invariant 4).
+func checkMoney(t *testing.T, b *domain.Book) {
+	t.Helper()
+	sums := map[string]int64{}
+	for _, a := range b.Accounts {
+		sums[a.Currency] += a.Balance
+		if !a.External && a.Available() < -a.OverdraftLimit {
+			t.Fatalf("account %s: available %d below its overdraft limit -%d", a.ID, a.Available(), a.OverdraftLimit)
+		}
+	}
+	for c, s := range sums {
+		if s != 0 {
+			t.Fatalf("%s balances sum to %d, want 0 (all sums: %v)", c, s, sums)
+		}
+	}
+}
+
+func cloneBook(b *domain.Book) *domain.Book {
+	c := domain.NewBook()
+	for id, a := range b.Accounts {
+		x := *a
+		c.Accounts[id] = &x
+	}
+	for id, tr := range b.Transfers {
+		x := *tr
+		c.Transfers[id] = &x
+	}
+	return c
+}
