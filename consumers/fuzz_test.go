@@ -2,6 +2,7 @@ package consumers
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -36,10 +37,14 @@ func fuzzBook() *domain.Book {
 	add(&domain.Account{ID: "bob", Currency: "EUR", Status: domain.AccountActive, Balance: 200, Version: 2})
 	add(&domain.Account{ID: "frozen", Currency: "EUR", Status: domain.AccountFrozen, Balance: 50, Version: 1})
 	add(&domain.Account{ID: "carol", Currency: "USD", Status: domain.AccountActive, Balance: 70, Version: 1})
-	eur, usd := domain.NewExternalAccount("EUR"), domain.NewExternalAccount("USD")
-	eur.Balance, usd.Balance = -1250, -70
+	// At the edge of int64: the rules must refuse, never wrap.
+	add(&domain.Account{ID: "whale", Currency: "JPY", Status: domain.AccountActive, Balance: math.MaxInt64 - 5, Held: 3,
+		OverdraftLimit: domain.MaxAmount, DailyDebitDay: "2026-11-30", DailyDebited: math.MaxInt64 - 5, Version: 9})
+	eur, usd, jpy := domain.NewExternalAccount("EUR"), domain.NewExternalAccount("USD"), domain.NewExternalAccount("JPY")
+	eur.Balance, usd.Balance, jpy.Balance = -1250, -70, -(math.MaxInt64 - 5)
 	add(eur)
 	add(usd)
+	add(jpy)
 	expires := fuzzNow.Add(time.Hour)
 	b.Transfers[fuzzHold] = &domain.Transfer{ID: fuzzHold, Kind: domain.KindHold, FromAccountID: "alice", ToAccountID: "bob",
 		Currency: "EUR", Amount: 100, Status: domain.TransferPending, ExpiresAt: &expires}
@@ -71,6 +76,9 @@ func FuzzDecide(f *testing.F) {
 		cmd(`{"command_id":"ID","type":"reverse","account_id":"alice","transfer_id":"` + fuzzTransfer + `","amount":150}`),
 		cmd(`{"command_id":"ID","type":"close_account","account_id":"frozen"}`),
 		cmd(`{"command_id":"ID","type":"unfreeze_account","account_id":"frozen"}`),
+		cmd(`{"command_id":"ID","type":"withdraw","account_id":"whale","amount":10,"currency":"JPY"}`),
+		cmd(`{"command_id":"ID","type":"hold","from_account_id":"whale","to_account_id":"whale2","amount":9007199254740991,"currency":"JPY"}`),
+		cmd(`{"command_id":"ID","type":"deposit","account_id":"whale","amount":9,"currency":"JPY"}`),
 		`{"command_id":"` + fuzzPrior + `","type":"freeze_account","account_id":"bob"}`,
 		// Records that stopped or fooled workers (issue 13).
 		cmd(`{"command_id":"ID","type":"hold","from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR","expires_at":"9999-12-31T23:59:59-01:00"}`),
@@ -189,6 +197,9 @@ func checkMoney(t *testing.T, b *domain.Book) {
 		sums[a.Currency] += a.Balance
 		if !a.External && a.Available() < -a.OverdraftLimit {
 			t.Fatalf("account %s: available %d below its overdraft limit -%d", a.ID, a.Available(), a.OverdraftLimit)
+		}
+		if a.Held < 0 || a.DailyDebited < 0 {
+			t.Fatalf("account %s: held %d, debited today %d: a sum wrapped around", a.ID, a.Held, a.DailyDebited)
 		}
 	}
 	for c, s := range sums {

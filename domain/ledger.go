@@ -270,7 +270,8 @@ func usable(debit, credit *Account, currency string) Reason {
 
 // fundsFor checks that debit may spend amount now: available funds down to
 // the overdraft limit, then the daily debit limit. It returns the day's
-// debits so far (0 on a new UTC day), to which the caller adds amount.
+// debits once amount is added (starting from 0 on a new UTC day); the sum
+// stops at math.MaxInt64 rather than wrap on an account without a limit.
 func fundsFor(debit *Account, amount int64, now time.Time) (int64, Reason) {
 	if debit.External {
 		return 0, ""
@@ -282,10 +283,13 @@ func fundsFor(debit *Account, amount int64, now time.Time) (int64, Reason) {
 	if today(debit, now) == debit.DailyDebitDay {
 		debited = debit.DailyDebited
 	}
+	if debited > math.MaxInt64-amount {
+		debited = math.MaxInt64 - amount // above any limit (≤ MaxAmount) already
+	}
 	if debit.DailyDebitLimit > 0 && debited+amount > debit.DailyDebitLimit {
 		return 0, ReasonDailyLimitExceeded
 	}
-	return debited, ""
+	return debited + amount, ""
 }
 
 func day(t time.Time) string { return t.UTC().Format(time.DateOnly) }
@@ -313,7 +317,7 @@ func (b *Book) move(cmd Command, kind TransferKind, debit, credit *Account, now 
 		return rejected(r)
 	}
 	if !debit.External {
-		debit.DailyDebitDay, debit.DailyDebited = today(debit, now), debited+amount
+		debit.DailyDebitDay, debit.DailyDebited = today(debit, now), debited
 	}
 	t := &Transfer{ID: cmd.CommandID, Kind: kind, FromAccountID: debit.ID, ToAccountID: credit.ID,
 		Currency: cmd.Currency, Amount: amount, Status: TransferPosted}
@@ -357,7 +361,7 @@ func (b *Book) hold(cmd Command, now time.Time) Result {
 		return rejected(ReasonHoldExpired)
 	}
 	debit.Held += cmd.Amount
-	debit.DailyDebitDay, debit.DailyDebited = today(debit, now), debited+cmd.Amount
+	debit.DailyDebitDay, debit.DailyDebited = today(debit, now), debited
 	t := &Transfer{ID: cmd.CommandID, Kind: KindHold, FromAccountID: debit.ID, ToAccountID: credit.ID,
 		Currency: cmd.Currency, Amount: cmd.Amount, Status: TransferPending, ExpiresAt: cmd.ExpiresAt}
 	b.Transfers[t.ID] = t
