@@ -29,7 +29,7 @@ func (w *Worker) runExpirer(ctx context.Context) {
 		case <-t.C:
 		}
 		for {
-			n, err := w.expireDue(ctx, time.Now().UTC())
+			n, err := w.expireDue(ctx, time.Time{}) // PostgreSQL's clock, as the workers' decisions
 			if err != nil {
 				if ctx.Err() == nil {
 					w.opts.Log.Warn("expiring holds failed, will retry", "err", err)
@@ -44,10 +44,17 @@ func (w *Worker) runExpirer(ctx context.Context) {
 }
 
 // expireDue expires up to expiryBatch holds whose expiry is at or before
-// now, and returns how many it expired.
+// now (the zero time: PostgreSQL's now(), the clock every worker decides
+// by), and returns how many it expired.
 func (w *Worker) expireDue(ctx context.Context, now time.Time) (int, error) {
 	expired := 0
 	err := pgx.BeginFunc(ctx, w.opts.Pool, func(tx pgx.Tx) error {
+		if now.IsZero() {
+			if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
+				return fmt.Errorf("read the database clock: %w", err)
+			}
+			now = now.UTC()
+		}
 		book := domain.NewBook()
 		loaded := make(map[string]bool)
 		// Transfers first, skipping any a worker holds (it may be capturing
