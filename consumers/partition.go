@@ -205,21 +205,23 @@ func (l *lane) fill(ctx context.Context) error {
 	if err != nil {
 		l.log.Warn("fetch from a broker failed; the other partitions go on", "err", err)
 	}
-	for p, msgs := range got.Msgs {
-		if len(msgs) == 0 {
-			continue
+	for p, next := range got.Next {
+		// The fetch steps over transaction markers and aborted records, so
+		// next may be past the last record returned, or move with none.
+		if missing := got.Missing[p]; missing > 0 {
+			// Offsets between the fetch position and next that no record
+			// holds are gone from the log: those records can be neither
+			// applied nor dead-lettered. Say so loudly.
+			l.w.metrics.offsetGaps.Add(float64(missing))
+			l.log.Error("records missing from the log were skipped", "partition", p, "from_offset", l.fetchPos[p], "to_offset", next, "missing", missing)
 		}
-		if from := l.fetchPos[p]; msgs[0].Offset > from {
-			// Records between from and here are gone from the log: they
-			// can be neither applied nor dead-lettered. Say so loudly.
-			l.w.metrics.offsetGaps.Add(float64(msgs[0].Offset - from))
-			l.log.Error("records missing from the log were skipped", "partition", p, "from_offset", from, "to_offset", msgs[0].Offset)
-		}
-		l.pending[p] = append(l.pending[p], msgs...)
-		l.fetchPos[p] = msgs[len(msgs)-1].Offset + 1
+		l.pending[p] = append(l.pending[p], got.Msgs[p]...)
+		l.fetchPos[p] = next
 	}
-	for p, hw := range got.HighWater {
-		l.w.metrics.lag.WithLabelValues(strconv.Itoa(p)).Set(float64(max(0, hw-l.pos[p])))
+	for p := range got.HighWater {
+		// The last stable offset: records of an open transaction cannot
+		// be read yet.
+		l.w.metrics.lag.WithLabelValues(strconv.Itoa(p)).Set(float64(max(0, got.LastStable[p]-l.pos[p])))
 		if _, failed := got.Errs[p]; !failed {
 			delete(l.retryAt, p)
 		}

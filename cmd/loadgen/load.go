@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -137,7 +138,7 @@ func watchOutcomes(ctx context.Context, brokers []string, client *kafka.Client, 
 				continue
 			}
 			now := time.Now()
-			for p, msgs := range got.Msgs {
+			for _, msgs := range got.Msgs {
 				for _, m := range msgs {
 					var ev struct {
 						CommandID string `json:"command_id"`
@@ -146,10 +147,8 @@ func watchOutcomes(ctx context.Context, brokers []string, client *kafka.Client, 
 						l.observe(ev.CommandID, now)
 					}
 				}
-				if len(msgs) > 0 {
-					pos[p] = msgs[len(msgs)-1].Offset + 1
-				}
 			}
+			maps.Copy(pos, got.Next) // past transaction markers too
 		}
 	}()
 	return func() { cancel(); <-done }, nil

@@ -99,19 +99,24 @@ func Ping(ctx context.Context, client *kafka.Client) error {
 	return nil
 }
 
-// ReadAll reads every partition of topic from the start to the end offset
-// it has when called: a snapshot, for audits and operator tools.
+// ReadAll reads the committed records of every partition of topic, from
+// the start of its log to the last stable offset it has when called: a
+// snapshot, for audits and operator tools. Records of aborted transactions
+// and transaction markers are left out, as a worker never applies them; a
+// log that ends in a marker is read to its end, not waited on.
 func ReadAll(ctx context.Context, client *kafka.Client, brokers []string, topic string) ([]kafka.Message, error) {
-	ends, err := EndOffsets(ctx, client, topic)
+	parts, err := partitions(ctx, client, topic)
+	if err != nil {
+		return nil, err
+	}
+	f := kafkafetch.New(brokers, client.Transport, topic)
+	first, ends, err := f.Bounds(ctx, parts)
 	if err != nil {
 		return nil, err
 	}
 	var all []kafka.Message
-	for p, end := range ends {
-		if end == 0 {
-			continue
-		}
-		msgs, err := readPartition(ctx, client, brokers, topic, p, end)
+	for _, p := range parts {
+		msgs, err := readPartition(ctx, f, topic, p, first[p], ends[p])
 		if err != nil {
 			return nil, err
 		}
@@ -120,8 +125,8 @@ func ReadAll(ctx context.Context, client *kafka.Client, brokers []string, topic 
 	return all, nil
 }
 
-// EndOffsets returns the end offset of each partition of topic.
-func EndOffsets(ctx context.Context, client *kafka.Client, topic string) (map[int]int64, error) {
+// partitions lists the partitions of topic.
+func partitions(ctx context.Context, client *kafka.Client, topic string) ([]int, error) {
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		return nil, fmt.Errorf("read metadata of %s: %w", topic, err)
@@ -129,9 +134,23 @@ func EndOffsets(ctx context.Context, client *kafka.Client, topic string) (map[in
 	if len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) == 0 {
 		return nil, fmt.Errorf("topic %s not found", topic)
 	}
-	var reqs []kafka.OffsetRequest
+	var parts []int
 	for _, p := range md.Topics[0].Partitions {
-		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
+		parts = append(parts, p.ID)
+	}
+	return parts, nil
+}
+
+// EndOffsets returns the end offset (high watermark) of each partition of
+// topic: transaction markers and aborted records count.
+func EndOffsets(ctx context.Context, client *kafka.Client, topic string) (map[int]int64, error) {
+	parts, err := partitions(ctx, client, topic)
+	if err != nil {
+		return nil, err
+	}
+	var reqs []kafka.OffsetRequest
+	for _, p := range parts {
+		reqs = append(reqs, kafka.LastOffsetOf(p))
 	}
 	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
 	if err != nil {
@@ -161,13 +180,11 @@ func Count(ctx context.Context, client *kafka.Client, topic string) (int64, erro
 	return n, nil
 }
 
-func readPartition(ctx context.Context, client *kafka.Client, brokers []string, topic string, partition int, end int64) ([]kafka.Message, error) {
-	f := kafkafetch.New(brokers, client.Transport, topic)
+// readPartition reads the committed records of one partition in [from,
+// end). Each fetch says where the next starts, past markers and aborted
+// records, so the read ends at end even when only markers lead there.
+func readPartition(ctx context.Context, f *kafkafetch.Fetcher, topic string, partition int, from, end int64) ([]kafka.Message, error) {
 	var msgs []kafka.Message
-	from := int64(0)
-	if first, _, err := f.Bounds(ctx, []int{partition}); err == nil {
-		from = first[partition] // retention may have removed the start
-	}
 	for from < end {
 		got, err := f.Fetch(ctx, kafkafetch.Offsets{partition: from}, 200*time.Millisecond, 1)
 		if err == nil {
@@ -176,16 +193,20 @@ func readPartition(ctx context.Context, client *kafka.Client, brokers []string, 
 		if err != nil {
 			return nil, fmt.Errorf("read %s/%d: %w", topic, partition, err)
 		}
-		if len(got.Msgs[partition]) == 0 && got.HighWater[partition] <= from {
-			break // nothing more to read (the end moved back: a recreated topic)
-		}
 		for _, m := range got.Msgs[partition] {
 			if m.Offset >= end {
 				return msgs, nil
 			}
 			msgs = append(msgs, m)
-			from = m.Offset + 1
 		}
+		next := got.Next[partition]
+		if next <= from {
+			if got.LastStable[partition] <= from {
+				break // the end moved back: a recreated or truncated topic
+			}
+			return nil, fmt.Errorf("read %s/%d: no record at offset %d below the end %d", topic, partition, from, end)
+		}
+		from = next
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("read %s/%d: %w", topic, partition, err)
 		}

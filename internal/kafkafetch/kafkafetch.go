@@ -3,20 +3,23 @@
 // fetches each partition on its own: a consumer of twelve partitions at a
 // modest rate sends a fetch per record or two, and the broker's CPU goes on
 // request overhead.
+//
+// It reads committed records only (isolation level read_committed), so an
+// upstream may produce with a transactional producer: records of aborted
+// transactions are dropped and transaction markers (control batches) never
+// reach the caller, who is told where to fetch next past them.
 package kafkafetch
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/protocol"
 	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
 )
 
@@ -64,15 +67,32 @@ func New(brokers []string, transport kafka.RoundTripper, topic string) *Fetcher 
 
 // Result is what one fetch returned.
 type Result struct {
-	Msgs      map[int][]kafka.Message // records at or after the requested offsets
+	// Msgs are the committed data records at or after the requested
+	// offsets, in offset order: never a control record or a record of an
+	// aborted transaction.
+	Msgs map[int][]kafka.Message
+	// Next is, for every partition the broker answered without error, the
+	// offset to fetch next: past the last batch the answer held, even when
+	// that batch was a transaction marker or an aborted record and Msgs has
+	// nothing of the partition; the requested offset when it held none.
+	Next map[int]int64
+	// Missing counts, per partition, the offsets between the requested
+	// offset and Next that no record holds: records gone from the log
+	// (offsets taken by transaction markers or aborted records are not
+	// missing).
+	Missing   map[int]int64
 	HighWater map[int]int64
-	Errs      map[int]error // partitions the broker answered with an error
+	// LastStable is each partition's last stable offset: the end of what a
+	// read_committed fetch can return now (below the high watermark while a
+	// transaction is open).
+	LastStable map[int]int64
+	Errs       map[int]error // partitions the broker answered with an error
 }
 
 // Fetch reads from each partition of want at its offset. The broker answers
 // once minBytes are ready across them, or after maxWait.
 func (f *Fetcher) Fetch(ctx context.Context, want Offsets, maxWait time.Duration, minBytes int) (Result, error) {
-	out := Result{Msgs: map[int][]kafka.Message{}, HighWater: map[int]int64{}, Errs: map[int]error{}}
+	out := Result{Msgs: map[int][]kafka.Message{}, Next: Offsets{}, Missing: Offsets{}, HighWater: Offsets{}, LastStable: Offsets{}, Errs: map[int]error{}}
 	if err := f.refreshLeaders(ctx, false); err != nil {
 		return out, err
 	}
@@ -108,13 +128,16 @@ func (f *Fetcher) Fetch(ctx context.Context, want Offsets, maxWait time.Duration
 
 func (f *Fetcher) fetchFrom(ctx context.Context, parts []int, want Offsets, maxWait time.Duration, minBytes int, out *Result, mu *sync.Mutex) error {
 	req := &fetchapi.Request{
-		ReplicaID:    -1,
-		MaxWaitTime:  int32(maxWait / time.Millisecond),
-		MinBytes:     int32(minBytes),
-		MaxBytes:     fetchMaxBytes,
-		SessionID:    -1,
-		SessionEpoch: -1,
-		Topics:       []fetchapi.RequestTopic{{Topic: f.topic}},
+		ReplicaID:   -1,
+		MaxWaitTime: int32(maxWait / time.Millisecond),
+		MinBytes:    int32(minBytes),
+		MaxBytes:    fetchMaxBytes,
+		// Only committed records: an upstream may produce commands with a
+		// transactional producer, and an aborted transaction's must not apply.
+		IsolationLevel: int8(kafka.ReadCommitted),
+		SessionID:      -1,
+		SessionEpoch:   -1,
+		Topics:         []fetchapi.RequestTopic{{Topic: f.topic}},
 	}
 	for _, p := range parts {
 		req.Topics[0].Partitions = append(req.Topics[0].Partitions, fetchapi.RequestPartition{
@@ -152,14 +175,14 @@ func (f *Fetcher) fetchFrom(ctx context.Context, parts []int, want Offsets, maxW
 				out.Errs[p] = kafka.Error(rp.ErrorCode)
 				continue
 			}
-			out.HighWater[p] = rp.HighWatermark
-			if rp.RecordSet.Records == nil {
-				continue
+			out.HighWater[p], out.LastStable[p] = rp.HighWatermark, rp.LastStableOffset
+			read, err := readPartition(&rp, f.topic, want[p])
+			if len(read.msgs) > 0 {
+				out.Msgs[p] = read.msgs
 			}
-			msgs, err := readRecords(rp.RecordSet.Records, f.topic, p, want[p], rp.HighWatermark)
-			out.Msgs[p] = msgs
-			f.stats.Records.Add(int64(len(msgs)))
-			for _, m := range msgs {
+			out.Next[p], out.Missing[p] = read.next, read.missing
+			f.stats.Records.Add(int64(len(read.msgs)))
+			for _, m := range read.msgs {
 				f.stats.Bytes.Add(int64(len(m.Key) + len(m.Value)))
 			}
 			if err != nil {
@@ -169,41 +192,6 @@ func (f *Fetcher) fetchFrom(ctx context.Context, parts []int, want Offsets, maxW
 		}
 	}
 	return nil
-}
-
-// readRecords decodes a partition's records at or after from; a fetch
-// starts at the beginning of the record batch that holds from.
-func readRecords(rr kafka.RecordReader, topic string, partition int, from, highWater int64) ([]kafka.Message, error) {
-	var msgs []kafka.Message
-	for {
-		r, err := rr.ReadRecord()
-		if errors.Is(err, io.EOF) {
-			return msgs, nil
-		}
-		if err != nil {
-			return msgs, fmt.Errorf("decode records of partition %d: %w", partition, err)
-		}
-		key, kerr := readBytes(r.Key)
-		value, verr := readBytes(r.Value)
-		if r.Offset < from {
-			continue
-		}
-		if err := errors.Join(kerr, verr); err != nil {
-			return msgs, fmt.Errorf("decode record %d of partition %d: %w", r.Offset, partition, err)
-		}
-		msgs = append(msgs, kafka.Message{
-			Topic: topic, Partition: partition, Offset: r.Offset, HighWaterMark: highWater,
-			Key: key, Value: value, Headers: r.Headers, Time: r.Time,
-		})
-	}
-}
-
-func readBytes(b protocol.Bytes) ([]byte, error) {
-	if b == nil {
-		return nil, nil
-	}
-	defer b.Close()
-	return protocol.ReadAll(b)
 }
 
 // refreshLeaders loads the topic's partition leaders when they are unknown
@@ -230,7 +218,9 @@ func (f *Fetcher) refreshLeaders(ctx context.Context, force bool) error {
 }
 
 // Bounds returns the first and next offsets of partitions: where the log
-// starts now (after retention) and where the next record will go.
+// starts now (after retention), and the last stable offset, the end of what
+// a read_committed fetch can return now (where the next record will go,
+// unless a transaction is open).
 func (f *Fetcher) Bounds(ctx context.Context, parts []int) (first, next Offsets, err error) {
 	var reqs []kafka.OffsetRequest
 	for _, p := range parts {
@@ -238,7 +228,7 @@ func (f *Fetcher) Bounds(ctx context.Context, parts []int) (first, next Offsets,
 	}
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	res, err := f.client.ListOffsets(lctx, &kafka.ListOffsetsRequest{Addr: f.addr, Topics: map[string][]kafka.OffsetRequest{f.topic: reqs}})
+	res, err := f.client.ListOffsets(lctx, &kafka.ListOffsetsRequest{Addr: f.addr, Topics: map[string][]kafka.OffsetRequest{f.topic: reqs}, IsolationLevel: kafka.ReadCommitted})
 	if err != nil {
 		return nil, nil, fmt.Errorf("list offsets of %s: %w", f.topic, err)
 	}

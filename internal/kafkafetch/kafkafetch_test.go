@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/txpipe/txpipe/internal/kafkafetch"
 	"github.com/txpipe/txpipe/internal/kafkatest"
@@ -75,5 +77,118 @@ func TestFetchSeveralPartitionsInOneCall(t *testing.T) {
 	}
 	if !errors.Is(res.Errs[0], kafka.OffsetOutOfRange) || res.Errs[1] != nil {
 		t.Errorf("errors = %v, want OffsetOutOfRange for partition 0 only", res.Errs)
+	}
+}
+
+// txProducer returns a function that writes values onto partition 0 of
+// topic in one transaction of a real transactional producer, commits or
+// aborts it, and returns once the transaction's marker is in the log.
+func txProducer(t *testing.T, k *kafkatest.Cluster, topic string) func(commit bool, values ...string) {
+	t.Helper()
+	f := kafkafetch.New(k.Brokers, k.Transport, topic)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(k.Brokers...), kgo.TransactionalID("test-"+topic),
+		kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return func(commit bool, values ...string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		var recs []*kgo.Record
+		for _, v := range values {
+			recs = append(recs, &kgo.Record{Partition: 0, Value: []byte(v)})
+		}
+		res := cl.ProduceSync(ctx, recs...)
+		if err := res.FirstErr(); err != nil {
+			t.Fatalf("produce in a transaction: %v", err)
+		}
+		if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
+			t.Fatalf("end transaction (commit %v): %v", commit, err)
+		}
+		// The coordinator writes the marker after EndTransaction returns; the
+		// last stable offset passes it once it is there.
+		marker := res[len(res)-1].Record.Offset + 1
+		for {
+			_, lso, err := f.Bounds(ctx, []int{0})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lso[0] > marker {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// A log written by a transactional producer holds a committed
+// transaction, an aborted one and a committed one, and ends in a commit
+// marker: c1@0 c2@1 commit@2 a1@3 a2@4 abort@5 c3@6 commit@7. A fetch
+// returns exactly the committed records, Next steps over the markers and
+// the aborted records, and fetching at the end returns nothing.
+func TestFetchReadsCommittedRecordsAndStepsOverMarkers(t *testing.T) {
+	k := kafkatest.New(t)
+	topic := k.Topics(t, 1).Commands
+	tx := txProducer(t, k, topic)
+	tx(true, "c1", "c2")
+	tx(false, "a1", "a2")
+	tx(true, "c3")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := kafkafetch.New(k.Brokers, k.Transport, topic)
+	_, end, err := f.Bounds(ctx, []int{0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end[0] != 8 {
+		t.Fatalf("end of the log = %d, want 8 (5 records and 3 markers)", end[0])
+	}
+	for _, tc := range []struct {
+		from int64
+		want []string
+	}{
+		{0, []string{"c1@0", "c2@1", "c3@6"}},
+		{2, []string{"c3@6"}}, // at the first commit marker
+		{4, []string{"c3@6"}}, // inside the aborted transaction
+		{7, nil},              // at the final commit marker
+	} {
+		t.Run(fmt.Sprintf("from %d", tc.from), func(t *testing.T) {
+			var got []string
+			pos := tc.from
+			for pos < end[0] {
+				res, err := f.Fetch(ctx, kafkafetch.Offsets{0: pos}, time.Second, 1)
+				if err != nil || res.Errs[0] != nil {
+					t.Fatalf("Fetch(%d) = %v, %v", pos, err, res.Errs)
+				}
+				next, ok := res.Next[0]
+				if !ok || next <= pos {
+					t.Fatalf("Fetch(%d): Next = %d (reported %v), want past %d: the fetch position would never move", pos, next, ok, pos)
+				}
+				if res.Missing[0] != 0 || res.LastStable[0] != end[0] {
+					t.Errorf("Fetch(%d): Missing = %d, LastStable = %d; want 0 and %d", pos, res.Missing[0], res.LastStable[0], end[0])
+				}
+				for _, m := range res.Msgs[0] {
+					got = append(got, fmt.Sprintf("%s@%d", m.Value, m.Offset))
+				}
+				pos = next
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("records from %d (-want +got):\n%s", tc.from, diff)
+			}
+			if pos != end[0] {
+				t.Errorf("position after the last fetch = %d, want the end %d", pos, end[0])
+			}
+		})
+	}
+
+	// At the end, a fetch waits and returns nothing: no record, no move.
+	res, err := f.Fetch(ctx, kafkafetch.Offsets{0: end[0]}, 50*time.Millisecond, 1)
+	if err != nil || res.Errs[0] != nil || len(res.Msgs[0]) != 0 || res.Next[0] != end[0] {
+		t.Errorf("Fetch(end) = %d records, Next %d, errors %v %v; want none and Next %d", len(res.Msgs[0]), res.Next[0], err, res.Errs, end[0])
 	}
 }
