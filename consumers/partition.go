@@ -87,6 +87,17 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 		fetchBackoff.Reset()
 		msgs := l.take(w.opts.BatchSize)
 		if len(msgs) == 0 {
+			if err := l.advanceOverMarkers(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				l.log.Warn("storing offsets past transaction markers failed; re-reading the stored offsets", "err", err)
+				retry.Sleep(ctx, restart.NextBackOff())
+				if err := l.resume(ctx); err != nil {
+					return
+				}
+				continue
+			}
 			w.setStuck(l.healthy(), nil)
 			continue
 		}
@@ -447,6 +458,68 @@ func batchPartitions(msgs []kafka.Message) []int {
 	}
 	slices.Sort(parts)
 	return slices.Compact(parts)
+}
+
+// advanceOverMarkers stores, for partitions with nothing pending, a fetch
+// position that moved past offsets holding no record to apply (transaction
+// markers, aborted records, offsets gone from the log): else a log that ends
+// in a commit marker would show a lag of 1 for ever, and tools that wait for
+// the stored offset to reach the log's end would wait with it. Fenced like
+// a batch: nothing moves unless the stored offset is where this lane
+// believes.
+func (l *lane) advanceOverMarkers(ctx context.Context) error {
+	from, to := positions{}, positions{}
+	for _, p := range l.parts {
+		if len(l.pending[p]) == 0 && l.fetchPos[p] > l.pos[p] {
+			from[p], to[p] = l.pos[p], l.fetchPos[p]
+		}
+	}
+	if len(to) == 0 {
+		return nil
+	}
+	if err := l.w.advanceOffsets(ctx, from, to); err != nil {
+		return err
+	}
+	maps.Copy(l.pos, to)
+	return nil
+}
+
+// advanceOffsets moves the stored offsets of the partitions of to from
+// from, in one transaction that changes nothing unless every one of them is
+// still at from (errFenced). It locks the rows as a batch does: created at
+// from if missing, then in partition order.
+func (w *Worker) advanceOffsets(ctx context.Context, from, to positions) error {
+	parts, olds := offsetColumns(from)
+	_, news := offsetColumns(to)
+	return pgx.BeginFunc(ctx, w.opts.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+			SELECT $1, $2, p, o FROM unnest($3::int4[], $4::int8[]) AS u (p, o) ORDER BY p
+			ON CONFLICT DO NOTHING`, w.opts.GroupID, w.opts.CommandsTopic, parts, olds); err != nil {
+			return fmt.Errorf("advance stored offsets: %w", err)
+		}
+		rows, err := tx.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
+			WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])
+			ORDER BY partition FOR UPDATE`, w.opts.GroupID, w.opts.CommandsTopic, parts)
+		if err != nil {
+			return fmt.Errorf("advance stored offsets: %w", err)
+		}
+		stored := positions{}
+		if err := scanPositions(rows, stored); err != nil {
+			return fmt.Errorf("advance stored offsets: %w", err)
+		}
+		for p, want := range from {
+			if got, ok := stored[p]; !ok || got != want {
+				return fmt.Errorf("%w (partition %d: stored %d, expected %d)", errFenced, p, got, want)
+			}
+		}
+		_, err = tx.Exec(ctx, `UPDATE consumer_offsets AS c SET next_offset = u.o, updated_at = now()
+			FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
+			WHERE c.group_id = $1 AND c.topic = $2 AND c.partition = u.p`, w.opts.GroupID, w.opts.CommandsTopic, parts, news)
+		if err != nil {
+			return fmt.Errorf("advance stored offsets: %w", err)
+		}
+		return nil
+	})
 }
 
 // storedOffsets reads the offsets stored in PostgreSQL for parts; a

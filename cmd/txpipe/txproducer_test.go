@@ -120,6 +120,21 @@ func TestTransactionalProducerOnlyCommittedCommandsApply(t *testing.T) {
 	if err != nil || !strings.Contains(out, "all invariants hold") {
 		t.Errorf("txpipe verify = %v:\n%s", err, out)
 	}
+
+	// A log that ends in a commit marker: the stored offset steps over it
+	// too, so the lag falls to 0 and the drain completes (it used to stay
+	// one short of the log's end for ever).
+	dep4 := uuidv7.New()
+	tx(true, deposit(dep4, 1))
+	if status, reason := p.awaitOutcome(t, dep4); status != "applied" {
+		t.Fatalf("deposit of the last transaction = %s %s, want applied", status, reason)
+	}
+	eventually(t, "the stored offset passes the final commit marker and the lag is 0", func() bool {
+		var next int64
+		_ = p.db.Pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets`).Scan(&next)
+		return next == 11 && p.kc.Count(ctx, t, p.topics.Commands) == 11 &&
+			scrape(t, admin, `txpipe_consumer_lag_records{partition="0"}`) == 0
+	})
 }
 
 // metricsText returns what the admin server's /metrics serves.
