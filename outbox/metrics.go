@@ -10,7 +10,8 @@ import (
 type relayMetrics struct {
 	published       *prometheus.CounterVec
 	failures        prometheus.Counter
-	parked          prometheus.Counter
+	parked          *prometheus.CounterVec
+	panics          prometheus.Counter
 	publishDuration prometheus.Histogram
 	batchSize       prometheus.Histogram
 	endToEnd        prometheus.Histogram
@@ -34,11 +35,15 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 		}, []string{"topic"}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "txpipe_relay_failures_total",
-			Help: "Relay batches that failed (PostgreSQL or Kafka) and were retried.",
+			Help: "Relay batches that failed, or left rows of theirs for the next batch (PostgreSQL or Kafka failing, a panic, a topic refused within its grace).",
 		}),
-		parked: prometheus.NewCounter(prometheus.CounterOpts{
+		parked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "txpipe_relay_parked_total",
-			Help: "Outbox rows moved to outbox_parked because they can never be published (too large).",
+			Help: "Outbox rows moved to outbox_parked because Kafka refuses them for good or the relay cannot make a record of them, by reason (see ParkReasons).",
+		}, []string{"reason"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_relay_panics_total",
+			Help: "Panics the relay recovered from while handling a batch (the batch was retried, or the row that caused it parked).",
 		}),
 		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "txpipe_relay_publish_duration_seconds",
@@ -80,8 +85,13 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 			Help: "Times this relay gave its shards to the others because it could not publish for a whole lease TTL.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.publishDuration, m.batchSize, m.endToEnd, m.pending, m.oldestAge,
-		m.shardsOwned, m.leaseChanges, m.fenced, m.stepDowns} {
+	// Every reason's series exists from the start, at 0, so the first park
+	// is an increase that rules and dashboards see.
+	for _, reason := range ParkReasons {
+		m.parked.WithLabelValues(reason)
+	}
+	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.panics, m.publishDuration, m.batchSize, m.endToEnd,
+		m.pending, m.oldestAge, m.shardsOwned, m.leaseChanges, m.fenced, m.stepDowns} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

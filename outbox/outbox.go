@@ -6,6 +6,10 @@
 // lower id but committed later is simply found on a later pass, never skipped.
 // Per key, id order is commit order, because a worker inserts an account's
 // rows only while holding that account's row lock.
+//
+// A row Kafka refuses for good, or that cannot be made a record, is moved
+// to outbox_parked with the reason (park.go), so it never holds up the rows
+// behind it; Unpark moves parked rows back once the cause is fixed.
 package outbox
 
 import (
