@@ -12,6 +12,7 @@ type relayMetrics struct {
 	failures        prometheus.Counter
 	parked          *prometheus.CounterVec
 	panics          prometheus.Counter
+	notifyQueue     prometheus.Gauge
 	publishDuration prometheus.Histogram
 	batchSize       prometheus.Histogram
 	endToEnd        prometheus.Histogram
@@ -44,6 +45,10 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "txpipe_relay_panics_total",
 			Help: "Panics the relay recovered from while handling a batch (the batch was retried, or the row that caused it parked).",
+		}),
+		notifyQueue: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "txpipe_postgres_notify_queue_usage_ratio",
+			Help: "pg_notification_queue_usage(): the share of PostgreSQL's notification queue held by its slowest listener (sampled every 5 s); at outbox.NotifyQueueMaxUsage the workers stop notifying.",
 		}),
 		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "txpipe_relay_publish_duration_seconds",
@@ -90,7 +95,7 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 	for _, reason := range ParkReasons {
 		m.parked.WithLabelValues(reason)
 	}
-	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.panics, m.publishDuration, m.batchSize, m.endToEnd,
+	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.panics, m.notifyQueue, m.publishDuration, m.batchSize, m.endToEnd,
 		m.pending, m.oldestAge, m.shardsOwned, m.leaseChanges, m.fenced, m.stepDowns} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

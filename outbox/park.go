@@ -170,7 +170,7 @@ func Unpark(ctx context.Context, pool *pgxpool.Pool, f ParkedFilter) (int64, err
 			return err
 		}
 		n = ct.RowsAffected()
-		_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, NotifyChannel)
+		_, err = tx.Exec(ctx, notifySQL, NotifyChannel, NotifyQueueMaxUsage)
 		return err
 	})
 	if err != nil {

@@ -643,7 +643,11 @@ func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
 }
 
 func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}, bo backoff.BackOff) error {
-	conn, err := pgx.ConnectConfig(ctx, r.opts.Pool.Config().ConnConfig.Copy())
+	cfg := r.opts.Pool.Config().ConnConfig.Copy()
+	// Named, so an operator can tell the relays' listening sessions in
+	// pg_stat_activity (one stuck there holds the notification queue).
+	cfg.RuntimeParams["application_name"] = listenApplicationName
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -663,15 +667,24 @@ func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}, bo backoff
 	}
 }
 
+// listenApplicationName is the application_name of the relays' LISTEN
+// sessions.
+const listenApplicationName = "txpipe-relay-listen"
+
 // watchBacklog samples the outbox size and the age of its oldest row, the
-// signals that tell an operator the relay is falling behind.
+// signals that tell an operator the relay is falling behind, and how full
+// PostgreSQL's notification queue is: at NotifyQueueMaxUsage a listener is
+// stuck, the workers stop notifying and the relays wake on their poll
+// interval only, which it logs once each time it happens.
 func (r *Relay) watchBacklog(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
+	held := false
 	for {
 		var n int64
 		var oldest pgtype.Timestamptz
-		err := r.opts.Pool.QueryRow(ctx, `SELECT count(*), min(created_at) FROM outbox`).Scan(&n, &oldest)
+		var usage float64
+		err := r.opts.Pool.QueryRow(ctx, `SELECT count(*), min(created_at), pg_notification_queue_usage() FROM outbox`).Scan(&n, &oldest, &usage)
 		if err == nil {
 			r.metrics.pending.Set(float64(n))
 			age := 0.0
@@ -679,6 +692,16 @@ func (r *Relay) watchBacklog(ctx context.Context) {
 				age = max(0, time.Since(oldest.Time).Seconds())
 			}
 			r.metrics.oldestAge.Set(age)
+			r.metrics.notifyQueue.Set(usage)
+			if atBound := usage >= NotifyQueueMaxUsage; atBound != held {
+				held = atBound
+				if held {
+					r.opts.Log.Warn("PostgreSQL's notification queue is held by a listener that does not read; relays wake on their poll interval only",
+						"usage", usage, "poll_interval", r.opts.PollInterval)
+				} else {
+					r.opts.Log.Info("PostgreSQL's notification queue is free again; relays are woken by notifications")
+				}
+			}
 		}
 		select {
 		case <-ctx.Done():
