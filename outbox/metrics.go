@@ -10,7 +10,9 @@ import (
 type relayMetrics struct {
 	published       *prometheus.CounterVec
 	failures        prometheus.Counter
-	parked          prometheus.Counter
+	parked          *prometheus.CounterVec
+	panics          prometheus.Counter
+	notifyQueue     prometheus.Gauge
 	publishDuration prometheus.Histogram
 	batchSize       prometheus.Histogram
 	endToEnd        prometheus.Histogram
@@ -34,11 +36,19 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 		}, []string{"topic"}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "txpipe_relay_failures_total",
-			Help: "Relay batches that failed (PostgreSQL or Kafka) and were retried.",
+			Help: "Relay batches that failed, or left rows of theirs for the next batch (PostgreSQL or Kafka failing, a panic, a topic refused within its grace).",
 		}),
-		parked: prometheus.NewCounter(prometheus.CounterOpts{
+		parked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "txpipe_relay_parked_total",
-			Help: "Outbox rows moved to outbox_parked because they can never be published (too large).",
+			Help: "Outbox rows moved to outbox_parked because Kafka refuses them for good or the relay cannot make a record of them, by reason (see ParkReasons).",
+		}, []string{"reason"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_relay_recovered_panics_total",
+			Help: "Panics the relay recovered from while handling a batch (the batch was retried, or the row that caused it parked).",
+		}),
+		notifyQueue: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "txpipe_postgres_notify_queue_usage_ratio",
+			Help: "pg_notification_queue_usage(): the share of PostgreSQL's notification queue held by its slowest listener (sampled every 5 s); at outbox.NotifyQueueMaxUsage the workers stop notifying.",
 		}),
 		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "txpipe_relay_publish_duration_seconds",
@@ -80,8 +90,13 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 			Help: "Times this relay gave its shards to the others because it could not publish for a whole lease TTL.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.publishDuration, m.batchSize, m.endToEnd, m.pending, m.oldestAge,
-		m.shardsOwned, m.leaseChanges, m.fenced, m.stepDowns} {
+	// Every reason's series exists from the start, at 0, so the first park
+	// is an increase that rules and dashboards see.
+	for _, reason := range ParkReasons {
+		m.parked.WithLabelValues(reason)
+	}
+	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.panics, m.notifyQueue, m.publishDuration, m.batchSize, m.endToEnd,
+		m.pending, m.oldestAge, m.shardsOwned, m.leaseChanges, m.fenced, m.stepDowns} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

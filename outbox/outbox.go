@@ -6,6 +6,10 @@
 // lower id but committed later is simply found on a later pass, never skipped.
 // Per key, id order is commit order, because a worker inserts an account's
 // rows only while holding that account's row lock.
+//
+// A row Kafka refuses for good, or that cannot be made a record, is moved
+// to outbox_parked with the reason (park.go), so it never holds up the rows
+// behind it; Unpark moves parked rows back once the cause is fixed.
 package outbox
 
 import (
@@ -19,6 +23,30 @@ import (
 // NotifyChannel is the LISTEN/NOTIFY channel that wakes the relay when a
 // transaction that wrote outbox rows commits.
 const NotifyChannel = "txpipe_outbox"
+
+// NotifyQueueMaxUsage is the share of PostgreSQL's notification queue
+// (pg_notification_queue_usage()) at and above which Queue stops notifying.
+//
+// The queue is one per server, 8 GiB (1 Mi pages of 8 KiB; PostgreSQL 15
+// cannot resize it), and its tail is the position of the slowest listening
+// backend. A relay whose process is paused (SIGSTOP, a debugger, a VM
+// frozen) keeps its LISTEN connection open, its backend stops advancing,
+// and every commit that notifies adds an entry (32 bytes for this channel:
+// 256 a page) until the queue is full and every transaction that notifies
+// fails at COMMIT. A healthy listener keeps the queue within a few pages
+// (5 pages measured at 16 000 notifying commits a second), so 64 pages
+// (512 KiB, about 16 000 wake-ups) can only mean a stuck listener: past it
+// the workers stop notifying, the queue stops growing, and the relays fall
+// back on their poll interval until the stuck backend goes (its relay
+// resumes or is killed, or an operator ends the session). The relays
+// export the usage (txpipe_postgres_notify_queue_usage_ratio) and an alert
+// fires while it stays at this bound.
+const NotifyQueueMaxUsage = 64.0 / (1 << 20)
+
+// notifySQL wakes the relays unless the notification queue is held (see
+// NotifyQueueMaxUsage). A NOTIFY is delivered at commit, and once per
+// transaction per payload, however often it is queued.
+const notifySQL = `SELECT pg_notify($1, '') WHERE pg_notification_queue_usage() < $2`
 
 // Message is one record to publish.
 type Message struct {
@@ -39,7 +67,8 @@ FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[], $5::timestamptz[]
 ORDER BY n`
 
 // Queue adds to b the statements that insert msgs, in order (ids follow the
-// slice order), and the notification that wakes the relay on commit. Run b
+// slice order), and the notification that wakes the relay on commit (left
+// out while the notification queue is held: see NotifyQueueMaxUsage). Run b
 // inside the transaction whose effects the messages describe.
 func Queue(b *pgx.Batch, msgs []Message) {
 	if len(msgs) == 0 {
@@ -60,6 +89,5 @@ func Queue(b *pgx.Batch, msgs []Message) {
 		accepted[i] = pgtype.Timestamptz{Time: m.AcceptedAt, Valid: !m.AcceptedAt.IsZero()}
 	}
 	b.Queue(insertSQL, topics, keys, values, headers, accepted)
-	// NOTIFY is delivered at commit, and once per transaction per payload.
-	b.Queue(`SELECT pg_notify($1, '')`, NotifyChannel)
+	b.Queue(notifySQL, NotifyChannel, NotifyQueueMaxUsage)
 }

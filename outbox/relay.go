@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,6 +43,14 @@ type RelayOptions struct {
 	// how soon the others take over from a relay that stopped, paused or
 	// lost PostgreSQL. Renewed every LeaseTTL/3. Default 10 s.
 	LeaseTTL time.Duration
+	// TopicRefusalGrace is how long Kafka must keep refusing a topic as
+	// missing (UNKNOWN_TOPIC_OR_PARTITION: the brokers do not list it for a
+	// whole writer round, about 16 s of metadata retries) or as not
+	// authorized before the relay parks its rows: a topic being created, or
+	// an ACL being granted, is refused for a moment, and a parked row is a
+	// gap its consumers see until an operator unparks it. Meanwhile its rows
+	// wait in the outbox and the other topics' rows flow. Default 1 min.
+	TopicRefusalGrace time.Duration
 	// ID names the relay in the lease table; default host-pid-random.
 	ID         string
 	Registerer prometheus.Registerer
@@ -52,11 +62,17 @@ type RelayOptions struct {
 // the shards it holds the lease of (see leases), and each batch also locks
 // its rows (FOR UPDATE), so no row is ever published by two relays at once
 // and a key's records keep their order.
+//
+// A row Kafka refuses for good, or that cannot be made a record, is moved
+// to outbox_parked with the reason (ParkReasons), counted and logged, so it
+// never holds up the rows behind it; its consumers see a gap until an
+// operator fixes the cause and unparks it (Unpark).
 type Relay struct {
-	opts    RelayOptions
-	metrics *relayMetrics
-	ready   readiness
-	leases  *leases
+	opts     RelayOptions
+	metrics  *relayMetrics
+	ready    readiness
+	leases   *leases
+	refusals refusals // the loop goroutine's
 }
 
 // NewRelay checks the options and registers the relay's metrics.
@@ -73,6 +89,9 @@ func NewRelay(o RelayOptions) (*Relay, error) {
 	if o.LeaseTTL <= 0 {
 		o.LeaseTTL = 10 * time.Second
 	}
+	if o.TopicRefusalGrace <= 0 {
+		o.TopicRefusalGrace = time.Minute
+	}
 	if o.ID == "" {
 		o.ID = newRelayID()
 	}
@@ -80,7 +99,7 @@ func NewRelay(o RelayOptions) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Relay{opts: o, metrics: m,
+	return &Relay{opts: o, metrics: m, refusals: refusals{grace: o.TopicRefusalGrace},
 		leases: &leases{pool: o.Pool, id: o.ID, ttl: o.LeaseTTL, log: o.Log, metrics: m}}, nil
 }
 
@@ -95,10 +114,10 @@ func (r *Relay) Ready(context.Context) error {
 	return r.ready.err()
 }
 
-// Run relays until ctx is done. Failures (PostgreSQL or Kafka unreachable)
-// are retried with exponential backoff capped at 5 s, for as long as it
-// takes: the outbox keeps the rows, so waiting loses nothing. It returns nil
-// when ctx ends.
+// Run relays until ctx is done. Failures (PostgreSQL or Kafka unreachable,
+// a panic while handling a batch) are retried with exponential backoff
+// capped at 5 s, for as long as it takes: the outbox keeps the rows, so
+// waiting loses nothing. It returns nil when ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
 	wake := make(chan struct{}, 1)
 	g, ctx := errgroup.WithContext(ctx)
@@ -112,7 +131,7 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 	bo := retry.Policy(5 * time.Second)
 	for ctx.Err() == nil {
-		n, err := r.publishBatch(ctx)
+		n, full, err := r.publishBatch(ctx)
 		if errors.Is(err, errFenced) {
 			r.metrics.fenced.Inc()
 			r.opts.Log.Warn("relay lost a lease mid-batch; its new holder publishes the rows", "relay", r.opts.ID)
@@ -128,7 +147,19 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 			r.metrics.failures.Inc()
 			var pe *publishError
 			if errors.As(err, &pe) {
-				r.leases.kafkaFailed()
+				// Refusals are Kafka answering: stepping down would not help.
+				if pe.unreachable && n == 0 {
+					r.leases.kafkaFailed()
+				} else {
+					r.leases.roundSucceeded(n > 0)
+				}
+			}
+			if n > 0 {
+				// Some rows went through: go on with the next batch at
+				// once; the rows that stayed are in it again.
+				r.opts.Log.Debug("relay published a batch partly; the rest stays", "err", err, "published", n)
+				bo.Reset()
+				continue
 			}
 			d := bo.NextBackOff()
 			r.opts.Log.Warn("relay publish failed, will retry", "err", err, "retry_in", d)
@@ -138,7 +169,7 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 		r.ready.set(nil)
 		r.leases.roundSucceeded(n > 0)
 		bo.Reset()
-		if n == r.opts.BatchSize {
+		if full {
 			continue // more rows are likely waiting
 		}
 		select {
@@ -163,86 +194,140 @@ const maxBatchBytes = 1<<20 - 16<<10
 // that timed out are dropped by the writer, not sent after the rollback.
 const publishTimeout = 60 * time.Second
 
-// publishError is Kafka failing to take a batch (as opposed to
-// PostgreSQL failing): the failure a relay steps down for.
+// maxIsolated bounds the rows one batch publishes one at a time (see
+// isolate); the rest wait for the next batch.
+const maxIsolated = 100
+
+// publishError is rows of a batch that stay in the outbox because Kafka did
+// not take them (as opposed to PostgreSQL failing). unreachable: some failed
+// for a reason other than a refusal (Kafka unreachable, leaders moving),
+// the failure a relay steps down for.
 type publishError struct {
-	n   int
-	err error
+	n           int
+	unreachable bool
+	err         error
 }
 
-func (e *publishError) Error() string { return fmt.Sprintf("publish %d records: %v", e.n, e.err) }
+func (e *publishError) Error() string { return fmt.Sprintf("%d records not published: %v", e.n, e.err) }
 func (e *publishError) Unwrap() error { return e.err }
+
+// errPanicked is a batch the relay gave up on because handling it panicked
+// (recovered, logged and counted where it happened).
+var errPanicked = errors.New("handling the batch panicked")
 
 type row struct {
 	id         int64
 	shard      int16
 	topic      string
 	key, value []byte
-	headers    map[string]string
+	headers    []byte // jsonb as read: decoded by toRecord
 	acceptedAt pgtype.Timestamptz
 	createdAt  time.Time
+	msg        kafka.Message // the record, made by toRecord
+	size       int           // its bytes in a produce request, estimated
 }
 
-// size estimates the bytes the record takes in a produce request.
-func (x row) size() int {
-	n := len(x.key) + len(x.value) + 32
-	for k, v := range x.headers {
-		n += len(k) + len(v) + 8
+type parkedRow struct {
+	row
+	reason string
+	cause  error
+}
+
+// batchResult is what became of a batch's rows: published (delete them),
+// parked (move them to outbox_parked), or neither (they stay for the next
+// batch; retained counts them, cause says why the first one stayed).
+type batchResult struct {
+	read        int
+	published   []row
+	parked      []parkedRow
+	retained    int
+	cause       error
+	unreachable bool
+}
+
+func (b *batchResult) park(x row, reason string, cause error) {
+	b.parked = append(b.parked, parkedRow{row: x, reason: reason, cause: cause})
+}
+
+// retain leaves rows in the outbox; unreachable: not because of a refusal.
+func (b *batchResult) retain(rows []row, cause error, unreachable bool) {
+	b.retained += len(rows)
+	if b.cause == nil {
+		b.cause = cause
 	}
-	return n
+	b.unreachable = b.unreachable || unreachable
 }
 
-// publishBatch publishes the oldest rows and deletes them, in one
-// transaction: the row locks keep a second relay off these rows until they
-// are gone, and a crash after Kafka acknowledged but before the delete only
-// publishes them again (at-least-once; consumers dedupe on event_id).
-func (r *Relay) publishBatch(ctx context.Context) (int, error) {
+// publishBatch publishes the oldest rows of the shards this relay holds and,
+// in the same transaction, deletes those Kafka acknowledged and parks those
+// it refuses for good: the row locks keep a second relay off these rows
+// until they are gone, and a crash after Kafka acknowledged but before the
+// commit only publishes them again (at-least-once; consumers dedupe on
+// event_id). Rows that failed for a passing reason stay for the next batch:
+// it returns how many rows it published, whether it read a full batch (more
+// rows are likely waiting) and, when some rows stayed, a *publishError. A
+// panic while handling the batch is recovered: the transaction rolls back
+// and the batch is retried.
+func (r *Relay) publishBatch(ctx context.Context) (published int, full bool, err error) {
 	// One connection, and a transaction opened by the batch that reads the
 	// rows (BEGIN queued ahead of the SELECT) and committed by the one that
-	// deletes them: two round trips where BEGIN, SELECT, DELETE and COMMIT
+	// settles them: two round trips where BEGIN, SELECT, DELETE and COMMIT
 	// would take four.
-	var published []row
-	err := pgtx.Run(ctx, r.opts.Pool, func(conn *pgxpool.Conn) error {
-		var err error
-		published, err = r.publishIn(ctx, conn)
-		return err
+	res := &batchResult{}
+	err = pgtx.Run(ctx, r.opts.Pool, func(conn *pgxpool.Conn) (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				r.recovered(p)
+				err = errPanicked
+			}
+		}()
+		return r.publishIn(ctx, conn, res)
 	})
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	now := time.Now()
-	for _, x := range published {
-		r.metrics.published.WithLabelValues(x.topic).Inc()
-		if x.acceptedAt.Valid {
-			r.metrics.endToEnd.Observe(now.Sub(x.acceptedAt.Time).Seconds())
-		}
+	r.account(res)
+	full = res.read == r.opts.BatchSize
+	if res.retained > 0 {
+		return len(res.published), full, &publishError{n: res.retained, unreachable: res.unreachable, err: res.cause}
 	}
-	if len(published) > 0 {
-		r.metrics.batchSize.Observe(float64(len(published)))
-	}
-	return len(published), nil
+	return len(res.published), full, nil
 }
 
-// publishIn runs publishBatch's transaction on conn and returns the rows
-// it published.
-func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn) ([]row, error) {
+// publishIn runs publishBatch's transaction on conn.
+func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn, res *batchResult) error {
 	shards, epochs := r.leases.held()
 	if len(shards) == 0 {
-		return nil, nil
+		return nil
 	}
-	var batch []row
+	rows, err := r.read(ctx, conn, shards)
+	if err != nil {
+		return err
+	}
+	res.read = len(rows)
+	send, err := r.prepare(rows, res)
+	if err != nil {
+		return err
+	}
+	if len(send) > 0 {
+		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+		defer cancel()
+		r.publish(pctx, send, res)
+	}
+	return r.settle(ctx, conn, shards, epochs, res)
+}
+
+// read opens the transaction and locks the oldest rows of shards.
+func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([]row, error) {
+	var rows []row
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(`SELECT id, shard, topic, key, value, headers, accepted_at, created_at
-		FROM outbox WHERE shard = ANY($2) ORDER BY id LIMIT $1 FOR UPDATE`, r.opts.BatchSize, shards).Query(func(rows pgx.Rows) error {
+		FROM outbox WHERE shard = ANY($2) ORDER BY id LIMIT $1 FOR UPDATE`, r.opts.BatchSize, shards).Query(func(rs pgx.Rows) error {
 		var err error
-		batch, err = pgx.CollectRows(rows, func(rr pgx.CollectableRow) (row, error) {
+		rows, err = pgx.CollectRows(rs, func(rr pgx.CollectableRow) (row, error) {
 			var x row
-			var h []byte
-			err := rr.Scan(&x.id, &x.shard, &x.topic, &x.key, &x.value, &h, &x.acceptedAt, &x.createdAt)
-			if err == nil {
-				err = json.Unmarshal(h, &x.headers)
-			}
+			err := rr.Scan(&x.id, &x.shard, &x.topic, &x.key, &x.value, &x.headers, &x.acceptedAt, &x.createdAt)
 			return x, err
 		})
 		return err
@@ -250,106 +335,295 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn) ([]row, error
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
 	}
-	batch, parked := fit(batch)
-	if len(parked) > 0 {
-		if err := r.park(ctx, conn, parked); err != nil {
-			return nil, err
+	return rows, nil
+}
+
+// prepare makes rows into records and returns those to send, in id order,
+// up to maxBatchBytes (the rows after the first that does not fit wait for
+// the next batch). It parks the rows that cannot be a record, or are too
+// large for any batch, and holds back those of a topic Kafka refused a
+// moment ago (parked once TopicRefusalGrace is over). A row whose handling
+// panics is parked as internal_error when another row was handled, so the
+// panic is that row's; when every row panics the batch fails instead.
+func (r *Relay) prepare(rows []row, res *batchResult) ([]row, error) {
+	var made, panicked []row
+	for _, x := range rows {
+		var reason string
+		var cause error
+		switch ok := r.guard(func() { reason, cause = toRecord(&x) }); {
+		case !ok:
+			panicked = append(panicked, x)
+		case reason != "":
+			res.park(x, reason, cause)
+		default:
+			made = append(made, x)
 		}
 	}
-	if len(batch) > 0 {
-		msgs := make([]kafka.Message, len(batch))
-		for i, x := range batch {
-			msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value}
-			for k, v := range x.headers {
-				msgs[i].Headers = append(msgs[i].Headers, kafka.Header{Key: k, Value: []byte(v)})
+	if len(panicked) > 0 {
+		if len(panicked) == len(rows) {
+			return nil, errPanicked
+		}
+		for _, x := range panicked {
+			res.park(x, ReasonInternalError, errPanicked)
+		}
+	}
+	now := time.Now()
+	var send []row
+	total := 0
+	for _, x := range made {
+		if reason, park, held := r.refusals.standing(x.topic, now); held {
+			cause := fmt.Errorf("topic %q: Kafka refused it less than %s ago: %s", x.topic, refusalRecheck, reason)
+			if park {
+				res.park(x, reason, cause)
+			} else {
+				res.retain([]row{x}, cause, false)
 			}
+			continue
 		}
-		start := time.Now()
-		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
-		defer cancel()
-		if err := r.opts.Publisher.WriteMessages(pctx, msgs...); err != nil {
-			return nil, &publishError{n: len(msgs), err: err}
+		if x.size > maxBatchBytes {
+			res.park(x, ReasonTooLarge, fmt.Errorf("%d bytes, more than a relay batch may hold (%d)", x.size, maxBatchBytes))
+			continue
 		}
-		r.metrics.publishDuration.Observe(time.Since(start).Seconds())
+		if total+x.size > maxBatchBytes {
+			break
+		}
+		send = append(send, x)
+		total += x.size
 	}
-	b = &pgx.Batch{}
-	fenced := false
-	if len(batch) > 0 {
-		ids := make([]int64, len(batch))
-		inBatch := make(map[int16]bool)
-		for i, x := range batch {
-			ids[i] = x.id
-			inBatch[x.shard] = true
+	return send, nil
+}
+
+// toRecord makes x's record, or says why x cannot be one.
+func toRecord(x *row) (reason string, cause error) {
+	if x.topic == "" {
+		return ReasonUndecodable, errors.New("the row names no topic")
+	}
+	var headers map[string]string
+	if err := json.Unmarshal(x.headers, &headers); err != nil {
+		return ReasonUndecodable, fmt.Errorf("headers are not a JSON object of strings: %w", err)
+	}
+	x.msg = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value}
+	x.size = len(x.key) + len(x.value) + 32
+	for _, k := range slices.Sorted(maps.Keys(headers)) {
+		x.msg.Headers = append(x.msg.Headers, kafka.Header{Key: k, Value: []byte(headers[k])})
+		x.size += len(k) + len(headers[k]) + 8
+	}
+	return "", nil
+}
+
+// publish sends rows in one call and sorts each into published, parked or
+// retained. Rows Kafka refused as records are sent again one by one
+// (isolate); rows of a topic it refused wait, or are parked once it has
+// refused the topic for TopicRefusalGrace; the rest stay for the next
+// batch. By the writer's contract a partition's records after one that
+// failed failed too, so what is published is, per partition, a prefix of
+// its rows in this batch: deleting exactly those keeps every key's order.
+func (r *Relay) publish(ctx context.Context, rows []row, res *batchResult) {
+	start := time.Now()
+	errs, ok := r.write(ctx, rows)
+	if !ok {
+		r.isolate(ctx, rows, res) // the publish panicked: learn whether one row did it
+		return
+	}
+	r.metrics.publishDuration.Observe(time.Since(start).Seconds())
+	now := time.Now()
+	var suspects []row
+	for i, x := range rows {
+		reason, topicWide := refusal(errs[i])
+		switch {
+		case errs[i] == nil:
+			res.published = append(res.published, x)
+			r.refusals.accepted(x.topic)
+		case reason == "":
+			res.retain([]row{x}, errs[i], true)
+		case !topicWide:
+			suspects = append(suspects, x)
+		case r.refusals.observe(x.topic, reason, now):
+			res.park(x, reason, errs[i])
+		default:
+			res.retain([]row{x}, fmt.Errorf("%w (parked if still refused after %s)", errs[i], r.opts.TopicRefusalGrace), false)
+		}
+	}
+	r.isolate(ctx, suspects, res)
+}
+
+// isolate publishes rows one at a time, in id order, to learn which of them
+// Kafka (or the publisher) refuses: a partition's record batch fails whole
+// when one of its records is refused, so its other records are innocent.
+// A row refused again alone is parked. A row whose publish panics alone is
+// parked as internal_error if another row went through alone, so the panic
+// is the row's and not the publisher's; otherwise it stays, and two such
+// rows with none through stop it (the publisher panics whatever it sends).
+// The first row that fails alone for any other reason stops it: that row
+// and the rest stay for the next batch, so no later record of a key is
+// published ahead of an earlier one that may still be.
+func (r *Relay) isolate(ctx context.Context, rows []row, res *batchResult) {
+	var panicked []row
+	through := false
+	for i, x := range rows {
+		if i == maxIsolated {
+			res.retain(rows[i:], fmt.Errorf("more than %d records to publish one by one; the rest wait for the next batch", maxIsolated), false)
+			break
+		}
+		errs, ok := r.write(ctx, []row{x})
+		if !ok {
+			panicked = append(panicked, x)
+			if len(panicked) == 2 && !through {
+				res.retain(rows[i+1:], errPanicked, false)
+				break
+			}
+			continue
+		}
+		if errs[0] == nil {
+			res.published = append(res.published, x)
+			through = true
+			continue
+		}
+		reason, topicWide := refusal(errs[0])
+		if reason != "" && !topicWide {
+			res.park(x, reason, errs[0])
+			continue
+		}
+		res.retain(rows[i:], errs[0], reason == "")
+		break
+	}
+	for _, x := range panicked {
+		if through {
+			res.park(x, ReasonInternalError, errPanicked)
+		} else {
+			res.retain([]row{x}, errPanicked, false)
+		}
+	}
+}
+
+// write publishes rows and returns each one's error (nil: acknowledged).
+// ok is false when the publisher panicked (recovered; nothing is known of
+// what it sent).
+func (r *Relay) write(ctx context.Context, rows []row) (errs []error, ok bool) {
+	msgs := make([]kafka.Message, len(rows))
+	for i, x := range rows {
+		msgs[i] = x.msg
+	}
+	var err error
+	if !r.guard(func() { err = r.opts.Publisher.WriteMessages(ctx, msgs...) }) {
+		return nil, false
+	}
+	errs = make([]error, len(rows))
+	var werrs kafka.WriteErrors
+	if errors.As(err, &werrs) && len(werrs) == len(rows) {
+		copy(errs, werrs)
+	} else if err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+	return errs, true
+}
+
+// settle deletes the published rows and moves the parked ones to
+// outbox_parked, then commits. Both are fenced: they happen only while this
+// relay still holds the lease of every shard they touch with the epoch it
+// read the rows under (FOR SHARE holds off a takeover until the commit);
+// otherwise the commit changes nothing and it returns errFenced.
+func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, epochs []int64, res *batchResult) error {
+	b := &pgx.Batch{}
+	held := true
+	if len(res.published)+len(res.parked) > 0 {
+		touched := make(map[int16]bool)
+		published := make([]int64, len(res.published))
+		for i, x := range res.published {
+			published[i] = x.id
+			touched[x.shard] = true
+		}
+		parked, reasons := make([]int64, len(res.parked)), make([]string, len(res.parked))
+		for i, x := range res.parked {
+			parked[i], reasons[i] = x.id, x.reason
+			touched[x.shard] = true
 		}
 		var fenceShards []int16
 		var fenceEpochs []int64
 		for i, s := range shards { // in shard order, as every lease lock is taken
-			if inBatch[s] {
+			if touched[s] {
 				fenceShards, fenceEpochs = append(fenceShards, s), append(fenceEpochs, epochs[i])
 			}
 		}
-		// The fence: delete only while this relay still holds the lease of
-		// every shard in the batch with the epoch it read the rows under. FOR SHARE
-		// holds off a takeover until this transaction ends.
-		b.Queue(`DELETE FROM outbox WHERE id = ANY($1) AND (
-				SELECT count(*) FROM (SELECT 1 FROM relay_leases AS l
-					JOIN unnest($2::int2[], $3::int8[]) AS u (shard, epoch) ON l.shard = u.shard AND l.epoch = u.epoch
-					WHERE l.owner = $4 ORDER BY l.shard FOR SHARE OF l) AS held) = cardinality($2::int2[])`,
-			ids, fenceShards, fenceEpochs, r.opts.ID).Exec(func(ct pgconn.CommandTag) error {
-			fenced = ct.RowsAffected() != int64(len(ids))
-			return nil
+		b.Queue(settleSQL, published, fenceShards, fenceEpochs, r.opts.ID, parked, reasons).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&held)
 		})
 	}
 	b.Queue("COMMIT")
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("delete published rows: %w", err)
+		return fmt.Errorf("settle published and parked rows: %w", err)
 	}
-	if fenced {
+	if !held {
 		// The rows were locked by this transaction, so none was deleted by
-		// anyone else: the fence refused, and the commit deleted nothing.
-		return nil, errFenced
+		// anyone else: the fence refused, and the commit changed nothing.
+		return errFenced
 	}
-	return batch, nil
-}
-
-// fit splits rows, in id order, into those that fit one publish call
-// (maxBatchBytes in all) and those that can never be published because one
-// record alone exceeds it. Rows after the first that does not fit wait for
-// the next call.
-func fit(rows []row) (batch, parked []row) {
-	total := 0
-	for _, x := range rows {
-		size := x.size()
-		if size > maxBatchBytes {
-			parked = append(parked, x)
-			continue
-		}
-		if total+size > maxBatchBytes {
-			break
-		}
-		batch = append(batch, x)
-		total += size
-	}
-	return batch, parked
-}
-
-// park moves rows that can never be published to outbox_parked, so they do
-// not block the rows behind them. An operator must look at them: the
-// consumers of their topic will see a gap.
-func (r *Relay) park(ctx context.Context, tx *pgxpool.Conn, rows []row) error {
-	ids := make([]int64, len(rows))
-	for i, x := range rows {
-		ids[i] = x.id
-		r.opts.Log.Error("outbox row too large to publish; parked", "id", x.id, "topic", x.topic, "bytes", x.size())
-	}
-	_, err := tx.Exec(ctx, `WITH moved AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *)
-		INSERT INTO outbox_parked (id, topic, key, value, headers, accepted_at, created_at, reason)
-		SELECT id, topic, key, value, headers, accepted_at, created_at, 'too_large' FROM moved`, ids)
-	if err != nil {
-		return fmt.Errorf("park rows: %w", err)
-	}
-	r.metrics.parked.Add(float64(len(rows)))
 	return nil
+}
+
+// settleSQL: $1 the published ids; $2, $3 the shards touched and the epochs
+// this relay holds them under; $4 the relay; $5, $6 the parked ids and
+// their reasons.
+const settleSQL = `WITH fence AS (
+	SELECT count(*) = cardinality($2::int2[]) AS held FROM (
+		SELECT 1 FROM relay_leases AS l
+		JOIN unnest($2::int2[], $3::int8[]) AS u (shard, epoch) ON l.shard = u.shard AND l.epoch = u.epoch
+		WHERE l.owner = $4 ORDER BY l.shard FOR SHARE OF l) AS h),
+published AS (
+	DELETE FROM outbox WHERE id = ANY($1::int8[]) AND (SELECT held FROM fence)),
+moved AS (
+	DELETE FROM outbox AS o USING unnest($5::int8[], $6::text[]) AS p (id, reason)
+	WHERE o.id = p.id AND (SELECT held FROM fence)
+	RETURNING o.id, o.topic, o.key, o.value, o.headers, o.accepted_at, o.created_at, p.reason),
+parked AS (
+	INSERT INTO outbox_parked (id, topic, key, value, headers, accepted_at, created_at, reason)
+	SELECT id, topic, key, value, headers, accepted_at, created_at, reason FROM moved)
+SELECT held FROM fence`
+
+// parkedLog is the message of a parked row's log line.
+const parkedLog = "outbox row parked: it cannot be published as it is; its consumers see a gap until it is unparked"
+
+// account counts and logs, once committed, what a batch did. Each parked
+// row is logged once, at Error (its consumers will see a gap), with its
+// id, topic and reason, never its key or value.
+func (r *Relay) account(res *batchResult) {
+	now := time.Now()
+	for _, x := range res.published {
+		r.metrics.published.WithLabelValues(x.topic).Inc()
+		if x.acceptedAt.Valid {
+			r.metrics.endToEnd.Observe(now.Sub(x.acceptedAt.Time).Seconds())
+		}
+	}
+	if len(res.published) > 0 {
+		r.metrics.batchSize.Observe(float64(len(res.published)))
+	}
+	for _, x := range res.parked {
+		r.metrics.parked.WithLabelValues(x.reason).Inc()
+		r.opts.Log.Error(parkedLog,
+			"id", x.id, "topic", x.topic, "reason", x.reason, "bytes", len(x.key)+len(x.value), "err", x.cause)
+	}
+}
+
+// guard runs fn and reports whether it returned: a panic is recovered,
+// logged with its stack and counted, once, here.
+func (r *Relay) guard(fn func()) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.recovered(p)
+			ok = false
+		}
+	}()
+	fn()
+	return true
+}
+
+// recovered logs and counts a recovered panic.
+func (r *Relay) recovered(p any) {
+	r.metrics.panics.Inc()
+	r.opts.Log.Error("relay recovered from a panic; the batch is retried or the row that caused it parked",
+		"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 }
 
 // listen holds a dedicated connection LISTENing on NotifyChannel and signals
@@ -369,7 +643,11 @@ func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
 }
 
 func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}, bo backoff.BackOff) error {
-	conn, err := pgx.ConnectConfig(ctx, r.opts.Pool.Config().ConnConfig.Copy())
+	cfg := r.opts.Pool.Config().ConnConfig.Copy()
+	// Named, so an operator can tell the relays' listening sessions in
+	// pg_stat_activity (one stuck there holds the notification queue).
+	cfg.RuntimeParams["application_name"] = listenApplicationName
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -389,15 +667,24 @@ func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}, bo backoff
 	}
 }
 
+// listenApplicationName is the application_name of the relays' LISTEN
+// sessions.
+const listenApplicationName = "txpipe-relay-listen"
+
 // watchBacklog samples the outbox size and the age of its oldest row, the
-// signals that tell an operator the relay is falling behind.
+// signals that tell an operator the relay is falling behind, and how full
+// PostgreSQL's notification queue is: at NotifyQueueMaxUsage a listener is
+// stuck, the workers stop notifying and the relays wake on their poll
+// interval only, which it logs once each time it happens.
 func (r *Relay) watchBacklog(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
+	held := false
 	for {
 		var n int64
 		var oldest pgtype.Timestamptz
-		err := r.opts.Pool.QueryRow(ctx, `SELECT count(*), min(created_at) FROM outbox`).Scan(&n, &oldest)
+		var usage float64
+		err := r.opts.Pool.QueryRow(ctx, `SELECT count(*), min(created_at), pg_notification_queue_usage() FROM outbox`).Scan(&n, &oldest, &usage)
 		if err == nil {
 			r.metrics.pending.Set(float64(n))
 			age := 0.0
@@ -405,6 +692,16 @@ func (r *Relay) watchBacklog(ctx context.Context) {
 				age = max(0, time.Since(oldest.Time).Seconds())
 			}
 			r.metrics.oldestAge.Set(age)
+			r.metrics.notifyQueue.Set(usage)
+			if atBound := usage >= NotifyQueueMaxUsage; atBound != held {
+				held = atBound
+				if held {
+					r.opts.Log.Warn("PostgreSQL's notification queue is held by a listener that does not read; relays wake on their poll interval only",
+						"usage", usage, "poll_interval", r.opts.PollInterval)
+				} else {
+					r.opts.Log.Info("PostgreSQL's notification queue is free again; relays are woken by notifications")
+				}
+			}
 		}
 		select {
 		case <-ctx.Done():

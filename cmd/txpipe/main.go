@@ -62,6 +62,8 @@ subcommands:
   verify    audit the invariants against PostgreSQL and the topics; exit 1 on any violation
   dlq list  show the dead letters (reason, origin, command id)
   dlq replay --records p@o,…|all   send dead letters back to the commands topic
+  outbox parked [--reason R]       show the outbox rows the relay parked (id, topic, reason)
+  outbox unpark --reason R | --ids ID,… | --all   move parked rows back to be published
   apikey create --name N --scopes commands:write,ledger:read   print a new API key (once)
   apikey list | apikey revoke --id KEY_ID
   kafka-acls --ingest-user U --worker-user U --relay-user U [--reader-user U]
@@ -87,6 +89,8 @@ func run(ctx context.Context, args []string, e *env) error {
 		return runVerify(ctx, rest, e)
 	case "dlq":
 		return runDLQ(ctx, rest, e)
+	case "outbox":
+		return runOutbox(ctx, rest, e)
 	case "apikey":
 		return runAPIKey(ctx, rest, e)
 	case "kafka-acls":

@@ -32,6 +32,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
+	metadataapi "github.com/segmentio/kafka-go/protocol/metadata"
 	produceapi "github.com/segmentio/kafka-go/protocol/produce"
 )
 
@@ -78,8 +79,9 @@ type Writer struct {
 	stopped chan struct{}
 	once    sync.Once
 
-	meta   map[string]topicMeta // used by the run goroutine only
-	metaAt time.Time
+	meta     map[string]topicMeta // used by the run goroutine only
+	metaAt   time.Time
+	metaErrs map[string]error // why the last metadata answer had no partitions of a topic
 
 	writes, messages, bytes, errors, retries atomic.Int64
 }
@@ -132,7 +134,11 @@ func New(o Options) *Writer {
 // WriteMessages produces msgs (each naming its topic) and returns once every
 // one is acknowledged by all in-sync replicas. When some fail it returns an
 // error wrapping kafka.WriteErrors, one entry per message (nil for those
-// written). When ctx ends first the records may or may not be written.
+// written). A record whose topic the brokers still list no partitions of
+// after the round's metadata retries fails with what a broker says of the
+// topic: UNKNOWN_TOPIC_OR_PARTITION (it does not exist) or
+// TOPIC_AUTHORIZATION_FAILED (this client may not see it). When ctx ends
+// first the records may or may not be written.
 func (w *Writer) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -344,19 +350,16 @@ func (w *Writer) send(ctx context.Context, round []*call) {
 		}
 		stop()
 	}()
-	var metaErr error
 	for attempt := 0; attempt < w.opts.MaxAttempts; attempt++ {
 		if attempt > 0 && !w.sleep(ctx, attempt) {
 			break
 		}
-		metaErr = w.refreshMetadata(ctx, topics, attempt > 0)
+		_ = w.refreshMetadata(ctx, topics, attempt > 0) // what failed is in metaErrs
 		if w.knows(topics) {
 			break
 		}
 	}
-	if metaErr == nil {
-		metaErr = errors.New("the brokers list no partitions for it")
-	}
+	why := w.whyUnknown(ctx, topics)
 	pending := map[partKey][]rec{}
 	var order []partKey
 	balancer := kafka.Murmur2Balancer{}
@@ -364,7 +367,14 @@ func (w *Writer) send(ctx context.Context, round []*call) {
 		for i, m := range c.msgs {
 			tm, ok := w.meta[m.Topic]
 			if !ok || len(tm.partitions) == 0 {
-				c.errs[i] = fmt.Errorf("topic %q: partitions unknown: %w", m.Topic, metaErr)
+				cause := why[m.Topic]
+				if cause == nil {
+					cause = w.metaErrs[m.Topic]
+				}
+				if cause == nil {
+					cause = errors.New("the brokers list no partitions for it")
+				}
+				c.errs[i] = fmt.Errorf("topic %q: partitions unknown: %w", m.Topic, cause)
 				continue
 			}
 			k := partKey{m.Topic, balancer.Balance(m, tm.partitions...)}
@@ -567,11 +577,7 @@ func (w *Writer) roundTrip(ctx context.Context, req *produceapi.Request, sent ma
 	errs := map[partKey]error{}
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout+5*time.Second)
 	defer cancel()
-	transport := w.opts.Transport
-	if transport == nil {
-		transport = kafka.DefaultTransport
-	}
-	res, err := transport.RoundTrip(rctx, w.addr, req)
+	res, err := w.transport().RoundTrip(rctx, w.addr, req)
 	if err != nil {
 		for k := range sent {
 			errs[k] = fmt.Errorf("produce: %w", err)
@@ -641,16 +647,25 @@ func (w *Writer) refreshMetadata(ctx context.Context, topics map[string]bool, fo
 	slices.Sort(want)
 	mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	if w.metaErrs == nil {
+		w.metaErrs = map[string]error{}
+	}
 	res, err := w.client.Metadata(mctx, &kafka.MetadataRequest{Addr: w.addr, Topics: want})
 	if err != nil {
-		return fmt.Errorf("kafka metadata: %w", err)
+		err = fmt.Errorf("kafka metadata: %w", err)
+		for _, t := range want {
+			w.metaErrs[t] = err
+		}
+		return err
 	}
 	if w.meta == nil {
 		w.meta = map[string]topicMeta{}
 	}
 	var errs []error
 	for _, t := range res.Topics {
+		delete(w.metaErrs, t.Name)
 		if t.Error != nil {
+			w.metaErrs[t.Name] = t.Error
 			errs = append(errs, fmt.Errorf("topic %q: %w", t.Name, t.Error))
 			continue
 		}
@@ -664,4 +679,54 @@ func (w *Writer) refreshMetadata(ctx context.Context, topics map[string]bool, fo
 	}
 	w.metaAt = time.Now()
 	return errors.Join(errs...)
+}
+
+func (w *Writer) transport() kafka.RoundTripper {
+	if w.opts.Transport == nil {
+		return kafka.DefaultTransport
+	}
+	return w.opts.Transport
+}
+
+// whyUnknown asks a broker itself about the topics of a round that still
+// have no partitions after its metadata retries, and returns the error it
+// gives for each. kafka-go's transport answers metadata requests from its
+// cache of the topics this client may describe, where a topic that does not
+// exist and a topic this client may not see both read
+// UNKNOWN_TOPIC_OR_PARTITION; a broker tells them apart
+// (TOPIC_AUTHORIZATION_FAILED), so a caller can tell a missing topic from a
+// missing ACL. The transport sends a metadata request to a broker only when
+// it allows topic auto-creation, so this one does: with
+// auto.create.topics.enable=false (txpipe's brokers) nothing is created; a
+// broker that auto-creates topics creates this one, as the metadata
+// request of a Java producer would. It returns nil when the broker cannot
+// be asked (the round is over, or the request fails).
+func (w *Writer) whyUnknown(ctx context.Context, topics map[string]bool) map[string]error {
+	var unknown []string
+	for t := range topics {
+		if len(w.meta[t].partitions) == 0 {
+			unknown = append(unknown, t)
+		}
+	}
+	if len(unknown) == 0 || ctx.Err() != nil {
+		return nil
+	}
+	slices.Sort(unknown)
+	mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := w.transport().RoundTrip(mctx, w.addr, &metadataapi.Request{TopicNames: unknown, AllowAutoTopicCreation: true})
+	if err != nil {
+		return nil
+	}
+	md, ok := res.(*metadataapi.Response)
+	if !ok {
+		return nil
+	}
+	why := map[string]error{}
+	for _, t := range md.Topics {
+		if t.ErrorCode != 0 {
+			why[t.Name] = fmt.Errorf("a broker says: %w", kafka.Error(t.ErrorCode))
+		}
+	}
+	return why
 }

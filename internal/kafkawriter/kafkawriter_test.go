@@ -147,14 +147,26 @@ func TestFailuresAreReportedPerRecord(t *testing.T) {
 		t.Errorf("small record: %v", werrs[0])
 	}
 
-	// A topic that does not exist fails after MaxAttempts, not forever.
+	// A topic that does not exist fails after MaxAttempts, not forever, with
+	// what a broker says of it (the transport's cache says "unknown" of a
+	// topic this client may not see, too), and its error is its own: the
+	// record of a topic that exists in the same call is written.
 	start := time.Now()
-	err = w.WriteMessages(ctx, kafka.Message{Topic: ts.Events + ".missing", Value: []byte("x")})
+	err = w.WriteMessages(ctx, kafka.Message{Topic: ts.Events + ".missing", Value: []byte("x")}, kafka.Message{Topic: ts.Postings, Value: []byte("y")})
 	if err == nil {
 		t.Fatal("write to a missing topic succeeded")
 	}
 	if ctx.Err() != nil {
 		t.Fatalf("write to a missing topic did not give up before the deadline (%v)", time.Since(start))
+	}
+	if !errors.As(err, &werrs) || len(werrs) != 2 {
+		t.Fatalf("err = %v, want WriteErrors for 2 records", err)
+	}
+	if !errors.Is(werrs[0], kafka.UnknownTopicOrPartition) || errors.Is(werrs[0], kafka.TopicAuthorizationFailed) || !strings.Contains(werrs[0].Error(), "a broker says") {
+		t.Errorf("missing topic: err %v, want a broker's UnknownTopicOrPartition", werrs[0])
+	}
+	if werrs[1] != nil {
+		t.Errorf("record of an existing topic in the same call: %v, want written", werrs[1])
 	}
 }
 
