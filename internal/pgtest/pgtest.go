@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -63,8 +64,19 @@ func New(t testing.TB) *DB {
 			return
 		}
 		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("drop test database: %v", err)
+		// FORCE cannot terminate a session it may not signal (an
+		// autovacuum worker caught in the database, say: SQLSTATE 42501),
+		// and such a session leaves on its own; try again for a while.
+		for attempt := 1; ; attempt++ {
+			_, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			if err == nil {
+				return
+			}
+			if attempt == 50 {
+				t.Errorf("drop test database: %v", err)
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	})
 	db.Pool, err = pgxpool.New(ctx, db.URL)
