@@ -62,6 +62,9 @@ subcommands:
   verify    audit the invariants against PostgreSQL and the topics; exit 1 on any violation
   dlq list  show the dead letters (reason, origin, command id)
   dlq replay --records p@o,…|all   send dead letters back to the commands topic
+  offsets list   show each partition's stored offset, the log's bounds, halts and the last resets
+  offsets reset --partition N --to earliest|latest|OFFSET --reason TEXT [--by NAME]
+            decide where a (halted) partition resumes; recorded with who, when and why
   apikey create --name N --scopes commands:write,ledger:read   print a new API key (once)
   apikey list | apikey revoke --id KEY_ID
   kafka-acls --ingest-user U --worker-user U --relay-user U [--reader-user U]
@@ -87,6 +90,8 @@ func run(ctx context.Context, args []string, e *env) error {
 		return runVerify(ctx, rest, e)
 	case "dlq":
 		return runDLQ(ctx, rest, e)
+	case "offsets":
+		return runOffsets(ctx, rest, e)
 	case "apikey":
 		return runAPIKey(ctx, rest, e)
 	case "kafka-acls":
