@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -261,5 +262,166 @@ func TestRecordHashAtMatchesFetchedRecords(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// laneOn returns a lane of w over parts of w's commands topic, as runLane
+// builds it, with its stored state read (resume).
+func laneOn(t *testing.T, w *Worker, k *kafkatest.Cluster, parts ...int) *lane {
+	t.Helper()
+	l := &lane{
+		w: w, all: parts, parts: slices.Clone(parts),
+		f:       kafkafetch.New(k.Brokers, k.Transport, w.opts.CommandsTopic),
+		kc:      &kafka.Client{Addr: kafka.TCP(k.Brokers...), Transport: k.Transport, Timeout: 10 * time.Second},
+		log:     w.opts.Log,
+		pending: map[int][]kafka.Message{}, retryAt: map[int]time.Time{},
+		halted: map[int]laneHalt{}, suspect: map[int]bool{}, applied: map[int]anchor{}, anchors: map[int]*anchor{},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := l.resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// topicWorker is a worker on a fresh database and a fresh one-partition
+// commands topic holding n records.
+func topicWorker(t *testing.T, n int) (*Worker, *kafkatest.Cluster, []kafka.Message) {
+	t.Helper()
+	k := kafkatest.New(t)
+	topic := k.Topics(t, 1).Commands
+	var msgs []kafka.Message
+	for i := range n {
+		msgs = append(msgs, kafka.Message{Topic: topic, Key: fmt.Appendf(nil, "k%d", i), Value: []byte(open(i+1, fmt.Sprint("acct-", i)))})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := k.Writer(t).WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	got, err := kafkafetch.New(k.Brokers, k.Transport, topic).Fetch(ctx, kafkafetch.Offsets{0: 0}, time.Second, 1)
+	if err != nil || len(got.Msgs[0]) != n {
+		t.Fatalf("fetch = %d records, %v, want %d", len(got.Msgs[0]), err, n)
+	}
+	w, err := New(Options{
+		Pool: pgtest.New(t).Pool, Brokers: k.Brokers, Transport: k.Transport, GroupID: "g",
+		CommandsTopic: topic, EventsTopic: "events", PostingsTopic: "postings", DLQTopic: "dlq",
+		Keyring: sealingtest.Keyring(t), Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, k, got.Msgs[0]
+}
+
+// TestLaneChecksTheLogBeforeFetching: after resuming, a partition with a
+// stored offset is fetched only once its log is found to be the one the
+// offset counts in; otherwise it halts, in PostgreSQL, and stays out.
+func TestLaneChecksTheLogBeforeFetching(t *testing.T) {
+	w, k, msgs := topicWorker(t, 4)
+	ctx := context.Background()
+	if _, err := w.applyBatch(ctx, positions{0: 0}, msgs[:3], nil); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		anchor anchor
+		halts  string // a fragment of the halt's reason; "" for none
+	}{
+		{"the record applied is there", anchorOf(msgs[1]), ""},
+		{"another record at the anchor's offset", anchor{offset: 1, hash: anchorOf(msgs[2]).hash}, "another record at offset 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := w.opts.Pool.Exec(ctx, `UPDATE consumer_offsets SET halted_at = NULL, halt_reason = NULL`); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.saveAnchors(ctx, map[int]anchor{0: tt.anchor}, positions{0: 3}); err != nil {
+				t.Fatal(err)
+			}
+			l := laneOn(t, w, k, 0)
+			if len(l.parts) != 0 || len(l.suspect) != 1 {
+				t.Fatalf("after resume the lane fetches %v (suspects %v), want nothing before the check", l.parts, l.suspect)
+			}
+			l.checkLogs(ctx)
+			states, err := PartitionStates(ctx, w.opts.Pool, "g", w.opts.CommandsTopic)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.halts == "" {
+				if len(l.parts) != 1 || states[0].Halt != nil {
+					t.Errorf("lane fetches %v, halt %+v; want partition 0 fetched, not halted", l.parts, states[0].Halt)
+				}
+				return
+			}
+			if len(l.parts) != 0 || states[0].Halt == nil || !strings.Contains(states[0].Halt.Reason, tt.halts) || states[0].Halt.LogEnd != 4 {
+				t.Errorf("lane fetches %v, halt %+v; want partition 0 halted (%q, log end 4) and left out", l.parts, states[0].Halt, tt.halts)
+			}
+			if again := laneOn(t, w, k, 0); len(again.parts) != 0 || len(again.halted) != 1 {
+				t.Errorf("a lane started later fetches %v and holds halts %v, want partition 0 halted", again.parts, again.halted)
+			}
+		})
+	}
+}
+
+// TestLaneCheckFollowsTheLog: the periodic check halts a partition whose
+// stored anchor left the log although the lane went on applying (a topic
+// swapped between two fetches), saves a new anchor when the old one holds,
+// and follows a reset made beside the lane.
+func TestLaneCheckFollowsTheLog(t *testing.T) {
+	w, k, msgs := topicWorker(t, 4)
+	ctx := context.Background()
+	if _, err := w.applyBatch(ctx, positions{0: 0}, msgs[:2], nil); err != nil {
+		t.Fatal(err)
+	}
+	l := laneOn(t, w, k, 0)
+	l.checkLogs(ctx) // no anchor stored: the record below the offset becomes one
+	if len(l.parts) != 1 {
+		t.Fatalf("lane fetches %v, want partition 0", l.parts)
+	}
+	next, err := w.applyBatch(ctx, l.pos, msgs[2:3], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.advance(next)
+	l.remember(msgs[2:3])
+	l.check(ctx)
+	states, err := w.partitionStates(ctx, []int{0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := states[0].anchor; a == nil || a.offset != 2 || states[0].halt != nil {
+		t.Fatalf("after a check the row is %+v, want anchor 2 and no halt", states[0])
+	}
+
+	// The stored anchor no longer matches the log, as after a swap.
+	if _, err := w.opts.Pool.Exec(ctx, `UPDATE consumer_offsets SET anchor_hash = '\x00'`); err != nil {
+		t.Fatal(err)
+	}
+	next, err = w.applyBatch(ctx, l.pos, msgs[3:4], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.advance(next)
+	l.remember(msgs[3:4])
+	l.check(ctx)
+	all, err := PartitionStates(ctx, w.opts.Pool, "g", w.opts.CommandsTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := all[0].Halt; h == nil || !strings.Contains(h.Reason, "may have been applied") || len(l.parts) != 0 {
+		t.Fatalf("after the check the halt is %+v and the lane fetches %v, want halted, records of the new log named", h, l.parts)
+	}
+
+	// An operator resets it; the lane's next check takes it back.
+	if _, err := ResetOffset(ctx, w.opts.Pool, ResetRequest{GroupID: "g", Topic: w.opts.CommandsTopic, Partition: 0, To: 0, Target: "earliest",
+		LogStart: 0, LogEnd: 4, Reason: "test", By: "tester"}); err != nil {
+		t.Fatal(err)
+	}
+	l.check(ctx)
+	l.checkLogs(ctx)
+	if len(l.parts) != 1 || len(l.halted) != 0 || l.pos[0] != 0 {
+		t.Errorf("after the reset the lane fetches %v from %d, holds halts %v; want partition 0 from 0, none", l.parts, l.pos[0], l.halted)
 	}
 }
