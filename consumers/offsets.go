@@ -551,10 +551,14 @@ func (l *lane) halt(ctx context.Context, p int, h Halt) error {
 }
 
 // remember keeps the last record of each partition in msgs, just applied,
-// as the partition's next anchor.
+// as the partition's next anchor. Only those are hashed.
 func (l *lane) remember(msgs []kafka.Message) {
-	for _, m := range msgs {
-		l.applied[m.Partition] = anchorOf(m)
+	done := map[int]bool{}
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if m := msgs[i]; !done[m.Partition] {
+			done[m.Partition] = true
+			l.applied[m.Partition] = anchorOf(m)
+		}
 	}
 }
 

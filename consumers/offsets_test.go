@@ -102,6 +102,17 @@ func TestChangedUnder(t *testing.T) {
 	}
 }
 
+func TestRememberKeepsTheLastRecordOfEachPartition(t *testing.T) {
+	msgs := append(onPartition(1, records(10, open(1, "a"), open(2, "b"))), onPartition(2, records(7, open(3, "c")))...)
+	l := &lane{applied: map[int]anchor{1: {offset: 3}}}
+	l.remember(msgs)
+	for p, m := range map[int]kafka.Message{1: msgs[1], 2: msgs[2]} {
+		if a, ok := l.applied[p]; !ok || a.offset != m.Offset || string(a.hash) != string(anchorOf(m).hash) {
+			t.Errorf("anchor of partition %d = %+v, want the record at %d", p, a, m.Offset)
+		}
+	}
+}
+
 // TestResetOffsetRecordsTheDecision: a reset moves the stored offset,
 // clears the halt and the anchor, and leaves one audit row with who, when,
 // what and why, in one transaction; one outside the log or without a reason
