@@ -206,7 +206,7 @@ func listOffsets(ctx context.Context, w io.Writer, pool *pgxpool.Pool, client *k
 		}
 		if has {
 			storedText = strconv.FormatInt(s.Next, 10)
-			if hasLog && s.Next <= hi {
+			if hasLog && s.Next <= hi && s.Halt == nil { // a halted partition's lag waits for the decision
 				lag = strconv.FormatInt(hi-max(s.Next, lo), 10)
 			}
 		}
