@@ -14,6 +14,7 @@ type metrics struct {
 	batchDuration prometheus.Histogram
 	retries       *prometheus.CounterVec
 	lag           *prometheus.GaugeVec
+	halted        *prometheus.GaugeVec
 	lastProcessed prometheus.Gauge
 	offsetGaps    prometheus.Counter
 	expired       prometheus.Counter
@@ -46,6 +47,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "txpipe_consumer_lag_records",
 			Help: "Records of the partition not applied yet: the end of its log minus the offset stored in PostgreSQL (after each fetch, and every 5 s even while stalled).",
 		}, []string{"partition"}),
+		halted: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "txpipe_consumer_partition_halted",
+			Help: "1 while the partition is halted: its stored offset does not fit the log (the commands topic was recreated or truncated) and it waits for txpipe offsets reset; 0 while it is consumed. Reported by the worker holding the partition.",
+		}, []string{"partition"}),
 		lastProcessed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "txpipe_consumer_last_processed_timestamp_seconds",
 			Help: "Unix time of the last committed batch.",
@@ -70,7 +75,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	fetchCounter := func(name, help string, v *atomic.Int64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 	}
-	collectors := []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.lastProcessed, m.offsetGaps, m.expired, m.replayed, m.panics,
+	collectors := []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.halted, m.lastProcessed, m.offsetGaps, m.expired, m.replayed, m.panics,
 		fetchCounter("txpipe_kafka_fetch_requests_total", "Fetch requests the worker sent (one per broker per lane round).", &m.fetch.Requests),
 		fetchCounter("txpipe_kafka_fetch_records_total", "Command records the worker fetched.", &m.fetch.Records),
 		fetchCounter("txpipe_kafka_fetch_bytes_total", "Bytes of keys and values the worker fetched.", &m.fetch.Bytes),

@@ -36,8 +36,10 @@ const idleWait = 500 * time.Millisecond
 type lane struct {
 	w     *Worker
 	gen   *kafka.Generation
-	parts []int
+	all   []int // the lane's partitions
+	parts []int // those it fetches: not halted, log checked (offsets.go)
 	f     *kafkafetch.Fetcher
+	kc    *kafka.Client // reads single records to check a log
 	log   *slog.Logger
 
 	pos      positions               // next offset to apply, as stored in PostgreSQL
@@ -45,6 +47,11 @@ type lane struct {
 	pending  map[int][]kafka.Message // fetched, not applied yet, in offset order
 	retryAt  map[int]time.Time       // partitions whose fetch failed, left out until then
 	rr       int                     // where take starts, for fairness
+	halted   map[int]laneHalt        // partitions no worker may fetch until a reset
+	suspect  map[int]bool            // partitions whose log must be checked before a fetch (true: the check failed)
+	applied  map[int]anchor          // the last record applied of each partition
+	anchors  map[int]*anchor         // the anchors stored in PostgreSQL
+	checkAt  time.Time               // when check runs next
 	commit   struct {
 		at  time.Time
 		pos positions
@@ -54,16 +61,22 @@ type lane struct {
 // runLane consumes parts until the generation ends.
 func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int) {
 	l := &lane{
-		w: w, gen: gen, parts: parts,
+		w: w, gen: gen, all: parts, parts: slices.Clone(parts),
 		f:       kafkafetch.New(w.opts.Brokers, w.opts.Transport, w.opts.CommandsTopic).WithStats(&w.metrics.fetch),
+		kc:      &kafka.Client{Addr: kafka.TCP(w.opts.Brokers...), Transport: w.opts.Transport, Timeout: 10 * time.Second},
 		log:     w.opts.Log.With("partitions", fmt.Sprint(parts), "generation", gen.ID),
 		pending: map[int][]kafka.Message{},
 		retryAt: map[int]time.Time{},
+		halted:  map[int]laneHalt{},
+		suspect: map[int]bool{},
+		applied: map[int]anchor{},
+		anchors: map[int]*anchor{},
 	}
 	defer w.setStuck(parts, nil)
 	defer func() {
 		for _, p := range parts { // another worker reports these now
 			w.metrics.lag.DeleteLabelValues(strconv.Itoa(p))
+			w.metrics.halted.DeleteLabelValues(strconv.Itoa(p))
 		}
 	}()
 	if err := l.resume(ctx); err != nil {
@@ -74,16 +87,22 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 	restart := retry.Policy(5 * time.Second) // paces start-overs after failed rounds
 	fetchBackoff := retry.Policy(5 * time.Second)
 	for ctx.Err() == nil {
+		l.guard(ctx)
 		if err := l.guardedFill(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			d := fetchBackoff.NextBackOff()
-			w.setStuck(parts, err)
+			w.setStuck(l.parts, err)
+			for _, p := range l.parts {
+				l.retryAt[p] = time.Now().Add(d)
+			}
+			l.distrust()
 			l.log.Warn("fetch failed, will retry", "err", err, "retry_in", d)
 			retry.Sleep(ctx, d)
 			continue
 		}
+		l.distrust()
 		fetchBackoff.Reset()
 		msgs := l.take(w.opts.BatchSize)
 		if len(msgs) == 0 {
@@ -105,6 +124,7 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 		switch {
 		case err == nil:
 			l.advance(next)
+			l.remember(msgs)
 			w.setStuck(l.healthy(), nil)
 			restart.Reset()
 			l.commitKafka(false)
@@ -112,7 +132,7 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 			return
 		default:
 			// Fenced, or retries exhausted: PostgreSQL decides where we are.
-			w.setStuck(parts, err)
+			w.setStuck(l.parts, err)
 			if errors.Is(err, errFenced) {
 				w.metrics.retries.WithLabelValues("fenced").Inc()
 				l.log.Warn("stored offset moved under this worker; re-reading it", "err", err)
@@ -132,16 +152,22 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 // Kafka's committed offset is not trusted: after a database restore it would
 // skip the commands the restore lost, while replaying from the start
 // re-applies exactly those (the others are absorbed by processed_commands).
+// A stored offset is trusted only for the log it counts in: partitions
+// halted stay out, and the others are fetched once checkLogs finds their
+// log unchanged (offsets.go).
 func (l *lane) resume(ctx context.Context) error {
 	bo := backoff.WithContext(retry.Policy(5*time.Second), ctx)
 	return backoff.RetryNotify(func() error {
-		stored, err := l.w.storedOffsets(ctx, l.parts)
+		states, err := l.w.partitionStates(ctx, l.all)
 		if err != nil {
 			return err
 		}
+		stored := positions{}
 		var unknown []int
-		for _, p := range l.parts {
-			if _, ok := stored[p]; !ok {
+		for _, p := range l.all {
+			if s, ok := states[p]; ok {
+				stored[p] = s.next
+			} else {
 				unknown = append(unknown, p)
 			}
 		}
@@ -154,6 +180,7 @@ func (l *lane) resume(ctx context.Context) error {
 		}
 		l.pos, l.fetchPos = stored, maps.Clone(stored)
 		clear(l.pending)
+		l.restart(states)
 		return nil
 	}, bo, func(err error, d time.Duration) {
 		l.w.setStuck(l.parts, err)
@@ -274,7 +301,8 @@ func (l *lane) guardedFill(ctx context.Context) (err error) {
 // outOfRange handles a fetch position the log no longer (or does not yet)
 // hold. Below the log start, retention removed records never applied: they
 // are skipped, loudly. Past the end, the topic was recreated or truncated:
-// nothing is skipped, and the partition stays stuck for an operator.
+// the partition halts, in PostgreSQL, so that nothing is skipped when the
+// new log grows past the position, until an operator decides.
 func (l *lane) outOfRange(ctx context.Context, p int) error {
 	first, next, err := l.f.Bounds(ctx, []int{p})
 	if err != nil {
@@ -287,7 +315,8 @@ func (l *lane) outOfRange(ctx context.Context, p int) error {
 		l.fetchPos[p] = first[p]
 		return nil
 	}
-	return fmt.Errorf("stored offset %d is past the end of the log (%d): was the topic recreated?", from, next[p])
+	reason := fmt.Sprintf("fetch position %d (stored offset %d) is past the end of the log (%d): was the topic recreated or truncated?", from, l.pos[p], next[p])
+	return l.halt(ctx, p, Halt{At: time.Now().UTC(), Reason: reason, LogStart: first[p], LogEnd: next[p]})
 }
 
 // take removes up to n pending records for one transaction: a run of

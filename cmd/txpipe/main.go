@@ -64,6 +64,9 @@ subcommands:
   dlq replay --records p@o,…|all   send dead letters back to the commands topic
   outbox parked [--reason R]       show the outbox rows the relay parked (id, topic, reason)
   outbox unpark --reason R | --ids ID,… | --all   move parked rows back to be published
+  offsets list   show each partition's stored offset, the log's bounds, halts and the last resets
+  offsets reset --partition N --to earliest|latest|OFFSET --reason TEXT [--by NAME]
+            decide where a (halted) partition resumes; recorded with who, when and why
   apikey create --name N --scopes commands:write,ledger:read   print a new API key (once)
   apikey list | apikey revoke --id KEY_ID
   kafka-acls --ingest-user U --worker-user U --relay-user U [--reader-user U]
@@ -91,6 +94,8 @@ func run(ctx context.Context, args []string, e *env) error {
 		return runDLQ(ctx, rest, e)
 	case "outbox":
 		return runOutbox(ctx, rest, e)
+	case "offsets":
+		return runOffsets(ctx, rest, e)
 	case "apikey":
 		return runAPIKey(ctx, rest, e)
 	case "kafka-acls":

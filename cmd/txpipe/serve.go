@@ -121,6 +121,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	if err := httpserver.RegisterPoolMetrics(reg, pool); err != nil {
 		return err
 	}
+	for _, panel := range offsetPanels(pool, cfg.commandsTopic) {
+		status.AddPanel(panel)
+	}
 	tlsConfig, err := cfg.serverTLS()
 	if err != nil {
 		return err

@@ -39,6 +39,7 @@ const statusSamples = 150 // 5 minutes at one sample every 2 s
 type Status struct {
 	g      prometheus.Gatherer
 	checks []Check
+	panels []Panel
 
 	mu      sync.Mutex
 	at      []time.Time
@@ -49,6 +50,42 @@ type Status struct {
 // NewStatus returns a Status reading g. AdminHandler gives it the
 // readiness checks and serves it.
 func NewStatus(g prometheus.Gatherer) *Status { return &Status{g: g} }
+
+// Panel is a table of the status page read each time the page is served,
+// such as the halted partitions from PostgreSQL.
+type Panel struct {
+	ID, Title string
+	Columns   []string
+	Empty     string // shown when there are no rows
+	// Rows reads the rows, each with a cell per column. It has a second;
+	// its error is shown in place of the table.
+	Rows func(ctx context.Context) ([][]string, error)
+}
+
+// AddPanel adds p to the page, below the figures. Call it before serving.
+func (s *Status) AddPanel(p Panel) { s.panels = append(s.panels, p) }
+
+// panelView is a Panel as read for one page.
+type panelView struct {
+	Panel
+	Cells [][]string
+	Err   string
+}
+
+func (s *Status) readPanels(ctx context.Context) []panelView {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	views := make([]panelView, len(s.panels))
+	for i, p := range s.panels {
+		views[i].Panel = p
+		rows, err := p.Rows(ctx)
+		if err != nil {
+			views[i].Err = err.Error()
+		}
+		views[i].Cells = rows
+	}
+	return views
+}
 
 // Run samples the figures every 2 s until ctx ends.
 func (s *Status) Run(ctx context.Context) error {
@@ -174,7 +211,13 @@ table{border-collapse:collapse}td,th{padding:4px 12px;border-bottom:1px solid #d
 {{range .Rows}}<tr><td>{{.Name}}</td><td class="value" data-name="{{.Name}}">{{.Now}}</td>
 <td><svg width="300" height="40" viewBox="0 0 300 40"><polyline fill="none" stroke="#36c" stroke-width="1.5" points="{{.Points}}"/></svg></td></tr>{{end}}
 </table>
-<h2>Last warnings and errors</h2>
+{{range .Panels}}<h2>{{.Title}}</h2>
+{{if .Err}}<p id="{{.ID}}" class="bad">cannot read: {{.Err}}</p>
+{{else if .Cells}}<table id="{{.ID}}"><tr>{{range .Columns}}<th>{{.}}</th>{{end}}</tr>
+{{range .Cells}}<tr>{{range .}}<td>{{.}}</td>{{end}}</tr>
+{{end}}</table>
+{{else}}<p id="{{.ID}}">{{.Empty}}</p>
+{{end}}{{end}}<h2>Last warnings and errors</h2>
 <pre id="errors">{{range .Errors}}{{.}}
 {{else}}none{{end}}</pre>
 </body></html>`))
@@ -188,8 +231,9 @@ func (s *Status) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Now    string
 		Checks []check
 		Rows   []statusRow
+		Panels []panelView
 		Errors []string
-	}{Ready: true, Now: time.Now().UTC().Format(time.RFC3339)}
+	}{Ready: true, Now: time.Now().UTC().Format(time.RFC3339), Panels: s.readPanels(r.Context())}
 	for _, c := range s.checks {
 		data.Checks = append(data.Checks, check{c.Name, results[c.Name]})
 		data.Ready = data.Ready && results[c.Name] == "ok"

@@ -1,0 +1,652 @@
+package consumers
+
+// Whether a stored offset still fits its log, and who may move it.
+//
+// A stored offset (consumer_offsets.next_offset) counts records of one log.
+// When the commands topic is recreated or truncated the number stays and the
+// log under it changes: resuming there would skip, silently, every record of
+// the new log below it. So before a lane fetches a partition with a stored
+// offset (after it resumes, and after a fetch of it failed, which is how a
+// deleted topic shows), it checks the log:
+//
+//   - the stored offset must not lie past the log's end, and
+//   - the partition's anchor, a record applied below the stored offset
+//     (offset and SHA-256 of key, value and timestamp), must still be in the
+//     log at its offset. This recognises a recreated topic whose new log is
+//     already longer than the stored offset, which no offset comparison can.
+//
+// Every checkInterval a lane also re-reads its partitions' rows (to follow
+// an operator's reset) and makes the last record it applied of each
+// partition the new anchor, after finding the previous anchor unchanged: a
+// log swapped between two fetches without any fetch failing is caught there,
+// with the records applied meanwhile replayable by a reset (their commands
+// are deduplicated by command_id).
+//
+// A partition that fails the check is halted in PostgreSQL: no worker, this
+// one or one started later, fetches or applies it until an operator decides
+// where it resumes with ResetOffset (txpipe offsets reset), which is
+// recorded in consumer_offset_resets.
+//
+// Kafka's topic ID would say "recreated" directly, but kafka-go v0.4.51
+// speaks Metadata only up to v8 and Fetch without topic IDs: it never sees
+// one.
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+)
+
+// checkInterval spaces a lane's re-reads of its partitions' rows and its
+// anchor updates: how soon a reset reaches a running lane.
+const checkInterval = 2 * time.Second
+
+// Halt says why a partition stopped: its stored offset does not fit the
+// log, and applying on would skip records.
+type Halt struct {
+	At     time.Time
+	Reason string
+	// LogStart and LogEnd are the log's bounds when the worker looked.
+	LogStart, LogEnd int64
+}
+
+// PartitionState is a partition's stored offset and halt.
+type PartitionState struct {
+	GroupID   string
+	Partition int
+	Next      int64 // the stored offset: the next record to apply
+	UpdatedAt time.Time
+	Halt      *Halt // nil unless halted
+}
+
+// Reset is one operator decision on a stored offset, as ResetOffset
+// recorded it.
+type Reset struct {
+	GroupID, Topic string
+	Partition      int
+	From           *int64 // nil when no offset was stored
+	To             int64
+	// Target is what was asked: earliest, latest, or the offset.
+	Target           string
+	LogStart, LogEnd int64
+	HaltCleared      string // the halt's reason; "" when it was not halted
+	Reason, By       string
+	At               time.Time
+}
+
+// ResetRequest asks ResetOffset to store To as a partition's offset.
+type ResetRequest struct {
+	GroupID, Topic string
+	Partition      int
+	To             int64
+	Target         string
+	// LogStart and LogEnd are the log's bounds, read from Kafka just before.
+	LogStart, LogEnd int64
+	Reason, By       string
+}
+
+// ErrOutsideLog means a reset asked for an offset outside the log's bounds:
+// below the start nothing is there; past the end the partition would halt
+// again.
+var ErrOutsideLog = errors.New("offset outside the log")
+
+// ResetOffset stores r.To as the partition's offset, clears its halt and
+// anchor, and records who, when, what and why in consumer_offset_resets, all
+// in one transaction. It locks the partition's row first (the lock order of
+// store.go), so it waits for a batch in flight and records the offset that
+// batch left. A worker applying the partition then finds its position moved
+// (errFenced) and re-reads it; a lane holding it halted or idle sees the
+// change within checkInterval.
+func ResetOffset(ctx context.Context, pool *pgxpool.Pool, r ResetRequest) (Reset, error) {
+	switch {
+	case r.Reason == "" || r.By == "":
+		return Reset{}, errors.New("reset: a reason and who decides are required")
+	case r.Partition < 0:
+		return Reset{}, fmt.Errorf("reset: partition %d does not exist", r.Partition)
+	case r.To < r.LogStart || r.To > r.LogEnd:
+		return Reset{}, fmt.Errorf("reset partition %d to %d: %w [%d, %d]", r.Partition, r.To, ErrOutsideLog, r.LogStart, r.LogEnd)
+	}
+	out := Reset{GroupID: r.GroupID, Topic: r.Topic, Partition: r.Partition, To: r.To, Target: r.Target,
+		LogStart: r.LogStart, LogEnd: r.LogEnd, Reason: r.Reason, By: r.By}
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		var inserted bool
+		err := tx.QueryRow(ctx, `INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+			VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true`,
+			r.GroupID, r.Topic, r.Partition, r.To).Scan(&inserted)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("create offset row: %w", err)
+		}
+		if !inserted {
+			var from int64
+			var halt *string
+			if err := tx.QueryRow(ctx, `SELECT next_offset, halt_reason FROM consumer_offsets
+				WHERE group_id = $1 AND topic = $2 AND partition = $3 FOR UPDATE`,
+				r.GroupID, r.Topic, r.Partition).Scan(&from, &halt); err != nil {
+				return fmt.Errorf("lock offset row: %w", err)
+			}
+			out.From = &from
+			if halt != nil {
+				out.HaltCleared = *halt
+			}
+			if _, err := tx.Exec(ctx, `UPDATE consumer_offsets SET next_offset = $4, updated_at = now(),
+					anchor_offset = NULL, anchor_hash = NULL,
+					halted_at = NULL, halt_reason = NULL, halt_log_start = NULL, halt_log_end = NULL
+				WHERE group_id = $1 AND topic = $2 AND partition = $3`,
+				r.GroupID, r.Topic, r.Partition, r.To); err != nil {
+				return fmt.Errorf("store offset: %w", err)
+			}
+		}
+		return tx.QueryRow(ctx, `INSERT INTO consumer_offset_resets (group_id, topic, partition, from_offset, to_offset,
+				target, log_start, log_end, halt_cleared, reason, reset_by)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nullif($9, ''), $10, $11) RETURNING reset_at`,
+			r.GroupID, r.Topic, r.Partition, out.From, r.To, r.Target, r.LogStart, r.LogEnd, out.HaltCleared, r.Reason, r.By).Scan(&out.At)
+	})
+	if err != nil {
+		return Reset{}, fmt.Errorf("reset partition %d: %w", r.Partition, err)
+	}
+	return out, nil
+}
+
+// PartitionStates returns the stored offsets of topic, by group and
+// partition; groupID "" means every group.
+func PartitionStates(ctx context.Context, pool *pgxpool.Pool, groupID, topic string) ([]PartitionState, error) {
+	rows, err := pool.Query(ctx, `SELECT group_id, partition, next_offset, updated_at,
+			halted_at, coalesce(halt_reason, ''), coalesce(halt_log_start, 0), coalesce(halt_log_end, 0)
+		FROM consumer_offsets WHERE topic = $1 AND ($2 = '' OR group_id = $2)
+		ORDER BY group_id, partition`, topic, groupID)
+	if err != nil {
+		return nil, fmt.Errorf("read stored offsets: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (PartitionState, error) {
+		var s PartitionState
+		var p int32
+		var at *time.Time
+		var h Halt
+		err := row.Scan(&s.GroupID, &p, &s.Next, &s.UpdatedAt, &at, &h.Reason, &h.LogStart, &h.LogEnd)
+		s.Partition = int(p)
+		if at != nil {
+			h.At = *at
+			s.Halt = &h
+		}
+		return s, err
+	})
+}
+
+// RecentResets returns the last limit resets of topic, newest first;
+// groupID "" means every group.
+func RecentResets(ctx context.Context, pool *pgxpool.Pool, groupID, topic string, limit int) ([]Reset, error) {
+	rows, err := pool.Query(ctx, `SELECT group_id, topic, partition, from_offset, to_offset, target, log_start, log_end,
+			coalesce(halt_cleared, ''), reason, reset_by, reset_at
+		FROM consumer_offset_resets WHERE topic = $1 AND ($2 = '' OR group_id = $2)
+		ORDER BY reset_at DESC, id DESC LIMIT $3`, topic, groupID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read offset resets: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Reset, error) {
+		var r Reset
+		var p int32
+		err := row.Scan(&r.GroupID, &r.Topic, &p, &r.From, &r.To, &r.Target, &r.LogStart, &r.LogEnd, &r.HaltCleared, &r.Reason, &r.By, &r.At)
+		r.Partition = int(p)
+		return r, err
+	})
+}
+
+// anchor is a record applied below a stored offset: its offset and
+// recordHash.
+type anchor struct {
+	offset int64
+	hash   []byte
+}
+
+func anchorOf(m kafka.Message) anchor {
+	return anchor{offset: m.Offset, hash: recordHash(m.Key, m.Value, m.Time)}
+}
+
+// recordHash identifies a record by its key, value and timestamp (to the
+// millisecond, as Kafka keeps it). A recreated topic may hold the same
+// command at the same offset only if it was copied record for record,
+// timestamps included: then it is the same log.
+func recordHash(key, value []byte, t time.Time) []byte {
+	h := sha256.New()
+	var n [8]byte
+	for _, b := range [][]byte{key, value} {
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	binary.BigEndian.PutUint64(n[:], uint64(t.UnixMilli()))
+	h.Write(n[:])
+	return h.Sum(nil)
+}
+
+// anchorCheckable says whether a's record must be read to judge the log
+// [first, end) under stored offset next: a is known and still in the log,
+// and next does not already lie past its end.
+func anchorCheckable(next int64, a *anchor, first, end int64) bool {
+	return a != nil && next <= end && a.offset >= first && a.offset < end
+}
+
+// logVerdict judges whether the log [first, end) is the one the stored
+// offset next counts in. got is the recordHash of the record now at the
+// anchor's offset (nil: none there), read when anchorCheckable. It returns
+// why not, or "" when it is, or cannot be told apart (no anchor, or
+// retention removed it).
+func logVerdict(next int64, a *anchor, first, end int64, got []byte) string {
+	switch {
+	case next > end:
+		return fmt.Sprintf("stored offset %d is past the end of the log (%d): was the topic recreated or truncated?", next, end)
+	case !anchorCheckable(next, a, first, end):
+		return ""
+	case got == nil:
+		return fmt.Sprintf("the record applied at offset %d is missing from the log: was the topic recreated?", a.offset)
+	case !bytes.Equal(got, a.hash):
+		return fmt.Sprintf("the log holds another record at offset %d than the one applied there: the topic was recreated (its log now spans %d to %d)", a.offset, first, end)
+	}
+	return ""
+}
+
+// haltError is what readiness and fetch errors say of a halted partition.
+func haltError(p int, h Halt) error {
+	return fmt.Errorf("halted until an operator decides where it resumes (txpipe offsets reset --partition %d): %s", p, h.Reason)
+}
+
+// laneHalt is a halt a lane holds; saved once it is in PostgreSQL.
+type laneHalt struct {
+	Halt
+	saved bool
+}
+
+// partState is a partition's row as a lane reads it.
+type partState struct {
+	next   int64
+	anchor *anchor
+	halt   *Halt
+}
+
+// partitionStates reads the rows of parts; a partition never applied has
+// none.
+func (w *Worker) partitionStates(ctx context.Context, parts []int) (map[int]partState, error) {
+	rows, err := w.opts.Pool.Query(ctx, `SELECT partition, next_offset, anchor_offset, anchor_hash,
+			halted_at, coalesce(halt_reason, ''), coalesce(halt_log_start, 0), coalesce(halt_log_end, 0)
+		FROM consumer_offsets WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])`,
+		w.opts.GroupID, w.opts.CommandsTopic, parts)
+	if err != nil {
+		return nil, fmt.Errorf("read stored offsets: %w", err)
+	}
+	defer rows.Close()
+	out := map[int]partState{}
+	for rows.Next() {
+		var p int32
+		var s partState
+		var aOff *int64
+		var aHash []byte
+		var at *time.Time
+		var h Halt
+		if err := rows.Scan(&p, &s.next, &aOff, &aHash, &at, &h.Reason, &h.LogStart, &h.LogEnd); err != nil {
+			return nil, fmt.Errorf("read stored offsets: %w", err)
+		}
+		if aOff != nil {
+			s.anchor = &anchor{offset: *aOff, hash: aHash}
+		}
+		if at != nil {
+			h.At = *at
+			s.halt = &h
+		}
+		out[int(p)] = s
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read stored offsets: %w", err)
+	}
+	return out, nil
+}
+
+// saveHalt halts partition p in PostgreSQL if its stored offset is still
+// next; a partition already halted keeps its first halt. It reports false
+// when the stored offset moved (an operator reset it meanwhile).
+func (w *Worker) saveHalt(ctx context.Context, p int, next int64, h Halt) (bool, error) {
+	tag, err := w.opts.Pool.Exec(ctx, `UPDATE consumer_offsets SET halted_at = coalesce(halted_at, $5),
+			halt_reason = coalesce(halt_reason, $6), halt_log_start = coalesce(halt_log_start, $7),
+			halt_log_end = coalesce(halt_log_end, $8)
+		WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset = $4`,
+		w.opts.GroupID, w.opts.CommandsTopic, p, next, h.At, h.Reason, h.LogStart, h.LogEnd)
+	if err != nil {
+		return false, fmt.Errorf("save halt of partition %d: %w", p, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// saveAnchors stores anchors as the partitions' anchors where their stored
+// offset is still pos and they are not halted. Anchors are an aid to
+// checking, not part of the exactly-once state, so they are written outside
+// the batch transaction, at most every checkInterval.
+func (w *Worker) saveAnchors(ctx context.Context, anchors map[int]anchor, pos positions) error {
+	var parts []int32
+	var offsets, nexts []int64
+	var hashes [][]byte
+	for _, p := range slices.Sorted(maps.Keys(anchors)) {
+		parts, offsets, hashes, nexts = append(parts, int32(p)), append(offsets, anchors[p].offset), append(hashes, anchors[p].hash), append(nexts, pos[p])
+	}
+	_, err := w.opts.Pool.Exec(ctx, `UPDATE consumer_offsets AS c SET anchor_offset = u.a, anchor_hash = u.h
+		FROM unnest($3::int4[], $4::int8[], $5::bytea[], $6::int8[]) AS u (p, a, h, n)
+		WHERE c.group_id = $1 AND c.topic = $2 AND c.partition = u.p AND c.next_offset = u.n AND c.halted_at IS NULL`,
+		w.opts.GroupID, w.opts.CommandsTopic, parts, offsets, hashes, nexts)
+	if err != nil {
+		return fmt.Errorf("save anchors: %w", err)
+	}
+	return nil
+}
+
+// recordHashAt reads the record at offset off of partition p and returns its
+// recordHash, or nil when the log has no record at off (the first one there
+// is later).
+func (l *lane) recordHashAt(ctx context.Context, p int, off int64) ([]byte, error) {
+	res, err := l.kc.Fetch(ctx, &kafka.FetchRequest{Topic: l.w.opts.CommandsTopic, Partition: p, Offset: off,
+		MinBytes: 1, MaxBytes: 1, MaxWait: idleWait}) // the broker returns at least one record batch
+	if err == nil {
+		err = res.Error
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read record %d of partition %d: %w", off, p, err)
+	}
+	for {
+		r, err := res.Records.ReadRecord()
+		if err != nil {
+			return nil, fmt.Errorf("read record %d of partition %d: %w", off, p, err) // io.EOF too: nothing came back
+		}
+		if r.Offset < off {
+			continue // earlier in the same record batch
+		}
+		if r.Offset > off {
+			return nil, nil
+		}
+		key, kerr := readAll(r.Key)
+		value, verr := readAll(r.Value)
+		if err := errors.Join(kerr, verr); err != nil {
+			return nil, fmt.Errorf("read record %d of partition %d: %w", off, p, err)
+		}
+		return recordHash(key, value, r.Time), nil
+	}
+}
+
+func readAll(b protocol.Bytes) ([]byte, error) {
+	if b == nil {
+		return nil, nil
+	}
+	defer b.Close()
+	return protocol.ReadAll(b)
+}
+
+// restart sets the lane's halts, suspects and anchors from the rows just
+// read by resume: halted partitions stay out, every other partition with a
+// stored offset waits for checkLogs, and those never applied are fetched.
+func (l *lane) restart(states map[int]partState) {
+	clear(l.halted)
+	clear(l.suspect)
+	clear(l.applied)
+	clear(l.anchors)
+	l.parts = l.parts[:0:0]
+	for _, p := range l.all {
+		s, ok := states[p]
+		switch {
+		case !ok:
+			l.parts = append(l.parts, p)
+		case s.halt != nil:
+			l.halted[p] = laneHalt{Halt: *s.halt, saved: true}
+		default:
+			l.suspect[p] = false
+			l.anchors[p] = s.anchor
+		}
+	}
+	for _, p := range l.all {
+		label := strconv.Itoa(p)
+		if h, ok := l.halted[p]; ok {
+			l.w.metrics.halted.WithLabelValues(label).Set(1)
+			l.w.setStuck([]int{p}, haltError(p, h.Halt))
+		} else {
+			l.w.metrics.halted.WithLabelValues(label).Set(0)
+		}
+	}
+	l.checkAt = time.Now().Add(checkInterval)
+}
+
+// guard runs before each fetch: every checkInterval it checks the rows
+// (check), and it checks the log of each partition that waits for it
+// (checkLogs).
+func (l *lane) guard(ctx context.Context) {
+	if !time.Now().Before(l.checkAt) {
+		l.check(ctx)
+		l.checkAt = time.Now().Add(checkInterval)
+	}
+	l.checkLogs(ctx)
+}
+
+// distrust takes the partitions whose fetch just failed out of the fetch
+// until checkLogs finds their log unchanged: a failing fetch is how a
+// deleted topic shows. What was fetched of them is fetched again.
+func (l *lane) distrust() {
+	for _, p := range slices.Clone(l.parts) {
+		if _, failed := l.retryAt[p]; failed {
+			l.suspectPartition(p)
+		}
+	}
+}
+
+func (l *lane) suspectPartition(p int) {
+	l.parts = slices.DeleteFunc(l.parts, func(q int) bool { return q == p })
+	if _, ok := l.suspect[p]; !ok {
+		l.suspect[p] = false
+	}
+	delete(l.pending, p)
+	l.fetchPos[p] = l.pos[p]
+}
+
+// checkLogs judges the log of every suspect partition whose retry time has
+// come, and returns it to the fetch, halts it, or leaves it out for
+// partitionRetry when Kafka cannot tell.
+func (l *lane) checkLogs(ctx context.Context) {
+	now := time.Now()
+	var due []int
+	for p := range l.suspect {
+		if at, wait := l.retryAt[p]; !wait || !now.Before(at) {
+			due = append(due, p)
+		}
+	}
+	if len(due) == 0 {
+		return
+	}
+	slices.Sort(due)
+	first, end, err := l.f.Bounds(ctx, due)
+	var kerr kafka.Error
+	alone := err != nil && len(due) > 1 && errors.As(err, &kerr) // a broker refused one partition
+	for _, p := range due {
+		f, e, perr := first, end, err
+		if alone { // ask alone: one leaderless partition must not hold up the others
+			f, e, perr = l.f.Bounds(ctx, []int{p})
+		}
+		if perr != nil {
+			l.checkFailed(p, perr)
+			continue
+		}
+		l.checkLog(ctx, p, f[p], e[p])
+	}
+}
+
+// checkLog judges partition p's log [first, end) against its stored offset
+// and its latest anchor (the last record applied, else the stored one).
+func (l *lane) checkLog(ctx context.Context, p int, first, end int64) {
+	a := l.anchors[p]
+	if last, ok := l.applied[p]; ok {
+		a = &last
+	}
+	next := l.pos[p]
+	var got []byte
+	if anchorCheckable(next, a, first, end) {
+		h, err := l.recordHashAt(ctx, p, a.offset)
+		if err != nil {
+			l.checkFailed(p, err)
+			return
+		}
+		got = h
+	}
+	if reason := logVerdict(next, a, first, end, got); reason != "" {
+		_ = l.halt(ctx, p, Halt{At: time.Now().UTC(), Reason: reason, LogStart: first, LogEnd: end})
+		return
+	}
+	if a == nil && next > first && next <= end {
+		// No anchor yet (never saved, or reset): take the record below
+		// the stored offset from the log as it is now.
+		if h, err := l.recordHashAt(ctx, p, next-1); err == nil && h != nil {
+			l.applied[p] = anchor{offset: next - 1, hash: h}
+		}
+	}
+	delete(l.suspect, p)
+	delete(l.retryAt, p)
+	l.parts = append(l.parts, p)
+	slices.Sort(l.parts)
+}
+
+func (l *lane) checkFailed(p int, err error) {
+	if !l.suspect[p] {
+		l.log.Warn("cannot check the partition's log before fetching it; retrying", "partition", p, "err", err, "retry_in", partitionRetry)
+		l.suspect[p] = true
+	}
+	l.retryAt[p] = time.Now().Add(partitionRetry)
+	l.w.setStuck([]int{p}, fmt.Errorf("check the log before fetching: %w", err))
+}
+
+// halt stops partition p: it leaves the fetch, what was fetched of it is
+// dropped, and the halt is saved in PostgreSQL (retried by check when that
+// fails). It returns the halt as an error.
+func (l *lane) halt(ctx context.Context, p int, h Halt) error {
+	l.parts = slices.DeleteFunc(l.parts, func(q int) bool { return q == p })
+	delete(l.suspect, p)
+	delete(l.pending, p)
+	delete(l.applied, p)
+	l.fetchPos[p] = l.pos[p]
+	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	defer cancel()
+	saved, err := l.w.saveHalt(ctx, p, l.pos[p], h)
+	if err != nil {
+		l.log.Warn("save halt failed; will retry", "partition", p, "err", err)
+	}
+	l.halted[p] = laneHalt{Halt: h, saved: saved}
+	l.log.Error("partition halted: its stored offset does not fit the log, and only an operator may decide what to skip (txpipe offsets reset)",
+		"partition", p, "stored_offset", l.pos[p], "log_start", h.LogStart, "log_end", h.LogEnd, "reason", h.Reason)
+	l.w.metrics.halted.WithLabelValues(strconv.Itoa(p)).Set(1)
+	herr := haltError(p, h)
+	l.w.setStuck([]int{p}, herr)
+	return herr
+}
+
+// remember keeps the last record of each partition in msgs, just applied,
+// as the partition's next anchor. Only those are hashed.
+func (l *lane) remember(msgs []kafka.Message) {
+	done := map[int]bool{}
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if m := msgs[i]; !done[m.Partition] {
+			done[m.Partition] = true
+			l.applied[m.Partition] = anchorOf(m)
+		}
+	}
+}
+
+// check re-reads the lane's rows. A stored offset or halt changed by
+// someone else (an operator's reset, another worker's halt) makes the lane
+// start over from what is stored. Otherwise it saves the halts not saved
+// yet, and each partition's last applied record becomes its anchor once the
+// previous anchor is found unchanged in the log; if it is not, the lane
+// applied records of another log since the last check, and the partition
+// halts (a reset to the new log's start replays them; their commands are
+// deduplicated).
+func (l *lane) check(laneCtx context.Context) {
+	ctx, cancel := context.WithTimeout(laneCtx, attemptTimeout)
+	defer cancel()
+	states, err := l.w.partitionStates(ctx, l.all)
+	if err != nil {
+		l.log.Warn("check stored offsets failed; will retry", "err", err)
+		return
+	}
+	if p, ok := l.changedUnder(states); ok {
+		l.log.Info("stored offset or halt changed under this lane; resuming from what is stored", "partition", p)
+		_ = l.resume(laneCtx) // fails only when the generation ends
+		return
+	}
+	for p, h := range l.halted {
+		if !h.saved {
+			if saved, err := l.w.saveHalt(ctx, p, l.pos[p], h.Halt); err == nil && saved {
+				l.halted[p] = laneHalt{Halt: h.Halt, saved: true}
+			}
+		}
+	}
+	var verify []int
+	for p, a := range l.applied {
+		if old := states[p].anchor; old != nil && old.offset != a.offset && slices.Contains(l.parts, p) {
+			verify = append(verify, p)
+		}
+	}
+	if len(verify) > 0 {
+		first, end, err := l.f.Bounds(ctx, verify)
+		if err != nil {
+			return // Kafka cannot tell now; next time
+		}
+		for _, p := range verify {
+			old := states[p].anchor
+			var got []byte
+			if anchorCheckable(l.pos[p], old, first[p], end[p]) {
+				if got, err = l.recordHashAt(ctx, p, old.offset); err != nil {
+					return
+				}
+			}
+			if reason := logVerdict(l.pos[p], old, first[p], end[p], got); reason != "" {
+				_ = l.halt(ctx, p, Halt{At: time.Now().UTC(), Reason: reason + "; records of the new log may have been applied since", LogStart: first[p], LogEnd: end[p]})
+			}
+		}
+	}
+	save := map[int]anchor{}
+	for p, a := range l.applied {
+		if old := states[p].anchor; slices.Contains(l.parts, p) && (old == nil || old.offset != a.offset) {
+			save[p] = a
+		}
+	}
+	if len(save) == 0 {
+		return
+	}
+	if err := l.w.saveAnchors(ctx, save, l.pos); err != nil {
+		l.log.Warn("save anchors failed; will retry", "err", err)
+		return
+	}
+	for p, a := range save {
+		l.anchors[p] = &a
+	}
+}
+
+// changedUnder returns a partition whose row says other than the lane
+// believes: halted by another, its halt cleared, or its stored offset moved.
+func (l *lane) changedUnder(states map[int]partState) (int, bool) {
+	for _, p := range l.all {
+		s, stored := states[p]
+		if !stored {
+			continue // never applied: nothing stored to change
+		}
+		h, halted := l.halted[p]
+		switch {
+		case s.halt != nil && !halted,
+			s.halt == nil && halted && h.saved,
+			s.next != l.pos[p]:
+			return p, true
+		}
+	}
+	return 0, false
+}
