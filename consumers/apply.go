@@ -240,9 +240,9 @@ type recordPanic struct {
 
 func (e *recordPanic) Error() string { return fmt.Sprintf("panic while deciding: %v", e.value) }
 
-// guard runs f, the handling of record i, and returns a panic in it as a
+// guardRecord runs f, the handling of record i, and returns a panic in it as a
 // *recordPanic.
-func guard(i int, f func()) (err error) {
+func guardRecord(i int, f func()) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = &recordPanic{index: i, value: r, stack: debug.Stack()}
@@ -257,7 +257,7 @@ func guard(i int, f func()) (err error) {
 func decodeAll(msgs []kafka.Message) (cmds []*domain.Command, invalid map[int]deadLetter, err error) {
 	cmds = make([]*domain.Command, len(msgs))
 	for i, m := range msgs {
-		err := guard(i, func() {
+		err := guardRecord(i, func() {
 			cmd, err := domain.DecodeCommand(m.Value)
 			if err != nil {
 				if invalid == nil {
@@ -287,7 +287,7 @@ func decodeAll(msgs []kafka.Message) (cmds []*domain.Command, invalid map[int]de
 // never written.
 func (wr *batchWrites) decideAll(w *Worker, msgs []kafka.Message, cmds []*domain.Command, invalid map[int]deadLetter, dl *deadLetter, st *batchState) error {
 	for i, m := range msgs {
-		err := guard(i, func() {
+		err := guardRecord(i, func() {
 			wr.replay, wr.by = isReplay(m), submittedBy(m)
 			switch {
 			case dl != nil:
@@ -359,8 +359,10 @@ func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, c
 		ORDER BY p
 		ON CONFLICT DO NOTHING`, w.opts.GroupID, w.opts.CommandsTopic, parts, offsets)
 	stored := positions{}
+	// A halted partition (offsets.go) reads as missing: fenced, so a
+	// zombie that still holds it after a halt applies nothing.
 	b.Queue(`SELECT partition, next_offset FROM consumer_offsets
-		WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])
+		WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[]) AND halted_at IS NULL
 		ORDER BY partition FOR UPDATE`,
 		w.opts.GroupID, w.opts.CommandsTopic, parts).Query(func(rows pgx.Rows) error { return scanPositions(rows, stored) })
 	if len(ids) > 0 {
@@ -394,7 +396,7 @@ func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, c
 	}
 	for p, want := range expected {
 		if got, ok := stored[p]; !ok || got != want {
-			return nil, fmt.Errorf("%w (partition %d: stored %d, expected %d)", errFenced, p, got, want)
+			return nil, fmt.Errorf("%w (partition %d: stored %d or halted, expected %d)", errFenced, p, got, want)
 		}
 	}
 	if len(transfers) > 0 {

@@ -635,3 +635,27 @@ func TestProcessDeadLettersARecordItPanicsOn(t *testing.T) {
 		t.Errorf("txpipe_consumer_recovered_panics_total = %v, want 1", got)
 	}
 }
+
+// TestApplyBatchFencesAHaltedPartition: a worker that still holds a
+// partition another worker halted (a zombie after the topic was recreated)
+// commits nothing there, even at the right stored offset.
+func TestApplyBatchFencesAHaltedPartition(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	if _, err := w.applyBatch(ctx, at(0), records(0, open(1, "alice")), nil); err != nil {
+		t.Fatalf("first batch: %v", err)
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE consumer_offsets SET halted_at = now(), halt_reason = 'test' WHERE partition = $1`, partition); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.applyBatch(ctx, at(1), records(1, deposit(2, "alice", 10)), nil); !errors.Is(err, errFenced) {
+		t.Fatalf("applyBatch(halted partition) error = %v, want errFenced", err)
+	}
+	if err := w.advanceOffsets(ctx, at(1), at(5)); !errors.Is(err, errFenced) {
+		t.Fatalf("advanceOffsets(halted partition) error = %v, want errFenced", err)
+	}
+	if got, off := balances(t, db)["alice"], storedOffset(t, db); got != 0 || off != 1 {
+		t.Errorf("after fenced batches on a halted partition: balance %d, stored offset %d; want 0 and 1", got, off)
+	}
+}

@@ -259,8 +259,11 @@ func logVerdict(next int64, a *anchor, first, end int64, got []byte) string {
 
 // haltError is what readiness and fetch errors say of a halted partition.
 func haltError(p int, h Halt) error {
-	return fmt.Errorf("halted until an operator decides where it resumes (txpipe offsets reset --partition %d): %s", p, h.Reason)
+	return fmt.Errorf("%w until an operator decides where it resumes (txpipe offsets reset --partition %d): %s", errHalted, p, h.Reason)
 }
+
+// errHalted marks the readiness error of a halted partition.
+var errHalted = errors.New("halted")
 
 // laneHalt is a halt a lane holds; saved once it is in PostgreSQL.
 type laneHalt struct {

@@ -527,7 +527,7 @@ func (w *Worker) advanceOffsets(ctx context.Context, from, to positions) error {
 			return fmt.Errorf("advance stored offsets: %w", err)
 		}
 		rows, err := tx.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
-			WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])
+			WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[]) AND halted_at IS NULL
 			ORDER BY partition FOR UPDATE`, w.opts.GroupID, w.opts.CommandsTopic, parts)
 		if err != nil {
 			return fmt.Errorf("advance stored offsets: %w", err)

@@ -198,8 +198,16 @@ func (w *Worker) Ready(context.Context) error {
 	if !w.assigned {
 		return errors.New("not a member of the consumer group (joining)")
 	}
-	for p, err := range w.stuck {
-		return fmt.Errorf("partition %d is retrying: %w", p, err)
+	// Halted partitions first (they need an operator), then the lowest
+	// partition retrying: the same answer for the same state.
+	stuck := slices.Sorted(maps.Keys(w.stuck))
+	for _, p := range stuck {
+		if err := w.stuck[p]; errors.Is(err, errHalted) {
+			return fmt.Errorf("partition %d is %w", p, err)
+		}
+	}
+	for _, p := range stuck {
+		return fmt.Errorf("partition %d is retrying: %w", p, w.stuck[p])
 	}
 	return nil
 }
