@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,7 +112,7 @@ func (f *Fetcher) Fetch(ctx context.Context, want Offsets, maxWait time.Duration
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := f.fetchFrom(ctx, parts, want, maxWait, minBytes, &out, &mu)
+			err := f.guardedFetchFrom(ctx, parts, want, maxWait, minBytes, &out, &mu)
 			if err != nil {
 				mu.Lock()
 				errs = append(errs, err)
@@ -124,6 +125,20 @@ func (f *Fetcher) Fetch(ctx context.Context, want Offsets, maxWait time.Duration
 		f.leadersAt = time.Time{} // leaders may have moved
 	}
 	return out, errors.Join(errs...)
+}
+
+// guardedFetchFrom is fetchFrom with a panic (decoding a broker's answer
+// that our reader chokes on, say) turned into that broker's error: the
+// goroutine is ours, so no caller's recover would see it, and it would end
+// the process.
+func (f *Fetcher) guardedFetchFrom(ctx context.Context, parts []int, want Offsets, maxWait time.Duration, minBytes int, out *Result, mu *sync.Mutex) (err error) {
+	defer func() { // fetchFrom's own defer has unlocked mu by now
+		if r := recover(); r != nil {
+			f.stats.Errors.Add(1)
+			err = fmt.Errorf("fetch %s: panic while reading the answer: %v\n%s", f.topic, r, debug.Stack())
+		}
+	}()
+	return f.fetchFrom(ctx, parts, want, maxWait, minBytes, out, mu)
 }
 
 func (f *Fetcher) fetchFrom(ctx context.Context, parts []int, want Offsets, maxWait time.Duration, minBytes int, out *Result, mu *sync.Mutex) error {

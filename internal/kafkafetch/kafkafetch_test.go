@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/txpipe/txpipe/internal/kafkafetch"
@@ -190,5 +194,31 @@ func TestFetchReadsCommittedRecordsAndStepsOverMarkers(t *testing.T) {
 	res, err := f.Fetch(ctx, kafkafetch.Offsets{0: end[0]}, 50*time.Millisecond, 1)
 	if err != nil || res.Errs[0] != nil || len(res.Msgs[0]) != 0 || res.Next[0] != end[0] {
 		t.Errorf("Fetch(end) = %d records, Next %d, errors %v %v; want none and Next %d", len(res.Msgs[0]), res.Next[0], err, res.Errs, end[0])
+	}
+}
+
+// panicking panics on requests of the type P and passes the others on.
+type panicking[P any] struct{ next kafka.RoundTripper }
+
+func (p panicking[P]) RoundTrip(ctx context.Context, addr net.Addr, req protocol.Message) (protocol.Message, error) {
+	if _, ok := req.(P); ok {
+		panic("a bug on the way to a broker")
+	}
+	return p.next.RoundTrip(ctx, addr, req)
+}
+
+// TestFetchPanicIsAnError: a panic while a broker's answer is fetched or
+// read happens on the fetcher's own goroutine, where no caller could
+// recover it; the fetcher returns it as that broker's error instead of
+// ending the process.
+func TestFetchPanicIsAnError(t *testing.T) {
+	k := kafkatest.New(t)
+	topic := k.Topics(t, 2).Commands
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := kafkafetch.New(k.Brokers, panicking[*fetchapi.Request]{next: k.Transport}, topic)
+	_, err := f.Fetch(ctx, kafkafetch.Offsets{0: 0, 1: 0}, 10*time.Millisecond, 1)
+	if err == nil || !strings.Contains(err.Error(), "panic") {
+		t.Fatalf("Fetch through a panicking transport = %v, want an error naming the panic", err)
 	}
 }

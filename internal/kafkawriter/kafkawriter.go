@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -229,7 +230,7 @@ func (w *Writer) run() {
 			return
 		}
 		round := w.gather(first)
-		w.send(ctx, round)
+		w.guardedSend(ctx, round)
 		for _, c := range round {
 			c.release()
 		}
@@ -495,7 +496,7 @@ func (w *Writer) attempt(ctx context.Context, pending map[partKey][]rec, order [
 				if len(sent) == 0 {
 					return
 				}
-				errs := w.roundTrip(ctx, req, sent)
+				errs := w.guardedRoundTrip(ctx, req, sent)
 				mu.Lock()
 				for k, n := range sent {
 					if errs[k] != nil {
@@ -605,6 +606,45 @@ func (w *Writer) roundTrip(ctx context.Context, req *produceapi.Request, sent ma
 		}
 	}
 	return errs
+}
+
+// guardedRoundTrip is roundTrip with a panic (encoding a request or
+// decoding an answer) turned into an error of every partition it carried:
+// it runs on a goroutine of ours, where nobody else could recover it.
+func (w *Writer) guardedRoundTrip(ctx context.Context, req *produceapi.Request, sent map[partKey]int) (errs map[partKey]error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err := fmt.Errorf("kafkawriter: panic in a produce request: %v\n%s", r, debug.Stack())
+			errs = map[partKey]error{}
+			for k := range sent {
+				errs[k] = err
+			}
+		}
+	}()
+	return w.roundTrip(ctx, req, sent)
+}
+
+// guardedSend is send with a panic elsewhere in a round turned into the
+// failure of every record of the round not already failed: what became of
+// them is unknown, so their callers retry (the relay's rows stay, ingest
+// answers 503), which is at-least-once as ever.
+func (w *Writer) guardedSend(ctx context.Context, round []*call) {
+	defer func() {
+		if r := recover(); r != nil {
+			err := fmt.Errorf("kafkawriter: panic in a produce round, outcome unknown: %v\n%s", r, debug.Stack())
+			for _, c := range round {
+				if c.released {
+					continue // its caller may be reading errs already
+				}
+				for i := range c.errs {
+					if c.errs[i] == nil {
+						c.errs[i] = err
+					}
+				}
+			}
+		}
+	}()
+	w.send(ctx, round)
 }
 
 // retriable reports whether a partition's failure may pass: leader changes,

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	produceapi "github.com/segmentio/kafka-go/protocol/produce"
 
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkatest"
@@ -204,5 +207,35 @@ func TestAbandonedCallSendsNothing(t *testing.T) {
 	}
 	if err != nil || n != 1 {
 		t.Errorf("topic holds %d records (%v), want only the live one", n, err)
+	}
+}
+
+// panicking panics on requests of the type P and passes the others on.
+type panicking[P any] struct{ next kafka.RoundTripper }
+
+func (p panicking[P]) RoundTrip(ctx context.Context, addr net.Addr, req protocol.Message) (protocol.Message, error) {
+	if _, ok := req.(P); ok {
+		panic("a bug on the way to a broker")
+	}
+	return p.next.RoundTrip(ctx, addr, req)
+}
+
+// TestProducePanicIsAnError: a panic while a produce request is built or
+// its answer read happens on the writer's goroutines, where no caller
+// could recover it; each record fails with it instead, and the writer
+// goes on serving calls.
+func TestProducePanicIsAnError(t *testing.T) {
+	k := kafkatest.New(t)
+	ts := k.Topics(t, 2)
+	w := kafkawriter.New(kafkawriter.Options{Brokers: k.Brokers, Transport: panicking[*produceapi.Request]{next: k.Transport}, MaxAttempts: 2})
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for range 2 { // the second shows the writer survived the first
+		err := w.WriteMessages(ctx, kafka.Message{Topic: ts.Events, Key: []byte("a"), Value: []byte("x")})
+		var werrs kafka.WriteErrors
+		if !errors.As(err, &werrs) || len(werrs) != 1 || !strings.Contains(werrs[0].Error(), "panic") {
+			t.Fatalf("WriteMessages through a panicking transport = %v, want the record failed with the panic", err)
+		}
 	}
 }
