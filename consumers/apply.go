@@ -25,6 +25,11 @@ import (
 	"github.com/txpipe/txpipe/outbox"
 )
 
+// idleInTransactionTimeout bounds how long a batch's transaction may sit
+// idle between its statements: above attemptTimeout, far above the time
+// one batch takes to decide.
+const idleInTransactionTimeout = `SET LOCAL idle_in_transaction_session_timeout = '30s'`
+
 // errFenced means the partition's stored offset is not where this worker
 // believes the partition stands: another worker (or an earlier attempt of
 // this one) has moved it. The batch is abandoned, nothing committed.
@@ -54,6 +59,9 @@ type batchState struct {
 	book   *domain.Book
 	loaded map[string]bool // transfers read from the database
 	now    time.Time
+	// idents are what can be read of the records that go to the DLQ, by
+	// index in the batch (identifyDead).
+	idents []domain.Identity
 }
 
 // prior is the decision stored for a command_id.
@@ -89,9 +97,9 @@ func (wr *batchWrites) count(outcome, reason string) {
 	}
 }
 
-// replayedFrom is the header txpipe dlq replay puts on the records it sends
+// HeaderReplayedFrom is the header txpipe dlq replay puts on the records it sends
 // back: the DLQ record's partition@offset.
-const replayedFrom = "replayed_from"
+const HeaderReplayedFrom = "replayed_from"
 
 // submittedBy is the API key id ingest put on m, or "" when it has none or
 // it is not a key id (the header of a record produced by someone else).
@@ -108,7 +116,7 @@ func submittedBy(m kafka.Message) string {
 
 func isReplay(m kafka.Message) bool {
 	for _, h := range m.Headers {
-		if h.Key == replayedFrom {
+		if h.Key == HeaderReplayedFrom {
 			return true
 		}
 	}
@@ -181,10 +189,11 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 			return pos, err
 		}
 	}
+	idents := identifyDead(msgs, cmds)
 	wr := newBatchWrites()
 	// load queues BEGIN and write queues COMMIT (internal/pgtx).
 	err = pgtx.Run(ctx, w.opts.Pool, func(tx *pgxpool.Conn) error {
-		st, err := w.load(ctx, tx, expected, cmds)
+		st, err := w.load(ctx, tx, expected, cmds, idents)
 		if err != nil {
 			return err
 		}
@@ -252,6 +261,21 @@ func guardRecord(i int, f func()) (err error) {
 	return nil
 }
 
+// identifyDead reads what it can of each record that will go to the DLQ
+// (cmds[i] nil, or every record when cmds is nil: a batch dead-lettered
+// whole), so that load reads any decision stored under its command id.
+func identifyDead(msgs []kafka.Message, cmds []*domain.Command) []domain.Identity {
+	idents := make([]domain.Identity, len(msgs))
+	for i, m := range msgs {
+		if cmds == nil || cmds[i] == nil {
+			// A panic here only loses the identity: the record still
+			// goes to the DLQ, without its dead_lettered outcome.
+			_ = guardRecord(i, func() { idents[i] = domain.Identify(m.Value) })
+		}
+	}
+	return idents
+}
+
 // decodeAll decodes msgs into commands; the records that are not valid
 // commands are left nil in cmds and say why in invalid.
 func decodeAll(msgs []kafka.Message) (cmds []*domain.Command, invalid map[int]deadLetter, err error) {
@@ -291,9 +315,9 @@ func (wr *batchWrites) decideAll(w *Worker, msgs []kafka.Message, cmds []*domain
 			wr.replay, wr.by = isReplay(m), submittedBy(m)
 			switch {
 			case dl != nil:
-				wr.deadLetter(w, m, *dl, st.now)
+				wr.deadLetter(w, m, *dl, st, i)
 			case cmds[i] == nil:
-				wr.deadLetter(w, m, invalid[i], st.now)
+				wr.deadLetter(w, m, invalid[i], st, i)
 			default:
 				wr.command(w, *cmds[i], m, st.priors, st.book, st.now)
 			}
@@ -321,8 +345,13 @@ func offsetColumns(pos positions) (parts []int32, offsets []int64) {
 // names no transfer does it all in one round trip; otherwise the accounts
 // of the named transfers are known only once those are read, so the
 // account locks take a second round trip.
-func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, cmds []*domain.Command) (*batchState, error) {
+func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, cmds []*domain.Command, idents []domain.Identity) (*batchState, error) {
 	var ids, accounts, transfers, currencies []string
+	for _, id := range idents {
+		if id.CommandID != "" {
+			ids = append(ids, id.CommandID) // a decision wins over a dead-lettering
+		}
+	}
 	for _, c := range cmds {
 		if c == nil {
 			continue
@@ -340,10 +369,15 @@ func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, c
 	slices.Sort(currencies)
 	currencies = slices.Compact(currencies)
 
-	st := &batchState{book: domain.NewBook(), loaded: make(map[string]bool), priors: make(map[string]prior)}
+	st := &batchState{book: domain.NewBook(), loaded: make(map[string]bool), priors: make(map[string]prior), idents: idents}
 	book, loaded, priors := st.book, st.loaded, st.priors
 	b := &pgx.Batch{}
 	b.Queue("BEGIN") // see pgtx
+	// A worker paused between this batch and its COMMIT (SIGSTOP, a frozen
+	// VM) would hold its offset and account locks, stalling every other
+	// partition that touches those accounts, for as long as the pause:
+	// PostgreSQL ends such a session instead. Deciding takes milliseconds.
+	b.Queue(idleInTransactionTimeout)
 	// One clock decides: every worker takes the time of its decisions (daily
 	// limits, expiries, processed_at) from PostgreSQL, not from its host.
 	b.Queue(`SELECT now()`).QueryRow(func(row pgx.Row) error {
@@ -508,7 +542,8 @@ const (
 // or key too large to republish is cut, and says so. Unless dl is bare, a
 // record whose command id can be read also gets its dead_lettered outcome:
 // a row that GET /v1/commands/{id} answers and a command.dead_lettered event.
-func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, dl deadLetter, now time.Time) {
+func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, dl deadLetter, st *batchState, i int) {
+	now := st.now
 	detail := headerText(dl.detail, maxDLQDetail)
 	value, key := m.Value, m.Key
 	if value == nil {
@@ -538,8 +573,17 @@ func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, dl deadLetter, now
 	if dl.bare {
 		return
 	}
-	id := domain.Identify(m.Value)
+	var id domain.Identity
+	if i < len(st.idents) {
+		id = st.idents[i]
+	}
 	if id.CommandID == "" {
+		return
+	}
+	if _, decided := st.priors[id.CommandID]; decided {
+		// A record that reuses the id of a decided command (a conflict,
+		// or someone else's id) must not make that command look
+		// undecided: the DLQ record says what happened to the record.
 		return
 	}
 	wr.dead = append(wr.dead, deadRow{id: id, reason: dl.reason, detail: detail, partition: m.Partition, offset: m.Offset, by: wr.by})

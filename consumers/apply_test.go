@@ -659,3 +659,33 @@ func TestApplyBatchFencesAHaltedPartition(t *testing.T) {
 		t.Errorf("after fenced batches on a halted partition: balance %d, stored offset %d; want 0 and 1", got, off)
 	}
 }
+
+// TestDeadLetteringNeverHidesADecision: an invalid record that reuses the
+// command_id of a decided command (in an earlier batch or earlier in the
+// same one) goes to the DLQ, but gets no dead_lettered row or event: the
+// command stays decided to anyone who asks.
+func TestDeadLetteringNeverHidesADecision(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	ctx := context.Background()
+	spoof := func(n int) string {
+		return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"alice","amount":"1","currency":"EUR"}`, id(n))
+	}
+	if _, err := w.applyBatch(ctx, at(0), records(0, open(1, "alice")), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.applyBatch(ctx, at(1), records(1, spoof(1), deposit(2, "alice", 5), spoof(2), spoof(3)), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(dlqRows(t, db)); got != 3 {
+		t.Errorf("DLQ rows = %d, want 3: every invalid record is dead-lettered", got)
+	}
+	if got, want := deadLettered(t, db), map[string]string{id(3): "invalid_command"}; !maps.Equal(got, want) {
+		t.Errorf("dead_lettered_commands = %v, want only the undecided %s", got, id(3))
+	}
+	for _, ev := range outboxEvents(t, db, "events") {
+		if ev.Type == domain.EventTypeDeadLettered && ev.CommandID != id(3) {
+			t.Errorf("a command.dead_lettered event for %s, which is decided", ev.CommandID)
+		}
+	}
+}

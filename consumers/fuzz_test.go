@@ -124,6 +124,7 @@ func decideRecord(t *testing.T, w *Worker, m kafka.Message, st *batchState) *bat
 	if err != nil {
 		t.Fatalf("decoding %q: %v", m.Value, err)
 	}
+	st.idents = identifyDead(msgs, cmds)
 	wr := newBatchWrites()
 	if err := wr.decideAll(w, msgs, cmds, invalid, nil, st); err != nil {
 		var rp *recordPanic

@@ -413,8 +413,9 @@ func (w *Worker) process(ctx context.Context, pos positions, msgs []kafka.Messag
 
 // deadLetterOne sends m, a record whose batch failed because of it (cause),
 // to the DLQ. A panic is logged here with its stack, once per record, and
-// counted; if dead-lettering the record panics too, the record goes to the
-// DLQ bare, without its dead_lettered outcome, so the partition goes on.
+// counted; if dead-lettering the record fails because of it too (a panic, a
+// value the database refuses), the record goes to the DLQ bare, without its
+// dead_lettered outcome, so the partition goes on.
 func (w *Worker) deadLetterOne(ctx context.Context, pos positions, m kafka.Message, cause error, log *slog.Logger) (positions, error) {
 	dl := &deadLetter{reason: reasonApplyFailed, detail: publicDetail(cause)}
 	var rp *recordPanic
@@ -428,9 +429,15 @@ func (w *Worker) deadLetterOne(ctx context.Context, pos positions, m kafka.Messa
 	}
 	msgs := []kafka.Message{m}
 	next, err := w.applyWithRetry(ctx, pos, msgs, dl)
-	if errors.As(err, &rp) {
-		log.Error("dead-lettering the record panicked; sending it to the DLQ bare", "partition", m.Partition, "offset", m.Offset,
-			"panic", fmt.Sprint(rp.value), "stack", string(rp.stack))
+	if recordFault(err) {
+		// Its dead_lettered row or event is what fails (a panic, or a
+		// value the database refuses): the record alone still goes.
+		if errors.As(err, &rp) {
+			log.Error("dead-lettering the record panicked; sending it to the DLQ bare", "partition", m.Partition, "offset", m.Offset,
+				"panic", fmt.Sprint(rp.value), "stack", string(rp.stack))
+		} else {
+			log.Error("dead-lettering the record failed; sending it to the DLQ bare", "partition", m.Partition, "offset", m.Offset, "err", err)
+		}
 		dl.bare = true
 		next, err = w.applyWithRetry(ctx, pos, msgs, dl)
 	}

@@ -322,6 +322,11 @@ func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([
 	var rows []row
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
+	// A relay paused mid-batch (SIGSTOP, a frozen VM) would hold its rows'
+	// locks past its lease, and the relay that takes its shards over would
+	// wait on them: PostgreSQL ends the session once it sits idle longer
+	// than a publish may take (publishTimeout), releasing them.
+	b.Queue(`SET LOCAL idle_in_transaction_session_timeout = '75s'`)
 	b.Queue(`SELECT id, shard, topic, key, value, headers, accepted_at, created_at
 		FROM outbox WHERE shard = ANY($2) ORDER BY id LIMIT $1 FOR UPDATE`, r.opts.BatchSize, shards).Query(func(rs pgx.Rows) error {
 		var err error

@@ -147,8 +147,8 @@ type identityKey struct{}
 
 // serveGuarded runs serve, and answers a panic in it (a txpipe bug) with a
 // 500 problem instead of the dropped connection net/http would leave: the
-// client learns the request failed and may retry it with the same
-// command_id. The stack is logged once and the panic counted.
+// client learns the request failed and retries it with the same
+// command_id, which is safe whether or not its commands reached Kafka. The stack is logged once and the panic counted.
 func (a *API) serveGuarded(sw *statusWriter, r *http.Request, serve func()) {
 	defer func() {
 		v := recover()
@@ -164,7 +164,7 @@ func (a *API) serveGuarded(sw *statusWriter, r *http.Request, serve func()) {
 			panic(http.ErrAbortHandler) // half an answer is out: only closing the connection says it failed
 		}
 		writeProblem(sw, problem{Status: http.StatusInternalServerError, Type: "internal-error", Title: "Internal error",
-			Detail: "txpipe failed on this request; nothing was accepted unless a 202 said so. Retry with the same command_id"})
+			Detail: "txpipe failed on this request; its commands may or may not have been accepted. Retry with the same command_id: a command is applied once whatever is retried"})
 	}()
 	serve()
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
@@ -77,14 +78,15 @@ func describeDLQ(m kafka.Message) string {
 		id = "-"
 	}
 	return fmt.Sprintf("%d@%d reason=%s source=%s/%s@%s key=%q command_id=%s at=%s detail=%q",
-		m.Partition, m.Offset, h["dlq_reason"], h["source_topic"], h["source_partition"], h["source_offset"],
-		m.Key, id, h["dlq_at"], h["dlq_detail"])
+		m.Partition, m.Offset, h[consumers.HeaderDLQReason], h[consumers.HeaderSourceTopic], h[consumers.HeaderSourcePartition],
+		h[consumers.HeaderSourceOffset], m.Key, id, h[consumers.HeaderDLQAt], h[consumers.HeaderDLQDetail])
 }
 
 // replayDLQ produces the chosen DLQ records, key and value unchanged, to the
 // commands topic, with the API key that first submitted them (the DLQ
-// record's txpipe_submitted_by header), so the outcome names its real sender. Replaying twice is safe: commands are idempotent by
-// command_id, and a record that is still invalid goes to the DLQ again.
+// record's txpipe_submitted_by header), so the outcome names its real
+// sender. Replaying twice is safe: commands are idempotent by command_id,
+// and a record that is still invalid goes to the DLQ again.
 func replayDLQ(ctx context.Context, log *slog.Logger, msgs []kafka.Message, only, topic string, brokers []string, transport *kafka.Transport, e *env) error {
 	want := map[string]bool{}
 	for _, r := range strings.Split(only, ",") {
@@ -94,7 +96,7 @@ func replayDLQ(ctx context.Context, log *slog.Logger, msgs []kafka.Message, only
 	for _, m := range msgs {
 		ref := strconv.Itoa(m.Partition) + "@" + strconv.FormatInt(m.Offset, 10)
 		if want["all"] || want[ref] {
-			headers := []kafka.Header{{Key: "replayed_from", Value: []byte(ref)}}
+			headers := []kafka.Header{{Key: consumers.HeaderReplayedFrom, Value: []byte(ref)}}
 			for _, h := range m.Headers {
 				if h.Key == domain.SubmittedByHeader { // the key that first sent it stays its sender
 					headers = append(headers, h)
