@@ -87,6 +87,7 @@ type batchWrites struct {
 	replay    bool           // the record being decided came back from the DLQ
 	by        string         // the API key that submitted it, if any
 	replayed  map[string]int // outcome → replayed records
+	misrouted int            // valid commands not keyed by their debit account
 }
 
 // count records the outcome of the record being decided.
@@ -214,6 +215,7 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 	for outcome, n := range wr.replayed {
 		w.metrics.replayed.WithLabelValues(outcome).Add(float64(n))
 	}
+	w.metrics.misrouted.Add(float64(wr.misrouted))
 	w.metrics.lastProcessed.SetToCurrentTime()
 	out := maps.Clone(pos)
 	maps.Copy(out, next)
@@ -456,6 +458,9 @@ func sortedUnique(s []string) []string {
 // new command runs the ledger rules.
 func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, priors map[string]prior, book *domain.Book, now time.Time) {
 	acceptedAt := domain.RecordTime(m.Time)
+	if string(m.Key) != cmd.DebitAccount() {
+		wr.misrouted++ // applied all the same: the producer broke the key contract, not the command
+	}
 	fp := cmd.Fingerprint()
 	if p, seen := priors[cmd.CommandID]; seen {
 		if bytes.Equal(p.fingerprint, fp) {

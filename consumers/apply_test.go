@@ -689,3 +689,22 @@ func TestDeadLetteringNeverHidesADecision(t *testing.T) {
 		}
 	}
 }
+
+// TestMisroutedRecordsAreCounted: a valid command whose record key is not
+// its debit account is applied, and counted, since its account's commands
+// may be spread over partitions.
+func TestMisroutedRecordsAreCounted(t *testing.T) {
+	db := pgtest.New(t)
+	w := newTestWorker(t, db)
+	msgs := records(0, open(1, "alice"), deposit(2, "alice", 5), deposit(3, "alice", 7))
+	msgs[0].Key, msgs[1].Key, msgs[2].Key = []byte("alice"), []byte("alice"), []byte("bob")
+	if _, err := w.applyBatch(context.Background(), at(0), msgs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := balances(t, db)["alice"]; got != 12 {
+		t.Errorf("alice = %d, want 12: a misrouted command still applies", got)
+	}
+	if got := testutil.ToFloat64(w.metrics.misrouted); got != 1 {
+		t.Errorf("txpipe_consumer_misrouted_records_total = %v, want 1", got)
+	}
+}

@@ -15,6 +15,8 @@ type metrics struct {
 	retries       *prometheus.CounterVec
 	lag           *prometheus.GaugeVec
 	halted        *prometheus.GaugeVec
+	openTxn       *prometheus.GaugeVec
+	misrouted     prometheus.Counter
 	lastProcessed prometheus.Gauge
 	offsetGaps    prometheus.Counter
 	expired       prometheus.Counter
@@ -47,6 +49,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "txpipe_consumer_lag_records",
 			Help: "Records of the partition not applied yet: the end of its log minus the offset stored in PostgreSQL (after each fetch, and every 5 s even while stalled).",
 		}, []string{"partition"}),
+		openTxn: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "txpipe_consumer_open_transaction_records",
+			Help: "Records of the partition held behind a producer transaction still open: its high watermark minus its last stable offset. Nothing after them can be read until the transaction ends (up to the producer's transaction timeout), though the lag (which counts to the last stable offset) may be 0.",
+		}, []string{"partition"}),
+		misrouted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_consumer_misrouted_records_total",
+			Help: "Valid commands whose record key was not their debit account: a producer other than ingest keyed them wrong, so one account's commands may spread over partitions and apply out of the order sent.",
+		}),
 		halted: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "txpipe_consumer_partition_halted",
 			Help: "1 while the partition is halted: its stored offset does not fit the log (the commands topic was recreated or truncated) and it waits for txpipe offsets reset; 0 while it is consumed. Reported by the worker holding the partition.",
@@ -75,7 +85,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	fetchCounter := func(name, help string, v *atomic.Int64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 	}
-	collectors := []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.halted, m.lastProcessed, m.offsetGaps, m.expired, m.replayed, m.panics,
+	collectors := []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.openTxn, m.misrouted, m.halted, m.lastProcessed, m.offsetGaps, m.expired, m.replayed, m.panics,
 		fetchCounter("txpipe_kafka_fetch_requests_total", "Fetch requests the worker sent (one per broker per lane round).", &m.fetch.Requests),
 		fetchCounter("txpipe_kafka_fetch_records_total", "Command records the worker fetched.", &m.fetch.Records),
 		fetchCounter("txpipe_kafka_fetch_bytes_total", "Bytes of keys and values the worker fetched.", &m.fetch.Bytes),

@@ -77,6 +77,7 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 		for _, p := range parts { // another worker reports these now
 			w.metrics.lag.DeleteLabelValues(strconv.Itoa(p))
 			w.metrics.halted.DeleteLabelValues(strconv.Itoa(p))
+			w.metrics.openTxn.DeleteLabelValues(strconv.Itoa(p))
 		}
 	}()
 	if err := l.resume(ctx); err != nil {
@@ -260,6 +261,7 @@ func (l *lane) fill(ctx context.Context) error {
 		// The last stable offset: records of an open transaction cannot
 		// be read yet.
 		l.w.metrics.lag.WithLabelValues(strconv.Itoa(p)).Set(float64(max(0, got.LastStable[p]-l.pos[p])))
+		l.w.metrics.openTxn.WithLabelValues(strconv.Itoa(p)).Set(float64(max(0, got.HighWater[p]-got.LastStable[p])))
 		if _, failed := got.Errs[p]; !failed {
 			delete(l.retryAt, p)
 		}

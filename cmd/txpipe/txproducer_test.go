@@ -162,3 +162,40 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestOpenProducerTransactionIsVisible: records held behind a producer
+// transaction still open cannot be read, and the lag (to the last stable
+// offset) does not show them; txpipe_consumer_open_transaction_records
+// does, until the transaction ends and they apply.
+func TestOpenProducerTransactionIsVisible(t *testing.T) {
+	p := startPipelineWith(t, 1)
+	admin := strings.TrimPrefix(p.admin, "http://")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(p.kc.Brokers...), kgo.TransactionalID("open-"+p.topics.Commands),
+		kgo.DefaultProduceTopic(p.topics.Commands), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	open := uuidv7.New()
+	if err := cl.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	rec := &kgo.Record{Partition: 0, Key: []byte("otto"), Value: []byte(fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"otto","currency":"EUR"}`, open))}
+	if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	series := `txpipe_consumer_open_transaction_records{partition="0"}`
+	eventually(t, "the open transaction's record shows in "+series, func() bool { return scrape(t, admin, series) == 1 })
+	if code := p.get(t, "/v1/commands/"+open, nil); code != http.StatusNotFound {
+		t.Errorf("GET a command inside an open transaction = %d, want 404", code)
+	}
+	if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+		t.Fatal(err)
+	}
+	if status, reason := p.awaitOutcome(t, open); status != "applied" {
+		t.Fatalf("the command once its transaction committed = %s %s, want applied", status, reason)
+	}
+	eventually(t, series+" falls to 0", func() bool { return scrape(t, admin, series) == 0 })
+}
