@@ -16,9 +16,10 @@ package consumers
 //     already longer than the stored offset, which no offset comparison can.
 //
 // Every checkInterval a lane also re-reads its partitions' rows (to follow
-// an operator's reset) and makes the last record it applied of each
-// partition the new anchor, after finding the previous anchor unchanged: a
-// log swapped between two fetches without any fetch failing is caught there,
+// an operator's reset), and every anchorInterval it makes the last record
+// it applied of each partition the new anchor, after finding the previous
+// anchor unchanged: a log swapped between two fetches without any fetch
+// failing is caught there,
 // with the records applied meanwhile replayable by a reset (their commands
 // are deduplicated by command_id).
 //
@@ -49,9 +50,16 @@ import (
 	"github.com/segmentio/kafka-go/protocol"
 )
 
-// checkInterval spaces a lane's re-reads of its partitions' rows and its
-// anchor updates: how soon a reset reaches a running lane.
+// checkInterval spaces a lane's re-reads of its partitions' rows: how soon
+// a reset reaches a running lane. A partition without an anchor gets one at
+// the first check after it applied records.
 const checkInterval = 2 * time.Second
+
+// anchorInterval spaces the moves of an anchor already stored, each of
+// which reads the old anchor's record back from Kafka (a fetch per
+// partition) and writes the hot consumer_offsets row: how soon a log
+// swapped between two fetches without any fetch failing is caught.
+const anchorInterval = 30 * time.Second
 
 // Halt says why a partition stopped: its stored offset does not fit the
 // log, and applying on would skip records.
@@ -593,9 +601,13 @@ func (l *lane) check(laneCtx context.Context) {
 			}
 		}
 	}
+	moveAnchors := !time.Now().Before(l.anchorAt)
+	if moveAnchors {
+		l.anchorAt = time.Now().Add(anchorInterval)
+	}
 	var verify []int
 	for p, a := range l.applied {
-		if old := states[p].anchor; old != nil && old.offset != a.offset && slices.Contains(l.parts, p) {
+		if old := states[p].anchor; moveAnchors && old != nil && old.offset != a.offset && slices.Contains(l.parts, p) {
 			verify = append(verify, p)
 		}
 	}
@@ -619,7 +631,7 @@ func (l *lane) check(laneCtx context.Context) {
 	}
 	save := map[int]anchor{}
 	for p, a := range l.applied {
-		if old := states[p].anchor; slices.Contains(l.parts, p) && (old == nil || old.offset != a.offset) {
+		if old := states[p].anchor; slices.Contains(l.parts, p) && (old == nil || moveAnchors && old.offset != a.offset) {
 			save[p] = a
 		}
 	}

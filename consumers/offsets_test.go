@@ -416,6 +416,7 @@ func TestLaneCheckFollowsTheLog(t *testing.T) {
 	}
 	l.advance(next)
 	l.remember(msgs[3:4])
+	l.anchorAt = time.Time{} // anchorInterval has passed
 	l.check(ctx)
 	all, err := PartitionStates(ctx, w.opts.Pool, "g", w.opts.CommandsTopic)
 	if err != nil {

@@ -52,6 +52,7 @@ type lane struct {
 	applied  map[int]anchor          // the last record applied of each partition
 	anchors  map[int]*anchor         // the anchors stored in PostgreSQL
 	checkAt  time.Time               // when check runs next
+	anchorAt time.Time               // when check next moves stored anchors
 	commit   struct {
 		at  time.Time
 		pos positions
