@@ -744,8 +744,15 @@ func TestEveryKindOfPoisonIsDeadLettered(t *testing.T) {
 		counts[want.reason]++
 	}
 	for reason, n := range counts {
+		// The worker counts a batch just after its commit, which the test
+		// may see first: wait for the count, which must reach n exactly.
 		series := fmt.Sprintf(`txpipe_consumer_commands_total{outcome="dlq",reason=%q}`, reason)
-		if got := scrape(t, strings.TrimPrefix(p.admin, "http://"), series); got != float64(n) {
+		var got float64
+		eventually(t, fmt.Sprintf("%s reaches %d", series, n), func() bool {
+			got = scrape(t, strings.TrimPrefix(p.admin, "http://"), series)
+			return got >= float64(n)
+		})
+		if got != float64(n) {
 			t.Errorf("%s = %v, want %d", series, got, n)
 		}
 	}
