@@ -5,6 +5,7 @@ import (
 	"image/color"
 	"io"
 	"maps"
+	"math"
 	"slices"
 	"time"
 
@@ -82,25 +83,34 @@ var (
 // lines and the offered rate in the title, as a PNG.
 func writeLatencyChart(w io.Writer, title string, ws []window, size time.Duration, targets map[string]float64) error {
 	p := plot.New()
-	p.Title.Text = title
+	p.Title.Text = fmt.Sprintf("%s; p50, p99 and max per %s window", title, size)
 	p.X.Label.Text = "seconds since the measured start (s)"
-	p.Y.Label.Text = fmt.Sprintf("end-to-end latency per %s window (ms, log scale)", size)
+	p.Y.Label.Text = "latency (ms, log scale)"
 	p.Add(plotter.NewGrid())
-	p.Legend.Top, p.Legend.Left = true, true
 	if len(ws) == 0 {
 		return save(w, p) // an empty chart: a log scale needs values
 	}
-	lo, hi := 1.0, 1.0
+	lo, hi := math.Inf(1), 1.0
 	for _, wd := range ws {
-		lo, hi = min(lo, wd.P50ms), max(hi, wd.MaxMs)
+		if wd.P50ms > 0 {
+			lo = min(lo, wd.P50ms)
+		}
+		hi = max(hi, wd.MaxMs)
 	}
 	for _, v := range targets {
-		hi = max(hi, v)
+		lo, hi = min(lo, v), max(hi, v)
 	}
-	floor := max(lo/2, 0.01) // a log scale cannot show 0
+	if math.IsInf(lo, 1) {
+		lo = 1
+	}
+	// Whole decades, so both ends are labelled, and one more below the
+	// lowest p50: the legend sits there, bottom left, clear of the lines.
+	floor := math.Pow(10, math.Floor(math.Log10(lo))-1)
 	p.Y.Scale = plot.LogScale{}
 	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
-	p.Y.Min, p.Y.Max = floor, hi*1.5
+	p.Y.Min, p.Y.Max = floor, math.Pow(10, math.Ceil(math.Log10(hi)))
+	p.Legend.Top, p.Legend.Left = false, true
+	p.Legend.XOffs, p.Legend.YOffs = vg.Points(8), vg.Points(4)
 	series := []struct {
 		name  string
 		c     color.Color
@@ -162,9 +172,9 @@ type rateWindow struct {
 // outcomes published, per second, in each window.
 func writeThroughputChart(w io.Writer, title string, ws []rateWindow, size time.Duration) error {
 	p := plot.New()
-	p.Title.Text = title
+	p.Title.Text = fmt.Sprintf("%s; per %s window", title, size)
 	p.X.Label.Text = "seconds since the start (s)"
-	p.Y.Label.Text = fmt.Sprintf("commands per second, per %s window", size)
+	p.Y.Label.Text = "commands per second"
 	p.Y.Min = 0
 	p.Add(plotter.NewGrid())
 	p.Legend.Top, p.Legend.Left = false, true

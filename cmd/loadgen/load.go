@@ -143,18 +143,19 @@ func percentile(ss []sample, q float64) time.Duration {
 // every outcome's arrival, until ctx ends. It fetches every partition in one
 // request, so the measuring costs the broker little.
 func watchOutcomes(ctx context.Context, brokers []string, client *kafka.Client, topic string, l *latencies) (func(), error) {
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil || len(md.Topics) != 1 || len(md.Topics[0].Partitions) == 0 {
-		return nil, fmt.Errorf("read metadata of %s: %v", topic, err)
-	}
-	var parts []int
-	for _, p := range md.Topics[0].Partitions {
-		parts = append(parts, p.ID)
-	}
-	f := kafkafetch.New(brokers, client.Transport, topic)
-	_, pos, err := f.Bounds(ctx, parts)
-	if err != nil {
-		return nil, err
+	var f *kafkafetch.Fetcher
+	var pos map[int]int64
+	// A topic created a moment ago may have no leaders yet, on a busy
+	// broker for a while; a new fetcher forgets the leaders it saw.
+	for attempt := 1; ; attempt++ {
+		var err error
+		f = kafkafetch.New(brokers, client.Transport, topic)
+		if pos, err = topicEnd(ctx, client, f, topic); err == nil {
+			break
+		} else if attempt == 60 || ctx.Err() != nil {
+			return nil, err
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -181,6 +182,20 @@ func watchOutcomes(ctx context.Context, brokers []string, client *kafka.Client, 
 		}
 	}()
 	return func() { cancel(); <-done }, nil
+}
+
+// topicEnd is the end offset of every partition of topic.
+func topicEnd(ctx context.Context, client *kafka.Client, f *kafkafetch.Fetcher, topic string) (map[int]int64, error) {
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil || len(md.Topics) != 1 || len(md.Topics[0].Partitions) == 0 {
+		return nil, fmt.Errorf("read metadata of %s: %v", topic, err)
+	}
+	var parts []int
+	for _, p := range md.Topics[0].Partitions {
+		parts = append(parts, p.ID)
+	}
+	_, pos, err := f.Bounds(ctx, parts)
+	return pos, err
 }
 
 // sender sends one group of commands and reports whether they were
