@@ -194,3 +194,60 @@ func TestSetupHonoursRateLimits(t *testing.T) {
 		})
 	}
 }
+
+// TestHeadline judges each target from the scenarios' figures, and marks
+// the targets of scenarios that did not run as not measured.
+func TestHeadline(t *testing.T) {
+	o := benchOptions{rate: 1000, sustained: 10 * time.Minute, throughputFor: 5 * time.Minute}
+	good := map[string]result{
+		"sustained-latency": {P50ms: 20, P99ms: 45, P999ms: 80, Steady: &steady{WindowSeconds: 10, WorstWindowP99ms: 140,
+			OutboxBytesStart: 1 << 20, OutboxBytesFirstMinute: 4 << 20, OutboxBytesEnd: 8 << 20}},
+		"sustained-throughput": {Steady: &steady{FirstMinutePerSecond: 3000, LastMinutePerSecond: 2700}},
+		"txpipe":               {PerSecond: 4000},
+		"naive":                {PerSecond: 400},
+		"pg-ceiling":           {PerSecond: 10000},
+	}
+	bad := map[string]result{
+		"sustained-latency": {P99ms: 51, Steady: &steady{WindowSeconds: 10, WorstWindowP99ms: 151,
+			OutboxBytesFirstMinute: 4 << 20, OutboxBytesEnd: 9 << 20}},
+		"sustained-throughput": {Steady: &steady{FirstMinutePerSecond: 3000, LastMinutePerSecond: 2690}},
+		"txpipe":               {PerSecond: 3990},
+		"naive":                {PerSecond: 400},
+		"pg-ceiling":           {PerSecond: 10000},
+	}
+	ratios := func(m map[string]result) map[string]float64 {
+		st, sth := m["sustained-latency"].Steady, m["sustained-throughput"].Steady
+		return map[string]float64{
+			"txpipe/naive":                 m["txpipe"].PerSecond / m["naive"].PerSecond,
+			"txpipe/pg_ceiling":            m["txpipe"].PerSecond / m["pg-ceiling"].PerSecond,
+			"outbox_end/first_minute":      float64(st.OutboxBytesEnd) / float64(st.OutboxBytesFirstMinute),
+			"throughput_last/first_minute": sth.LastMinutePerSecond / sth.FirstMinutePerSecond,
+		}
+	}
+	for _, c := range []struct {
+		name         string
+		byName       map[string]result
+		wantPass     bool
+		wantMeasured bool
+	}{
+		{"every target met, at its bound or within", good, true, true},
+		{"every target just missed", bad, false, true},
+		{"nothing ran", map[string]result{}, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := map[string]float64{}
+			if len(c.byName) > 0 {
+				r = ratios(c.byName)
+			}
+			ts := headline(c.byName, r, o)
+			if len(ts) != 6 {
+				t.Fatalf("headline has %d targets, want 6", len(ts))
+			}
+			for _, tg := range ts {
+				if tg.Measured != c.wantMeasured || (c.wantMeasured && tg.Pass != c.wantPass) {
+					t.Errorf("%s (%s): measured %v, pass %v; want measured %v, pass %v", tg.Name, tg.Shown, tg.Measured, tg.Pass, c.wantMeasured, c.wantPass)
+				}
+			}
+		})
+	}
+}
