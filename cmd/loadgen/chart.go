@@ -175,7 +175,12 @@ func writeThroughputChart(w io.Writer, title string, ws []rateWindow, size time.
 	p.Title.Text = fmt.Sprintf("%s; per %s window", title, size)
 	p.X.Label.Text = "seconds since the start (s)"
 	p.Y.Label.Text = "commands per second"
-	p.Y.Min = 0
+	top := 1.0
+	for _, r := range ws {
+		top = max(top, r.Accepted, r.Completed)
+	}
+	p.Y.Min, p.Y.Max = 0, top*1.1
+	p.Y.Tick.Marker = evenTicks{}
 	p.Add(plotter.NewGrid())
 	p.Legend.Top, p.Legend.Left = false, true
 	for _, s := range []struct {
@@ -217,4 +222,27 @@ func save(w io.Writer, p *plot.Plot) error {
 		return fmt.Errorf("write chart: %w", err)
 	}
 	return nil
+}
+
+// evenTicks labels about five round values (1, 2 or 5 × 10ⁿ apart) as
+// whole numbers, where gonum's default gives two with decimals.
+type evenTicks struct{}
+
+func (evenTicks) Ticks(lo, hi float64) []plot.Tick {
+	if hi <= lo {
+		return []plot.Tick{{Value: lo, Label: fmt.Sprintf("%.0f", lo)}}
+	}
+	mag := math.Pow(10, math.Floor(math.Log10((hi-lo)/5)))
+	step := mag
+	for _, m := range []float64{2, 5, 10} { // the step giving nearest five ticks
+		if math.Abs((hi-lo)/(m*mag)-5) < math.Abs((hi-lo)/step-5) {
+			step = m * mag
+		}
+	}
+	var ts []plot.Tick
+	for v := math.Ceil(lo/step) * step; v <= hi; v += step {
+		ts = append(ts, plot.Tick{Value: v, Label: fmt.Sprintf("%.0f", v)})
+		ts = append(ts, plot.Tick{Value: v + step/2}) // a minor tick between
+	}
+	return ts
 }

@@ -251,3 +251,25 @@ func TestHeadline(t *testing.T) {
 		})
 	}
 }
+
+func TestEvenTicks(t *testing.T) {
+	for _, c := range []struct {
+		lo, hi float64
+		want   []string
+	}{
+		{0, 2700, []string{"0", "500", "1000", "1500", "2000", "2500"}},
+		{0, 1100, []string{"0", "200", "400", "600", "800", "1000"}},
+		{0, 9, []string{"0", "2", "4", "6", "8"}},
+		{5, 5, []string{"5"}},
+	} {
+		var got []string
+		for _, tk := range (evenTicks{}).Ticks(c.lo, c.hi) {
+			if tk.Label != "" {
+				got = append(got, tk.Label)
+			}
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("Ticks(%v, %v) labels %v, want %v", c.lo, c.hi, got, c.want)
+		}
+	}
+}

@@ -80,16 +80,16 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 	st.RSSStartMiB = mib(all.rss())
 	n := int(o.rate * d.Seconds())
 	start := time.Now()
-	firstMinute := make(chan int64, 1)
-	go func() {
+	var firstMinute int64
+	minuteCtx, cancelMinute := context.WithCancel(ctx)
+	var minute sync.WaitGroup
+	minute.Go(func() {
 		select {
 		case <-time.After(time.Minute):
-			b, _ := outboxBytes(ctx, s.pool)
-			firstMinute <- b
-		case <-ctx.Done():
-			firstMinute <- 0
+			firstMinute, _ = outboxBytes(ctx, s.pool)
+		case <-minuteCtx.Done(): // a run shorter than a minute
 		}
-	}()
+	})
 	lastProgress := time.Now()
 	openLoop(ctx, n, stream, 1, o.rate, send, l, func() {
 		if time.Since(lastProgress) > 10*time.Second {
@@ -98,14 +98,14 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 			lastProgress = time.Now()
 		}
 	})
-	sent := time.Since(start)
-	if st.OutboxBytesEnd, err = outboxBytes(ctx, s.pool); err != nil {
+	st.OutboxBytesEnd, err = outboxBytes(ctx, s.pool)
+	st.RSSEndMiB = mib(all.rss())
+	cancelMinute()
+	minute.Wait()
+	if err != nil {
 		return result{}, err
 	}
-	st.RSSEndMiB = mib(all.rss())
-	if sent >= time.Minute {
-		st.OutboxBytesFirstMinute = <-firstMinute
-	}
+	st.OutboxBytesFirstMinute = firstMinute
 	deadline := time.Now().Add(60 * time.Second)
 	for l.done() < int(l.accepted.Load()) && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
