@@ -234,6 +234,12 @@ func (h *history) chunk(n int) *chunk {
 		cmd, at := h.next()
 		h.decide(c, cmd, at)
 	}
+	// The accounts opened in this chunk as they stand now: the next chunk,
+	// decided while this one is written, changes the book's.
+	for i := range c.accounts {
+		a := *c.accounts[i].a
+		c.accounts[i].a = &a
+	}
 	for _, t := range h.transfers {
 		c.transfers = append(c.transfers, t)
 	}
