@@ -15,7 +15,7 @@ help:
 	@echo "make services       start Kafka + PostgreSQL; eval \"\$$(make -s services)\" exports their settings"
 	@echo "make services-down  stop them"
 	@echo "make lint           gofmt and go vet"
-	@echo "make bench          steady-state benchmark on a preloaded database, side by side (BENCH_QUICK=1: about 15 minutes); make bench-micro: Go benchmarks"
+	@echo "make bench          steady-state benchmark on a preloaded database, side by side (BENCH_QUICK=1: about 10 minutes); make bench-micro: Go benchmarks"
 	@echo "make soak           the sustained 1000/s latency run for SOAK_DURATION (5m), RSS and outbox size at start and end"
 
 .PHONY: build
