@@ -33,13 +33,20 @@ type benchOptions struct {
 	// workerArgs are extra flags for the worker of the txpipe scenarios,
 	// for tuning experiments.
 	workerArgs []string
-	// only, when set, runs just the scenarios whose names start with it.
+	// only, when set, runs just the scenarios whose names start with one
+	// of its comma-separated prefixes.
 	only string
 	// rounds is how many times each throughput scenario runs.
 	rounds int
-	// latency, when set, is how long the latency run sends.
-	latency time.Duration
-	log     io.Writer
+	// preload is how many processed commands every scenario's database
+	// holds before it starts (0: a fresh database); template is the
+	// database they are copied from.
+	preload  int
+	template string
+	// sustained and throughputFor are how long sustained-latency and
+	// sustained-throughput send.
+	sustained, throughputFor time.Duration
+	log                      io.Writer
 }
 
 // result is one scenario's figures.
@@ -54,71 +61,130 @@ type result struct {
 	P50ms          float64 `json:"p50_ms,omitempty"`
 	P99ms          float64 `json:"p99_ms,omitempty"`
 	P999ms         float64 `json:"p999_ms,omitempty"`
-	WorkerRSSMiB   float64 `json:"worker_peak_rss_mib,omitempty"`
+	WorkerRSSMiB   float64 `json:"worker_peak_rss_mib,omitempty"` // of txpipe all in the sustained scenarios
 	RelayRSSMiB    float64 `json:"relay_peak_rss_mib,omitempty"`
 	IngestRSSMiB   float64 `json:"ingest_peak_rss_mib,omitempty"`
 	Note           string  `json:"note,omitempty"`
+	Steady         *steady `json:"steady,omitempty"`
 }
 
 type report struct {
-	Date    time.Time          `json:"date"`
-	Quick   bool               `json:"quick"`
-	Results []result           `json:"results"`
-	Ratios  map[string]float64 `json:"ratios"`
+	Date  time.Time `json:"date"`
+	Quick bool      `json:"quick"`
+	// Preload is the processed commands in every scenario's database
+	// when it starts, copied from Template.
+	Preload  int    `json:"preload_commands"`
+	Template string `json:"preload_template,omitempty"`
+	// PreloadBuiltSeconds is how long building the template took (0: an
+	// earlier run's was reused).
+	PreloadBuiltSeconds float64 `json:"preload_built_seconds,omitempty"`
+	SustainedSeconds    float64 `json:"sustained_seconds,omitempty"`
+	ThroughputSeconds   float64 `json:"sustained_throughput_seconds,omitempty"`
+	// Headline is the steady-state figures against issue 14's targets.
+	Headline []target           `json:"headline"`
+	Results  []result           `json:"results"`
+	Ratios   map[string]float64 `json:"ratios"`
+	// TotalSeconds is the whole run, preload included.
+	TotalSeconds float64 `json:"total_seconds"`
+}
+
+// The targets (issue 14), on this machine, measured side by side in one run.
+const (
+	targetP99ms          = 50.0  // sustained p99 at 1000/s
+	targetWindowP99ms    = 150.0 // no 10-second window's p99 above it
+	targetThroughputKept = 0.9   // last minute ≥ this × the first
+	targetOutboxGrowth   = 2.0   // outbox at the end ≤ this × after the first minute
+	targetPGCeiling      = 0.4   // txpipe ≥ this × the PostgreSQL ceiling
+	targetNaive          = 10.0  // txpipe ≥ this × naive
+)
+
+// target is one headline figure against its target.
+type target struct {
+	Name     string  `json:"name"`
+	Want     string  `json:"target"`
+	Value    float64 `json:"value"`
+	Shown    string  `json:"measured"`
+	Pass     bool    `json:"pass"`
+	Measured bool    `json:"was_measured"` // false when its scenario did not run
+}
+
+// scenario is one step of the benchmark.
+type scenario struct {
+	name string
+	// once: run a single time (the sustained scenarios), not in every round.
+	once bool
+	run  func() (result, error)
 }
 
 func runBench(ctx context.Context, o benchOptions) error {
+	began := time.Now()
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
 	}
 	n := map[string]int{"naive": 10000, "txpipe": 100000, "pg": 100000, "kafka": 100000}
-	latencySeconds := 60.0
 	if o.quick {
 		n = map[string]int{"naive": 3000, "txpipe": 20000, "pg": 20000, "kafka": 20000}
-		latencySeconds = 10
 	}
-	if o.latency > 0 {
-		latencySeconds = o.latency.Seconds()
+	rep := report{Date: time.Now().UTC(), Quick: o.quick, Ratios: map[string]float64{}, Preload: o.preload,
+		SustainedSeconds: o.sustained.Seconds(), ThroughputSeconds: o.throughputFor.Seconds()}
+	if o.preload > 0 {
+		spec := preloadSpec{commands: o.preload, accounts: o.accounts, seed: 1, end: time.Now().Add(-time.Hour), span: 90 * 24 * time.Hour}
+		start := time.Now()
+		name, built, err := ensureTemplate(ctx, o.adminURL, spec, o.log)
+		if err != nil {
+			return fmt.Errorf("preload: %w", err)
+		}
+		o.template, rep.Template = name, name
+		if built {
+			rep.PreloadBuiltSeconds = time.Since(start).Seconds()
+		}
 	}
 	transport := &kafka.Transport{}
 	defer transport.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(o.brokers...), Timeout: 10 * time.Second, Transport: transport}
 	uniform := workload{accounts: o.accounts, seed: 1}
 	skewed := workload{accounts: o.accounts, hot: 10, skew: 0.5, seed: 2}
-	rep := report{Date: time.Now().UTC(), Quick: o.quick, Ratios: map[string]float64{}}
-	var naive, txp, skew, scaled, pgc, kfc, lat result
-	steps := []struct {
-		name string
-		dst  *result
-		f    func() (result, error)
-	}{
-		{"naive (batch size 1)", &naive, func() (result, error) {
-			// One transaction per command, one transaction stream per partition:
-			// the textbook pipeline, and the strongest batch-size-1 baseline.
+	steps := []scenario{
+		{"sustained-latency", true, func() (result, error) { return sustainedLatency(ctx, o, client, o.sustained, uniform) }},
+		{"sustained-throughput", true, func() (result, error) { return sustainedThroughput(ctx, o, client, o.throughputFor, uniform) }},
+		// One transaction per command, one transaction stream per partition:
+		// the textbook pipeline, and the strongest batch-size-1 baseline.
+		{"naive", false, func() (result, error) {
 			return throughput(ctx, o, client, "naive", n["naive"], uniform, 1, 1, "--batch-size", "1", "--lanes", "12")
 		}},
-		{"txpipe (defaults)", &txp, func() (result, error) {
+		{"txpipe", false, func() (result, error) {
 			return throughput(ctx, o, client, "txpipe", n["txpipe"], uniform, 1, 1, o.workerArgs...)
 		}},
-		{"txpipe skewed (half on 10 hot accounts)", &skew, func() (result, error) {
+		{"txpipe-skewed", false, func() (result, error) {
 			return throughput(ctx, o, client, "txpipe-skewed", n["txpipe"], skewed, 1, 1, o.workerArgs...)
 		}},
-		{"txpipe scaled out (3 workers, 2 relays)", &scaled, func() (result, error) {
+		{"txpipe-3w2r", false, func() (result, error) {
 			return throughput(ctx, o, client, "txpipe-3w2r", n["txpipe"], uniform, 3, 2, o.workerArgs...)
 		}},
-		{"PostgreSQL ceiling", &pgc, func() (result, error) { return pgCeiling(ctx, o, client, n["pg"], uniform) }},
-		{"Kafka ceiling", &kfc, func() (result, error) { return kafkaCeiling(ctx, o, client, transport, n["kafka"], uniform) }},
+		{"pg-ceiling", false, func() (result, error) { return pgCeiling(ctx, o, client, n["pg"], uniform) }},
+		{"kafka-ceiling", false, func() (result, error) { return kafkaCeiling(ctx, o, client, transport, n["kafka"], uniform) }},
+	}
+	selected := func(name string) bool {
+		if o.only == "" {
+			return true
+		}
+		for _, p := range strings.Split(o.only, ",") {
+			if p = strings.TrimSpace(p); p != "" && strings.HasPrefix(name, p) {
+				return true
+			}
+		}
+		return false
 	}
 	// The machine is shared and noisy: every throughput scenario runs
 	// o.rounds times, interleaved, and the median run counts.
 	runs := make([][]result, len(steps))
 	for round := range o.rounds {
 		for i, st := range steps {
-			if o.only != "" && !strings.HasPrefix(st.name, o.only) {
+			if !selected(st.name) || (st.once && round > 0) {
 				continue
 			}
 			fmt.Fprintf(o.log, "bench: round %d/%d: %s …\n", round+1, o.rounds, st.name)
-			r, err := st.f()
+			r, err := st.run()
 			if err != nil {
 				return fmt.Errorf("%s: %w", st.name, err)
 			}
@@ -126,48 +192,121 @@ func runBench(ctx context.Context, o benchOptions) error {
 			runs[i] = append(runs[i], r)
 		}
 	}
+	byName := map[string]result{}
 	for i, st := range steps {
 		if len(runs[i]) == 0 {
 			continue
 		}
-		*st.dst = median(runs[i])
-		rep.Results = append(rep.Results, *st.dst)
+		byName[st.name] = median(runs[i])
+		rep.Results = append(rep.Results, byName[st.name])
 	}
-	latName := fmt.Sprintf("latency at %.0f/s over HTTP", o.rate)
-	if o.only == "" || strings.HasPrefix(latName, o.only) {
-		fmt.Fprintf(o.log, "bench: %s …\n", latName)
-		r, err := latencyRun(ctx, o, client, latencySeconds, uniform)
-		if err != nil {
-			return fmt.Errorf("%s: %w", latName, err)
+	txp, naive, pgc := byName["txpipe"], byName["naive"], byName["pg-ceiling"]
+	ratio := func(name string, a, b result) {
+		if a.PerSecond > 0 && b.PerSecond > 0 {
+			rep.Ratios[name] = a.PerSecond / b.PerSecond
 		}
-		lat = r
-		rep.Results = append(rep.Results, r)
 	}
-	if o.only != "" {
-		printTable(o.log, rep.Results)
-		return nil
+	ratio("txpipe/naive", txp, naive)
+	ratio("txpipe/pg_ceiling", txp, pgc)
+	ratio("skewed/uniform", byName["txpipe-skewed"], txp)
+	ratio("scaled/one_worker", byName["txpipe-3w2r"], txp)
+	if r, ok := byName["sustained-latency"]; ok {
+		rep.Ratios["sustained_p99_ms"] = r.P99ms
+		rep.Ratios["worst_window_p99_ms"] = r.Steady.WorstWindowP99ms
+		if r.Steady.OutboxBytesFirstMinute > 0 {
+			rep.Ratios["outbox_end/first_minute"] = float64(r.Steady.OutboxBytesEnd) / float64(r.Steady.OutboxBytesFirstMinute)
+		}
 	}
-	rep.Ratios["txpipe/naive"] = txp.PerSecond / naive.PerSecond
-	rep.Ratios["txpipe/pg_ceiling"] = txp.PerSecond / pgc.PerSecond
-	rep.Ratios["skewed/uniform"] = skew.PerSecond / txp.PerSecond
-	rep.Ratios["scaled/one_worker"] = scaled.PerSecond / txp.PerSecond
-	rep.Ratios["p99_ms_at_1000"] = lat.P99ms
+	if r, ok := byName["sustained-throughput"]; ok && r.Steady.FirstMinutePerSecond > 0 {
+		rep.Ratios["throughput_last/first_minute"] = r.Steady.LastMinutePerSecond / r.Steady.FirstMinutePerSecond
+	}
+	rep.Headline = headline(byName, rep.Ratios, o)
+	rep.TotalSeconds = time.Since(began).Seconds()
 	if err := writeReport(o.out, rep); err != nil {
 		return err
 	}
+	printHeadline(o.log, rep)
 	printTable(o.log, rep.Results)
-	fmt.Fprintf(o.log, "results: %s\n", o.out)
-	fmt.Printf("ratios: txpipe/naive=%.2f txpipe/pg_ceiling=%.2f skewed/uniform=%.2f scaled/one_worker=%.2f p99_ms_at_1000=%.1f\n",
-		rep.Ratios["txpipe/naive"], rep.Ratios["txpipe/pg_ceiling"], rep.Ratios["skewed/uniform"], rep.Ratios["scaled/one_worker"], rep.Ratios["p99_ms_at_1000"])
+	fmt.Fprintf(o.log, "results: %s (%.1f minutes in all)\n", o.out, rep.TotalSeconds/60)
+	fmt.Println(ratioLine(rep.Ratios))
 	return nil
 }
 
-// throughput preloads nothing: it starts a worker and a relay as separate
-// processes, produces n transfers straight to the commands topic as fast
+// headline compares the steady-state figures with the targets.
+func headline(byName map[string]result, ratios map[string]float64, o benchOptions) []target {
+	lat, latOK := byName["sustained-latency"]
+	thr, thrOK := byName["sustained-throughput"]
+	_, naiveOK := byName["naive"]
+	_, pgOK := byName["pg-ceiling"]
+	_, txpOK := byName["txpipe"]
+	var st, sth steady
+	if latOK {
+		st = *lat.Steady
+	}
+	if thrOK {
+		sth = *thr.Steady
+	}
+	at := fmt.Sprintf("at %.0f/s over %s", o.rate, o.sustained)
+	ts := []target{
+		{Name: "sustained p99 " + at, Want: fmt.Sprintf("≤ %.0f ms", targetP99ms), Value: lat.P99ms,
+			Shown: fmt.Sprintf("%.1f ms (p50 %.1f, p99.9 %.1f)", lat.P99ms, lat.P50ms, lat.P999ms), Pass: lat.P99ms <= targetP99ms, Measured: latOK},
+		{Name: fmt.Sprintf("worst %.0f-s window's p99 %s", st.WindowSeconds, at), Want: fmt.Sprintf("≤ %.0f ms", targetWindowP99ms), Value: st.WorstWindowP99ms,
+			Shown: fmt.Sprintf("%.1f ms (window at %.0f s)", st.WorstWindowP99ms, st.WorstWindowAtS), Pass: st.WorstWindowP99ms <= targetWindowP99ms, Measured: latOK},
+		{Name: "outbox at the end ÷ after the first minute " + at, Want: fmt.Sprintf("≤ %.0f×", targetOutboxGrowth), Value: ratios["outbox_end/first_minute"],
+			Shown: fmt.Sprintf("%.2f× (%s at the start, %s after a minute, %s at the end)", ratios["outbox_end/first_minute"],
+				bytesText(st.OutboxBytesStart), minuteText(st.OutboxBytesFirstMinute), bytesText(st.OutboxBytesEnd)),
+			Pass: ratios["outbox_end/first_minute"] > 0 && ratios["outbox_end/first_minute"] <= targetOutboxGrowth, Measured: latOK && st.OutboxBytesFirstMinute > 0},
+		{Name: fmt.Sprintf("sustained throughput over HTTP batches for %s: last minute ÷ first", o.throughputFor), Want: fmt.Sprintf("≥ %.0f %%", 100*targetThroughputKept),
+			Value: ratios["throughput_last/first_minute"],
+			Shown: fmt.Sprintf("%.0f %% (%.0f/s → %.0f/s)", 100*ratios["throughput_last/first_minute"], sth.FirstMinutePerSecond, sth.LastMinutePerSecond),
+			Pass:  ratios["throughput_last/first_minute"] >= targetThroughputKept, Measured: thrOK && sth.FirstMinutePerSecond > 0},
+		{Name: "txpipe ÷ PostgreSQL ceiling", Want: fmt.Sprintf("≥ %.1f×", targetPGCeiling), Value: ratios["txpipe/pg_ceiling"],
+			Shown: fmt.Sprintf("%.2f× (%.0f/s ÷ %.0f/s)", ratios["txpipe/pg_ceiling"], byName["txpipe"].PerSecond, byName["pg-ceiling"].PerSecond),
+			Pass:  ratios["txpipe/pg_ceiling"] >= targetPGCeiling, Measured: txpOK && pgOK},
+		{Name: "txpipe ÷ naive", Want: fmt.Sprintf("≥ %.0f×", targetNaive), Value: ratios["txpipe/naive"],
+			Shown: fmt.Sprintf("%.2f× (%.0f/s ÷ %.0f/s)", ratios["txpipe/naive"], byName["txpipe"].PerSecond, byName["naive"].PerSecond),
+			Pass:  ratios["txpipe/naive"] >= targetNaive, Measured: txpOK && naiveOK},
+	}
+	return ts
+}
+
+func bytesText(b int64) string {
+	switch {
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.0f KiB", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", b)
+}
+
+// minuteText is the outbox's size after the first minute, or "–" for a
+// run shorter than a minute.
+func minuteText(b int64) string {
+	if b == 0 {
+		return "–"
+	}
+	return bytesText(b)
+}
+
+// ratioLine is the last line bench prints, every ratio by name.
+func ratioLine(ratios map[string]float64) string {
+	parts := []string{}
+	for _, k := range []string{"txpipe/naive", "txpipe/pg_ceiling", "skewed/uniform", "scaled/one_worker",
+		"sustained_p99_ms", "worst_window_p99_ms", "outbox_end/first_minute", "throughput_last/first_minute"} {
+		if v, ok := ratios[k]; ok {
+			parts = append(parts, fmt.Sprintf("%s=%.2f", k, v))
+		}
+	}
+	return "ratios: " + strings.Join(parts, " ")
+}
+
+// throughput starts, on a copy of the preload, a worker and a relay as
+// separate processes, produces n transfers straight to the commands topic as fast
 // as Kafka takes them, and measures until the last outcome event is on the
 // events topic — end to end from the first produce.
 func throughput(ctx context.Context, o benchOptions, client *kafka.Client, name string, n int, wl workload, workers, relays int, workerArgs ...string) (result, error) {
-	s, err := newStack(ctx, name, o.txpipe, o.adminURL, o.brokers, o.out, o.accounts)
+	s, err := newStack(ctx, name, o)
 	if err != nil {
 		return result{}, err
 	}
@@ -264,16 +403,32 @@ func waitFor(ctx context.Context, client *kafka.Client, topic string, n int64, l
 // through pgx, set-based in transactions of 1000 transfers, on one
 // connection: no Kafka, no rules, no outbox.
 func pgCeiling(ctx context.Context, o benchOptions, client *kafka.Client, n int, wl workload) (result, error) {
-	s, err := newStack(ctx, "pg-ceiling", o.txpipe, o.adminURL, o.brokers, o.out, o.accounts)
+	s, err := newStack(ctx, "pg-ceiling", o)
 	if err != nil {
 		return result{}, err
 	}
 	defer s.close(context.WithoutCancel(ctx), client)
 	cmds := wl.transfers(n)
+	// Entries continue each account's statement: its version and balance
+	// as the preload left them.
 	version := make(map[string]int64)
 	balance := make(map[string]int64)
-	for i := range o.accounts {
-		balance[accountID(i)] = 1000000000
+	rows, err := s.pool.Query(ctx, `SELECT account_id, version, balance FROM accounts WHERE NOT external`)
+	if err != nil {
+		return result{}, fmt.Errorf("read accounts: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		var v, b int64
+		if err := rows.Scan(&id, &v, &b); err != nil {
+			rows.Close()
+			return result{}, err
+		}
+		version[id], balance[id] = v, b
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return result{}, err
 	}
 	start := time.Now()
 	for i := 0; i < n; i += 1000 {
@@ -373,90 +528,6 @@ func kafkaCeiling(ctx context.Context, o benchOptions, client *kafka.Client, tra
 		Note: "produce (acks=all) and consume concurrently, 12 partitions"}, nil
 }
 
-// latencyRun sends single-command HTTP requests at o.rate for seconds, open
-// loop, to an ingest, a worker and a relay running as separate processes,
-// and measures each command from its intended send time to its outcome
-// event being consumed.
-func latencyRun(ctx context.Context, o benchOptions, client *kafka.Client, seconds float64, wl workload) (result, error) {
-	s, err := newStack(ctx, "latency", o.txpipe, o.adminURL, o.brokers, o.out, o.accounts)
-	if err != nil {
-		return result{}, err
-	}
-	defer s.close(context.WithoutCancel(ctx), client)
-	ingest, err := s.start(ctx, "ingest")
-	if err != nil {
-		return result{}, err
-	}
-	worker, err := s.start(ctx, "worker")
-	if err != nil {
-		return result{}, err
-	}
-	relay, err := s.start(ctx, "relay")
-	if err != nil {
-		return result{}, err
-	}
-	tr := &kafka.Transport{} // fresh metadata: this scenario's topics are new
-	defer tr.CloseIdleConnections()
-	sc := &kafka.Client{Addr: kafka.TCP(o.brokers...), Timeout: 10 * time.Second, Transport: tr}
-	l := newLatencies()
-	stop, err := watchOutcomes(ctx, o.brokers, sc, s.topics["events"], l)
-	if err != nil {
-		return result{}, err
-	}
-	defer stop()
-	// Warm up for 2 s (connections, pools, caches), unmeasured.
-	warm := newLatencies()
-	warmCmds := wl.transfers(int(2 * o.rate))
-	openLoop(ctx, warmCmds, 1, o.rate, httpSender("http://"+ingest.http, s.key), warm, nil)
-	if err := waitFor(ctx, sc, s.topics["events"], int64(len(warmCmds)), o.log); err != nil {
-		return result{}, err
-	}
-	n := int(o.rate * seconds)
-	cmds := wl.transfers(n)
-	procs := []*proc{worker, relay, ingest}
-	rssStart := make([]int64, len(procs))
-	for i, p := range procs {
-		rssStart[i] = p.rss()
-	}
-	start := time.Now()
-	lastProgress := time.Now()
-	openLoop(ctx, cmds, 1, o.rate, httpSender("http://"+ingest.http, s.key), l, func() {
-		if time.Since(lastProgress) > 5*time.Second {
-			fmt.Fprintf(o.log, "bench:   sent %d, accepted %d, outcomes %d\n", l.accepted.Load()+l.failed.Load(), l.accepted.Load(), l.done())
-			lastProgress = time.Now()
-		}
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for l.done() < int(l.accepted.Load()) && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	secs := time.Since(start).Seconds()
-	var rss []string
-	for i, p := range procs {
-		rss = append(rss, fmt.Sprintf("%s %.1f→%.1f", p.role, mib(rssStart[i]), mib(p.rss())))
-	}
-	l.mu.Lock()
-	ss := append([]sample(nil), l.samples...)
-	l.mu.Unlock()
-	f, err := os.Create(filepath.Join(o.out, "latency.png"))
-	if err != nil {
-		return result{}, err
-	}
-	yMax, err := writeChart(f, ss)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return result{}, err
-	}
-	missing := int(l.accepted.Load()) - len(ss)
-	note := fmt.Sprintf("%.0f/s open loop, single POSTs; chart latency.png (x: %.0f s, y: 0–%.0f ms); %d failed, %d without outcome; RSS MiB at start→end: %s",
-		o.rate, seconds, ms(yMax), l.failed.Load(), missing, strings.Join(rss, ", "))
-	return result{Scenario: "latency", Commands: len(ss), Seconds: secs, PerSecond: float64(len(ss)) / secs,
-		P50ms: ms(percentile(ss, 0.5)), P99ms: ms(percentile(ss, 0.99)), P999ms: ms(percentile(ss, 0.999)),
-		WorkerRSSMiB: mib(worker.peakRSS()), RelayRSSMiB: mib(relay.peakRSS()), IngestRSSMiB: mib(ingest.peakRSS()), Note: note}, nil
-}
-
 // median returns the run with the median throughput, noting every run's.
 func median(rs []result) result {
 	sorted := append([]result(nil), rs...)
@@ -488,10 +559,58 @@ func writeReport(dir string, rep report) error {
 	if err != nil {
 		return err
 	}
+	mode := ""
+	if rep.Quick {
+		mode = " (BENCH_QUICK: shorter runs than the targets are set for)"
+	}
+	fmt.Fprintf(f, "# make bench, %s%s\n\n", rep.Date.Format("2006-01-02 15:04 MST"), mode)
+	printHeadline(f, rep)
+	fmt.Fprint(f, "\n## Every scenario\n\n")
 	printTable(f, rep.Results)
-	fmt.Fprintf(f, "\nratios: txpipe/naive=%.2f txpipe/pg_ceiling=%.2f skewed/uniform=%.2f p99_ms_at_1000=%.1f\n",
-		rep.Ratios["txpipe/naive"], rep.Ratios["txpipe/pg_ceiling"], rep.Ratios["skewed/uniform"], rep.Ratios["p99_ms_at_1000"])
+	fmt.Fprintf(f, "\n%s\n", ratioLine(rep.Ratios))
 	return f.Close()
+}
+
+// printHeadline writes the preload, the targets and the sustained figures.
+func printHeadline(w io.Writer, rep report) {
+	if rep.Preload > 0 {
+		built := "reused from an earlier run"
+		if rep.PreloadBuiltSeconds > 0 {
+			built = fmt.Sprintf("built in %.0f s", rep.PreloadBuiltSeconds)
+		}
+		fmt.Fprintf(w, "Every scenario's database starts as a copy of %s processed commands (template %s, %s). Whole run: %.1f minutes.\n\n",
+			thousands(int64(rep.Preload)), rep.Template, built, rep.TotalSeconds/60)
+	}
+	fmt.Fprintln(w, "| target | wanted | measured | |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, t := range rep.Headline {
+		verdict, shown := "miss", t.Shown
+		switch {
+		case !t.Measured:
+			verdict, shown = "not run", ""
+		case t.Pass:
+			verdict = "pass"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", t.Name, t.Want, shown, verdict)
+	}
+	for _, r := range rep.Results {
+		if r.Steady == nil {
+			continue
+		}
+		st := r.Steady
+		fmt.Fprintf(w, "\n%s: ", r.Scenario)
+		if r.Scenario == "sustained-latency" {
+			fmt.Fprintf(w, "%d commands, p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms; worst %.0f-s window p99 %.1f ms at %.0f s; "+
+				"outbox %s at the start, %s after a minute, %s at the end; txpipe all RSS %.1f → %.1f MiB (peak %.1f).\n",
+				r.Commands, r.P50ms, r.P99ms, r.P999ms, st.WindowSeconds, st.WorstWindowP99ms, st.WorstWindowAtS,
+				bytesText(st.OutboxBytesStart), minuteText(st.OutboxBytesFirstMinute), bytesText(st.OutboxBytesEnd), st.RSSStartMiB, st.RSSEndMiB, r.WorkerRSSMiB)
+		} else {
+			fmt.Fprintf(w, "%d commands in %.0f s (%.0f/s); first minute %.0f/s, last minute %.0f/s; outbox %s → %s; txpipe all RSS %.1f → %.1f MiB (peak %.1f).\n",
+				r.Commands, r.Seconds, r.PerSecond, st.FirstMinutePerSecond, st.LastMinutePerSecond,
+				bytesText(st.OutboxBytesStart), bytesText(st.OutboxBytesEnd), st.RSSStartMiB, st.RSSEndMiB, r.WorkerRSSMiB)
+		}
+	}
+	fmt.Fprintln(w)
 }
 
 func printTable(w io.Writer, rs []result) {

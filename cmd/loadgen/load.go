@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +39,18 @@ func accountID(i int) string { return fmt.Sprintf("acct-%d", i) }
 // transfers returns n transfers of 1 to 100 EUR cents. With skew, that
 // share of them moves money between two accounts of the hot set.
 func (w workload) transfers(n int) []domain.Command {
+	next := w.stream()
+	cmds := make([]domain.Command, n)
+	for i := range cmds {
+		cmds[i] = next()
+	}
+	return cmds
+}
+
+// stream returns the workload's transfers one at a time, the same ones
+// transfers returns: a long run need not hold them all. It is not safe for
+// concurrent use.
+func (w workload) stream() func() domain.Command {
 	r := rand.New(rand.NewPCG(w.seed, 7))
 	pick := func() (int, int) {
 		size := w.accounts
@@ -49,13 +64,11 @@ func (w workload) transfers(n int) []domain.Command {
 		}
 		return a, b
 	}
-	cmds := make([]domain.Command, n)
-	for i := range cmds {
+	return func() domain.Command {
 		a, b := pick()
-		cmds[i] = domain.Command{CommandID: uuidv7.New(), Type: domain.TypeTransfer, FromAccountID: accountID(a),
+		return domain.Command{CommandID: uuidv7.New(), Type: domain.TypeTransfer, FromAccountID: accountID(a),
 			ToAccountID: accountID(b), Amount: 1 + r.Int64N(100), Currency: "EUR"}
 	}
-	return cmds
 }
 
 // latencies collects end-to-end latencies: from a command's intended send
@@ -90,6 +103,22 @@ func (l *latencies) observe(id string, now time.Time) {
 	}
 }
 
+// forget drops the commands that were never accepted.
+func (l *latencies) forget(cmds []domain.Command) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range cmds {
+		delete(l.intended, c.CommandID)
+	}
+}
+
+// snapshot returns a copy of the samples so far.
+func (l *latencies) snapshot() []sample {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]sample(nil), l.samples...)
+}
+
 func (l *latencies) done() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -114,18 +143,19 @@ func percentile(ss []sample, q float64) time.Duration {
 // every outcome's arrival, until ctx ends. It fetches every partition in one
 // request, so the measuring costs the broker little.
 func watchOutcomes(ctx context.Context, brokers []string, client *kafka.Client, topic string, l *latencies) (func(), error) {
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil || len(md.Topics) != 1 || len(md.Topics[0].Partitions) == 0 {
-		return nil, fmt.Errorf("read metadata of %s: %v", topic, err)
-	}
-	var parts []int
-	for _, p := range md.Topics[0].Partitions {
-		parts = append(parts, p.ID)
-	}
-	f := kafkafetch.New(brokers, client.Transport, topic)
-	_, pos, err := f.Bounds(ctx, parts)
-	if err != nil {
-		return nil, err
+	var f *kafkafetch.Fetcher
+	var pos map[int]int64
+	// A topic created a moment ago may have no leaders yet, on a busy
+	// broker for a while; a new fetcher forgets the leaders it saw.
+	for attempt := 1; ; attempt++ {
+		var err error
+		f = kafkafetch.New(brokers, client.Transport, topic)
+		if pos, err = topicEnd(ctx, client, f, topic); err == nil {
+			break
+		} else if attempt == 60 || ctx.Err() != nil {
+			return nil, err
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -152,6 +182,20 @@ func watchOutcomes(ctx context.Context, brokers []string, client *kafka.Client, 
 		}
 	}()
 	return func() { cancel(); <-done }, nil
+}
+
+// topicEnd is the end offset of every partition of topic.
+func topicEnd(ctx context.Context, client *kafka.Client, f *kafkafetch.Fetcher, topic string) (map[int]int64, error) {
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil || len(md.Topics) != 1 || len(md.Topics[0].Partitions) == 0 {
+		return nil, fmt.Errorf("read metadata of %s: %v", topic, err)
+	}
+	var parts []int
+	for _, p := range md.Topics[0].Partitions {
+		parts = append(parts, p.ID)
+	}
+	_, pos, err := f.Bounds(ctx, parts)
+	return pos, err
 }
 
 // sender sends one group of commands and reports whether they were
@@ -187,9 +231,87 @@ func httpSender(base, key string) sender {
 		defer resp.Body.Close()
 		_, _ = io.Copy(io.Discard, resp.Body)
 		if resp.StatusCode != http.StatusAccepted {
-			return fmt.Errorf("status %d", resp.StatusCode)
+			return &statusError{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
 		}
 		return nil
+	}
+}
+
+// statusError is an answer other than 202 Accepted.
+type statusError struct {
+	status     int
+	retryAfter string // the Retry-After header, if any
+}
+
+func (e *statusError) Error() string { return fmt.Sprintf("status %d", e.status) }
+
+// retryAfter reads a Retry-After header: a number of seconds or an HTTP
+// date (RFC 9110, 10.2.3), as a wait from now. ok is false when v is
+// neither.
+func retryAfter(v string, now time.Time) (wait time.Duration, ok bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs < 0 {
+			return 0, false
+		}
+		return time.Duration(min(secs, 1<<32)) * time.Second, true
+	}
+	at, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	return max(0, at.Sub(now)), true
+}
+
+// retrier sends again what was refused with 429 Too Many Requests or 503
+// Service Unavailable (both say when to retry; command_ids make a resent
+// command or batch apply once), waiting what Retry-After asks (1 s when it
+// says nothing readable, at most maxWait at a time), up to attempts sends
+// in all. Any other error is returned at once.
+type retrier struct {
+	attempts int
+	maxWait  time.Duration
+	// sleep waits d or until ctx ends, and now tells the time (a test
+	// records the waits and fixes the clock instead).
+	sleep func(ctx context.Context, d time.Duration) error
+	now   func() time.Time
+}
+
+func newRetrier() retrier {
+	return retrier{attempts: 30, maxWait: 30 * time.Second, now: time.Now, sleep: func(ctx context.Context, d time.Duration) error {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			return nil
+		}
+	}}
+}
+
+func (r retrier) wrap(send sender) sender {
+	return func(ctx context.Context, cmds []domain.Command) error {
+		for attempt := 1; ; attempt++ {
+			err := send(ctx, cmds)
+			var se *statusError
+			if err == nil || !errors.As(err, &se) || (se.status != http.StatusTooManyRequests && se.status != http.StatusServiceUnavailable) {
+				return err
+			}
+			if attempt >= r.attempts {
+				return fmt.Errorf("still refused after %d attempts: %w", attempt, err)
+			}
+			wait, ok := retryAfter(se.retryAfter, r.now())
+			if !ok {
+				wait = time.Second
+			}
+			if err := r.sleep(ctx, min(wait, r.maxWait)); err != nil {
+				return err
+			}
+		}
 	}
 }
 
@@ -204,17 +326,20 @@ func kafkaSender(w *kafkawriter.Writer, topic string) sender {
 	}
 }
 
-// openLoop sends cmds in groups of group at rate commands per second,
-// each group at its intended time whatever happened to the ones before, so
-// a stall shows as latency instead of slowing the load. inFlight bounds the
-// groups outstanding; beyond it, sending waits, but latency still counts from
-// the intended time.
-func openLoop(ctx context.Context, cmds []domain.Command, group int, rate float64, send sender, l *latencies, progress func()) {
+// openLoop sends n commands from next in groups of group at rate commands
+// per second, each group at its intended time whatever happened to the ones
+// before, so a stall shows as latency instead of slowing the load. At most
+// 1024 groups are outstanding; beyond that, sending waits, but latency
+// still counts from the intended time. A failed group is forgotten.
+func openLoop(ctx context.Context, n int, next func() domain.Command, group int, rate float64, send sender, l *latencies, progress func()) {
 	start := time.Now()
 	sem := make(chan struct{}, 1024)
 	var wg sync.WaitGroup
-	for i := 0; i < len(cmds); i += group {
-		g := cmds[i:min(i+group, len(cmds))]
+	for i := 0; i < n; i += group {
+		g := make([]domain.Command, min(group, n-i))
+		for j := range g {
+			g[j] = next()
+		}
 		at := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
 		if d := time.Until(at); d > 0 {
 			select {
@@ -232,6 +357,7 @@ func openLoop(ctx context.Context, cmds []domain.Command, group int, rate float6
 			defer func() { <-sem }()
 			if err := send(ctx, g); err != nil {
 				l.failed.Add(int64(len(g)))
+				l.forget(g)
 				return
 			}
 			l.accepted.Add(int64(len(g)))

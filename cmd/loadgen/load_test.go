@@ -2,8 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"image/png"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -55,22 +61,215 @@ func TestWorkloadSkew(t *testing.T) {
 	}
 }
 
-func TestChartIsAPNG(t *testing.T) {
-	start := time.Now()
+func TestLatencyWindows(t *testing.T) {
+	start := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	var ss []sample
-	for i := range 300 {
-		ss = append(ss, sample{sent: start.Add(time.Duration(i) * 50 * time.Millisecond), latency: time.Duration(i%40) * time.Millisecond})
+	// 25 s at 100/s: the i-th command of each second takes i+1 ms, plus a
+	// second for each earlier window.
+	for s := range 25 {
+		for i := range 100 {
+			ss = append(ss, sample{sent: start.Add(time.Duration(s)*time.Second + time.Duration(i)*10*time.Millisecond),
+				latency: time.Duration(i+1)*time.Millisecond + time.Duration(s/10)*time.Second})
+		}
 	}
-	var buf bytes.Buffer
-	yMax, err := writeChart(&buf, ss)
-	if err != nil {
-		t.Fatal(err)
+	ws := latencyWindows(ss, start, 10*time.Second)
+	want := []window{
+		{StartS: 0, Commands: 1000, P50ms: 50, P99ms: 99, MaxMs: 100},
+		{StartS: 10, Commands: 1000, P50ms: 1050, P99ms: 1099, MaxMs: 1100},
+		{StartS: 20, Commands: 500, P50ms: 2050, P99ms: 2099, MaxMs: 2100},
 	}
-	img, err := png.Decode(&buf)
-	if err != nil {
-		t.Fatalf("chart is not a PNG: %v", err)
+	if !slices.Equal(ws, want) {
+		t.Errorf("latencyWindows =\n%+v\nwant\n%+v", ws, want)
 	}
-	if b := img.Bounds(); b.Dx() != 900 || b.Dy() != 400 || yMax != 39*time.Millisecond {
-		t.Errorf("chart %v with y max %v, want 900×400 and 39ms", b, yMax)
+	if w, ok := worstWindow(ws, 600); !ok || w.StartS != 10 {
+		t.Errorf("worstWindow(least 600) = %+v, %v; want the window at 10 s", w, ok)
+	}
+	if w, ok := worstWindow(ws, 1); !ok || w.StartS != 20 {
+		t.Errorf("worstWindow(least 1) = %+v, %v; want the window at 20 s", w, ok)
+	}
+}
+
+func TestChartsArePNGs(t *testing.T) {
+	ws := []window{{StartS: 0, Commands: 10, P50ms: 3, P99ms: 40, MaxMs: 90}, {StartS: 10, Commands: 10, P50ms: 0, P99ms: 45, MaxMs: 2000}}
+	rs := []rateWindow{{StartS: 0, Accepted: 3000, Completed: 2800}, {StartS: 10, Accepted: 2900, Completed: 2950}}
+	for _, c := range []struct {
+		name string
+		draw func(*bytes.Buffer) error
+	}{
+		{"latency", func(b *bytes.Buffer) error {
+			return writeLatencyChart(b, "latency at 1000/s", ws, 10*time.Second, map[string]float64{"p99 target 50 ms": 50})
+		}},
+		{"latency, no windows", func(b *bytes.Buffer) error { return writeLatencyChart(b, "nothing", nil, time.Second, nil) }},
+		{"throughput", func(b *bytes.Buffer) error { return writeThroughputChart(b, "throughput", rs, 10*time.Second) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			if err := c.draw(&buf); err != nil {
+				t.Fatal(err)
+			}
+			img, err := png.Decode(&buf)
+			if err != nil {
+				t.Fatalf("chart is not a PNG: %v", err)
+			}
+			if b := img.Bounds(); b.Dx() != 960 || b.Dy() != 432 {
+				t.Errorf("chart is %v, want 960×432", b)
+			}
+		})
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		header string
+		want   time.Duration
+		ok     bool
+	}{
+		{"1", time.Second, true},
+		{" 3 ", 3 * time.Second, true},
+		{"0", 0, true},
+		{now.Add(5 * time.Second).Format(http.TimeFormat), 5 * time.Second, true},
+		{now.Add(-time.Minute).Format(http.TimeFormat), 0, true}, // in the past: now
+		{"", 0, false},
+		{"-1", 0, false},
+		{"soon", 0, false},
+	} {
+		t.Run(c.header, func(t *testing.T) {
+			got, ok := retryAfter(c.header, now)
+			if got != c.want || ok != c.ok {
+				t.Errorf("retryAfter(%q) = %v, %v; want %v, %v", c.header, got, ok, c.want, c.ok)
+			}
+		})
+	}
+}
+
+// TestSetupHonoursRateLimits: a batch refused with 429 is sent again after
+// the Retry-After wait, until accepted; a server that never accepts makes
+// the send fail after the bound; other refusals are not retried.
+func TestSetupHonoursRateLimits(t *testing.T) {
+	cmds := workload{accounts: 10, seed: 1}.transfers(3)
+	clock := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		name      string
+		answers   []string // status[:Retry-After], one per request; the last repeats
+		wantCalls int
+		wantWaits []time.Duration
+		wantErr   bool
+	}{
+		{"429 then 202", []string{"429:2", "202"}, 2, []time.Duration{2 * time.Second}, false},
+		{"429 with a date, 503, then 202", []string{"429:date", "503:1", "202"}, 3, []time.Duration{10 * time.Second, time.Second}, false},
+		{"429 without Retry-After waits a second", []string{"429", "202"}, 2, []time.Duration{time.Second}, false},
+		{"a long Retry-After is capped", []string{"429:3600", "202"}, 2, []time.Duration{30 * time.Second}, false},
+		{"always 429 gives up", []string{"429:1"}, 4, []time.Duration{time.Second, time.Second, time.Second}, true},
+		{"400 is not retried", []string{"400"}, 1, nil, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var calls int
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				a := c.answers[min(calls, len(c.answers)-1)]
+				calls++
+				if r.URL.Path != "/v1/commands/batch" || r.Header.Get("Authorization") != "Bearer k" {
+					t.Errorf("request %s %s with %q, want the batch route and the key", r.Method, r.URL.Path, r.Header.Get("Authorization"))
+				}
+				status, after, _ := strings.Cut(a, ":")
+				if after == "date" {
+					after = clock.Add(10 * time.Second).Format(http.TimeFormat)
+				}
+				if after != "" {
+					w.Header().Set("Retry-After", after)
+				}
+				code, _ := strconv.Atoi(status)
+				w.WriteHeader(code)
+			}))
+			defer srv.Close()
+			var waits []time.Duration
+			r := retrier{attempts: 4, maxWait: 30 * time.Second, now: func() time.Time { return clock }, sleep: func(_ context.Context, d time.Duration) error {
+				waits = append(waits, d)
+				return nil
+			}}
+			err := r.wrap(httpSender(srv.URL, "k"))(context.Background(), cmds)
+			if (err != nil) != c.wantErr || calls != c.wantCalls || !slices.Equal(waits, c.wantWaits) {
+				t.Errorf("send = %v after %d requests, waits %v; want error %v after %d, waits %v", err, calls, waits, c.wantErr, c.wantCalls, c.wantWaits)
+			}
+		})
+	}
+}
+
+// TestHeadline judges each target from the scenarios' figures, and marks
+// the targets of scenarios that did not run as not measured.
+func TestHeadline(t *testing.T) {
+	o := benchOptions{rate: 1000, sustained: 10 * time.Minute, throughputFor: 5 * time.Minute}
+	good := map[string]result{
+		"sustained-latency": {P50ms: 20, P99ms: 45, P999ms: 80, Steady: &steady{WindowSeconds: 10, WorstWindowP99ms: 140,
+			OutboxBytesStart: 1 << 20, OutboxBytesFirstMinute: 4 << 20, OutboxBytesEnd: 8 << 20}},
+		"sustained-throughput": {Steady: &steady{FirstMinutePerSecond: 3000, LastMinutePerSecond: 2700}},
+		"txpipe":               {PerSecond: 4000},
+		"naive":                {PerSecond: 400},
+		"pg-ceiling":           {PerSecond: 10000},
+	}
+	bad := map[string]result{
+		"sustained-latency": {P99ms: 51, Steady: &steady{WindowSeconds: 10, WorstWindowP99ms: 151,
+			OutboxBytesFirstMinute: 4 << 20, OutboxBytesEnd: 9 << 20}},
+		"sustained-throughput": {Steady: &steady{FirstMinutePerSecond: 3000, LastMinutePerSecond: 2690}},
+		"txpipe":               {PerSecond: 3990},
+		"naive":                {PerSecond: 400},
+		"pg-ceiling":           {PerSecond: 10000},
+	}
+	ratios := func(m map[string]result) map[string]float64 {
+		st, sth := m["sustained-latency"].Steady, m["sustained-throughput"].Steady
+		return map[string]float64{
+			"txpipe/naive":                 m["txpipe"].PerSecond / m["naive"].PerSecond,
+			"txpipe/pg_ceiling":            m["txpipe"].PerSecond / m["pg-ceiling"].PerSecond,
+			"outbox_end/first_minute":      float64(st.OutboxBytesEnd) / float64(st.OutboxBytesFirstMinute),
+			"throughput_last/first_minute": sth.LastMinutePerSecond / sth.FirstMinutePerSecond,
+		}
+	}
+	for _, c := range []struct {
+		name         string
+		byName       map[string]result
+		wantPass     bool
+		wantMeasured bool
+	}{
+		{"every target met, at its bound or within", good, true, true},
+		{"every target just missed", bad, false, true},
+		{"nothing ran", map[string]result{}, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := map[string]float64{}
+			if len(c.byName) > 0 {
+				r = ratios(c.byName)
+			}
+			ts := headline(c.byName, r, o)
+			if len(ts) != 6 {
+				t.Fatalf("headline has %d targets, want 6", len(ts))
+			}
+			for _, tg := range ts {
+				if tg.Measured != c.wantMeasured || (c.wantMeasured && tg.Pass != c.wantPass) {
+					t.Errorf("%s (%s): measured %v, pass %v; want measured %v, pass %v", tg.Name, tg.Shown, tg.Measured, tg.Pass, c.wantMeasured, c.wantPass)
+				}
+			}
+		})
+	}
+}
+
+func TestEvenTicks(t *testing.T) {
+	for _, c := range []struct {
+		lo, hi float64
+		want   []string
+	}{
+		{0, 2700, []string{"0", "500", "1000", "1500", "2000", "2500"}},
+		{0, 1100, []string{"0", "200", "400", "600", "800", "1000"}},
+		{0, 9, []string{"0", "2", "4", "6", "8"}},
+		{5, 5, []string{"5"}},
+	} {
+		var got []string
+		for _, tk := range (evenTicks{}).Ticks(c.lo, c.hi) {
+			if tk.Label != "" {
+				got = append(got, tk.Label)
+			}
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("Ticks(%v, %v) labels %v, want %v", c.lo, c.hi, got, c.want)
+		}
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,39 +44,42 @@ type proc struct {
 	http  string
 }
 
-// newStack creates a database (migrated, with accounts acct-0…N-1 funded
-// with 10^9 cents each) and fresh topics of 12 partitions. On failure it
+// newStack creates the scenario's database — a copy of the preload
+// template, or with no template a fresh one with accounts acct-0…N-1
+// funded with 10^9 cents each — migrates it (a no-op unless the binary
+// under test has migrations the template lacks), makes an API key and a
+// metadata key, and creates fresh topics of 12 partitions. On failure it
 // drops what it created.
-func newStack(ctx context.Context, name, txpipe, adminURL string, brokers []string, logDir string, accounts int) (st *stack, err error) {
+func newStack(ctx context.Context, name string, o benchOptions) (st *stack, err error) {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
-	s := &stack{name: name, txpipe: txpipe, brokers: brokers, adminURL: adminURL, dbName: "txpipe_bench_" + id, logDir: logDir,
+	s := &stack{name: name, txpipe: o.txpipe, brokers: o.brokers, adminURL: o.adminURL, dbName: "txpipe_bench_" + id, logDir: o.out,
 		topics: map[string]string{}}
 	for _, t := range []string{"commands", "events", "postings", "dlq"} {
 		s.topics[t] = "bench." + id + "." + t
 	}
-	admin, err := pgx.Connect(ctx, adminURL)
+	admin, err := pgx.Connect(ctx, o.adminURL)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the database server: %w", err)
 	}
 	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+s.dbName); err != nil {
+	if o.template != "" {
+		err = cloneDatabase(ctx, admin, o.template, s.dbName)
+	} else {
+		_, err = admin.Exec(ctx, "CREATE DATABASE "+s.dbName)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("create database: %w", err)
 	}
 	defer func() {
 		if err != nil {
 			tr := &kafka.Transport{}
 			defer tr.CloseIdleConnections()
-			s.close(context.WithoutCancel(ctx), &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr})
+			s.close(context.WithoutCancel(ctx), &kafka.Client{Addr: kafka.TCP(o.brokers...), Timeout: 10 * time.Second, Transport: tr})
 		}
 	}()
-	u, err := url.Parse(adminURL)
-	if err != nil {
-		return nil, err
-	}
-	u.Path = "/" + s.dbName
-	s.dbURL = u.String()
+	s.dbURL = databaseURL(o.adminURL, s.dbName)
 	if err := s.runOnce(ctx, "migrate"); err != nil {
 		return nil, err
 	}
@@ -102,12 +104,15 @@ func newStack(ctx context.Context, name, txpipe, adminURL string, brokers []stri
 	if s.pool, err = pgxpool.New(ctx, s.dbURL); err != nil {
 		return nil, err
 	}
+	if o.template != "" {
+		return s, nil
+	}
 	if _, err = s.pool.Exec(ctx, `INSERT INTO accounts (account_id, currency, status, balance, external)
-		VALUES ('@external:EUR', 'EUR', 'active', -1000000000::bigint * $1, true)`, accounts); err != nil {
+		VALUES ('@external:EUR', 'EUR', 'active', -1000000000::bigint * $1, true)`, o.accounts); err != nil {
 		return nil, fmt.Errorf("seed external account: %w", err)
 	}
 	if _, err = s.pool.Exec(ctx, `INSERT INTO accounts (account_id, currency, status, balance)
-		SELECT 'acct-' || g, 'EUR', 'active', 1000000000 FROM generate_series(0, $1 - 1) AS g`, accounts); err != nil {
+		SELECT 'acct-' || g, 'EUR', 'active', 1000000000 FROM generate_series(0, $1 - 1) AS g`, o.accounts); err != nil {
 		return nil, fmt.Errorf("seed accounts: %w", err)
 	}
 	return s, nil
@@ -144,7 +149,7 @@ func (s *stack) start(ctx context.Context, role string, extra ...string) (*proc,
 	switch role {
 	case "worker":
 		args = append(args, "--group-id", "bench-"+s.dbName)
-	case "ingest":
+	case "ingest", "all":
 		p.http = freeAddr()
 		args = append(args, "--http-addr", p.http)
 	}
