@@ -14,38 +14,6 @@ import (
 	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
-// txProduce returns a function that writes commands straight onto
-// partition 0 of the commands topic in one transaction of a real
-// transactional producer (an upstream that bypasses the API), and commits
-// or aborts it.
-func (p *pipeline) txProduce(t *testing.T, key string) func(commit bool, values ...string) {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(p.kc.Brokers...), kgo.TransactionalID("test-"+p.topics.Commands),
-		kgo.DefaultProduceTopic(p.topics.Commands), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	return func(commit bool, values ...string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := cl.BeginTransaction(); err != nil {
-			t.Fatal(err)
-		}
-		var recs []*kgo.Record
-		for _, v := range values {
-			recs = append(recs, &kgo.Record{Partition: 0, Key: []byte(key), Value: []byte(v)})
-		}
-		if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-			t.Fatalf("produce in a transaction: %v", err)
-		}
-		if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
-			t.Fatalf("end transaction (commit %v): %v", commit, err)
-		}
-	}
-}
-
 // An upstream produces commands straight to Kafka with a transactional
 // producer: a committed transaction, an aborted one, a committed one that
 // leaves the log ending in its commit marker, then a plain record. Only the
@@ -54,7 +22,7 @@ func (p *pipeline) txProduce(t *testing.T, key string) func(commit bool, values 
 func TestTransactionalProducerOnlyCommittedCommandsApply(t *testing.T) {
 	p := startPipelineWith(t, 1)
 	admin := strings.TrimPrefix(p.admin, "http://")
-	tx := p.txProduce(t, "tina")
+	tx := p.kc.TxProducer(t, p.topics.Commands, "tina")
 	deposit := func(id string, amount int) string {
 		return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"tina","amount":%d,"currency":"EUR"}`, id, amount)
 	}

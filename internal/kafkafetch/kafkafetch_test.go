@@ -13,7 +13,6 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/txpipe/txpipe/internal/kafkafetch"
 	"github.com/txpipe/txpipe/internal/kafkatest"
@@ -84,52 +83,6 @@ func TestFetchSeveralPartitionsInOneCall(t *testing.T) {
 	}
 }
 
-// txProducer returns a function that writes values onto partition 0 of
-// topic in one transaction of a real transactional producer, commits or
-// aborts it, and returns once the transaction's marker is in the log.
-func txProducer(t *testing.T, k *kafkatest.Cluster, topic string) func(commit bool, values ...string) {
-	t.Helper()
-	f := kafkafetch.New(k.Brokers, k.Transport, topic)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(k.Brokers...), kgo.TransactionalID("test-"+topic),
-		kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	return func(commit bool, values ...string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := cl.BeginTransaction(); err != nil {
-			t.Fatal(err)
-		}
-		var recs []*kgo.Record
-		for _, v := range values {
-			recs = append(recs, &kgo.Record{Partition: 0, Value: []byte(v)})
-		}
-		res := cl.ProduceSync(ctx, recs...)
-		if err := res.FirstErr(); err != nil {
-			t.Fatalf("produce in a transaction: %v", err)
-		}
-		if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
-			t.Fatalf("end transaction (commit %v): %v", commit, err)
-		}
-		// The coordinator writes the marker after EndTransaction returns; the
-		// last stable offset passes it once it is there.
-		marker := res[len(res)-1].Record.Offset + 1
-		for {
-			_, lso, err := f.Bounds(ctx, []int{0})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if lso[0] > marker {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-}
-
 // A log written by a transactional producer holds a committed
 // transaction, an aborted one and a committed one, and ends in a commit
 // marker: c1@0 c2@1 commit@2 a1@3 a2@4 abort@5 c3@6 commit@7. A fetch
@@ -138,7 +91,7 @@ func txProducer(t *testing.T, k *kafkatest.Cluster, topic string) func(commit bo
 func TestFetchReadsCommittedRecordsAndStepsOverMarkers(t *testing.T) {
 	k := kafkatest.New(t)
 	topic := k.Topics(t, 1).Commands
-	tx := txProducer(t, k, topic)
+	tx := k.TxProducer(t, topic, "")
 	tx(true, "c1", "c2")
 	tx(false, "a1", "a2")
 	tx(true, "c3")
