@@ -56,7 +56,8 @@ type RelayOptions struct {
 	Registerer prometheus.Registerer
 	Log        *slog.Logger
 
-	noReclaim bool // measuring only: the candidates without slots
+	noReclaim    bool          // measuring only: the candidates without slots
+	reclaimEvery time.Duration // tests: how often to look for slots to truncate (reclaimInterval)
 }
 
 // Relay publishes outbox rows to Kafka in id order and deletes them once
@@ -97,6 +98,9 @@ func NewRelay(o RelayOptions) (*Relay, error) {
 	if o.ID == "" {
 		o.ID = newRelayID()
 	}
+	if o.reclaimEvery <= 0 {
+		o.reclaimEvery = reclaimInterval
+	}
 	m, err := newRelayMetrics(o.Registerer)
 	if err != nil {
 		return nil, err
@@ -136,7 +140,7 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 	for ctx.Err() == nil {
 		// Between batches, so that this relay's own batch never holds a
 		// lock the truncation waits for.
-		if time.Since(reclaimed) >= reclaimInterval && !r.opts.noReclaim {
+		if time.Since(reclaimed) >= r.opts.reclaimEvery && !r.opts.noReclaim {
 			r.reclaim(ctx)
 			reclaimed = time.Now()
 		}

@@ -53,3 +53,20 @@ CREATE TABLE outbox_slot_7 PARTITION OF outbox FOR VALUES IN (7);
 INSERT INTO outbox (id, topic, key, value, headers, accepted_at, created_at)
 SELECT id, topic, key, value, headers, accepted_at, created_at FROM outbox_unsliced ORDER BY id;
 DROP TABLE outbox_unsliced;
+
+-- Tables updated in place by every batch or heartbeat. Room left on each
+-- page (fillfactor) lets an update stay on its page: a HOT update, which
+-- adds no index entry and whose old version the next visit prunes. Their
+-- autovacuum starts on a fixed count of dead tuples rather than a share of
+-- the table (a small table updated thousands of times a second would
+-- otherwise wait for 20% of itself), without cost delay, since each is a
+-- few pages. A fillfactor applies to pages filled from now on; see
+-- docs/operations.md ("Table growth") for existing tables.
+ALTER TABLE accounts SET (fillfactor = 80,
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000);
+ALTER TABLE consumer_offsets SET (fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500, autovacuum_vacuum_cost_delay = 0);
+ALTER TABLE relay_leases SET (fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500, autovacuum_vacuum_cost_delay = 0);
+ALTER TABLE relay_members SET (fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500, autovacuum_vacuum_cost_delay = 0);
