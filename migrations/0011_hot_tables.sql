@@ -2,16 +2,17 @@
 -- written, so that what the relay has published is thrown away by
 -- TRUNCATE instead of waiting for VACUUM (docs/outbox.md).
 --
--- A row's slot is the 10-second window of its transaction's start
--- (now(), PostgreSQL's clock), modulo 8: writers never name it, the column
--- default computes it. The relay reads every row still there, whatever its
--- slot, in id order, and deletes what Kafka took, as before; a slot that
--- is neither the current window's nor the one before, and that holds no
--- row once the relay has its ACCESS EXCLUSIVE lock, is truncated
--- (outbox/reclaim.go). outbox.Slots must equal 8.
+-- A row's slot is the 3-second window of its transaction's start (now(),
+-- PostgreSQL's clock), modulo 8: writers never name it, the column default
+-- computes it. The relay reads every row still there, whatever its slot, in
+-- id order, and deletes what Kafka took, as before; a slot that is neither
+-- the current window's nor the previous one's, and that holds no row once
+-- the relay has its ACCESS EXCLUSIVE lock, is truncated
+-- (outbox/reclaim.go). outbox.Slots must equal 8 and outbox.SlotWindow
+-- 3 s.
 CREATE FUNCTION outbox_slot(at timestamptz) RETURNS smallint
     LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN mod(floor(extract(epoch FROM at) / 10)::bigint, 8)::smallint;
+    RETURN mod(floor(extract(epoch FROM at) / 3)::bigint, 8)::smallint;
 
 ALTER TABLE outbox RENAME TO outbox_unsliced;
 ALTER TABLE outbox_unsliced RENAME CONSTRAINT outbox_pkey TO outbox_unsliced_pkey;

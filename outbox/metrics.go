@@ -102,7 +102,7 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 		}, []string{"outcome"}),
 		truncateDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "txpipe_relay_outbox_truncate_duration_seconds",
-			Help:    "Time to truncate one outbox slot, its lock wait included: how long the relays' reads waited for it at most.",
+			Help:    "Time to truncate one outbox slot, from the check that it is empty to the commit, its lock wait included: about how long the relays' reads waited for it at most.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 12),
 		}),
 	}

@@ -13,10 +13,11 @@ import (
 	"github.com/txpipe/txpipe/internal/pgtx"
 )
 
-// Slots is how many partitions the outbox's ring has
-// (migrations/0011_outbox_slots.sql). A row's slot is the 10-second window
-// its transaction started in (PostgreSQL's now()), modulo Slots: the
-// column default outbox_slot(now()) computes it, so writers never name it.
+// Slots is how many partitions the outbox's ring has, and SlotWindow how
+// long each is written (migrations/0011_hot_tables.sql). A row's slot is
+// the window its transaction started in (PostgreSQL's now()), modulo
+// Slots: the column default outbox_slot(now()) computes it, so writers
+// never name it.
 //
 // Deleting what Kafka took leaves dead tuples that only VACUUM removes, and
 // VACUUM comes late (autovacuum's naptime) or not at all (a long
@@ -25,12 +26,15 @@ import (
 // reads slow down with it. Instead, once a slot's window is over and every
 // row of it is published, the relay truncates the slot: its dead tuples
 // and index entries go at once, whatever the horizon. What the relay
-// reads is bounded by about two windows of traffic.
-const Slots = 8
+// reads is bounded by about two windows of traffic (docs/outbox.md).
+const (
+	Slots      = 8
+	SlotWindow = 3 * time.Second
+)
 
 // reclaimInterval is how often a relay looks for slots to truncate: half a
 // window, so a slot goes soon after it becomes eligible.
-const reclaimInterval = 5 * time.Second
+const reclaimInterval = SlotWindow / 2
 
 // reclaimLockTimeout bounds how long a truncation waits for its lock.
 // While it waits, the relays' reads of the outbox (which lock every slot)
@@ -73,7 +77,7 @@ func (r *Relay) reclaim(ctx context.Context) {
 	if err != nil {
 		if ctx.Err() == nil {
 			r.metrics.truncations.WithLabelValues(failed).Inc()
-			r.opts.Log.Warn("relay could not list the outbox slots to truncate, will retry", "err", err)
+			r.reclaimFailed(fmt.Errorf("list the outbox slots to truncate: %w", err))
 		}
 		return
 	}
@@ -89,12 +93,26 @@ func (r *Relay) reclaim(ctx context.Context) {
 			r.metrics.truncateDuration.Observe(time.Since(start).Seconds())
 			r.opts.Log.Debug("outbox slot truncated", "slot", s)
 		case failed:
-			r.opts.Log.Warn("relay could not truncate an outbox slot, will retry", "slot", s, "err", err)
+			r.reclaimFailed(err)
 		}
 		if outcome == busy && err == nil {
 			return // another relay is reclaiming
 		}
 	}
+}
+
+// reclaimWarnEvery bounds how often a relay logs that truncations fail:
+// they are retried every reclaimInterval, and txpipe_relay_outbox_truncations_total
+// counts each.
+const reclaimWarnEvery = time.Minute
+
+// reclaimFailed logs err, unless it logged one less than reclaimWarnEvery ago.
+func (r *Relay) reclaimFailed(err error) {
+	if time.Since(r.reclaimWarned) < reclaimWarnEvery {
+		return
+	}
+	r.reclaimWarned = time.Now()
+	r.opts.Log.Warn("relay could not truncate outbox slots, will retry; the outbox keeps its dead tuples meanwhile", "err", err)
 }
 
 // truncateSlot truncates slot s if it holds no row. It takes the slot's
@@ -109,9 +127,19 @@ func (r *Relay) reclaim(ctx context.Context) {
 // lock was not granted in time.
 func (r *Relay) truncateSlot(ctx context.Context, s int16) (outcome string, err error) {
 	name := pgx.Identifier{fmt.Sprintf("outbox_slot_%d", s)}.Sanitize()
+	// A slot with rows in sight is left alone without taking its lock:
+	// during a backlog every slot is occupied, and each lock taken would
+	// hold the other relays' reads back for nothing.
+	var rows bool
+	if err := r.opts.Pool.QueryRow(ctx, "SELECT EXISTS (SELECT FROM "+name+")").Scan(&rows); err != nil {
+		return failed, fmt.Errorf("look into outbox slot %d: %w", s, err)
+	}
+	if rows {
+		return occupied, nil
+	}
 	outcome = failed
 	err = pgtx.Run(ctx, r.opts.Pool, func(conn *pgxpool.Conn) error {
-		var mine, rows bool
+		var mine bool
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
 		b.Queue(`SELECT pg_try_advisory_xact_lock($1)`, int64(reclaimLockKey)).QueryRow(func(row pgx.Row) error { return row.Scan(&mine) })

@@ -68,12 +68,14 @@ func truncations(t *testing.T, reg *prometheus.Registry, outcome string) float64
 	return 0
 }
 
-// oldSlot returns a slot the relay may truncate now and for at least the
-// next 50 s: the one that is current again only six windows from now.
+// oldSlot returns a slot s such that s, s+1 and s+2 are neither the
+// current window's slot nor the previous one's for at least the next three
+// windows: slots the relay may truncate, as a transaction that began a
+// while ago may write them.
 func oldSlot(t *testing.T, ctx context.Context, db *pgtest.DB) int16 {
 	t.Helper()
 	var s int16
-	if err := db.Pool.QueryRow(ctx, `SELECT mod(outbox_slot(now()) + 6, $1)::int2`, outbox.Slots).Scan(&s); err != nil {
+	if err := db.Pool.QueryRow(ctx, `SELECT mod(outbox_slot(now()) + 4, $1)::int2`, outbox.Slots).Scan(&s); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -86,8 +88,8 @@ func insertInSlot(t *testing.T, ctx context.Context, q interface {
 }, s int16, topic, key, value string) int64 {
 	t.Helper()
 	var id int64
-	err := q.QueryRow(ctx, `INSERT INTO outbox (slot, topic, key, value, headers) VALUES ($1, $2, $3, $4, jsonb_build_object('event_id', $4::text))
-		RETURNING id`, s, topic, []byte(key), []byte(value)).Scan(&id)
+	err := q.QueryRow(ctx, `INSERT INTO outbox (slot, topic, key, value, headers) VALUES ($1, $2, $3, $4, jsonb_build_object('event_id', $5::text))
+		RETURNING id`, s, topic, []byte(key), []byte(value), value).Scan(&id)
 	if err != nil {
 		t.Fatalf("insert into slot %d: %v", s, err)
 	}
@@ -104,7 +106,7 @@ func slotBytes(t *testing.T, ctx context.Context, db *pgtest.DB, s int16) int64 
 }
 
 // TestSlotsMatchTheSchema: the relay's ring is the schema's: Slots
-// partitions, one a window, each window's slot the one after the last.
+// partitions, one a SlotWindow, each window's slot the one after the last.
 func TestSlotsMatchTheSchema(t *testing.T) {
 	db := pgtest.New(t)
 	ctx := context.Background()
@@ -115,15 +117,26 @@ func TestSlotsMatchTheSchema(t *testing.T) {
 	if partitions != outbox.Slots {
 		t.Errorf("the outbox has %d partitions, want outbox.Slots = %d", partitions, outbox.Slots)
 	}
-	for _, at := range []string{"2026-01-01 00:00:00+00", "2026-01-01 00:00:09.999+00", "2031-07-04 13:37:55+02"} {
+	window := outbox.SlotWindow.Seconds()
+	for _, at := range []string{"2026-01-01 00:00:00+00", "2026-01-01 00:00:02.999+00", "2031-07-04 13:37:55.5+02"} {
 		var s, next, later int16
-		if err := db.Pool.QueryRow(ctx, `SELECT outbox_slot($1::timestamptz), outbox_slot($1::timestamptz + interval '10 s'),
-			outbox_slot($1::timestamptz + interval '80 s')`, at).Scan(&s, &next, &later); err != nil {
+		if err := db.Pool.QueryRow(ctx, `SELECT outbox_slot($1::timestamptz), outbox_slot($1::timestamptz + make_interval(secs => $2)),
+			outbox_slot($1::timestamptz + make_interval(secs => $2 * $3))`, at, window, outbox.Slots).Scan(&s, &next, &later); err != nil {
 			t.Fatal(err)
 		}
 		if next != (s+1)%outbox.Slots || later != s {
-			t.Errorf("outbox_slot(%s) = %d, 10 s later %d, 80 s later %d; want %d, %d", at, s, next, later, (s+1)%outbox.Slots, s)
+			t.Errorf("outbox_slot(%s) = %d, a window later %d, %d windows later %d; want %d, %d",
+				at, s, next, outbox.Slots, later, (s+1)%outbox.Slots, s)
 		}
+	}
+	var same, after int16
+	if err := db.Pool.QueryRow(ctx, `SELECT count(DISTINCT outbox_slot(t)), outbox_slot(max(t) + interval '1 ms') - outbox_slot(max(t))
+		FROM generate_series('2026-01-01 00:00:00+00'::timestamptz, '2026-01-01 00:00:00+00'::timestamptz + make_interval(secs => $1) - interval '1 ms',
+			interval '1 ms') AS t`, window).Scan(&same, &after); err != nil {
+		t.Fatal(err)
+	}
+	if same != 1 || (after != 1 && after != 1-outbox.Slots) {
+		t.Errorf("one window of outbox_slot spans %d slots and the next instant moves by %d; want one slot, then the next: the window is not outbox.SlotWindow", same, after)
 	}
 	var def, now int16
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
@@ -197,7 +210,9 @@ func TestOccupiedSlotIsNotTruncated(t *testing.T) {
 		insertInSlot(t, ctx, db.Pool, s, topic, "k", strconv.Itoa(i))
 	}
 	reg, stop := reclaimingRelay(t, db, unreachable{}, "relay-a")
-	waitFor(t, "the relay finds the slot occupied", func() bool { return truncations(t, reg, "occupied") >= 3 })
+	waitFor(t, "the relay looks at the slot three times, or truncates it", func() bool {
+		return truncations(t, reg, "occupied")+truncations(t, reg, "busy") >= 3 || slotBytes(t, ctx, db, s) == 0
+	})
 	stop()
 	if n := truncations(t, reg, "truncated"); n != 0 {
 		t.Errorf("the relay truncated %v slots, want none: every row was unpublished", n)
@@ -217,9 +232,13 @@ func TestOccupiedSlotIsNotTruncated(t *testing.T) {
 }
 
 // TestTruncationNeverDropsAnUnpublishedRow races slow writers against a
-// relay that truncates old slots every 20 ms: writers keep transactions
-// open on the slots the relay is truncating, for up to 30 ms each, and
-// commit. Every row must reach Kafka.
+// relay that truncates old slots every 20 ms: one writer per old slot keeps
+// a transaction open on it nearly all the time (a row written, 40–80 ms
+// before the commit, 0–10 ms between two), so the relay keeps finding the
+// slot without a committed row left to publish while a row is about to be
+// committed into it. Every row must reach Kafka. A truncation that checked
+// the slot before taking its lock would truncate rows committed while it
+// waited for the lock.
 func TestTruncationNeverDropsAnUnpublishedRow(t *testing.T) {
 	db := pgtest.New(t)
 	kc := kafkatest.New(t)
@@ -229,7 +248,7 @@ func TestTruncationNeverDropsAnUnpublishedRow(t *testing.T) {
 	s := oldSlot(t, ctx, db)
 	reg, _ := reclaimingRelay(t, db, kc.Writer(t), "relay-a")
 
-	const writers, each = 8, 40
+	const writers, each = 3, 50
 	var wg sync.WaitGroup
 	errs := make(chan error, writers)
 	for w := range writers {
@@ -237,18 +256,19 @@ func TestTruncationNeverDropsAnUnpublishedRow(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			slot := (s + int16(w)) % outbox.Slots
 			for i := range each {
-				slot := (s + int16(rng.IntN(3))) % outbox.Slots // three old slots
 				err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 					_, err := tx.Exec(ctx, `INSERT INTO outbox (slot, topic, key, value, headers) VALUES ($1, $2, $3, $4, '{}')`,
 						slot, topic, []byte(fmt.Sprintf("key-%d", w)), []byte(fmt.Sprintf("%d-%d", w, i)))
-					time.Sleep(time.Duration(rng.IntN(30)) * time.Millisecond)
+					time.Sleep(time.Duration(40+rng.IntN(40)) * time.Millisecond)
 					return err
 				})
 				if err != nil {
 					errs <- err
 					return
 				}
+				time.Sleep(time.Duration(rng.IntN(10)) * time.Millisecond)
 			}
 		}()
 	}
@@ -257,7 +277,8 @@ func TestTruncationNeverDropsAnUnpublishedRow(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("write: %v", err)
 	}
-	t.Logf("slots truncated while the writers wrote: %v", truncations(t, reg, "truncated"))
+	t.Logf("truncation attempts while the writers wrote: %v truncated, %v busy, %v occupied",
+		truncations(t, reg, "truncated"), truncations(t, reg, "busy"), truncations(t, reg, "occupied"))
 	seen := make(map[string]bool)
 	for _, m := range kc.ReadAll(ctx, t, topic, writers*each) {
 		seen[string(m.Value)] = true

@@ -76,6 +76,9 @@ type Relay struct {
 	ready    readiness
 	leases   *leases
 	refusals refusals // the loop goroutine's
+	// reclaimWarned is when the loop goroutine last logged a failed
+	// truncation.
+	reclaimWarned time.Time
 }
 
 // NewRelay checks the options and registers the relay's metrics.
