@@ -56,7 +56,6 @@ type RelayOptions struct {
 	Registerer prometheus.Registerer
 	Log        *slog.Logger
 
-	noReclaim    bool          // measuring only: the candidates without slots
 	reclaimEvery time.Duration // tests: how often to look for slots to truncate (reclaimInterval)
 }
 
@@ -143,7 +142,7 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 	for ctx.Err() == nil {
 		// Between batches, so that this relay's own batch never holds a
 		// lock the truncation waits for.
-		if time.Since(reclaimed) >= r.opts.reclaimEvery && !r.opts.noReclaim {
+		if time.Since(reclaimed) >= r.opts.reclaimEvery {
 			r.reclaim(ctx)
 			reclaimed = time.Now()
 		}

@@ -30,39 +30,36 @@ import (
 // BenchmarkOutboxSteadyState writes outbox rows at a fixed rate, in small
 // transactions (one command's three rows: its outcome event and two
 // postings, with txpipe's headers), while a real relay publishes them to
-// real Kafka, for a while per candidate outbox, and reports every 10 s
-// window: the p50 and p99 of insert → Kafka acknowledgement, the rows
-// written and published, the outbox's size (every partition, indexes and
-// TOAST included), its dead and live tuples (pg_stat_user_tables), and
+// real Kafka, for a while per run, and reports every 10 s window: the p50
+// and p99 of insert → Kafka acknowledgement, the rows written and
+// published, the outbox's size (every slot, indexes and TOAST included),
+// its dead and live tuples (pg_stat_user_tables), the slots truncated, and
 // what one read of the relay costs (EXPLAIN ANALYZE of its query: shared
-// buffers touched, milliseconds). Candidates are interleaved (A, B, A, B)
-// and each run has its own database and topics.
+// buffers touched, milliseconds). Each run has its own database and topics.
+// docs/outbox.md has its figures, and those of the candidates it was
+// measured against (at commit a46d445, where they were switchable).
 //
 //	go test -run '^$' -bench BenchmarkOutboxSteadyState -benchtime 1x -timeout 0 ./outbox/
 //
 // Settings (environment):
 //
-//	TXPIPE_OUTBOX_BENCH_RATES       commands a second, comma-separated (1000)
-//	TXPIPE_OUTBOX_BENCH_DURATION    per run (3m)
-//	TXPIPE_OUTBOX_BENCH_ROUNDS      runs of each candidate at each rate (2)
-//	TXPIPE_OUTBOX_BENCH_CANDIDATES  comma-separated, of: slots, slots3s, delete, autovacuum, vacuum (all)
-//	TXPIPE_OUTBOX_BENCH_HOLD        1: a REPEATABLE READ transaction in the
-//	                                database holds its snapshot for the whole run
-//	                                (a report, a pg_dump, a replica's feedback)
+//	TXPIPE_OUTBOX_BENCH_RATES      commands a second, comma-separated (1000)
+//	TXPIPE_OUTBOX_BENCH_DURATION   per run (3m)
+//	TXPIPE_OUTBOX_BENCH_ROUNDS     runs at each rate, interleaved (2)
+//	TXPIPE_OUTBOX_BENCH_HOLD       1: a REPEATABLE READ transaction in the
+//	                               database holds its snapshot for the whole run
+//	                               (a report, a pg_dump, a replica's feedback)
 func BenchmarkOutboxSteadyState(b *testing.B) {
 	cfg := benchSettings(b)
 	var results []*runResult
 	for range b.N {
 		for round := 1; round <= cfg.rounds; round++ {
 			for _, rate := range cfg.rates {
-				for _, c := range cfg.candidates {
-					name := fmt.Sprintf("%s/rate=%d/round=%d", c.name, rate, round)
-					b.Run(name, func(b *testing.B) {
-						res := runSteady(b, c, rate, cfg)
-						res.print(os.Stdout)
-						results = append(results, res)
-					})
-				}
+				b.Run(fmt.Sprintf("rate=%d/round=%d", rate, round), func(b *testing.B) {
+					res := runSteady(b, rate, cfg)
+					res.print(os.Stdout)
+					results = append(results, res)
+				})
 			}
 		}
 	}
@@ -70,15 +67,14 @@ func BenchmarkOutboxSteadyState(b *testing.B) {
 }
 
 type benchConfig struct {
-	rates      []int
-	duration   time.Duration
-	rounds     int
-	candidates []candidate
-	hold       bool
+	rates    []int
+	duration time.Duration
+	rounds   int
+	hold     bool
 }
 
 func benchSettings(b *testing.B) benchConfig {
-	cfg := benchConfig{rates: []int{1000}, duration: 3 * time.Minute, rounds: 2, candidates: candidates}
+	cfg := benchConfig{rates: []int{1000}, duration: 3 * time.Minute, rounds: 2}
 	if v := os.Getenv("TXPIPE_OUTBOX_BENCH_RATES"); v != "" {
 		cfg.rates = nil
 		for _, s := range strings.Split(v, ",") {
@@ -103,79 +99,8 @@ func benchSettings(b *testing.B) benchConfig {
 		}
 		cfg.rounds = n
 	}
-	if v := os.Getenv("TXPIPE_OUTBOX_BENCH_CANDIDATES"); v != "" {
-		cfg.candidates = nil
-		for _, name := range strings.Split(v, ",") {
-			i := slices.IndexFunc(candidates, func(c candidate) bool { return c.name == strings.TrimSpace(name) })
-			if i < 0 {
-				b.Fatalf("TXPIPE_OUTBOX_BENCH_CANDIDATES: no candidate %q", name)
-			}
-			cfg.candidates = append(cfg.candidates, candidates[i])
-		}
-	}
 	cfg.hold = os.Getenv("TXPIPE_OUTBOX_BENCH_HOLD") == "1"
 	return cfg
-}
-
-// candidate is one way of keeping the outbox: the schema it sets up over
-// the migrated one, what runs beside the relay, and whether the relay
-// truncates slots.
-type candidate struct {
-	name       string
-	setup      string
-	background func(ctx context.Context, pool *pgxpool.Pool)
-	slots      bool
-	reclaim    time.Duration // slots: how often the relay looks for slots to truncate (default 5 s)
-}
-
-// unslicedOutbox is the outbox as it was before migration 0011: one table,
-// rows deleted once published (plus a constant slot column, so that the
-// relay's statements are the same).
-const unslicedOutbox = `DROP TABLE outbox;
-CREATE TABLE outbox (
-    id          bigserial   PRIMARY KEY,
-    slot        smallint    NOT NULL DEFAULT 0,
-    topic       text        NOT NULL,
-    key         bytea,
-    value       bytea       NOT NULL,
-    headers     jsonb       NOT NULL DEFAULT '{}',
-    accepted_at timestamptz,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    shard       smallint    NOT NULL
-        GENERATED ALWAYS AS (mod(mod(hashtextextended(encode(coalesce(key, ''::bytea), 'hex'), 0), 32) + 32, 32)::smallint) STORED
-);
-CREATE INDEX outbox_shard_id ON outbox (shard, id);
-`
-
-var candidates = []candidate{
-	{name: "slots", slots: true},
-	// Windows of 3 s instead of 10 s, looked at every 1.5 s.
-	{name: "slots3s", slots: true, reclaim: 1500 * time.Millisecond, setup: `CREATE OR REPLACE FUNCTION outbox_slot(at timestamptz) RETURNS smallint
-		LANGUAGE sql STABLE PARALLEL SAFE RETURN mod(floor(extract(epoch FROM at) / 3)::bigint, 8)::smallint`},
-	{name: "delete", setup: unslicedOutbox},
-	{name: "autovacuum", setup: unslicedOutbox + `ALTER TABLE outbox SET (
-		autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
-		autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000,
-		autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 10000,
-		autovacuum_vacuum_cost_delay = 0);`},
-	{name: "vacuum", setup: unslicedOutbox, background: vacuumEvery(5 * time.Second)},
-}
-
-// vacuumEvery stands for a relay that vacuums the outbox itself, every d,
-// whatever autovacuum's naptime.
-func vacuumEvery(d time.Duration) func(ctx context.Context, pool *pgxpool.Pool) {
-	return func(ctx context.Context, pool *pgxpool.Pool) {
-		t := time.NewTicker(d)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_, _ = pool.Exec(ctx, `VACUUM outbox`)
-			}
-		}
-	}
 }
 
 // benchWindow is the reporting window.
@@ -193,9 +118,7 @@ type window struct {
 }
 
 type runResult struct {
-	candidate string
 	rate      int
-	round     string
 	windows   []*window
 	dropped   int64
 	drainedIn time.Duration
@@ -240,36 +163,24 @@ func (r *runResult) at(d time.Duration) *window {
 	return r.windows[i]
 }
 
-// runSteady runs one candidate at rate commands a second for cfg.duration.
-func runSteady(b *testing.B, c candidate, rate int, cfg benchConfig) *runResult {
+// runSteady runs the outbox at rate commands a second for cfg.duration.
+func runSteady(b *testing.B, rate int, cfg benchConfig) *runResult {
 	db := pgtest.New(b)
 	kc := kafkatest.New(b)
 	topics := kc.Topics(b, 12)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if c.setup != "" {
-		if _, err := db.Pool.Exec(ctx, c.setup); err != nil {
-			b.Fatalf("set up %s: %v", c.name, err)
-		}
-	}
 	writers := openPool(b, db.URL, 24)
 	relayPool := openPool(b, db.URL, 10)
 	if cfg.hold {
 		holdSnapshot(b, ctx, db.URL)
 	}
 
-	res := &runResult{candidate: c.name, rate: rate}
+	res := &runResult{rate: rate}
 	lat := &latencies{pub: kc.Writer(b), res: res}
-	o := outbox.RelayOptions{Pool: relayPool, Publisher: lat, Registerer: prometheus.NewRegistry(),
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	if !c.slots {
-		o = outbox.WithoutReclaim(o)
-	}
-	if c.reclaim > 0 {
-		o = outbox.ReclaimEvery(o, c.reclaim)
-	}
-	reg := o.Registerer.(*prometheus.Registry)
-	relay, err := outbox.NewRelay(o)
+	reg := prometheus.NewRegistry()
+	relay, err := outbox.NewRelay(outbox.RelayOptions{Pool: relayPool, Publisher: lat, Registerer: reg,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -279,10 +190,6 @@ func runSteady(b *testing.B, c candidate, rate int, cfg benchConfig) *runResult 
 	relayCtx, stopRelay := context.WithCancel(ctx)
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = relay.Run(relayCtx) }()
-	if c.background != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); c.background(relayCtx, relayPool) }()
-	}
 
 	// The writers: a dispatcher hands out transactions at the rate; a
 	// transaction the writers cannot start in time is dropped and counted.
@@ -512,8 +419,8 @@ func percentile(sorted []float64, p float64) float64 {
 }
 
 func (r *runResult) print(out io.Writer) {
-	fmt.Fprintf(out, "\n== %s at %d commands/s: %d transactions dropped (writers late), drained in %s\n",
-		r.candidate, r.rate, r.dropped, r.drainedIn.Round(100*time.Millisecond))
+	fmt.Fprintf(out, "\n== %d commands/s: %d transactions dropped (writers late), drained in %s\n",
+		r.rate, r.dropped, r.drainedIn.Round(100*time.Millisecond))
 	fmt.Fprintf(out, "%6s %8s %8s %9s %9s %9s %9s %9s %8s %7s %6s %8s %8s\n",
 		"t(s)", "written", "publ", "p50(ms)", "p99(ms)", "max(ms)", "size(MB)", "dead", "live", "vacuums", "truncs", "read_buf", "read_ms")
 	for i, w := range r.windows {
@@ -576,21 +483,15 @@ func median(v []float64) float64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
-// summarize prints, per rate and candidate, the median over its runs of
-// each figure, and its ratio to the first candidate's.
+// summarize prints, per rate, the median over its runs of each figure.
 func summarize(out io.Writer, results []*runResult) {
-	type key struct {
-		rate      int
-		candidate string
-	}
-	byKey := make(map[key][]stats)
-	var order []key
+	byRate := make(map[int][]stats)
+	var rates []int
 	for _, r := range results {
-		k := key{r.rate, r.candidate}
-		if _, ok := byKey[k]; !ok {
-			order = append(order, k)
+		if _, ok := byRate[r.rate]; !ok {
+			rates = append(rates, r.rate)
 		}
-		byKey[k] = append(byKey[k], r.stats())
+		byRate[r.rate] = append(byRate[r.rate], r.stats())
 	}
 	fields := []struct {
 		name string
@@ -607,30 +508,16 @@ func summarize(out io.Writer, results []*runResult) {
 		{"read: buffers (median)", func(s stats) float64 { return s.medianReadBuffers }},
 		{"read: ms (median)", func(s stats) float64 { return s.medianReadMS }},
 	}
-	fmt.Fprintf(out, "\n== Summary: median over runs (runs), ratio to the first candidate at that rate\n")
-	first := make(map[int]string)
-	for _, k := range order {
-		if _, ok := first[k.rate]; !ok {
-			first[k.rate] = k.candidate
-		}
-	}
-	for _, k := range order {
-		runs := byKey[k]
-		fmt.Fprintf(out, "%s at %d/s (%d runs):", k.candidate, k.rate, len(runs))
+	fmt.Fprintf(out, "\n== Summary: median over runs\n")
+	for _, rate := range rates {
+		runs := byRate[rate]
+		fmt.Fprintf(out, "%d commands/s (%d runs):", rate, len(runs))
 		for _, f := range fields {
-			var v, base []float64
+			var v []float64
 			for _, s := range runs {
 				v = append(v, f.get(s))
 			}
-			for _, s := range byKey[key{k.rate, first[k.rate]}] {
-				base = append(base, f.get(s))
-			}
-			m, bm := median(v), median(base)
-			ratio := "-"
-			if bm != 0 {
-				ratio = fmt.Sprintf("%.2fx", m/bm)
-			}
-			fmt.Fprintf(out, " %s %.1f (%s);", f.name, m, ratio)
+			fmt.Fprintf(out, " %s %.1f;", f.name, median(v))
 		}
 		fmt.Fprintln(out)
 	}
