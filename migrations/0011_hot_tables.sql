@@ -58,11 +58,13 @@ DROP TABLE outbox_unsliced;
 -- Tables updated in place by every batch or heartbeat. Room left on each
 -- page (fillfactor) lets an update stay on its page: a HOT update, which
 -- adds no index entry and whose old version the next visit prunes. Their
--- autovacuum starts on a fixed count of dead tuples rather than a share of
--- the table (a small table updated thousands of times a second would
--- otherwise wait for 20% of itself), without cost delay, since each is a
--- few pages. A fillfactor applies to pages filled from now on; see
--- docs/operations.md ("Table growth") for existing tables.
+-- autovacuum starts on a fixed count of dead tuples rather than on 20% of
+-- the table, and for the three tables of a page or two, which are updated
+-- hundreds of times a second, without cost delay. transfers gets nothing:
+-- its updates change status, which the partial index
+-- transfers_pending_expiry reads, so none can be HOT. A fillfactor applies
+-- to pages filled from now on; docs/operations.md ("Table growth") has the
+-- figures and what to do for existing tables.
 ALTER TABLE accounts SET (fillfactor = 80,
     autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000);
 ALTER TABLE consumer_offsets SET (fillfactor = 50,

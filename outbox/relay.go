@@ -60,7 +60,8 @@ type RelayOptions struct {
 }
 
 // Relay publishes outbox rows to Kafka in id order and deletes them once
-// Kafka acknowledged them. Several relays share the work: each publishes
+// Kafka acknowledged them; between batches it truncates the outbox's slots
+// whose rows are all published (reclaim.go). Several relays share the work: each publishes
 // the shards it holds the lease of (see leases), and each batch also locks
 // its rows (FOR UPDATE), so no row is ever published by two relays at once
 // and a key's records keep their order.
@@ -689,8 +690,10 @@ func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}, bo backoff
 // sessions.
 const listenApplicationName = "txpipe-relay-listen"
 
-// watchBacklog samples the outbox size and the age of its oldest row, the
-// signals that tell an operator the relay is falling behind, and how full
+// watchBacklog samples the rows waiting in the outbox and the age of its
+// oldest, the signals that tell an operator the relay is falling behind,
+// the outbox's size on disk (steady unless slots stop being truncated),
+// and how full
 // PostgreSQL's notification queue is: at NotifyQueueMaxUsage a listener is
 // stuck, the workers stop notifying and the relays wake on their poll
 // interval only, which it logs once each time it happens.
