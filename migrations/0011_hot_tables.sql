@@ -5,9 +5,9 @@
 -- A row's slot is the 3-second window of its transaction's start (now(),
 -- PostgreSQL's clock), modulo 8: writers never name it, the column default
 -- computes it. The relay reads every row still there, whatever its slot, in
--- id order, and deletes what Kafka took, as before; a slot that is neither
--- the current window's nor the previous one's, and that holds no row once
--- the relay has its ACCESS EXCLUSIVE lock, is truncated
+-- id order, and deletes what Kafka took, as before; a slot that is not
+-- the current window's, the previous one's or the next one's, and that
+-- holds no row once the relay has its ACCESS EXCLUSIVE lock, is truncated
 -- (outbox/reclaim.go). outbox.Slots must equal 8 and outbox.SlotWindow
 -- 3 s.
 CREATE FUNCTION outbox_slot(at timestamptz) RETURNS smallint

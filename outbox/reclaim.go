@@ -57,11 +57,13 @@ const (
 	failed    = "failed"    // PostgreSQL refused (e.g. the relay's role may not truncate)
 )
 
-// reclaimable lists the slots a truncation may be tried on: neither the
-// current window's nor the previous one's (transactions that began then
-// may still be writing them), and written since they were last truncated.
+// reclaimable lists the slots a truncation may be tried on: written since
+// they were last truncated, and neither the current window's nor the
+// previous one's (transactions that began then may still be writing them)
+// nor the next one's (the window may turn while the round runs, and a
+// truncation of the slot writers have just moved to would hold them up).
 const reclaimableSQL = `SELECT s::int2 FROM generate_series(0, $1::int - 1) AS s
-	WHERE s NOT IN (outbox_slot(now()), mod(outbox_slot(now()) + $1 - 1, $1))
+	WHERE mod(s - outbox_slot(now()) + $1, $1) NOT IN (0, 1, $1 - 1)
 	AND pg_relation_size(format('outbox_slot_%s', s)::regclass) > 0
 	ORDER BY s`
 

@@ -69,9 +69,9 @@ func truncations(t *testing.T, reg *prometheus.Registry, outcome string) float64
 }
 
 // oldSlot returns a slot s such that s, s+1 and s+2 are neither the
-// current window's slot nor the previous one's for at least the next three
-// windows: slots the relay may truncate, as a transaction that began a
-// while ago may write them.
+// current window's slot nor the previous or next one's for at least two
+// more windows: slots the relay may truncate, as a transaction that began
+// a while ago may write them.
 func oldSlot(t *testing.T, ctx context.Context, db *pgtest.DB) int16 {
 	t.Helper()
 	var s int16
