@@ -8,20 +8,23 @@ import (
 )
 
 type relayMetrics struct {
-	published       *prometheus.CounterVec
-	failures        prometheus.Counter
-	parked          *prometheus.CounterVec
-	panics          prometheus.Counter
-	notifyQueue     prometheus.Gauge
-	publishDuration prometheus.Histogram
-	batchSize       prometheus.Histogram
-	endToEnd        prometheus.Histogram
-	pending         prometheus.Gauge
-	oldestAge       prometheus.Gauge
-	shardsOwned     prometheus.Gauge
-	leaseChanges    *prometheus.CounterVec
-	fenced          prometheus.Counter
-	stepDowns       prometheus.Counter
+	published        *prometheus.CounterVec
+	failures         prometheus.Counter
+	parked           *prometheus.CounterVec
+	panics           prometheus.Counter
+	notifyQueue      prometheus.Gauge
+	publishDuration  prometheus.Histogram
+	batchSize        prometheus.Histogram
+	endToEnd         prometheus.Histogram
+	pending          prometheus.Gauge
+	oldestAge        prometheus.Gauge
+	shardsOwned      prometheus.Gauge
+	leaseChanges     *prometheus.CounterVec
+	fenced           prometheus.Counter
+	stepDowns        prometheus.Counter
+	outboxBytes      prometheus.Gauge
+	truncations      *prometheus.CounterVec
+	truncateDuration prometheus.Histogram
 }
 
 // EndToEndBuckets are the buckets of the accepted → published latency
@@ -89,14 +92,30 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 			Name: "txpipe_relay_step_downs_total",
 			Help: "Times this relay gave its shards to the others because it could not publish for a whole lease TTL.",
 		}),
+		outboxBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "txpipe_outbox_size_bytes",
+			Help: "On-disk size of the outbox, every slot with its indexes (sampled every 5 s).",
+		}),
+		truncations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "txpipe_relay_outbox_truncations_total",
+			Help: "Attempts to truncate an outbox slot whose window is over, by outcome: truncated, occupied (rows not yet published), busy (its lock not granted in time), failed.",
+		}, []string{"outcome"}),
+		truncateDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "txpipe_relay_outbox_truncate_duration_seconds",
+			Help:    "Time to truncate one outbox slot, from the check that it is empty to the commit, its lock wait included: about how long the relays' reads waited for it at most.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 12),
+		}),
 	}
 	// Every reason's series exists from the start, at 0, so the first park
 	// is an increase that rules and dashboards see.
 	for _, reason := range ParkReasons {
 		m.parked.WithLabelValues(reason)
 	}
+	for _, outcome := range []string{truncated, occupied, busy, failed} {
+		m.truncations.WithLabelValues(outcome)
+	}
 	for _, c := range []prometheus.Collector{m.published, m.failures, m.parked, m.panics, m.notifyQueue, m.publishDuration, m.batchSize, m.endToEnd,
-		m.pending, m.oldestAge, m.shardsOwned, m.leaseChanges, m.fenced, m.stepDowns} {
+		m.pending, m.oldestAge, m.shardsOwned, m.leaseChanges, m.fenced, m.stepDowns, m.outboxBytes, m.truncations, m.truncateDuration} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -7,6 +7,13 @@
 // Per key, id order is commit order, because a worker inserts an account's
 // rows only while holding that account's row lock.
 //
+// The table is a ring of Slots partitions by the SlotWindow its writing
+// transaction began in (the column default picks it; writers never name
+// it). Once a slot's window is over and every row of it is published, a
+// relay truncates it (reclaim.go), so what deleted rows leave behind never
+// waits for VACUUM and the outbox does not grow with what it has published
+// (docs/outbox.md).
+//
 // A row Kafka refuses for good, or that cannot be made a record, is moved
 // to outbox_parked with the reason (park.go), so it never holds up the rows
 // behind it; Unpark moves parked rows back once the cause is fixed.

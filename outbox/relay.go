@@ -55,10 +55,13 @@ type RelayOptions struct {
 	ID         string
 	Registerer prometheus.Registerer
 	Log        *slog.Logger
+
+	reclaimEvery time.Duration // tests: how often to look for slots to truncate (reclaimInterval)
 }
 
 // Relay publishes outbox rows to Kafka in id order and deletes them once
-// Kafka acknowledged them. Several relays share the work: each publishes
+// Kafka acknowledged them; between batches it truncates the outbox's slots
+// whose rows are all published (reclaim.go). Several relays share the work: each publishes
 // the shards it holds the lease of (see leases), and each batch also locks
 // its rows (FOR UPDATE), so no row is ever published by two relays at once
 // and a key's records keep their order.
@@ -73,6 +76,9 @@ type Relay struct {
 	ready    readiness
 	leases   *leases
 	refusals refusals // the loop goroutine's
+	// reclaimWarned is when the loop goroutine last logged a failed
+	// truncation.
+	reclaimWarned time.Time
 }
 
 // NewRelay checks the options and registers the relay's metrics.
@@ -94,6 +100,9 @@ func NewRelay(o RelayOptions) (*Relay, error) {
 	}
 	if o.ID == "" {
 		o.ID = newRelayID()
+	}
+	if o.reclaimEvery <= 0 {
+		o.reclaimEvery = reclaimInterval
 	}
 	m, err := newRelayMetrics(o.Registerer)
 	if err != nil {
@@ -130,7 +139,14 @@ func (r *Relay) Run(ctx context.Context) error {
 
 func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 	bo := retry.Policy(5 * time.Second)
+	var reclaimed time.Time
 	for ctx.Err() == nil {
+		// Between batches, so that this relay's own batch never holds a
+		// lock the truncation waits for.
+		if time.Since(reclaimed) >= r.opts.reclaimEvery {
+			r.reclaim(ctx)
+			reclaimed = time.Now()
+		}
 		n, full, err := r.publishBatch(ctx)
 		if errors.Is(err, errFenced) {
 			r.metrics.fenced.Inc()
@@ -217,6 +233,7 @@ var errPanicked = errors.New("handling the batch panicked")
 
 type row struct {
 	id         int64
+	slot       int16
 	shard      int16
 	topic      string
 	key, value []byte
@@ -327,12 +344,12 @@ func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([
 	// wait on them: PostgreSQL ends the session once it sits idle longer
 	// than a publish may take (publishTimeout), releasing them.
 	b.Queue(`SET LOCAL idle_in_transaction_session_timeout = '75s'`)
-	b.Queue(`SELECT id, shard, topic, key, value, headers, accepted_at, created_at
+	b.Queue(`SELECT id, slot, shard, topic, key, value, headers, accepted_at, created_at
 		FROM outbox WHERE shard = ANY($2) ORDER BY id LIMIT $1 FOR UPDATE`, r.opts.BatchSize, shards).Query(func(rs pgx.Rows) error {
 		var err error
 		rows, err = pgx.CollectRows(rs, func(rr pgx.CollectableRow) (row, error) {
 			var x row
-			err := rr.Scan(&x.id, &x.shard, &x.topic, &x.key, &x.value, &x.headers, &x.acceptedAt, &x.createdAt)
+			err := rr.Scan(&x.id, &x.slot, &x.shard, &x.topic, &x.key, &x.value, &x.headers, &x.acceptedAt, &x.createdAt)
 			return x, err
 		})
 		return err
@@ -535,15 +552,16 @@ func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, 
 	held := true
 	if len(res.published)+len(res.parked) > 0 {
 		touched := make(map[int16]bool)
+		slots := make(map[int16]bool)
 		published := make([]int64, len(res.published))
 		for i, x := range res.published {
 			published[i] = x.id
-			touched[x.shard] = true
+			touched[x.shard], slots[x.slot] = true, true
 		}
 		parked, reasons := make([]int64, len(res.parked)), make([]string, len(res.parked))
 		for i, x := range res.parked {
 			parked[i], reasons[i] = x.id, x.reason
-			touched[x.shard] = true
+			touched[x.shard], slots[x.slot] = true, true
 		}
 		var fenceShards []int16
 		var fenceEpochs []int64
@@ -552,7 +570,7 @@ func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, 
 				fenceShards, fenceEpochs = append(fenceShards, s), append(fenceEpochs, epochs[i])
 			}
 		}
-		b.Queue(settleSQL, published, fenceShards, fenceEpochs, r.opts.ID, parked, reasons).QueryRow(func(row pgx.Row) error {
+		b.Queue(settleSQL, published, fenceShards, fenceEpochs, r.opts.ID, parked, reasons, slices.Sorted(maps.Keys(slots))).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&held)
 		})
 	}
@@ -570,17 +588,18 @@ func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, 
 
 // settleSQL: $1 the published ids; $2, $3 the shards touched and the epochs
 // this relay holds them under; $4 the relay; $5, $6 the parked ids and
-// their reasons.
+// their reasons; $7 the slots of all those rows, so that only their
+// partitions are searched.
 const settleSQL = `WITH fence AS (
 	SELECT count(*) = cardinality($2::int2[]) AS held FROM (
 		SELECT 1 FROM relay_leases AS l
 		JOIN unnest($2::int2[], $3::int8[]) AS u (shard, epoch) ON l.shard = u.shard AND l.epoch = u.epoch
 		WHERE l.owner = $4 ORDER BY l.shard FOR SHARE OF l) AS h),
 published AS (
-	DELETE FROM outbox WHERE id = ANY($1::int8[]) AND (SELECT held FROM fence)),
+	DELETE FROM outbox WHERE slot = ANY($7::int2[]) AND id = ANY($1::int8[]) AND (SELECT held FROM fence)),
 moved AS (
 	DELETE FROM outbox AS o USING unnest($5::int8[], $6::text[]) AS p (id, reason)
-	WHERE o.id = p.id AND (SELECT held FROM fence)
+	WHERE o.slot = ANY($7::int2[]) AND o.id = p.id AND (SELECT held FROM fence)
 	RETURNING o.id, o.topic, o.key, o.value, o.headers, o.accepted_at, o.created_at, p.reason),
 parked AS (
 	INSERT INTO outbox_parked (id, topic, key, value, headers, accepted_at, created_at, reason)
@@ -676,8 +695,10 @@ func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}, bo backoff
 // sessions.
 const listenApplicationName = "txpipe-relay-listen"
 
-// watchBacklog samples the outbox size and the age of its oldest row, the
-// signals that tell an operator the relay is falling behind, and how full
+// watchBacklog samples the rows waiting in the outbox and the age of its
+// oldest, the signals that tell an operator the relay is falling behind,
+// the outbox's size on disk (steady unless slots stop being truncated),
+// and how full
 // PostgreSQL's notification queue is: at NotifyQueueMaxUsage a listener is
 // stuck, the workers stop notifying and the relays wake on their poll
 // interval only, which it logs once each time it happens.
@@ -689,9 +710,12 @@ func (r *Relay) watchBacklog(ctx context.Context) {
 		var n int64
 		var oldest pgtype.Timestamptz
 		var usage float64
-		err := r.opts.Pool.QueryRow(ctx, `SELECT count(*), min(created_at), pg_notification_queue_usage() FROM outbox`).Scan(&n, &oldest, &usage)
+		var size int64
+		err := r.opts.Pool.QueryRow(ctx, `SELECT count(*), min(created_at), pg_notification_queue_usage(),
+			(SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8 FROM pg_partition_tree('outbox')) FROM outbox`).Scan(&n, &oldest, &usage, &size)
 		if err == nil {
 			r.metrics.pending.Set(float64(n))
+			r.metrics.outboxBytes.Set(float64(size))
 			age := 0.0
 			if oldest.Valid {
 				age = max(0, time.Since(oldest.Time).Seconds())
