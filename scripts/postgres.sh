@@ -7,6 +7,8 @@
 #   scripts/postgres.sh restart
 #   scripts/postgres.sh crash-restart   stop -m immediate (as if it crashed), then start (fault tests)
 #   scripts/postgres.sh reset-db drop and recreate database txpipe (server must be running)
+#   scripts/postgres.sh replica-stop   stop the streaming replica alone (make bench: it would
+#                                replay every write on the same cores); start brings it back
 #
 # start also runs a streaming replica of it, cluster "${PG_CLUSTER}_replica" on
 # $PG_REPLICA_PORT (default 5434), made once with pg_basebackup: ingest's
@@ -36,6 +38,7 @@ PG_HOST=127.0.0.1
 PG_PORT="${PG_PORT:-5433}"
 PG_CLUSTER="${PG_CLUSTER:-txpipe}"
 PG_START_TIMEOUT="${PG_START_TIMEOUT:-60}"
+PG_SHARED_BUFFERS="${TXPIPE_PG_SHARED_BUFFERS:-1GB}"
 DB_USER=txpipe
 DB_PASS=txpipe
 TLS_USER=txpipe_tls # may connect only over TLS; its password is its name
@@ -125,6 +128,12 @@ ssl_key_file = '$ETC/server.key'
 # Test box: no need to survive an OS crash (a killed server still recovers fine).
 fsync = off
 full_page_writes = off
+# Sized as a server that holds a ledger would be rather than PostgreSQL's
+# 128 MB default, which evicts the indexes of a database holding a million
+# commands page by page (docs/benchmarks.md). TXPIPE_PG_SHARED_BUFFERS
+# overrides it on a small machine.
+shared_buffers = '$PG_SHARED_BUFFERS'
+max_wal_size = '4GB'
 EOF
 }
 
@@ -433,5 +442,6 @@ case "${1:-}" in
   restart) cmd_stop; cmd_start ;;
   crash-restart) log "stopping in immediate mode (a crash: no checkpoint, clients cut off)"; pgctl stop -m immediate >&2; cmd_start ;;
   status) cmd_status ;;
-  *) echo "usage: $0 start|stop|restart|crash-restart|status|reset-db" >&2; exit 2 ;;
+  replica-stop) stop_replica ;;
+  *) echo "usage: $0 start|stop|restart|crash-restart|status|reset-db|replica-stop" >&2; exit 2 ;;
 esac
