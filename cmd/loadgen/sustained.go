@@ -23,10 +23,13 @@ type steady struct {
 	WorstWindowAtS   float64  `json:"worst_window_start_s,omitempty"`
 	Windows          []window `json:"windows,omitempty"`
 	// The outbox's total size (every partition, indexes and TOAST) when
-	// the measured period starts, after its first minute, and when it ends.
-	OutboxBytesStart       int64 `json:"outbox_bytes_start,omitempty"`
-	OutboxBytesFirstMinute int64 `json:"outbox_bytes_first_minute,omitempty"`
-	OutboxBytesEnd         int64 `json:"outbox_bytes_end,omitempty"`
+	// the measured period starts; for sustained-latency, the largest of the
+	// samples (every 2 s) in its first minute and in its last, and the
+	// samples; for sustained-throughput, its size at the end.
+	OutboxBytesStart       int64          `json:"outbox_bytes_start,omitempty"`
+	OutboxBytesFirstMinute int64          `json:"outbox_bytes_first_minute,omitempty"`
+	OutboxBytesEnd         int64          `json:"outbox_bytes_end,omitempty"`
+	OutboxSamples          []outboxSample `json:"outbox_samples,omitempty"`
 	// RSS of txpipe all when the measured period starts and ends.
 	RSSStartMiB float64 `json:"rss_start_mib,omitempty"`
 	RSSEndMiB   float64 `json:"rss_end_mib,omitempty"`
@@ -80,14 +83,25 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 	st.RSSStartMiB = mib(all.rss())
 	n := int(o.rate * d.Seconds())
 	start := time.Now()
-	var firstMinute int64
-	minuteCtx, cancelMinute := context.WithCancel(ctx)
-	var minute sync.WaitGroup
-	minute.Go(func() {
-		select {
-		case <-time.After(time.Minute):
-			firstMinute, _ = outboxBytes(ctx, s.pool)
-		case <-minuteCtx.Done(): // a run shorter than a minute
+	// The outbox's size every 2 s: a ring of slots truncated in turn is a
+	// sawtooth, so one reading at the minute and one at the end would
+	// compare two arbitrary points of it; the largest of each minute does
+	// not depend on where in the cycle a reading falls.
+	var samples []outboxSample
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	var sampling sync.WaitGroup
+	sampling.Go(func() {
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				if b, err := outboxBytes(sampleCtx, s.pool); err == nil {
+					samples = append(samples, outboxSample{AtS: time.Since(start).Seconds(), Bytes: b})
+				}
+			case <-sampleCtx.Done():
+				return
+			}
 		}
 	})
 	lastProgress := time.Now()
@@ -98,14 +112,11 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 			lastProgress = time.Now()
 		}
 	})
-	st.OutboxBytesEnd, err = outboxBytes(ctx, s.pool)
 	st.RSSEndMiB = mib(all.rss())
-	cancelMinute()
-	minute.Wait()
-	if err != nil {
-		return result{}, err
-	}
-	st.OutboxBytesFirstMinute = firstMinute
+	stopSampling()
+	sampling.Wait()
+	st.OutboxSamples = samples
+	st.OutboxBytesFirstMinute, st.OutboxBytesEnd = outboxMinutes(samples, time.Since(start).Seconds())
 	deadline := time.Now().Add(60 * time.Second)
 	for l.done() < int(l.accepted.Load()) && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
@@ -298,6 +309,26 @@ func countIn(ts []time.Time, from, to time.Time) float64 {
 		}
 	}
 	return float64(n)
+}
+
+type outboxSample struct {
+	AtS   float64 `json:"at_s"`
+	Bytes int64   `json:"bytes"`
+}
+
+// outboxMinutes returns the largest sample of the first minute and of the
+// last minute before end (seconds since the start). A run shorter than two
+// minutes has overlapping minutes; a first minute without samples is 0.
+func outboxMinutes(samples []outboxSample, end float64) (first, last int64) {
+	for _, x := range samples {
+		if x.AtS <= 60 {
+			first = max(first, x.Bytes)
+		}
+		if x.AtS >= end-60 {
+			last = max(last, x.Bytes)
+		}
+	}
+	return first, last
 }
 
 // outboxBytes is the outbox's total size on disk: heap, indexes and TOAST
