@@ -273,3 +273,23 @@ func TestEvenTicks(t *testing.T) {
 		}
 	}
 }
+
+// TestOutboxMinutesTakeEachMinutesLargest: a sawtooth compared by its
+// largest sample per minute, not by where two readings happened to fall.
+func TestOutboxMinutesTakeEachMinutesLargest(t *testing.T) {
+	var samples []outboxSample
+	for at := 2.0; at <= 600; at += 2 {
+		b := int64(3 + int(at)%12) // 3…13 MiB (even seconds), a slot truncated every 12 s
+		if at > 540 {
+			b += 1 // the last minute a little larger
+		}
+		samples = append(samples, outboxSample{AtS: at, Bytes: b << 20})
+	}
+	first, last := outboxMinutes(samples, 600)
+	if first != 13<<20 || last != 14<<20 {
+		t.Errorf("outboxMinutes = %d, %d MiB; want 13 and 14", first>>20, last>>20)
+	}
+	if first, last := outboxMinutes(nil, 600); first != 0 || last != 0 {
+		t.Errorf("no samples: %d, %d", first, last)
+	}
+}
