@@ -57,6 +57,7 @@ run: build
 FUZZ_TARGETS := FuzzDecodeCommand:./domain FuzzDecide:./consumers FuzzCheckPublished:./internal/audit FuzzParse:./internal/apikey
 FUZZTIME ?= 30000x
 test:
+	@scripts/install-tools.sh
 	@eval "$$($(SERVICES) up)"; \
 	$(GO) test $(TEST_FLAGS) ./...; \
 	(cd deploy/verify && $(GO) test -count=1 ./...); \
