@@ -5,6 +5,7 @@ package migrations
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -31,19 +32,29 @@ type Migration struct {
 }
 
 // All returns the embedded migrations in version order.
-func All() ([]Migration, error) {
-	names, err := fs.Glob(files, "*.sql")
+func All() ([]Migration, error) { return parse(files) }
+
+// parse reads the numbered .sql files of fsys. Two files with one number
+// are refused: which one ran would depend on the order they were listed
+// in, and the other would be recorded as applied without running.
+func parse(fsys fs.FS) ([]Migration, error) {
+	names, err := fs.Glob(fsys, "*.sql")
 	if err != nil {
 		return nil, fmt.Errorf("list migrations: %w", err)
 	}
 	var ms []Migration
+	byVersion := make(map[int]string)
 	for _, name := range names {
 		prefix, _, ok := strings.Cut(name, "_")
 		v, err := strconv.Atoi(prefix)
-		if !ok || err != nil {
-			return nil, fmt.Errorf("migration %s: name must start with a number and '_'", name)
+		if !ok || err != nil || v <= 0 {
+			return nil, fmt.Errorf("migration %s: name must start with a positive number and '_'", name)
 		}
-		body, err := files.ReadFile(name)
+		if other, dup := byVersion[v]; dup {
+			return nil, fmt.Errorf("migrations %s and %s share the number %d: renumber one", other, name, v)
+		}
+		byVersion[v] = name
+		body, err := fs.ReadFile(fsys, name)
 		if err != nil {
 			return nil, fmt.Errorf("read migration %s: %w", name, err)
 		}
@@ -53,9 +64,90 @@ func All() ([]Migration, error) {
 	return ms, nil
 }
 
+// ErrSchemaAhead says the database holds migrations this binary does not
+// know: a newer txpipe migrated it. Running older code against it could
+// write rows the newer schema does not expect, so processes refuse to start.
+var ErrSchemaAhead = errors.New("the database schema is newer than this txpipe")
+
+// ErrSchemaBehind says migrations of this binary are not applied yet.
+var ErrSchemaBehind = errors.New("the database schema is older than this txpipe")
+
+// Check compares the migrations recorded in the database with the
+// binary's: it returns an error wrapping ErrSchemaAhead when the database
+// holds one the binary does not know, ErrSchemaBehind when one of the
+// binary's is missing (txpipe migrate applies it), nil when they match.
+func Check(ctx context.Context, db querier) error {
+	ms, err := All()
+	if err != nil {
+		return err
+	}
+	done, err := recorded(ctx, db)
+	if err != nil {
+		return fmt.Errorf("%w (has txpipe migrate run?)", err)
+	}
+	return compare(ms, done)
+}
+
+type querier interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}
+
+// recorded returns the migrations schema_migrations says were applied.
+func recorded(ctx context.Context, db querier) ([]Migration, error) {
+	rows, err := db.Query(ctx, `SELECT version, name FROM schema_migrations ORDER BY version`)
+	if err != nil {
+		return nil, fmt.Errorf("read schema_migrations: %w", err)
+	}
+	ms, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Migration, error) {
+		var m Migration
+		err := r.Scan(&m.Version, &m.Name)
+		return m, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read schema_migrations: %w", err)
+	}
+	return ms, nil
+}
+
+// compare says how the applied migrations stand against the known ones.
+func compare(known, applied []Migration) error {
+	names := make(map[int]string, len(known))
+	for _, m := range known {
+		names[m.Version] = m.Name
+	}
+	var unknown []string
+	done := make(map[int]bool, len(applied))
+	for _, m := range applied {
+		done[m.Version] = true
+		if _, ok := names[m.Version]; !ok {
+			unknown = append(unknown, m.Name)
+		}
+	}
+	if len(unknown) > 0 {
+		newest := "none"
+		if len(known) > 0 {
+			newest = known[len(known)-1].Name
+		}
+		return fmt.Errorf("%w: it has migration(s) %s, this binary knows up to %s; run a txpipe at least as new",
+			ErrSchemaAhead, strings.Join(unknown, ", "), newest)
+	}
+	var missing []string
+	for _, m := range known {
+		if !done[m.Version] {
+			missing = append(missing, m.Name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: migration(s) %s not applied; run txpipe migrate", ErrSchemaBehind, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
 // Up applies every migration not yet recorded in schema_migrations, each in
 // its own transaction, holding a transaction-level advisory lock so that
 // concurrent runs apply each migration once. It returns how many it applied.
+// A database holding a migration this binary does not know is refused
+// (ErrSchemaAhead) before anything is applied.
 func Up(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, error) {
 	ms, err := All()
 	if err != nil {
@@ -72,11 +164,14 @@ func Up(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, error) 
 				version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 				return fmt.Errorf("create schema_migrations: %w", err)
 			}
-			var exists bool
-			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)`, m.Version).Scan(&exists); err != nil {
-				return fmt.Errorf("read schema_migrations: %w", err)
+			done, err := recorded(ctx, tx)
+			if err != nil {
+				return err
 			}
-			if exists {
+			if err := compare(ms, done); errors.Is(err, ErrSchemaAhead) {
+				return err
+			}
+			if slices.ContainsFunc(done, func(r Migration) bool { return r.Version == m.Version }) {
 				return nil
 			}
 			if _, err := tx.Exec(ctx, m.SQL); err != nil {
@@ -88,6 +183,9 @@ func Up(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, error) 
 			did = true
 			return nil
 		})
+		if errors.Is(err, ErrSchemaAhead) {
+			return applied, err
+		}
 		if err != nil {
 			return applied, fmt.Errorf("migration %s: %w", m.Name, err)
 		}

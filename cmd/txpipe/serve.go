@@ -10,6 +10,9 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/segmentio/kafka-go"
@@ -118,6 +121,9 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		return err
 	}
 	defer pool.Close()
+	if err := checkSchema(ctx, pool, log); err != nil {
+		return err
+	}
 	if err := httpserver.RegisterPoolMetrics(reg, pool); err != nil {
 		return err
 	}
@@ -271,6 +277,28 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 
 // ignoreClosed adapts a listener's Close for the closers list: once its
 // server ran, the listener is closed already, which is not an error.
+// checkSchema refuses to start against a database whose migrations are not
+// exactly this binary's: one a newer txpipe applied (this code could write
+// what the newer schema does not expect), or one of ours not applied yet
+// (txpipe migrate). A database it cannot reach now is not a reason to
+// refuse: the process starts unready, as it would if the database went
+// away later, and the check is left to the next start.
+func checkSchema(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+	err := migrations.Check(ctx, pool)
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, migrations.ErrSchemaAhead), errors.Is(err, migrations.ErrSchemaBehind):
+		return err
+	case errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable:
+		return errors.New("the database has no txpipe schema: run txpipe migrate")
+	default:
+		log.Warn("could not check the database's schema version at start; starting anyway", "err", err)
+		return nil
+	}
+}
+
 func ignoreClosed(close func() error) func() error {
 	return func() error {
 		if err := close(); err != nil && !errors.Is(err, net.ErrClosed) {
