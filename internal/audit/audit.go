@@ -11,9 +11,11 @@ import (
 	"io"
 	"strconv"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 )
@@ -130,75 +132,65 @@ type entry struct {
 	commandID, currency string
 }
 
+// loadDatabase reads what the audit checks in one read-only REPEATABLE
+// READ transaction, so every table is seen at the same instant: a worker
+// committing meanwhile cannot show a balance without its entries. Any
+// error, mid-result included, fails the audit: a query cut short must not
+// read as missing rows, which would be reported as violations.
 func loadDatabase(ctx context.Context, pool *pgxpool.Pool, group, commandsTopic string) (*database, error) {
 	db := &database{processed: map[string]processed{}, nextOffsets: map[int]int64{}, accounts: map[string]*account{},
 		entries: map[string][]entry{}, byCommand: map[string][]entry{}, pendingHeld: map[string]int64{}}
-	rows, err := pool.Query(ctx, `SELECT command_id::text, status, coalesce(reason, '') FROM processed_commands`)
-	if err != nil {
-		return nil, fmt.Errorf("read processed commands: %w", err)
-	}
-	for rows.Next() {
+	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		each := func(what, sql string, args []any, scans []any, fn func() error) error {
+			rows, err := tx.Query(ctx, sql, args...)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", what, err)
+			}
+			if _, err := pgx.ForEachRow(rows, scans, fn); err != nil {
+				return fmt.Errorf("read %s: %w", what, err)
+			}
+			return nil
+		}
 		var id string
 		var p processed
-		if err := rows.Scan(&id, &p.status, &p.reason); err != nil {
-			return nil, err
+		if err := each("processed commands", `SELECT command_id::text, status, coalesce(reason, '') FROM processed_commands`, nil,
+			[]any{&id, &p.status, &p.reason}, func() error { db.processed[id] = p; return nil }); err != nil {
+			return err
 		}
-		db.processed[id] = p
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read processed commands: %w", err)
-	}
-	rows, err = pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2`, group, commandsTopic)
-	if err != nil {
-		return nil, fmt.Errorf("read stored offsets: %w", err)
-	}
-	for rows.Next() {
-		var p int
-		var n int64
-		if err := rows.Scan(&p, &n); err != nil {
-			return nil, err
+		var partition int
+		var next int64
+		if err := each("stored offsets", `SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2`,
+			[]any{group, commandsTopic}, []any{&partition, &next}, func() error { db.nextOffsets[partition] = next; return nil }); err != nil {
+			return err
 		}
-		db.nextOffsets[p] = n
-	}
-	rows, err = pool.Query(ctx, `SELECT account_id, currency, external, balance, held, overdraft_limit, version FROM accounts`)
-	if err != nil {
-		return nil, fmt.Errorf("read accounts: %w", err)
-	}
-	for rows.Next() {
-		var id string
-		a := &account{}
-		if err := rows.Scan(&id, &a.currency, &a.external, &a.balance, &a.held, &a.overdraft, &a.version); err != nil {
-			return nil, err
+		var a account
+		if err := each("accounts", `SELECT account_id, currency, external, balance, held, overdraft_limit, version FROM accounts`, nil,
+			[]any{&id, &a.currency, &a.external, &a.balance, &a.held, &a.overdraft, &a.version},
+			func() error { acc := a; db.accounts[id] = &acc; return nil }); err != nil {
+			return err
 		}
-		db.accounts[id] = a
-	}
-	rows, err = pool.Query(ctx, `SELECT account_id, account_version, amount, balance_after, command_id::text, currency
-		FROM entries ORDER BY account_id, account_version`)
-	if err != nil {
-		return nil, fmt.Errorf("read entries: %w", err)
-	}
-	for rows.Next() {
 		var e entry
-		if err := rows.Scan(&e.account, &e.version, &e.amount, &e.balance, &e.commandID, &e.currency); err != nil {
-			return nil, err
+		if err := each("entries", `SELECT account_id, account_version, amount, balance_after, command_id::text, currency
+			FROM entries ORDER BY account_id, account_version`, nil,
+			[]any{&e.account, &e.version, &e.amount, &e.balance, &e.commandID, &e.currency}, func() error {
+				db.entries[e.account] = append(db.entries[e.account], e)
+				db.byCommand[e.commandID] = append(db.byCommand[e.commandID], e)
+				return nil
+			}); err != nil {
+			return err
 		}
-		db.entries[e.account] = append(db.entries[e.account], e)
-		db.byCommand[e.commandID] = append(db.byCommand[e.commandID], e)
-	}
-	rows, err = pool.Query(ctx, `SELECT from_account_id, sum(amount) FROM transfers WHERE status = 'pending' GROUP BY from_account_id`)
+		var held int64
+		if err := each("holds", `SELECT from_account_id, sum(amount) FROM transfers WHERE status = 'pending' GROUP BY from_account_id`, nil,
+			[]any{&id, &held}, func() error { db.pendingHeld[id] = held; return nil }); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&db.outboxRows); err != nil {
+			return fmt.Errorf("count outbox rows: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("read holds: %w", err)
-	}
-	for rows.Next() {
-		var id string
-		var n int64
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, err
-		}
-		db.pendingHeld[id] = n
-	}
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&db.outboxRows); err != nil {
-		return nil, fmt.Errorf("count outbox rows: %w", err)
+		return nil, err
 	}
 	return db, nil
 }
@@ -234,9 +226,9 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 		var part, off string
 		for _, h := range m.Headers {
 			switch h.Key {
-			case "source_partition":
+			case consumers.HeaderSourcePartition:
 				part = string(h.Value)
-			case "source_offset":
+			case consumers.HeaderSourceOffset:
 				off = string(h.Value)
 			}
 		}
