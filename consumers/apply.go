@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
@@ -21,7 +22,6 @@ import (
 	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/pgtx"
 	"github.com/txpipe/txpipe/internal/sealing"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 	"github.com/txpipe/txpipe/outbox"
 )
 
@@ -488,7 +488,7 @@ func (wr *batchWrites) command(w *Worker, cmd domain.Command, m kafka.Message, p
 	}
 	wr.outcome(w, cmd, res, acceptedAt, now)
 	for _, p := range res.Postings {
-		ev := domain.NewPostingEvent(uuidv7.New(), cmd, p, now)
+		ev := domain.NewPostingEvent(uuid.Must(uuid.NewV7()).String(), cmd, p, now)
 		ev.SubmittedBy = wr.by
 		wr.out = append(wr.out, eventMessage(w.opts.PostingsTopic, p.AccountID, ev, time.Time{}))
 	}
@@ -503,7 +503,7 @@ func (wr *batchWrites) outcome(w *Worker, cmd domain.Command, res domain.Result,
 			wr.sealed[res.Opened.ID] = *sealed
 		}
 	}
-	ev := domain.NewOutcomeEvent(uuidv7.New(), cmd, sealed, res, acceptedAt, now)
+	ev := domain.NewOutcomeEvent(uuid.Must(uuid.NewV7()).String(), cmd, sealed, res, acceptedAt, now)
 	ev.SubmittedBy = wr.by
 	wr.out = append(wr.out, eventMessage(w.opts.EventsTopic, cmd.DebitAccount(), ev, acceptedAt))
 	wr.count(string(res.Status), string(res.Reason))
@@ -592,7 +592,7 @@ func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, dl deadLetter, st 
 		return
 	}
 	wr.dead = append(wr.dead, deadRow{id: id, reason: dl.reason, detail: detail, partition: m.Partition, offset: m.Offset, by: wr.by})
-	ev := domain.NewDeadLetteredEvent(uuidv7.New(), id, domain.DeadLetteredData{
+	ev := domain.NewDeadLetteredEvent(uuid.Must(uuid.NewV7()).String(), id, domain.DeadLetteredData{
 		Reason: dl.reason, Detail: detail, SourceTopic: m.Topic, SourcePartition: m.Partition, SourceOffset: m.Offset,
 	}, domain.RecordTime(m.Time), now)
 	ev.SubmittedBy = wr.by

@@ -2,8 +2,8 @@ package consumers
 
 import (
 	"errors"
-	"strings"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -33,9 +33,10 @@ func recordFault(err error) bool {
 		return false
 	}
 	switch {
-	case pgErr.Code == "23505":
+	case pgErr.Code == pgerrcode.UniqueViolation:
 		return false
-	case strings.HasPrefix(pgErr.Code, "22"), strings.HasPrefix(pgErr.Code, "23"), pgErr.Code == "P0001":
+	case pgerrcode.IsDataException(pgErr.Code), pgerrcode.IsIntegrityConstraintViolation(pgErr.Code),
+		pgErr.Code == pgerrcode.RaiseException:
 		return true
 	}
 	return false

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/txpipe/txpipe/domain"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 	"github.com/txpipe/txpipe/outbox"
 )
 
@@ -91,7 +91,7 @@ func (w *Worker) expireDue(ctx context.Context, now time.Time) (int, error) {
 			}
 			holds = append(holds, t)
 			changed[t.FromAccountID] = true
-			ev := domain.NewExpiryEvent(uuidv7.New(), t, now)
+			ev := domain.NewExpiryEvent(uuid.Must(uuid.NewV7()).String(), t, now)
 			out = append(out, eventMessage(w.opts.EventsTopic, t.FromAccountID, ev, time.Time{}))
 		}
 		if len(holds) == 0 {

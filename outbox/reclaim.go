@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -159,7 +160,7 @@ func (r *Relay) truncateSlot(ctx context.Context, s int16) (outcome string, err 
 		b.Queue("SELECT EXISTS (SELECT FROM " + name + ")").QueryRow(func(row pgx.Row) error { return row.Scan(&rows) })
 		if err := conn.SendBatch(ctx, b).Close(); err != nil {
 			var pe *pgconn.PgError
-			if errors.As(err, &pe) && pe.Code == "55P03" { // lock_not_available
+			if errors.As(err, &pe) && pe.Code == pgerrcode.LockNotAvailable {
 				outcome = busy
 			}
 			return fmt.Errorf("lock outbox slot %d: %w", s, err)

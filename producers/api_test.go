@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
@@ -23,7 +24,6 @@ import (
 	"github.com/txpipe/txpipe/internal/kafkawriter"
 	"github.com/txpipe/txpipe/internal/pgtest"
 	"github.com/txpipe/txpipe/internal/sealingtest"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 	"github.com/txpipe/txpipe/producers"
 )
 
@@ -102,7 +102,7 @@ func doAs(t *testing.T, authorization, method, url, body string) (*http.Response
 }
 
 func deposit(amount string) string {
-	return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"a","amount":%s,"currency":"EUR"}`, uuidv7.New(), amount)
+	return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"a","amount":%s,"currency":"EUR"}`, uuid.Must(uuid.NewV7()).String(), amount)
 }
 
 func TestAPIRefusesBadInputWithProblems(t *testing.T) {
@@ -116,7 +116,7 @@ func TestAPIRefusesBadInputWithProblems(t *testing.T) {
 		status           int
 		pointer          string
 	}{
-		{"unknown field", "/v1/commands", `{"command_id":"` + uuidv7.New() + `","type":"deposit","account_id":"a","amount":1,"currency":"EUR","memo":"x"}`, 400, "/memo"},
+		{"unknown field", "/v1/commands", `{"command_id":"` + uuid.Must(uuid.NewV7()).String() + `","type":"deposit","account_id":"a","amount":1,"currency":"EUR","memo":"x"}`, 400, "/memo"},
 		{"float amount", "/v1/commands", deposit("10.5"), 400, "/amount"},
 		{"bad currency", "/v1/commands", strings.Replace(deposit("1"), "EUR", "EURO", 1), 400, "/currency"},
 		{"trailing data", "/v1/commands", deposit("1") + `{}`, 400, ""},
@@ -158,7 +158,7 @@ func TestAPIRefusesBadInputWithProblems(t *testing.T) {
 
 func TestAPIAcceptsAndProducesKeyedByDebitAccount(t *testing.T) {
 	f := setup(t)
-	id := uuidv7.New()
+	id := uuid.Must(uuid.NewV7()).String()
 	body := fmt.Sprintf(`{"command_id":%q,"type":"transfer","from_account_id":"payer","to_account_id":"payee","amount":7,"currency":"EUR"}`, strings.ToUpper(id))
 	resp, _ := do(t, http.MethodPost, f.srv.URL+"/v1/commands", body)
 	if resp.StatusCode != http.StatusAccepted || resp.Header.Get("Location") != "/v1/commands/"+id {
@@ -182,12 +182,12 @@ func TestAPIAcceptsAndProducesKeyedByDebitAccount(t *testing.T) {
 func TestAPIReadsAnswerProblems(t *testing.T) {
 	f := setup(t)
 	for path, want := range map[string]int{
-		"/v1/commands/not-a-uuid":      400,
-		"/v1/commands/" + uuidv7.New(): 404,
-		"/v1/accounts/has%20space":     400,
-		"/v1/accounts/nobody":          404,
-		"/v2/anything":                 404,
-		"/v1/commands":                 405,
+		"/v1/commands/not-a-uuid":                          400,
+		"/v1/commands/" + uuid.Must(uuid.NewV7()).String(): 404,
+		"/v1/accounts/has%20space":                         400,
+		"/v1/accounts/nobody":                              404,
+		"/v2/anything":                                     404,
+		"/v1/commands":                                     405,
 	} {
 		resp, p := do(t, http.MethodGet, f.srv.URL+path, "")
 		if resp.StatusCode != want || p.Status != want {
@@ -401,7 +401,7 @@ func TestHandlerPanicIsAProblemNotADroppedConnection(t *testing.T) {
 	srv := httptest.NewServer(api.Handler())
 	t.Cleanup(srv.Close)
 	for range 2 { // the second shows the server survived the first
-		resp, p := do(t, "POST", srv.URL+"/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"a","currency":"EUR"}`, uuidv7.New()))
+		resp, p := do(t, "POST", srv.URL+"/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"a","currency":"EUR"}`, uuid.Must(uuid.NewV7()).String()))
 		if resp.StatusCode != http.StatusInternalServerError || resp.Header.Get("Content-Type") != "application/problem+json" || p.Type != producers.ProblemTypeBase+"internal-error" {
 			t.Fatalf("POST with a panicking producer = %d %q %+v, want 500 problem+json internal-error", resp.StatusCode, resp.Header.Get("Content-Type"), p)
 		}

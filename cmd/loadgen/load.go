@@ -17,12 +17,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkafetch"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // workload describes the commands to send.
@@ -66,7 +66,7 @@ func (w workload) stream() func() domain.Command {
 	}
 	return func() domain.Command {
 		a, b := pick()
-		return domain.Command{CommandID: uuidv7.New(), Type: domain.TypeTransfer, FromAccountID: accountID(a),
+		return domain.Command{CommandID: uuid.Must(uuid.NewV7()).String(), Type: domain.TypeTransfer, FromAccountID: accountID(a),
 			ToAccountID: accountID(b), Amount: 1 + r.Int64N(100), Currency: "EUR"}
 	}
 }

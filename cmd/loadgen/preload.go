@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -247,7 +248,7 @@ func ensureTemplate(ctx context.Context, adminURL string, spec preloadSpec, log 
 		return err
 	})
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42P04" { // duplicate_database: another run finished first
+	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.DuplicateDatabase { // another run finished first
 		fmt.Fprintf(log, "bench: preload: another run built %s meanwhile; using it\n", name)
 		return name, false, nil
 	}
@@ -344,7 +345,7 @@ func whileInUse(ctx context.Context, f func() error) error {
 	for attempt := 1; ; attempt++ {
 		err := f()
 		var pgErr *pgconn.PgError
-		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "55006" || attempt == 60 {
+		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.ObjectInUse || attempt == 60 {
 			return err
 		}
 		select {

@@ -11,9 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkatest"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // commandStatus is GET /v1/commands/{id}.
@@ -43,7 +44,7 @@ func TestDeadLetteredCommandsAreOutcomesProducersSee(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create trigger: %v", err)
 	}
-	open, deposit, invalid := uuidv7.New(), uuidv7.New(), uuidv7.New()
+	open, deposit, invalid := uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String()
 	for _, body := range []string{
 		fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"poison","currency":"EUR"}`, open),
 		fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"poison","amount":5,"currency":"EUR"}`, deposit),

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
@@ -26,7 +27,6 @@ import (
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/pgtest"
 	"github.com/txpipe/txpipe/internal/schematest"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // pipeline is "txpipe all" running in this test process against the real
@@ -262,7 +262,7 @@ func (p *pipeline) events(t *testing.T, topic string, n int) []domain.Event {
 
 func TestEndToEndOverHTTP(t *testing.T) {
 	p := startPipeline(t)
-	ids := map[string]string{"open_alice": uuidv7.New(), "open_bob": uuidv7.New(), "deposit": uuidv7.New(), "transfer": uuidv7.New()}
+	ids := map[string]string{"open_alice": uuid.Must(uuid.NewV7()).String(), "open_bob": uuid.Must(uuid.NewV7()).String(), "deposit": uuid.Must(uuid.NewV7()).String(), "transfer": uuid.Must(uuid.NewV7()).String()}
 	for _, body := range []string{
 		fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"alice","currency":"EUR"}`, ids["open_alice"]),
 		fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"bob","currency":"EUR"}`, ids["open_bob"]),
@@ -289,7 +289,7 @@ func TestEndToEndOverHTTP(t *testing.T) {
 	}
 
 	// A malformed command is refused and never reaches Kafka.
-	code, prob := p.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"alice","amount":1.5,"currency":"EUR"}`, uuidv7.New()))
+	code, prob := p.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"alice","amount":1.5,"currency":"EUR"}`, uuid.Must(uuid.NewV7()).String()))
 	if code != http.StatusBadRequest || !strings.HasPrefix(fmt.Sprint(prob["type"]), "urn:txpipe:problem:") {
 		t.Errorf("POST bad amount = %d %v, want 400 problem+json", code, prob)
 	}
@@ -465,7 +465,7 @@ func (p *pipeline) produce(t *testing.T, key string, values ...string) {
 
 func TestDuplicateDeliveryAppliesOnce(t *testing.T) {
 	p := startPipeline(t)
-	open, dep := uuidv7.New(), uuidv7.New()
+	open, dep := uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String()
 	deposit := func(amount int) string {
 		return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"carol","amount":%d,"currency":"USD"}`, dep, amount)
 	}
@@ -526,7 +526,7 @@ func TestDuplicateDeliveryAppliesOnce(t *testing.T) {
 func TestPoisonRecordGoesToDLQAndPartitionFlows(t *testing.T) {
 	p := startPipeline(t)
 	garbage := "\x00\xff not json at all"
-	open := uuidv7.New()
+	open := uuid.Must(uuid.NewV7()).String()
 	p.produce(t, "dave", garbage, fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"dave","currency":"GBP"}`, open))
 	if status, _ := p.awaitOutcome(t, open); status != "applied" {
 		t.Fatalf("the record after the poison one = %s, want applied", status)
@@ -588,7 +588,7 @@ func TestHoldLifecycleOverHTTP(t *testing.T) {
 	p := startPipelineWith(t, 3, "--hold-expiry-interval", "100ms")
 	ids := make(map[string]string)
 	for _, k := range []string{"open_a", "open_b", "deposit", "hold1", "hold2", "hold3", "capture", "release", "reverse"} {
-		ids[k] = uuidv7.New()
+		ids[k] = uuid.Must(uuid.NewV7()).String()
 	}
 	post := func(body string) {
 		t.Helper()
@@ -705,15 +705,15 @@ func TestReadyzSaysWhyWhenPostgresIsUnreachable(t *testing.T) {
 // partition keeps flowing.
 func TestEveryKindOfPoisonIsDeadLettered(t *testing.T) {
 	p := startPipelineWith(t, 1)
-	open := uuidv7.New()
+	open := uuid.Must(uuid.NewV7()).String()
 	poison := []struct{ value, reason string }{
 		{"\x00\xff garbage", "malformed"},
 		{`[1, 2, 3]`, "malformed"},
 		{`{"hello":"world"}`, "invalid_command"},
-		{fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"erin"}`, uuidv7.New()), "invalid_command"},
-		{fmt.Sprintf(`{"command_id":%q,"type":"teleport"}`, uuidv7.New()), "unknown_type"},
-		{fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"not an id!","currency":"EUR"}`, uuidv7.New()), "invalid_command"},
-		{fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"erin","currency":"EUR","metadata":{"pad":%q}}`, uuidv7.New(), strings.Repeat("x", domain.MaxCommandBytes)), "too_large"},
+		{fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"erin"}`, uuid.Must(uuid.NewV7()).String()), "invalid_command"},
+		{fmt.Sprintf(`{"command_id":%q,"type":"teleport"}`, uuid.Must(uuid.NewV7()).String()), "unknown_type"},
+		{fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"not an id!","currency":"EUR"}`, uuid.Must(uuid.NewV7()).String()), "invalid_command"},
+		{fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"erin","currency":"EUR","metadata":{"pad":%q}}`, uuid.Must(uuid.NewV7()).String(), strings.Repeat("x", domain.MaxCommandBytes)), "too_large"},
 	}
 	var values []string
 	for _, x := range poison {
@@ -765,7 +765,7 @@ func TestEveryKindOfPoisonIsDeadLettered(t *testing.T) {
 func TestLagGrowsWhileTheWorkerIsStalled(t *testing.T) {
 	p := startPipelineWith(t, 1)
 	admin := strings.TrimPrefix(p.admin, "http://")
-	first := uuidv7.New()
+	first := uuid.Must(uuid.NewV7()).String()
 	p.produce(t, "gina", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"gina","currency":"EUR"}`, first))
 	if status, _ := p.awaitOutcome(t, first); status != "applied" {
 		t.Fatalf("open = %s, want applied", status)
@@ -781,7 +781,7 @@ func TestLagGrowsWhileTheWorkerIsStalled(t *testing.T) {
 	}
 	var values []string
 	for i := range 5 {
-		values = append(values, fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"gina","currency":"EUR","amount":%d}`, uuidv7.New(), i+1))
+		values = append(values, fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"gina","currency":"EUR","amount":%d}`, uuid.Must(uuid.NewV7()).String(), i+1))
 	}
 	p.produce(t, "gina", values...)
 	lag := `txpipe_consumer_lag_records{partition="0"}`
@@ -866,7 +866,7 @@ func TestAPIReadsFromTheReplica(t *testing.T) {
 		}
 	}
 	defer resume()
-	id := uuidv7.New()
+	id := uuid.Must(uuid.NewV7()).String()
 	if code, resp := viaReplica.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"carol","currency":"EUR"}`, id)); code != http.StatusAccepted {
 		t.Fatalf("POST through the replica-reading ingest = %d %v", code, resp)
 	}

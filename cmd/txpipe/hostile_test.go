@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/txpipe/txpipe/internal/uuidv7"
+	"github.com/google/uuid"
 )
 
 // TestHostileRequestsGetClearAnswers throws a corpus of hostile requests at
@@ -20,10 +20,10 @@ import (
 func TestHostileRequestsGetClearAnswers(t *testing.T) {
 	p := startPipeline(t)
 	dep := func(amount string) string {
-		return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"h","currency":"EUR","amount":%s}`, uuidv7.New(), amount)
+		return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"h","currency":"EUR","amount":%s}`, uuid.Must(uuid.NewV7()).String(), amount)
 	}
 	open := func(account string) string {
-		return fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":%s,"currency":"EUR"}`, uuidv7.New(), account)
+		return fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":%s,"currency":"EUR"}`, uuid.Must(uuid.NewV7()).String(), account)
 	}
 	nested := strings.Repeat(`{"a":`, 20000) + "1" + strings.Repeat("}", 20000)
 	cases := []struct {
@@ -32,7 +32,7 @@ func TestHostileRequestsGetClearAnswers(t *testing.T) {
 	}{
 		{"oversized command", "POST", "/v1/commands", `{"pad":"` + strings.Repeat("x", 70<<10) + `"}`, 413},
 		{"oversized batch", "POST", "/v1/commands/batch", `{"commands":["` + strings.Repeat("x", 9<<20) + `"]}`, 413},
-		{"deeply nested metadata", "POST", "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"h","currency":"EUR","metadata":%s}`, uuidv7.New(), nested[:60000]), 400},
+		{"deeply nested metadata", "POST", "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"h","currency":"EUR","metadata":%s}`, uuid.Must(uuid.NewV7()).String(), nested[:60000]), 400},
 		{"deeply nested batch", "POST", "/v1/commands/batch", `{"commands":[` + nested + `]}`, 400},
 		{"huge amount", "POST", "/v1/commands", dep("99999999999999999999999999999"), 400},
 		{"float overflow amount", "POST", "/v1/commands", dep("1e309"), 400},
@@ -92,7 +92,7 @@ func TestHostileRequestsGetClearAnswers(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
-	id := uuidv7.New()
+	id := uuid.Must(uuid.NewV7()).String()
 	if status, body := p.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"h","currency":"EUR"}`, id)); status != http.StatusAccepted {
 		t.Fatalf("a valid command after the corpus = %d %v", status, body)
 	}

@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/pgtest"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // TestKafkaACLsGiveEachRoleOnlyWhatItNeeds grants ingest, worker, relay and
@@ -80,7 +80,7 @@ func TestKafkaACLsGiveEachRoleOnlyWhatItNeeds(t *testing.T) {
 		eventually(t, role+" is ready as its own Kafka user", proc.ready)
 	}
 	p.api, p.key = "http://"+api, mustKey(t, p)
-	open, deposit := uuidv7.New(), uuidv7.New()
+	open, deposit := uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String()
 	for _, body := range []string{
 		fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"acl","currency":"EUR"}`, open),
 		fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"acl","amount":500,"currency":"EUR"}`, deposit),
@@ -100,7 +100,7 @@ func TestKafkaACLsGiveEachRoleOnlyWhatItNeeds(t *testing.T) {
 	as := func(role string) *saslUser { return newSASLUser(t, sasl, ca, creds[role].user, creds[role].password) }
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	valid := fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"acl-probe","currency":"EUR"}`, uuidv7.New())
+	valid := fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"acl-probe","currency":"EUR"}`, uuid.Must(uuid.NewV7()).String())
 	for _, c := range []struct {
 		what   string
 		err    error

@@ -16,13 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/internal/containertest"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/pgtest"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // TestPipelineOverKafkaSASLSSL runs ingest, worker and relay against the
@@ -69,7 +69,7 @@ func TestPipelineOverKafkaSASLSSL(t *testing.T) {
 	}()
 	eventually(t, "the pipeline over SASL_SSL is ready", proc.ready)
 	p.api, p.key = "http://"+api, key
-	id := uuidv7.New()
+	id := uuid.Must(uuid.NewV7()).String()
 	if status, body := p.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"sasl","currency":"EUR"}`, id)); status != 202 {
 		t.Fatalf("POST = %d %v", status, body)
 	}

@@ -8,9 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
-
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // TestMetricsPassTheLinter scrapes a running "txpipe all" after some
@@ -19,7 +18,7 @@ import (
 // command id in a label (cardinality must stay bounded).
 func TestMetricsPassTheLinter(t *testing.T) {
 	p := startPipeline(t)
-	id := uuidv7.New()
+	id := uuid.Must(uuid.NewV7()).String()
 	p.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"lint-1","currency":"EUR"}`, id))
 	p.post(t, "/v1/commands", `{"bad": true}`)
 	p.awaitOutcome(t, id)

@@ -11,12 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/pgtest"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // These tests recreate the commands topic under the workers, as an
@@ -226,7 +226,7 @@ func (r *recreateRig) produceOn(t *testing.T, p, n int) []string {
 	var ids []string
 	var msgs []kafka.Message
 	for i := 0; len(msgs) < n; i++ {
-		id := uuidv7.New()
+		id := uuid.Must(uuid.NewV7()).String()
 		key := "rc-" + id[len(id)-12:]
 		m := kafka.Message{Topic: r.topics.Commands, Key: []byte(key),
 			Value: fmt.Appendf(nil, `{"command_id":%q,"type":"open_account","account_id":%q,"currency":"EUR"}`, id, key)}

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/txpipe/txpipe/internal/uuidv7"
+	"github.com/google/uuid"
 )
 
 // TestRealPrometheusScrapesEveryStage starts Debian's Prometheus scraping a
@@ -87,7 +87,7 @@ scrape_configs:
 	}
 	send := func(n int) {
 		for range n {
-			id := uuidv7.New()
+			id := uuid.Must(uuid.NewV7()).String()
 			p.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"prom-%s","currency":"EUR"}`, id, id[24:]))
 		}
 	}

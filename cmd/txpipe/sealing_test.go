@@ -16,11 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/sealing"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // TestAccountMetadataIsSealedAtRest opens an account whose metadata holds a
@@ -33,7 +33,7 @@ func TestAccountMetadataIsSealedAtRest(t *testing.T) {
 	p := startPipeline(t)
 	canary := "canary-personal-data-" + randomHex(t)
 	legacyCanary := "canary-legacy-plaintext-" + randomHex(t)
-	openID := uuidv7.New()
+	openID := uuid.Must(uuid.NewV7()).String()
 	open := fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"ada","currency":"EUR","metadata":{"name":%q}}`, openID, canary)
 	if code, resp := p.post(t, "/v1/commands", open); code != http.StatusAccepted {
 		t.Fatalf("POST open_account = %d %v", code, resp)

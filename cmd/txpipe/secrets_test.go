@@ -10,8 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/txpipe/txpipe/internal/pgtest"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // TestSecretsNeverReachLogsOrResponses runs txpipe with canary secrets and
@@ -54,7 +55,7 @@ func TestSecretsNeverReachLogsOrResponses(t *testing.T) {
 	record := func(status int, body map[string]any) {
 		bodies = append(bodies, fmt.Sprint(status, body))
 	}
-	id := uuidv7.New()
+	id := uuid.Must(uuid.NewV7()).String()
 	record(p.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"s","currency":"EUR"}`, id)))
 	p.awaitOutcome(t, id)
 	for _, c := range []struct{ method, path, body, key string }{

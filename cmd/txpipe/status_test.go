@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/txpipe/txpipe/internal/uuidv7"
+	"github.com/google/uuid"
 )
 
 // TestStatusPageShowsLiveNumbers loads /status before and under load: it
@@ -43,7 +43,7 @@ func TestStatusPageShowsLiveNumbers(t *testing.T) {
 		t.Fatalf("/status has no 'commands processed' figure:\n%s", before)
 	}
 	for range 20 {
-		id := uuidv7.New()
+		id := uuid.Must(uuid.NewV7()).String()
 		p.post(t, "/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"st-%s","currency":"EUR"}`, id, id[24:]))
 	}
 	eventually(t, "the processed rate on /status moves", func() bool {

@@ -19,9 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/pgtest"
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // testCA makes a CA and a certificate it signs for 127.0.0.1, writes the
@@ -87,7 +88,7 @@ func TestHTTPSForAPIAndAdmin(t *testing.T) {
 		return resp.StatusCode == http.StatusOK
 	})
 	req, _ := http.NewRequest(http.MethodPost, "https://"+api+"/v1/commands",
-		strings.NewReader(fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"tls","currency":"EUR"}`, uuidv7.New())))
+		strings.NewReader(fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"tls","currency":"EUR"}`, uuid.Must(uuid.NewV7()).String())))
 	req.Header.Set("Authorization", "Bearer "+key)
 	resp, err := trusted.Do(req)
 	if err != nil || resp.StatusCode != http.StatusAccepted {

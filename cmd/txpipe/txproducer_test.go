@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kgo"
-
-	"github.com/txpipe/txpipe/internal/uuidv7"
 )
 
 // An upstream produces commands straight to Kafka with a transactional
@@ -26,8 +25,8 @@ func TestTransactionalProducerOnlyCommittedCommandsApply(t *testing.T) {
 	deposit := func(id string, amount int) string {
 		return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"tina","amount":%d,"currency":"EUR"}`, id, amount)
 	}
-	open, dep1, dep2, dep3 := uuidv7.New(), uuidv7.New(), uuidv7.New(), uuidv7.New()
-	abortedDeposit, abortedOpen := uuidv7.New(), uuidv7.New()
+	open, dep1, dep2, dep3 := uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String()
+	abortedDeposit, abortedOpen := uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String()
 
 	// Log: open@0 dep1@1 commit@2 | abortedDeposit@3 abortedOpen@4 abort@5 |
 	// dep2@6 commit@7 | dep3@8.
@@ -92,7 +91,7 @@ func TestTransactionalProducerOnlyCommittedCommandsApply(t *testing.T) {
 	// A log that ends in a commit marker: the stored offset steps over it
 	// too, so the lag falls to 0 and the drain completes (it used to stay
 	// one short of the log's end for ever).
-	dep4 := uuidv7.New()
+	dep4 := uuid.Must(uuid.NewV7()).String()
 	tx(true, deposit(dep4, 1))
 	if status, reason := p.awaitOutcome(t, dep4); status != "applied" {
 		t.Fatalf("deposit of the last transaction = %s %s, want applied", status, reason)
@@ -146,7 +145,7 @@ func TestOpenProducerTransactionIsVisible(t *testing.T) {
 	t.Cleanup(cl.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	open := uuidv7.New()
+	open := uuid.Must(uuid.NewV7()).String()
 	if err := cl.BeginTransaction(); err != nil {
 		t.Fatal(err)
 	}
