@@ -574,7 +574,7 @@ func (wr *batchWrites) deadLetter(w *Worker, m kafka.Message, dl deadLetter, st 
 		key = key[:maxDLQKey]
 	}
 	wr.out = append(wr.out, outbox.Message{Topic: w.opts.DLQTopic, Key: key, Value: value, Headers: headers})
-	wr.count("dlq", dl.reason)
+	wr.count(OutcomeDLQ, dl.reason)
 	if dl.bare {
 		return
 	}

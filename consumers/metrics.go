@@ -25,10 +25,21 @@ type metrics struct {
 	fetch         kafkafetch.Stats
 }
 
+// Names of the worker's metrics that others read (the status page).
+const (
+	// MetricCommands counts command records by label outcome (applied,
+	// rejected, duplicate, OutcomeDLQ) and reason.
+	MetricCommands = "txpipe_consumer_commands_total"
+	// MetricLag is each partition's records not applied yet.
+	MetricLag = "txpipe_consumer_lag_records"
+	// OutcomeDLQ is MetricCommands' outcome for a record sent to the DLQ.
+	OutcomeDLQ = "dlq"
+)
+
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "txpipe_consumer_commands_total",
+			Name: MetricCommands,
 			Help: "Command records processed, by outcome (applied, rejected, duplicate, dlq) and rejection or DLQ reason.",
 		}, []string{"outcome", "reason"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -46,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Batch retries by cause: transient (PostgreSQL), fenced (stale position), split (isolating a bad record).",
 		}, []string{"cause"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "txpipe_consumer_lag_records",
+			Name: MetricLag,
 			Help: "Records of the partition not applied yet: the end of its log minus the offset stored in PostgreSQL (after each fetch, and every 5 s even while stalled).",
 		}, []string{"partition"}),
 		openTxn: prometheus.NewGaugeVec(prometheus.GaugeOpts{

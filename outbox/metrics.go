@@ -7,6 +7,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// Names of the relay's metrics that others read (the status page).
+const (
+	MetricPublished        = "txpipe_relay_published_total"             // records Kafka acknowledged, by topic
+	MetricPendingRows      = "txpipe_outbox_pending_rows"               // rows of the relay's shards not published yet
+	MetricOldestPendingAge = "txpipe_outbox_oldest_pending_age_seconds" // age of the oldest of them
+	MetricShardsOwned      = "txpipe_relay_shards_owned"                // of the Shards
+)
+
 type relayMetrics struct {
 	published        *prometheus.CounterVec
 	failures         prometheus.Counter
@@ -34,7 +42,7 @@ var EndToEndBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10
 func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 	m := &relayMetrics{
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "txpipe_relay_published_total",
+			Name: MetricPublished,
 			Help: "Outbox records published to Kafka and acknowledged, by topic.",
 		}, []string{"topic"}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
@@ -69,15 +77,15 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 			Buckets: EndToEndBuckets,
 		}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "txpipe_outbox_pending_rows",
+			Name: MetricPendingRows,
 			Help: "Outbox rows not yet published (sampled every 5 s).",
 		}),
 		oldestAge: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "txpipe_outbox_oldest_pending_age_seconds",
+			Name: MetricOldestPendingAge,
 			Help: "Age of the oldest unpublished outbox row; 0 when the outbox is empty (sampled every 5 s).",
 		}),
 		shardsOwned: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "txpipe_relay_shards_owned",
+			Name: MetricShardsOwned,
 			Help: "Outbox shards this relay holds the lease of (of 32, shared among the relays alive).",
 		}),
 		leaseChanges: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -2,6 +2,10 @@ package producers
 
 import "github.com/prometheus/client_golang/prometheus"
 
+// MetricCommandsAccepted counts the commands ingest accepted (Kafka
+// acknowledged them); the status page reads it.
+const MetricCommandsAccepted = "txpipe_ingest_commands_accepted_total"
+
 type apiMetrics struct {
 	requests        *prometheus.CounterVec
 	duration        *prometheus.HistogramVec
@@ -43,7 +47,7 @@ func newAPIMetrics(reg prometheus.Registerer) (*apiMetrics, error) {
 			Help: "HTTP requests being served.",
 		}),
 		commands: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "txpipe_ingest_commands_accepted_total",
+			Name: MetricCommandsAccepted,
 			Help: "Commands acknowledged by Kafka and answered 202.",
 		}),
 		panics: prometheus.NewCounter(prometheus.CounterOpts{

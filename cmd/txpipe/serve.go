@@ -112,7 +112,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	status := httpserver.NewStatus(reg)
+	status := httpserver.NewStatus(reg, statusSeries()...)
 	log := slog.New(status.LogHandler(cfg.logHandler(e))).With("role", role)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -277,6 +277,21 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 
 // ignoreClosed adapts a listener's Close for the closers list: once its
 // server ran, the listener is closed already, which is not an error.
+// statusSeries are the figures /status follows, named by the packages
+// whose metrics they are.
+func statusSeries() []httpserver.Series {
+	return []httpserver.Series{
+		{Name: "commands accepted /s", Family: producers.MetricCommandsAccepted, Rate: true},
+		{Name: "commands processed /s", Family: consumers.MetricCommands, Rate: true},
+		{Name: "records published /s", Family: outbox.MetricPublished, Rate: true},
+		{Name: "consumer lag (records)", Family: consumers.MetricLag},
+		{Name: "outbox backlog (rows)", Family: outbox.MetricPendingRows},
+		{Name: "oldest outbox row (s)", Family: outbox.MetricOldestPendingAge},
+		{Name: fmt.Sprintf("outbox shards held (of %d)", outbox.Shards), Family: outbox.MetricShardsOwned},
+		{Name: "dead letters /s", Family: consumers.MetricCommands, Label: "outcome", Value: consumers.OutcomeDLQ, Rate: true},
+	}
+}
+
 // checkSchema refuses to start against a database whose migrations are not
 // exactly this binary's: one a newer txpipe applied (this code could write
 // what the newer schema does not expect), or one of ours not applied yet

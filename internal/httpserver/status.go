@@ -14,21 +14,14 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-// statusSeries are the figures the status page follows: a name, the
-// metric family summed over its labels, and whether the page shows its rate
-// (a counter) or its value (a gauge).
-var statusSeries = []struct {
-	name, family string
-	rate         bool
-}{
-	{"commands accepted /s", "txpipe_ingest_commands_accepted_total", true},
-	{"commands processed /s", "txpipe_consumer_commands_total", true},
-	{"records published /s", "txpipe_relay_published_total", true},
-	{"consumer lag (records)", "txpipe_consumer_lag_records", false},
-	{"outbox backlog (rows)", "txpipe_outbox_pending_rows", false},
-	{"oldest outbox row (s)", "txpipe_outbox_oldest_pending_age_seconds", false},
-	{"outbox shards held (of 32)", "txpipe_relay_shards_owned", false},
-	{"dead letters /s", "txpipe_consumer_commands_total{outcome=dlq}", true},
+// Series is a figure the status page follows: a metric family summed over
+// its samples (those whose label Label has the value Value, when Label is
+// set), shown as its rate (a counter) or its value (a gauge). The packages
+// that define the metrics name them; cmd/txpipe picks the figures.
+type Series struct {
+	Name, Family string
+	Label, Value string
+	Rate         bool
 }
 
 const statusSamples = 150 // 5 minutes at one sample every 2 s
@@ -38,18 +31,19 @@ const statusSamples = 150 // 5 minutes at one sample every 2 s
 // page (/status on the admin address) for when no Grafana is at hand.
 type Status struct {
 	g      prometheus.Gatherer
+	series []Series
 	checks []Check
 	panels []Panel
 
 	mu      sync.Mutex
 	at      []time.Time
-	values  [][]float64 // per sample, per statusSeries entry
+	values  [][]float64 // per sample, per series
 	lastErr []string
 }
 
-// NewStatus returns a Status reading g. AdminHandler gives it the
-// readiness checks and serves it.
-func NewStatus(g prometheus.Gatherer) *Status { return &Status{g: g} }
+// NewStatus returns a Status following series in g. AdminHandler gives it
+// the readiness checks and serves it.
+func NewStatus(g prometheus.Gatherer, series ...Series) *Status { return &Status{g: g, series: series} }
 
 // Panel is a table of the status page read each time the page is served,
 // such as the halted partitions from PostgreSQL.
@@ -106,13 +100,11 @@ func (s *Status) sample(now time.Time) {
 	if err != nil {
 		return
 	}
-	sums := make([]float64, len(statusSeries))
-	for i, ser := range statusSeries {
-		family, filter, _ := strings.Cut(ser.family, "{")
-		filter = strings.TrimSuffix(filter, "}")
+	sums := make([]float64, len(s.series))
+	for i, ser := range s.series {
 		for _, mf := range mfs {
-			if mf.GetName() == family {
-				sums[i] = sumFamily(mf, filter)
+			if mf.GetName() == ser.Family {
+				sums[i] = sumFamily(mf, ser.Label, ser.Value)
 			}
 		}
 	}
@@ -125,13 +117,12 @@ func (s *Status) sample(now time.Time) {
 	}
 }
 
-// sumFamily adds a family's samples, keeping those whose labels match
-// filter ("name=value", or "" for all).
-func sumFamily(mf *dto.MetricFamily, filter string) float64 {
-	name, value, _ := strings.Cut(filter, "=")
+// sumFamily adds a family's samples, keeping those whose label name has
+// value (all of them when name is "").
+func sumFamily(mf *dto.MetricFamily, name, value string) float64 {
 	var sum float64
 	for _, m := range mf.GetMetric() {
-		if filter != "" {
+		if name != "" {
 			ok := false
 			for _, l := range m.GetLabel() {
 				ok = ok || (l.GetName() == name && l.GetValue() == value)
@@ -239,11 +230,11 @@ func (s *Status) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		data.Ready = data.Ready && results[c.Name] == "ok"
 	}
 	s.mu.Lock()
-	for i, ser := range statusSeries {
+	for i, ser := range s.series {
 		var pts []float64
 		for j := range s.values {
 			v := s.values[j][i]
-			if ser.rate {
+			if ser.Rate {
 				if j == 0 {
 					continue
 				}
@@ -252,7 +243,7 @@ func (s *Status) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			pts = append(pts, v)
 		}
-		row := statusRow{Name: ser.name, Now: "–"}
+		row := statusRow{Name: ser.Name, Now: "–"}
 		if len(pts) > 0 {
 			row.Now = fmt.Sprintf("%.1f", pts[len(pts)-1])
 			row.Points = sparkline(pts)

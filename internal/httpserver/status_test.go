@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -59,5 +60,21 @@ func TestStatusPanels(t *testing.T) {
 	}
 	if reads != 2 {
 		t.Errorf("the panel was read %d times for 2 loads, want 2: it must be read when served", reads)
+	}
+}
+
+// TestStatusSeriesSumTheirFamily: a series sums its family's samples, only
+// those with its label's value when it names one.
+func TestStatusSeriesSumTheirFamily(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x_total", Help: "x"}, []string{"outcome"})
+	reg.MustRegister(c)
+	c.WithLabelValues("applied").Add(5)
+	c.WithLabelValues("dlq").Add(2)
+	s := NewStatus(reg, Series{Name: "all", Family: "x_total"}, Series{Name: "dlq", Family: "x_total", Label: "outcome", Value: "dlq"},
+		Series{Name: "missing", Family: "y_total"})
+	s.sample(time.Now())
+	if got := s.values[0]; got[0] != 7 || got[1] != 2 || got[2] != 0 {
+		t.Errorf("sums = %v, want [7 2 0]", got)
 	}
 }
