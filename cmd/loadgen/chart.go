@@ -71,10 +71,11 @@ func windowSize(run time.Duration) time.Duration {
 
 // Colours of the series, the same in every chart.
 var (
-	blue  = color.RGBA{R: 30, G: 90, B: 200, A: 255}
-	red   = color.RGBA{R: 210, G: 40, B: 40, A: 255}
-	grey  = color.RGBA{R: 120, G: 120, B: 120, A: 255}
-	green = color.RGBA{R: 30, G: 140, B: 60, A: 255}
+	blue   = color.RGBA{R: 30, G: 90, B: 200, A: 255}
+	red    = color.RGBA{R: 210, G: 40, B: 40, A: 255}
+	grey   = color.RGBA{R: 120, G: 120, B: 120, A: 255}
+	green  = color.RGBA{R: 30, G: 140, B: 60, A: 255}
+	orange = color.RGBA{R: 230, G: 130, B: 0, A: 255}
 )
 
 // writeLatencyChart draws the p50, p99 and maximum latency of each window
@@ -141,6 +142,9 @@ func writeLatencyChart(w io.Writer, title string, ws []window, size time.Duratio
 	return save(w, p)
 }
 
+// targetColors tell the targets' lines apart (in the order of their names).
+var targetColors = []color.Color{green, orange}
+
 // addTargets draws each target as a dashed horizontal line across the run.
 func addTargets(p *plot.Plot, ws []window, size time.Duration, targets map[string]float64) error {
 	if len(ws) == 0 {
@@ -153,7 +157,7 @@ func addTargets(p *plot.Plot, ws []window, size time.Duration, targets map[strin
 		if err != nil {
 			return err
 		}
-		l.Color = green
+		l.Color = targetColors[i%len(targetColors)]
 		l.Dashes = []vg.Length{vg.Points(6), vg.Points(3 + 3*float64(i))}
 		p.Add(l)
 		p.Legend.Add(name, l)
