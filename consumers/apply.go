@@ -374,7 +374,7 @@ func (w *Worker) load(ctx context.Context, tx batchSender, expected positions, c
 	st := &batchState{book: domain.NewBook(), loaded: make(map[string]bool), priors: make(map[string]prior), idents: idents}
 	book, loaded, priors := st.book, st.loaded, st.priors
 	b := &pgx.Batch{}
-	b.Queue("BEGIN") // see pgtx
+	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED") // see pgtx; whatever the server's default_transaction_isolation
 	// A worker paused between this batch and its COMMIT (SIGSTOP, a frozen
 	// VM) would hold its offset and account locks, stalling every other
 	// partition that touches those accounts, for as long as the pause:

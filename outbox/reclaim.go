@@ -144,7 +144,7 @@ func (r *Relay) truncateSlot(ctx context.Context, s int16) (outcome string, err 
 	err = pgtx.Run(ctx, r.opts.Pool, func(conn *pgxpool.Conn) error {
 		var mine bool
 		b := &pgx.Batch{}
-		b.Queue("BEGIN")
+		b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED") // the check after the lock must see every commit
 		b.Queue(`SELECT pg_try_advisory_xact_lock($1)`, int64(reclaimLockKey)).QueryRow(func(row pgx.Row) error { return row.Scan(&mine) })
 		if err := conn.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("take the reclaim lock: %w", err)

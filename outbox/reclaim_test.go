@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -161,7 +162,24 @@ func TestSlotsMatchTheSchema(t *testing.T) {
 // the truncation takes the slot's lock (which waits for, or gives up on,
 // the writer) and only then checks that the slot is empty.
 func TestTruncationWaitsForALateCommit(t *testing.T) {
+	t.Run("server default", func(t *testing.T) { truncationWaitsForALateCommit(t, "") })
+	// Under a stricter default the truncation's snapshot would be taken by
+	// its first statement, before the lock wait, and its emptiness check
+	// would miss the row committed meanwhile: the relay's transactions say
+	// READ COMMITTED themselves.
+	t.Run("repeatable read by default", func(t *testing.T) { truncationWaitsForALateCommit(t, "repeatable read") })
+}
+
+func truncationWaitsForALateCommit(t *testing.T, isolation string) {
 	db := pgtest.New(t)
+	if isolation != "" {
+		if _, err := db.Pool.Exec(context.Background(), fmt.Sprintf(
+			`DO $$ BEGIN EXECUTE format('ALTER DATABASE %%I SET default_transaction_isolation = %%L', current_database(), %s); END $$`,
+			quoteLiteral(isolation))); err != nil {
+			t.Fatal(err)
+		}
+		db.Pool.Reset() // new connections take the default
+	}
 	kc := kafkatest.New(t)
 	topic := kc.Topics(t, 1).Events
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -362,3 +380,5 @@ func TestRelaysShareTheShardsThroughTruncations(t *testing.T) {
 		return truncations(t, regA, "truncated")+truncations(t, regB, "truncated") >= 1
 	})
 }
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

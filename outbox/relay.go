@@ -338,7 +338,7 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn, res *batchRes
 func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([]row, error) {
 	var rows []row
 	b := &pgx.Batch{}
-	b.Queue("BEGIN")
+	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
 	// A relay paused mid-batch (SIGSTOP, a frozen VM) would hold its rows'
 	// locks past its lease, and the relay that takes its shards over would
 	// wait on them: PostgreSQL ends the session once it sits idle longer
