@@ -42,4 +42,8 @@ func TestCompareSaysAheadBehindOrEqual(t *testing.T) {
 	if !errors.Is(err, ErrSchemaAhead) || !strings.Contains(err.Error(), "0003_c.sql") || !strings.Contains(err.Error(), "0002_b.sql") {
 		t.Errorf("ahead: %v", err)
 	}
+	err = compare(known, []Migration{{Version: 1, Name: "0001_a.sql"}, {Version: 2, Name: "0002_other_branch.sql"}})
+	if !errors.Is(err, ErrSchemaDiverged) || !strings.Contains(err.Error(), "0002_other_branch.sql where this binary has 0002_b.sql") {
+		t.Errorf("diverged: %v", err)
+	}
 }

@@ -69,6 +69,11 @@ func parse(fsys fs.FS) ([]Migration, error) {
 // write rows the newer schema does not expect, so processes refuse to start.
 var ErrSchemaAhead = errors.New("the database schema is newer than this txpipe")
 
+// ErrSchemaDiverged says the database recorded, under one of this binary's
+// numbers, a migration of another name: two lines of development each
+// added their own. Neither binary's schema is the database's.
+var ErrSchemaDiverged = errors.New("the database schema has diverged from this txpipe's")
+
 // ErrSchemaBehind says migrations of this binary are not applied yet.
 var ErrSchemaBehind = errors.New("the database schema is older than this txpipe")
 
@@ -115,13 +120,20 @@ func compare(known, applied []Migration) error {
 	for _, m := range known {
 		names[m.Version] = m.Name
 	}
-	var unknown []string
+	var unknown, diverged []string
 	done := make(map[int]bool, len(applied))
 	for _, m := range applied {
 		done[m.Version] = true
-		if _, ok := names[m.Version]; !ok {
+		name, ok := names[m.Version]
+		switch {
+		case !ok:
 			unknown = append(unknown, m.Name)
+		case name != m.Name:
+			diverged = append(diverged, fmt.Sprintf("%s where this binary has %s", m.Name, name))
 		}
+	}
+	if len(diverged) > 0 {
+		return fmt.Errorf("%w: the database has %s; reconcile the migrations", ErrSchemaDiverged, strings.Join(diverged, ", "))
 	}
 	if len(unknown) > 0 {
 		newest := "none"
@@ -168,7 +180,7 @@ func Up(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, error) 
 			if err != nil {
 				return err
 			}
-			if err := compare(ms, done); errors.Is(err, ErrSchemaAhead) {
+			if err := compare(ms, done); errors.Is(err, ErrSchemaAhead) || errors.Is(err, ErrSchemaDiverged) {
 				return err
 			}
 			if slices.ContainsFunc(done, func(r Migration) bool { return r.Version == m.Version }) {
@@ -183,7 +195,7 @@ func Up(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, error) 
 			did = true
 			return nil
 		})
-		if errors.Is(err, ErrSchemaAhead) {
+		if errors.Is(err, ErrSchemaAhead) || errors.Is(err, ErrSchemaDiverged) {
 			return applied, err
 		}
 		if err != nil {

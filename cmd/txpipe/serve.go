@@ -275,8 +275,6 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	return err
 }
 
-// ignoreClosed adapts a listener's Close for the closers list: once its
-// server ran, the listener is closed already, which is not an error.
 // statusSeries are the figures /status follows, named by the packages
 // whose metrics they are.
 func statusSeries() []httpserver.Series {
@@ -299,12 +297,16 @@ func statusSeries() []httpserver.Series {
 // refuse: the process starts unready, as it would if the database went
 // away later, and the check is left to the next start.
 func checkSchema(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+	// A host that drops packets must not hold the start (and the admin
+	// listener the probes need) for the operating system's connect timeout.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	err := migrations.Check(ctx, pool)
 	var pgErr *pgconn.PgError
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, migrations.ErrSchemaAhead), errors.Is(err, migrations.ErrSchemaBehind):
+	case errors.Is(err, migrations.ErrSchemaAhead), errors.Is(err, migrations.ErrSchemaBehind), errors.Is(err, migrations.ErrSchemaDiverged):
 		return err
 	case errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable:
 		return errors.New("the database has no txpipe schema: run txpipe migrate")
@@ -314,6 +316,8 @@ func checkSchema(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) erro
 	}
 }
 
+// ignoreClosed adapts a listener's Close for the closers list: once its
+// server ran, the listener is closed already, which is not an error.
 func ignoreClosed(close func() error) func() error {
 	return func() error {
 		if err := close(); err != nil && !errors.Is(err, net.ErrClosed) {
