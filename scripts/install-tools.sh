@@ -48,6 +48,13 @@ if [[ $EUID -ne 0 ]]; then
   log "the tests that need them will skip"
   exit 0
 fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  log "missing, and no apt-get to install them with (the script knows Debian's package names):"
+  for w in "${why[@]}"; do log "  $w"; done
+  [[ "$require" == true ]] && die "install them first"
+  log "the tests that need them will skip"
+  exit 0
+fi
 log "apt-get install ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q >&2

@@ -296,11 +296,15 @@ ensure_replica() {
     local sysid="SELECT system_identifier FROM pg_control_system()"
     if [[ "$(as_pg psql -X -tAq -p "$PG_PORT" -d postgres -c "$sysid")" \
           == "$(as_pg psql -X -tAq -p "$PG_REPLICA_PORT" -d postgres -c "$sysid")" ]]; then
-      # A test killed while it held replay paused must not leave it so.
-      as_pg psql -X -q -p "$PG_REPLICA_PORT" -d postgres -c "SELECT pg_wal_replay_resume()" >/dev/null
-      return 0
+      if ! replica_lost_wal; then
+        # A test killed while it held replay paused must not leave it so.
+        as_pg psql -X -q -p "$PG_REPLICA_PORT" -d postgres -c "SELECT pg_wal_replay_resume()" >/dev/null
+        return 0
+      fi
+      log "the primary recycled the WAL the replica needs (it was stopped too long); making it again"
+    else
+      log "the replica was made from another cluster; making it again"
     fi
-    log "the replica was made from another cluster; making it again"
     replica_ctl stop -m fast >&2 || true
     as_root rm -f "$REPLICA_DATA/standby.signal"
   fi
@@ -340,7 +344,29 @@ SQL
     fi
     sleep 0.2
   done
+  if replica_lost_wal && [[ -z "${REPLICA_REMADE:-}" ]]; then
+    # Stopped (make bench stops it) while the primary wrote more WAL than it
+    # keeps: it would wait for that WAL for ever. Make it again, once.
+    log "the primary recycled the WAL the replica needs (it was stopped too long); making it again"
+    replica_ctl stop -m fast >&2 || true
+    as_root rm -f "$REPLICA_DATA/standby.signal"
+    REPLICA_REMADE=1 ensure_replica
+    return
+  fi
   log "replica ready on $PG_HOST:$PG_REPLICA_PORT"
+}
+
+# replica_lost_wal: true when the primary no longer holds the WAL segment the
+# running replica must stream next (no replication slot keeps it).
+replica_lost_wal() {
+  local lsn seg oldest
+  lsn="$(as_pg psql -X -tAq -p "$PG_REPLICA_PORT" -d postgres \
+    -c "SELECT coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())" 2>/dev/null)" || return 1
+  [[ -n "$lsn" ]] || return 1
+  seg="$(as_pg psql -X -tAq -p "$PG_PORT" -d postgres -c "SELECT pg_walfile_name('$lsn')")" || return 1
+  oldest="$(as_pg psql -X -tAq -p "$PG_PORT" -d postgres \
+    -c "SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}\$'")" || return 1
+  [[ -n "$oldest" && "$seg" < "$oldest" ]]
 }
 
 stop_replica() {
