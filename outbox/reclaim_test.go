@@ -3,8 +3,6 @@ package outbox_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -20,31 +18,12 @@ import (
 	"github.com/txpipe/txpipe/outbox"
 )
 
-// reclaimingRelay runs a relay that looks for slots to truncate every
-// 20 ms (instead of 5 s), so truncations race the test's writers, until
-// the test ends or stop is called.
+// reclaimingRelay runs a relay (relayWith's) that looks for slots to
+// truncate every 20 ms (instead of 1.5 s), so truncations race the test's
+// writers, until the test ends or stop is called.
 func reclaimingRelay(t *testing.T, db *pgtest.DB, pub outbox.Publisher, id string) (reg *prometheus.Registry, stop func()) {
 	t.Helper()
-	reg = prometheus.NewRegistry()
-	o := outbox.RelayOptions{Pool: db.Pool, Publisher: pub, PollInterval: 50 * time.Millisecond, LeaseTTL: 3 * time.Second, ID: id,
-		Registerer: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	relay, err := outbox.NewRelay(outbox.ReclaimEvery(o, 20*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- relay.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("relay %s Run() = %v, want nil after cancel", id, err)
-			}
-		})
-	}
-	t.Cleanup(stop)
+	reg, _, stop = relayWith(t, db, outbox.ReclaimEvery(outbox.RelayOptions{Publisher: pub, ID: id}, 20*time.Millisecond))
 	return reg, stop
 }
 
