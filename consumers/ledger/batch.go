@@ -1,0 +1,299 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/outbox"
+)
+
+// idleInTransactionTimeout bounds how long a batch's transaction may sit
+// idle between its statements: above the worker's attempt timeout, far
+// above the time one batch takes to decide. A worker paused between Load
+// and Write (SIGSTOP, a frozen VM) would otherwise hold its offset and
+// account locks, stalling every other partition that touches those
+// accounts, for as long as the pause: PostgreSQL ends such a session.
+const idleInTransactionTimeout = `SET LOCAL idle_in_transaction_session_timeout = '30s'`
+
+// LoadRequest is what a batch of commands needs read and locked.
+type LoadRequest struct {
+	// Expected holds, for each partition the batch takes records from, the
+	// stored offset it must find.
+	Expected Positions
+	// CommandIDs are the ids whose stored decisions the batch needs.
+	CommandIDs []string
+	// Accounts and Transfers are the ids the commands name.
+	Accounts, Transfers []string
+	// Currencies lists the currencies whose external account must exist
+	// (deposits and withdrawals move money through it).
+	Currencies []string
+}
+
+// State is what a batch's decisions read: the database's clock, the stored
+// decisions of its command ids, and the accounts and transfers it touches,
+// locked until Write commits.
+type State struct {
+	Now    time.Time
+	Priors map[string]Prior
+	Book   *domain.Book
+	// Loaded marks the transfers read from the database: Write updates
+	// those and inserts the others.
+	Loaded map[string]bool
+}
+
+// Prior is the decision stored for a command_id.
+type Prior struct {
+	Fingerprint []byte
+	Status      domain.Status
+	Reason      domain.Reason
+}
+
+// Load begins the batch's transaction on tx and reads its State: it checks
+// the fence (ErrFenced unless every partition of req.Expected stands there
+// and is not halted), reads the stored decisions, and loads and locks what
+// the batch touches in the package's lock order. A batch that names no
+// transfer does it all in one round trip; otherwise the accounts of the
+// named transfers are known only once those are read, so the account locks
+// take a second. The caller ends the transaction with Write, or rolls it
+// back (internal/pgtx).
+func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, error) {
+	st := &State{Book: domain.NewBook(), Loaded: make(map[string]bool), Priors: make(map[string]Prior)}
+	transfers, currencies := sortedUnique(req.Transfers), sortedUnique(req.Currencies)
+	accounts := req.Accounts
+	b := &pgx.Batch{}
+	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED") // see internal/pgtx; whatever the server's default_transaction_isolation
+	b.Queue(idleInTransactionTimeout)
+	// One clock decides: every worker takes the time of its decisions (daily
+	// limits, expiries, processed_at) from PostgreSQL, not from its host.
+	b.Queue(`SELECT now()`).QueryRow(func(row pgx.Row) error {
+		if err := row.Scan(&st.Now); err != nil {
+			return err
+		}
+		st.Now = st.Now.UTC()
+		return nil
+	})
+	stored := s.queueFence(b, req.Expected)
+	if len(req.CommandIDs) > 0 {
+		queueReadDecisions(b, req.CommandIDs, st.Priors)
+	}
+	if len(currencies) > 0 {
+		// Cheap when the rows exist (no lock is taken on conflict), and
+		// right after a restore too, which a cache would not be.
+		b.Queue(`INSERT INTO accounts (account_id, currency, status, external)
+			SELECT $1 || c, c, 'active', true FROM unnest($2::text[]) AS c
+			ON CONFLICT (account_id) DO NOTHING`, domain.ExternalPrefix, currencies)
+	}
+	if len(transfers) > 0 {
+		queueReadTransfers(b, selectTransfers+`WHERE transfer_id = ANY($1::uuid[]) ORDER BY transfer_id FOR UPDATE`, []any{transfers}, st)
+	} else if len(accounts) > 0 {
+		queueLockAccounts(b, sortedUnique(accounts), st.Book)
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("load batch state: %w", err)
+	}
+	for p, want := range req.Expected {
+		if got, ok := stored[p]; !ok || got != want {
+			return nil, fmt.Errorf("%w (partition %d: stored %d or halted, expected %d)", ErrFenced, p, got, want)
+		}
+	}
+	if len(transfers) == 0 {
+		return st, nil
+	}
+	for _, t := range st.Book.Transfers {
+		accounts = append(accounts, t.FromAccountID, t.ToAccountID)
+	}
+	b = &pgx.Batch{}
+	queueLockAccounts(b, sortedUnique(accounts), st.Book)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("lock accounts: %w", err)
+	}
+	return st, nil
+}
+
+// queueFence creates the rows of the partitions of expected where missing
+// (at the expected offset) and locks them in partition order; the returned
+// map is filled with their stored offsets when the batch runs. A halted
+// partition reads as missing: fenced, so a zombie that still holds it after
+// a halt applies nothing.
+func (s Source) queueFence(b *pgx.Batch, expected Positions) Positions {
+	parts, offsets := offsetColumns(expected)
+	b.Queue(`INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+		SELECT $1, $2, p, o FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
+		ORDER BY p
+		ON CONFLICT DO NOTHING`, s.Group, s.Topic, parts, offsets)
+	stored := Positions{}
+	b.Queue(`SELECT partition, next_offset FROM consumer_offsets
+		WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[]) AND halted_at IS NULL
+		ORDER BY partition FOR UPDATE`,
+		s.Group, s.Topic, parts).Query(func(rows pgx.Rows) error { return scanPositions(rows, stored) })
+	return stored
+}
+
+// queueReadDecisions reads the stored decisions of ids into priors.
+func queueReadDecisions(b *pgx.Batch, ids []string, priors map[string]Prior) {
+	b.Queue(`SELECT command_id::text, fingerprint, status, coalesce(reason, '') FROM processed_commands
+		WHERE command_id = ANY($1::uuid[])`, ids).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id, status, reason string
+			var fp []byte
+			if err := rows.Scan(&id, &fp, &status, &reason); err != nil {
+				return err
+			}
+			priors[id] = Prior{Fingerprint: fp, Status: domain.Status(status), Reason: domain.Reason(reason)}
+		}
+		return rows.Err()
+	})
+}
+
+// selectTransfers reads the columns of transfers the decisions use; the
+// callers add which rows, their order and their locks.
+const selectTransfers = `SELECT transfer_id::text, kind, from_account_id, to_account_id, currency, amount,
+		captured_amount, reversed_amount, status, expires_at
+	FROM transfers `
+
+// queueReadTransfers loads the transfers query (selectTransfers and its
+// rows) selects into st.Book, and marks them loaded.
+func queueReadTransfers(b *pgx.Batch, query string, args []any, st *State) {
+	b.Queue(query, args...).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			t := &domain.Transfer{}
+			var kind, status string
+			var expires pgtype.Timestamptz
+			if err := rows.Scan(&t.ID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency, &t.Amount,
+				&t.CapturedAmount, &t.ReversedAmount, &status, &expires); err != nil {
+				return err
+			}
+			t.Kind, t.Status = domain.TransferKind(kind), domain.TransferStatus(status)
+			if expires.Valid {
+				e := expires.Time.UTC()
+				t.ExpiresAt = &e
+			}
+			st.Book.Transfers[t.ID] = t
+			st.Loaded[t.ID] = true
+		}
+		return rows.Err()
+	})
+}
+
+// queueLockAccounts loads and locks the accounts ids into book, in id order.
+func queueLockAccounts(b *pgx.Batch, ids []string, book *domain.Book) {
+	b.Queue(`SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
+			coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version
+		FROM accounts WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE`, ids).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			a := &domain.Account{}
+			var status string
+			if err := rows.Scan(&a.ID, &a.Currency, &status, &a.External, &a.Balance, &a.Held, &a.OverdraftLimit,
+				&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version); err != nil {
+				return err
+			}
+			a.Status = domain.AccountStatus(status)
+			book.Accounts[a.ID] = a
+		}
+		return rows.Err()
+	})
+}
+
+// Writes are a batch's effects, written by Write in one round trip.
+type Writes struct {
+	// Opened are the accounts the batch created, Changed those it loaded
+	// and changed.
+	Opened, Changed []*domain.Account
+	// Sealed is the metadata of Opened accounts, sealed: the plaintext is
+	// never written.
+	Sealed map[string]domain.Sealed
+	// Created are the transfers the batch made, Updated those it loaded
+	// and changed.
+	Created, Updated []*domain.Transfer
+	Entries          []Entry
+	Decisions        []Decision
+	DeadLettered     []DeadLettered
+	// Outbox is published by the relay once the batch commits.
+	Outbox []outbox.Message
+	// Next is the stored offset of each partition after the batch.
+	Next Positions
+	// Now stamps the rows: the time the batch decided at (State.Now).
+	Now time.Time
+}
+
+// Entry is one posting of a command, a line of its account's statement.
+type Entry struct {
+	Posting     domain.Posting
+	CommandID   string
+	CommandType domain.Type
+	SubmittedBy string
+}
+
+// Decision is the outcome of a command, stored under its command_id so that
+// a redelivery of it has no effect.
+type Decision struct {
+	Command     domain.Command
+	Fingerprint []byte
+	Result      domain.Result
+	// AcceptedAt is when ingest accepted it (zero when unknown).
+	AcceptedAt  time.Time
+	Partition   int
+	Offset      int64
+	SubmittedBy string
+}
+
+// DeadLettered is the dead_lettered outcome of a record whose command id
+// could be read.
+type DeadLettered struct {
+	Identity       domain.Identity
+	Reason, Detail string
+	Partition      int
+	Offset         int64
+	SubmittedBy    string
+}
+
+// Write stores w, moves the stored offsets to w.Next and commits, in one
+// round trip. Every account of w.Changed and transfer of w.Updated must
+// have been locked by Load; a missing row fails the batch.
+func (s Source) Write(ctx context.Context, tx Sender, w *Writes) error {
+	b := &pgx.Batch{}
+	s.queueWrites(b, w)
+	b.Queue("COMMIT") // see internal/pgtx
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write batch effects: %w", err)
+	}
+	return nil
+}
+
+// queueWrites queues w's statements, stamped w.Now.
+func (s Source) queueWrites(b *pgx.Batch, w *Writes) {
+	at := w.Now
+	if len(w.Opened) > 0 {
+		queueInsertAccounts(b, w.Opened, w.Sealed, at)
+	}
+	if len(w.Changed) > 0 {
+		queueUpdateAccounts(b, w.Changed, at)
+	}
+	if len(w.Created) > 0 {
+		queueInsertTransfers(b, w.Created, at)
+	}
+	if len(w.Updated) > 0 {
+		queueUpdateTransfers(b, w.Updated, at)
+	}
+	if len(w.Entries) > 0 {
+		queueEntries(b, w.Entries, at)
+	}
+	if len(w.Decisions) > 0 {
+		queueDecisions(b, w.Decisions, at)
+	}
+	if len(w.DeadLettered) > 0 {
+		queueDeadLettered(b, w.DeadLettered, at)
+	}
+	outbox.Queue(b, w.Outbox)
+	if len(w.Next) > 0 {
+		parts, offsets := offsetColumns(w.Next)
+		b.Queue(`UPDATE consumer_offsets AS c SET next_offset = u.o, updated_at = now()
+			FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
+			WHERE c.group_id = $1 AND c.topic = $2 AND c.partition = u.p`, s.Group, s.Topic, parts, offsets)
+	}
+}

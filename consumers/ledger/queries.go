@@ -1,0 +1,164 @@
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/sealing"
+)
+
+// ErrNotFound means no row has the id asked for.
+var ErrNotFound = errors.New("not found")
+
+// Queries answers the API's reads of the ledger. Account metadata is
+// opened here, and only here, with the keyring.
+type Queries struct {
+	Pool    *pgxpool.Pool
+	Keyring *sealing.Keyring
+}
+
+// Outcome is what became of a command: its stored decision, or its
+// dead-lettering.
+type Outcome struct {
+	CommandID, Type, Status string
+	Reason, Detail          *string
+	// At is when it was decided or dead-lettered.
+	At time.Time
+}
+
+// Outcome returns the outcome of command id (a canonical UUID), or
+// ErrNotFound while it has none. A decision wins over a dead-lettering,
+// whichever came first: a replay that decided the command replaces
+// dead_lettered.
+func (q *Queries) Outcome(ctx context.Context, id string) (Outcome, error) {
+	var o Outcome
+	err := q.Pool.QueryRow(ctx, `SELECT command_id::text, type, status, reason, NULL, processed_at
+		FROM processed_commands WHERE command_id = $1
+		UNION ALL
+		SELECT command_id::text, type, 'dead_lettered', reason, detail, dead_lettered_at
+		FROM dead_lettered_commands WHERE command_id = $1
+			AND NOT EXISTS (SELECT 1 FROM processed_commands WHERE command_id = $1)`,
+		id).Scan(&o.CommandID, &o.Type, &o.Status, &o.Reason, &o.Detail, &o.At)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return o, ErrNotFound
+	}
+	o.At = o.At.UTC()
+	return o, err
+}
+
+// Account is an account as the API shows it.
+type Account struct {
+	ID, Currency, Status string
+	External             bool
+	Balance, Held        int64
+	OverdraftLimit       int64
+	DailyDebitLimit      int64 // 0: none
+	Version              int64
+	// Metadata is the plaintext, opened; nil when the account has none.
+	Metadata             json.RawMessage
+	CreatedAt, UpdatedAt time.Time
+}
+
+// Account returns account id, or ErrNotFound. Metadata sealed under a key
+// the keyring lacks is an error (sealing.ErrUnknownKey), not an account
+// without metadata.
+func (q *Queries) Account(ctx context.Context, id string) (Account, error) {
+	var a Account
+	var plain, keyID pgtype.Text
+	var sealed []byte
+	err := q.Pool.QueryRow(ctx, `SELECT account_id, currency, status, external, balance, held,
+			overdraft_limit, daily_debit_limit, version, metadata::text, metadata_key_id, metadata_sealed, created_at, updated_at
+		FROM accounts WHERE account_id = $1`, id).Scan(&a.ID, &a.Currency, &a.Status, &a.External,
+		&a.Balance, &a.Held, &a.OverdraftLimit, &a.DailyDebitLimit, &a.Version, &plain, &keyID, &sealed, &a.CreatedAt, &a.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return a, ErrNotFound
+	}
+	if err != nil {
+		return a, err
+	}
+	switch {
+	case keyID.Valid:
+		md, err := q.Keyring.Open(keyID.String, sealed, sealing.MetadataAAD(id))
+		if err != nil {
+			return a, fmt.Errorf("open the metadata of account %s: %w", id, err)
+		}
+		a.Metadata = md
+	case plain.Valid: // written before metadata was sealed; `metadata-key rotate` seals it
+		a.Metadata = json.RawMessage(plain.String)
+	}
+	a.CreatedAt, a.UpdatedAt = a.CreatedAt.UTC(), a.UpdatedAt.UTC()
+	return a, nil
+}
+
+// StatementEntry is one line of an account's statement.
+type StatementEntry struct {
+	AccountVersion         int64
+	CommandID, CommandType string
+	Currency               string
+	Amount, BalanceAfter   int64
+	CreatedAt              time.Time
+}
+
+// Statement returns up to limit entries of account id, newest first, with
+// versions below before (0: from the newest), or ErrNotFound when no
+// account has the id. Versions never change once written and new entries
+// only get higher ones, so a page never shifts under concurrent writes.
+func (q *Queries) Statement(ctx context.Context, id string, before, limit int64) ([]StatementEntry, error) {
+	var exists bool
+	if err := q.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)`, id).Scan(&exists); err != nil {
+		return nil, err
+	}
+	if !exists {
+		return nil, ErrNotFound
+	}
+	rows, err := q.Pool.Query(ctx, `SELECT account_version, command_id::text, command_type, currency, amount, balance_after, created_at
+		FROM entries WHERE account_id = $1 AND ($2 = 0 OR account_version < $2)
+		ORDER BY account_version DESC LIMIT $3`, id, before, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (StatementEntry, error) {
+		var e StatementEntry
+		err := row.Scan(&e.AccountVersion, &e.CommandID, &e.CommandType, &e.Currency, &e.Amount, &e.BalanceAfter, &e.CreatedAt)
+		e.CreatedAt = e.CreatedAt.UTC()
+		return e, err
+	})
+}
+
+// Transfer is a transfer, deposit, withdrawal or hold as the API shows it.
+type Transfer struct {
+	domain.TransferData
+	CreatedAt, UpdatedAt time.Time
+}
+
+// Transfer returns transfer id (a canonical UUID), or ErrNotFound.
+func (q *Queries) Transfer(ctx context.Context, id string) (Transfer, error) {
+	var t Transfer
+	var kind, status string
+	var expires pgtype.Timestamptz
+	err := q.Pool.QueryRow(ctx, `SELECT transfer_id::text, kind, from_account_id, to_account_id, currency, amount,
+			captured_amount, reversed_amount, status, expires_at, created_at, updated_at
+		FROM transfers WHERE transfer_id = $1`, id).Scan(&t.TransferID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency,
+		&t.Amount, &t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.CreatedAt, &t.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return t, ErrNotFound
+	}
+	if err != nil {
+		return t, err
+	}
+	t.Kind, t.Status = domain.TransferKind(kind), domain.TransferStatus(status)
+	if expires.Valid {
+		e := expires.Time.UTC()
+		t.ExpiresAt = &e
+	}
+	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
+	return t, nil
+}

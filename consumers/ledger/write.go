@@ -1,0 +1,174 @@
+package ledger
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/txpipe/txpipe/domain"
+)
+
+// The set-based writes of a batch: one statement per table, whatever the
+// number of rows, each over unnest()ed column arrays.
+
+// queueInsertAccounts creates the accounts this batch opened. A plain
+// INSERT on purpose: if another partition opened the same id concurrently
+// (a second open_account under another command_id, or a producer that keys
+// records differently), the unique violation rolls this batch back and its
+// retry sees the row and rejects with account_exists. An upsert would
+// silently overwrite the other account. Metadata is written only sealed.
+func queueInsertAccounts(b *pgx.Batch, accounts []*domain.Account, sealed map[string]domain.Sealed, now time.Time) {
+	n := len(accounts)
+	ids, currencies, statuses, days, keyIDs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	balance, held, overdraft, daily, debited, versions := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	ciphertexts := make([][]byte, n)
+	for i, a := range accounts {
+		ids[i], currencies[i], statuses[i], days[i] = a.ID, a.Currency, string(a.Status), a.DailyDebitDay
+		balance[i], held[i], overdraft[i], daily[i], debited[i], versions[i] = a.Balance, a.Held, a.OverdraftLimit, a.DailyDebitLimit, a.DailyDebited, a.Version
+		if s, ok := sealed[a.ID]; ok {
+			keyIDs[i], ciphertexts[i] = s.KeyID, s.Ciphertext
+		}
+	}
+	b.Queue(`INSERT INTO accounts (account_id, currency, status, balance, held, overdraft_limit,
+			daily_debit_limit, daily_debit_day, daily_debited, version, metadata_key_id, metadata_sealed, created_at, updated_at)
+		SELECT id, cur, st, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(kid, ''), ct, $13, $13
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+			$8::text[], $9::int8[], $10::int8[], $11::text[], $12::bytea[]) AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, kid, ct)`,
+		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, keyIDs, ciphertexts, now)
+}
+
+// queueUpdateAccounts writes the new state of accounts this batch loaded
+// and locked. Every row must exist; a missing one fails the batch.
+func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time) {
+	n := len(accounts)
+	ids, statuses, days := make([]string, n), make([]string, n), make([]string, n)
+	balance, held, debited, versions := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	for i, a := range accounts {
+		ids[i], statuses[i], days[i] = a.ID, string(a.Status), a.DailyDebitDay
+		balance[i], held[i], debited[i], versions[i] = a.Balance, a.Held, a.DailyDebited, a.Version
+	}
+	b.Queue(`UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
+			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = $8
+		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[])
+			AS u (id, st, bal, hld, dd, deb, ver)
+		WHERE a.account_id = u.id`,
+		ids, statuses, balance, held, days, debited, versions, now).Exec(func(ct pgconn.CommandTag) error {
+		if ct.RowsAffected() != int64(n) {
+			return fmt.Errorf("update accounts: %d of %d rows found", ct.RowsAffected(), n)
+		}
+		return nil
+	})
+}
+
+// queueInsertTransfers creates transfers made by this batch.
+func queueInsertTransfers(b *pgx.Batch, ts []*domain.Transfer, now time.Time) {
+	ids, kinds, from, to, currencies, statuses, expires := transferColumns(ts)
+	amounts, captured, reversed := amountColumns(ts)
+	b.Queue(`INSERT INTO transfers (transfer_id, kind, from_account_id, to_account_id, currency, amount,
+			captured_amount, reversed_amount, status, expires_at, created_at, updated_at)
+		SELECT id::uuid, k, f, t, c, amt, cap, rev, st, exp, $11, $11
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[],
+			$9::text[], $10::timestamptz[]) AS u (id, k, f, t, c, amt, cap, rev, st, exp)`,
+		ids, kinds, from, to, currencies, amounts, captured, reversed, statuses, expires, now)
+}
+
+// queueUpdateTransfers writes the new state of transfers this batch locked.
+func queueUpdateTransfers(b *pgx.Batch, ts []*domain.Transfer, now time.Time) {
+	ids, _, _, _, _, statuses, _ := transferColumns(ts)
+	_, captured, reversed := amountColumns(ts)
+	n := len(ts)
+	b.Queue(`UPDATE transfers AS t SET captured_amount = u.cap, reversed_amount = u.rev, status = u.st, updated_at = $5
+		FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[]) AS u (id, cap, rev, st)
+		WHERE t.transfer_id = u.id::uuid`,
+		ids, captured, reversed, statuses, now).Exec(func(ct pgconn.CommandTag) error {
+		if ct.RowsAffected() != int64(n) {
+			return fmt.Errorf("update transfers: %d of %d rows found", ct.RowsAffected(), n)
+		}
+		return nil
+	})
+}
+
+func transferColumns(ts []*domain.Transfer) (ids, kinds, from, to, currencies, statuses []string, expires []pgtype.Timestamptz) {
+	n := len(ts)
+	ids, kinds, from, to, currencies, statuses = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	expires = make([]pgtype.Timestamptz, n)
+	for i, t := range ts {
+		ids[i], kinds[i], from[i], to[i], currencies[i], statuses[i] = t.ID, string(t.Kind), t.FromAccountID, t.ToAccountID, t.Currency, string(t.Status)
+		if t.ExpiresAt != nil {
+			expires[i] = pgtype.Timestamptz{Time: *t.ExpiresAt, Valid: true}
+		}
+	}
+	return
+}
+
+func amountColumns(ts []*domain.Transfer) (amounts, captured, reversed []int64) {
+	n := len(ts)
+	amounts, captured, reversed = make([]int64, n), make([]int64, n), make([]int64, n)
+	for i, t := range ts {
+		amounts[i], captured[i], reversed[i] = t.Amount, t.CapturedAmount, t.ReversedAmount
+	}
+	return
+}
+func queueEntries(b *pgx.Batch, rows []Entry, now time.Time) {
+	n := len(rows)
+	accounts, commandIDs, types, currencies, by := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	versions, amounts, after := make([]int64, n), make([]int64, n), make([]int64, n)
+	for i, r := range rows {
+		accounts[i], commandIDs[i], types[i], currencies[i], by[i] = r.Posting.AccountID, r.CommandID, string(r.CommandType), r.Posting.Currency, r.SubmittedBy
+		versions[i], amounts[i], after[i] = r.Posting.AccountVersion, r.Posting.Amount, r.Posting.BalanceAfter
+	}
+	b.Queue(`INSERT INTO entries (account_id, account_version, command_id, command_type, currency, amount, balance_after, created_at, submitted_by)
+		SELECT a, v, c::uuid, t, cur, amt, bal, $8, s
+		FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $9::text[]) AS u (a, v, c, t, cur, amt, bal, s)`,
+		accounts, versions, commandIDs, types, currencies, amounts, after, now, by)
+}
+
+func queueDecisions(b *pgx.Batch, rows []Decision, now time.Time) {
+	n := len(rows)
+	ids, types, statuses, reasons, debit, accepted, by := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	fps := make([][]byte, n)
+	offsets, partitions := make([]int64, n), make([]int32, n)
+	for i, r := range rows {
+		ids[i], types[i], statuses[i], reasons[i] = r.Command.CommandID, string(r.Command.Type), string(r.Result.Status), string(r.Result.Reason)
+		debit[i], fps[i], offsets[i], partitions[i], by[i] = r.Command.DebitAccount(), r.Fingerprint, r.Offset, int32(r.Partition), r.SubmittedBy
+		if !r.AcceptedAt.IsZero() {
+			accepted[i] = r.AcceptedAt.UTC().Format(time.RFC3339Nano)
+		}
+	}
+	b.Queue(`INSERT INTO processed_commands (command_id, type, fingerprint, status, reason, debit_account_id,
+			accepted_at, processed_at, source_partition, source_offset, submitted_by)
+		SELECT id::uuid, t, fp, st, nullif(r, ''), d, nullif(acc, '')::timestamptz, $8, p, o, s
+		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $9::int4[], $10::int8[], $11::text[])
+			WITH ORDINALITY AS u (id, t, fp, st, r, d, acc, p, o, s, n)
+		ORDER BY n`,
+		ids, types, fps, statuses, reasons, debit, accepted, now, partitions, offsets, by)
+}
+
+// queueDeadLettered records the dead_lettered outcome of records whose
+// command id could be read; the latest dead-lettering of an id wins. A
+// decision in processed_commands, earlier or later, always wins over it
+// (the API reads that first).
+func queueDeadLettered(b *pgx.Batch, rows []DeadLettered, now time.Time) {
+	n := len(rows)
+	ids, types, debit, reasons, details, by := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	partitions, offsets := make([]int32, n), make([]int64, n)
+	for i, r := range rows {
+		ids[i], types[i], debit[i], reasons[i], details[i], by[i] = r.Identity.CommandID, string(r.Identity.Type), r.Identity.DebitAccountID, r.Reason, r.Detail, r.SubmittedBy
+		partitions[i], offsets[i] = int32(r.Partition), r.Offset
+	}
+	// DISTINCT ON keeps one row per id (the last in the batch): ON CONFLICT
+	// cannot change one row twice in a statement.
+	b.Queue(`INSERT INTO dead_lettered_commands (command_id, type, debit_account_id, reason, detail,
+			source_partition, source_offset, submitted_by, dead_lettered_at)
+		SELECT DISTINCT ON (id) id::uuid, nullif(t, ''), nullif(d, ''), r, dt, p, o, nullif(s, ''), $9
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::text[])
+			WITH ORDINALITY AS u (id, t, d, r, dt, p, o, s, n)
+		ORDER BY id, n DESC
+		ON CONFLICT (command_id) DO UPDATE SET type = excluded.type, debit_account_id = excluded.debit_account_id,
+			reason = excluded.reason, detail = excluded.detail, source_partition = excluded.source_partition,
+			source_offset = excluded.source_offset, submitted_by = excluded.submitted_by, dead_lettered_at = excluded.dead_lettered_at`,
+		ids, types, debit, reasons, details, partitions, offsets, by, now)
+}
