@@ -7,7 +7,7 @@ import (
 	"maps"
 	"slices"
 
-	"github.com/txpipe/txpipe/consumers"
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/internal/sealing"
 )
 
@@ -45,7 +45,7 @@ func runMetadataKey(ctx context.Context, args []string, e *env) error {
 		return err
 	}
 	defer pool.Close()
-	rep, err := consumers.ResealMetadata(ctx, pool, cfg.keyring)
+	rep, err := ledger.ResealMetadata(ctx, pool, cfg.keyring)
 	for _, from := range slices.Sorted(maps.Keys(rep.Resealed)) {
 		fmt.Fprintf(e.stdout, "re-sealed %d from %s\n", rep.Resealed[from], from)
 	}
@@ -55,7 +55,7 @@ func runMetadataKey(ctx context.Context, args []string, e *env) error {
 	if rep.Behind > 0 {
 		fmt.Fprintf(e.stdout, "%d values were sealed under another key meanwhile: put the new key first in every process's --metadata-keys, restart them, and run again\n", rep.Behind)
 	}
-	if err != nil && !errors.Is(err, consumers.ErrUnopened) && !errors.Is(err, consumers.ErrBehind) {
+	if err != nil && !errors.Is(err, ledger.ErrUnopened) && !errors.Is(err, ledger.ErrBehind) {
 		return err
 	}
 	if err == nil {
