@@ -5,6 +5,8 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/txpipe/txpipe/consumers/ledger"
 )
 
 // recordFault reports whether err says the records themselves are at fault,
@@ -21,7 +23,7 @@ import (
 // reads the winner's row. A command that got a 202 must never land in the
 // DLQ because the database was unwell.
 func recordFault(err error) bool {
-	if errors.Is(err, errFenced) {
+	if errors.Is(err, ledger.ErrFenced) {
 		return false
 	}
 	var rp *recordPanic

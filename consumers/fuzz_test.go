@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/schematest"
 	"github.com/txpipe/txpipe/internal/sealingtest"
@@ -92,48 +93,57 @@ func FuzzDecide(f *testing.F) {
 	f.Add([]byte(`{"command_id":"`+fuzzPrior+`"}`), []byte(strings.Repeat("k", 20<<10)), []byte(nil), int64(-1))
 
 	schemas := schematest.Load(f)
-	w := &Worker{opts: Options{CommandsTopic: "commands", EventsTopic: "events", PostingsTopic: "postings", DLQTopic: "dlq",
-		Keyring: sealingtest.Keyring(f)}}
+	d := testDecider(f)
 	f.Fuzz(func(t *testing.T, value, key, header []byte, ts int64) {
 		m := kafka.Message{Topic: "commands", Partition: 1, Offset: 42, Key: key, Value: value, Time: time.UnixMilli(ts),
 			Headers: []kafka.Header{{Key: domain.SubmittedByHeader, Value: header}, {Key: string(header), Value: header}}}
-		st := &batchState{book: fuzzBook(), loaded: map[string]bool{fuzzHold: true, fuzzTransfer: true}, now: fuzzNow,
-			priors: map[string]prior{fuzzPrior: {fingerprint: []byte("another command"), status: domain.StatusApplied}}}
-		wr := decideRecord(t, w, m, st)
-		checkWrites(t, schemas, wr)
-		checkMoney(t, st.book)
+		st := fuzzState()
+		v := decideRecord(t, d, m, st)
+		checkWrites(t, schemas, v)
+		checkMoney(t, st.Book)
 
 		// Delivered again, with the decision stored: nothing changes.
-		before := cloneBook(st.book)
-		again := decideRecord(t, w, m, st)
-		if len(wr.processed) == 1 && (len(again.processed) != 0 || len(again.out) != 0) {
-			t.Fatalf("a redelivered command was decided again: %d rows, %d messages", len(again.processed), len(again.out))
+		before := cloneBook(st.Book)
+		again := decideRecord(t, d, m, st)
+		if len(v.writes.Decisions) == 1 && (len(again.writes.Decisions) != 0 || len(again.writes.Outbox) != 0) {
+			t.Fatalf("a redelivered command was decided again: %d rows, %d messages", len(again.writes.Decisions), len(again.writes.Outbox))
 		}
-		if diff := cmp.Diff(before, st.book); diff != "" {
+		if diff := cmp.Diff(before, st.Book); diff != "" {
 			t.Fatalf("a redelivery changed the ledger (-before +after):\n%s", diff)
 		}
 	})
 }
 
-// decideRecord runs m through decodeAll and decideAll as applyBatch does,
-// and records its decision in st.priors as the stored row would.
-func decideRecord(t *testing.T, w *Worker, m kafka.Message, st *batchState) *batchWrites {
+// fuzzState is the state FuzzDecide decides against: fuzzBook, its
+// transfers loaded, and fuzzPrior decided.
+func fuzzState() *ledger.State {
+	return &ledger.State{Book: fuzzBook(), Loaded: map[string]bool{fuzzHold: true, fuzzTransfer: true}, Now: fuzzNow,
+		Priors: map[string]ledger.Prior{fuzzPrior: {Fingerprint: []byte("another command"), Status: domain.StatusApplied}}}
+}
+
+// testDecider decides as a worker whose topics are named events,
+// postings and dlq.
+func testDecider(tb testing.TB) decider {
+	return decider{eventsTopic: "events", postingsTopic: "postings", dlqTopic: "dlq", keyring: sealingtest.Keyring(tb)}
+}
+
+// decideRecord runs m through readBatch and decide as applyBatch does; st
+// then holds its decision, as the stored row would.
+func decideRecord(t *testing.T, d decider, m kafka.Message, st *ledger.State) *verdict {
 	t.Helper()
-	msgs := []kafka.Message{m}
-	cmds, invalid, err := decodeAll(msgs)
+	in, err := readBatch([]kafka.Message{m}, nil)
 	if err != nil {
 		t.Fatalf("decoding %q: %v", m.Value, err)
 	}
-	st.idents = identifyDead(msgs, cmds)
-	wr := newBatchWrites()
-	if err := wr.decideAll(w, msgs, cmds, invalid, nil, st); err != nil {
+	v, err := d.decide(in, st)
+	if err != nil {
 		var rp *recordPanic
 		if errors.As(err, &rp) {
 			t.Fatalf("deciding %q panicked: %v\n%s", m.Value, rp.value, rp.stack)
 		}
 		t.Fatalf("deciding %q: %v", m.Value, err)
 	}
-	return wr
+	return v
 }
 
 // maxRecordBytes is what one record may take for the relay to publish it
@@ -142,9 +152,9 @@ const maxRecordBytes = 1<<20 - 16<<10
 
 // checkWrites: every message validates and fits; every text bound for
 // PostgreSQL or a header is valid UTF-8 without NUL.
-func checkWrites(t *testing.T, schemas *schematest.Schemas, wr *batchWrites) {
+func checkWrites(t *testing.T, schemas *schematest.Schemas, v *verdict) {
 	t.Helper()
-	for _, msg := range wr.out {
+	for _, msg := range v.writes.Outbox {
 		size := len(msg.Key) + len(msg.Value)
 		for k, v := range msg.Headers {
 			checkText(t, "header "+k, v)
@@ -167,17 +177,17 @@ func checkWrites(t *testing.T, schemas *schematest.Schemas, wr *batchWrites) {
 			t.Fatalf("a message for topic %q", msg.Topic)
 		}
 	}
-	for _, r := range wr.processed {
-		for _, s := range []string{r.cmd.CommandID, string(r.cmd.Type), string(r.res.Reason), r.cmd.DebitAccount(), r.by} {
+	for _, r := range v.writes.Decisions {
+		for _, s := range []string{r.Command.CommandID, string(r.Command.Type), string(r.Result.Reason), r.Command.DebitAccount(), r.SubmittedBy} {
 			checkText(t, "processed row", s)
 		}
 	}
-	for _, r := range wr.dead {
-		for _, s := range []string{r.id.CommandID, string(r.id.Type), r.id.DebitAccountID, r.reason, r.detail, r.by} {
+	for _, r := range v.writes.DeadLettered {
+		for _, s := range []string{r.Identity.CommandID, string(r.Identity.Type), r.Identity.DebitAccountID, r.Reason, r.Detail, r.SubmittedBy} {
 			checkText(t, "dead_lettered row", s)
 		}
 	}
-	if n := len(wr.processed) + len(wr.counts); n == 0 {
+	if n := len(v.writes.Decisions) + len(v.counts); n == 0 {
 		t.Fatal("the record has no outcome")
 	}
 }

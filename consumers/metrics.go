@@ -2,6 +2,7 @@ package consumers
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -108,4 +109,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// observeBatch counts a committed batch of n records and its verdict.
+func (m *metrics) observeBatch(v *verdict, n int, took time.Duration) {
+	m.batchSize.Observe(float64(n))
+	m.batchDuration.Observe(took.Seconds())
+	for k, c := range v.counts {
+		m.records.WithLabelValues(k.outcome, k.reason).Add(float64(c))
+	}
+	for outcome, c := range v.replayed {
+		m.replayed.WithLabelValues(outcome).Add(float64(c))
+	}
+	m.misrouted.Add(float64(v.misrouted))
+	m.lastProcessed.SetToCurrentTime()
 }

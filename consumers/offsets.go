@@ -39,15 +39,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
+
+	"github.com/txpipe/txpipe/consumers/ledger"
 )
 
 // checkInterval spaces a lane's re-reads of its partitions' rows: how soon
@@ -61,165 +60,12 @@ const checkInterval = 2 * time.Second
 // swapped between two fetches without any fetch failing is caught.
 const anchorInterval = 30 * time.Second
 
-// Halt says why a partition stopped: its stored offset does not fit the
-// log, and applying on would skip records.
-type Halt struct {
-	At     time.Time
-	Reason string
-	// LogStart and LogEnd are the log's bounds when the worker looked.
-	LogStart, LogEnd int64
-}
-
-// PartitionState is a partition's stored offset and halt.
-type PartitionState struct {
-	GroupID   string
-	Partition int
-	Next      int64 // the stored offset: the next record to apply
-	UpdatedAt time.Time
-	Halt      *Halt // nil unless halted
-}
-
-// Reset is one operator decision on a stored offset, as ResetOffset
-// recorded it.
-type Reset struct {
-	GroupID, Topic string
-	Partition      int
-	From           *int64 // nil when no offset was stored
-	To             int64
-	// Target is what was asked: earliest, latest, or the offset.
-	Target           string
-	LogStart, LogEnd int64
-	HaltCleared      string // the halt's reason; "" when it was not halted
-	Reason, By       string
-	At               time.Time
-}
-
-// ResetRequest asks ResetOffset to store To as a partition's offset.
-type ResetRequest struct {
-	GroupID, Topic string
-	Partition      int
-	To             int64
-	Target         string
-	// LogStart and LogEnd are the log's bounds, read from Kafka just before.
-	LogStart, LogEnd int64
-	Reason, By       string
-}
-
-// ErrOutsideLog means a reset asked for an offset outside the log's bounds:
-// below the start nothing is there; past the end the partition would halt
-// again.
-var ErrOutsideLog = errors.New("offset outside the log")
-
-// ResetOffset stores r.To as the partition's offset, clears its halt and
-// anchor, and records who, when, what and why in consumer_offset_resets, all
-// in one transaction. It locks the partition's row first (the lock order of
-// store.go), so it waits for a batch in flight and records the offset that
-// batch left. A worker applying the partition then finds its position moved
-// (errFenced) and re-reads it; a lane holding it halted or idle sees the
-// change within checkInterval.
-func ResetOffset(ctx context.Context, pool *pgxpool.Pool, r ResetRequest) (Reset, error) {
-	switch {
-	case r.Reason == "" || r.By == "":
-		return Reset{}, errors.New("reset: a reason and who decides are required")
-	case r.Partition < 0:
-		return Reset{}, fmt.Errorf("reset: partition %d does not exist", r.Partition)
-	case r.To < r.LogStart || r.To > r.LogEnd:
-		return Reset{}, fmt.Errorf("reset partition %d to %d: %w [%d, %d]", r.Partition, r.To, ErrOutsideLog, r.LogStart, r.LogEnd)
-	}
-	out := Reset{GroupID: r.GroupID, Topic: r.Topic, Partition: r.Partition, To: r.To, Target: r.Target,
-		LogStart: r.LogStart, LogEnd: r.LogEnd, Reason: r.Reason, By: r.By}
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		var inserted bool
-		err := tx.QueryRow(ctx, `INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
-			VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true`,
-			r.GroupID, r.Topic, r.Partition, r.To).Scan(&inserted)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("create offset row: %w", err)
-		}
-		if !inserted {
-			var from int64
-			var halt *string
-			if err := tx.QueryRow(ctx, `SELECT next_offset, halt_reason FROM consumer_offsets
-				WHERE group_id = $1 AND topic = $2 AND partition = $3 FOR UPDATE`,
-				r.GroupID, r.Topic, r.Partition).Scan(&from, &halt); err != nil {
-				return fmt.Errorf("lock offset row: %w", err)
-			}
-			out.From = &from
-			if halt != nil {
-				out.HaltCleared = *halt
-			}
-			if _, err := tx.Exec(ctx, `UPDATE consumer_offsets SET next_offset = $4, updated_at = now(),
-					anchor_offset = NULL, anchor_hash = NULL,
-					halted_at = NULL, halt_reason = NULL, halt_log_start = NULL, halt_log_end = NULL
-				WHERE group_id = $1 AND topic = $2 AND partition = $3`,
-				r.GroupID, r.Topic, r.Partition, r.To); err != nil {
-				return fmt.Errorf("store offset: %w", err)
-			}
-		}
-		return tx.QueryRow(ctx, `INSERT INTO consumer_offset_resets (group_id, topic, partition, from_offset, to_offset,
-				target, log_start, log_end, halt_cleared, reason, reset_by)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nullif($9, ''), $10, $11) RETURNING reset_at`,
-			r.GroupID, r.Topic, r.Partition, out.From, r.To, r.Target, r.LogStart, r.LogEnd, out.HaltCleared, r.Reason, r.By).Scan(&out.At)
-	})
-	if err != nil {
-		return Reset{}, fmt.Errorf("reset partition %d: %w", r.Partition, err)
-	}
-	return out, nil
-}
-
-// PartitionStates returns the stored offsets of topic, by group and
-// partition; groupID "" means every group.
-func PartitionStates(ctx context.Context, pool *pgxpool.Pool, groupID, topic string) ([]PartitionState, error) {
-	rows, err := pool.Query(ctx, `SELECT group_id, partition, next_offset, updated_at,
-			halted_at, coalesce(halt_reason, ''), coalesce(halt_log_start, 0), coalesce(halt_log_end, 0)
-		FROM consumer_offsets WHERE topic = $1 AND ($2 = '' OR group_id = $2)
-		ORDER BY group_id, partition`, topic, groupID)
-	if err != nil {
-		return nil, fmt.Errorf("read stored offsets: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (PartitionState, error) {
-		var s PartitionState
-		var p int32
-		var at *time.Time
-		var h Halt
-		err := row.Scan(&s.GroupID, &p, &s.Next, &s.UpdatedAt, &at, &h.Reason, &h.LogStart, &h.LogEnd)
-		s.Partition = int(p)
-		if at != nil {
-			h.At = *at
-			s.Halt = &h
-		}
-		return s, err
-	})
-}
-
-// RecentResets returns the last limit resets of topic, newest first;
-// groupID "" means every group.
-func RecentResets(ctx context.Context, pool *pgxpool.Pool, groupID, topic string, limit int) ([]Reset, error) {
-	rows, err := pool.Query(ctx, `SELECT group_id, topic, partition, from_offset, to_offset, target, log_start, log_end,
-			coalesce(halt_cleared, ''), reason, reset_by, reset_at
-		FROM consumer_offset_resets WHERE topic = $1 AND ($2 = '' OR group_id = $2)
-		ORDER BY reset_at DESC, id DESC LIMIT $3`, topic, groupID, limit)
-	if err != nil {
-		return nil, fmt.Errorf("read offset resets: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Reset, error) {
-		var r Reset
-		var p int32
-		err := row.Scan(&r.GroupID, &r.Topic, &p, &r.From, &r.To, &r.Target, &r.LogStart, &r.LogEnd, &r.HaltCleared, &r.Reason, &r.By, &r.At)
-		r.Partition = int(p)
-		return r, err
-	})
-}
-
 // anchor is a record applied below a stored offset: its offset and
 // recordHash.
-type anchor struct {
-	offset int64
-	hash   []byte
-}
+type anchor = ledger.Anchor
 
 func anchorOf(m kafka.Message) anchor {
-	return anchor{offset: m.Offset, hash: recordHash(m.Key, m.Value, m.Time)}
+	return anchor{Offset: m.Offset, Hash: recordHash(m.Key, m.Value, m.Time)}
 }
 
 // recordHash identifies a record by its key, value and timestamp (to the
@@ -243,7 +89,7 @@ func recordHash(key, value []byte, t time.Time) []byte {
 // [first, end) under stored offset next: a is known and still in the log,
 // and next does not already lie past its end.
 func anchorCheckable(next int64, a *anchor, first, end int64) bool {
-	return a != nil && next <= end && a.offset >= first && a.offset < end
+	return a != nil && next <= end && a.Offset >= first && a.Offset < end
 }
 
 // logVerdict judges whether the log [first, end) is the one the stored
@@ -258,15 +104,15 @@ func logVerdict(next int64, a *anchor, first, end int64, got []byte) string {
 	case !anchorCheckable(next, a, first, end):
 		return ""
 	case got == nil:
-		return fmt.Sprintf("the record applied at offset %d is missing from the log: was the topic recreated?", a.offset)
-	case !bytes.Equal(got, a.hash):
-		return fmt.Sprintf("the log holds another record at offset %d than the one applied there: the topic was recreated (its log now spans %d to %d)", a.offset, first, end)
+		return fmt.Sprintf("the record applied at offset %d is missing from the log: was the topic recreated?", a.Offset)
+	case !bytes.Equal(got, a.Hash):
+		return fmt.Sprintf("the log holds another record at offset %d than the one applied there: the topic was recreated (its log now spans %d to %d)", a.Offset, first, end)
 	}
 	return ""
 }
 
 // haltError is what readiness and fetch errors say of a halted partition.
-func haltError(p int, h Halt) error {
+func haltError(p int, h ledger.Halt) error {
 	return fmt.Errorf("%w until an operator decides where it resumes (txpipe offsets reset --partition %d): %s", errHalted, p, h.Reason)
 }
 
@@ -275,88 +121,8 @@ var errHalted = errors.New("halted")
 
 // laneHalt is a halt a lane holds; saved once it is in PostgreSQL.
 type laneHalt struct {
-	Halt
+	ledger.Halt
 	saved bool
-}
-
-// partState is a partition's row as a lane reads it.
-type partState struct {
-	next   int64
-	anchor *anchor
-	halt   *Halt
-}
-
-// partitionStates reads the rows of parts; a partition never applied has
-// none.
-func (w *Worker) partitionStates(ctx context.Context, parts []int) (map[int]partState, error) {
-	rows, err := w.opts.Pool.Query(ctx, `SELECT partition, next_offset, anchor_offset, anchor_hash,
-			halted_at, coalesce(halt_reason, ''), coalesce(halt_log_start, 0), coalesce(halt_log_end, 0)
-		FROM consumer_offsets WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])`,
-		w.opts.GroupID, w.opts.CommandsTopic, parts)
-	if err != nil {
-		return nil, fmt.Errorf("read stored offsets: %w", err)
-	}
-	defer rows.Close()
-	out := map[int]partState{}
-	for rows.Next() {
-		var p int32
-		var s partState
-		var aOff *int64
-		var aHash []byte
-		var at *time.Time
-		var h Halt
-		if err := rows.Scan(&p, &s.next, &aOff, &aHash, &at, &h.Reason, &h.LogStart, &h.LogEnd); err != nil {
-			return nil, fmt.Errorf("read stored offsets: %w", err)
-		}
-		if aOff != nil {
-			s.anchor = &anchor{offset: *aOff, hash: aHash}
-		}
-		if at != nil {
-			h.At = *at
-			s.halt = &h
-		}
-		out[int(p)] = s
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read stored offsets: %w", err)
-	}
-	return out, nil
-}
-
-// saveHalt halts partition p in PostgreSQL if its stored offset is still
-// next; a partition already halted keeps its first halt. It reports false
-// when the stored offset moved (an operator reset it meanwhile).
-func (w *Worker) saveHalt(ctx context.Context, p int, next int64, h Halt) (bool, error) {
-	tag, err := w.opts.Pool.Exec(ctx, `UPDATE consumer_offsets SET halted_at = coalesce(halted_at, $5),
-			halt_reason = coalesce(halt_reason, $6), halt_log_start = coalesce(halt_log_start, $7),
-			halt_log_end = coalesce(halt_log_end, $8)
-		WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset = $4`,
-		w.opts.GroupID, w.opts.CommandsTopic, p, next, h.At, h.Reason, h.LogStart, h.LogEnd)
-	if err != nil {
-		return false, fmt.Errorf("save halt of partition %d: %w", p, err)
-	}
-	return tag.RowsAffected() == 1, nil
-}
-
-// saveAnchors stores anchors as the partitions' anchors where their stored
-// offset is still pos and they are not halted. Anchors are an aid to
-// checking, not part of the exactly-once state, so they are written outside
-// the batch transaction, at most every checkInterval.
-func (w *Worker) saveAnchors(ctx context.Context, anchors map[int]anchor, pos positions) error {
-	var parts []int32
-	var offsets, nexts []int64
-	var hashes [][]byte
-	for _, p := range slices.Sorted(maps.Keys(anchors)) {
-		parts, offsets, hashes, nexts = append(parts, int32(p)), append(offsets, anchors[p].offset), append(hashes, anchors[p].hash), append(nexts, pos[p])
-	}
-	_, err := w.opts.Pool.Exec(ctx, `UPDATE consumer_offsets AS c SET anchor_offset = u.a, anchor_hash = u.h
-		FROM unnest($3::int4[], $4::int8[], $5::bytea[], $6::int8[]) AS u (p, a, h, n)
-		WHERE c.group_id = $1 AND c.topic = $2 AND c.partition = u.p AND c.next_offset = u.n AND c.halted_at IS NULL`,
-		w.opts.GroupID, w.opts.CommandsTopic, parts, offsets, hashes, nexts)
-	if err != nil {
-		return fmt.Errorf("save anchors: %w", err)
-	}
-	return nil
 }
 
 // recordHashAt reads the record at offset off of partition p and returns its
@@ -402,7 +168,7 @@ func readAll(b protocol.Bytes) ([]byte, error) {
 // restart sets the lane's halts, suspects and anchors from the rows just
 // read by resume: halted partitions stay out, every other partition with a
 // stored offset waits for checkLogs, and those never applied are fetched.
-func (l *lane) restart(states map[int]partState) {
+func (l *lane) restart(states map[int]ledger.Stored) {
 	clear(l.halted)
 	clear(l.suspect)
 	clear(l.applied)
@@ -413,11 +179,11 @@ func (l *lane) restart(states map[int]partState) {
 		switch {
 		case !ok:
 			l.parts = append(l.parts, p)
-		case s.halt != nil:
-			l.halted[p] = laneHalt{Halt: *s.halt, saved: true}
+		case s.Halt != nil:
+			l.halted[p] = laneHalt{Halt: *s.Halt, saved: true}
 		default:
 			l.suspect[p] = false
-			l.anchors[p] = s.anchor
+			l.anchors[p] = s.Anchor
 		}
 	}
 	for _, p := range l.all {
@@ -504,7 +270,7 @@ func (l *lane) checkLog(ctx context.Context, p int, first, end int64) {
 	next := l.pos[p]
 	var got []byte
 	if anchorCheckable(next, a, first, end) {
-		h, err := l.recordHashAt(ctx, p, a.offset)
+		h, err := l.recordHashAt(ctx, p, a.Offset)
 		if err != nil {
 			l.checkFailed(p, err)
 			return
@@ -512,14 +278,14 @@ func (l *lane) checkLog(ctx context.Context, p int, first, end int64) {
 		got = h
 	}
 	if reason := logVerdict(next, a, first, end, got); reason != "" {
-		_ = l.halt(ctx, p, Halt{At: time.Now().UTC(), Reason: reason, LogStart: first, LogEnd: end})
+		_ = l.halt(ctx, p, ledger.Halt{At: time.Now().UTC(), Reason: reason, LogStart: first, LogEnd: end})
 		return
 	}
 	if a == nil && next > first && next <= end {
 		// No anchor yet (never saved, or reset): take the record below
 		// the stored offset from the log as it is now.
 		if h, err := l.recordHashAt(ctx, p, next-1); err == nil && h != nil {
-			l.applied[p] = anchor{offset: next - 1, hash: h}
+			l.applied[p] = anchor{Offset: next - 1, Hash: h}
 		}
 	}
 	delete(l.suspect, p)
@@ -540,7 +306,7 @@ func (l *lane) checkFailed(p int, err error) {
 // halt stops partition p: it leaves the fetch, what was fetched of it is
 // dropped, and the halt is saved in PostgreSQL (retried by check when that
 // fails). It returns the halt as an error.
-func (l *lane) halt(ctx context.Context, p int, h Halt) error {
+func (l *lane) halt(ctx context.Context, p int, h ledger.Halt) error {
 	l.parts = slices.DeleteFunc(l.parts, func(q int) bool { return q == p })
 	delete(l.suspect, p)
 	delete(l.pending, p)
@@ -548,7 +314,7 @@ func (l *lane) halt(ctx context.Context, p int, h Halt) error {
 	l.fetchPos[p] = l.pos[p]
 	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
-	saved, err := l.w.saveHalt(ctx, p, l.pos[p], h)
+	saved, err := l.w.source.SaveHalt(ctx, l.w.opts.Pool, p, l.pos[p], h)
 	if err != nil {
 		l.log.Warn("save halt failed; will retry", "partition", p, "err", err)
 	}
@@ -584,7 +350,7 @@ func (l *lane) remember(msgs []kafka.Message) {
 func (l *lane) check(laneCtx context.Context) {
 	ctx, cancel := context.WithTimeout(laneCtx, attemptTimeout)
 	defer cancel()
-	states, err := l.w.partitionStates(ctx, l.all)
+	states, err := l.w.source.States(ctx, l.w.opts.Pool, l.all)
 	if err != nil {
 		l.log.Warn("check stored offsets failed; will retry", "err", err)
 		return
@@ -596,7 +362,7 @@ func (l *lane) check(laneCtx context.Context) {
 	}
 	for p, h := range l.halted {
 		if !h.saved {
-			if saved, err := l.w.saveHalt(ctx, p, l.pos[p], h.Halt); err == nil && saved {
+			if saved, err := l.w.source.SaveHalt(ctx, l.w.opts.Pool, p, l.pos[p], h.Halt); err == nil && saved {
 				l.halted[p] = laneHalt{Halt: h.Halt, saved: true}
 			}
 		}
@@ -607,7 +373,7 @@ func (l *lane) check(laneCtx context.Context) {
 	}
 	var verify []int
 	for p, a := range l.applied {
-		if old := states[p].anchor; moveAnchors && old != nil && old.offset != a.offset && slices.Contains(l.parts, p) {
+		if old := states[p].Anchor; moveAnchors && old != nil && old.Offset != a.Offset && slices.Contains(l.parts, p) {
 			verify = append(verify, p)
 		}
 	}
@@ -617,28 +383,28 @@ func (l *lane) check(laneCtx context.Context) {
 			return // Kafka cannot tell now; next time
 		}
 		for _, p := range verify {
-			old := states[p].anchor
+			old := states[p].Anchor
 			var got []byte
 			if anchorCheckable(l.pos[p], old, first[p], end[p]) {
-				if got, err = l.recordHashAt(ctx, p, old.offset); err != nil {
+				if got, err = l.recordHashAt(ctx, p, old.Offset); err != nil {
 					return
 				}
 			}
 			if reason := logVerdict(l.pos[p], old, first[p], end[p], got); reason != "" {
-				_ = l.halt(ctx, p, Halt{At: time.Now().UTC(), Reason: reason + "; records of the new log may have been applied since", LogStart: first[p], LogEnd: end[p]})
+				_ = l.halt(ctx, p, ledger.Halt{At: time.Now().UTC(), Reason: reason + "; records of the new log may have been applied since", LogStart: first[p], LogEnd: end[p]})
 			}
 		}
 	}
 	save := map[int]anchor{}
 	for p, a := range l.applied {
-		if old := states[p].anchor; slices.Contains(l.parts, p) && (old == nil || moveAnchors && old.offset != a.offset) {
+		if old := states[p].Anchor; slices.Contains(l.parts, p) && (old == nil || moveAnchors && old.Offset != a.Offset) {
 			save[p] = a
 		}
 	}
 	if len(save) == 0 {
 		return
 	}
-	if err := l.w.saveAnchors(ctx, save, l.pos); err != nil {
+	if err := l.w.source.SaveAnchors(ctx, l.w.opts.Pool, save, l.pos); err != nil {
 		l.log.Warn("save anchors failed; will retry", "err", err)
 		return
 	}
@@ -649,7 +415,7 @@ func (l *lane) check(laneCtx context.Context) {
 
 // changedUnder returns a partition whose row says other than the lane
 // believes: halted by another, its halt cleared, or its stored offset moved.
-func (l *lane) changedUnder(states map[int]partState) (int, bool) {
+func (l *lane) changedUnder(states map[int]ledger.Stored) (int, bool) {
 	for _, p := range l.all {
 		s, stored := states[p]
 		if !stored {
@@ -657,9 +423,9 @@ func (l *lane) changedUnder(states map[int]partState) (int, bool) {
 		}
 		h, halted := l.halted[p]
 		switch {
-		case s.halt != nil && !halted,
-			s.halt == nil && halted && h.saved,
-			s.next != l.pos[p]:
+		case s.Halt != nil && !halted,
+			s.Halt == nil && halted && h.saved,
+			s.Next != l.pos[p]:
 			return p, true
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/internal/kafkafetch"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/pgtest"
@@ -21,7 +22,7 @@ import (
 )
 
 func TestLogVerdict(t *testing.T) {
-	applied := &anchor{offset: 5, hash: recordHash([]byte("k"), []byte("v"), time.UnixMilli(1000))}
+	applied := &anchor{Offset: 5, Hash: recordHash([]byte("k"), []byte("v"), time.UnixMilli(1000))}
 	other := recordHash([]byte("k"), []byte("other"), time.UnixMilli(1000))
 	tests := []struct {
 		name       string
@@ -31,8 +32,8 @@ func TestLogVerdict(t *testing.T) {
 		got        []byte
 		want       string // a fragment of the verdict; "" for none
 	}{
-		{"same log, anchor found", 6, applied, 0, 10, applied.hash, ""},
-		{"same log, caught up", 6, applied, 0, 6, applied.hash, ""},
+		{"same log, anchor found", 6, applied, 0, 10, applied.Hash, ""},
+		{"same log, caught up", 6, applied, 0, 6, applied.Hash, ""},
 		{"past the end", 7, applied, 0, 3, nil, "past the end of the log (3)"},
 		{"past the end without an anchor", 7, nil, 0, 0, nil, "past the end of the log (0)"},
 		{"recreated and refilled beyond", 6, applied, 0, 20, other, "another record at offset 5"},
@@ -77,20 +78,20 @@ func TestRecordHashSeparatesFields(t *testing.T) {
 }
 
 func TestChangedUnder(t *testing.T) {
-	h := Halt{Reason: "past the end"}
+	h := ledger.Halt{Reason: "past the end"}
 	tests := []struct {
 		name   string
 		halted map[int]laneHalt
-		states map[int]partState
+		states map[int]ledger.Stored
 		want   bool
 	}{
-		{"as the lane believes", nil, map[int]partState{0: {next: 6}, 1: {next: 2}}, false},
-		{"never applied", nil, map[int]partState{1: {next: 2}}, false},
-		{"offset moved by a reset", nil, map[int]partState{0: {next: 0}, 1: {next: 2}}, true},
-		{"halt cleared by a reset", map[int]laneHalt{0: {Halt: h, saved: true}}, map[int]partState{0: {next: 6}, 1: {next: 2}}, true},
-		{"halt not saved yet", map[int]laneHalt{0: {Halt: h}}, map[int]partState{0: {next: 6}, 1: {next: 2}}, false},
-		{"halted as the lane holds it", map[int]laneHalt{0: {Halt: h, saved: true}}, map[int]partState{0: {next: 6, halt: &h}, 1: {next: 2}}, false},
-		{"halted by another worker", nil, map[int]partState{0: {next: 6, halt: &h}, 1: {next: 2}}, true},
+		{"as the lane believes", nil, map[int]ledger.Stored{0: {Next: 6}, 1: {Next: 2}}, false},
+		{"never applied", nil, map[int]ledger.Stored{1: {Next: 2}}, false},
+		{"offset moved by a reset", nil, map[int]ledger.Stored{0: {Next: 0}, 1: {Next: 2}}, true},
+		{"halt cleared by a reset", map[int]laneHalt{0: {Halt: h, saved: true}}, map[int]ledger.Stored{0: {Next: 6}, 1: {Next: 2}}, true},
+		{"halt not saved yet", map[int]laneHalt{0: {Halt: h}}, map[int]ledger.Stored{0: {Next: 6}, 1: {Next: 2}}, false},
+		{"halted as the lane holds it", map[int]laneHalt{0: {Halt: h, saved: true}}, map[int]ledger.Stored{0: {Next: 6, Halt: &h}, 1: {Next: 2}}, false},
+		{"halted by another worker", nil, map[int]ledger.Stored{0: {Next: 6, Halt: &h}, 1: {Next: 2}}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -104,10 +105,10 @@ func TestChangedUnder(t *testing.T) {
 
 func TestRememberKeepsTheLastRecordOfEachPartition(t *testing.T) {
 	msgs := append(onPartition(1, records(10, open(1, "a"), open(2, "b"))), onPartition(2, records(7, open(3, "c")))...)
-	l := &lane{applied: map[int]anchor{1: {offset: 3}}}
+	l := &lane{applied: map[int]anchor{1: {Offset: 3}}}
 	l.remember(msgs)
 	for p, m := range map[int]kafka.Message{1: msgs[1], 2: msgs[2]} {
-		if a, ok := l.applied[p]; !ok || a.offset != m.Offset || string(a.hash) != string(anchorOf(m).hash) {
+		if a, ok := l.applied[p]; !ok || a.Offset != m.Offset || string(a.Hash) != string(anchorOf(m).Hash) {
 			t.Errorf("anchor of partition %d = %+v, want the record at %d", p, a, m.Offset)
 		}
 	}
@@ -124,28 +125,28 @@ func TestResetOffsetRecordsTheDecision(t *testing.T) {
 	if _, err := w.applyBatch(ctx, at(0), records(0, open(1, "a"), open(2, "b")), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.saveAnchors(ctx, map[int]anchor{partition: {offset: 1, hash: []byte{1}}}, at(2)); err != nil {
+	if err := w.source.SaveAnchors(ctx, w.opts.Pool, map[int]anchor{partition: {Offset: 1, Hash: []byte{1}}}, at(2)); err != nil {
 		t.Fatal(err)
 	}
-	if saved, err := w.saveHalt(ctx, partition, 2, Halt{At: time.Now(), Reason: "past the end", LogStart: 0, LogEnd: 1}); err != nil || !saved {
+	if saved, err := w.source.SaveHalt(ctx, w.opts.Pool, partition, 2, ledger.Halt{At: time.Now(), Reason: "past the end", LogStart: 0, LogEnd: 1}); err != nil || !saved {
 		t.Fatalf("saveHalt() = %v, %v, want true", saved, err)
 	}
-	req := ResetRequest{GroupID: "g", Topic: "commands", Partition: partition, To: 0, Target: "earliest", LogStart: 0, LogEnd: 5, Reason: "topic recreated", By: "alice"}
+	req := ledger.ResetRequest{GroupID: "g", Topic: "commands", Partition: partition, To: 0, Target: "earliest", LogStart: 0, LogEnd: 5, Reason: "topic recreated", By: "alice"}
 
 	for _, bad := range []struct {
 		name   string
-		change func(*ResetRequest)
+		change func(*ledger.ResetRequest)
 	}{
-		{"no reason", func(r *ResetRequest) { r.Reason = "" }},
-		{"nobody", func(r *ResetRequest) { r.By = "" }},
-		{"past the log", func(r *ResetRequest) { r.To = 6 }},
-		{"before the log", func(r *ResetRequest) { r.LogStart = 1 }},
+		{"no reason", func(r *ledger.ResetRequest) { r.Reason = "" }},
+		{"nobody", func(r *ledger.ResetRequest) { r.By = "" }},
+		{"past the log", func(r *ledger.ResetRequest) { r.To = 6 }},
+		{"before the log", func(r *ledger.ResetRequest) { r.LogStart = 1 }},
 	} {
 		t.Run(bad.name, func(t *testing.T) {
 			r := req
 			bad.change(&r)
-			if _, err := ResetOffset(ctx, db.Pool, r); err == nil {
-				t.Errorf("ResetOffset(%+v) = nil error, want one", r)
+			if _, err := ledger.ResetOffset(ctx, db.Pool, r); err == nil {
+				t.Errorf("ledger.ResetOffset(%+v) = nil error, want one", r)
 			}
 		})
 	}
@@ -154,43 +155,43 @@ func TestResetOffsetRecordsTheDecision(t *testing.T) {
 		t.Fatalf("refused resets left %d audit rows (%v), want 0", n, err)
 	}
 
-	got, err := ResetOffset(ctx, db.Pool, req)
+	got, err := ledger.ResetOffset(ctx, db.Pool, req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got.From == nil || *got.From != 2 || got.To != 0 || got.HaltCleared != "past the end" || got.By != "alice" || got.At.IsZero() {
-		t.Errorf("ResetOffset() = %+v, want from 2 to 0, halt cleared, by alice, at a time", got)
+		t.Errorf("ledger.ResetOffset() = %+v, want from 2 to 0, halt cleared, by alice, at a time", got)
 	}
-	states, err := w.partitionStates(ctx, []int{partition})
+	states, err := w.source.States(ctx, w.opts.Pool, []int{partition})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := states[partition]; s.next != 0 || s.halt != nil || s.anchor != nil {
+	if s := states[partition]; s.Next != 0 || s.Halt != nil || s.Anchor != nil {
 		t.Errorf("after the reset the row is %+v, want offset 0, no halt, no anchor", s)
 	}
-	resets, err := RecentResets(ctx, db.Pool, "", "commands", 10)
+	resets, err := ledger.RecentResets(ctx, db.Pool, "", "commands", 10)
 	if err != nil || len(resets) != 1 {
-		t.Fatalf("RecentResets() = %v, %v, want one", resets, err)
+		t.Fatalf("ledger.RecentResets() = %v, %v, want one", resets, err)
 	}
 	if r := resets[0]; *r.From != 2 || r.To != 0 || r.Target != "earliest" || r.LogEnd != 5 || r.Reason != "topic recreated" || r.By != "alice" || r.HaltCleared != "past the end" {
 		t.Errorf("audit row = %+v, want what was decided", r)
 	}
 
 	// The worker's position 2 is stale now: its next batch is fenced.
-	if _, err := w.applyBatch(ctx, at(2), records(2, open(3, "c")), nil); !errors.Is(err, errFenced) {
-		t.Errorf("applyBatch at the old position = %v, want errFenced", err)
+	if _, err := w.applyBatch(ctx, at(2), records(2, open(3, "c")), nil); !errors.Is(err, ledger.ErrFenced) {
+		t.Errorf("applyBatch at the old position = %v, want ledger.ErrFenced", err)
 	}
 
 	// A partition never applied gets a row; nothing was stored before.
 	other := req
 	other.Partition, other.To, other.Target = 7, 5, "latest"
-	got, err = ResetOffset(ctx, db.Pool, other)
+	got, err = ledger.ResetOffset(ctx, db.Pool, other)
 	if err != nil || got.From != nil || got.HaltCleared != "" {
-		t.Fatalf("ResetOffset(new partition) = %+v, %v, want no from offset and no halt", got, err)
+		t.Fatalf("ledger.ResetOffset(new partition) = %+v, %v, want no from offset and no halt", got, err)
 	}
-	all, err := PartitionStates(ctx, db.Pool, "g", "commands")
+	all, err := ledger.PartitionStates(ctx, db.Pool, "g", "commands")
 	if err != nil || len(all) != 2 || all[1].Partition != 7 || all[1].Next != 5 {
-		t.Errorf("PartitionStates() = %+v, %v, want partitions %d and 7 (at 5)", all, err, partition)
+		t.Errorf("ledger.PartitionStates() = %+v, %v, want partitions %d and 7 (at 5)", all, err, partition)
 	}
 }
 
@@ -215,15 +216,15 @@ func TestSaveHaltIsFencedByTheStoredOffset(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			saved, err := w.saveHalt(ctx, partition, tt.next, Halt{At: time.Now(), Reason: fmt.Sprint("reason ", i), LogEnd: 0})
+			saved, err := w.source.SaveHalt(ctx, w.opts.Pool, partition, tt.next, ledger.Halt{At: time.Now(), Reason: fmt.Sprint("reason ", i), LogEnd: 0})
 			if err != nil || saved != tt.want {
 				t.Errorf("saveHalt(next %d) = %v, %v, want %v", tt.next, saved, err, tt.want)
 			}
 		})
 	}
-	states, err := PartitionStates(ctx, db.Pool, "", "commands")
+	states, err := ledger.PartitionStates(ctx, db.Pool, "", "commands")
 	if err != nil || len(states) != 1 || states[0].Halt == nil || states[0].Halt.Reason != "reason 1" {
-		t.Errorf("PartitionStates() = %+v, %v, want halted with the first reason", states, err)
+		t.Errorf("ledger.PartitionStates() = %+v, %v, want halted with the first reason", states, err)
 	}
 }
 
@@ -268,7 +269,7 @@ func TestRecordHashAtMatchesFetchedRecords(t *testing.T) {
 			}
 			if m.Offset > 0 {
 				prev, err := l.recordHashAt(ctx, 0, m.Offset-1)
-				if err != nil || string(prev) == string(want.hash) {
+				if err != nil || string(prev) == string(want.Hash) {
 					t.Errorf("record %d hashes like record %d (%v)", m.Offset, m.Offset-1, err)
 				}
 			}
@@ -341,14 +342,14 @@ func TestLaneChecksTheLogBeforeFetching(t *testing.T) {
 		halts  string // a fragment of the halt's reason; "" for none
 	}{
 		{"the record applied is there", anchorOf(msgs[1]), ""},
-		{"another record at the anchor's offset", anchor{offset: 1, hash: anchorOf(msgs[2]).hash}, "another record at offset 1"},
+		{"another record at the anchor's offset", anchor{Offset: 1, Hash: anchorOf(msgs[2]).Hash}, "another record at offset 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := w.opts.Pool.Exec(ctx, `UPDATE consumer_offsets SET halted_at = NULL, halt_reason = NULL`); err != nil {
 				t.Fatal(err)
 			}
-			if err := w.saveAnchors(ctx, map[int]anchor{0: tt.anchor}, positions{0: 3}); err != nil {
+			if err := w.source.SaveAnchors(ctx, w.opts.Pool, map[int]anchor{0: tt.anchor}, positions{0: 3}); err != nil {
 				t.Fatal(err)
 			}
 			l := laneOn(t, w, k, 0)
@@ -356,7 +357,7 @@ func TestLaneChecksTheLogBeforeFetching(t *testing.T) {
 				t.Fatalf("after resume the lane fetches %v (suspects %v), want nothing before the check", l.parts, l.suspect)
 			}
 			l.checkLogs(ctx)
-			states, err := PartitionStates(ctx, w.opts.Pool, "g", w.opts.CommandsTopic)
+			states, err := ledger.PartitionStates(ctx, w.opts.Pool, "g", w.opts.CommandsTopic)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -398,11 +399,11 @@ func TestLaneCheckFollowsTheLog(t *testing.T) {
 	l.advance(next)
 	l.remember(msgs[2:3])
 	l.check(ctx)
-	states, err := w.partitionStates(ctx, []int{0})
+	states, err := w.source.States(ctx, w.opts.Pool, []int{0})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := states[0].anchor; a == nil || a.offset != 2 || states[0].halt != nil {
+	if a := states[0].Anchor; a == nil || a.Offset != 2 || states[0].Halt != nil {
 		t.Fatalf("after a check the row is %+v, want anchor 2 and no halt", states[0])
 	}
 
@@ -418,7 +419,7 @@ func TestLaneCheckFollowsTheLog(t *testing.T) {
 	l.remember(msgs[3:4])
 	l.anchorAt = time.Time{} // anchorInterval has passed
 	l.check(ctx)
-	all, err := PartitionStates(ctx, w.opts.Pool, "g", w.opts.CommandsTopic)
+	all, err := ledger.PartitionStates(ctx, w.opts.Pool, "g", w.opts.CommandsTopic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +428,7 @@ func TestLaneCheckFollowsTheLog(t *testing.T) {
 	}
 
 	// An operator resets it; the lane's next check takes it back.
-	if _, err := ResetOffset(ctx, w.opts.Pool, ResetRequest{GroupID: "g", Topic: w.opts.CommandsTopic, Partition: 0, To: 0, Target: "earliest",
+	if _, err := ledger.ResetOffset(ctx, w.opts.Pool, ledger.ResetRequest{GroupID: "g", Topic: w.opts.CommandsTopic, Partition: 0, To: 0, Target: "earliest",
 		LogStart: 0, LogEnd: 4, Reason: "test", By: "tester"}); err != nil {
 		t.Fatal(err)
 	}

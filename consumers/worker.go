@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/internal/kafkafetch"
 	"github.com/txpipe/txpipe/internal/sealing"
 )
@@ -69,6 +70,8 @@ type Options struct {
 type Worker struct {
 	opts    Options
 	metrics *metrics
+	source  ledger.Source // the stored offsets this worker fences on
+	decider decider
 
 	readyMu  sync.Mutex
 	stuck    map[int]error // partitions whose last batch failed, and why
@@ -106,7 +109,10 @@ func New(o Options) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Worker{opts: o, metrics: m, stuck: make(map[int]error)}, nil
+	return &Worker{opts: o, metrics: m, stuck: make(map[int]error),
+		source:  ledger.Source{Group: o.GroupID, Topic: o.CommandsTopic},
+		decider: decider{eventsTopic: o.EventsTopic, postingsTopic: o.PostingsTopic, dlqTopic: o.DLQTopic, keyring: o.Keyring},
+	}, nil
 }
 
 // splitLanes deals the assigned partitions, in order, to at most n lanes.
@@ -259,7 +265,7 @@ func (w *Worker) watchLag(ctx context.Context) {
 		if err != nil {
 			continue // Kafka unreachable: the lanes say so
 		}
-		if got, err := w.storedOffsets(ctx, parts); err == nil {
+		if got, err := w.source.Offsets(ctx, w.opts.Pool, parts); err == nil {
 			maps.Copy(stored, got)
 		}
 		for _, p := range parts {

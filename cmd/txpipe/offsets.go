@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/txpipe/txpipe/consumers"
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/internal/httpserver"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkafetch"
@@ -101,11 +101,11 @@ func runOffsets(ctx context.Context, args []string, e *env) error {
 	case "latest":
 		dest = end[partition]
 	}
-	r, err := consumers.ResetOffset(ctx, pool, consumers.ResetRequest{
+	r, err := ledger.ResetOffset(ctx, pool, ledger.ResetRequest{
 		GroupID: cfg.groupID, Topic: cfg.commandsTopic, Partition: partition, To: dest, Target: target.name,
 		LogStart: first[partition], LogEnd: end[partition], Reason: strings.TrimSpace(reason), By: strings.TrimSpace(by),
 	})
-	if errors.Is(err, consumers.ErrOutsideLog) {
+	if errors.Is(err, ledger.ErrOutsideLog) {
 		return usageError{err.Error()}
 	}
 	if err != nil {
@@ -166,15 +166,15 @@ func offsetText(o *int64) string {
 // halt, and the last resets. The stored offsets print even when Kafka cannot
 // say (the topic deleted, say).
 func listOffsets(ctx context.Context, w io.Writer, pool *pgxpool.Pool, client *kafka.Client, f *kafkafetch.Fetcher, cfg *config) error {
-	states, err := consumers.PartitionStates(ctx, pool, cfg.groupID, cfg.commandsTopic)
+	states, err := ledger.PartitionStates(ctx, pool, cfg.groupID, cfg.commandsTopic)
 	if err != nil {
 		return err
 	}
-	resets, err := consumers.RecentResets(ctx, pool, cfg.groupID, cfg.commandsTopic, recentResets)
+	resets, err := ledger.RecentResets(ctx, pool, cfg.groupID, cfg.commandsTopic, recentResets)
 	if err != nil {
 		return err
 	}
-	stored := map[int]consumers.PartitionState{}
+	stored := map[int]ledger.PartitionState{}
 	var parts []int
 	for _, s := range states {
 		stored[s.Partition] = s
@@ -249,7 +249,7 @@ func offsetPanels(pool *pgxpool.Pool, topic string) []httpserver.Panel {
 		Columns: []string{"group", "partition", "stored offset", "halted at", "log seen", "why", "to resume"},
 		Empty:   "none: every partition with a stored offset fits its log",
 		Rows: func(ctx context.Context) ([][]string, error) {
-			states, err := consumers.PartitionStates(ctx, pool, "", topic)
+			states, err := ledger.PartitionStates(ctx, pool, "", topic)
 			if err != nil {
 				return nil, err
 			}
@@ -270,7 +270,7 @@ func offsetPanels(pool *pgxpool.Pool, topic string) []httpserver.Panel {
 		Columns: []string{"at", "by", "group", "partition", "from → to", "target", "log", "halt cleared", "reason"},
 		Empty:   "none",
 		Rows: func(ctx context.Context) ([][]string, error) {
-			resets, err := consumers.RecentResets(ctx, pool, "", topic, recentResets)
+			resets, err := ledger.RecentResets(ctx, pool, "", topic, recentResets)
 			if err != nil {
 				return nil, err
 			}

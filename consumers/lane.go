@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/internal/kafkafetch"
 	"github.com/txpipe/txpipe/internal/retry"
 )
@@ -135,7 +135,7 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 		default:
 			// Fenced, or retries exhausted: PostgreSQL decides where we are.
 			w.setStuck(l.parts, err)
-			if errors.Is(err, errFenced) {
+			if errors.Is(err, ledger.ErrFenced) {
 				w.metrics.retries.WithLabelValues("fenced").Inc()
 				l.log.Warn("stored offset moved under this worker; re-reading it", "err", err)
 			} else {
@@ -160,7 +160,7 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 func (l *lane) resume(ctx context.Context) error {
 	bo := backoff.WithContext(retry.Policy(5*time.Second), ctx)
 	return backoff.RetryNotify(func() error {
-		states, err := l.w.partitionStates(ctx, l.all)
+		states, err := l.w.source.States(ctx, l.w.opts.Pool, l.all)
 		if err != nil {
 			return err
 		}
@@ -168,7 +168,7 @@ func (l *lane) resume(ctx context.Context) error {
 		var unknown []int
 		for _, p := range l.all {
 			if s, ok := states[p]; ok {
-				stored[p] = s.next
+				stored[p] = s.Next
 			} else {
 				unknown = append(unknown, p)
 			}
@@ -319,7 +319,7 @@ func (l *lane) outOfRange(ctx context.Context, p int) error {
 		return nil
 	}
 	reason := fmt.Sprintf("fetch position %d (stored offset %d) is past the end of the log (%d): was the topic recreated or truncated?", from, l.pos[p], next[p])
-	return l.halt(ctx, p, Halt{At: time.Now().UTC(), Reason: reason, LogStart: first[p], LogEnd: next[p]})
+	return l.halt(ctx, p, ledger.Halt{At: time.Now().UTC(), Reason: reason, LogStart: first[p], LogEnd: next[p]})
 }
 
 // take removes up to n pending records for one transaction: a run of
@@ -378,127 +378,6 @@ func (l *lane) commitKafka(final bool) {
 	l.commit.pos = maps.Clone(l.pos)
 }
 
-// process applies msgs from pos and returns the positions after them. An
-// infrastructure failure retries the whole batch; a batch that fails
-// because of a record (recordFault) is split until that record is alone,
-// and it goes to the DLQ while its neighbours apply. A panic that names its
-// record splits the batch around it at once; other record faults halve it.
-// Splits keep each partition's records in order: msgs holds a run per
-// partition, so a prefix of msgs is a prefix of every run.
-func (w *Worker) process(ctx context.Context, pos positions, msgs []kafka.Message, log *slog.Logger) (positions, error) {
-	if len(msgs) == 0 {
-		return pos, nil
-	}
-	next, err := w.applyWithRetry(ctx, pos, msgs, nil)
-	if err == nil || errors.Is(err, errFenced) || errors.Is(err, errRetriesExhausted) || ctx.Err() != nil {
-		return next, err
-	}
-	w.metrics.retries.WithLabelValues("split").Inc()
-	if len(msgs) == 1 {
-		return w.deadLetterOne(ctx, pos, msgs[0], err, log)
-	}
-	var rp *recordPanic
-	if errors.As(err, &rp) && rp.index >= 0 && rp.index < len(msgs) {
-		i := rp.index
-		for _, part := range [][]kafka.Message{msgs[:i], msgs[i : i+1]} {
-			if pos, err = w.process(ctx, pos, part, log); err != nil {
-				return pos, err
-			}
-		}
-		return w.process(ctx, pos, msgs[i+1:], log)
-	}
-	mid := len(msgs) / 2
-	if pos, err = w.process(ctx, pos, msgs[:mid], log); err != nil {
-		return pos, err
-	}
-	return w.process(ctx, pos, msgs[mid:], log)
-}
-
-// deadLetterOne sends m, a record whose batch failed because of it (cause),
-// to the DLQ. A panic is logged here with its stack, once per record, and
-// counted; if dead-lettering the record fails because of it too (a panic, a
-// value the database refuses), the record goes to the DLQ bare, without its
-// dead_lettered outcome, so the partition goes on.
-func (w *Worker) deadLetterOne(ctx context.Context, pos positions, m kafka.Message, cause error, log *slog.Logger) (positions, error) {
-	dl := &deadLetter{reason: reasonApplyFailed, detail: publicDetail(cause)}
-	var rp *recordPanic
-	if errors.As(cause, &rp) {
-		dl = &deadLetter{reason: reasonInternalError, detail: "txpipe failed on this record (a bug, not the sender's fault); the worker's log has the stack"}
-		w.metrics.panics.Inc()
-		log.Error("record made the worker panic; sending it to the DLQ", "partition", m.Partition, "offset", m.Offset,
-			"panic", fmt.Sprint(rp.value), "stack", string(rp.stack))
-	} else {
-		log.Error("record cannot be applied; sending it to the DLQ", "partition", m.Partition, "offset", m.Offset, "err", cause)
-	}
-	msgs := []kafka.Message{m}
-	next, err := w.applyWithRetry(ctx, pos, msgs, dl)
-	if recordFault(err) {
-		// Its dead_lettered row or event is what fails (a panic, or a
-		// value the database refuses): the record alone still goes.
-		if errors.As(err, &rp) {
-			log.Error("dead-lettering the record panicked; sending it to the DLQ bare", "partition", m.Partition, "offset", m.Offset,
-				"panic", fmt.Sprint(rp.value), "stack", string(rp.stack))
-		} else {
-			log.Error("dead-lettering the record failed; sending it to the DLQ bare", "partition", m.Partition, "offset", m.Offset, "err", err)
-		}
-		dl.bare = true
-		next, err = w.applyWithRetry(ctx, pos, msgs, dl)
-	}
-	return next, err
-}
-
-// errRetriesExhausted ends one round of retries of an infrastructure
-// failure; the lane then starts over from the stored offsets, so a
-// PostgreSQL outage never sends good records to the DLQ.
-var errRetriesExhausted = errors.New("transient failures: retries exhausted")
-
-// applyWithRetry runs one batch transaction, retrying infrastructure
-// failures up to 10 times (100 ms doubling to 5 s, about 30 s in all).
-func (w *Worker) applyWithRetry(ctx context.Context, pos positions, msgs []kafka.Message, dl *deadLetter) (positions, error) {
-	bo := backoff.WithContext(backoff.WithMaxRetries(retry.Policy(5*time.Second), 10), ctx)
-	var next positions
-	var lastErr error
-	parts := batchPartitions(msgs)
-	err := backoff.RetryNotify(func() error {
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attemptTimeout)
-		defer cancel()
-		n, err := w.applyBatch(actx, pos, msgs, dl)
-		if err == nil {
-			next = n
-			return nil
-		}
-		lastErr = err
-		if errors.Is(err, errFenced) || recordFault(err) {
-			return backoff.Permanent(err)
-		}
-		return err
-	}, bo, func(err error, d time.Duration) {
-		w.metrics.retries.WithLabelValues("transient").Inc()
-		w.setStuck(parts, err)
-		w.opts.Log.Warn("batch failed, will retry", "partitions", fmt.Sprint(parts), "records", len(msgs), "err", err, "retry_in", d)
-	})
-	if err == nil {
-		return next, nil
-	}
-	if ctx.Err() != nil {
-		return pos, ctx.Err()
-	}
-	if errors.Is(lastErr, errFenced) || recordFault(lastErr) {
-		return pos, lastErr
-	}
-	return pos, fmt.Errorf("%w: %w", errRetriesExhausted, lastErr)
-}
-
-// batchPartitions lists the partitions msgs come from, in order.
-func batchPartitions(msgs []kafka.Message) []int {
-	var parts []int
-	for _, m := range msgs {
-		parts = append(parts, m.Partition)
-	}
-	slices.Sort(parts)
-	return slices.Compact(parts)
-}
-
 // advanceOverMarkers stores, for partitions with nothing pending, a fetch
 // position that moved past offsets holding no record to apply (transaction
 // markers, aborted records, offsets gone from the log): else a log that ends
@@ -516,74 +395,9 @@ func (l *lane) advanceOverMarkers(ctx context.Context) error {
 	if len(to) == 0 {
 		return nil
 	}
-	if err := l.w.advanceOffsets(ctx, from, to); err != nil {
+	if err := l.w.source.Advance(ctx, l.w.opts.Pool, from, to); err != nil {
 		return err
 	}
 	maps.Copy(l.pos, to)
 	return nil
-}
-
-// advanceOffsets moves the stored offsets of the partitions of to from
-// from, in one transaction that changes nothing unless every one of them is
-// still at from (errFenced). It locks the rows as a batch does: created at
-// from if missing, then in partition order.
-func (w *Worker) advanceOffsets(ctx context.Context, from, to positions) error {
-	parts, olds := offsetColumns(from)
-	_, news := offsetColumns(to)
-	return pgx.BeginFunc(ctx, w.opts.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
-			SELECT $1, $2, p, o FROM unnest($3::int4[], $4::int8[]) AS u (p, o) ORDER BY p
-			ON CONFLICT DO NOTHING`, w.opts.GroupID, w.opts.CommandsTopic, parts, olds); err != nil {
-			return fmt.Errorf("advance stored offsets: %w", err)
-		}
-		rows, err := tx.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
-			WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[]) AND halted_at IS NULL
-			ORDER BY partition FOR UPDATE`, w.opts.GroupID, w.opts.CommandsTopic, parts)
-		if err != nil {
-			return fmt.Errorf("advance stored offsets: %w", err)
-		}
-		stored := positions{}
-		if err := scanPositions(rows, stored); err != nil {
-			return fmt.Errorf("advance stored offsets: %w", err)
-		}
-		for p, want := range from {
-			if got, ok := stored[p]; !ok || got != want {
-				return fmt.Errorf("%w (partition %d: stored %d, expected %d)", errFenced, p, got, want)
-			}
-		}
-		_, err = tx.Exec(ctx, `UPDATE consumer_offsets AS c SET next_offset = u.o, updated_at = now()
-			FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
-			WHERE c.group_id = $1 AND c.topic = $2 AND c.partition = u.p`, w.opts.GroupID, w.opts.CommandsTopic, parts, news)
-		if err != nil {
-			return fmt.Errorf("advance stored offsets: %w", err)
-		}
-		return nil
-	})
-}
-
-// storedOffsets reads the offsets stored in PostgreSQL for parts; a
-// partition never applied has none.
-func (w *Worker) storedOffsets(ctx context.Context, parts []int) (positions, error) {
-	rows, err := w.opts.Pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
-		WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])`,
-		w.opts.GroupID, w.opts.CommandsTopic, parts)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	stored := positions{}
-	return stored, scanPositions(rows, stored)
-}
-
-// scanPositions reads (partition, next_offset) rows into into.
-func scanPositions(rows pgx.Rows, into positions) error {
-	for rows.Next() {
-		var p int32
-		var o int64
-		if err := rows.Scan(&p, &o); err != nil {
-			return err
-		}
-		into[int(p)] = o
-	}
-	return rows.Err()
 }

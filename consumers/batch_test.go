@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/pgtest"
 	"github.com/txpipe/txpipe/internal/sealingtest"
@@ -242,8 +243,8 @@ func TestApplyBatchFencesStalePosition(t *testing.T) {
 	// A zombie that still believes the partition is at offset 1 replays
 	// offset 1 and a new record: it must commit nothing.
 	_, err := w.applyBatch(ctx, at(1), records(1, deposit(2, "alice", 10), deposit(3, "alice", 7)), nil)
-	if !errors.Is(err, errFenced) {
-		t.Fatalf("applyBatch(stale position) error = %v, want errFenced", err)
+	if !errors.Is(err, ledger.ErrFenced) {
+		t.Fatalf("applyBatch(stale position) error = %v, want ledger.ErrFenced", err)
 	}
 	if got := balances(t, db)["alice"]; got != 10 {
 		t.Errorf("alice balance = %d after a fenced batch, want 10", got)
@@ -480,8 +481,8 @@ func TestBatchAcrossPartitions(t *testing.T) {
 
 	// Partition 2 is where this worker thinks; partition 1 is stale.
 	stale := append(onPartition(1, records(7, deposit(6, "alice", 1))), onPartition(2, records(43, deposit(7, "bob", 1)))...)
-	if _, err := w.applyBatch(ctx, positions{1: 7, 2: 43}, stale, nil); !errors.Is(err, errFenced) {
-		t.Fatalf("applyBatch(stale partition 1) error = %v, want errFenced", err)
+	if _, err := w.applyBatch(ctx, positions{1: 7, 2: 43}, stale, nil); !errors.Is(err, ledger.ErrFenced) {
+		t.Fatalf("applyBatch(stale partition 1) error = %v, want ledger.ErrFenced", err)
 	}
 	if _, seen := outcomes(t, db)[id(7)]; seen {
 		t.Error("a fenced batch committed partition 2's record")
@@ -610,7 +611,7 @@ func TestHostileRecordsEndAsOutcomesOrDeadLetters(t *testing.T) {
 func TestProcessDeadLettersARecordItPanicsOn(t *testing.T) {
 	db := pgtest.New(t)
 	w := newTestWorker(t, db)
-	w.opts.Keyring = nil
+	w.decider.keyring = nil
 	ctx := context.Background()
 	withMetadata := fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"bob","currency":"EUR","metadata":{"k":"v"}}`, id(2))
 	msgs := records(0, open(1, "alice"), withMetadata, deposit(3, "alice", 10))
@@ -649,11 +650,11 @@ func TestApplyBatchFencesAHaltedPartition(t *testing.T) {
 	if _, err := db.Pool.Exec(ctx, `UPDATE consumer_offsets SET halted_at = now(), halt_reason = 'test' WHERE partition = $1`, partition); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.applyBatch(ctx, at(1), records(1, deposit(2, "alice", 10)), nil); !errors.Is(err, errFenced) {
-		t.Fatalf("applyBatch(halted partition) error = %v, want errFenced", err)
+	if _, err := w.applyBatch(ctx, at(1), records(1, deposit(2, "alice", 10)), nil); !errors.Is(err, ledger.ErrFenced) {
+		t.Fatalf("applyBatch(halted partition) error = %v, want ledger.ErrFenced", err)
 	}
-	if err := w.advanceOffsets(ctx, at(1), at(5)); !errors.Is(err, errFenced) {
-		t.Fatalf("advanceOffsets(halted partition) error = %v, want errFenced", err)
+	if err := w.source.Advance(ctx, w.opts.Pool, at(1), at(5)); !errors.Is(err, ledger.ErrFenced) {
+		t.Fatalf("advanceOffsets(halted partition) error = %v, want ledger.ErrFenced", err)
 	}
 	if got, off := balances(t, db)["alice"], storedOffset(t, db); got != 0 || off != 1 {
 		t.Errorf("after fenced batches on a halted partition: balance %d, stored offset %d; want 0 and 1", got, off)
