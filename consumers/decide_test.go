@@ -1,0 +1,272 @@
+package consumers
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/consumers/ledger"
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/sealing"
+)
+
+// These tests run the decision step alone: records and loaded state in,
+// rows and messages out. No PostgreSQL, no Kafka.
+
+// decideBatch decides values as consecutive records of partition 1 keyed
+// by key, against st.
+func decideBatch(t *testing.T, d decider, st *ledger.State, key string, dl *deadLetter, values ...string) *verdict {
+	t.Helper()
+	msgs := make([]kafka.Message, len(values))
+	for i, v := range values {
+		msgs[i] = kafka.Message{Topic: "commands", Partition: 1, Offset: int64(10 + i), Key: []byte(key), Value: []byte(v), Time: fuzzNow.Add(-time.Second)}
+	}
+	in, err := readBatch(msgs, dl)
+	if err != nil {
+		t.Fatalf("readBatch() error = %v", err)
+	}
+	v, err := d.decide(in, st)
+	if err != nil {
+		t.Fatalf("decide() error = %v", err)
+	}
+	return v
+}
+
+// summary is what a verdict writes, by id, for comparing.
+type summary struct {
+	Opened, Changed, Created, Updated []string
+	Decisions                         []string // command_id status reason
+	Entries                           []string // account version amount balance
+	DeadLettered                      []string // command_id reason
+	Messages                          []string // topic key event_type (or dlq_reason)
+	Counts                            map[string]int
+}
+
+func summarize(v *verdict) summary {
+	var s summary
+	ids := func(as []*domain.Account) (out []string) {
+		for _, a := range as {
+			out = append(out, a.ID)
+		}
+		return out
+	}
+	tids := func(ts []*domain.Transfer) (out []string) {
+		for _, t := range ts {
+			out = append(out, t.ID)
+		}
+		return out
+	}
+	w := v.writes
+	s.Opened, s.Changed, s.Created, s.Updated = ids(w.Opened), ids(w.Changed), tids(w.Created), tids(w.Updated)
+	for _, d := range w.Decisions {
+		s.Decisions = append(s.Decisions, strings.TrimSpace(fmt.Sprint(d.Command.CommandID, " ", d.Result.Status, " ", d.Result.Reason)))
+	}
+	for _, e := range w.Entries {
+		s.Entries = append(s.Entries, fmt.Sprint(e.Posting.AccountID, " v", e.Posting.AccountVersion, " ", e.Posting.Amount, " =", e.Posting.BalanceAfter))
+	}
+	for _, d := range w.DeadLettered {
+		s.DeadLettered = append(s.DeadLettered, d.Identity.CommandID+" "+d.Reason)
+	}
+	for _, m := range w.Outbox {
+		what := m.Headers["event_type"]
+		if m.Topic == "dlq" {
+			what = m.Headers[HeaderDLQReason]
+		}
+		s.Messages = append(s.Messages, m.Topic+" "+string(m.Key)+" "+what)
+	}
+	s.Counts = map[string]int{}
+	for k, n := range v.counts {
+		s.Counts[strings.TrimSuffix(k.outcome+" "+k.reason, " ")] = n
+	}
+	return s
+}
+
+func TestDecide(t *testing.T) {
+	cmd := func(n int, body string) string { return fmt.Sprintf(`{"command_id":%q,%s}`, id(n), body) }
+	tests := []struct {
+		name   string
+		key    string
+		dl     *deadLetter
+		values []string
+		want   summary
+	}{{
+		name:   "a transfer posts two entries and announces each",
+		key:    "alice",
+		values: []string{transfer(1, "alice", "bob", 30)},
+		want: summary{
+			Changed:   []string{"alice", "bob"},
+			Created:   []string{id(1)},
+			Decisions: []string{id(1) + " applied"},
+			Entries:   []string{"alice v4 -30 =970", "bob v3 30 =230"},
+			Messages:  []string{"events alice transfer.applied", "postings alice posting.created", "postings bob posting.created"},
+			Counts:    map[string]int{"applied": 1},
+		},
+	}, {
+		name:   "each command sees the ones before it in the batch",
+		key:    "bob",
+		values: []string{transfer(1, "bob", "alice", 150), transfer(2, "bob", "alice", 100)},
+		want: summary{
+			Changed:   []string{"alice", "bob"},
+			Created:   []string{id(1)},
+			Decisions: []string{id(1) + " applied", id(2) + " rejected insufficient_funds"},
+			Entries:   []string{"bob v3 -150 =50", "alice v4 150 =1150"},
+			Messages: []string{"events bob transfer.applied", "postings bob posting.created", "postings alice posting.created",
+				"events bob transfer.rejected"},
+			Counts: map[string]int{"applied": 1, "rejected insufficient_funds": 1},
+		},
+	}, {
+		name:   "a capture updates the hold it loaded",
+		key:    "alice",
+		values: []string{cmd(1, `"type":"capture","account_id":"alice","hold_id":"`+fuzzHold+`","amount":60`)},
+		want: summary{
+			Changed:   []string{"alice", "bob"},
+			Updated:   []string{fuzzHold},
+			Decisions: []string{id(1) + " applied"},
+			Entries:   []string{"alice v4 -60 =940", "bob v3 60 =260"},
+			Messages:  []string{"events alice capture.applied", "postings alice posting.created", "postings bob posting.created"},
+			Counts:    map[string]int{"applied": 1},
+		},
+	}, {
+		name:   "a command decided before has no effect",
+		key:    "bob",
+		values: []string{transfer(1, "bob", "alice", 5), transfer(1, "bob", "alice", 5)},
+		want: summary{
+			Changed:   []string{"alice", "bob"},
+			Created:   []string{id(1)},
+			Decisions: []string{id(1) + " applied"},
+			Entries:   []string{"bob v3 -5 =195", "alice v4 5 =1005"},
+			Messages:  []string{"events bob transfer.applied", "postings bob posting.created", "postings alice posting.created"},
+			Counts:    map[string]int{"applied": 1, "duplicate": 1},
+		},
+	}, {
+		name:   "other content under a decided id is a conflict, announced but not stored",
+		key:    "bob",
+		values: []string{fmt.Sprintf(`{"command_id":%q,"type":"freeze_account","account_id":"bob"}`, fuzzPrior)},
+		want: summary{
+			Messages: []string{"events bob freeze_account.rejected"},
+			Counts:   map[string]int{"rejected idempotency_conflict": 1},
+		},
+	}, {
+		name:   "a record that is no command goes to the DLQ, with an outcome when its id can be read",
+		key:    "alice",
+		values: []string{"not json", cmd(2, `"type":"transfer","from_account_id":"alice"`)},
+		want: summary{
+			DeadLettered: []string{id(2) + " invalid_command"},
+			Messages:     []string{"dlq alice malformed", "dlq alice invalid_command", "events alice command.dead_lettered"},
+			Counts:       map[string]int{"dlq malformed": 1, "dlq invalid_command": 1},
+		},
+	}, {
+		name:   "a dead-lettered record under a decided id leaves that decision alone",
+		key:    "alice",
+		values: []string{fmt.Sprintf(`{"command_id":%q,"type":"transfer"}`, fuzzPrior)},
+		want: summary{
+			Messages: []string{"dlq alice invalid_command"},
+			Counts:   map[string]int{"dlq invalid_command": 1},
+		},
+	}, {
+		name:   "a batch sent to the DLQ whole decides nothing",
+		key:    "alice",
+		dl:     &deadLetter{reason: reasonApplyFailed, detail: "boom"},
+		values: []string{transfer(1, "alice", "bob", 1)},
+		want: summary{
+			DeadLettered: []string{id(1) + " apply_failed"},
+			Messages:     []string{"dlq alice apply_failed", "events alice command.dead_lettered"},
+			Counts:       map[string]int{"dlq apply_failed": 1},
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := summarize(decideBatch(t, testDecider(t), fuzzState(), tt.key, tt.dl, tt.values...))
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("decide() (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestDecideSealsMetadata: an account's metadata is stored and published
+// only sealed, and the row and the event carry the same ciphertext.
+func TestDecideSealsMetadata(t *testing.T) {
+	open := `{"command_id":"` + id(1) + `","type":"open_account","account_id":"dave","currency":"EUR","metadata":{"secret":"s3cr3t"}}`
+	d := testDecider(t)
+	v := decideBatch(t, d, fuzzState(), "dave", nil, open)
+	if got := summarize(v).Opened; !slices.Equal(got, []string{"dave"}) {
+		t.Fatalf("opened = %v, want [dave]", got)
+	}
+	sealed, ok := v.writes.Sealed["dave"]
+	if !ok || sealed.KeyID == "" || len(sealed.Ciphertext) == 0 {
+		t.Fatalf("sealed metadata of dave = %+v, %v; want a key id and a ciphertext", sealed, ok)
+	}
+	for _, m := range v.writes.Outbox {
+		if bytes.Contains(m.Value, []byte("s3cr3t")) {
+			t.Fatalf("%s message carries the metadata in plaintext: %s", m.Topic, m.Value)
+		}
+	}
+	if ct := base64.StdEncoding.EncodeToString(sealed.Ciphertext); !bytes.Contains(v.writes.Outbox[0].Value, []byte(ct)) {
+		t.Errorf("outcome event %s does not carry the row's ciphertext %s", v.writes.Outbox[0].Value, ct)
+	}
+	plain, err := d.keyring.Open(sealed.KeyID, sealed.Ciphertext, sealing.MetadataAAD("dave"))
+	if err != nil || !bytes.Contains(plain, []byte("s3cr3t")) {
+		t.Errorf("opened metadata = %s, %v; want the command's", plain, err)
+	}
+}
+
+// TestDecideCountsWhatTheRecordsCameWith: a record keyed by another
+// account than its debit account is applied and counted as misrouted; one
+// replayed from the DLQ is counted as replayed; a key id the record
+// carries is stored with its decision and entries, and a header that is no
+// key id is ignored.
+func TestDecideCountsWhatTheRecordsCameWith(t *testing.T) {
+	const keyID = "0123456789abcdef"
+	msgs := []kafka.Message{
+		{Partition: 1, Offset: 1, Key: []byte("bob"), Value: []byte(transfer(1, "alice", "bob", 1)),
+			Headers: []kafka.Header{{Key: domain.SubmittedByHeader, Value: []byte(keyID)}}},
+		{Partition: 1, Offset: 2, Key: []byte("alice"), Value: []byte(transfer(2, "alice", "bob", 1)),
+			Headers: []kafka.Header{{Key: HeaderReplayedFrom, Value: []byte("0@7")}, {Key: domain.SubmittedByHeader, Value: []byte("not a key id")}}},
+	}
+	in, err := readBatch(msgs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := testDecider(t).decide(in, fuzzState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.misrouted != 1 {
+		t.Errorf("misrouted = %d, want 1", v.misrouted)
+	}
+	if v.replayed["applied"] != 1 {
+		t.Errorf("replayed = %v, want one applied", v.replayed)
+	}
+	if by := []string{v.writes.Decisions[0].SubmittedBy, v.writes.Decisions[1].SubmittedBy}; !slices.Equal(by, []string{keyID, ""}) {
+		t.Errorf("decisions submitted by %q, want %q and none", by, keyID)
+	}
+	if by := v.writes.Entries[0].SubmittedBy; by != keyID {
+		t.Errorf("entry submitted by %q, want %q", by, keyID)
+	}
+}
+
+// TestDecidePanicNamesItsRecord: a panic while deciding a record stops the
+// batch with a *recordPanic naming that record, so the batch can be split
+// around it.
+func TestDecidePanicNamesItsRecord(t *testing.T) {
+	d := testDecider(t)
+	d.keyring = nil // sealing metadata panics
+	withMetadata := `{"command_id":"` + id(2) + `","type":"open_account","account_id":"dave","currency":"EUR","metadata":{"k":1}}`
+	in, err := readBatch([]kafka.Message{{Value: []byte(open(1, "erin"))}, {Value: []byte(withMetadata)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.decide(in, fuzzState())
+	rp, ok := err.(*recordPanic)
+	if !ok || rp.index != 1 {
+		t.Fatalf("decide() error = %v, want a *recordPanic at index 1", err)
+	}
+}
