@@ -86,67 +86,82 @@ func (w *Worker) runLane(ctx context.Context, gen *kafka.Generation, parts []int
 	}
 	l.log.Info("partitions started", "offsets", fmt.Sprint(l.pos))
 	defer l.commitKafka(true)
+	l.run(ctx)
+}
+
+// run is the lane's loop: check the partitions' rows and logs, fetch,
+// apply a batch (or, with nothing to apply, store positions moved past
+// transaction markers), and start over from the stored offsets when that
+// fails.
+func (l *lane) run(ctx context.Context) {
 	restart := retry.Policy(5 * time.Second) // paces start-overs after failed rounds
 	fetchBackoff := retry.Policy(5 * time.Second)
 	for ctx.Err() == nil {
 		l.guard(ctx)
 		if err := l.guardedFill(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
+			if ctx.Err() == nil {
+				l.fetchFailed(ctx, err, fetchBackoff.NextBackOff())
 			}
-			d := fetchBackoff.NextBackOff()
-			w.setStuck(l.parts, err)
-			for _, p := range l.parts {
-				l.retryAt[p] = time.Now().Add(d)
-			}
-			l.distrust()
-			l.log.Warn("fetch failed, will retry", "err", err, "retry_in", d)
-			retry.Sleep(ctx, d)
 			continue
 		}
 		l.distrust()
 		fetchBackoff.Reset()
-		msgs := l.take(w.opts.BatchSize)
-		if len(msgs) == 0 {
-			if err := l.advanceOverMarkers(ctx); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				l.log.Warn("storing offsets past transaction markers failed; re-reading the stored offsets", "err", err)
-				retry.Sleep(ctx, restart.NextBackOff())
-				if err := l.resume(ctx); err != nil {
-					return
-				}
-				continue
-			}
-			w.setStuck(l.healthy(), nil)
-			continue
+		var err error
+		if msgs := l.take(l.w.opts.BatchSize); len(msgs) > 0 {
+			err = l.apply(ctx, msgs)
+		} else {
+			err = l.advanceOverMarkers(ctx)
 		}
-		next, err := w.process(ctx, l.pos, msgs, l.log)
 		switch {
 		case err == nil:
-			l.advance(next)
-			l.remember(msgs)
-			w.setStuck(l.healthy(), nil)
+			l.w.setStuck(l.healthy(), nil)
 			restart.Reset()
-			l.commitKafka(false)
 		case ctx.Err() != nil:
 			return
-		default:
-			// Fenced, or retries exhausted: PostgreSQL decides where we are.
-			w.setStuck(l.parts, err)
-			if errors.Is(err, ledger.ErrFenced) {
-				w.metrics.retries.WithLabelValues("fenced").Inc()
-				l.log.Warn("stored offset moved under this worker; re-reading it", "err", err)
-			} else {
-				l.log.Error("batch keeps failing; re-reading the stored offsets and starting over", "err", err)
-				retry.Sleep(ctx, restart.NextBackOff())
-			}
-			if err := l.resume(ctx); err != nil {
-				return
-			}
+		case !l.startOver(ctx, err, restart):
+			return
 		}
 	}
+}
+
+// fetchFailed leaves every partition out for d after a fetch no broker
+// answered, and waits.
+func (l *lane) fetchFailed(ctx context.Context, err error, d time.Duration) {
+	l.w.setStuck(l.parts, err)
+	for _, p := range l.parts {
+		l.retryAt[p] = time.Now().Add(d)
+	}
+	l.distrust()
+	l.log.Warn("fetch failed, will retry", "err", err, "retry_in", d)
+	retry.Sleep(ctx, d)
+}
+
+// apply applies msgs (process) and moves the lane past them.
+func (l *lane) apply(ctx context.Context, msgs []kafka.Message) error {
+	next, err := l.w.process(ctx, l.pos, msgs, l.log)
+	if err != nil {
+		return err
+	}
+	l.advance(next)
+	l.remember(msgs)
+	l.commitKafka(false)
+	return nil
+}
+
+// startOver follows a round that failed, fenced or out of retries:
+// PostgreSQL decides where the lane stands, so it re-reads the stored
+// offsets, at once when another worker moved them, after a backoff
+// otherwise. It returns false when the generation ended meanwhile.
+func (l *lane) startOver(ctx context.Context, err error, restart backoff.BackOff) bool {
+	l.w.setStuck(l.parts, err)
+	if errors.Is(err, ledger.ErrFenced) {
+		l.w.metrics.retries.WithLabelValues("fenced").Inc()
+		l.log.Warn("stored offset moved under this worker; re-reading it", "err", err)
+	} else {
+		l.log.Error("writes keep failing; re-reading the stored offsets and starting over", "err", err)
+		retry.Sleep(ctx, restart.NextBackOff())
+	}
+	return l.resume(ctx) == nil
 }
 
 // resume sets every partition's position to the offset stored in
@@ -212,21 +227,7 @@ func (l *lane) healthy() []int {
 func (l *lane) fill(ctx context.Context) error {
 	size, linger := l.w.opts.BatchSize, l.w.opts.BatchLinger
 	now := time.Now()
-	n := 0
-	want := positions{}
-	wake := now.Add(idleWait)
-	for _, p := range l.parts {
-		n += len(l.pending[p])
-		if at, bad := l.retryAt[p]; bad && now.Before(at) {
-			if at.Before(wake) {
-				wake = at
-			}
-			continue
-		}
-		if len(l.pending[p]) < size {
-			want[p] = l.fetchPos[p]
-		}
-	}
+	n, want, wake := l.wanted(now)
 	if n >= size || (n > 0 && (len(want) == 0 || linger == 0)) {
 		return nil
 	}
@@ -245,6 +246,34 @@ func (l *lane) fill(ctx context.Context) error {
 	if err != nil {
 		l.log.Warn("fetch from a broker failed; the other partitions go on", "err", err)
 	}
+	l.keep(got)
+	l.fetchErrors(ctx, want, got, err, now)
+	return nil
+}
+
+// wanted counts the records pending, and lists the partitions to fetch
+// (those with less than a batch pending and not waiting to retry) and when
+// the first of those waiting may retry.
+func (l *lane) wanted(now time.Time) (n int, want positions, wake time.Time) {
+	want, wake = positions{}, now.Add(idleWait)
+	for _, p := range l.parts {
+		n += len(l.pending[p])
+		if at, bad := l.retryAt[p]; bad && now.Before(at) {
+			if at.Before(wake) {
+				wake = at
+			}
+			continue
+		}
+		if len(l.pending[p]) < l.w.opts.BatchSize {
+			want[p] = l.fetchPos[p]
+		}
+	}
+	return n, want, wake
+}
+
+// keep adds what a fetch returned to the pending records, and sets the
+// lag of the partitions it answered for.
+func (l *lane) keep(got kafkafetch.Result) {
 	for p, next := range got.Next {
 		// The fetch steps over transaction markers and aborted records, so
 		// next may be past the last record returned, or move with none.
@@ -267,6 +296,12 @@ func (l *lane) fill(ctx context.Context) error {
 			delete(l.retryAt, p)
 		}
 	}
+}
+
+// fetchErrors leaves out, for partitionRetry, each partition of want the
+// fetch failed for (err: the fetch's own error, when some broker did not
+// answer), and handles a position out of the log's range.
+func (l *lane) fetchErrors(ctx context.Context, want positions, got kafkafetch.Result, err error, now time.Time) {
 	for p := range want {
 		perr := got.Errs[p]
 		if errors.Is(perr, kafka.OffsetOutOfRange) {
@@ -284,7 +319,6 @@ func (l *lane) fill(ctx context.Context) error {
 		l.retryAt[p] = now.Add(partitionRetry)
 		l.w.setStuck([]int{p}, fmt.Errorf("fetch: %w", perr))
 	}
-	return nil
 }
 
 // guardedFill is fill with a panic (a record batch that kafka-go's decoder
@@ -396,7 +430,7 @@ func (l *lane) advanceOverMarkers(ctx context.Context) error {
 		return nil
 	}
 	if err := l.w.source.Advance(ctx, l.w.opts.Pool, from, to); err != nil {
-		return err
+		return fmt.Errorf("store offsets past transaction markers: %w", err)
 	}
 	maps.Copy(l.pos, to)
 	return nil

@@ -20,7 +20,9 @@
 package outbox
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -97,4 +99,16 @@ func Queue(b *pgx.Batch, msgs []Message) {
 	}
 	b.Queue(insertSQL, topics, keys, values, headers, accepted)
 	b.Queue(notifySQL, NotifyChannel, NotifyQueueMaxUsage)
+}
+
+// Unpublished counts the outbox rows no relay has published yet, in q's
+// snapshot (an auditor's REPEATABLE READ transaction, say).
+func Unpublished(ctx context.Context, q interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}) (int64, error) {
+	var n int64
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count outbox rows: %w", err)
+	}
+	return n, nil
 }

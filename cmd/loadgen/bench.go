@@ -14,9 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
 )
@@ -350,8 +350,7 @@ func throughput(ctx context.Context, o benchOptions, client *kafka.Client, name 
 		// The stored offsets say how many records the workers applied;
 		// that table has a row per partition, so polling it costs nothing.
 		for {
-			var c int64
-			if err := s.pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets`).Scan(&c); err != nil || c >= int64(n) {
+			if c, err := ledger.AppliedTotal(ctx, s.pool); err != nil || c >= int64(n) {
 				applied <- time.Since(start).Seconds()
 				return
 			}
@@ -409,69 +408,13 @@ func pgCeiling(ctx context.Context, o benchOptions, client *kafka.Client, n int,
 	}
 	defer s.close(context.WithoutCancel(ctx), client)
 	cmds := wl.transfers(n)
-	// Entries continue each account's statement: its version and balance
-	// as the preload left them.
-	version := make(map[string]int64)
-	balance := make(map[string]int64)
-	rows, err := s.pool.Query(ctx, `SELECT account_id, version, balance FROM accounts WHERE NOT external`)
+	bulk, err := ledger.NewBulk(ctx, s.pool)
 	if err != nil {
-		return result{}, fmt.Errorf("read accounts: %w", err)
-	}
-	for rows.Next() {
-		var id string
-		var v, b int64
-		if err := rows.Scan(&id, &v, &b); err != nil {
-			rows.Close()
-			return result{}, err
-		}
-		version[id], balance[id] = v, b
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return result{}, err
 	}
 	start := time.Now()
 	for i := 0; i < n; i += 1000 {
-		chunk := cmds[i:min(i+1000, n)]
-		now := time.Now()
-		var entries [][]any
-		delta := make(map[string]int64)
-		ids, froms, tos := make([]string, len(chunk)), make([]string, len(chunk)), make([]string, len(chunk))
-		amounts := make([]int64, len(chunk))
-		for j, c := range chunk {
-			ids[j], froms[j], tos[j], amounts[j] = c.CommandID, c.FromAccountID, c.ToAccountID, c.Amount
-			for _, leg := range []struct {
-				acct string
-				amt  int64
-			}{{c.FromAccountID, -c.Amount}, {c.ToAccountID, c.Amount}} {
-				version[leg.acct]++
-				balance[leg.acct] += leg.amt
-				delta[leg.acct] += leg.amt
-				entries = append(entries, []any{leg.acct, version[leg.acct], c.CommandID, "transfer", "EUR", leg.amt, balance[leg.acct], now})
-			}
-		}
-		accts, deltas, versions := make([]string, 0, len(delta)), make([]int64, 0, len(delta)), make([]int64, 0, len(delta))
-		for a, d := range delta {
-			accts, deltas, versions = append(accts, a), append(deltas, d), append(versions, version[a])
-		}
-		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			b := &pgx.Batch{}
-			b.Queue(`UPDATE accounts a SET balance = a.balance + u.d, version = u.v, updated_at = now()
-				FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u (id, d, v) WHERE a.account_id = u.id`, accts, deltas, versions)
-			b.Queue(`INSERT INTO transfers (transfer_id, kind, from_account_id, to_account_id, currency, amount, status, created_at, updated_at)
-				SELECT id::uuid, 'transfer', f, t, 'EUR', a, 'posted', now(), now() FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[]) AS u (id, f, t, a)`,
-				ids, froms, tos, amounts)
-			b.Queue(`INSERT INTO processed_commands (command_id, type, fingerprint, status, debit_account_id, processed_at, source_partition, source_offset)
-				SELECT id::uuid, 'transfer', '\x00', 'applied', f, now(), 0, 0 FROM unnest($1::text[], $2::text[]) AS u (id, f)`, ids, froms)
-			if err := tx.SendBatch(ctx, b).Close(); err != nil {
-				return err
-			}
-			_, err := tx.CopyFrom(ctx, pgx.Identifier{"entries"},
-				[]string{"account_id", "account_version", "command_id", "command_type", "currency", "amount", "balance_after", "created_at"},
-				pgx.CopyFromRows(entries))
-			return err
-		})
-		if err != nil {
+		if err := bulk.Post(ctx, s.pool, cmds[i:min(i+1000, n)]); err != nil {
 			return result{}, fmt.Errorf("write chunk: %w", err)
 		}
 	}

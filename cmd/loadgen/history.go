@@ -8,6 +8,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
 )
 
@@ -42,7 +43,7 @@ type history struct {
 	// Transfers of the current chunk: rows are written with their final
 	// state when the chunk ends, and never change after it (holds and
 	// reversals name only transfers of their own chunk).
-	transfers map[string]*transferRow
+	transfers map[string]*ledger.HistoryTransfer
 	pending   []string // holds of this chunk still pending
 	recent    []string // transfers of this chunk that a reversal may name
 }
@@ -80,7 +81,7 @@ func (s preloadSpec) minCommands() int { return 2 * (s.accounts + s.usdAccounts(
 func newHistory(spec preloadSpec, by string) *history {
 	total := max(spec.commands, spec.minCommands())
 	h := &history{spec: spec, by: by, rng: rand.New(rand.NewPCG(spec.seed, 11)), book: domain.NewBook(), total: total,
-		usd: spec.usdAccounts(), created: map[string]time.Time{}, updated: map[string]time.Time{}, transfers: map[string]*transferRow{}}
+		usd: spec.usdAccounts(), created: map[string]time.Time{}, updated: map[string]time.Time{}, transfers: map[string]*ledger.HistoryTransfer{}}
 	h.start = spec.end.Add(-spec.span)
 	h.step = spec.span / time.Duration(total)
 	return h
@@ -145,19 +146,19 @@ func (h *history) next() (domain.Command, time.Time) {
 		hold := h.transfers[h.pending[k]]
 		h.pending[k] = h.pending[len(h.pending)-1]
 		h.pending = h.pending[:len(h.pending)-1]
-		c := domain.Command{CommandID: id, Type: domain.TypeRelease, AccountID: hold.from, HoldID: hold.id}
+		c := domain.Command{CommandID: id, Type: domain.TypeRelease, AccountID: hold.From, HoldID: hold.ID}
 		if h.rng.IntN(3) > 0 {
 			c.Type = domain.TypeCapture
 			if h.rng.IntN(2) == 0 {
-				c.Amount = 1 + h.rng.Int64N(hold.amount)
+				c.Amount = 1 + h.rng.Int64N(hold.Amount)
 			}
 		}
 		return c, at
 	case r < 13 && len(h.recent) > 0:
 		t := h.transfers[h.recent[h.rng.IntN(len(h.recent))]]
-		c := domain.Command{CommandID: id, Type: domain.TypeReverse, AccountID: t.from, TransferID: t.id}
+		c := domain.Command{CommandID: id, Type: domain.TypeReverse, AccountID: t.From, TransferID: t.ID}
 		if h.rng.IntN(2) == 0 {
-			c.Amount = 1 + h.rng.Int64N(t.amount) // may exceed what is left: reversal_exceeds_transfer
+			c.Amount = 1 + h.rng.Int64N(t.Amount) // may exceed what is left: reversal_exceeds_transfer
 		}
 		return c, at
 	case r < 14 && eur > 1:
@@ -192,41 +193,9 @@ func uuidAt(t time.Time, r *rand.Rand) string {
 }
 
 // Rows, as consumers/apply.go writes them.
-type (
-	accountRow struct {
-		a       *domain.Account
-		created time.Time
-	}
-	transferRow struct {
-		id, kind, from, to, currency, status string
-		amount, captured, reversed           int64
-		created, updated                     time.Time
-	}
-	entryRow struct {
-		account, commandID, commandType, currency string
-		version, amount, balanceAfter             int64
-		at                                        time.Time
-	}
-	processedRow struct {
-		id, typ, status, reason, debit string
-		fingerprint                    []byte
-		accepted, at                   time.Time
-		partition                      int
-		offset                         int64
-	}
-)
-
-// chunk is the rows of a run of consecutive commands.
-type chunk struct {
-	accounts  []accountRow
-	transfers []*transferRow
-	entries   []entryRow
-	processed []processedRow
-}
-
 // chunk decides the next n commands (fewer at the end).
-func (h *history) chunk(n int) *chunk {
-	c := &chunk{}
+func (h *history) chunk(n int) *ledger.History {
+	c := &ledger.History{}
 	for range n {
 		if h.done() {
 			break
@@ -236,12 +205,12 @@ func (h *history) chunk(n int) *chunk {
 	}
 	// The accounts opened in this chunk as they stand now: the next chunk,
 	// decided while this one is written, changes the book's.
-	for i := range c.accounts {
-		a := *c.accounts[i].a
-		c.accounts[i].a = &a
+	for i := range c.Accounts {
+		a := *c.Accounts[i].Account
+		c.Accounts[i].Account = &a
 	}
 	for _, t := range h.transfers {
-		c.transfers = append(c.transfers, t)
+		c.Transfers = append(c.Transfers, t)
 	}
 	clear(h.transfers)
 	clear(h.book.Transfers)
@@ -252,13 +221,13 @@ func (h *history) chunk(n int) *chunk {
 // decide applies cmd at time at, as a worker's batch does: the external
 // account of a deposit's or withdrawal's currency is created when first
 // needed, the rules decide, and the outcome becomes rows.
-func (h *history) decide(c *chunk, cmd domain.Command, at time.Time) {
+func (h *history) decide(c *ledger.History, cmd domain.Command, at time.Time) {
 	if cmd.Type == domain.TypeDeposit || cmd.Type == domain.TypeWithdraw {
 		ext := domain.ExternalAccountID(cmd.Currency)
 		if h.book.Accounts[ext] == nil {
 			h.book.Accounts[ext] = domain.NewExternalAccount(cmd.Currency)
 			h.created[ext], h.updated[ext] = at, at
-			c.accounts = append(c.accounts, accountRow{a: h.book.Accounts[ext], created: at})
+			c.Accounts = append(c.Accounts, ledger.HistoryAccount{Account: h.book.Accounts[ext], Created: at})
 		}
 	}
 	key := cmd.DebitAccount()
@@ -267,11 +236,11 @@ func (h *history) decide(c *chunk, cmd domain.Command, at time.Time) {
 	h.offsets[part]++
 	accepted := at.Add(-time.Duration(1+h.rng.IntN(20)) * time.Millisecond).Truncate(time.Millisecond)
 	res := h.book.Apply(cmd, at)
-	c.processed = append(c.processed, processedRow{id: cmd.CommandID, typ: string(cmd.Type), status: string(res.Status),
-		reason: string(res.Reason), debit: key, fingerprint: cmd.Fingerprint(), accepted: accepted, at: at, partition: part, offset: offset})
+	c.Decisions = append(c.Decisions, ledger.HistoryDecision{ID: cmd.CommandID, Type: string(cmd.Type), Status: string(res.Status),
+		Reason: string(res.Reason), Debit: key, Fingerprint: cmd.Fingerprint(), Accepted: accepted, At: at, Partition: part, Offset: offset})
 	if res.Opened != nil {
 		h.created[res.Opened.ID], h.updated[res.Opened.ID] = at, at
-		c.accounts = append(c.accounts, accountRow{a: res.Opened, created: at})
+		c.Accounts = append(c.Accounts, ledger.HistoryAccount{Account: res.Opened, Created: at})
 	}
 	for _, id := range res.Changed {
 		h.updated[id] = at
@@ -279,8 +248,8 @@ func (h *history) decide(c *chunk, cmd domain.Command, at time.Time) {
 	if t := res.Transfer; t != nil {
 		row := h.transfers[t.ID]
 		if row == nil {
-			row = &transferRow{id: t.ID, kind: string(t.Kind), from: t.FromAccountID, to: t.ToAccountID, currency: t.Currency,
-				amount: t.Amount, created: at}
+			row = &ledger.HistoryTransfer{ID: t.ID, Kind: string(t.Kind), From: t.FromAccountID, To: t.ToAccountID, Currency: t.Currency,
+				Amount: t.Amount, Created: at}
 			h.transfers[t.ID] = row
 			switch t.Kind {
 			case domain.KindHold:
@@ -289,11 +258,11 @@ func (h *history) decide(c *chunk, cmd domain.Command, at time.Time) {
 				h.recent = append(h.recent, t.ID)
 			}
 		}
-		row.status, row.captured, row.reversed, row.updated = string(t.Status), t.CapturedAmount, t.ReversedAmount, at
+		row.Status, row.Captured, row.Reversed, row.Updated = string(t.Status), t.CapturedAmount, t.ReversedAmount, at
 	}
 	for _, p := range res.Postings {
-		c.entries = append(c.entries, entryRow{account: p.AccountID, commandID: cmd.CommandID, commandType: string(cmd.Type),
-			currency: p.Currency, version: p.AccountVersion, amount: p.Amount, balanceAfter: p.BalanceAfter, at: at})
+		c.Entries = append(c.Entries, ledger.HistoryEntry{Account: p.AccountID, CommandID: cmd.CommandID, CommandType: string(cmd.Type),
+			Currency: p.Currency, Version: p.AccountVersion, Amount: p.Amount, BalanceAfter: p.BalanceAfter, At: at})
 	}
 }
 

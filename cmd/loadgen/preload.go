@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/migrations"
 )
@@ -39,17 +40,15 @@ const preloadChunk = 50000
 // commands are submitted by an API key named "preload" it creates. It
 // returns how many commands it stored.
 //
-// It writes with COPY, one transaction per preloadChunk commands, while
-// the next chunk is being decided. The tables' SQL otherwise belongs to
-// consumers and internal/apikey; a benchmark harness that writes a
-// worker's rows wholesale is the one exception (like pgCeiling).
+// It writes with COPY (ledger.ImportHistory), one transaction per
+// preloadChunk commands, while the next chunk is being decided.
 func preload(ctx context.Context, pool *pgxpool.Pool, spec preloadSpec, log io.Writer) (int, error) {
 	_, keyID, err := apikey.Create(ctx, pool, "preload", []string{apikey.ScopeCommandsWrite})
 	if err != nil {
 		return 0, fmt.Errorf("create the preload's API key: %w", err)
 	}
 	h := newHistory(spec, keyID)
-	chunks := make(chan *chunk, 1)
+	chunks := make(chan *ledger.History, 1)
 	gctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -66,13 +65,13 @@ func preload(ctx context.Context, pool *pgxpool.Pool, spec preloadSpec, log io.W
 	stored := 0
 	last := time.Now()
 	for c := range chunks {
-		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return copyChunk(ctx, tx, c, keyID) }); err != nil {
+		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return ledger.ImportHistory(ctx, tx, c, keyID) }); err != nil {
 			cancel()
 			for range chunks { // let the generator finish
 			}
-			return stored, fmt.Errorf("store commands %d–%d: %w", stored, stored+len(c.processed), err)
+			return stored, fmt.Errorf("store commands %d–%d: %w", stored, stored+len(c.Decisions), err)
 		}
-		stored += len(c.processed)
+		stored += len(c.Decisions)
 		if time.Since(last) > 10*time.Second {
 			fmt.Fprintf(log, "bench:   preload: %d/%d commands\n", stored, h.total)
 			last = time.Now()
@@ -80,97 +79,10 @@ func preload(ctx context.Context, pool *pgxpool.Pool, spec preloadSpec, log io.W
 	}
 	// Each account as the last command left it (they were stored as they
 	// stood at the end of the chunk that opened them).
-	if err := updateAccounts(ctx, pool, h); err != nil {
+	if err := ledger.SetAccounts(ctx, pool, h.book.Accounts, h.updated); err != nil {
 		return stored, err
 	}
 	return stored, nil
-}
-
-// copyChunk stores a chunk's rows: the accounts first (the others refer
-// to them), processed_commands in decision order, so that its seq numbers
-// them as the workers would.
-func copyChunk(ctx context.Context, tx pgx.Tx, c *chunk, by string) error {
-	steps := []struct {
-		table string
-		cols  []string
-		n     int
-		row   func(i int) ([]any, error)
-	}{
-		{"accounts", []string{"account_id", "currency", "status", "external", "balance", "held", "overdraft_limit",
-			"daily_debit_limit", "daily_debit_day", "daily_debited", "version", "created_at", "updated_at"}, len(c.accounts),
-			func(i int) ([]any, error) {
-				r := c.accounts[i]
-				a := r.a
-				return []any{a.ID, a.Currency, string(a.Status), a.External, a.Balance, a.Held, a.OverdraftLimit,
-					a.DailyDebitLimit, dateOrNil(a.DailyDebitDay), a.DailyDebited, a.Version, r.created, r.created}, nil
-			}},
-		{"transfers", []string{"transfer_id", "kind", "from_account_id", "to_account_id", "currency", "amount",
-			"captured_amount", "reversed_amount", "status", "expires_at", "created_at", "updated_at"}, len(c.transfers),
-			func(i int) ([]any, error) {
-				t := c.transfers[i]
-				return []any{t.id, t.kind, t.from, t.to, t.currency, t.amount, t.captured, t.reversed, t.status, nil, t.created, t.updated}, nil
-			}},
-		{"entries", []string{"account_id", "account_version", "command_id", "command_type", "currency", "amount",
-			"balance_after", "created_at", "submitted_by"}, len(c.entries),
-			func(i int) ([]any, error) {
-				e := c.entries[i]
-				return []any{e.account, e.version, e.commandID, e.commandType, e.currency, e.amount, e.balanceAfter, e.at, by}, nil
-			}},
-		{"processed_commands", []string{"command_id", "type", "fingerprint", "status", "reason", "debit_account_id",
-			"accepted_at", "processed_at", "source_partition", "source_offset", "submitted_by"}, len(c.processed),
-			func(i int) ([]any, error) {
-				p := c.processed[i]
-				var reason any
-				if p.reason != "" {
-					reason = p.reason
-				}
-				return []any{p.id, p.typ, p.fingerprint, p.status, reason, p.debit, p.accepted, p.at, int32(p.partition), p.offset, by}, nil
-			}},
-	}
-	for _, st := range steps {
-		if st.n == 0 {
-			continue
-		}
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{st.table}, st.cols, pgx.CopyFromSlice(st.n, st.row)); err != nil {
-			return fmt.Errorf("copy %s: %w", st.table, err)
-		}
-	}
-	return nil
-}
-
-func dateOrNil(day string) any {
-	if day == "" {
-		return nil
-	}
-	t, err := time.Parse(time.DateOnly, day)
-	if err != nil {
-		return nil
-	}
-	return t
-}
-
-// updateAccounts writes every account's final state.
-func updateAccounts(ctx context.Context, pool *pgxpool.Pool, h *history) error {
-	var ids, statuses, days []string
-	var balance, held, debited, versions []int64
-	var updated []time.Time
-	for id, a := range h.book.Accounts {
-		ids, statuses, days = append(ids, id), append(statuses, string(a.Status)), append(days, a.DailyDebitDay)
-		balance, held, debited, versions = append(balance, a.Balance), append(held, a.Held), append(debited, a.DailyDebited), append(versions, a.Version)
-		updated = append(updated, h.updated[id])
-	}
-	ct, err := pool.Exec(ctx, `UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
-			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = u.upd
-		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::timestamptz[])
-			AS u (id, st, bal, hld, dd, deb, ver, upd)
-		WHERE a.account_id = u.id`, ids, statuses, balance, held, days, debited, versions, updated)
-	if err != nil {
-		return fmt.Errorf("update accounts: %w", err)
-	}
-	if ct.RowsAffected() != int64(len(ids)) {
-		return fmt.Errorf("update accounts: %d of %d rows found", ct.RowsAffected(), len(ids))
-	}
-	return nil
 }
 
 // templatePrefix starts the name of every preload template database.

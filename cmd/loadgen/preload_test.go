@@ -165,8 +165,8 @@ func TestPreloadIsDeterministic(t *testing.T) {
 		h := newHistory(spec, "k")
 		var out []string
 		for !h.done() {
-			for _, p := range h.chunk(700).processed {
-				out = append(out, p.id+string(p.fingerprint))
+			for _, p := range h.chunk(700).Decisions {
+				out = append(out, p.ID+string(p.Fingerprint))
 			}
 		}
 		return out

@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/consumers/ledger"
 )
 
 // stack is one benchmark scenario's pipeline: its own database and topics,
@@ -107,13 +109,8 @@ func newStack(ctx context.Context, name string, o benchOptions) (st *stack, err 
 	if o.template != "" {
 		return s, nil
 	}
-	if _, err = s.pool.Exec(ctx, `INSERT INTO accounts (account_id, currency, status, balance, external)
-		VALUES ('@external:EUR', 'EUR', 'active', -1000000000::bigint * $1, true)`, o.accounts); err != nil {
-		return nil, fmt.Errorf("seed external account: %w", err)
-	}
-	if _, err = s.pool.Exec(ctx, `INSERT INTO accounts (account_id, currency, status, balance)
-		SELECT 'acct-' || g, 'EUR', 'active', 1000000000 FROM generate_series(0, $1 - 1) AS g`, o.accounts); err != nil {
-		return nil, fmt.Errorf("seed accounts: %w", err)
+	if err = ledger.SeedFunded(ctx, s.pool, "acct-", o.accounts, 1000000000); err != nil {
+		return nil, err
 	}
 	return s, nil
 }

@@ -7,7 +7,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/txpipe/txpipe/internal/audit"
+	"github.com/txpipe/txpipe/consumers/audit"
 )
 
 // errViolations makes "txpipe verify" exit 1 after printing its report.

@@ -1,7 +1,9 @@
-// Package audit checks the invariants of DESIGN.md against PostgreSQL and
-// the topics, for "txpipe verify" and the tests. It reads every topic up to
-// its end offsets at the start, so it audits a snapshot; run it once the
-// pipeline has drained (it reports records still in flight as a failure).
+// Package audit is the auditor behind "txpipe verify", which operators run
+// in production and the tests run after every scenario: it checks the
+// invariants (docs/architecture.md) against PostgreSQL, read through the
+// ledger's snapshot, and the topics. It reads every topic up to its end
+// offsets at the start, so it audits a snapshot; run it once the pipeline
+// has drained (it reports records still in flight as a failure).
 package audit
 
 import (
@@ -16,8 +18,10 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/consumers"
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
+	"github.com/txpipe/txpipe/outbox"
 )
 
 // Options say where to look.
@@ -106,88 +110,24 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	return r, nil
 }
 
-// database is the part of PostgreSQL the audit reads.
+// database is what the audit reads of PostgreSQL: the ledger's snapshot
+// and, in the same transaction, how many outbox rows wait for the relay.
 type database struct {
-	processed   map[string]processed // command_id →
-	nextOffsets map[int]int64        // partition → stored next offset
-	accounts    map[string]*account
-	entries     map[string][]entry // account → entries by version
-	byCommand   map[string][]entry
-	pendingHeld map[string]int64 // account → sum of pending holds
-	outboxRows  int64
-}
-
-type processed struct{ status, reason string }
-
-type account struct {
-	currency                          string
-	external                          bool
-	balance, held, overdraft, version int64
-}
-
-type entry struct {
-	account             string
-	version             int64
-	amount, balance     int64
-	commandID, currency string
+	*ledger.Snapshot
+	outboxRows int64
 }
 
 // loadDatabase reads what the audit checks in one read-only REPEATABLE
-// READ transaction, so every table is seen at the same instant: a worker
-// committing meanwhile cannot show a balance without its entries. Any
-// error, mid-result included, fails the audit: a query cut short must not
-// read as missing rows, which would be reported as violations.
+// READ transaction, so every table is seen at the same instant.
 func loadDatabase(ctx context.Context, pool *pgxpool.Pool, group, commandsTopic string) (*database, error) {
-	db := &database{processed: map[string]processed{}, nextOffsets: map[int]int64{}, accounts: map[string]*account{},
-		entries: map[string][]entry{}, byCommand: map[string][]entry{}, pendingHeld: map[string]int64{}}
+	db := &database{}
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		each := func(what, sql string, args []any, scans []any, fn func() error) error {
-			rows, err := tx.Query(ctx, sql, args...)
-			if err != nil {
-				return fmt.Errorf("read %s: %w", what, err)
-			}
-			if _, err := pgx.ForEachRow(rows, scans, fn); err != nil {
-				return fmt.Errorf("read %s: %w", what, err)
-			}
-			return nil
-		}
-		var id string
-		var p processed
-		if err := each("processed commands", `SELECT command_id::text, status, coalesce(reason, '') FROM processed_commands`, nil,
-			[]any{&id, &p.status, &p.reason}, func() error { db.processed[id] = p; return nil }); err != nil {
+		var err error
+		if db.Snapshot, err = (ledger.Source{Group: group, Topic: commandsTopic}).ReadSnapshot(ctx, tx); err != nil {
 			return err
 		}
-		var partition int
-		var next int64
-		if err := each("stored offsets", `SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2`,
-			[]any{group, commandsTopic}, []any{&partition, &next}, func() error { db.nextOffsets[partition] = next; return nil }); err != nil {
-			return err
-		}
-		var a account
-		if err := each("accounts", `SELECT account_id, currency, external, balance, held, overdraft_limit, version FROM accounts`, nil,
-			[]any{&id, &a.currency, &a.external, &a.balance, &a.held, &a.overdraft, &a.version},
-			func() error { acc := a; db.accounts[id] = &acc; return nil }); err != nil {
-			return err
-		}
-		var e entry
-		if err := each("entries", `SELECT account_id, account_version, amount, balance_after, command_id::text, currency
-			FROM entries ORDER BY account_id, account_version`, nil,
-			[]any{&e.account, &e.version, &e.amount, &e.balance, &e.commandID, &e.currency}, func() error {
-				db.entries[e.account] = append(db.entries[e.account], e)
-				db.byCommand[e.commandID] = append(db.byCommand[e.commandID], e)
-				return nil
-			}); err != nil {
-			return err
-		}
-		var held int64
-		if err := each("holds", `SELECT from_account_id, sum(amount) FROM transfers WHERE status = 'pending' GROUP BY from_account_id`, nil,
-			[]any{&id, &held}, func() error { db.pendingHeld[id] = held; return nil }); err != nil {
-			return err
-		}
-		if err := tx.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&db.outboxRows); err != nil {
-			return fmt.Errorf("count outbox rows: %w", err)
-		}
-		return nil
+		db.outboxRows, err = outbox.Unpublished(ctx, tx)
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -237,7 +177,7 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 	pending, valid := 0, 0
 	distinct := make(map[string]bool)
 	for _, m := range commands {
-		if next, ok := db.nextOffsets[m.Partition]; !ok || m.Offset >= next {
+		if next, ok := db.Offsets[m.Partition]; !ok || m.Offset >= next {
 			pending++
 			continue
 		}
@@ -251,7 +191,7 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 		}
 		valid++
 		distinct[cmd.CommandID] = true
-		if _, ok := db.processed[cmd.CommandID]; !ok {
+		if _, ok := db.Decided[cmd.CommandID]; !ok {
 			c.Problems = append(c.Problems, fmt.Sprintf("command %s (record %d@%d) has no outcome", cmd.CommandID, m.Partition, m.Offset))
 		}
 	}
@@ -274,19 +214,19 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 			continue // the outcome of a conflicting duplicate, not of the command
 		}
 		outcomes[ev.CommandID]++
-		if p, ok := db.processed[ev.CommandID]; !ok {
+		if p, ok := db.Decided[ev.CommandID]; !ok {
 			c.Problems = append(c.Problems, fmt.Sprintf("event %s is the outcome of unknown command %s", ev.EventID, ev.CommandID))
-		} else if string(d.Status) != p.status || string(d.Reason) != p.reason {
-			c.Problems = append(c.Problems, fmt.Sprintf("event %s says %s %s, the database %s %s", ev.EventID, d.Status, d.Reason, p.status, p.reason))
+		} else if string(d.Status) != p.Status || string(d.Reason) != p.Reason {
+			c.Problems = append(c.Problems, fmt.Sprintf("event %s says %s %s, the database %s %s", ev.EventID, d.Status, d.Reason, p.Status, p.Reason))
 		}
 	}
-	for id := range db.processed {
+	for id := range db.Decided {
 		if n := outcomes[id]; n != 1 {
 			c.Problems = append(c.Problems, fmt.Sprintf("command %s has %d outcome events, want 1", id, n))
 		}
 	}
 	c.Detail = fmt.Sprintf("%d command records (%d repeats of a command_id, absorbed), %d processed, %d dead-lettered, %d outcome events (%d more delivered again, deduped by event_id)",
-		len(commands), valid-len(distinct), len(db.processed), len(dlq), len(evs), len(events)-len(evs))
+		len(commands), valid-len(distinct), len(db.Decided), len(dlq), len(evs), len(events)-len(evs))
 	return c
 }
 
@@ -294,19 +234,19 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 // come in one pair at most, and belong to an applied command.
 func checkSingleEffect(db *database) Check {
 	c := Check{Name: "invariant 2: no command changed the ledger twice"}
-	for id, es := range db.byCommand {
+	for id, es := range db.ByCommand {
 		var sum int64
 		for _, e := range es {
-			sum += e.amount
+			sum += e.Amount
 		}
 		if len(es) != 2 || sum != 0 {
 			c.Problems = append(c.Problems, fmt.Sprintf("command %s has %d entries summing to %d, want one balanced pair", id, len(es), sum))
 		}
-		if p := db.processed[id]; p.status != string(domain.StatusApplied) {
-			c.Problems = append(c.Problems, fmt.Sprintf("command %s has entries but its outcome is %q", id, p.status))
+		if p := db.Decided[id]; p.Status != string(domain.StatusApplied) {
+			c.Problems = append(c.Problems, fmt.Sprintf("command %s has entries but its outcome is %q", id, p.Status))
 		}
 	}
-	c.Detail = fmt.Sprintf("%d commands with postings", len(db.byCommand))
+	c.Detail = fmt.Sprintf("%d commands with postings", len(db.ByCommand))
 	return c
 }
 
@@ -315,12 +255,12 @@ func checkSingleEffect(db *database) Check {
 func checkConservation(db *database) Check {
 	c := Check{Name: "invariant 3: money is conserved per currency"}
 	balances, entries := make(map[string]int64), make(map[string]int64)
-	for _, a := range db.accounts {
-		balances[a.currency] += a.balance
+	for _, a := range db.Totals {
+		balances[a.Currency] += a.Balance
 	}
-	for _, es := range db.entries {
+	for _, es := range db.Entries {
 		for _, e := range es {
-			entries[e.currency] += e.amount
+			entries[e.Currency] += e.Amount
 		}
 	}
 	for cur, sum := range balances {
@@ -336,26 +276,26 @@ func checkConservation(db *database) Check {
 // held = pending holds, nothing below its overdraft limit.
 func checkBalances(db *database) Check {
 	c := Check{Name: "invariant 4: balances equal their entries and respect limits and holds"}
-	for id, a := range db.accounts {
+	for id, a := range db.Totals {
 		var sum int64
-		for i, e := range db.entries[id] {
-			sum += e.amount
-			if e.version != int64(i+1) || e.balance != sum {
-				c.Problems = append(c.Problems, fmt.Sprintf("account %s: entry %d has version %d balance_after %d, want %d and %d", id, i, e.version, e.balance, i+1, sum))
+		for i, e := range db.Entries[id] {
+			sum += e.Amount
+			if e.Version != int64(i+1) || e.Balance != sum {
+				c.Problems = append(c.Problems, fmt.Sprintf("account %s: entry %d has version %d balance_after %d, want %d and %d", id, i, e.Version, e.Balance, i+1, sum))
 				break
 			}
 		}
-		if a.balance != sum || a.version != int64(len(db.entries[id])) {
-			c.Problems = append(c.Problems, fmt.Sprintf("account %s: balance %d version %d, entries sum to %d over %d", id, a.balance, a.version, sum, len(db.entries[id])))
+		if a.Balance != sum || a.Version != int64(len(db.Entries[id])) {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: balance %d version %d, entries sum to %d over %d", id, a.Balance, a.Version, sum, len(db.Entries[id])))
 		}
-		if a.held != db.pendingHeld[id] {
-			c.Problems = append(c.Problems, fmt.Sprintf("account %s: held %d, pending holds %d", id, a.held, db.pendingHeld[id]))
+		if a.Held != db.PendingHeld[id] {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: held %d, pending holds %d", id, a.Held, db.PendingHeld[id]))
 		}
-		if !a.external && a.balance-a.held < -a.overdraft {
-			c.Problems = append(c.Problems, fmt.Sprintf("account %s: available %d below -%d", id, a.balance-a.held, a.overdraft))
+		if !a.External && a.Balance-a.Held < -a.Overdraft {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: available %d below -%d", id, a.Balance-a.Held, a.Overdraft))
 		}
 	}
-	c.Detail = fmt.Sprintf("%d accounts", len(db.accounts))
+	c.Detail = fmt.Sprintf("%d accounts", len(db.Totals))
 	return c
 }
 
@@ -388,10 +328,10 @@ func checkPublished(db *database, msgs []kafka.Message) Check {
 			c.Problems = append(c.Problems, fmt.Sprintf("account %s: version %d balance_after %d, rebuilt %d", p.AccountID, p.AccountVersion, p.BalanceAfter, rebuilt[p.AccountID]))
 		}
 	}
-	for id, a := range db.accounts {
-		if rebuilt[id] != a.balance || last[id] != a.version {
+	for id, a := range db.Totals {
+		if rebuilt[id] != a.Balance || last[id] != a.Version {
 			c.Problems = append(c.Problems, fmt.Sprintf("account %s: the topic rebuilds balance %d at version %d, the database has %d at %d",
-				id, rebuilt[id], last[id], a.balance, a.version))
+				id, rebuilt[id], last[id], a.Balance, a.Version))
 		}
 	}
 	c.Detail = fmt.Sprintf("%d postings (%d after dedupe by event_id), %d accounts rebuilt", len(msgs), len(evs), len(rebuilt))

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/txpipe/txpipe/consumers/ledger"
 )
 
 // FuzzCheckPublished: verify's decoding of posting records never panics on
@@ -15,12 +17,12 @@ func FuzzCheckPublished(f *testing.F) {
 	f.Add([]byte(`{"event_id":"e1","data":null}`), "")
 	f.Add([]byte("\x00garbage"), "k")
 	f.Fuzz(func(t *testing.T, value []byte, key string) {
-		db := &database{accounts: map[string]*account{"a": {currency: "EUR", balance: 5, version: 1}}}
+		db := &database{Snapshot: &ledger.Snapshot{Totals: map[string]ledger.Totals{"a": {Currency: "EUR", Balance: 5, Version: 1}}}}
 		msgs := []kafka.Message{{Topic: "postings", Key: []byte(key), Value: value}, {Topic: "postings", Key: []byte(key), Value: value, Offset: 1}}
 		c := checkPublished(db, msgs)
 		if !json.Valid(value) && len(c.Problems) == 0 {
 			t.Fatalf("a record that is not JSON passed: %q", value)
 		}
-		_ = checkOutcomes(&database{processed: map[string]processed{}, nextOffsets: map[int]int64{0: 1}}, nil, nil, msgs)
+		_ = checkOutcomes(&database{Snapshot: &ledger.Snapshot{Decided: map[string]ledger.Decided{}, Offsets: ledger.Positions{0: 1}}}, nil, nil, msgs)
 	})
 }
