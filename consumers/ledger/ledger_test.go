@@ -1,0 +1,171 @@
+package ledger_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/txpipe/txpipe/consumers/ledger"
+	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/internal/pgtest"
+	"github.com/txpipe/txpipe/internal/pgtx"
+	"github.com/txpipe/txpipe/internal/sealing"
+	"github.com/txpipe/txpipe/internal/sealingtest"
+)
+
+const (
+	cmdOpen     = "00000000-0000-7000-8000-000000000001"
+	cmdTransfer = "00000000-0000-7000-8000-000000000002"
+	cmdDead     = "00000000-0000-7000-8000-000000000003"
+)
+
+var src = ledger.Source{Group: "g", Topic: "commands"}
+
+// batch runs one worker transaction: Load at expected, then fn's writes.
+func batch(t *testing.T, pool *pgxpool.Pool, req ledger.LoadRequest, fn func(st *ledger.State) *ledger.Writes) error {
+	t.Helper()
+	ctx := context.Background()
+	return pgtx.Run(ctx, pool, func(conn *pgxpool.Conn) error {
+		st, err := src.Load(ctx, conn, req)
+		if err != nil {
+			return err
+		}
+		return src.Write(ctx, conn, fn(st))
+	})
+}
+
+// seed stores, through Load and Write as a worker would: alice opened with
+// sealed metadata, a transfer of 30 from alice to bob, and a record
+// dead-lettered.
+func seed(t *testing.T, pool *pgxpool.Pool, keyring *sealing.Keyring) {
+	t.Helper()
+	err := batch(t, pool, ledger.LoadRequest{Expected: ledger.Positions{0: 0}}, func(st *ledger.State) *ledger.Writes {
+		alice := &domain.Account{ID: "alice", Currency: "EUR", Status: domain.AccountActive, Balance: 100, Version: 1}
+		bob := &domain.Account{ID: "bob", Currency: "EUR", Status: domain.AccountActive}
+		keyID, ct := keyring.Seal([]byte(`{"tier":"gold"}`), sealing.MetadataAAD("alice"))
+		return &ledger.Writes{Opened: []*domain.Account{alice, bob}, Now: st.Now, Next: ledger.Positions{0: 2},
+			Sealed: map[string]domain.Sealed{"alice": {KeyID: keyID, Ciphertext: ct}},
+			Decisions: []ledger.Decision{{Command: domain.Command{CommandID: cmdOpen, Type: domain.TypeOpenAccount, AccountID: "alice"},
+				Fingerprint: []byte{1}, Result: domain.Result{Status: domain.StatusApplied}}},
+			DeadLettered: []ledger.DeadLettered{{Identity: domain.Identity{CommandID: cmdDead, Type: domain.TypeTransfer},
+				Reason: "invalid_command", Detail: "no amount", Offset: 1}}}
+	})
+	if err != nil {
+		t.Fatalf("first batch: %v", err)
+	}
+	err = batch(t, pool, ledger.LoadRequest{Expected: ledger.Positions{0: 2}, CommandIDs: []string{cmdTransfer}, Accounts: []string{"bob", "alice"}},
+		func(st *ledger.State) *ledger.Writes {
+			res := st.Book.Apply(domain.Command{CommandID: cmdTransfer, Type: domain.TypeTransfer, FromAccountID: "alice", ToAccountID: "bob",
+				Amount: 30, Currency: "EUR"}, st.Now)
+			if res.Status != domain.StatusApplied {
+				t.Fatalf("transfer %s %s", res.Status, res.Reason)
+			}
+			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]},
+				Created: []*domain.Transfer{res.Transfer}, Now: st.Now, Next: ledger.Positions{0: 3},
+				Decisions: []ledger.Decision{{Command: domain.Command{CommandID: cmdTransfer, Type: domain.TypeTransfer, FromAccountID: "alice"},
+					Fingerprint: []byte{2}, Result: res, Offset: 2}}}
+			for _, p := range res.Postings {
+				w.Entries = append(w.Entries, ledger.Entry{Posting: p, CommandID: cmdTransfer, CommandType: domain.TypeTransfer})
+			}
+			return w
+		})
+	if err != nil {
+		t.Fatalf("second batch: %v", err)
+	}
+}
+
+func TestQueriesReadWhatABatchWrote(t *testing.T) {
+	db := pgtest.New(t)
+	keyring := sealingtest.Keyring(t)
+	seed(t, db.Pool, keyring)
+	q := &ledger.Queries{Pool: db.Pool, Keyring: keyring}
+	ctx := context.Background()
+
+	a, err := q.Account(ctx, "alice")
+	if err != nil {
+		t.Fatalf("Account(alice) error = %v", err)
+	}
+	if a.Balance != 70 || a.Version != 2 || string(a.Metadata) != `{"tier":"gold"}` {
+		t.Errorf("Account(alice) = balance %d version %d metadata %s; want 70, 2 and the metadata opened", a.Balance, a.Version, a.Metadata)
+	}
+	if _, err := q.Account(ctx, "carol"); !errors.Is(err, ledger.ErrNotFound) {
+		t.Errorf("Account(carol) error = %v, want ErrNotFound", err)
+	}
+
+	tr, err := q.Transfer(ctx, cmdTransfer)
+	if err != nil || tr.Amount != 30 || tr.FromAccountID != "alice" || tr.Status != domain.TransferPosted {
+		t.Errorf("Transfer() = %+v, %v; want alice's posted 30", tr, err)
+	}
+	if _, err := q.Transfer(ctx, cmdDead); !errors.Is(err, ledger.ErrNotFound) {
+		t.Errorf("Transfer(no such) error = %v, want ErrNotFound", err)
+	}
+
+	page, err := q.Statement(ctx, "alice", 0, 10)
+	if err != nil {
+		t.Fatalf("Statement() error = %v", err)
+	}
+	var got []string
+	for _, e := range page {
+		b, _ := json.Marshal([]any{e.AccountVersion, e.CommandID, e.Amount, e.BalanceAfter})
+		got = append(got, string(b))
+	}
+	if diff := cmp.Diff([]string{`[2,"` + cmdTransfer + `",-30,70]`}, got); diff != "" {
+		t.Errorf("Statement(alice) (-want +got):\n%s", diff)
+	}
+	if page, err := q.Statement(ctx, "alice", 2, 10); err != nil || len(page) != 0 {
+		t.Errorf("Statement(alice, before 2) = %v, %v; want no entry", page, err)
+	}
+	if _, err := q.Statement(ctx, "carol", 0, 10); !errors.Is(err, ledger.ErrNotFound) {
+		t.Errorf("Statement(carol) error = %v, want ErrNotFound", err)
+	}
+
+	for id, want := range map[string]string{cmdOpen: "applied", cmdDead: "dead_lettered", cmdTransfer: "applied"} {
+		o, err := q.Outcome(ctx, id)
+		if err != nil || o.Status != want || o.At.Location() != time.UTC {
+			t.Errorf("Outcome(%s) = %+v, %v; want %s at a UTC time", id, o, err, want)
+		}
+	}
+}
+
+// TestLoadFencesAStalePosition: a batch that expects another stored
+// offset than the one stored commits nothing.
+func TestLoadFencesAStalePosition(t *testing.T) {
+	db := pgtest.New(t)
+	seed(t, db.Pool, sealingtest.Keyring(t))
+	err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 2}}, func(st *ledger.State) *ledger.Writes {
+		t.Fatal("Write reached at a stale position")
+		return nil
+	})
+	if !errors.Is(err, ledger.ErrFenced) {
+		t.Fatalf("Load at a stale position: error = %v, want ErrFenced", err)
+	}
+}
+
+// TestSnapshotReadsTheWholeLedger: the auditor's snapshot holds what the
+// batches wrote, and its figures agree with one another.
+func TestSnapshotReadsTheWholeLedger(t *testing.T) {
+	db := pgtest.New(t)
+	seed(t, db.Pool, sealingtest.Keyring(t))
+	ctx := context.Background()
+	tx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	snap, err := src.ReadSnapshot(ctx, tx)
+	if err != nil {
+		t.Fatalf("ReadSnapshot() error = %v", err)
+	}
+	if snap.Offsets[0] != 3 || len(snap.Decided) != 2 || len(snap.ByCommand[cmdTransfer]) != 2 {
+		t.Errorf("snapshot: offset %d, %d decisions, %d entries of the transfer; want 3, 2 and 2",
+			snap.Offsets[0], len(snap.Decided), len(snap.ByCommand[cmdTransfer]))
+	}
+	if a, b := snap.Totals["alice"], snap.Totals["bob"]; a.Balance+b.Balance != 100 || a.Version != 2 || b.Version != 1 {
+		t.Errorf("snapshot totals alice %+v bob %+v; want 70 at 2 and 30 at 1", a, b)
+	}
+}
