@@ -21,7 +21,7 @@ import (
 // Type names a command.
 type Type string
 
-// The command types of the contract (DESIGN.md).
+// The command types of the contract (docs/api.md, docs/ledger.md).
 const (
 	TypeOpenAccount     Type = "open_account"
 	TypeDeposit         Type = "deposit"
