@@ -22,8 +22,8 @@ import (
 
 	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/domain/sealing"
 	"github.com/txpipe/txpipe/internal/apikey"
-	"github.com/txpipe/txpipe/internal/sealing"
 	"github.com/txpipe/txpipe/outbox"
 )
 

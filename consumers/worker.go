@@ -29,8 +29,8 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/consumers/ledger"
+	"github.com/txpipe/txpipe/domain/sealing"
 	"github.com/txpipe/txpipe/internal/kafkafetch"
-	"github.com/txpipe/txpipe/internal/sealing"
 )
 
 // Options configure a Worker.

@@ -60,7 +60,7 @@ type PostingData struct {
 	CommandType    Type   `json:"command_type"`
 }
 
-// Sealed is a value encrypted at rest (internal/sealing): the id of the key
+// Sealed is a value encrypted at rest (domain/sealing): the id of the key
 // that sealed it and the sealed bytes, base64 in JSON.
 type Sealed struct {
 	KeyID      string `json:"key_id"`

@@ -21,8 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/domain/sealing"
 	"github.com/txpipe/txpipe/internal/apikey"
-	"github.com/txpipe/txpipe/internal/sealing"
 )
 
 // MaxBatchCommands is the most commands one batch request may carry.

@@ -17,8 +17,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/txpipe/txpipe/domain/sealing"
 	"github.com/txpipe/txpipe/internal/envflag"
-	"github.com/txpipe/txpipe/internal/sealing"
 )
 
 // config is every setting of every subcommand; each subcommand defines the

@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/txpipe/txpipe/internal/sealing"
+	"github.com/txpipe/txpipe/domain/sealing"
 )
 
 // TestMain gives every pipeline the tests start, in this process or as a

@@ -8,7 +8,7 @@ import (
 	"slices"
 
 	"github.com/txpipe/txpipe/consumers/ledger"
-	"github.com/txpipe/txpipe/internal/sealing"
+	"github.com/txpipe/txpipe/domain/sealing"
 )
 
 const metadataKeyUsage = "usage: txpipe metadata-key new --id ID | rotate (with --metadata-keys NEW,OLD…)"

@@ -20,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/txpipe/txpipe/domain"
-	"github.com/txpipe/txpipe/internal/sealing"
+	"github.com/txpipe/txpipe/domain/sealing"
 )
 
 // TestAccountMetadataIsSealedAtRest opens an account whose metadata holds a

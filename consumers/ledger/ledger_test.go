@@ -12,9 +12,9 @@ import (
 
 	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/domain/sealing"
 	"github.com/txpipe/txpipe/internal/pgtest"
 	"github.com/txpipe/txpipe/internal/pgtx"
-	"github.com/txpipe/txpipe/internal/sealing"
 	"github.com/txpipe/txpipe/internal/sealingtest"
 )
 

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/txpipe/txpipe/domain"
-	"github.com/txpipe/txpipe/internal/sealing"
+	"github.com/txpipe/txpipe/domain/sealing"
 )
 
 // ErrNotFound means no row has the id asked for.

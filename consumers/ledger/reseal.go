@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/txpipe/txpipe/internal/sealing"
+	"github.com/txpipe/txpipe/domain/sealing"
 )
 
 // ResealReport says what ResealMetadata did.

@@ -262,11 +262,11 @@ func (s *stack) secretFile(svc types.ServiceConfig, containerPath string) (strin
 	return "", fmt.Errorf("no secret at %s", containerPath)
 }
 
-// keyID is the form of a metadata key's id (internal/sealing).
+// keyID is the form of a metadata key's id (domain/sealing).
 var keyID = regexp.MustCompile(`^[A-Za-z0-9._-]{1,32}$`)
 
 // validMetadataKeys checks the format of TXPIPE_METADATA_KEYS:
-// keyid:base64-of-32-bytes, comma-separated, as internal/sealing parses it.
+// keyid:base64-of-32-bytes, comma-separated, as domain/sealing parses it.
 func validMetadataKeys(v string) error {
 	v = strings.TrimSuffix(v, "\n")
 	if v == "" {

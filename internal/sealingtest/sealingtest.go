@@ -4,7 +4,7 @@ package sealingtest
 import (
 	"testing"
 
-	"github.com/txpipe/txpipe/internal/sealing"
+	"github.com/txpipe/txpipe/domain/sealing"
 )
 
 // Keyring returns a keyring of one fresh key, id "test".
