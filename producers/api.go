@@ -10,11 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/txpipe/txpipe/internal/apikey"
-	"github.com/txpipe/txpipe/internal/sealing"
 )
 
 // APIOptions configure the API: ingest (ingest.go) and the reads of the
@@ -30,11 +28,9 @@ type APIOptions struct {
 	// MaxBatchCommands, so that any valid batch can pass. Default 2 × the
 	// larger of RateLimit and MaxBatchCommands.
 	RateBurst int
-	// Pool serves the read endpoints.
-	Pool *pgxpool.Pool
-	// Keyring opens the sealed metadata of accounts for keys allowed to
-	// read the ledger.
-	Keyring *sealing.Keyring
+	// Ledger answers the read endpoints (*ledger.Queries on the read
+	// replica when there is one).
+	Ledger Ledger
 	// MaxBodyBytes bounds a batch request body; a single command is bounded
 	// by domain.MaxCommandBytes. Default 8 MiB.
 	MaxBodyBytes int64
@@ -60,8 +56,8 @@ type API struct {
 
 // NewAPI checks o and registers the API's metrics.
 func NewAPI(o APIOptions) (*API, error) {
-	if o.Producer == nil || o.Auth == nil || o.Pool == nil || o.Keyring == nil || o.Registerer == nil || o.Log == nil {
-		return nil, errors.New("api: Producer, Auth, Pool, Keyring, Registerer and Log are required")
+	if o.Producer == nil || o.Auth == nil || o.Ledger == nil || o.Registerer == nil || o.Log == nil {
+		return nil, errors.New("api: Producer, Auth, Ledger, Registerer and Log are required")
 	}
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 8 << 20

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/kafkatest"
@@ -40,7 +41,7 @@ func setup(t *testing.T) *fixture {
 	topic := kc.Topics(t, 1).Commands
 	w := kc.Writer(t)
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(w, topic), Auth: authorize(t, db), Pool: db.Pool, Keyring: sealingtest.Keyring(t), MaxBodyBytes: 256 << 10,
+		Producer: producers.NewProducer(w, topic), Auth: authorize(t, db), Ledger: queries(t, db), MaxBodyBytes: 256 << 10,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -71,6 +72,13 @@ func authorize(t *testing.T, db *pgtest.DB) producers.Authenticator {
 	}
 	bearer = "Bearer " + key
 	return apikey.NewAuthenticator(db.Pool)
+}
+
+// queries reads db's ledger as ingest does, metadata opened with a fresh
+// keyring.
+func queries(t *testing.T, db *pgtest.DB) *ledger.Queries {
+	t.Helper()
+	return &ledger.Queries{Pool: db.Pool, Keyring: sealingtest.Keyring(t)}
 }
 
 func do(t *testing.T, method, url, body string) (*http.Response, problem) {
@@ -211,7 +219,7 @@ func TestAPIAnswers503WhenKafkaIsDown(t *testing.T) {
 	w := kafkawriter.New(kafkawriter.Options{Brokers: []string{dead}, Transport: tr})
 	defer w.Close()
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(w, "ledger.commands.v1"), Auth: authorize(t, db), Pool: db.Pool, Keyring: sealingtest.Keyring(t), ProduceTimeout: 500 * time.Millisecond,
+		Producer: producers.NewProducer(w, "ledger.commands.v1"), Auth: authorize(t, db), Ledger: queries(t, db), ProduceTimeout: 500 * time.Millisecond,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -247,7 +255,7 @@ func TestAPIRequiresAKeyWithTheRightScope(t *testing.T) {
 	}
 	kc := f.kc
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(kc.Writer(t), f.topic), Auth: apikey.NewAuthenticator(db.Pool), Pool: db.Pool, Keyring: sealingtest.Keyring(t),
+		Producer: producers.NewProducer(kc.Writer(t), f.topic), Auth: apikey.NewAuthenticator(db.Pool), Ledger: queries(t, db),
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -347,7 +355,7 @@ func TestAPIRateLimitsEachKey(t *testing.T) {
 	topic := kc.Topics(t, 1).Commands
 	ctx := context.Background()
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(kc.Writer(t), topic), Auth: apikey.NewAuthenticator(db.Pool), Pool: db.Pool, Keyring: sealingtest.Keyring(t),
+		Producer: producers.NewProducer(kc.Writer(t), topic), Auth: apikey.NewAuthenticator(db.Pool), Ledger: queries(t, db),
 		RateLimit: 0.001, RateBurst: producers.MaxBatchCommands,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -392,7 +400,7 @@ func TestHandlerPanicIsAProblemNotADroppedConnection(t *testing.T) {
 	db := pgtest.New(t)
 	reg := prometheus.NewRegistry()
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(panickingWriter{}, "commands"), Auth: authorize(t, db), Pool: db.Pool, Keyring: sealingtest.Keyring(t),
+		Producer: producers.NewProducer(panickingWriter{}, "commands"), Auth: authorize(t, db), Ledger: queries(t, db),
 		Registerer: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

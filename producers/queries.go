@@ -1,6 +1,7 @@
 package producers
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,12 +10,27 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
-
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
-	"github.com/txpipe/txpipe/internal/sealing"
 )
+
+// Ledger is what the read endpoints ask of the ledger; *ledger.Queries
+// answers it from PostgreSQL. Each method returns ledger.ErrNotFound when
+// nothing has the id, which the API answers 404; any other error (ctx
+// ended, the database unreachable, metadata that cannot be opened) is
+// logged and answered 503, and its text never reaches the client. The API
+// calls it from many requests at once.
+type Ledger interface {
+	// Outcome is the decision on a command, or its dead-lettering.
+	Outcome(ctx context.Context, commandID string) (ledger.Outcome, error)
+	// Account is an account with its metadata opened.
+	Account(ctx context.Context, accountID string) (ledger.Account, error)
+	// Statement is up to limit entries of an account, newest first, with
+	// account versions below before (0: from the newest).
+	Statement(ctx context.Context, accountID string, before, limit int64) ([]ledger.StatementEntry, error)
+	// Transfer is a transfer, deposit, withdrawal or hold.
+	Transfer(ctx context.Context, transferID string) (ledger.Transfer, error)
+}
 
 type commandResponse struct {
 	CommandID string  `json:"command_id"`
@@ -33,17 +49,8 @@ func (a *API) getCommand(w http.ResponseWriter, r *http.Request) {
 			Detail: "a command_id is a UUID", Errors: []domain.FieldError{{Pointer: "/command_id", Detail: "must be a UUID"}}})
 		return
 	}
-	var resp commandResponse
-	// A decision wins over a dead-lettering, whichever came first: a
-	// replay that decided the command replaces dead_lettered.
-	err := a.opts.Pool.QueryRow(r.Context(), `SELECT command_id::text, type, status, reason, NULL, processed_at
-		FROM processed_commands WHERE command_id = $1
-		UNION ALL
-		SELECT command_id::text, type, 'dead_lettered', reason, detail, dead_lettered_at
-		FROM dead_lettered_commands WHERE command_id = $1
-			AND NOT EXISTS (SELECT 1 FROM processed_commands WHERE command_id = $1)`,
-		id).Scan(&resp.CommandID, &resp.Type, &resp.Status, &resp.Reason, &resp.Detail, &resp.ProcessedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
+	o, err := a.opts.Ledger.Outcome(r.Context(), id)
+	if errors.Is(err, ledger.ErrNotFound) {
 		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Command not processed",
 			Detail: "no outcome for this command_id yet: it is still in flight, or was never accepted"})
 		return
@@ -52,7 +59,10 @@ func (a *API) getCommand(w http.ResponseWriter, r *http.Request) {
 		a.internal(w, r, err)
 		return
 	}
-	resp.ProcessedAt = resp.ProcessedAt.UTC()
+	resp := commandResponse{CommandID: o.CommandID, Status: o.Status, Reason: o.Reason, Detail: o.Detail, ProcessedAt: o.At}
+	if o.Type != "" {
+		resp.Type = &o.Type
+	}
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -94,15 +104,8 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var resp accountResponse
-	var daily int64
-	var plain, keyID pgtype.Text
-	var sealed []byte
-	err := a.opts.Pool.QueryRow(r.Context(), `SELECT account_id, currency, status, external, balance, held,
-			overdraft_limit, daily_debit_limit, version, metadata::text, metadata_key_id, metadata_sealed, created_at, updated_at
-		FROM accounts WHERE account_id = $1`, id).Scan(&resp.AccountID, &resp.Currency, &resp.Status, &resp.External,
-		&resp.Balance, &resp.PendingHolds, &resp.OverdraftLimit, &daily, &resp.Version, &plain, &keyID, &sealed, &resp.CreatedAt, &resp.UpdatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
+	acc, err := a.opts.Ledger.Account(r.Context(), id)
+	if errors.Is(err, ledger.ErrNotFound) {
 		accountNotFound(w)
 		return
 	}
@@ -110,22 +113,15 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 		a.internal(w, r, err)
 		return
 	}
-	resp.Available = resp.Balance - resp.PendingHolds
-	if daily > 0 {
-		resp.DailyDebitLimit = &daily
+	resp := accountResponse{
+		AccountID: acc.ID, Currency: acc.Currency, Status: acc.Status, External: acc.External,
+		Balance: acc.Balance, Available: acc.Balance - acc.Held, PendingHolds: acc.Held,
+		OverdraftLimit: acc.OverdraftLimit, Version: acc.Version, Metadata: acc.Metadata,
+		CreatedAt: acc.CreatedAt, UpdatedAt: acc.UpdatedAt,
 	}
-	switch {
-	case keyID.Valid:
-		md, err := a.opts.Keyring.Open(keyID.String, sealed, sealing.MetadataAAD(id))
-		if err != nil {
-			a.internal(w, r, fmt.Errorf("open the metadata of account %s: %w", id, err))
-			return
-		}
-		resp.Metadata = md
-	case plain.Valid: // written before metadata was sealed; `metadata-key rotate` seals it
-		resp.Metadata = json.RawMessage(plain.String)
+	if acc.DailyDebitLimit > 0 {
+		resp.DailyDebitLimit = &acc.DailyDebitLimit
 	}
-	resp.CreatedAt, resp.UpdatedAt = resp.CreatedAt.UTC(), resp.UpdatedAt.UTC()
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -181,40 +177,28 @@ func (a *API) getEntries(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid query", Errors: errs})
 		return
 	}
-	var exists bool
-	if err := a.opts.Pool.QueryRow(r.Context(), `SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)`, id).Scan(&exists); err != nil {
-		a.internal(w, r, err)
-		return
-	}
-	if !exists {
+	// One entry more than the page says whether an older page exists.
+	rows, err := a.opts.Ledger.Statement(r.Context(), id, after, limit+1)
+	if errors.Is(err, ledger.ErrNotFound) {
 		accountNotFound(w)
 		return
 	}
-	rows, err := a.opts.Pool.Query(r.Context(), `SELECT account_version, command_id::text, command_type, currency, amount, balance_after, created_at
-		FROM entries WHERE account_id = $1 AND ($2 = 0 OR account_version < $2)
-		ORDER BY account_version DESC LIMIT $3`, id, after, limit+1)
 	if err != nil {
 		a.internal(w, r, err)
 		return
 	}
-	entries, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (entry, error) {
-		var e entry
-		err := row.Scan(&e.AccountVersion, &e.CommandID, &e.CommandType, &e.Currency, &e.Amount, &e.BalanceAfter, &e.CreatedAt)
-		e.CreatedAt = e.CreatedAt.UTC()
-		return e, err
-	})
-	if err != nil {
-		a.internal(w, r, err)
-		return
+	page, more := rows, int64(len(rows)) > limit
+	if more {
+		page = rows[:limit]
 	}
-	resp := entriesResponse{AccountID: id, Entries: entries}
-	if int64(len(entries)) > limit {
-		resp.Entries = entries[:limit]
-		next := entries[limit-1].AccountVersion
+	resp := entriesResponse{AccountID: id, Entries: make([]entry, len(page))} // [] when empty, never null
+	for i, e := range page {
+		resp.Entries[i] = entry{AccountVersion: e.AccountVersion, CommandID: e.CommandID, CommandType: e.CommandType,
+			Currency: e.Currency, Amount: e.Amount, BalanceAfter: e.BalanceAfter, CreatedAt: e.CreatedAt}
+	}
+	if more {
+		next := page[limit-1].AccountVersion
 		resp.NextAfter = &next
-	}
-	if resp.Entries == nil {
-		resp.Entries = []entry{}
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
@@ -232,14 +216,8 @@ func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {
 			Detail: "a transfer_id is the UUID of the command that made it", Errors: []domain.FieldError{{Pointer: "/transfer_id", Detail: "must be a UUID"}}})
 		return
 	}
-	var t transferResponse
-	var kind, status string
-	var expires pgtype.Timestamptz
-	err := a.opts.Pool.QueryRow(r.Context(), `SELECT transfer_id::text, kind, from_account_id, to_account_id, currency, amount,
-			captured_amount, reversed_amount, status, expires_at, created_at, updated_at
-		FROM transfers WHERE transfer_id = $1`, id).Scan(&t.TransferID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency,
-		&t.Amount, &t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.CreatedAt, &t.UpdatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
+	t, err := a.opts.Ledger.Transfer(r.Context(), id)
+	if errors.Is(err, ledger.ErrNotFound) {
 		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Transfer not found",
 			Detail: "no transfer, deposit, withdrawal or hold has this id (its command may still be in flight, or was rejected)"})
 		return
@@ -248,15 +226,12 @@ func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {
 		a.internal(w, r, err)
 		return
 	}
-	t.Kind, t.Status = domain.TransferKind(kind), domain.TransferStatus(status)
-	if expires.Valid {
-		e := expires.Time.UTC()
-		t.ExpiresAt = &e
-	}
-	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
-	writeJSON(w, http.StatusOK, t)
+	writeJSON(w, http.StatusOK, transferResponse{TransferData: t.TransferData, CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt})
 }
 
+// internal answers a failed read of the ledger with 503 and Retry-After:
+// the cause (a replica down, a timeout) is usually passing. The error is
+// logged here, once, and kept from the client.
 func (a *API) internal(w http.ResponseWriter, r *http.Request, err error) {
 	a.opts.Log.Error("request failed", "route", r.Pattern, "err", err)
 	w.Header().Set("Retry-After", "1")
