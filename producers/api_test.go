@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/kafkatest"
@@ -40,7 +41,7 @@ func setup(t *testing.T) *fixture {
 	topic := kc.Topics(t, 1).Commands
 	w := kc.Writer(t)
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(w, topic), Auth: authorize(t, db), Pool: db.Pool, Keyring: sealingtest.Keyring(t), MaxBodyBytes: 256 << 10,
+		Producer: producers.NewProducer(w, topic), Auth: authorize(t, db), Ledger: queries(t, db), MaxBodyBytes: 256 << 10,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -71,6 +72,13 @@ func authorize(t *testing.T, db *pgtest.DB) producers.Authenticator {
 	}
 	bearer = "Bearer " + key
 	return apikey.NewAuthenticator(db.Pool)
+}
+
+// queries reads db's ledger as ingest does, metadata opened with a fresh
+// keyring.
+func queries(t *testing.T, db *pgtest.DB) *ledger.Queries {
+	t.Helper()
+	return &ledger.Queries{Pool: db.Pool, Keyring: sealingtest.Keyring(t)}
 }
 
 func do(t *testing.T, method, url, body string) (*http.Response, problem) {
@@ -105,57 +113,6 @@ func deposit(amount string) string {
 	return fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"a","amount":%s,"currency":"EUR"}`, uuid.Must(uuid.NewV7()).String(), amount)
 }
 
-func TestAPIRefusesBadInputWithProblems(t *testing.T) {
-	f := setup(t)
-	var many []string
-	for range producers.MaxBatchCommands + 1 {
-		many = append(many, deposit("1"))
-	}
-	tests := []struct {
-		name, path, body string
-		status           int
-		pointer          string
-	}{
-		{"unknown field", "/v1/commands", `{"command_id":"` + uuid.Must(uuid.NewV7()).String() + `","type":"deposit","account_id":"a","amount":1,"currency":"EUR","memo":"x"}`, 400, "/memo"},
-		{"float amount", "/v1/commands", deposit("10.5"), 400, "/amount"},
-		{"bad currency", "/v1/commands", strings.Replace(deposit("1"), "EUR", "EURO", 1), 400, "/currency"},
-		{"trailing data", "/v1/commands", deposit("1") + `{}`, 400, ""},
-		{"empty body", "/v1/commands", ``, 400, ""},
-		{"command too large", "/v1/commands", `{"pad":"` + strings.Repeat("x", domain.MaxCommandBytes) + `"}`, 413, ""},
-		{"batch too large", "/v1/commands/batch", `{"commands":["` + strings.Repeat("x", 256<<10) + `"]}`, 413, ""},
-		{"batch item invalid", "/v1/commands/batch", `{"commands":[` + deposit("1") + `,` + deposit("0") + `]}`, 400, "/commands/1/amount"},
-		{"batch too many", "/v1/commands/batch", `{"commands":[` + strings.Join(many, ",") + `]}`, 400, "/commands"},
-		{"batch empty", "/v1/commands/batch", `{"commands":[]}`, 400, "/commands"},
-		{"batch unknown field", "/v1/commands/batch", `{"commands":[],"extra":1}`, 400, ""},
-		{"batch with a closing brace after it", "/v1/commands/batch", `{"commands":[` + deposit("1") + `]}}`, 400, ""},
-		{"batch with a closing bracket after it", "/v1/commands/batch", `{"commands":[` + deposit("1") + `]}]`, 400, ""},
-		{"batch with a second envelope after it", "/v1/commands/batch", `{"commands":[` + deposit("1") + `]} {"commands":[]}`, 400, ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			resp, p := do(t, http.MethodPost, f.srv.URL+tt.path, tt.body)
-			if resp.StatusCode != tt.status || p.Status != tt.status {
-				t.Fatalf("POST %s = %d (problem status %d), want %d", tt.path, resp.StatusCode, p.Status, tt.status)
-			}
-			if !strings.HasPrefix(p.Type, producers.ProblemTypeBase) || p.Title == "" {
-				t.Errorf("problem = %+v, want a txpipe type and a title", p)
-			}
-			if tt.pointer != "" {
-				found := false
-				for _, fe := range p.Errors {
-					found = found || fe.Pointer == tt.pointer
-				}
-				if !found {
-					t.Errorf("problem errors = %+v, want one at %s", p.Errors, tt.pointer)
-				}
-			}
-		})
-	}
-	if n := f.kc.Count(context.Background(), t, f.topic); n != 0 {
-		t.Errorf("commands topic holds %d records after only bad requests, want 0", n)
-	}
-}
-
 func TestAPIAcceptsAndProducesKeyedByDebitAccount(t *testing.T) {
 	f := setup(t)
 	id := uuid.Must(uuid.NewV7()).String()
@@ -179,23 +136,6 @@ func TestAPIAcceptsAndProducesKeyedByDebitAccount(t *testing.T) {
 	}
 }
 
-func TestAPIReadsAnswerProblems(t *testing.T) {
-	f := setup(t)
-	for path, want := range map[string]int{
-		"/v1/commands/not-a-uuid":                          400,
-		"/v1/commands/" + uuid.Must(uuid.NewV7()).String(): 404,
-		"/v1/accounts/has%20space":                         400,
-		"/v1/accounts/nobody":                              404,
-		"/v2/anything":                                     404,
-		"/v1/commands":                                     405,
-	} {
-		resp, p := do(t, http.MethodGet, f.srv.URL+path, "")
-		if resp.StatusCode != want || p.Status != want {
-			t.Errorf("GET %s = %d (problem %+v), want %d problem+json", path, resp.StatusCode, p, want)
-		}
-	}
-}
-
 // TestAPIAnswers503WhenKafkaIsDown points the producer at a port where no
 // broker listens: the API must refuse to accept what it cannot store.
 func TestAPIAnswers503WhenKafkaIsDown(t *testing.T) {
@@ -211,7 +151,7 @@ func TestAPIAnswers503WhenKafkaIsDown(t *testing.T) {
 	w := kafkawriter.New(kafkawriter.Options{Brokers: []string{dead}, Transport: tr})
 	defer w.Close()
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(w, "ledger.commands.v1"), Auth: authorize(t, db), Pool: db.Pool, Keyring: sealingtest.Keyring(t), ProduceTimeout: 500 * time.Millisecond,
+		Producer: producers.NewProducer(w, "ledger.commands.v1"), Auth: authorize(t, db), Ledger: queries(t, db), ProduceTimeout: 500 * time.Millisecond,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -247,7 +187,7 @@ func TestAPIRequiresAKeyWithTheRightScope(t *testing.T) {
 	}
 	kc := f.kc
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(kc.Writer(t), f.topic), Auth: apikey.NewAuthenticator(db.Pool), Pool: db.Pool, Keyring: sealingtest.Keyring(t),
+		Producer: producers.NewProducer(kc.Writer(t), f.topic), Auth: apikey.NewAuthenticator(db.Pool), Ledger: queries(t, db),
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -347,7 +287,7 @@ func TestAPIRateLimitsEachKey(t *testing.T) {
 	topic := kc.Topics(t, 1).Commands
 	ctx := context.Background()
 	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(kc.Writer(t), topic), Auth: apikey.NewAuthenticator(db.Pool), Pool: db.Pool, Keyring: sealingtest.Keyring(t),
+		Producer: producers.NewProducer(kc.Writer(t), topic), Auth: apikey.NewAuthenticator(db.Pool), Ledger: queries(t, db),
 		RateLimit: 0.001, RateBurst: producers.MaxBatchCommands,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -381,42 +321,93 @@ func TestAPIRateLimitsEachKey(t *testing.T) {
 	}
 }
 
-// panickingWriter stands in for a bug on the request path.
-type panickingWriter struct{}
+// The tests below need no services: the API runs over stubAuth, a
+// recordingWriter and a fakeLedger, and is called in process.
 
-func (panickingWriter) WriteMessages(context.Context, ...kafka.Message) error { panic("a bug") }
+// testKey is the Authorization header serve sends; stubAuth gives it every
+// scope.
+const testKey = "Bearer test"
 
-// TestHandlerPanicIsAProblemNotADroppedConnection: a panic while serving a
-// request is answered 500 problem+json, counted, and the server goes on.
-func TestHandlerPanicIsAProblemNotADroppedConnection(t *testing.T) {
-	db := pgtest.New(t)
-	reg := prometheus.NewRegistry()
-	api, err := producers.NewAPI(producers.APIOptions{
-		Producer: producers.NewProducer(panickingWriter{}, "commands"), Auth: authorize(t, db), Pool: db.Pool, Keyring: sealingtest.Keyring(t),
-		Registerer: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+// stubAuth stands in for the api_keys table: testKey has every scope, any
+// other header is unknown.
+type stubAuth struct{}
+
+func (stubAuth) Authenticate(_ context.Context, header string) (apikey.Identity, error) {
+	if header != testKey {
+		return apikey.Identity{}, apikey.ErrUnauthenticated
+	}
+	return apikey.Identity{KeyID: "0123456789abcdef", Name: "test", Scopes: apikey.Scopes}, nil
+}
+
+// newTestAPI returns the handler of an API over o, its zero fields filled
+// with stubs: a producer to a recordingWriter, stubAuth, an empty
+// fakeLedger, a fresh registry and a discarding log.
+func newTestAPI(t *testing.T, o producers.APIOptions) http.Handler {
+	t.Helper()
+	if o.Producer == nil {
+		o.Producer = producers.NewProducer(&recordingWriter{}, "ledger.commands.v1")
+	}
+	if o.Auth == nil {
+		o.Auth = stubAuth{}
+	}
+	if o.Ledger == nil {
+		o.Ledger = &fakeLedger{}
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	api, err := producers.NewAPI(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(srv.Close)
-	for range 2 { // the second shows the server survived the first
-		resp, p := do(t, "POST", srv.URL+"/v1/commands", fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"a","currency":"EUR"}`, uuid.Must(uuid.NewV7()).String()))
-		if resp.StatusCode != http.StatusInternalServerError || resp.Header.Get("Content-Type") != "application/problem+json" || p.Type != producers.ProblemTypeBase+"internal-error" {
-			t.Fatalf("POST with a panicking producer = %d %q %+v, want 500 problem+json internal-error", resp.StatusCode, resp.Header.Get("Content-Type"), p)
+	return api.Handler()
+}
+
+// serve sends one request with testKey to h and returns the answer.
+func serve(h http.Handler, method, target, body string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	req.Header.Set("Authorization", testKey)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+// problemOf decodes the problem rec answered, failing unless it is
+// problem+json whose status matches the response's.
+func problemOf(t *testing.T, rec *httptest.ResponseRecorder) problem {
+	t.Helper()
+	if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("Content-Type = %q, want application/problem+json; body %s", ct, rec.Body)
+	}
+	var p problem
+	if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+		t.Fatalf("undecodable problem body %q: %v", rec.Body, err)
+	}
+	if p.Status != rec.Code {
+		t.Errorf("problem status = %d, response status %d", p.Status, rec.Code)
+	}
+	return p
+}
+
+func TestUnknownRoutesAnswerProblems(t *testing.T) {
+	h := newTestAPI(t, producers.APIOptions{})
+	for _, c := range []struct {
+		method, path string
+		status       int
+		typ, allow   string
+	}{
+		{"GET", "/v2/anything", 404, "not-found", ""},
+		{"GET", "/v1/commands", 405, "method-not-allowed", "POST"},
+		{"POST", "/v1/accounts/a", 405, "method-not-allowed", "GET"},
+		{"DELETE", "/v1/accounts/a/entries", 405, "method-not-allowed", "GET"},
+	} {
+		rec := serve(h, c.method, c.path, "")
+		p := problemOf(t, rec)
+		if rec.Code != c.status || p.Type != producers.ProblemTypeBase+c.typ || rec.Header().Get("Allow") != c.allow {
+			t.Errorf("%s %s = %d %q Allow %q, want %d %q Allow %q", c.method, c.path, rec.Code, p.Type, rec.Header().Get("Allow"), c.status, c.typ, c.allow)
 		}
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "txpipe_ingest_recovered_panics_total" {
-			if got := mf.GetMetric()[0].GetCounter().GetValue(); got != 2 {
-				t.Errorf("txpipe_ingest_recovered_panics_total = %v, want 2", got)
-			}
-			return
-		}
-	}
-	t.Error("txpipe_ingest_recovered_panics_total is not registered")
 }

@@ -1,5 +1,6 @@
-// Package producers serves txpipe's ingest HTTP API and produces the
-// commands it accepts to the commands topic.
+// Package producers serves txpipe's HTTP API: ingest, which produces the
+// commands it accepts to the commands topic, and the reads of the ledger,
+// which it asks of a Ledger (*ledger.Queries) and holds no SQL of its own.
 package producers
 
 import (

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/txpipe/txpipe/consumers"
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/httpserver"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
@@ -184,8 +185,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			Auth:           apikey.NewAuthenticator(pool),
 			RateLimit:      cfg.rateLimit,
 			RateBurst:      cfg.rateBurst,
-			Pool:           reads,
-			Keyring:        cfg.keyring,
+			Ledger:         &ledger.Queries{Pool: reads, Keyring: cfg.keyring},
 			MaxBodyBytes:   cfg.maxBodyBytes,
 			ProduceTimeout: cfg.produceTimeout,
 			Registerer:     reg,

@@ -26,7 +26,8 @@ type Queries struct {
 }
 
 // Outcome is what became of a command: its stored decision, or its
-// dead-lettering.
+// dead-lettering. Type is "" when a dead-lettered record's type could not
+// be read.
 type Outcome struct {
 	CommandID, Type, Status string
 	Reason, Detail          *string
@@ -43,7 +44,7 @@ func (q *Queries) Outcome(ctx context.Context, id string) (Outcome, error) {
 	err := q.Pool.QueryRow(ctx, `SELECT command_id::text, type, status, reason, NULL, processed_at
 		FROM processed_commands WHERE command_id = $1
 		UNION ALL
-		SELECT command_id::text, type, 'dead_lettered', reason, detail, dead_lettered_at
+		SELECT command_id::text, coalesce(type, ''), 'dead_lettered', reason, detail, dead_lettered_at
 		FROM dead_lettered_commands WHERE command_id = $1
 			AND NOT EXISTS (SELECT 1 FROM processed_commands WHERE command_id = $1)`,
 		id).Scan(&o.CommandID, &o.Type, &o.Status, &o.Reason, &o.Detail, &o.At)
