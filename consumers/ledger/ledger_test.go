@@ -22,6 +22,7 @@ const (
 	cmdOpen     = "00000000-0000-7000-8000-000000000001"
 	cmdTransfer = "00000000-0000-7000-8000-000000000002"
 	cmdDead     = "00000000-0000-7000-8000-000000000003"
+	cmdUntyped  = "00000000-0000-7000-8000-000000000004" // dead-lettered, its type unreadable
 )
 
 var src = ledger.Source{Group: "g", Topic: "commands"}
@@ -53,7 +54,8 @@ func seed(t *testing.T, pool *pgxpool.Pool, keyring *sealing.Keyring) {
 			Decisions: []ledger.Decision{{Command: domain.Command{CommandID: cmdOpen, Type: domain.TypeOpenAccount, AccountID: "alice"},
 				Fingerprint: []byte{1}, Result: domain.Result{Status: domain.StatusApplied}}},
 			DeadLettered: []ledger.DeadLettered{{Identity: domain.Identity{CommandID: cmdDead, Type: domain.TypeTransfer},
-				Reason: "invalid_command", Detail: "no amount", Offset: 1}}}
+				Reason: "invalid_command", Detail: "no amount", Offset: 1},
+				{Identity: domain.Identity{CommandID: cmdUntyped}, Reason: "invalid_command", Detail: "type unknown", Offset: 1}}}
 	})
 	if err != nil {
 		t.Fatalf("first batch: %v", err)
@@ -124,7 +126,7 @@ func TestQueriesReadWhatABatchWrote(t *testing.T) {
 		t.Errorf("Statement(carol) error = %v, want ErrNotFound", err)
 	}
 
-	for id, want := range map[string]string{cmdOpen: "applied", cmdDead: "dead_lettered", cmdTransfer: "applied"} {
+	for id, want := range map[string]string{cmdOpen: "applied", cmdDead: "dead_lettered", cmdTransfer: "applied", cmdUntyped: "dead_lettered"} {
 		o, err := q.Outcome(ctx, id)
 		if err != nil || o.Status != want || o.At.Location() != time.UTC {
 			t.Errorf("Outcome(%s) = %+v, %v; want %s at a UTC time", id, o, err, want)
