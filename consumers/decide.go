@@ -23,7 +23,6 @@ import (
 	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/domain/sealing"
-	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/outbox"
 )
 
@@ -343,7 +342,7 @@ const HeaderReplayedFrom = "replayed_from"
 func submittedBy(m kafka.Message) string {
 	for _, h := range m.Headers {
 		if h.Key == domain.SubmittedByHeader {
-			if apikey.ValidID(string(h.Value)) {
+			if domain.ValidKeyID(string(h.Value)) {
 				return string(h.Value)
 			}
 		}

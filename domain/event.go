@@ -24,6 +24,23 @@ type Event struct {
 // a record produced straight to Kafka by anyone else has none.
 const SubmittedByHeader = "txpipe_submitted_by"
 
+// KeyIDLen is the length of an API key's id: hex digits.
+const KeyIDLen = 16
+
+// ValidKeyID reports whether id has the shape of an API key's id, the only
+// value SubmittedByHeader may carry into a command's rows and events.
+func ValidKeyID(id string) bool {
+	if len(id) != KeyIDLen {
+		return false
+	}
+	for _, c := range id {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // EventTypePosting is the type of every event on the postings topic.
 const EventTypePosting = "posting.created"
 

@@ -12,7 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/txpipe/txpipe/internal/apikey"
+	"github.com/txpipe/txpipe/producers/apikey"
 )
 
 // APIOptions configure the API: ingest (ingest.go) and the reads of the

@@ -20,12 +20,12 @@ import (
 
 	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
-	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
 	"github.com/txpipe/txpipe/internal/pgtest"
 	"github.com/txpipe/txpipe/internal/sealingtest"
 	"github.com/txpipe/txpipe/producers"
+	"github.com/txpipe/txpipe/producers/apikey"
 )
 
 type fixture struct {

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/txpipe/txpipe/domain"
-	"github.com/txpipe/txpipe/internal/apikey"
+	"github.com/txpipe/txpipe/producers/apikey"
 )
 
 // MaxBatchCommands is the most commands one batch request may carry.

@@ -19,8 +19,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/txpipe/txpipe/consumers/ledger"
-	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/migrations"
+	"github.com/txpipe/txpipe/producers/apikey"
 )
 
 // preloadVersion changes whenever what preload writes changes, so that a

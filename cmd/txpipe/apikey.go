@@ -7,7 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/txpipe/txpipe/internal/apikey"
+	"github.com/txpipe/txpipe/producers/apikey"
 )
 
 // runAPIKey serves "txpipe apikey create|list|revoke".

@@ -20,13 +20,13 @@ import (
 
 	"github.com/txpipe/txpipe/consumers"
 	"github.com/txpipe/txpipe/consumers/ledger"
-	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/httpserver"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
 	"github.com/txpipe/txpipe/migrations"
 	"github.com/txpipe/txpipe/outbox"
 	"github.com/txpipe/txpipe/producers"
+	"github.com/txpipe/txpipe/producers/apikey"
 )
 
 func runMigrate(ctx context.Context, args []string, e *env) error {

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/txpipe/txpipe/internal/apikey"
 	"github.com/txpipe/txpipe/internal/pgtest"
+	"github.com/txpipe/txpipe/producers/apikey"
 )
 
 const good = "txp_0123456789abcdef_" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNO-_"

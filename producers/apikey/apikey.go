@@ -25,6 +25,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/txpipe/txpipe/domain"
 )
 
 // The scopes a key may carry.
@@ -38,7 +40,7 @@ var Scopes = []string{ScopeCommandsWrite, ScopeLedgerRead}
 
 const (
 	prefix    = "txp_"
-	idLen     = 16 // hex digits
+	idLen     = domain.KeyIDLen
 	secretLen = 43 // base64url characters of 32 bytes
 	// TokenLen is the length of every key.
 	TokenLen = len(prefix) + idLen + 1 + secretLen
@@ -76,17 +78,7 @@ func Parse(token string) (keyID, secret string, ok bool) {
 }
 
 // ValidID reports whether id has the shape of a key id.
-func ValidID(id string) bool {
-	if len(id) != idLen {
-		return false
-	}
-	for _, c := range id {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
+func ValidID(id string) bool { return domain.ValidKeyID(id) }
 
 func hash(secret string) []byte {
 	h := sha256.Sum256([]byte(secret))
