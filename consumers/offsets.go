@@ -377,23 +377,8 @@ func (l *lane) check(laneCtx context.Context) {
 			verify = append(verify, p)
 		}
 	}
-	if len(verify) > 0 {
-		first, end, err := l.f.Bounds(ctx, verify)
-		if err != nil {
-			return // Kafka cannot tell now; next time
-		}
-		for _, p := range verify {
-			old := states[p].Anchor
-			var got []byte
-			if anchorCheckable(l.pos[p], old, first[p], end[p]) {
-				if got, err = l.recordHashAt(ctx, p, old.Offset); err != nil {
-					return
-				}
-			}
-			if reason := logVerdict(l.pos[p], old, first[p], end[p], got); reason != "" {
-				_ = l.halt(ctx, p, ledger.Halt{At: time.Now().UTC(), Reason: reason + "; records of the new log may have been applied since", LogStart: first[p], LogEnd: end[p]})
-			}
-		}
+	if len(verify) > 0 && !l.verifyAnchors(ctx, states, verify) {
+		return // Kafka cannot tell now; next time
 	}
 	save := map[int]anchor{}
 	for p, a := range l.applied {
@@ -411,6 +396,29 @@ func (l *lane) check(laneCtx context.Context) {
 	for p, a := range save {
 		l.anchors[p] = &a
 	}
+}
+
+// verifyAnchors reads back, for each partition of parts, the record its
+// stored anchor names, and halts the partition when the log no longer
+// holds it. It returns false when Kafka could not tell.
+func (l *lane) verifyAnchors(ctx context.Context, states map[int]ledger.Stored, parts []int) bool {
+	first, end, err := l.f.Bounds(ctx, parts)
+	if err != nil {
+		return false
+	}
+	for _, p := range parts {
+		old := states[p].Anchor
+		var got []byte
+		if anchorCheckable(l.pos[p], old, first[p], end[p]) {
+			if got, err = l.recordHashAt(ctx, p, old.Offset); err != nil {
+				return false
+			}
+		}
+		if reason := logVerdict(l.pos[p], old, first[p], end[p], got); reason != "" {
+			_ = l.halt(ctx, p, ledger.Halt{At: time.Now().UTC(), Reason: reason + "; records of the new log may have been applied since", LogStart: first[p], LogEnd: end[p]})
+		}
+	}
+	return true
 }
 
 // changedUnder returns a partition whose row says other than the lane

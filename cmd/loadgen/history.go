@@ -15,7 +15,7 @@ import (
 // history generates the commands of a pipeline that has run for a while and
 // decides them with the ledger rules themselves (domain.Book.Apply, as the
 // workers do), turning each outcome into the rows a worker writes for it
-// (consumers/apply.go, write). It is deterministic for a seed: a test
+// (consumers/ledger, Write). It is deterministic for a seed: a test
 // regenerates the same commands to check what was stored.
 //
 // The history: every account of the workload (acct-0 … acct-N-1, EUR) is
@@ -192,7 +192,6 @@ func uuidAt(t time.Time, r *rand.Rand) string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
-// Rows, as consumers/apply.go writes them.
 // chunk decides the next n commands (fewer at the end).
 func (h *history) chunk(n int) *ledger.History {
 	c := &ledger.History{}
