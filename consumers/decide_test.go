@@ -183,9 +183,12 @@ func TestDecide(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := summarize(decideBatch(t, testDecider(t), fuzzState(), tt.key, tt.dl, tt.values...))
-			if diff := cmp.Diff(tt.want, got); diff != "" {
+			v := decideBatch(t, testDecider(t), fuzzState(), tt.key, tt.dl, tt.values...)
+			if diff := cmp.Diff(tt.want, summarize(v)); diff != "" {
 				t.Errorf("decide() (-want +got):\n%s", diff)
+			}
+			if !v.writes.Now.Equal(fuzzNow) {
+				t.Errorf("rows stamped %v, want the state's clock %v", v.writes.Now, fuzzNow)
 			}
 		})
 	}

@@ -2,6 +2,8 @@ package consumers
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -52,7 +54,7 @@ func (w *Worker) expireDue(ctx context.Context, now time.Time) (int, error) {
 // expire expires the holds of book that are due at now, and announces each.
 func (d decider) expire(book *domain.Book, now time.Time) ledger.Expiry {
 	var ex ledger.Expiry
-	for id := range book.Transfers {
+	for _, id := range slices.Sorted(maps.Keys(book.Transfers)) { // one order for an account's events
 		t, ok := book.Expire(id, now)
 		if !ok {
 			continue

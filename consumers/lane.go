@@ -106,13 +106,14 @@ func (l *lane) run(ctx context.Context) {
 		}
 		l.distrust()
 		fetchBackoff.Reset()
-		var err error
-		if msgs := l.take(l.w.opts.BatchSize); len(msgs) > 0 {
-			err = l.apply(ctx, msgs)
-		} else {
-			err = l.advanceOverMarkers(ctx)
+		msgs := l.take(l.w.opts.BatchSize)
+		if len(msgs) == 0 {
+			if !l.idle(ctx, restart) {
+				return
+			}
+			continue
 		}
-		switch {
+		switch err := l.apply(ctx, msgs); {
 		case err == nil:
 			l.w.setStuck(l.healthy(), nil)
 			restart.Reset()
@@ -122,6 +123,24 @@ func (l *lane) run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// idle stores positions moved past transaction markers when nothing is
+// pending. When that fails (PostgreSQL unreachable, or the stored offset
+// moved), the lane waits a backoff and re-reads the stored offsets. It
+// returns false when the generation ended.
+func (l *lane) idle(ctx context.Context, restart backoff.BackOff) bool {
+	err := l.advanceOverMarkers(ctx)
+	if err == nil {
+		l.w.setStuck(l.healthy(), nil)
+		return true
+	}
+	if ctx.Err() != nil {
+		return false
+	}
+	l.log.Warn("storing offsets past transaction markers failed; re-reading the stored offsets", "err", err)
+	retry.Sleep(ctx, restart.NextBackOff())
+	return l.resume(ctx) == nil
 }
 
 // fetchFailed leaves every partition out for d after a fetch no broker
@@ -148,7 +167,7 @@ func (l *lane) apply(ctx context.Context, msgs []kafka.Message) error {
 	return nil
 }
 
-// startOver follows a round that failed, fenced or out of retries:
+// startOver follows a batch that failed, fenced or out of retries:
 // PostgreSQL decides where the lane stands, so it re-reads the stored
 // offsets, at once when another worker moved them, after a backoff
 // otherwise. It returns false when the generation ended meanwhile.
@@ -158,7 +177,7 @@ func (l *lane) startOver(ctx context.Context, err error, restart backoff.BackOff
 		l.w.metrics.retries.WithLabelValues("fenced").Inc()
 		l.log.Warn("stored offset moved under this worker; re-reading it", "err", err)
 	} else {
-		l.log.Error("writes keep failing; re-reading the stored offsets and starting over", "err", err)
+		l.log.Error("batch keeps failing; re-reading the stored offsets and starting over", "err", err)
 		retry.Sleep(ctx, restart.NextBackOff())
 	}
 	return l.resume(ctx) == nil
@@ -430,7 +449,7 @@ func (l *lane) advanceOverMarkers(ctx context.Context) error {
 		return nil
 	}
 	if err := l.w.source.Advance(ctx, l.w.opts.Pool, from, to); err != nil {
-		return fmt.Errorf("store offsets past transaction markers: %w", err)
+		return err
 	}
 	maps.Copy(l.pos, to)
 	return nil

@@ -6,10 +6,11 @@
 // call it. The outbox table belongs to package outbox and api_keys to
 // package producers/apikey.
 //
-// The worker's batch transaction is two round trips: Load (BEGIN, the
-// offset fence, stored decisions, row locks) and Write (every effect, the
-// outbox rows, the new offsets, COMMIT). What happens between them, the
-// decision, is the caller's and touches no database.
+// The worker's batch transaction is Load (BEGIN, the offset fence, stored
+// decisions, row locks: one round trip, two when the batch names
+// transfers) and Write (every effect, the outbox rows, the new offsets,
+// COMMIT: one round trip). What happens between them, the decision, is the
+// caller's and touches no database.
 //
 // Lock order, everywhere a transaction takes more than one kind of row
 // lock: the partition's consumer_offsets rows in partition order, then

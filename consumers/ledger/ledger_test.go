@@ -132,6 +132,95 @@ func TestQueriesReadWhatABatchWrote(t *testing.T) {
 			t.Errorf("Outcome(%s) = %+v, %v; want %s at a UTC time", id, o, err, want)
 		}
 	}
+	if o, err := q.Outcome(ctx, cmdUntyped); err != nil || o.Type != "" || o.Reason == nil || *o.Reason != "invalid_command" ||
+		o.Detail == nil || *o.Detail != "type unknown" {
+		t.Errorf("Outcome(untyped) = %+v, %v; want no type, reason invalid_command, detail \"type unknown\"", o, err)
+	}
+	if _, err := q.Outcome(ctx, "00000000-0000-7000-8000-000000000099"); !errors.Is(err, ledger.ErrNotFound) {
+		t.Errorf("Outcome(unknown) error = %v, want ErrNotFound", err)
+	}
+	// Times come back in UTC whatever the session's time zone.
+	if _, err := db.Pool.Exec(ctx, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone = ''Asia/Tokyo''', current_database()); END $$`); err != nil {
+		t.Fatal(err)
+	}
+	db.Pool.Reset() // new sessions pick the setting up
+	a, _ = q.Account(ctx, "alice")
+	tr, _ = q.Transfer(ctx, cmdTransfer)
+	page, _ = q.Statement(ctx, "alice", 0, 1)
+	for what, at := range map[string]time.Time{"account created": a.CreatedAt, "account updated": a.UpdatedAt,
+		"transfer created": tr.CreatedAt, "transfer updated": tr.UpdatedAt, "entry": page[0].CreatedAt} {
+		if at.Location() != time.UTC {
+			t.Errorf("%s at %v, want UTC", what, at)
+		}
+	}
+}
+
+// TestAdvanceMovesOnlyFromWhereItIs: Advance moves a stored offset that
+// stands where the caller says, and nothing when it does not.
+func TestAdvanceMovesOnlyFromWhereItIs(t *testing.T) {
+	db := pgtest.New(t)
+	seed(t, db.Pool, sealingtest.Keyring(t))
+	ctx := context.Background()
+	if err := src.Advance(ctx, db.Pool, ledger.Positions{0: 3}, ledger.Positions{0: 9}); err != nil {
+		t.Fatalf("Advance(3 → 9) error = %v", err)
+	}
+	if err := src.Advance(ctx, db.Pool, ledger.Positions{0: 3}, ledger.Positions{0: 12}); !errors.Is(err, ledger.ErrFenced) {
+		t.Fatalf("Advance(3 → 12) from 9: error = %v, want ErrFenced", err)
+	}
+	got, err := src.Offsets(ctx, db.Pool, []int{0, 1})
+	if err != nil || !cmp.Equal(got, ledger.Positions{0: 9}) {
+		t.Errorf("Offsets() = %v, %v; want partition 0 at 9 and no row for 1", got, err)
+	}
+}
+
+// TestExpireDueExpiresEachHoldOnce: a hold past its expiry is expired with
+// what decide returns, its account's held amount released, once.
+func TestExpireDueExpiresEachHoldOnce(t *testing.T) {
+	db := pgtest.New(t)
+	keyring := sealingtest.Keyring(t)
+	seed(t, db.Pool, keyring)
+	ctx := context.Background()
+	const hold = "00000000-0000-7000-8000-000000000005"
+	var expires time.Time
+	err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 3}, CommandIDs: []string{hold}, Accounts: []string{"alice", "bob"}},
+		func(st *ledger.State) *ledger.Writes {
+			expires = st.Now.Add(time.Minute)
+			res := st.Book.Apply(domain.Command{CommandID: hold, Type: domain.TypeHold, FromAccountID: "alice", ToAccountID: "bob",
+				Amount: 20, Currency: "EUR", ExpiresAt: &expires}, st.Now)
+			if res.Status != domain.StatusApplied {
+				t.Fatalf("hold %s %s", res.Status, res.Reason)
+			}
+			return &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"]}, Created: []*domain.Transfer{res.Transfer},
+				Now: st.Now, Next: ledger.Positions{0: 4}}
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expire := func(book *domain.Book, now time.Time) ledger.Expiry {
+		var ex ledger.Expiry
+		for id := range book.Transfers {
+			if tr, ok := book.Expire(id, now); ok {
+				ex.Holds = append(ex.Holds, tr)
+			}
+		}
+		return ex
+	}
+	for _, tt := range []struct {
+		at   time.Time
+		want int
+	}{{expires.Add(-time.Second), 0}, {expires, 1}, {expires.Add(time.Hour), 0}} {
+		if n, err := ledger.ExpireDue(ctx, db.Pool, tt.at, 10, expire); err != nil || n != tt.want {
+			t.Errorf("ExpireDue(%v) = %d, %v; want %d", tt.at, n, err, tt.want)
+		}
+	}
+	q := &ledger.Queries{Pool: db.Pool, Keyring: keyring}
+	tr, err := q.Transfer(ctx, hold)
+	if err != nil || tr.Status != domain.TransferExpired {
+		t.Errorf("hold after expiry = %+v, %v; want expired", tr.Status, err)
+	}
+	if a, err := q.Account(ctx, "alice"); err != nil || a.Held != 0 {
+		t.Errorf("alice after expiry: held %d, %v; want 0", a.Held, err)
+	}
 }
 
 // TestLoadFencesAStalePosition: a batch that expects another stored

@@ -86,6 +86,8 @@ func (q *Queries) Account(ctx context.Context, id string) (Account, error) {
 		return a, err
 	}
 	switch {
+	case keyID.Valid && q.Keyring == nil:
+		return a, fmt.Errorf("open the metadata of account %s: no keyring", id)
 	case keyID.Valid:
 		md, err := q.Keyring.Open(keyID.String, sealed, sealing.MetadataAAD(id))
 		if err != nil {

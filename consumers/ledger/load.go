@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/txpipe/txpipe/domain"
-	"github.com/txpipe/txpipe/outbox"
 )
 
 // idleInTransactionTimeout bounds how long a batch's transaction may sit
@@ -197,103 +196,4 @@ func queueLockAccounts(b *pgx.Batch, ids []string, book *domain.Book) {
 		}
 		return rows.Err()
 	})
-}
-
-// Writes are a batch's effects, written by Write in one round trip.
-type Writes struct {
-	// Opened are the accounts the batch created, Changed those it loaded
-	// and changed.
-	Opened, Changed []*domain.Account
-	// Sealed is the metadata of Opened accounts, sealed: the plaintext is
-	// never written.
-	Sealed map[string]domain.Sealed
-	// Created are the transfers the batch made, Updated those it loaded
-	// and changed.
-	Created, Updated []*domain.Transfer
-	Entries          []Entry
-	Decisions        []Decision
-	DeadLettered     []DeadLettered
-	// Outbox is published by the relay once the batch commits.
-	Outbox []outbox.Message
-	// Next is the stored offset of each partition after the batch.
-	Next Positions
-	// Now stamps the rows: the time the batch decided at (State.Now).
-	Now time.Time
-}
-
-// Entry is one posting of a command, a line of its account's statement.
-type Entry struct {
-	Posting     domain.Posting
-	CommandID   string
-	CommandType domain.Type
-	SubmittedBy string
-}
-
-// Decision is the outcome of a command, stored under its command_id so that
-// a redelivery of it has no effect.
-type Decision struct {
-	Command     domain.Command
-	Fingerprint []byte
-	Result      domain.Result
-	// AcceptedAt is when ingest accepted it (zero when unknown).
-	AcceptedAt  time.Time
-	Partition   int
-	Offset      int64
-	SubmittedBy string
-}
-
-// DeadLettered is the dead_lettered outcome of a record whose command id
-// could be read.
-type DeadLettered struct {
-	Identity       domain.Identity
-	Reason, Detail string
-	Partition      int
-	Offset         int64
-	SubmittedBy    string
-}
-
-// Write stores w, moves the stored offsets to w.Next and commits, in one
-// round trip. Every account of w.Changed and transfer of w.Updated must
-// have been locked by Load; a missing row fails the batch.
-func (s Source) Write(ctx context.Context, tx Sender, w *Writes) error {
-	b := &pgx.Batch{}
-	s.queueWrites(b, w)
-	b.Queue("COMMIT") // see internal/pgtx
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("write batch effects: %w", err)
-	}
-	return nil
-}
-
-// queueWrites queues w's statements, stamped w.Now.
-func (s Source) queueWrites(b *pgx.Batch, w *Writes) {
-	at := w.Now
-	if len(w.Opened) > 0 {
-		queueInsertAccounts(b, w.Opened, w.Sealed, at)
-	}
-	if len(w.Changed) > 0 {
-		queueUpdateAccounts(b, w.Changed, at)
-	}
-	if len(w.Created) > 0 {
-		queueInsertTransfers(b, w.Created, at)
-	}
-	if len(w.Updated) > 0 {
-		queueUpdateTransfers(b, w.Updated, at)
-	}
-	if len(w.Entries) > 0 {
-		queueEntries(b, w.Entries, at)
-	}
-	if len(w.Decisions) > 0 {
-		queueDecisions(b, w.Decisions, at)
-	}
-	if len(w.DeadLettered) > 0 {
-		queueDeadLettered(b, w.DeadLettered, at)
-	}
-	outbox.Queue(b, w.Outbox)
-	if len(w.Next) > 0 {
-		parts, offsets := offsetColumns(w.Next)
-		b.Queue(`UPDATE consumer_offsets AS c SET next_offset = u.o, updated_at = now()
-			FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
-			WHERE c.group_id = $1 AND c.topic = $2 AND c.partition = u.p`, s.Group, s.Topic, parts, offsets)
-	}
 }
