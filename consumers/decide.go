@@ -81,7 +81,7 @@ func (v *verdict) count(outcome, reason string) {
 func (d decider) decide(r batchInput, st *ledger.State) (*verdict, error) {
 	v := &verdict{counts: make(map[outcomeKey]int), replayed: make(map[string]int),
 		touched: make(map[string]bool), opened: make(map[string]bool), transfers: make(map[string]bool)}
-	v.writes.Sealed = make(map[string]domain.Sealed)
+	v.writes.AccountMetadata, v.writes.TransferMetadata = make(map[string]domain.Sealed), make(map[string]domain.Sealed)
 	for i, m := range r.msgs {
 		err := guardRecord(i, func() {
 			v.replay, v.by = isReplay(m), submittedBy(m)
@@ -169,10 +169,17 @@ func (d decider) command(v *verdict, cmd domain.Command, m kafka.Message, st *le
 func (d decider) outcome(v *verdict, cmd domain.Command, res domain.Result, acceptedAt, now time.Time) {
 	var sealed *domain.Sealed
 	if len(cmd.Metadata) > 0 {
-		keyID, ct := d.keyring.Seal(cmd.Metadata, sealing.MetadataAAD(cmd.AccountID))
+		aad := sealing.TransferMetadataAAD(cmd.CommandID) // a money command's: its transfer's
+		if cmd.Type == domain.TypeOpenAccount {
+			aad = sealing.MetadataAAD(cmd.AccountID)
+		}
+		keyID, ct := d.keyring.Seal(cmd.Metadata, aad)
 		sealed = &domain.Sealed{KeyID: keyID, Ciphertext: ct}
-		if res.Opened != nil {
-			v.writes.Sealed[res.Opened.ID] = *sealed
+		switch {
+		case res.Opened != nil:
+			v.writes.AccountMetadata[res.Opened.ID] = *sealed
+		case res.Status == domain.StatusApplied && res.Transfer != nil && res.Transfer.ID == cmd.CommandID:
+			v.writes.TransferMetadata[res.Transfer.ID] = *sealed // the transfer this command made
 		}
 	}
 	ev := domain.NewOutcomeEvent(uuid.Must(uuid.NewV7()).String(), cmd, sealed, res, acceptedAt, now)

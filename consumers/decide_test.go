@@ -134,6 +134,45 @@ func TestDecide(t *testing.T) {
 			Counts:    map[string]int{"applied": 1},
 		},
 	}, {
+		name: "a reference held by an applied command is refused, and so is one used earlier in the batch",
+		key:  "alice",
+		values: []string{`{"command_id":"` + id(1) + `","type":"transfer","from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR","reference":"order-9"}`,
+			`{"command_id":"` + id(2) + `","type":"deposit","account_id":"alice","amount":1,"currency":"EUR","reference":"order-10"}`,
+			`{"command_id":"` + id(3) + `","type":"withdraw","account_id":"alice","amount":1,"currency":"EUR","reference":"order-10"}`},
+		want: summary{
+			Changed:   []string{"@external:EUR", "alice"},
+			Created:   []string{id(2)},
+			Decisions: []string{id(1) + " rejected reference_exists", id(2) + " applied", id(3) + " rejected reference_exists"},
+			Entries:   []string{"@external:EUR v1 -1 =-1251", "alice v4 1 =1001"},
+			Messages: []string{"events alice transfer.rejected", "events alice deposit.applied", "postings @external:EUR posting.created",
+				"postings alice posting.created", "events alice withdraw.rejected"},
+			Counts: map[string]int{"applied": 1, "rejected reference_exists": 2},
+		},
+	}, {
+		name:   "up_to moves what the debit account can spend",
+		key:    "bob",
+		values: []string{`{"command_id":"` + id(1) + `","type":"transfer","from_account_id":"bob","to_account_id":"alice","amount":1000,"currency":"EUR","amount_mode":"up_to","expected_version":2}`},
+		want: summary{
+			Changed:   []string{"alice", "bob"},
+			Created:   []string{id(1)},
+			Decisions: []string{id(1) + " applied"},
+			Entries:   []string{"bob v3 -200 =0", "alice v4 200 =1200"},
+			Messages:  []string{"events bob transfer.applied", "postings bob posting.created", "postings alice posting.created"},
+			Counts:    map[string]int{"applied": 1},
+		},
+	}, {
+		name:   "close_account sweeps the balance and closes in one step",
+		key:    "bob",
+		values: []string{`{"command_id":"` + id(1) + `","type":"close_account","account_id":"bob","sweep_to_account_id":"alice"}`},
+		want: summary{
+			Changed:   []string{"alice", "bob"},
+			Created:   []string{id(1)},
+			Decisions: []string{id(1) + " applied"},
+			Entries:   []string{"bob v3 -200 =0", "alice v4 200 =1200"},
+			Messages:  []string{"events bob close_account.applied", "postings bob posting.created", "postings alice posting.created"},
+			Counts:    map[string]int{"applied": 1},
+		},
+	}, {
 		name:   "a command decided before has no effect",
 		key:    "bob",
 		values: []string{transfer(1, "bob", "alice", 5), transfer(1, "bob", "alice", 5)},
@@ -203,7 +242,7 @@ func TestDecideSealsMetadata(t *testing.T) {
 	if got := summarize(v).Opened; !slices.Equal(got, []string{"dave"}) {
 		t.Fatalf("opened = %v, want [dave]", got)
 	}
-	sealed, ok := v.writes.Sealed["dave"]
+	sealed, ok := v.writes.AccountMetadata["dave"]
 	if !ok || sealed.KeyID == "" || len(sealed.Ciphertext) == 0 {
 		t.Fatalf("sealed metadata of dave = %+v, %v; want a key id and a ciphertext", sealed, ok)
 	}
@@ -218,6 +257,39 @@ func TestDecideSealsMetadata(t *testing.T) {
 	plain, err := d.keyring.Open(sealed.KeyID, sealed.Ciphertext, sealing.MetadataAAD("dave"))
 	if err != nil || !bytes.Contains(plain, []byte("s3cr3t")) {
 		t.Errorf("opened metadata = %s, %v; want the command's", plain, err)
+	}
+}
+
+// TestDecideKeepsReferenceAndMetadataWithTheTransfer: a money command's
+// reference is on its transfer and postings, its metadata sealed for the
+// transfer's row under the transfer's id, never in clear on a message.
+func TestDecideKeepsReferenceAndMetadataWithTheTransfer(t *testing.T) {
+	d := testDecider(t)
+	cmd := `{"command_id":"` + id(1) + `","type":"transfer","from_account_id":"alice","to_account_id":"bob","amount":5,"currency":"EUR",` +
+		`"reference":"order 77","metadata":{"note":"s3cr3t"}}`
+	v := decideBatch(t, d, fuzzState(), "alice", nil, cmd)
+	if len(v.writes.Created) != 1 || v.writes.Created[0].Reference != "order 77" {
+		t.Fatalf("created transfers %+v, want one with reference order 77", v.writes.Created)
+	}
+	for _, e := range v.writes.Entries {
+		if e.Posting.Reference != "order 77" {
+			t.Errorf("entry %+v carries reference %q", e.Posting, e.Posting.Reference)
+		}
+	}
+	sealed, ok := v.writes.TransferMetadata[id(1)]
+	if !ok || len(v.writes.AccountMetadata) != 0 {
+		t.Fatalf("sealed metadata: transfers %v, accounts %v; want the transfer's only", v.writes.TransferMetadata, v.writes.AccountMetadata)
+	}
+	if plain, err := d.keyring.Open(sealed.KeyID, sealed.Ciphertext, sealing.TransferMetadataAAD(id(1))); err != nil || string(plain) != `{"note":"s3cr3t"}` {
+		t.Errorf("transfer metadata opens to %s, %v; want the command's", plain, err)
+	}
+	for _, m := range v.writes.Outbox {
+		if bytes.Contains(m.Value, []byte("s3cr3t")) {
+			t.Fatalf("%s message carries the metadata in plaintext: %s", m.Topic, m.Value)
+		}
+		if m.Topic == "postings" && !bytes.Contains(m.Value, []byte(`"reference":"order 77"`)) {
+			t.Errorf("posting %s lacks the reference", m.Value)
+		}
 	}
 }
 

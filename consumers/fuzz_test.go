@@ -2,6 +2,7 @@ package consumers
 
 import (
 	"errors"
+	"maps"
 	"math"
 	"strings"
 	"testing"
@@ -50,7 +51,8 @@ func fuzzBook() *domain.Book {
 	b.Transfers[fuzzHold] = &domain.Transfer{ID: fuzzHold, Kind: domain.KindHold, FromAccountID: "alice", ToAccountID: "bob",
 		Currency: "EUR", Amount: 100, Status: domain.TransferPending, ExpiresAt: &expires}
 	b.Transfers[fuzzTransfer] = &domain.Transfer{ID: fuzzTransfer, Kind: domain.KindTransfer, FromAccountID: "alice", ToAccountID: "bob",
-		Currency: "EUR", Amount: 200, Status: domain.TransferPosted}
+		Currency: "EUR", Amount: 200, Status: domain.TransferPosted, Reference: "order-9"}
+	b.References["order-9"] = fuzzTransfer
 	return b
 }
 
@@ -70,6 +72,8 @@ func FuzzDecide(f *testing.F) {
 		cmd(`{"command_id":"ID","type":"deposit","account_id":"alice","amount":9007199254740991,"currency":"EUR"}`),
 		cmd(`{"command_id":"ID","type":"withdraw","account_id":"alice","amount":950,"currency":"EUR"}`),
 		cmd(`{"command_id":"ID","type":"transfer","from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR"}`),
+		cmd(`{"command_id":"ID","type":"transfer","from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR","reference":"order-9"}`),
+		cmd(`{"command_id":"ID","type":"hold","from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR","reference":"order 10","metadata":{"m":[1,"x"]}}`),
 		cmd(`{"command_id":"ID","type":"transfer","from_account_id":"alice","to_account_id":"carol","amount":1,"currency":"EUR"}`),
 		cmd(`{"command_id":"ID","type":"hold","from_account_id":"alice","to_account_id":"bob","amount":5,"currency":"EUR","expires_at":"2026-11-30T12:00:01Z"}`),
 		cmd(`{"command_id":"ID","type":"capture","account_id":"alice","hold_id":"` + fuzzHold + `","amount":60}`),
@@ -230,5 +234,6 @@ func cloneBook(b *domain.Book) *domain.Book {
 		x := *tr
 		c.Transfers[id] = &x
 	}
+	maps.Copy(c.References, b.References)
 	return c
 }

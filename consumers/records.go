@@ -63,6 +63,9 @@ func (r batchInput) loadRequest(expected positions) ledger.LoadRequest {
 		if c.Type == domain.TypeDeposit || c.Type == domain.TypeWithdraw {
 			req.Currencies = append(req.Currencies, c.Currency)
 		}
+		if c.Reference != "" {
+			req.References = append(req.References, c.Reference)
+		}
 	}
 	return req
 }

@@ -41,8 +41,10 @@ const (
 	// MaxAmount is the largest amount a command may carry: 2^53-1, so that
 	// every amount survives a round trip through a JavaScript number.
 	MaxAmount = 9007199254740991
-	// MaxMetadataBytes bounds open_account's metadata object.
+	// MaxMetadataBytes bounds a command's metadata object.
 	MaxMetadataBytes = 4096
+	// MaxReferenceLen bounds a money command's reference.
+	MaxReferenceLen = 128
 	// MaxCommandBytes bounds one encoded command, on the API and on Kafka.
 	MaxCommandBytes = 64 << 10
 	maxAccountIDLen = 64
@@ -64,7 +66,23 @@ type Command struct {
 	HoldID          string          `json:"hold_id,omitempty"`
 	TransferID      string          `json:"transfer_id,omitempty"`
 	ExpiresAt       *time.Time      `json:"expires_at,omitempty"`
+	// Reference is the sender's business reference of a money command (an
+	// order or invoice number): unique among applied money commands.
+	Reference string `json:"reference,omitempty"`
+	// AmountMode is AmountUpTo for a withdraw or transfer that moves what
+	// the debit account can spend, at most Amount; "" moves Amount exactly
+	// ("exact" is decoded as "").
+	AmountMode string `json:"amount_mode,omitempty"`
+	// ExpectedVersion, when set, is the version the debit account must
+	// still have (its number of postings) for the command to apply.
+	ExpectedVersion *int64 `json:"expected_version,omitempty"`
+	// SweepToAccountID is where close_account moves the remaining balance.
+	SweepToAccountID string `json:"sweep_to_account_id,omitempty"`
 }
+
+// AmountUpTo is the amount_mode that moves what can be moved, at most the
+// command's amount.
+const AmountUpTo = "up_to"
 
 // spec says which fields a command type takes. Fields absent from both lists
 // are refused, so a typo never silently drops an intent.
@@ -75,17 +93,21 @@ type spec struct {
 
 var specs = map[Type]spec{
 	TypeOpenAccount:     {required: []string{"account_id", "currency"}, optional: []string{"overdraft_limit", "daily_debit_limit", "metadata"}},
-	TypeDeposit:         {required: []string{"account_id", "amount", "currency"}},
-	TypeWithdraw:        {required: []string{"account_id", "amount", "currency"}},
-	TypeTransfer:        {required: []string{"from_account_id", "to_account_id", "amount", "currency"}},
-	TypeHold:            {required: []string{"from_account_id", "to_account_id", "amount", "currency"}, optional: []string{"expires_at"}},
+	TypeDeposit:         {required: []string{"account_id", "amount", "currency"}, optional: moneyOptional},
+	TypeWithdraw:        {required: []string{"account_id", "amount", "currency"}, optional: append([]string{"amount_mode", "expected_version"}, moneyOptional...)},
+	TypeTransfer:        {required: []string{"from_account_id", "to_account_id", "amount", "currency"}, optional: append([]string{"amount_mode", "expected_version"}, moneyOptional...)},
+	TypeHold:            {required: []string{"from_account_id", "to_account_id", "amount", "currency"}, optional: append([]string{"expires_at", "expected_version"}, moneyOptional...)},
 	TypeCapture:         {required: []string{"account_id", "hold_id"}, optional: []string{"amount"}},
 	TypeRelease:         {required: []string{"account_id", "hold_id"}},
 	TypeReverse:         {required: []string{"account_id", "transfer_id"}, optional: []string{"amount"}},
 	TypeFreezeAccount:   {required: []string{"account_id"}},
 	TypeUnfreezeAccount: {required: []string{"account_id"}},
-	TypeCloseAccount:    {required: []string{"account_id"}},
+	TypeCloseAccount:    {required: []string{"account_id"}, optional: []string{"sweep_to_account_id"}},
 }
+
+// moneyOptional are the fields every command that moves or reserves money
+// may carry: the sender's reference and metadata, kept with its transfer.
+var moneyOptional = []string{"reference", "metadata"}
 
 // Types lists every command type in a stable order.
 func Types() []Type {
@@ -296,6 +318,32 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 		default:
 			cmd.Metadata = md
 		}
+	case "sweep_to_account_id":
+		cmd.SweepToAccountID = decodeAccountID(raw, p, verr)
+	case "expected_version":
+		if v := decodeInt(raw, p, 0, verr); !verrAt(verr, p) {
+			cmd.ExpectedVersion = &v
+		}
+	case "amount_mode":
+		var s string
+		switch {
+		case json.Unmarshal(raw, &s) != nil:
+			verr.add(p, "must be a string")
+		case s == "exact":
+		case s == AmountUpTo:
+			cmd.AmountMode = AmountUpTo
+		default:
+			verr.add(p, "must be \"exact\" or \"up_to\"")
+		}
+	case "reference":
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			verr.add(p, "must be a string")
+		} else if !ValidReference(s) {
+			verr.add(p, "must be 1 to %d printable ASCII characters", MaxReferenceLen)
+		} else {
+			cmd.Reference = s
+		}
 	case "expires_at":
 		var s string
 		if json.Unmarshal(raw, &s) != nil {
@@ -315,6 +363,16 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 		}
 		cmd.ExpiresAt = &t
 	}
+}
+
+// verrAt reports whether verr holds an error at pointer p.
+func verrAt(verr *ValidationError, p string) bool {
+	for _, fe := range verr.Errors {
+		if fe.Pointer == p {
+			return true
+		}
+	}
+	return false
 }
 
 // canonicalObject re-encodes a JSON object with sorted keys, no spaces and
@@ -381,6 +439,20 @@ func decodeInt(raw json.RawMessage, p string, lo int64, verr *ValidationError) i
 		return 0
 	}
 	return n
+}
+
+// ValidReference reports whether s is 1–MaxReferenceLen printable ASCII
+// characters (space to tilde).
+func ValidReference(s string) bool {
+	if len(s) == 0 || len(s) > MaxReferenceLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidAccountID reports whether s is 1–64 characters of [A-Za-z0-9._:-].

@@ -75,6 +75,9 @@ type PostingData struct {
 	Amount         int64  `json:"amount"`
 	BalanceAfter   int64  `json:"balance_after"`
 	CommandType    Type   `json:"command_type"`
+	// Reference is the reference of the transfer this posting moves money
+	// for; absent when it has none.
+	Reference string `json:"reference,omitempty"`
 }
 
 // Sealed is a value encrypted at rest (domain/sealing): the id of the key
@@ -140,6 +143,7 @@ type TransferData struct {
 	ReversedAmount int64          `json:"reversed_amount"`
 	Status         TransferStatus `json:"status"`
 	ExpiresAt      *time.Time     `json:"expires_at,omitempty"`
+	Reference      string         `json:"reference,omitempty"`
 }
 
 // NewTransferData describes t.
@@ -147,7 +151,7 @@ func NewTransferData(t *Transfer) TransferData {
 	return TransferData{
 		TransferID: t.ID, Kind: t.Kind, FromAccountID: t.FromAccountID, ToAccountID: t.ToAccountID,
 		Currency: t.Currency, Amount: t.Amount, CapturedAmount: t.CapturedAmount, ReversedAmount: t.ReversedAmount,
-		Status: t.Status, ExpiresAt: t.ExpiresAt,
+		Status: t.Status, ExpiresAt: t.ExpiresAt, Reference: t.Reference,
 	}
 }
 
@@ -190,6 +194,7 @@ func postingData(t Type, p Posting) PostingData {
 		Amount:         p.Amount,
 		BalanceAfter:   p.BalanceAfter,
 		CommandType:    t,
+		Reference:      p.Reference,
 	}
 }
 

@@ -42,6 +42,8 @@ const (
 	ReasonReversalExceedsTransfer Reason = "reversal_exceeds_transfer"
 	ReasonAccountNotEmpty         Reason = "account_not_empty"
 	ReasonBalanceOverflow         Reason = "balance_overflow"
+	ReasonReferenceExists         Reason = "reference_exists"
+	ReasonVersionMismatch         Reason = "version_mismatch"
 )
 
 // AccountStatus is an account's lifecycle state.
@@ -98,6 +100,9 @@ type Posting struct {
 	Amount         int64 // signed: a credit is positive, a debit negative
 	BalanceAfter   int64
 	AccountVersion int64
+	// Reference is the reference of the transfer the posting moves money
+	// for, so that analysts can join postings to orders.
+	Reference string
 }
 
 // TransferKind says what made a transfer.
@@ -141,6 +146,8 @@ type Transfer struct {
 	ReversedAmount int64
 	Status         TransferStatus
 	ExpiresAt      *time.Time
+	// Reference is the reference of the command that made it ("" for none).
+	Reference string
 }
 
 // reversible is how much of t reversals may still give back: a transfer's
@@ -178,11 +185,14 @@ func rejected(r Reason) Result { return Result{Status: StatusRejected, Reason: r
 type Book struct {
 	Accounts  map[string]*Account
 	Transfers map[string]*Transfer
+	// References maps a reference in use to the transfer that holds it.
+	// The caller loads the references its commands carry (RefsOf).
+	References map[string]string
 }
 
 // NewBook returns an empty Book.
 func NewBook() *Book {
-	return &Book{Accounts: make(map[string]*Account), Transfers: make(map[string]*Transfer)}
+	return &Book{Accounts: make(map[string]*Account), Transfers: make(map[string]*Transfer), References: make(map[string]string)}
 }
 
 // Refs lists what cmd reads or changes that the caller must load first: the
@@ -199,6 +209,11 @@ func Refs(cmd Command) (accounts, transfers []string) {
 		return []string{cmd.AccountID}, []string{cmd.HoldID}
 	case TypeReverse:
 		return []string{cmd.AccountID}, []string{cmd.TransferID}
+	case TypeCloseAccount:
+		if cmd.SweepToAccountID != "" {
+			return []string{cmd.AccountID, cmd.SweepToAccountID}, nil
+		}
+		return []string{cmd.AccountID}, nil
 	default:
 		return []string{cmd.AccountID}, nil
 	}
@@ -209,7 +224,53 @@ func Refs(cmd Command) (accounts, transfers []string) {
 // Idempotency (a command_id seen before) is the caller's check: it runs
 // before Apply so that a retry always gets the first answer. The order of the
 // checks of each command is documented in docs/ledger.md.
+//
+// A reference in use is the last check: reference_exists is the answer only
+// for a command that would otherwise apply (decided on a copy of what it
+// touches, so nothing changes). A command rejected for its own reasons then
+// never depends on whether another command's reference was visible yet,
+// and one that would apply writes a transfer, whose unique reference a
+// concurrent transaction meets: outcomes stay those of one serial order.
 func (b *Book) Apply(cmd Command, now time.Time) Result {
+	if cmd.Reference != "" {
+		if _, used := b.References[cmd.Reference]; used {
+			if res := b.scratch(cmd).apply(cmd, now); res.Status != StatusApplied {
+				return res
+			}
+			return rejected(ReasonReferenceExists)
+		}
+	}
+	res := b.apply(cmd, now)
+	if res.Status == StatusApplied && cmd.Reference != "" && res.Transfer != nil {
+		res.Transfer.Reference = cmd.Reference
+		b.References[cmd.Reference] = res.Transfer.ID
+		for i := range res.Postings {
+			res.Postings[i].Reference = cmd.Reference
+		}
+	}
+	return res
+}
+
+// scratch is a copy of what cmd touches, to decide it without a trace.
+func (b *Book) scratch(cmd Command) *Book {
+	c := NewBook()
+	accounts, transfers := Refs(cmd)
+	for _, id := range accounts {
+		if a := b.Accounts[id]; a != nil {
+			x := *a
+			c.Accounts[id] = &x
+		}
+	}
+	for _, id := range transfers {
+		if t := b.Transfers[id]; t != nil {
+			x := *t
+			c.Transfers[id] = &x
+		}
+	}
+	return c
+}
+
+func (b *Book) apply(cmd Command, now time.Time) Result {
 	acct := b.Accounts
 	switch cmd.Type {
 	case TypeOpenAccount:
@@ -231,7 +292,12 @@ func (b *Book) Apply(cmd Command, now time.Time) Result {
 		return b.release(cmd)
 	case TypeReverse:
 		return b.reverse(cmd)
-	case TypeFreezeAccount, TypeUnfreezeAccount, TypeCloseAccount:
+	case TypeCloseAccount:
+		if cmd.SweepToAccountID != "" {
+			return b.closeAndSweep(cmd)
+		}
+		return b.setStatus(cmd)
+	case TypeFreezeAccount, TypeUnfreezeAccount:
 		return b.setStatus(cmd)
 	}
 	panic("domain: Apply of unknown command type " + string(cmd.Type)) // DecodeCommand admits none
@@ -302,12 +368,60 @@ func today(a *Account, now time.Time) string {
 	return max(day(now), a.DailyDebitDay) // YYYY-MM-DD sorts as it reads
 }
 
-// move takes cmd.Amount from debit and gives it to credit: usable accounts,
+// versionMatches checks cmd's expected_version, when it has one, against
+// the debit account's version.
+func versionMatches(cmd Command, debit *Account) Reason {
+	if cmd.ExpectedVersion != nil && *cmd.ExpectedVersion != debit.Version {
+		return ReasonVersionMismatch
+	}
+	return ""
+}
+
+// upTo is how much of amount debit can move now (amount_mode up_to): what
+// its funds allow down to its overdraft limit, then what its daily limit
+// leaves today. Nothing to move is insufficient_funds, or
+// daily_limit_exceeded when only the daily limit stands in the way.
+func upTo(debit *Account, amount int64, now time.Time) (int64, Reason) {
+	if debit.External {
+		return amount, ""
+	}
+	room := int64(math.MaxInt64)
+	if avail := debit.Available(); avail <= math.MaxInt64-debit.OverdraftLimit {
+		room = avail + debit.OverdraftLimit
+	}
+	amount = min(amount, room)
+	if amount <= 0 {
+		return 0, ReasonInsufficientFunds
+	}
+	if debit.DailyDebitLimit > 0 {
+		debited := int64(0)
+		if today(debit, now) == debit.DailyDebitDay {
+			debited = debit.DailyDebited
+		}
+		amount = min(amount, debit.DailyDebitLimit-debited)
+		if amount <= 0 {
+			return 0, ReasonDailyLimitExceeded
+		}
+	}
+	return amount, ""
+}
+
+// move takes cmd.Amount (with amount_mode up_to, what can be moved of it)
+// from debit and gives it to credit: usable accounts, expected_version,
 // then no balance overflow, then the debit's funds and daily limit.
 func (b *Book) move(cmd Command, kind TransferKind, debit, credit *Account, now time.Time) Result {
 	amount := cmd.Amount
 	if r := usable(debit, credit, cmd.Currency); r != "" {
 		return rejected(r)
+	}
+	if r := versionMatches(cmd, debit); r != "" {
+		return rejected(r)
+	}
+	if cmd.AmountMode == AmountUpTo {
+		var r Reason
+		if amount, r = upTo(debit, amount, now); r != "" {
+			return rejected(r)
+		}
 	}
 	if debit.Balance < math.MinInt64+amount || credit.Balance > math.MaxInt64-amount {
 		return rejected(ReasonBalanceOverflow)
@@ -324,6 +438,43 @@ func (b *Book) move(cmd Command, kind TransferKind, debit, credit *Account, now 
 	b.Transfers[t.ID] = t
 	return Result{Status: StatusApplied, Postings: post(debit, credit, amount, cmd.Currency),
 		Changed: []string{debit.ID, credit.ID}, Transfer: t}
+}
+
+// closeAndSweep closes an account and moves its remaining balance to
+// another, in one step: same_account, then both accounts usable (found,
+// not closed, not frozen, the same currency), then account_not_empty when
+// holds are pending or the balance is below zero (a debt is not swept),
+// then no overflow of the receiver. A zero balance closes with no
+// posting; a positive one makes a transfer (id: the command's) that a
+// reversal cannot undo, the account being closed. The daily debit limit
+// does not apply: closing is final.
+func (b *Book) closeAndSweep(cmd Command) Result {
+	if cmd.AccountID == cmd.SweepToAccountID {
+		return rejected(ReasonSameAccount)
+	}
+	a, to := b.Accounts[cmd.AccountID], b.Accounts[cmd.SweepToAccountID]
+	if a == nil {
+		return rejected(ReasonAccountNotFound)
+	}
+	if r := usable(a, to, a.Currency); r != "" {
+		return rejected(r)
+	}
+	if a.Held != 0 || a.Balance < 0 {
+		return rejected(ReasonAccountNotEmpty)
+	}
+	if to.Balance > math.MaxInt64-a.Balance {
+		return rejected(ReasonBalanceOverflow)
+	}
+	res := Result{Status: StatusApplied, Changed: []string{a.ID}}
+	if a.Balance > 0 {
+		t := &Transfer{ID: cmd.CommandID, Kind: KindTransfer, FromAccountID: a.ID, ToAccountID: to.ID,
+			Currency: a.Currency, Amount: a.Balance, Status: TransferPosted}
+		b.Transfers[t.ID] = t
+		res.Postings, res.Transfer = post(a, to, a.Balance, a.Currency), t
+		res.Changed = append(res.Changed, to.ID)
+	}
+	a.Status = AccountClosed
+	return res
 }
 
 // post moves amount from debit to credit and returns the two postings.
@@ -348,6 +499,9 @@ func (b *Book) hold(cmd Command, now time.Time) Result {
 	}
 	debit, credit := b.Accounts[cmd.FromAccountID], b.Accounts[cmd.ToAccountID]
 	if r := usable(debit, credit, cmd.Currency); r != "" {
+		return rejected(r)
+	}
+	if r := versionMatches(cmd, debit); r != "" {
 		return rejected(r)
 	}
 	if debit.Held > math.MaxInt64-cmd.Amount || debit.Balance-debit.Held < math.MinInt64+cmd.Amount {
@@ -410,7 +564,7 @@ func (b *Book) capture(cmd Command, now time.Time) Result {
 	}
 	debit.Held -= t.Amount
 	t.Status, t.CapturedAmount = TransferCaptured, amount
-	return Result{Status: StatusApplied, Postings: post(debit, credit, amount, t.Currency),
+	return Result{Status: StatusApplied, Postings: referenced(post(debit, credit, amount, t.Currency), t.Reference),
 		Changed: []string{debit.ID, credit.ID}, Transfer: t}
 }
 
@@ -475,8 +629,17 @@ func (b *Book) reverse(cmd Command) Result {
 	if t.reversible() == 0 {
 		t.Status = TransferReversed
 	}
-	return Result{Status: StatusApplied, Postings: post(debit, credit, amount, t.Currency),
+	return Result{Status: StatusApplied, Postings: referenced(post(debit, credit, amount, t.Currency), t.Reference),
 		Changed: []string{debit.ID, credit.ID}, Transfer: t}
+}
+
+// referenced marks ps with the reference of the transfer they move money
+// for.
+func referenced(ps []Posting, reference string) []Posting {
+	for i := range ps {
+		ps[i].Reference = reference
+	}
+	return ps
 }
 
 // setStatus freezes, unfreezes or closes an account: account_not_found,

@@ -164,3 +164,191 @@ func cloneBook(b *Book) *Book {
 	}
 	return c
 }
+
+// TestReferences: a reference is unique among applied money commands; the
+// check comes before the command's own rules; a rejection does not use it
+// up; it stays with the transfer and marks every posting made for it, the
+// capture's and the reversal's included.
+func TestReferences(t *testing.T) {
+	b := book()
+	id := func(n int) string {
+		return "00000000-0000-7000-8000-0000000000" + string(rune('0'+n/10)) + string(rune('0'+n%10))
+	}
+	withRef := func(n int, c Command, ref string) Command { c.CommandID, c.Reference = id(n), ref; return c }
+
+	first := b.Apply(withRef(1, transfer(10), "order-1"), now)
+	if first.Status != StatusApplied || first.Transfer.Reference != "order-1" || b.References["order-1"] != id(1) {
+		t.Fatalf("first use: %+v, book references %v; want applied and held by %s", first, b.References, id(1))
+	}
+	for _, p := range first.Postings {
+		if p.Reference != "order-1" {
+			t.Errorf("posting %+v carries reference %q, want order-1", p, p.Reference)
+		}
+	}
+	// Another command with the reference is refused for it when it would
+	// otherwise apply; one that fails its own checks gets their reason. The
+	// reference comes last, so that no outcome depends on whether another
+	// partition's use of it was visible yet. Neither changes anything.
+	before := *b.Accounts["a"]
+	for _, tt := range []struct {
+		cmd  Command
+		want Reason
+	}{
+		{withRef(2, transfer(1), "order-1"), ReasonReferenceExists},
+		{withRef(2, Command{Type: TypeHold, FromAccountID: "a", ToAccountID: "b", Amount: 1, Currency: "EUR"}, "order-1"), ReasonReferenceExists},
+		{withRef(3, transfer(1_000_000), "order-1"), ReasonInsufficientFunds},
+		{withRef(4, Command{Type: TypeDeposit, AccountID: "zz", Amount: 1, Currency: "EUR"}, "order-1"), ReasonAccountNotFound},
+	} {
+		if got := b.Apply(tt.cmd, now); got.Status != StatusRejected || got.Reason != tt.want {
+			t.Errorf("Apply(%s with a used reference) = %s %s, want rejected %s", tt.cmd.Type, got.Status, got.Reason, tt.want)
+		}
+	}
+	if b.Accounts["a"].Held != 0 {
+		t.Errorf("a refused hold left %d held", b.Accounts["a"].Held)
+	}
+	if diff := cmp.Diff(before, *b.Accounts["a"]); diff != "" {
+		t.Errorf("a refused reference changed the account (-before +after):\n%s", diff)
+	}
+	// A rejection does not use its reference up.
+	if got := b.Apply(withRef(5, transfer(1_000_000), "order-2"), now); got.Reason != ReasonInsufficientFunds {
+		t.Fatalf("Apply(overdraw, order-2) = %s, want insufficient_funds", got.Reason)
+	}
+	if got := b.Apply(withRef(6, transfer(5), "order-2"), now); got.Status != StatusApplied {
+		t.Errorf("Apply(order-2 after its rejection) = %s %s, want applied", got.Status, got.Reason)
+	}
+	// A hold's reference marks its capture's postings, and a reversal's.
+	hold := withRef(7, Command{Type: TypeHold, FromAccountID: "a", ToAccountID: "b", Amount: 20, Currency: "EUR"}, "order-3")
+	if got := b.Apply(hold, now); got.Status != StatusApplied {
+		t.Fatalf("hold: %s %s", got.Status, got.Reason)
+	}
+	capture := b.Apply(Command{CommandID: id(8), Type: TypeCapture, AccountID: "a", HoldID: id(7)}, now)
+	reversal := b.Apply(Command{CommandID: id(9), Type: TypeReverse, AccountID: "a", TransferID: id(7), Amount: 5}, now)
+	for _, res := range []Result{capture, reversal} {
+		if res.Status != StatusApplied || len(res.Postings) != 2 {
+			t.Fatalf("capture or reversal: %s %s", res.Status, res.Reason)
+		}
+		for _, p := range res.Postings {
+			if p.Reference != "order-3" {
+				t.Errorf("posting %+v of the hold's %s carries %q, want order-3", p, res.Transfer.Status, p.Reference)
+			}
+		}
+	}
+}
+
+// TestConditionalAmounts: amount_mode up_to moves what the debit account
+// can spend, at most the amount; expected_version refuses a command whose
+// debit account moved since the sender looked.
+func TestConditionalAmounts(t *testing.T) {
+	v := func(n int64) *int64 { return &n }
+	upTo := func(amount int64) Command { c := transfer(amount); c.AmountMode = AmountUpTo; return c }
+	withdrawUpTo := func(amount int64) Command {
+		return Command{CommandID: cid, Type: TypeWithdraw, AccountID: "a", Amount: amount, Currency: "EUR", AmountMode: AmountUpTo}
+	}
+	expecting := func(c Command, n int64) Command { c.ExpectedVersion = v(n); return c }
+	tests := []struct {
+		name   string
+		book   *Book
+		cmd    Command
+		moved  int64 // 0: rejected with reason
+		reason Reason
+	}{
+		{"up_to below the funds moves the amount", book(), upTo(60), 60, ""},
+		{"up_to above the funds moves the funds", book(), upTo(1000), 100, ""},
+		{"up_to counts the overdraft and the holds", book(func(b map[string]*Account) { b["a"].OverdraftLimit, b["a"].Held = 30, 50 }), upTo(1000), 80, ""},
+		{"up_to stops at what the daily limit leaves", book(func(b map[string]*Account) {
+			b["a"].DailyDebitLimit, b["a"].DailyDebitDay, b["a"].DailyDebited = 50, "2026-11-25", 20
+		}), upTo(1000), 30, ""},
+		{"up_to with nothing to spend", book(func(b map[string]*Account) { b["a"].Held = 100 }), upTo(10), 0, ReasonInsufficientFunds},
+		{"up_to with the day's allowance spent", book(func(b map[string]*Account) {
+			b["a"].DailyDebitLimit, b["a"].DailyDebitDay, b["a"].DailyDebited = 50, "2026-11-25", 50
+		}), upTo(10), 0, ReasonDailyLimitExceeded},
+		{"withdraw up_to", book(), withdrawUpTo(500), 100, ""},
+		{"up_to still checks the accounts first", book(func(b map[string]*Account) { b["b"].Status = AccountFrozen }), upTo(10), 0, ReasonAccountFrozen},
+		{"the version expected", book(), expecting(transfer(10), 1), 10, ""},
+		{"another version", book(), expecting(transfer(10), 0), 0, ReasonVersionMismatch},
+		{"version before funds", book(), expecting(transfer(1000), 2), 0, ReasonVersionMismatch},
+		{"version of a hold", book(), expecting(Command{CommandID: cid, Type: TypeHold, FromAccountID: "a", ToAccountID: "b", Amount: 5, Currency: "EUR"}, 7), 0, ReasonVersionMismatch},
+		{"up_to with the version expected", book(), expecting(upTo(1000), 1), 100, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := cloneAccounts(tt.book)
+			res := tt.book.Apply(tt.cmd, now)
+			if tt.reason != "" {
+				if res.Status != StatusRejected || res.Reason != tt.reason {
+					t.Fatalf("Apply() = %s %s, want rejected %s", res.Status, res.Reason, tt.reason)
+				}
+				if diff := cmp.Diff(before, cloneAccounts(tt.book)); diff != "" {
+					t.Errorf("a rejection changed the book (-before +after):\n%s", diff)
+				}
+				return
+			}
+			if res.Status != StatusApplied {
+				t.Fatalf("Apply() = %s %s, want applied", res.Status, res.Reason)
+			}
+			if tt.cmd.Type == TypeHold {
+				return
+			}
+			if res.Transfer.Amount != tt.moved || res.Postings[0].Amount != -tt.moved || res.Postings[1].Amount != tt.moved {
+				t.Errorf("moved: transfer %d, postings %d and %d; want %d", res.Transfer.Amount, res.Postings[0].Amount, res.Postings[1].Amount, tt.moved)
+			}
+			if a := tt.book.Accounts["a"]; a.Available() < -a.OverdraftLimit {
+				t.Errorf("a's available %d is below its overdraft limit -%d", a.Available(), a.OverdraftLimit)
+			}
+		})
+	}
+}
+
+// TestCloseAndSweep: close_account with sweep_to_account_id moves the
+// balance and closes in one step, or changes nothing.
+func TestCloseAndSweep(t *testing.T) {
+	sweep := func(to string) Command {
+		return Command{CommandID: cid, Type: TypeCloseAccount, AccountID: "a", SweepToAccountID: to}
+	}
+	usd := func(b map[string]*Account) { b["c"] = &Account{ID: "c", Currency: "USD", Status: AccountActive} }
+	for _, tt := range []struct {
+		name   string
+		book   *Book
+		cmd    Command
+		reason Reason
+	}{
+		{"to itself", book(), sweep("a"), ReasonSameAccount},
+		{"to no account", book(), sweep("zz"), ReasonAccountNotFound},
+		{"to a frozen account", book(func(b map[string]*Account) { b["b"].Status = AccountFrozen }), sweep("b"), ReasonAccountFrozen},
+		{"to another currency", book(usd), sweep("c"), ReasonCurrencyMismatch},
+		{"with a hold pending", book(func(b map[string]*Account) { b["a"].Held = 1 }), sweep("b"), ReasonAccountNotEmpty},
+		{"owing money", book(func(b map[string]*Account) { b["a"].Balance, b["a"].OverdraftLimit = -5, 10 }), sweep("b"), ReasonAccountNotEmpty},
+		{"already closed", book(func(b map[string]*Account) { b["a"].Status = AccountClosed }), sweep("b"), ReasonAccountClosed},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := cloneAccounts(tt.book)
+			if res := tt.book.Apply(tt.cmd, now); res.Status != StatusRejected || res.Reason != tt.reason {
+				t.Fatalf("Apply() = %s %s, want rejected %s", res.Status, res.Reason, tt.reason)
+			}
+			if diff := cmp.Diff(before, cloneAccounts(tt.book)); diff != "" {
+				t.Errorf("a rejection changed the book (-before +after):\n%s", diff)
+			}
+		})
+	}
+	b := book(func(b map[string]*Account) { b["a"].DailyDebitLimit = 1 }) // closing is final: no daily limit
+	res := b.Apply(sweep("b"), now)
+	if res.Status != StatusApplied || len(res.Postings) != 2 || res.Transfer == nil || res.Transfer.Amount != 100 {
+		t.Fatalf("sweep of 100 = %+v", res)
+	}
+	if a, to := b.Accounts["a"], b.Accounts["b"]; a.Status != AccountClosed || a.Balance != 0 || a.Version != 2 || to.Balance != 100 {
+		t.Errorf("after the sweep: a %+v, b %+v; want a closed and empty at version 2, b holding 100", a, to)
+	}
+	empty := book(func(b map[string]*Account) { b["a"].Balance = 0 })
+	if res := empty.Apply(sweep("b"), now); res.Status != StatusApplied || len(res.Postings) != 0 || res.Transfer != nil ||
+		empty.Accounts["a"].Status != AccountClosed {
+		t.Errorf("sweep of an empty account = %+v, want closed with no posting and no transfer", res)
+	}
+}
+
+func cloneAccounts(b *Book) map[string]Account {
+	out := map[string]Account{}
+	for id, a := range b.Accounts {
+		out[id] = *a
+	}
+	return out
+}

@@ -85,6 +85,7 @@ func (a *API) Handler() http.Handler {
 	a.route(mux, "GET /v1/accounts/{account_id}", "account", read, a.getAccount)
 	a.route(mux, "GET /v1/accounts/{account_id}/entries", "entries", read, a.getEntries)
 	a.route(mux, "GET /v1/transfers/{transfer_id}", "transfer", read, a.getTransfer)
+	a.route(mux, "GET /v1/transfers", "transfers", read, a.listTransfers)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if allow := allowed(r.URL.Path); allow != "" {
 			w.Header().Set("Allow", allow)
@@ -106,6 +107,7 @@ func allowed(path string) string {
 		len(parts) == 3 && parts[0] == "v1" && parts[1] == "commands" && parts[2] == "batch":
 		return "POST"
 	case len(parts) == 3 && parts[0] == "v1" && (parts[1] == "commands" || parts[1] == "accounts" || parts[1] == "transfers"),
+		len(parts) == 2 && parts[0] == "v1" && parts[1] == "transfers",
 		len(parts) == 4 && parts[0] == "v1" && parts[1] == "accounts" && parts[3] == "entries":
 		return "GET"
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +31,9 @@ type Ledger interface {
 	Statement(ctx context.Context, accountID string, before, limit int64) ([]ledger.StatementEntry, error)
 	// Transfer is a transfer, deposit, withdrawal or hold.
 	Transfer(ctx context.Context, transferID string) (ledger.Transfer, error)
+	// TransferByReference is the transfer the applied money command with
+	// that reference made.
+	TransferByReference(ctx context.Context, reference string) (ledger.Transfer, error)
 }
 
 type commandResponse struct {
@@ -205,8 +209,51 @@ func (a *API) getEntries(w http.ResponseWriter, r *http.Request) {
 
 type transferResponse struct {
 	domain.TransferData
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Metadata  json.RawMessage `json:"metadata,omitempty"`
+	CreatedAt time.Time       `json:"created_at"`
+	UpdatedAt time.Time       `json:"updated_at"`
+}
+
+func newTransferResponse(t ledger.Transfer) transferResponse {
+	return transferResponse{TransferData: t.TransferData, Metadata: t.Metadata, CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt}
+}
+
+type transfersResponse struct {
+	Transfers []transferResponse `json:"transfers"`
+}
+
+// listTransfers finds transfers. Today it answers the reference filter,
+// which names at most one transfer; the other filters of the contract
+// (account, status, type, time range, paging) are refused with 400 until
+// they are served, rather than ignored.
+func (a *API) listTransfers(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var errs []domain.FieldError
+	for name := range q {
+		if name != "reference" {
+			errs = append(errs, domain.FieldError{Pointer: "/" + name, Detail: "is not a filter this API serves yet (only reference)"})
+		}
+	}
+	ref := q.Get("reference")
+	if len(q["reference"]) != 1 || !domain.ValidReference(ref) {
+		errs = append(errs, domain.FieldError{Pointer: "/reference", Detail: fmt.Sprintf("is required, once: 1 to %d printable ASCII characters", domain.MaxReferenceLen)})
+	}
+	if len(errs) > 0 {
+		slices.SortFunc(errs, func(x, y domain.FieldError) int { return strings.Compare(x.Pointer, y.Pointer) })
+		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid query", Errors: errs})
+		return
+	}
+	resp := transfersResponse{Transfers: []transferResponse{}}
+	t, err := a.opts.Ledger.TransferByReference(r.Context(), ref)
+	switch {
+	case errors.Is(err, ledger.ErrNotFound):
+	case err != nil:
+		a.internal(w, r, err)
+		return
+	default:
+		resp.Transfers = append(resp.Transfers, newTransferResponse(t))
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {
@@ -226,7 +273,7 @@ func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {
 		a.internal(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, transferResponse{TransferData: t.TransferData, CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt})
+	writeJSON(w, http.StatusOK, newTransferResponse(t))
 }
 
 // internal answers a failed read of the ledger with 503 and Retry-After:

@@ -74,6 +74,16 @@ func (f *fakeLedger) Transfer(_ context.Context, id string) (ledger.Transfer, er
 	return t, f.answer(ok)
 }
 
+func (f *fakeLedger) TransferByReference(_ context.Context, ref string) (ledger.Transfer, error) {
+	f.calls++
+	for _, t := range f.transfers {
+		if t.Reference == ref {
+			return t, f.answer(true)
+		}
+	}
+	return ledger.Transfer{}, f.answer(false)
+}
+
 func (f *fakeLedger) answer(found bool) error {
 	switch {
 	case f.err != nil:
@@ -85,13 +95,14 @@ func (f *fakeLedger) answer(found bool) error {
 }
 
 const (
-	cmdApplied  = "01900000-0000-7000-8000-000000000001"
-	cmdRejected = "01900000-0000-7000-8000-000000000002"
-	cmdDead     = "01900000-0000-7000-8000-000000000003"
-	cmdUntyped  = "01900000-0000-7000-8000-000000000004"
-	transferID  = "01900000-0000-7000-8000-000000000011"
-	holdID      = "01900000-0000-7000-8000-000000000012"
-	unknownID   = "01900000-0000-7000-8000-0000000000ff"
+	cmdApplied   = "01900000-0000-7000-8000-000000000001"
+	cmdRejected  = "01900000-0000-7000-8000-000000000002"
+	cmdDead      = "01900000-0000-7000-8000-000000000003"
+	cmdUntyped   = "01900000-0000-7000-8000-000000000004"
+	transferID   = "01900000-0000-7000-8000-000000000011"
+	holdID       = "01900000-0000-7000-8000-000000000012"
+	referencedID = "01900000-0000-7000-8000-000000000013"
+	unknownID    = "01900000-0000-7000-8000-0000000000ff"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -126,6 +137,9 @@ func ledgerOf() *fakeLedger {
 			transferID: {TransferData: domain.TransferData{TransferID: transferID, Kind: domain.TransferKind("transfer"), FromAccountID: "alice", ToAccountID: "bob",
 				Currency: "EUR", Amount: 70, ReversedAmount: 10, Status: domain.TransferStatus("reversed")},
 				CreatedAt: at("2026-01-02T00:04:05Z"), UpdatedAt: at("2026-01-02T01:04:05Z")},
+			referencedID: {TransferData: domain.TransferData{TransferID: referencedID, Kind: domain.TransferKind("transfer"), FromAccountID: "alice", ToAccountID: "bob",
+				Currency: "EUR", Amount: 5, Status: domain.TransferStatus("posted"), Reference: "order 42/7"},
+				Metadata: json.RawMessage(`{"cart":[1,2]}`), CreatedAt: at("2026-01-03T00:04:05Z"), UpdatedAt: at("2026-01-03T00:04:05Z")},
 			holdID: {TransferData: domain.TransferData{TransferID: holdID, Kind: domain.TransferKind("hold"), FromAccountID: "alice", ToAccountID: "bob",
 				Currency: "EUR", Amount: 300, Status: domain.TransferStatus("pending"), ExpiresAt: ptr(at("2026-02-02T00:04:05Z"))},
 				CreatedAt: at("2026-01-02T00:04:05Z"), UpdatedAt: at("2026-01-02T00:04:05Z")},
@@ -170,6 +184,11 @@ func TestReadsAnswerWhatTheLedgerHolds(t *testing.T) {
 			`{"transfer_id":"01900000-0000-7000-8000-000000000011","kind":"transfer","from_account_id":"alice","to_account_id":"bob","currency":"EUR","amount":70,"captured_amount":0,"reversed_amount":10,"status":"reversed","created_at":"2026-01-02T00:04:05Z","updated_at":"2026-01-02T01:04:05Z"}`},
 		{"hold", "/v1/transfers/" + holdID, 200,
 			`{"transfer_id":"01900000-0000-7000-8000-000000000012","kind":"hold","from_account_id":"alice","to_account_id":"bob","currency":"EUR","amount":300,"captured_amount":0,"reversed_amount":0,"status":"pending","expires_at":"2026-02-02T00:04:05Z","created_at":"2026-01-02T00:04:05Z","updated_at":"2026-01-02T00:04:05Z"}`},
+		{"transfer with a reference and metadata", "/v1/transfers/" + referencedID, 200,
+			`{"transfer_id":"01900000-0000-7000-8000-000000000013","kind":"transfer","from_account_id":"alice","to_account_id":"bob","currency":"EUR","amount":5,"captured_amount":0,"reversed_amount":0,"status":"posted","reference":"order 42/7","metadata":{"cart":[1,2]},"created_at":"2026-01-03T00:04:05Z","updated_at":"2026-01-03T00:04:05Z"}`},
+		{"transfers by reference", "/v1/transfers?reference=order%2042%2F7", 200,
+			`{"transfers":[{"transfer_id":"01900000-0000-7000-8000-000000000013","kind":"transfer","from_account_id":"alice","to_account_id":"bob","currency":"EUR","amount":5,"captured_amount":0,"reversed_amount":0,"status":"posted","reference":"order 42/7","metadata":{"cart":[1,2]},"created_at":"2026-01-03T00:04:05Z","updated_at":"2026-01-03T00:04:05Z"}]}`},
+		{"transfers by a reference no transfer has", "/v1/transfers?reference=order%2043", 200, `{"transfers":[]}`},
 		{"transfer not found", "/v1/transfers/" + unknownID, 404,
 			`{"type":"urn:txpipe:problem:not-found","title":"Transfer not found","status":404,"detail":"no transfer, deposit, withdrawal or hold has this id (its command may still be in flight, or was rejected)"}`},
 	} {
@@ -287,6 +306,12 @@ func TestReadsRefuseInvalidIDsAndQueries(t *testing.T) {
 		{"/v1/accounts/alice/entries?limit=abc&after=-1", "Invalid query", []string{"/limit", "/after"}},
 		{"/v1/accounts/alice/entries?after=0", "Invalid query", []string{"/after"}},
 		{"/v1/transfers/nope", "Invalid transfer id", []string{"/transfer_id"}},
+		{"/v1/transfers", "Invalid query", []string{"/reference"}},
+		{"/v1/transfers?reference=", "Invalid query", []string{"/reference"}},
+		{"/v1/transfers?reference=a&reference=b", "Invalid query", []string{"/reference"}},
+		{"/v1/transfers?reference=caf%C3%A9", "Invalid query", []string{"/reference"}},
+		{"/v1/transfers?reference=" + strings.Repeat("r", 129), "Invalid query", []string{"/reference"}},
+		{"/v1/transfers?reference=x&account_id=alice", "Invalid query", []string{"/account_id"}},
 	} {
 		rec := serve(h, http.MethodGet, c.path, "")
 		p := problemOf(t, rec)

@@ -48,7 +48,22 @@ func TestAccountMetadataIsSealedAtRest(t *testing.T) {
 		t.Fatalf("POST conflicting open_account = %d %v", code, resp)
 	}
 
+	// A deposit's metadata stays with its transfer, sealed the same way.
+	transferCanary := "canary-transfer-metadata-" + randomHex(t)
+	depositID := uuid.Must(uuid.NewV7()).String()
+	deposit := fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"ada","amount":5,"currency":"EUR","reference":"r-1","metadata":{"name":%q}}`,
+		depositID, transferCanary)
+	if code, resp := p.post(t, "/v1/commands", deposit); code != http.StatusAccepted {
+		t.Fatalf("POST deposit = %d %v", code, resp)
+	}
+	if status, reason := p.awaitOutcome(t, depositID); status != "applied" {
+		t.Fatalf("deposit = %s %s, want applied", status, reason)
+	}
+
 	// The API opens it for a ledger:read key, and only for one.
+	if got := transferName(t, p, p.api, depositID, p.key); got != transferCanary {
+		t.Errorf("GET /v1/transfers/%s metadata.name = %q, want the canary", depositID, got)
+	}
 	if got := accountName(t, p, p.api, "ada", p.key); got != canary {
 		t.Errorf("GET /v1/accounts/ada metadata.name = %q, want the canary", got)
 	}
@@ -72,17 +87,27 @@ func TestAccountMetadataIsSealedAtRest(t *testing.T) {
 	if strings.Contains(row, canary) || keyID != "test" {
 		t.Errorf("accounts row = %s (key %q), want the metadata sealed under key test", row, keyID)
 	}
+	if err := conn.QueryRow(ctx, `SELECT row_to_json(t)::text, metadata_key_id FROM transfers t WHERE transfer_id = $1`, depositID).Scan(&row, &keyID); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(row, transferCanary) || keyID != "test" {
+		t.Errorf("transfers row = %s (key %q), want the metadata sealed under key test", row, keyID)
+	}
 
 	// The outcome events, which are the outbox's rows as published: sealed,
 	// and they open with the key to the metadata sent.
-	evs := p.events(t, p.topics.Events, 2)
+	evs := p.events(t, p.topics.Events, 3)
 	keyring, err := sealing.Parse(os.Getenv(metadataKeysEnv))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, want := range []string{canary, canary + "-second"} {
+	for i, want := range []string{canary, canary + "-second", transferCanary} {
+		aad := sealing.MetadataAAD("ada")
+		if i == 2 {
+			aad = sealing.TransferMetadataAAD(depositID)
+		}
 		raw, _ := json.Marshal(evs[i])
-		if bytes.Contains(raw, []byte(canary)) {
+		if bytes.Contains(raw, []byte(want)) {
 			t.Errorf("event %s shows the metadata: %s", evs[i].Type, raw)
 		}
 		var data struct {
@@ -94,7 +119,7 @@ func TestAccountMetadataIsSealedAtRest(t *testing.T) {
 		if err := json.Unmarshal(evs[i].Data, &data); err != nil || data.Command.MetadataSealed == nil || data.Command.Metadata != nil {
 			t.Fatalf("event %s command = %s (%v), want metadata_sealed only", evs[i].Type, evs[i].Data, err)
 		}
-		md, err := keyring.Open(data.Command.MetadataSealed.KeyID, data.Command.MetadataSealed.Ciphertext, sealing.MetadataAAD("ada"))
+		md, err := keyring.Open(data.Command.MetadataSealed.KeyID, data.Command.MetadataSealed.Ciphertext, aad)
 		if err != nil || !strings.Contains(string(md), want) {
 			t.Errorf("event %s metadata opens to %s (%v), want the name %s", evs[i].Type, md, err, want)
 		}
@@ -113,7 +138,7 @@ func TestAccountMetadataIsSealedAtRest(t *testing.T) {
 	if !strings.Contains(dump, "ada") || !strings.Contains(dump, legacyCanary) {
 		t.Fatal("control: the dump lacks the account or the plaintext row; it cannot show what it hides")
 	}
-	if strings.Contains(dump, canary) {
+	if strings.Contains(dump, canary) || strings.Contains(dump, transferCanary) {
 		t.Error("pg_dump shows the sealed metadata")
 	}
 
@@ -125,17 +150,17 @@ func TestAccountMetadataIsSealedAtRest(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err := rotate(p.db.URL, next)
-	if !strings.Contains(out, "left 1 under test") || !strings.Contains(out, "re-sealed 1 from plaintext") || err == nil {
+	if !strings.Contains(out, "left 2 under test") || !strings.Contains(out, "re-sealed 1 from plaintext") || err == nil {
 		t.Errorf("rotate without the old key: %v\n%s", err, out)
 	}
 	out, err = rotate(p.db.URL, next+","+os.Getenv(metadataKeysEnv))
-	if err != nil || !strings.Contains(out, "re-sealed 1 from test") || strings.Contains(out, "plaintext") {
+	if err != nil || !strings.Contains(out, "re-sealed 2 from test") || strings.Contains(out, "plaintext") {
 		t.Fatalf("rotate: %v\n%s", err, out)
 	}
 	if out, err := rotate(p.db.URL, next); err != nil || strings.Contains(out, "re-sealed") {
 		t.Errorf("a second rotate found work: %v\n%s", err, out)
 	}
-	if dump := pgDump(t, p.db.URL); strings.Contains(dump, canary) || strings.Contains(dump, legacyCanary) {
+	if dump := pgDump(t, p.db.URL); strings.Contains(dump, canary) || strings.Contains(dump, legacyCanary) || strings.Contains(dump, transferCanary) {
 		t.Error("pg_dump after the rotation shows metadata")
 	}
 
@@ -148,9 +173,12 @@ func TestAccountMetadataIsSealedAtRest(t *testing.T) {
 			t.Errorf("after rotation, %s's metadata.name = %q, want %q", id, got, want)
 		}
 	}
+	if got := transferName(t, p, "http://"+api, depositID, p.key); got != transferCanary {
+		t.Errorf("after rotation, the deposit's metadata.name = %q, want the canary", got)
+	}
 
 	for name, l := range map[string]string{"pipeline": p.logs(), "ingest": logs()} {
-		for _, secret := range []string{canary, legacyCanary, keyMaterial(os.Getenv(metadataKeysEnv)), keyMaterial(next)} {
+		for _, secret := range []string{canary, legacyCanary, transferCanary, keyMaterial(os.Getenv(metadataKeysEnv)), keyMaterial(next)} {
 			if strings.Contains(l, secret) {
 				t.Errorf("the %s log shows metadata or key material", name)
 			}
@@ -162,7 +190,19 @@ func TestAccountMetadataIsSealedAtRest(t *testing.T) {
 // metadata's name.
 func accountName(t *testing.T, p *pipeline, api, id, key string) string {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, api+"/v1/accounts/"+id, nil)
+	return metadataName(t, api+"/v1/accounts/"+id, key)
+}
+
+// transferName reads a transfer through api with key and returns its
+// metadata's name.
+func transferName(t *testing.T, p *pipeline, api, id, key string) string {
+	t.Helper()
+	return metadataName(t, api+"/v1/transfers/"+id, key)
+}
+
+func metadataName(t *testing.T, u, key string) string {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, u, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +217,7 @@ func accountName(t *testing.T, p *pipeline, api, id, key string) string {
 	}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("GET /v1/accounts/%s = %d %s", id, resp.StatusCode, b)
+		t.Fatalf("GET %s = %d %s", u, resp.StatusCode, b)
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&acct); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/txpipe/txpipe/consumers/ledger"
@@ -50,7 +52,7 @@ func seed(t *testing.T, pool *pgxpool.Pool, keyring *sealing.Keyring) {
 		bob := &domain.Account{ID: "bob", Currency: "EUR", Status: domain.AccountActive}
 		keyID, ct := keyring.Seal([]byte(`{"tier":"gold"}`), sealing.MetadataAAD("alice"))
 		return &ledger.Writes{Opened: []*domain.Account{alice, bob}, Now: st.Now, Next: ledger.Positions{0: 2},
-			Sealed: map[string]domain.Sealed{"alice": {KeyID: keyID, Ciphertext: ct}},
+			AccountMetadata: map[string]domain.Sealed{"alice": {KeyID: keyID, Ciphertext: ct}},
 			Decisions: []ledger.Decision{{Command: domain.Command{CommandID: cmdOpen, Type: domain.TypeOpenAccount, AccountID: "alice"},
 				Fingerprint: []byte{1}, Result: domain.Result{Status: domain.StatusApplied}}},
 			DeadLettered: []ledger.DeadLettered{{Identity: domain.Identity{CommandID: cmdDead, Type: domain.TypeTransfer},
@@ -63,12 +65,14 @@ func seed(t *testing.T, pool *pgxpool.Pool, keyring *sealing.Keyring) {
 	err = batch(t, pool, ledger.LoadRequest{Expected: ledger.Positions{0: 2}, CommandIDs: []string{cmdTransfer}, Accounts: []string{"bob", "alice"}},
 		func(st *ledger.State) *ledger.Writes {
 			res := st.Book.Apply(domain.Command{CommandID: cmdTransfer, Type: domain.TypeTransfer, FromAccountID: "alice", ToAccountID: "bob",
-				Amount: 30, Currency: "EUR"}, st.Now)
+				Amount: 30, Currency: "EUR", Reference: "order-1"}, st.Now)
+			keyID, ct := keyring.Seal([]byte(`{"cart":7}`), sealing.TransferMetadataAAD(cmdTransfer))
 			if res.Status != domain.StatusApplied {
 				t.Fatalf("transfer %s %s", res.Status, res.Reason)
 			}
 			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]},
 				Created: []*domain.Transfer{res.Transfer}, Now: st.Now, Next: ledger.Positions{0: 3},
+				TransferMetadata: map[string]domain.Sealed{cmdTransfer: {KeyID: keyID, Ciphertext: ct}},
 				Decisions: []ledger.Decision{{Command: domain.Command{CommandID: cmdTransfer, Type: domain.TypeTransfer, FromAccountID: "alice"},
 					Fingerprint: []byte{2}, Result: res, Offset: 2}}}
 			for _, p := range res.Postings {
@@ -100,8 +104,15 @@ func TestQueriesReadWhatABatchWrote(t *testing.T) {
 	}
 
 	tr, err := q.Transfer(ctx, cmdTransfer)
-	if err != nil || tr.Amount != 30 || tr.FromAccountID != "alice" || tr.Status != domain.TransferPosted {
-		t.Errorf("Transfer() = %+v, %v; want alice's posted 30", tr, err)
+	if err != nil || tr.Amount != 30 || tr.FromAccountID != "alice" || tr.Status != domain.TransferPosted ||
+		tr.Reference != "order-1" || string(tr.Metadata) != `{"cart":7}` {
+		t.Errorf("Transfer() = %+v, %v; want alice's posted 30, reference order-1, metadata opened", tr, err)
+	}
+	if byRef, err := q.TransferByReference(ctx, "order-1"); err != nil || byRef.TransferID != cmdTransfer {
+		t.Errorf("TransferByReference(order-1) = %+v, %v; want %s", byRef, err, cmdTransfer)
+	}
+	if _, err := q.TransferByReference(ctx, "order-2"); !errors.Is(err, ledger.ErrNotFound) {
+		t.Errorf("TransferByReference(order-2) error = %v, want ErrNotFound", err)
 	}
 	if _, err := q.Transfer(ctx, cmdDead); !errors.Is(err, ledger.ErrNotFound) {
 		t.Errorf("Transfer(no such) error = %v, want ErrNotFound", err)
@@ -220,6 +231,28 @@ func TestExpireDueExpiresEachHoldOnce(t *testing.T) {
 	}
 	if a, err := q.Account(ctx, "alice"); err != nil || a.Held != 0 {
 		t.Errorf("alice after expiry: held %d, %v; want 0", a.Held, err)
+	}
+}
+
+// TestLoadReadsReferencesAndTheIndexRefusesADuplicate: Load puts the
+// references already held into the book; a transfer written with one of
+// them anyway (two batches racing) fails on the unique index, as a unique
+// violation, which the worker retries.
+func TestLoadReadsReferencesAndTheIndexRefusesADuplicate(t *testing.T) {
+	db := pgtest.New(t)
+	seed(t, db.Pool, sealingtest.Keyring(t))
+	err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 3}, References: []string{"order-1", "order-2"}},
+		func(st *ledger.State) *ledger.Writes {
+			if diff := cmp.Diff(map[string]string{"order-1": cmdTransfer}, st.Book.References); diff != "" {
+				t.Errorf("loaded references (-want +got):\n%s", diff)
+			}
+			dup := &domain.Transfer{ID: "00000000-0000-7000-8000-000000000009", Kind: domain.KindTransfer, FromAccountID: "alice",
+				ToAccountID: "bob", Currency: "EUR", Amount: 1, Status: domain.TransferPosted, Reference: "order-1"}
+			return &ledger.Writes{Created: []*domain.Transfer{dup}, Now: st.Now, Next: ledger.Positions{0: 4}}
+		})
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.UniqueViolation {
+		t.Fatalf("writing a used reference: error = %v, want a unique violation", err)
 	}
 }
 

@@ -31,6 +31,9 @@ type LoadRequest struct {
 	// Currencies lists the currencies whose external account must exist
 	// (deposits and withdrawals move money through it).
 	Currencies []string
+	// References are the references the commands carry: those already
+	// held by a transfer are loaded into the book.
+	References []string
 }
 
 // State is what a batch's decisions read: the database's clock, the stored
@@ -79,6 +82,16 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 	stored := s.queueFence(b, req.Expected)
 	if len(req.CommandIDs) > 0 {
 		queueReadDecisions(b, req.CommandIDs, st.Priors)
+	}
+	if len(req.References) > 0 {
+		// Not locked: a concurrent batch that applies the same reference
+		// meets the unique index on commit, and its retry reads this one's.
+		b.Queue(`SELECT reference, transfer_id::text FROM transfers WHERE reference = ANY($1)`,
+			sortedUnique(req.References)).Query(func(rows pgx.Rows) error {
+			var ref, id string
+			_, err := pgx.ForEachRow(rows, []any{&ref, &id}, func() error { st.Book.References[ref] = id; return nil })
+			return err
+		})
 	}
 	if len(currencies) > 0 {
 		// Cheap when the rows exist (no lock is taken on conflict), and
@@ -152,7 +165,7 @@ func queueReadDecisions(b *pgx.Batch, ids []string, priors map[string]Prior) {
 // selectTransfers reads the columns of transfers the decisions use; the
 // callers add which rows, their order and their locks.
 const selectTransfers = `SELECT transfer_id::text, kind, from_account_id, to_account_id, currency, amount,
-		captured_amount, reversed_amount, status, expires_at
+		captured_amount, reversed_amount, status, expires_at, coalesce(reference, '')
 	FROM transfers `
 
 // queueReadTransfers loads the transfers query (selectTransfers and its
@@ -164,7 +177,7 @@ func queueReadTransfers(b *pgx.Batch, query string, args []any, st *State) {
 			var kind, status string
 			var expires pgtype.Timestamptz
 			if err := rows.Scan(&t.ID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency, &t.Amount,
-				&t.CapturedAmount, &t.ReversedAmount, &status, &expires); err != nil {
+				&t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.Reference); err != nil {
 				return err
 			}
 			t.Kind, t.Status = domain.TransferKind(kind), domain.TransferStatus(status)

@@ -86,10 +86,8 @@ func (q *Queries) Account(ctx context.Context, id string) (Account, error) {
 		return a, err
 	}
 	switch {
-	case keyID.Valid && q.Keyring == nil:
-		return a, fmt.Errorf("open the metadata of account %s: no keyring", id)
 	case keyID.Valid:
-		md, err := q.Keyring.Open(keyID.String, sealed, sealing.MetadataAAD(id))
+		md, err := q.open(keyID.String, sealed, sealing.MetadataAAD(id))
 		if err != nil {
 			return a, fmt.Errorf("open the metadata of account %s: %w", id, err)
 		}
@@ -139,18 +137,36 @@ func (q *Queries) Statement(ctx context.Context, id string, before, limit int64)
 // Transfer is a transfer, deposit, withdrawal or hold as the API shows it.
 type Transfer struct {
 	domain.TransferData
+	// Metadata is the plaintext of the command's metadata, opened; nil
+	// when it had none.
+	Metadata             json.RawMessage
 	CreatedAt, UpdatedAt time.Time
 }
 
+const selectTransfer = `SELECT transfer_id::text, kind, from_account_id, to_account_id, currency, amount,
+		captured_amount, reversed_amount, status, expires_at, coalesce(reference, ''), metadata_key_id, metadata_sealed,
+		created_at, updated_at
+	FROM transfers `
+
 // Transfer returns transfer id (a canonical UUID), or ErrNotFound.
 func (q *Queries) Transfer(ctx context.Context, id string) (Transfer, error) {
+	return q.transfer(ctx, selectTransfer+`WHERE transfer_id = $1`, id)
+}
+
+// TransferByReference returns the transfer made by the applied money
+// command that carried reference, or ErrNotFound.
+func (q *Queries) TransferByReference(ctx context.Context, reference string) (Transfer, error) {
+	return q.transfer(ctx, selectTransfer+`WHERE reference = $1`, reference)
+}
+
+func (q *Queries) transfer(ctx context.Context, query string, arg string) (Transfer, error) {
 	var t Transfer
 	var kind, status string
 	var expires pgtype.Timestamptz
-	err := q.Pool.QueryRow(ctx, `SELECT transfer_id::text, kind, from_account_id, to_account_id, currency, amount,
-			captured_amount, reversed_amount, status, expires_at, created_at, updated_at
-		FROM transfers WHERE transfer_id = $1`, id).Scan(&t.TransferID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency,
-		&t.Amount, &t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.CreatedAt, &t.UpdatedAt)
+	var keyID pgtype.Text
+	var sealed []byte
+	err := q.Pool.QueryRow(ctx, query, arg).Scan(&t.TransferID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency,
+		&t.Amount, &t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.Reference, &keyID, &sealed, &t.CreatedAt, &t.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, ErrNotFound
 	}
@@ -162,6 +178,19 @@ func (q *Queries) Transfer(ctx context.Context, id string) (Transfer, error) {
 		e := expires.Time.UTC()
 		t.ExpiresAt = &e
 	}
+	if keyID.Valid {
+		if t.Metadata, err = q.open(keyID.String, sealed, sealing.TransferMetadataAAD(t.TransferID)); err != nil {
+			return t, fmt.Errorf("open the metadata of transfer %s: %w", t.TransferID, err)
+		}
+	}
 	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
 	return t, nil
+}
+
+// open opens sealed metadata: the one place the API's reads do.
+func (q *Queries) open(keyID string, sealed, aad []byte) (json.RawMessage, error) {
+	if q.Keyring == nil {
+		return nil, errors.New("no keyring")
+	}
+	return q.Keyring.Open(keyID, sealed, aad)
 }

@@ -18,9 +18,10 @@ type Writes struct {
 	// Opened are the accounts the batch created, Changed those it loaded
 	// and changed.
 	Opened, Changed []*domain.Account
-	// Sealed is the metadata of Opened accounts, sealed: the plaintext is
-	// never written.
-	Sealed map[string]domain.Sealed
+	// AccountMetadata is the metadata of Opened accounts and
+	// TransferMetadata that of Created transfers, by id, sealed: the
+	// plaintext is never written.
+	AccountMetadata, TransferMetadata map[string]domain.Sealed
 	// Created are the transfers the batch made, Updated those it loaded
 	// and changed.
 	Created, Updated []*domain.Transfer
@@ -83,13 +84,13 @@ func (s Source) Write(ctx context.Context, tx Sender, w *Writes) error {
 func (s Source) queueWrites(b *pgx.Batch, w *Writes) {
 	at := w.Now
 	if len(w.Opened) > 0 {
-		queueInsertAccounts(b, w.Opened, w.Sealed, at)
+		queueInsertAccounts(b, w.Opened, w.AccountMetadata, at)
 	}
 	if len(w.Changed) > 0 {
 		queueUpdateAccounts(b, w.Changed, at)
 	}
 	if len(w.Created) > 0 {
-		queueInsertTransfers(b, w.Created, at)
+		queueInsertTransfers(b, w.Created, w.TransferMetadata, at)
 	}
 	if len(w.Updated) > 0 {
 		queueUpdateTransfers(b, w.Updated, at)
@@ -164,16 +165,27 @@ func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time
 	})
 }
 
-// queueInsertTransfers creates transfers made by this batch.
-func queueInsertTransfers(b *pgx.Batch, ts []*domain.Transfer, now time.Time) {
+// queueInsertTransfers creates transfers made by this batch, with their
+// reference and sealed metadata. The unique index on reference refuses a
+// reference another transaction applied meanwhile: the batch rolls back
+// and its retry reads the other's and rejects with reference_exists.
+func queueInsertTransfers(b *pgx.Batch, ts []*domain.Transfer, sealed map[string]domain.Sealed, now time.Time) {
 	ids, kinds, from, to, currencies, statuses, expires := transferColumns(ts)
 	amounts, captured, reversed := amountColumns(ts)
+	refs, keyIDs, ciphertexts := make([]string, len(ts)), make([]string, len(ts)), make([][]byte, len(ts))
+	for i, t := range ts {
+		refs[i] = t.Reference
+		if s, ok := sealed[t.ID]; ok {
+			keyIDs[i], ciphertexts[i] = s.KeyID, s.Ciphertext
+		}
+	}
 	b.Queue(`INSERT INTO transfers (transfer_id, kind, from_account_id, to_account_id, currency, amount,
-			captured_amount, reversed_amount, status, expires_at, created_at, updated_at)
-		SELECT id::uuid, k, f, t, c, amt, cap, rev, st, exp, $11, $11
+			captured_amount, reversed_amount, status, expires_at, created_at, updated_at,
+			reference, metadata_key_id, metadata_sealed)
+		SELECT id::uuid, k, f, t, c, amt, cap, rev, st, exp, $11, $11, nullif(ref, ''), nullif(kid, ''), ct
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[],
-			$9::text[], $10::timestamptz[]) AS u (id, k, f, t, c, amt, cap, rev, st, exp)`,
-		ids, kinds, from, to, currencies, amounts, captured, reversed, statuses, expires, now)
+			$9::text[], $10::timestamptz[], $12::text[], $13::text[], $14::bytea[]) AS u (id, k, f, t, c, amt, cap, rev, st, exp, ref, kid, ct)`,
+		ids, kinds, from, to, currencies, amounts, captured, reversed, statuses, expires, now, refs, keyIDs, ciphertexts)
 }
 
 // queueUpdateTransfers writes the new state of transfers this batch locked.

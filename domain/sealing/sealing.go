@@ -97,6 +97,12 @@ func MetadataAAD(accountID string) []byte {
 	return []byte("txpipe/accounts.metadata/" + accountID)
 }
 
+// TransferMetadataAAD binds a transfer's sealed metadata (that of the money
+// command that made it) to that transfer.
+func TransferMetadataAAD(transferID string) []byte {
+	return []byte("txpipe/transfers.metadata/" + transferID)
+}
+
 // Active is the id of the key that seals.
 func (k *Keyring) Active() string { return k.active }
 

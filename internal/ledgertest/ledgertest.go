@@ -30,6 +30,30 @@ type Generator struct {
 	IDPrefix string
 }
 
+// conditions adds the optional forms of a command, now and then: a
+// reference from a small pool (so that some are refused as used), amount
+// mode up_to on a larger amount, an expected version that rarely matches,
+// and a close that sweeps to account b.
+func (g Generator) conditions(r *rand.Rand, cmd *domain.Command, prefix string, n int, b Account) {
+	switch cmd.Type {
+	case domain.TypeDeposit, domain.TypeWithdraw, domain.TypeTransfer, domain.TypeHold:
+		if r.IntN(5) == 0 {
+			cmd.Reference = fmt.Sprintf("%s ref %d", prefix, r.IntN(n/10+1))
+		}
+	case domain.TypeCloseAccount:
+		if r.IntN(2) == 0 {
+			cmd.SweepToAccountID = b.ID
+		}
+	}
+	if (cmd.Type == domain.TypeWithdraw || cmd.Type == domain.TypeTransfer) && r.IntN(8) == 0 {
+		cmd.AmountMode, cmd.Amount = domain.AmountUpTo, cmd.Amount*10
+	}
+	if (cmd.Type == domain.TypeWithdraw || cmd.Type == domain.TypeTransfer || cmd.Type == domain.TypeHold) && r.IntN(10) == 0 {
+		v := r.Int64N(12)
+		cmd.ExpectedVersion = &v
+	}
+}
+
 // Commands returns n commands from seed: movements, holds and their
 // lifecycle, reversals and status changes, with amounts that often exceed
 // what is available so every rejection path is taken.
@@ -91,6 +115,7 @@ func (g Generator) Commands(seed uint64, n int) []domain.Command {
 			types := []domain.Type{domain.TypeFreezeAccount, domain.TypeUnfreezeAccount, domain.TypeUnfreezeAccount, domain.TypeUnfreezeAccount, domain.TypeCloseAccount}
 			cmd.Type, cmd.AccountID = types[r.IntN(len(types))], a.ID
 		}
+		g.conditions(r, &cmd, prefix, n, b)
 		if cmd.Type == domain.TypeTransfer || cmd.Type == domain.TypeHold {
 			refs = append(refs, ref{cmd.CommandID, cmd.FromAccountID})
 		}
