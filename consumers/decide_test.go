@@ -173,6 +173,22 @@ func TestDecide(t *testing.T) {
 			Counts:    map[string]int{"applied": 1},
 		},
 	}, {
+		name: "a transaction's legs post in order, and a rejected one leaves nothing",
+		key:  "alice",
+		values: []string{`{"command_id":"` + id(1) + `","type":"transaction","legs":[{"from_account_id":"alice","to_account_id":"bob","amount":100,"currency":"EUR"},` +
+			`{"from_account_id":"bob","to_account_id":"alice","amount":250,"currency":"EUR"}]}`,
+			`{"command_id":"` + id(2) + `","type":"transaction","legs":[{"from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR"},` +
+				`{"from_account_id":"alice","to_account_id":"carol","amount":1,"currency":"EUR"}]}`},
+		want: summary{
+			Changed:   []string{"alice", "bob"},
+			Created:   []string{id(1)},
+			Decisions: []string{id(1) + " applied", id(2) + " rejected currency_mismatch"},
+			Entries:   []string{"alice v4 -100 =900", "bob v3 100 =300", "bob v4 -250 =50", "alice v5 250 =1150"},
+			Messages: []string{"events alice transaction.applied", "postings alice posting.created", "postings bob posting.created",
+				"postings bob posting.created", "postings alice posting.created", "events alice transaction.rejected"},
+			Counts: map[string]int{"applied": 1, "rejected currency_mismatch": 1},
+		},
+	}, {
 		name:   "a command decided before has no effect",
 		key:    "bob",
 		values: []string{transfer(1, "bob", "alice", 5), transfer(1, "bob", "alice", 5)},
@@ -343,5 +359,16 @@ func TestDecidePanicNamesItsRecord(t *testing.T) {
 	rp, ok := err.(*recordPanic)
 	if !ok || rp.index != 1 {
 		t.Fatalf("decide() error = %v, want a *recordPanic at index 1", err)
+	}
+}
+
+// TestDecideNamesTheFailingLeg: a rejected transaction's outcome event says
+// which leg failed.
+func TestDecideNamesTheFailingLeg(t *testing.T) {
+	cmd := `{"command_id":"` + id(1) + `","type":"transaction","legs":[{"from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR"},` +
+		`{"from_account_id":"bob","to_account_id":"nobody","amount":1,"currency":"EUR"}]}`
+	v := decideBatch(t, testDecider(t), fuzzState(), "alice", nil, cmd)
+	if len(v.writes.Outbox) != 1 || !bytes.Contains(v.writes.Outbox[0].Value, []byte(`"reason":"account_not_found","leg":1`)) {
+		t.Errorf("outcome = %s, want account_not_found at leg 1", v.writes.Outbox[0].Value)
 	}
 }

@@ -34,6 +34,7 @@ const (
 	TypeFreezeAccount   Type = "freeze_account"
 	TypeUnfreezeAccount Type = "unfreeze_account"
 	TypeCloseAccount    Type = "close_account"
+	TypeTransaction     Type = "transaction"
 )
 
 // Limits on command fields.
@@ -78,7 +79,22 @@ type Command struct {
 	ExpectedVersion *int64 `json:"expected_version,omitempty"`
 	// SweepToAccountID is where close_account moves the remaining balance.
 	SweepToAccountID string `json:"sweep_to_account_id,omitempty"`
+	// Legs are a transaction's movements, applied all or nothing, in order.
+	Legs []Leg `json:"legs,omitempty"`
+	// LegAmounts reverses a transaction leg by leg (0: leave a leg alone).
+	LegAmounts []int64 `json:"leg_amounts,omitempty"`
 }
+
+// Leg is one movement of a transaction.
+type Leg struct {
+	FromAccountID string `json:"from_account_id"`
+	ToAccountID   string `json:"to_account_id"`
+	Amount        int64  `json:"amount"`
+	Currency      string `json:"currency"`
+}
+
+// MaxLegs bounds a transaction's legs.
+const MaxLegs = 64
 
 // AmountUpTo is the amount_mode that moves what can be moved, at most the
 // command's amount.
@@ -99,10 +115,11 @@ var specs = map[Type]spec{
 	TypeHold:            {required: []string{"from_account_id", "to_account_id", "amount", "currency"}, optional: append([]string{"expires_at", "expected_version"}, moneyOptional...)},
 	TypeCapture:         {required: []string{"account_id", "hold_id"}, optional: []string{"amount"}},
 	TypeRelease:         {required: []string{"account_id", "hold_id"}},
-	TypeReverse:         {required: []string{"account_id", "transfer_id"}, optional: []string{"amount"}},
+	TypeReverse:         {required: []string{"account_id", "transfer_id"}, optional: []string{"amount", "leg_amounts"}},
 	TypeFreezeAccount:   {required: []string{"account_id"}},
 	TypeUnfreezeAccount: {required: []string{"account_id"}},
 	TypeCloseAccount:    {required: []string{"account_id"}, optional: []string{"sweep_to_account_id"}},
+	TypeTransaction:     {required: []string{"legs"}, optional: moneyOptional},
 }
 
 // moneyOptional are the fields every command that moves or reserves money
@@ -298,14 +315,7 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 	case "daily_debit_limit":
 		cmd.DailyDebitLimit = decodeInt(raw, p, 1, verr)
 	case "currency":
-		var s string
-		if json.Unmarshal(raw, &s) != nil {
-			verr.add(p, "must be a string")
-		} else if !ValidCurrency(s) {
-			verr.add(p, "must be an ISO 4217 currency code such as \"EUR\"")
-		} else {
-			cmd.Currency = s
-		}
+		cmd.Currency = decodeCurrency(raw, p, verr)
 	case "metadata":
 		md, ok := canonicalObject(raw)
 		switch {
@@ -318,6 +328,10 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 		default:
 			cmd.Metadata = md
 		}
+	case "legs":
+		cmd.Legs = decodeLegs(raw, p, verr)
+	case "leg_amounts":
+		cmd.LegAmounts = decodeLegAmounts(raw, p, verr)
 	case "sweep_to_account_id":
 		cmd.SweepToAccountID = decodeAccountID(raw, p, verr)
 	case "expected_version":
@@ -365,6 +379,73 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 	}
 }
 
+// decodeLegs reads a transaction's legs: a JSON array of 1 to MaxLegs
+// objects, each with exactly from_account_id, to_account_id, amount and
+// currency, held to the rules of the same fields of a transfer.
+func decodeLegs(raw json.RawMessage, p string, verr *ValidationError) []Leg {
+	var items []json.RawMessage
+	if json.Unmarshal(raw, &items) != nil {
+		verr.add(p, "must be an array of legs")
+		return nil
+	}
+	if len(items) == 0 || len(items) > MaxLegs {
+		verr.add(p, "must hold 1 to %d legs", MaxLegs)
+		return nil
+	}
+	legs := make([]Leg, len(items))
+	for i, item := range items {
+		lp := fmt.Sprintf("%s/%d", p, i)
+		sub := &ValidationError{}
+		fields, order, ok := splitObject(item, sub)
+		for _, fe := range sub.Errors {
+			verr.add(lp+fe.Pointer, "%s", fe.Detail)
+		}
+		if !ok {
+			continue
+		}
+		for _, name := range order {
+			switch name {
+			case "from_account_id":
+				legs[i].FromAccountID = decodeAccountID(fields[name], lp+pointer(name), verr)
+			case "to_account_id":
+				legs[i].ToAccountID = decodeAccountID(fields[name], lp+pointer(name), verr)
+			case "amount":
+				legs[i].Amount = decodeInt(fields[name], lp+pointer(name), 1, verr)
+			case "currency":
+				legs[i].Currency = decodeCurrency(fields[name], lp+pointer(name), verr)
+			default:
+				verr.add(lp+pointer(name), "is not a field of a leg")
+			}
+		}
+		for _, name := range []string{"from_account_id", "to_account_id", "amount", "currency"} {
+			if _, ok := fields[name]; !ok {
+				verr.add(lp+pointer(name), "is required")
+			}
+		}
+	}
+	return legs
+}
+
+// decodeLegAmounts reads a reversal's amounts per leg: 1 to MaxLegs JSON
+// integers from 0 to MaxAmount, not all 0.
+func decodeLegAmounts(raw json.RawMessage, p string, verr *ValidationError) []int64 {
+	var items []json.RawMessage
+	if json.Unmarshal(raw, &items) != nil || len(items) == 0 || len(items) > MaxLegs {
+		verr.add(p, "must be an array of 1 to %d integers", MaxLegs)
+		return nil
+	}
+	out := make([]int64, len(items))
+	some := false
+	for i, item := range items {
+		out[i] = decodeInt(item, fmt.Sprintf("%s/%d", p, i), 0, verr)
+		some = some || out[i] > 0
+	}
+	if !some {
+		verr.add(p, "must reverse something: at least one amount above 0")
+	}
+	return out
+}
+
 // verrAt reports whether verr holds an error at pointer p.
 func verrAt(verr *ValidationError, p string) bool {
 	for _, fe := range verr.Errors {
@@ -388,6 +469,19 @@ func canonicalObject(raw json.RawMessage) ([]byte, bool) {
 	}
 	b, err := json.Marshal(obj)
 	return b, err == nil
+}
+
+func decodeCurrency(raw json.RawMessage, p string, verr *ValidationError) string {
+	var s string
+	switch {
+	case json.Unmarshal(raw, &s) != nil:
+		verr.add(p, "must be a string")
+	case !ValidCurrency(s):
+		verr.add(p, "must be an ISO 4217 currency code such as \"EUR\"")
+	default:
+		return s
+	}
+	return ""
 }
 
 func decodeUUID(raw json.RawMessage, p string, verr *ValidationError) string {
@@ -509,6 +603,9 @@ func truncate(s string, n int) string {
 // Kafka key of the command and of its outcome event, so that one account's
 // commands are applied, and its events published, in the order accepted.
 func (c Command) DebitAccount() string {
+	if len(c.Legs) > 0 {
+		return c.Legs[0].FromAccountID
+	}
 	if c.FromAccountID != "" {
 		return c.FromAccountID
 	}
@@ -571,6 +668,12 @@ func Identify(data []byte) Identity {
 			id.DebitAccountID = s
 			break
 		}
+	}
+	var legs []struct {
+		From string `json:"from_account_id"`
+	}
+	if id.DebitAccountID == "" && json.Unmarshal(fields["legs"], &legs) == nil && len(legs) > 0 && ValidAccountID(legs[0].From) {
+		id.DebitAccountID = legs[0].From
 	}
 	return id
 }

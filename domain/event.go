@@ -51,11 +51,13 @@ func OutcomeType(t Type, s Status) string { return string(t) + "." + string(s) }
 // OutcomeData is the data of an outcome event: what was asked, what happened,
 // and the postings it made, so one event explains the whole command.
 type OutcomeData struct {
-	CommandType Type            `json:"command_type"`
-	Status      Status          `json:"status"`
-	Reason      Reason          `json:"reason,omitempty"`
-	Command     json.RawMessage `json:"command"`
-	Postings    []PostingData   `json:"postings"`
+	CommandType Type   `json:"command_type"`
+	Status      Status `json:"status"`
+	Reason      Reason `json:"reason,omitempty"`
+	// Leg is the index of the transaction leg a rejection is about.
+	Leg      *int            `json:"leg,omitempty"`
+	Command  json.RawMessage `json:"command"`
+	Postings []PostingData   `json:"postings"`
 	// Transfer is the state, after this command, of the transfer or hold
 	// it created or changed.
 	Transfer *TransferData `json:"transfer,omitempty"`
@@ -107,6 +109,7 @@ func NewOutcomeEvent(eventID string, cmd Command, sealedMetadata *Sealed, res Re
 		CommandType: cmd.Type,
 		Status:      res.Status,
 		Reason:      res.Reason,
+		Leg:         res.Leg,
 		Command:     mustJSON(shownCommand{Command: cmd, MetadataSealed: sealedMetadata}),
 		Postings:    make([]PostingData, 0, len(res.Postings)),
 	}
@@ -144,6 +147,14 @@ type TransferData struct {
 	Status         TransferStatus `json:"status"`
 	ExpiresAt      *time.Time     `json:"expires_at,omitempty"`
 	Reference      string         `json:"reference,omitempty"`
+	// Legs are a transaction's legs (its row's fields describe the first).
+	Legs []LegData `json:"legs,omitempty"`
+}
+
+// LegData describes one leg of a transaction.
+type LegData struct {
+	Leg
+	ReversedAmount int64 `json:"reversed_amount"`
 }
 
 // NewTransferData describes t.
@@ -151,8 +162,19 @@ func NewTransferData(t *Transfer) TransferData {
 	return TransferData{
 		TransferID: t.ID, Kind: t.Kind, FromAccountID: t.FromAccountID, ToAccountID: t.ToAccountID,
 		Currency: t.Currency, Amount: t.Amount, CapturedAmount: t.CapturedAmount, ReversedAmount: t.ReversedAmount,
-		Status: t.Status, ExpiresAt: t.ExpiresAt, Reference: t.Reference,
+		Status: t.Status, ExpiresAt: t.ExpiresAt, Reference: t.Reference, Legs: legData(t.Legs),
 	}
+}
+
+func legData(legs []TransferLeg) []LegData {
+	if legs == nil {
+		return nil
+	}
+	out := make([]LegData, len(legs))
+	for i, l := range legs {
+		out[i] = LegData{Leg: l.Leg, ReversedAmount: l.ReversedAmount}
+	}
+	return out
 }
 
 // EventTypeHoldExpired is the type of the event the expirer publishes when a

@@ -115,6 +115,9 @@ const (
 	KindDeposit    TransferKind = "deposit"
 	KindWithdrawal TransferKind = "withdrawal"
 	KindHold       TransferKind = "hold"
+	// KindTransaction is a transaction of several legs; its row describes
+	// its first leg, and Legs all of them.
+	KindTransaction TransferKind = "transaction"
 )
 
 // TransferStatus is where a transfer stands.
@@ -148,12 +151,26 @@ type Transfer struct {
 	ExpiresAt      *time.Time
 	// Reference is the reference of the command that made it ("" for none).
 	Reference string
+	// Legs are a transaction's movements; nil for the other kinds.
+	Legs []TransferLeg
+}
+
+// TransferLeg is one leg of a transaction and what reversals gave back of it.
+type TransferLeg struct {
+	Leg
+	ReversedAmount int64
 }
 
 // reversible is how much of t reversals may still give back: a transfer's
 // amount, or a captured hold's captured amount, less what was reversed.
 func (t *Transfer) reversible() int64 {
 	switch {
+	case t.Kind == KindTransaction:
+		left := int64(0)
+		for _, l := range t.Legs {
+			left += l.Amount - l.ReversedAmount // ≤ 64 × MaxAmount: no overflow
+		}
+		return left
 	case t.Kind == KindTransfer:
 		return t.Amount - t.ReversedAmount
 	case t.Kind == KindHold && (t.Status == TransferCaptured || t.Status == TransferReversed):
@@ -174,6 +191,8 @@ type Result struct {
 	Changed []string
 	// Transfer is the transfer the command created or changed.
 	Transfer *Transfer
+	// Leg is the index of a transaction's leg a rejection is about.
+	Leg *int
 }
 
 func rejected(r Reason) Result { return Result{Status: StatusRejected, Reason: r} }
@@ -214,6 +233,12 @@ func Refs(cmd Command) (accounts, transfers []string) {
 			return []string{cmd.AccountID, cmd.SweepToAccountID}, nil
 		}
 		return []string{cmd.AccountID}, nil
+	case TypeTransaction:
+		var accounts []string
+		for _, l := range cmd.Legs {
+			accounts = append(accounts, l.FromAccountID, l.ToAccountID)
+		}
+		return accounts, nil
 	default:
 		return []string{cmd.AccountID}, nil
 	}
@@ -286,6 +311,8 @@ func (b *Book) apply(cmd Command, now time.Time) Result {
 		return b.move(cmd, KindTransfer, acct[cmd.FromAccountID], acct[cmd.ToAccountID], now)
 	case TypeHold:
 		return b.hold(cmd, now)
+	case TypeTransaction:
+		return b.transaction(cmd, now)
 	case TypeCapture:
 		return b.capture(cmd, now)
 	case TypeRelease:
@@ -438,6 +465,167 @@ func (b *Book) move(cmd Command, kind TransferKind, debit, credit *Account, now 
 	b.Transfers[t.ID] = t
 	return Result{Status: StatusApplied, Postings: post(debit, credit, amount, cmd.Currency),
 		Changed: []string{debit.ID, credit.ID}, Transfer: t}
+}
+
+// legRejected is a transaction's rejection at leg i.
+func legRejected(i int, r Reason) Result {
+	res := rejected(r)
+	res.Leg = &i
+	return res
+}
+
+// saved holds accounts' states before an all-or-nothing change, to put them
+// back when a later step fails.
+type saved map[string]Account
+
+func (b *Book) save(ids []string) saved {
+	s := saved{}
+	for _, id := range ids {
+		if a := b.Accounts[id]; a != nil {
+			s[id] = *a
+		}
+	}
+	return s
+}
+
+func (b *Book) restore(s saved) {
+	for id, a := range s {
+		*b.Accounts[id] = a
+	}
+}
+
+// transaction applies its legs in order, all or nothing: each leg is
+// checked as a transfer (same_account, the accounts usable in the leg's
+// currency, no overflow, the debit's funds and daily limit) against the
+// state the legs before it left; the first failing leg rejects the whole
+// with its reason and index, and no leg's effect remains. Each leg posts
+// to both its accounts.
+func (b *Book) transaction(cmd Command, now time.Time) Result {
+	accounts, _ := Refs(cmd)
+	before := b.save(accounts)
+	var postings []Posting
+	var changed []string
+	seen := map[string]bool{}
+	for i, l := range cmd.Legs {
+		if r := b.leg(l, now); r != "" {
+			b.restore(before)
+			return legRejected(i, r)
+		}
+		debit, credit := b.Accounts[l.FromAccountID], b.Accounts[l.ToAccountID]
+		postings = append(postings, post(debit, credit, l.Amount, l.Currency)...)
+		for _, id := range []string{debit.ID, credit.ID} {
+			if !seen[id] {
+				seen[id] = true
+				changed = append(changed, id)
+			}
+		}
+	}
+	first := cmd.Legs[0]
+	t := &Transfer{ID: cmd.CommandID, Kind: KindTransaction, FromAccountID: first.FromAccountID, ToAccountID: first.ToAccountID,
+		Currency: first.Currency, Amount: first.Amount, Status: TransferPosted, Legs: make([]TransferLeg, len(cmd.Legs))}
+	for i, l := range cmd.Legs {
+		t.Legs[i] = TransferLeg{Leg: l}
+	}
+	b.Transfers[t.ID] = t
+	return Result{Status: StatusApplied, Postings: postings, Changed: changed, Transfer: t}
+}
+
+// leg checks one leg of a transaction and counts its debit against the
+// daily limit; it reports why the leg cannot move, or "".
+func (b *Book) leg(l Leg, now time.Time) Reason {
+	if l.FromAccountID == l.ToAccountID {
+		return ReasonSameAccount
+	}
+	debit, credit := b.Accounts[l.FromAccountID], b.Accounts[l.ToAccountID]
+	if r := usable(debit, credit, l.Currency); r != "" {
+		return r
+	}
+	if debit.Balance < math.MinInt64+l.Amount || credit.Balance > math.MaxInt64-l.Amount {
+		return ReasonBalanceOverflow
+	}
+	debited, r := fundsFor(debit, l.Amount, now)
+	if r != "" {
+		return r
+	}
+	if !debit.External {
+		debit.DailyDebitDay, debit.DailyDebited = today(debit, now), debited
+	}
+	return ""
+}
+
+// reverseTransaction gives back a transaction, whole (every leg's
+// remainder) or leg by leg (cmd.LegAmounts, one per leg, 0 leaving a leg
+// alone), all or nothing, the last leg first: so an account a later leg
+// paid on from an earlier one's money has it back before it must return it.
+// Each leg's receiver must be usable and have the funds to give back.
+func (b *Book) reverseTransaction(cmd Command, t *Transfer) Result {
+	amounts := cmd.LegAmounts
+	switch {
+	case cmd.Amount > 0:
+		return rejected(ReasonReversalExceedsTransfer) // a transaction is reversed whole or by leg_amounts
+	case amounts == nil:
+		for _, l := range t.Legs {
+			amounts = append(amounts, l.Amount-l.ReversedAmount)
+		}
+	case len(amounts) != len(t.Legs):
+		return legRejected(min(len(amounts), len(t.Legs)), ReasonReversalExceedsTransfer)
+	}
+	if t.reversible() == 0 {
+		return rejected(ReasonReversalExceedsTransfer)
+	}
+	for i, a := range amounts {
+		if a > t.Legs[i].Amount-t.Legs[i].ReversedAmount {
+			return legRejected(i, ReasonReversalExceedsTransfer)
+		}
+	}
+	accounts, _ := Refs(Command{Type: TypeTransaction, Legs: legsOf(t)})
+	before := b.save(accounts)
+	var postings []Posting
+	var changed []string
+	seen := map[string]bool{}
+	for i := len(amounts) - 1; i >= 0; i-- {
+		a := amounts[i]
+		if a == 0 {
+			continue
+		}
+		l := t.Legs[i]
+		debit, credit := b.Accounts[l.ToAccountID], b.Accounts[l.FromAccountID]
+		r := usable(debit, credit, l.Currency)
+		switch {
+		case r != "":
+		case credit.Balance > math.MaxInt64-a || debit.Balance < math.MinInt64+a:
+			r = ReasonBalanceOverflow
+		case debit.Available()-a < -debit.OverdraftLimit:
+			r = ReasonInsufficientFunds
+		}
+		if r != "" {
+			b.restore(before)
+			return legRejected(i, r)
+		}
+		postings = append(postings, post(debit, credit, a, l.Currency)...)
+		for _, id := range []string{debit.ID, credit.ID} {
+			if !seen[id] {
+				seen[id] = true
+				changed = append(changed, id)
+			}
+		}
+	}
+	for i, a := range amounts {
+		t.Legs[i].ReversedAmount += a
+	}
+	t.ReversedAmount = t.Legs[0].ReversedAmount
+	if t.reversible() == 0 {
+		t.Status = TransferReversed
+	}
+	return Result{Status: StatusApplied, Postings: referenced(postings, t.Reference), Changed: changed, Transfer: t}
+}
+
+func legsOf(t *Transfer) []Leg {
+	legs := make([]Leg, len(t.Legs))
+	for i, l := range t.Legs {
+		legs[i] = l.Leg
+	}
+	return legs
 }
 
 // closeAndSweep closes an account and moves its remaining balance to
@@ -604,8 +792,14 @@ func (b *Book) Expire(holdID string, now time.Time) (t *Transfer, ok bool) {
 // does not count against the daily limit.
 func (b *Book) reverse(cmd Command) Result {
 	t := b.Transfers[cmd.TransferID]
-	if t == nil || (t.Kind != KindTransfer && t.Kind != KindHold) || t.FromAccountID != cmd.AccountID {
+	if t == nil || (t.Kind != KindTransfer && t.Kind != KindHold && t.Kind != KindTransaction) || t.FromAccountID != cmd.AccountID {
 		return rejected(ReasonTransferNotFound)
+	}
+	if t.Kind == KindTransaction {
+		return b.reverseTransaction(cmd, t)
+	}
+	if len(cmd.LegAmounts) > 0 {
+		return rejected(ReasonReversalExceedsTransfer) // leg_amounts are for a transaction
 	}
 	left := t.reversible()
 	amount := left

@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -351,4 +352,144 @@ func cloneAccounts(b *Book) map[string]Account {
 		out[id] = *a
 	}
 	return out
+}
+
+// TestTransactions: legs apply in order, each seeing the ones before it,
+// all or nothing; a rejection names its leg; legs may move several
+// currencies; a reversal gives back the whole or leg by leg, all or
+// nothing, and stays within each leg.
+func TestTransactions(t *testing.T) {
+	fx := func(b map[string]*Account) {
+		b["a-usd"] = &Account{ID: "a-usd", Currency: "USD", Status: AccountActive}
+		b["lp-eur"] = &Account{ID: "lp-eur", Currency: "EUR", Status: AccountActive}
+		b["lp-usd"] = &Account{ID: "lp-usd", Currency: "USD", Status: AccountActive, Balance: 1000}
+		b["fee"] = &Account{ID: "fee", Currency: "EUR", Status: AccountActive}
+	}
+	tx := func(legs ...Leg) Command { return Command{CommandID: cid, Type: TypeTransaction, Legs: legs} }
+	leg := func(from, to string, amount int64, cur string) Leg {
+		return Leg{FromAccountID: from, ToAccountID: to, Amount: amount, Currency: cur}
+	}
+	t.Run("a fee, a split and an exchange", func(t *testing.T) {
+		b := book(fx)
+		res := b.Apply(tx(
+			leg("a", "b", 60, "EUR"),          // the payment
+			leg("a", "fee", 2, "EUR"),         // its fee
+			leg("b", "fee", 10, "EUR"),        // b pays on from what leg 0 gave it
+			leg("a", "lp-eur", 30, "EUR"),     // an exchange: EUR in …
+			leg("lp-usd", "a-usd", 33, "USD"), // … USD out
+		), now)
+		if res.Status != StatusApplied || len(res.Postings) != 10 || res.Transfer.Kind != KindTransaction || len(res.Transfer.Legs) != 5 {
+			t.Fatalf("Apply(transaction) = %+v", res)
+		}
+		got := map[string]int64{}
+		for id, a := range b.Accounts {
+			got[id] = a.Balance
+		}
+		want := map[string]int64{"a": 8, "b": 50, "fee": 12, "lp-eur": 30, "lp-usd": 967, "a-usd": 33, ExternalAccountID("EUR"): 0}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("balances (-want +got):\n%s", diff)
+		}
+		if a := b.Accounts["a"]; a.Version != 4 {
+			t.Errorf("a's version %d, want 4: one posting per leg it is in", a.Version)
+		}
+	})
+	for _, tt := range []struct {
+		name   string
+		cmd    Command
+		reason Reason
+		leg    int
+	}{
+		{"a leg beyond the funds the earlier legs left", tx(leg("a", "b", 60, "EUR"), leg("a", "fee", 41, "EUR")), ReasonInsufficientFunds, 1},
+		{"a leg to itself", tx(leg("a", "b", 1, "EUR"), leg("b", "b", 1, "EUR")), ReasonSameAccount, 1},
+		{"a leg in another currency than its accounts", tx(leg("a", "b", 1, "EUR"), leg("a", "b", 1, "USD")), ReasonCurrencyMismatch, 1},
+		{"a leg to no account", tx(leg("a", "nobody", 1, "EUR")), ReasonAccountNotFound, 0},
+		{"the last leg of many", tx(leg("a", "b", 10, "EUR"), leg("b", "fee", 5, "EUR"), leg("lp-usd", "a-usd", 2000, "USD")), ReasonInsufficientFunds, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := book(fx)
+			before := cloneAccounts(b)
+			res := b.Apply(tt.cmd, now)
+			if res.Status != StatusRejected || res.Reason != tt.reason || res.Leg == nil || *res.Leg != tt.leg {
+				t.Fatalf("Apply() = %s %s leg %v, want rejected %s at leg %d", res.Status, res.Reason, res.Leg, tt.reason, tt.leg)
+			}
+			if diff := cmp.Diff(before, cloneAccounts(b)); diff != "" {
+				t.Errorf("a rejected transaction left a trace (-before +after):\n%s", diff)
+			}
+			if len(b.Transfers) != 0 {
+				t.Errorf("a rejected transaction made a transfer")
+			}
+		})
+	}
+	t.Run("the daily limit counts every leg", func(t *testing.T) {
+		b := book(func(a map[string]*Account) { fx(a); a["a"].DailyDebitLimit = 50 })
+		res := b.Apply(tx(leg("a", "b", 30, "EUR"), leg("a", "fee", 30, "EUR")), now)
+		if res.Reason != ReasonDailyLimitExceeded || *res.Leg != 1 || b.Accounts["a"].DailyDebited != 0 {
+			t.Errorf("Apply() = %s at %v, debited %d; want daily_limit_exceeded at leg 1 and nothing counted", res.Reason, res.Leg, b.Accounts["a"].DailyDebited)
+		}
+	})
+	t.Run("reversals", func(t *testing.T) {
+		b := book(fx)
+		if res := b.Apply(tx(leg("a", "b", 60, "EUR"), leg("b", "fee", 10, "EUR"), leg("lp-usd", "a-usd", 5, "USD")), now); res.Status != StatusApplied {
+			t.Fatalf("transaction: %s %s", res.Status, res.Reason)
+		}
+		rev := func(n int, amounts ...int64) Command {
+			return Command{CommandID: fmt.Sprint(n), Type: TypeReverse, AccountID: "a", TransferID: cid, LegAmounts: amounts}
+		}
+		for _, tt := range []struct {
+			cmd    Command
+			reason Reason
+			leg    int
+		}{
+			{rev(1, 61, 0, 0), ReasonReversalExceedsTransfer, 0},
+			{rev(2, 1, 1), ReasonReversalExceedsTransfer, 2},
+			{Command{Type: TypeReverse, AccountID: "a", TransferID: cid, Amount: 5}, ReasonReversalExceedsTransfer, -1},
+			{Command{Type: TypeReverse, AccountID: "b", TransferID: cid}, ReasonTransferNotFound, -1},
+		} {
+			before := cloneAccounts(b)
+			res := b.Apply(tt.cmd, now)
+			if res.Status != StatusRejected || res.Reason != tt.reason || (tt.leg >= 0) != (res.Leg != nil) || (res.Leg != nil && *res.Leg != tt.leg) {
+				t.Errorf("Apply(%v) = %s %s leg %v, want %s at %d", tt.cmd.LegAmounts, res.Status, res.Reason, res.Leg, tt.reason, tt.leg)
+			}
+			if diff := cmp.Diff(before, cloneAccounts(b)); diff != "" {
+				t.Errorf("a rejected reversal left a trace (-before +after):\n%s", diff)
+			}
+		}
+		// Part of two legs, then the rest: back where it started.
+		if res := b.Apply(rev(3, 20, 0, 5), now); res.Status != StatusApplied || len(res.Postings) != 4 || res.Transfer.Status != TransferPosted {
+			t.Fatalf("partial reversal = %+v", res)
+		}
+		res := b.Apply(Command{CommandID: "4", Type: TypeReverse, AccountID: "a", TransferID: cid}, now)
+		if res.Status != StatusApplied || res.Transfer.Status != TransferReversed {
+			t.Fatalf("reversal of the rest = %s %s %+v", res.Status, res.Reason, res.Transfer)
+		}
+		for id, want := range map[string]int64{"a": 100, "b": 0, "fee": 0, "lp-usd": 1000, "a-usd": 0} {
+			if got := b.Accounts[id].Balance; got != want {
+				t.Errorf("after reversing everything %s holds %d, want %d", id, got, want)
+			}
+		}
+		if res := b.Apply(Command{CommandID: "5", Type: TypeReverse, AccountID: "a", TransferID: cid}, now); res.Reason != ReasonReversalExceedsTransfer {
+			t.Errorf("reversing a reversed transaction = %s, want reversal_exceeds_transfer", res.Reason)
+		}
+	})
+	t.Run("a reversal the receiver cannot pay back", func(t *testing.T) {
+		b := book(fx)
+		b.Apply(tx(leg("a", "b", 60, "EUR"), leg("b", "fee", 60, "EUR")), now)
+		before := cloneAccounts(b)
+		res := b.Apply(Command{CommandID: "1", Type: TypeReverse, AccountID: "a", TransferID: cid}, now)
+		// The last leg first: fee gives 60 back to b, then b gives 60 back to a.
+		if res.Status != StatusApplied {
+			t.Fatalf("reversal = %s %s at %v, want applied (last leg first)", res.Status, res.Reason, res.Leg)
+		}
+		b2 := book(fx)
+		b2.Apply(tx(leg("a", "b", 60, "EUR"), leg("b", "fee", 60, "EUR")), now)
+		b2.Accounts["fee"].Balance = 0 // the fee was spent
+		before = cloneAccounts(b2)
+		res = b2.Apply(Command{CommandID: "1", Type: TypeReverse, AccountID: "a", TransferID: cid}, now)
+		if res.Reason != ReasonInsufficientFunds || *res.Leg != 1 {
+			t.Fatalf("reversal with the fee spent = %s at %v, want insufficient_funds at leg 1", res.Reason, res.Leg)
+		}
+		if diff := cmp.Diff(before, cloneAccounts(b2)); diff != "" {
+			t.Errorf("a rejected reversal left a trace (-before +after):\n%s", diff)
+		}
+	})
 }

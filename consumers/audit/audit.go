@@ -230,17 +230,24 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 	return c
 }
 
-// checkSingleEffect: invariant 2. Each command's entries balance to zero,
-// come in one pair at most, and belong to an applied command.
+// checkSingleEffect: invariant 2. Each command's entries balance to zero
+// in each currency, number what its type makes (a pair, or a pair per leg
+// of a transaction; a reversal at most a pair per leg), and belong to an
+// applied command.
 func checkSingleEffect(db *database) Check {
 	c := Check{Name: "invariant 2: no command changed the ledger twice"}
 	for id, es := range db.ByCommand {
-		var sum int64
+		sums := map[string]int64{}
 		for _, e := range es {
-			sum += e.Amount
+			sums[e.Currency] += e.Amount
 		}
-		if len(es) != 2 || sum != 0 {
-			c.Problems = append(c.Problems, fmt.Sprintf("command %s has %d entries summing to %d, want one balanced pair", id, len(es), sum))
+		for cur, sum := range sums {
+			if sum != 0 {
+				c.Problems = append(c.Problems, fmt.Sprintf("command %s: its %s entries sum to %d, want 0", id, cur, sum))
+			}
+		}
+		if want, ok := entriesOf(db.Decided[id].Type, db.Legs[id]); len(es) != want && !(!ok && len(es)%2 == 0 && len(es) <= want) {
+			c.Problems = append(c.Problems, fmt.Sprintf("command %s (%s) has %d entries, want %d", id, db.Decided[id].Type, len(es), want))
 		}
 		if p := db.Decided[id]; p.Status != string(domain.StatusApplied) {
 			c.Problems = append(c.Problems, fmt.Sprintf("command %s has entries but its outcome is %q", id, p.Status))
@@ -248,6 +255,19 @@ func checkSingleEffect(db *database) Check {
 	}
 	c.Detail = fmt.Sprintf("%d commands with postings", len(db.ByCommand))
 	return c
+}
+
+// entriesOf is how many entries a command of type typ makes: two, or two
+// per leg of a transaction (legs). exact is false for a reversal, which
+// makes two per leg it gives back, so at most the returned count.
+func entriesOf(typ string, legs int) (n int, exact bool) {
+	switch domain.Type(typ) {
+	case domain.TypeTransaction:
+		return 2 * legs, true
+	case domain.TypeReverse:
+		return 2 * domain.MaxLegs, false
+	}
+	return 2, true
 }
 
 // checkConservation: invariant 3. Per currency, balances and entries sum

@@ -293,3 +293,55 @@ func TestSnapshotReadsTheWholeLedger(t *testing.T) {
 		t.Errorf("snapshot totals alice %+v bob %+v; want 70 at 2 and 30 at 1", a, b)
 	}
 }
+
+// TestTransactionLegsRoundTrip: a transaction's legs are written with it,
+// loaded with it (their accounts locked too) by a batch that reverses it,
+// updated by that reversal, and read back by the API's query.
+func TestTransactionLegsRoundTrip(t *testing.T) {
+	db := pgtest.New(t)
+	keyring := sealingtest.Keyring(t)
+	seed(t, db.Pool, keyring) // alice 70, bob 30
+	ctx := context.Background()
+	const txID, revID = "00000000-0000-7000-8000-000000000010", "00000000-0000-7000-8000-000000000011"
+	legs := []domain.Leg{{FromAccountID: "alice", ToAccountID: "bob", Amount: 20, Currency: "EUR"},
+		{FromAccountID: "bob", ToAccountID: "alice", Amount: 5, Currency: "EUR"}}
+	apply := func(pos int64, cmd domain.Command, req ledger.LoadRequest) {
+		t.Helper()
+		req.Expected = ledger.Positions{0: pos}
+		err := batch(t, db.Pool, req, func(st *ledger.State) *ledger.Writes {
+			res := st.Book.Apply(cmd, st.Now)
+			if res.Status != domain.StatusApplied {
+				t.Fatalf("%s: %s %s", cmd.Type, res.Status, res.Reason)
+			}
+			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]}, Now: st.Now, Next: ledger.Positions{0: pos + 1}}
+			if st.Loaded[res.Transfer.ID] {
+				w.Updated = []*domain.Transfer{res.Transfer}
+			} else {
+				w.Created = []*domain.Transfer{res.Transfer}
+			}
+			return w
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", cmd.Type, err)
+		}
+	}
+	apply(3, domain.Command{CommandID: txID, Type: domain.TypeTransaction, Legs: legs}, ledger.LoadRequest{Accounts: []string{"alice", "bob"}})
+	// The reversal names only the transaction and alice: Load finds bob
+	// through the legs.
+	apply(4, domain.Command{CommandID: revID, Type: domain.TypeReverse, AccountID: "alice", TransferID: txID, LegAmounts: []int64{0, 5}},
+		ledger.LoadRequest{Accounts: []string{"alice"}, Transfers: []string{txID}})
+
+	tr, err := (&ledger.Queries{Pool: db.Pool, Keyring: keyring}).Transfer(ctx, txID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []domain.LegData{{Leg: legs[0]}, {Leg: legs[1], ReversedAmount: 5}}
+	if diff := cmp.Diff(want, tr.Legs); diff != "" || tr.Kind != domain.KindTransaction || tr.Amount != 20 {
+		t.Errorf("Transfer(transaction) kind %s amount %d, legs (-want +got):\n%s", tr.Kind, tr.Amount, diff)
+	}
+	for id, want := range map[string]int64{"alice": 70 - 20 + 5 - 5, "bob": 30 + 20 - 5 + 5} {
+		if a, err := (&ledger.Queries{Pool: db.Pool, Keyring: keyring}).Account(ctx, id); err != nil || a.Balance != want {
+			t.Errorf("%s: balance %d, %v; want %d", id, a.Balance, err, want)
+		}
+	}
+}

@@ -102,6 +102,8 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 	}
 	if len(transfers) > 0 {
 		queueReadTransfers(b, selectTransfers+`WHERE transfer_id = ANY($1::uuid[]) ORDER BY transfer_id FOR UPDATE`, []any{transfers}, st)
+		// A transaction's legs change only under its transfer's lock, just taken.
+		queueReadLegs(b, transfers, st.Book)
 	} else if len(accounts) > 0 {
 		queueLockAccounts(b, sortedUnique(accounts), st.Book)
 	}
@@ -118,6 +120,9 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 	}
 	for _, t := range st.Book.Transfers {
 		accounts = append(accounts, t.FromAccountID, t.ToAccountID)
+		for _, l := range t.Legs {
+			accounts = append(accounts, l.FromAccountID, l.ToAccountID)
+		}
 	}
 	b = &pgx.Batch{}
 	queueLockAccounts(b, sortedUnique(accounts), st.Book)
@@ -189,6 +194,23 @@ func queueReadTransfers(b *pgx.Batch, query string, args []any, st *State) {
 			st.Loaded[t.ID] = true
 		}
 		return rows.Err()
+	})
+}
+
+// queueReadLegs loads the legs of the transactions among transfers into
+// book (the transfers' own rows must be queued before).
+func queueReadLegs(b *pgx.Batch, transfers []string, book *domain.Book) {
+	b.Queue(`SELECT transfer_id::text, from_account_id, to_account_id, currency, amount, reversed_amount
+		FROM transfer_legs WHERE transfer_id = ANY($1::uuid[]) ORDER BY transfer_id, leg`, transfers).Query(func(rows pgx.Rows) error {
+		var id string
+		var l domain.TransferLeg
+		_, err := pgx.ForEachRow(rows, []any{&id, &l.FromAccountID, &l.ToAccountID, &l.Currency, &l.Amount, &l.ReversedAmount}, func() error {
+			if t := book.Transfers[id]; t != nil {
+				t.Legs = append(t.Legs, l)
+			}
+			return nil
+		})
+		return err
 	})
 }
 

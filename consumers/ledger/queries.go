@@ -145,7 +145,10 @@ type Transfer struct {
 
 const selectTransfer = `SELECT transfer_id::text, kind, from_account_id, to_account_id, currency, amount,
 		captured_amount, reversed_amount, status, expires_at, coalesce(reference, ''), metadata_key_id, metadata_sealed,
-		created_at, updated_at
+		created_at, updated_at,
+		(SELECT jsonb_agg(jsonb_build_object('from_account_id', l.from_account_id, 'to_account_id', l.to_account_id,
+				'amount', l.amount, 'currency', l.currency, 'reversed_amount', l.reversed_amount) ORDER BY l.leg)
+			FROM transfer_legs l WHERE l.transfer_id = transfers.transfer_id)
 	FROM transfers `
 
 // Transfer returns transfer id (a canonical UUID), or ErrNotFound.
@@ -164,9 +167,9 @@ func (q *Queries) transfer(ctx context.Context, query string, arg string) (Trans
 	var kind, status string
 	var expires pgtype.Timestamptz
 	var keyID pgtype.Text
-	var sealed []byte
+	var sealed, legs []byte
 	err := q.Pool.QueryRow(ctx, query, arg).Scan(&t.TransferID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency,
-		&t.Amount, &t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.Reference, &keyID, &sealed, &t.CreatedAt, &t.UpdatedAt)
+		&t.Amount, &t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.Reference, &keyID, &sealed, &t.CreatedAt, &t.UpdatedAt, &legs)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, ErrNotFound
 	}
@@ -177,6 +180,11 @@ func (q *Queries) transfer(ctx context.Context, query string, arg string) (Trans
 	if expires.Valid {
 		e := expires.Time.UTC()
 		t.ExpiresAt = &e
+	}
+	if legs != nil {
+		if err := json.Unmarshal(legs, &t.Legs); err != nil {
+			return t, fmt.Errorf("read the legs of transfer %s: %w", t.TransferID, err)
+		}
 	}
 	if keyID.Valid {
 		if t.Metadata, err = q.open(keyID.String, sealed, sealing.TransferMetadataAAD(t.TransferID)); err != nil {

@@ -17,10 +17,11 @@ type Snapshot struct {
 	// the same entries by command_id.
 	Entries, ByCommand map[string][]SnapshotEntry
 	PendingHeld        map[string]int64 // account_id → sum of its pending holds
+	Legs               map[string]int   // transaction (transfer_id) → its number of legs
 }
 
 // Decided is a stored decision.
-type Decided struct{ Status, Reason string }
+type Decided struct{ Type, Status, Reason string }
 
 // Totals are an account's figures.
 type Totals struct {
@@ -43,7 +44,7 @@ type SnapshotEntry struct {
 // read as missing rows, which an auditor would report as violations.
 func (s Source) ReadSnapshot(ctx context.Context, tx pgx.Tx) (*Snapshot, error) {
 	snap := &Snapshot{Decided: map[string]Decided{}, Offsets: Positions{}, Totals: map[string]Totals{},
-		Entries: map[string][]SnapshotEntry{}, ByCommand: map[string][]SnapshotEntry{}, PendingHeld: map[string]int64{}}
+		Entries: map[string][]SnapshotEntry{}, ByCommand: map[string][]SnapshotEntry{}, PendingHeld: map[string]int64{}, Legs: map[string]int{}}
 	each := func(what, sql string, args []any, scans []any, fn func() error) error {
 		rows, err := tx.Query(ctx, sql, args...)
 		if err != nil {
@@ -56,8 +57,8 @@ func (s Source) ReadSnapshot(ctx context.Context, tx pgx.Tx) (*Snapshot, error) 
 	}
 	var id string
 	var d Decided
-	if err := each("processed commands", `SELECT command_id::text, status, coalesce(reason, '') FROM processed_commands`, nil,
-		[]any{&id, &d.Status, &d.Reason}, func() error { snap.Decided[id] = d; return nil }); err != nil {
+	if err := each("processed commands", `SELECT command_id::text, type, status, coalesce(reason, '') FROM processed_commands`, nil,
+		[]any{&id, &d.Type, &d.Status, &d.Reason}, func() error { snap.Decided[id] = d; return nil }); err != nil {
 		return nil, err
 	}
 	var partition int
@@ -80,6 +81,11 @@ func (s Source) ReadSnapshot(ctx context.Context, tx pgx.Tx) (*Snapshot, error) 
 			snap.ByCommand[e.CommandID] = append(snap.ByCommand[e.CommandID], e)
 			return nil
 		}); err != nil {
+		return nil, err
+	}
+	var legs int
+	if err := each("transaction legs", `SELECT transfer_id::text, count(*) FROM transfer_legs GROUP BY transfer_id`, nil,
+		[]any{&id, &legs}, func() error { snap.Legs[id] = legs; return nil }); err != nil {
 		return nil, err
 	}
 	var held int64

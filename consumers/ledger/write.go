@@ -91,9 +91,15 @@ func (s Source) queueWrites(b *pgx.Batch, w *Writes) {
 	}
 	if len(w.Created) > 0 {
 		queueInsertTransfers(b, w.Created, w.TransferMetadata, at)
+		queueLegs(b, w.Created, `INSERT INTO transfer_legs (transfer_id, leg, from_account_id, to_account_id, currency, amount, reversed_amount)
+			SELECT id::uuid, n, f, t, c, amt, rev FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[])
+				AS u (id, n, f, t, c, amt, rev)`)
 	}
 	if len(w.Updated) > 0 {
 		queueUpdateTransfers(b, w.Updated, at)
+		queueLegs(b, w.Updated, `UPDATE transfer_legs AS l SET reversed_amount = u.rev
+			FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[]) AS u (id, n, f, t, c, amt, rev)
+			WHERE l.transfer_id = u.id::uuid AND l.leg = u.n`)
 	}
 	if len(w.Entries) > 0 {
 		queueEntries(b, w.Entries, at)
@@ -202,6 +208,25 @@ func queueUpdateTransfers(b *pgx.Batch, ts []*domain.Transfer, now time.Time) {
 		}
 		return nil
 	})
+}
+
+// queueLegs runs sql (an INSERT or an UPDATE of transfer_legs over seven
+// unnested columns) for the legs of the transactions among ts; nothing when
+// there are none.
+func queueLegs(b *pgx.Batch, ts []*domain.Transfer, sql string) {
+	var ids, from, to, currencies []string
+	var legs []int16
+	var amounts, reversed []int64
+	for _, t := range ts {
+		for i, l := range t.Legs {
+			ids, legs, from, to, currencies = append(ids, t.ID), append(legs, int16(i)), append(from, l.FromAccountID), append(to, l.ToAccountID), append(currencies, l.Currency)
+			amounts, reversed = append(amounts, l.Amount), append(reversed, l.ReversedAmount)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	b.Queue(sql, ids, legs, from, to, currencies, amounts, reversed)
 }
 
 func transferColumns(ts []*domain.Transfer) (ids, kinds, from, to, currencies, statuses []string, expires []pgtype.Timestamptz) {

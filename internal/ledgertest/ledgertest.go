@@ -36,7 +36,7 @@ type Generator struct {
 // and a close that sweeps to account b.
 func (g Generator) conditions(r *rand.Rand, cmd *domain.Command, prefix string, n int, b Account) {
 	switch cmd.Type {
-	case domain.TypeDeposit, domain.TypeWithdraw, domain.TypeTransfer, domain.TypeHold:
+	case domain.TypeDeposit, domain.TypeWithdraw, domain.TypeTransfer, domain.TypeHold, domain.TypeTransaction:
 		if r.IntN(5) == 0 {
 			cmd.Reference = fmt.Sprintf("%s ref %d", prefix, r.IntN(n/10+1))
 		}
@@ -64,7 +64,10 @@ func (g Generator) Commands(seed uint64, n int) []domain.Command {
 		prefix = "00000000"
 	}
 	var cmds []domain.Command
-	type ref struct{ id, from string }
+	type ref struct {
+		id, from string
+		legs     int // a transaction's
+	}
 	var refs []ref // transfers and holds issued so far
 	pick := func() Account { return g.Accounts[r.IntN(len(g.Accounts))] }
 	amount := func() int64 { return 1 + r.Int64N(300) }
@@ -103,6 +106,13 @@ func (g Generator) Commands(seed uint64, n int) []domain.Command {
 			}
 			if cmd.Type == domain.TypeReverse {
 				cmd.TransferID = ref.id
+				if ref.legs > 0 && r.IntN(2) == 0 {
+					cmd.LegAmounts = make([]int64, ref.legs)
+					for j := range cmd.LegAmounts {
+						cmd.LegAmounts[j] = r.Int64N(3) * amount() / 2
+					}
+					cmd.LegAmounts[r.IntN(ref.legs)] = 1 + amount()/4
+				}
 			} else {
 				cmd.HoldID = ref.id
 			}
@@ -115,9 +125,21 @@ func (g Generator) Commands(seed uint64, n int) []domain.Command {
 			types := []domain.Type{domain.TypeFreezeAccount, domain.TypeUnfreezeAccount, domain.TypeUnfreezeAccount, domain.TypeUnfreezeAccount, domain.TypeCloseAccount}
 			cmd.Type, cmd.AccountID = types[r.IntN(len(types))], a.ID
 		}
+		if r.IntN(10) == 0 {
+			// A transaction of 2 to 4 legs, each in its debit account's
+			// currency: a payment with its fee, a split, an exchange.
+			cmd = domain.Command{CommandID: cmd.CommandID, Type: domain.TypeTransaction}
+			for range 2 + r.IntN(3) {
+				from, to := pick(), pick()
+				cmd.Legs = append(cmd.Legs, domain.Leg{FromAccountID: from.ID, ToAccountID: to.ID, Amount: amount(), Currency: from.Currency})
+			}
+		}
 		g.conditions(r, &cmd, prefix, n, b)
-		if cmd.Type == domain.TypeTransfer || cmd.Type == domain.TypeHold {
-			refs = append(refs, ref{cmd.CommandID, cmd.FromAccountID})
+		switch cmd.Type {
+		case domain.TypeTransfer, domain.TypeHold:
+			refs = append(refs, ref{id: cmd.CommandID, from: cmd.FromAccountID})
+		case domain.TypeTransaction:
+			refs = append(refs, ref{id: cmd.CommandID, from: cmd.Legs[0].FromAccountID, legs: len(cmd.Legs)})
 		}
 		cmds = append(cmds, cmd)
 	}
