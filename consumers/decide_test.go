@@ -143,7 +143,7 @@ func TestDecide(t *testing.T) {
 			Changed:   []string{"@external:EUR", "alice"},
 			Created:   []string{id(2)},
 			Decisions: []string{id(1) + " rejected reference_exists", id(2) + " applied", id(3) + " rejected reference_exists"},
-			Entries:   []string{"@external:EUR v1 -1 =-1251", "alice v4 1 =1001"},
+			Entries:   []string{"@external:EUR v1 -1 =-1301", "alice v4 1 =1001"},
 			Messages: []string{"events alice transfer.rejected", "events alice deposit.applied", "postings @external:EUR posting.created",
 				"postings alice posting.created", "events alice withdraw.rejected"},
 			Counts: map[string]int{"applied": 1, "rejected reference_exists": 2},

@@ -23,6 +23,7 @@ const (
 	fuzzHold     = "0190b1c2-0000-7000-8000-00000000f001" // alice's pending hold to bob
 	fuzzTransfer = "0190b1c2-0000-7000-8000-00000000f002" // alice's posted transfer to bob
 	fuzzPrior    = "0190b1c2-0000-7000-8000-00000000f003" // a command already decided
+	fuzzTx       = "0190b1c2-0000-7000-8000-00000000f004" // alice's transaction: 10 to bob, then 5 back
 )
 
 var fuzzNow = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
@@ -53,6 +54,15 @@ func fuzzBook() *domain.Book {
 	b.Transfers[fuzzTransfer] = &domain.Transfer{ID: fuzzTransfer, Kind: domain.KindTransfer, FromAccountID: "alice", ToAccountID: "bob",
 		Currency: "EUR", Amount: 200, Status: domain.TransferPosted, Reference: "order-9"}
 	b.References["order-9"] = fuzzTransfer
+	b.Transfers[fuzzTx] = &domain.Transfer{ID: fuzzTx, Kind: domain.KindTransaction, FromAccountID: "alice", ToAccountID: "bob",
+		Currency: "EUR", Amount: 10, Status: domain.TransferPosted, Legs: []domain.TransferLeg{
+			{Leg: domain.Leg{FromAccountID: "alice", ToAccountID: "bob", Amount: 10, Currency: "EUR"}},
+			{Leg: domain.Leg{FromAccountID: "bob", ToAccountID: "alice", Amount: 5, Currency: "EUR"}}}}
+	// erin pays 1 % (at least 1) to bob on what she sends.
+	one := int64(1)
+	add(&domain.Account{ID: "erin", Currency: "EUR", Status: domain.AccountActive, Balance: 50, Version: 1,
+		FeePlan: &domain.FeePlan{Bps: 100, Min: &one, RevenueAccountID: "bob"}})
+	eur.Balance -= 50
 	return b
 }
 
@@ -74,6 +84,14 @@ func FuzzDecide(f *testing.F) {
 		cmd(`{"command_id":"ID","type":"transfer","from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR"}`),
 		cmd(`{"command_id":"ID","type":"transfer","from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR","reference":"order-9"}`),
 		cmd(`{"command_id":"ID","type":"hold","from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR","reference":"order 10","metadata":{"m":[1,"x"]}}`),
+		cmd(`{"command_id":"ID","type":"transaction","legs":[{"from_account_id":"alice","to_account_id":"bob","amount":9007199254740991,"currency":"EUR"},{"from_account_id":"whale","to_account_id":"carol","amount":1,"currency":"JPY"}]}`),
+		cmd(`{"command_id":"ID","type":"transaction","reference":"order-9","legs":[{"from_account_id":"bob","to_account_id":"alice","amount":5,"currency":"EUR"},{"from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR"}]}`),
+		cmd(`{"command_id":"ID","type":"reverse","account_id":"alice","transfer_id":"` + fuzzTx + `","leg_amounts":[3,4]}`),
+		cmd(`{"command_id":"ID","type":"reverse","account_id":"alice","transfer_id":"` + fuzzTx + `"}`),
+		cmd(`{"command_id":"ID","type":"withdraw","account_id":"alice","amount":9007199254740991,"currency":"EUR","amount_mode":"up_to","expected_version":3}`),
+		cmd(`{"command_id":"ID","type":"close_account","account_id":"bob","sweep_to_account_id":"alice"}`),
+		cmd(`{"command_id":"ID","type":"transfer","from_account_id":"erin","to_account_id":"alice","amount":49,"currency":"EUR","amount_mode":"up_to"}`),
+		cmd(`{"command_id":"ID","type":"set_fee_plan","account_id":"bob","fee_plan":{"bps":10000,"fixed":9007199254740991,"min":0,"max":9007199254740991,"revenue_account_id":"alice"}}`),
 		cmd(`{"command_id":"ID","type":"transfer","from_account_id":"alice","to_account_id":"carol","amount":1,"currency":"EUR"}`),
 		cmd(`{"command_id":"ID","type":"hold","from_account_id":"alice","to_account_id":"bob","amount":5,"currency":"EUR","expires_at":"2026-11-30T12:00:01Z"}`),
 		cmd(`{"command_id":"ID","type":"capture","account_id":"alice","hold_id":"` + fuzzHold + `","amount":60}`),
@@ -121,7 +139,7 @@ func FuzzDecide(f *testing.F) {
 // fuzzState is the state FuzzDecide decides against: fuzzBook, its
 // transfers loaded, and fuzzPrior decided.
 func fuzzState() *ledger.State {
-	return &ledger.State{Book: fuzzBook(), Loaded: map[string]bool{fuzzHold: true, fuzzTransfer: true}, Now: fuzzNow,
+	return &ledger.State{Book: fuzzBook(), Loaded: map[string]bool{fuzzHold: true, fuzzTransfer: true, fuzzTx: true}, Now: fuzzNow,
 		Priors: map[string]ledger.Prior{fuzzPrior: {Fingerprint: []byte("another command"), Status: domain.StatusApplied}}}
 }
 

@@ -35,6 +35,7 @@ const (
 	TypeUnfreezeAccount Type = "unfreeze_account"
 	TypeCloseAccount    Type = "close_account"
 	TypeTransaction     Type = "transaction"
+	TypeSetFeePlan      Type = "set_fee_plan"
 )
 
 // Limits on command fields.
@@ -83,6 +84,37 @@ type Command struct {
 	Legs []Leg `json:"legs,omitempty"`
 	// LegAmounts reverses a transaction leg by leg (0: leave a leg alone).
 	LegAmounts []int64 `json:"leg_amounts,omitempty"`
+	// FeePlan is what set_fee_plan sets; nil (null or absent) removes it.
+	FeePlan *FeePlan `json:"fee_plan,omitempty"`
+}
+
+// FeePlan is the fee an account pays on what it sends (FeePlan.Fee),
+// posted to RevenueAccountID.
+type FeePlan struct {
+	// Bps is the proportional part, in basis points (0–10000).
+	Bps int64 `json:"bps"`
+	// Fixed is added to every fee, in minor units.
+	Fixed int64 `json:"fixed"`
+	// Min and Max bound the fee when set.
+	Min              *int64 `json:"min,omitempty"`
+	Max              *int64 `json:"max,omitempty"`
+	RevenueAccountID string `json:"revenue_account_id"`
+}
+
+// Fee is the fee on amount: fixed + amount × bps / 10 000 rounded half up,
+// then raised to min and lowered to max where the plan sets them. Exact in
+// int64 for every amount up to MaxAmount: amount is split so that no
+// product exceeds 2^53 × 10^4 / 10^4.
+func (p FeePlan) Fee(amount int64) int64 {
+	q, r := amount/10000, amount%10000
+	fee := p.Fixed + q*p.Bps + (r*p.Bps+5000)/10000
+	if p.Min != nil && fee < *p.Min {
+		fee = *p.Min
+	}
+	if p.Max != nil && fee > *p.Max {
+		fee = *p.Max
+	}
+	return fee
 }
 
 // Leg is one movement of a transaction.
@@ -120,6 +152,7 @@ var specs = map[Type]spec{
 	TypeUnfreezeAccount: {required: []string{"account_id"}},
 	TypeCloseAccount:    {required: []string{"account_id"}, optional: []string{"sweep_to_account_id"}},
 	TypeTransaction:     {required: []string{"legs"}, optional: moneyOptional},
+	TypeSetFeePlan:      {required: []string{"account_id"}, optional: []string{"fee_plan"}},
 }
 
 // moneyOptional are the fields every command that moves or reserves money
@@ -330,6 +363,8 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 		}
 	case "legs":
 		cmd.Legs = decodeLegs(raw, p, verr)
+	case "fee_plan":
+		cmd.FeePlan = decodeFeePlan(raw, p, verr)
 	case "leg_amounts":
 		cmd.LegAmounts = decodeLegAmounts(raw, p, verr)
 	case "sweep_to_account_id":
@@ -424,6 +459,54 @@ func decodeLegs(raw json.RawMessage, p string, verr *ValidationError) []Leg {
 		}
 	}
 	return legs
+}
+
+// decodeFeePlan reads set_fee_plan's plan: null, or an object with bps
+// (0–10000), fixed, revenue_account_id and optional min and max (min ≤
+// max), nothing else.
+func decodeFeePlan(raw json.RawMessage, p string, verr *ValidationError) *FeePlan {
+	if string(raw) == "null" {
+		return nil
+	}
+	sub := &ValidationError{}
+	fields, order, ok := splitObject(raw, sub)
+	for _, fe := range sub.Errors {
+		verr.add(p+fe.Pointer, "%s", fe.Detail)
+	}
+	if !ok {
+		return nil
+	}
+	plan := &FeePlan{}
+	for _, name := range order {
+		fp := p + pointer(name)
+		switch name {
+		case "bps":
+			if plan.Bps = decodeInt(fields[name], fp, 0, verr); plan.Bps > 10000 {
+				verr.add(fp, "must be between 0 and 10000 (basis points)")
+			}
+		case "fixed":
+			plan.Fixed = decodeInt(fields[name], fp, 0, verr)
+		case "min":
+			v := decodeInt(fields[name], fp, 0, verr)
+			plan.Min = &v
+		case "max":
+			v := decodeInt(fields[name], fp, 0, verr)
+			plan.Max = &v
+		case "revenue_account_id":
+			plan.RevenueAccountID = decodeAccountID(fields[name], fp, verr)
+		default:
+			verr.add(fp, "is not a field of a fee plan")
+		}
+	}
+	for _, name := range []string{"bps", "fixed", "revenue_account_id"} {
+		if _, ok := fields[name]; !ok {
+			verr.add(p+pointer(name), "is required")
+		}
+	}
+	if plan.Min != nil && plan.Max != nil && *plan.Min > *plan.Max {
+		verr.add(p+"/min", "must not be above max")
+	}
+	return plan
 }
 
 // decodeLegAmounts reads a reversal's amounts per leg: 1 to MaxLegs JSON

@@ -147,6 +147,9 @@ type TransferData struct {
 	Status         TransferStatus `json:"status"`
 	ExpiresAt      *time.Time     `json:"expires_at,omitempty"`
 	Reference      string         `json:"reference,omitempty"`
+	// Fee is what the debit account paid on top of amount under its fee
+	// plan; absent when none.
+	Fee int64 `json:"fee,omitempty"`
 	// Legs are a transaction's legs (its row's fields describe the first).
 	Legs []LegData `json:"legs,omitempty"`
 }
@@ -154,6 +157,7 @@ type TransferData struct {
 // LegData describes one leg of a transaction.
 type LegData struct {
 	Leg
+	Fee            int64 `json:"fee,omitempty"`
 	ReversedAmount int64 `json:"reversed_amount"`
 }
 
@@ -162,7 +166,7 @@ func NewTransferData(t *Transfer) TransferData {
 	return TransferData{
 		TransferID: t.ID, Kind: t.Kind, FromAccountID: t.FromAccountID, ToAccountID: t.ToAccountID,
 		Currency: t.Currency, Amount: t.Amount, CapturedAmount: t.CapturedAmount, ReversedAmount: t.ReversedAmount,
-		Status: t.Status, ExpiresAt: t.ExpiresAt, Reference: t.Reference, Legs: legData(t.Legs),
+		Status: t.Status, ExpiresAt: t.ExpiresAt, Reference: t.Reference, Fee: t.Fee, Legs: legData(t.Legs),
 	}
 }
 
@@ -172,7 +176,7 @@ func legData(legs []TransferLeg) []LegData {
 	}
 	out := make([]LegData, len(legs))
 	for i, l := range legs {
-		out[i] = LegData{Leg: l.Leg, ReversedAmount: l.ReversedAmount}
+		out[i] = LegData{Leg: l.Leg, Fee: l.Fee, ReversedAmount: l.ReversedAmount}
 	}
 	return out
 }

@@ -44,6 +44,7 @@ const (
 	ReasonBalanceOverflow         Reason = "balance_overflow"
 	ReasonReferenceExists         Reason = "reference_exists"
 	ReasonVersionMismatch         Reason = "version_mismatch"
+	ReasonFeeAccountInvalid       Reason = "fee_account_invalid"
 )
 
 // AccountStatus is an account's lifecycle state.
@@ -74,6 +75,8 @@ type Account struct {
 	// Version counts the account's postings: the n-th posting of an account
 	// carries AccountVersion n, so a consumer can see gaps.
 	Version int64
+	// FeePlan is the fee the account pays on what it sends; nil for none.
+	FeePlan *FeePlan
 	// An account's metadata is not part of its state here: it never changes
 	// and the rules never read it; the worker stores it sealed.
 }
@@ -153,11 +156,17 @@ type Transfer struct {
 	Reference string
 	// Legs are a transaction's movements; nil for the other kinds.
 	Legs []TransferLeg
+	// Fee is what the debit account paid on top of Amount, to its fee
+	// plan's revenue account (a transaction's: its first leg's; each leg
+	// has its own).
+	Fee int64
 }
 
-// TransferLeg is one leg of a transaction and what reversals gave back of it.
+// TransferLeg is one leg of a transaction, the fee its debit account paid
+// on it, and what reversals gave back of it.
 type TransferLeg struct {
 	Leg
+	Fee            int64
 	ReversedAmount int64
 }
 
@@ -217,7 +226,8 @@ func NewBook() *Book {
 // Refs lists what cmd reads or changes that the caller must load first: the
 // accounts it names (with the external account of its currency) and the
 // transfer it names. A named transfer's own accounts are needed too; the
-// caller adds them once the transfer is loaded.
+// caller adds them once the transfer is loaded, and with every account the
+// revenue account of its fee plan.
 func Refs(cmd Command) (accounts, transfers []string) {
 	switch cmd.Type {
 	case TypeDeposit, TypeWithdraw:
@@ -239,6 +249,11 @@ func Refs(cmd Command) (accounts, transfers []string) {
 			accounts = append(accounts, l.FromAccountID, l.ToAccountID)
 		}
 		return accounts, nil
+	case TypeSetFeePlan:
+		if cmd.FeePlan != nil {
+			return []string{cmd.AccountID, cmd.FeePlan.RevenueAccountID}, nil
+		}
+		return []string{cmd.AccountID}, nil
 	default:
 		return []string{cmd.AccountID}, nil
 	}
@@ -281,6 +296,11 @@ func (b *Book) scratch(cmd Command) *Book {
 	c := NewBook()
 	accounts, transfers := Refs(cmd)
 	for _, id := range accounts {
+		if a := b.Accounts[id]; a != nil && a.FeePlan != nil {
+			accounts = append(accounts, a.FeePlan.RevenueAccountID)
+		}
+	}
+	for _, id := range accounts {
 		if a := b.Accounts[id]; a != nil {
 			x := *a
 			c.Accounts[id] = &x
@@ -313,6 +333,8 @@ func (b *Book) apply(cmd Command, now time.Time) Result {
 		return b.hold(cmd, now)
 	case TypeTransaction:
 		return b.transaction(cmd, now)
+	case TypeSetFeePlan:
+		return b.setFeePlan(cmd)
 	case TypeCapture:
 		return b.capture(cmd, now)
 	case TypeRelease:
@@ -321,7 +343,7 @@ func (b *Book) apply(cmd Command, now time.Time) Result {
 		return b.reverse(cmd)
 	case TypeCloseAccount:
 		if cmd.SweepToAccountID != "" {
-			return b.closeAndSweep(cmd)
+			return b.closeAndSweep(cmd, now)
 		}
 		return b.setStatus(cmd)
 	case TypeFreezeAccount, TypeUnfreezeAccount:
@@ -408,7 +430,7 @@ func versionMatches(cmd Command, debit *Account) Reason {
 // its funds allow down to its overdraft limit, then what its daily limit
 // leaves today. Nothing to move is insufficient_funds, or
 // daily_limit_exceeded when only the daily limit stands in the way.
-func upTo(debit *Account, amount int64, now time.Time) (int64, Reason) {
+func upTo(debit *Account, amount int64, plan FeePlan, now time.Time) (int64, Reason) {
 	if debit.External {
 		return amount, ""
 	}
@@ -416,21 +438,34 @@ func upTo(debit *Account, amount int64, now time.Time) (int64, Reason) {
 	if avail := debit.Available(); avail <= math.MaxInt64-debit.OverdraftLimit {
 		room = avail + debit.OverdraftLimit
 	}
-	amount = min(amount, room)
-	if amount <= 0 {
+	if room <= 0 {
 		return 0, ReasonInsufficientFunds
 	}
+	short := ReasonInsufficientFunds
 	if debit.DailyDebitLimit > 0 {
 		debited := int64(0)
 		if today(debit, now) == debit.DailyDebitDay {
 			debited = debit.DailyDebited
 		}
-		amount = min(amount, debit.DailyDebitLimit-debited)
-		if amount <= 0 {
-			return 0, ReasonDailyLimitExceeded
+		if left := debit.DailyDebitLimit - debited; left < room {
+			room, short = left, ReasonDailyLimitExceeded
 		}
 	}
-	return amount, ""
+	// The largest x ≤ amount whose x + fee(x) fits in room: x + fee(x)
+	// grows with x, so a binary search finds it.
+	lo, hi := int64(0), min(amount, max(room, 0))
+	for lo < hi {
+		mid := hi - (hi-lo)/2
+		if mid+plan.Fee(mid) <= room {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	if lo == 0 {
+		return 0, short
+	}
+	return lo, ""
 }
 
 // move takes cmd.Amount (with amount_mode up_to, what can be moved of it)
@@ -444,27 +479,99 @@ func (b *Book) move(cmd Command, kind TransferKind, debit, credit *Account, now 
 	if r := versionMatches(cmd, debit); r != "" {
 		return rejected(r)
 	}
+	plan, revenue, r := b.feePlanOf(debit, kind)
+	if r != "" {
+		return rejected(r)
+	}
 	if cmd.AmountMode == AmountUpTo {
-		var r Reason
-		if amount, r = upTo(debit, amount, now); r != "" {
+		if amount, r = upTo(debit, amount, plan, now); r != "" {
 			return rejected(r)
 		}
 	}
-	if debit.Balance < math.MinInt64+amount || credit.Balance > math.MaxInt64-amount {
-		return rejected(ReasonBalanceOverflow)
-	}
-	debited, r := fundsFor(debit, amount, now)
+	fee := plan.Fee(amount)
+	postings, r := b.pay(debit, credit, revenue, amount, fee, cmd.Currency, now)
 	if r != "" {
 		return rejected(r)
+	}
+	t := &Transfer{ID: cmd.CommandID, Kind: kind, FromAccountID: debit.ID, ToAccountID: credit.ID,
+		Currency: cmd.Currency, Amount: amount, Status: TransferPosted, Fee: fee}
+	b.Transfers[t.ID] = t
+	changed := []string{debit.ID, credit.ID}
+	if fee > 0 && revenue.ID != credit.ID {
+		changed = append(changed, revenue.ID)
+	}
+	return Result{Status: StatusApplied, Postings: postings, Changed: changed, Transfer: t}
+}
+
+// feePlanOf is the fee plan debit pays under when it sends money as kind
+// (a transfer, a withdrawal, a transaction's leg: not a deposit, whose
+// debit is external) and the account the fee goes to. A plan whose revenue
+// account cannot take the fee now (gone, closed, frozen, another currency)
+// is fee_account_invalid. No plan is the zero plan: no fee.
+func (b *Book) feePlanOf(debit *Account, kind TransferKind) (FeePlan, *Account, Reason) {
+	if debit.External || debit.FeePlan == nil || kind == KindDeposit {
+		return FeePlan{}, nil, ""
+	}
+	rev := b.Accounts[debit.FeePlan.RevenueAccountID]
+	if rev == nil || rev.ID == debit.ID || rev.Status != AccountActive || rev.Currency != debit.Currency {
+		return FeePlan{}, nil, ReasonFeeAccountInvalid
+	}
+	return *debit.FeePlan, rev, ""
+}
+
+// pay moves amount from debit to credit and fee from debit to revenue: no
+// balance overflows, then amount + fee within the debit's funds and daily
+// limit. It returns the postings (the fee's after the amount's), or why
+// not, having changed nothing.
+func (b *Book) pay(debit, credit, revenue *Account, amount, fee int64, currency string, now time.Time) ([]Posting, Reason) {
+	total := amount + fee // ≤ 2 × 2^53 + 2^53: no overflow
+	creditGets := amount
+	if fee > 0 && revenue.ID == credit.ID {
+		creditGets += fee
+	}
+	switch {
+	case debit.Balance < math.MinInt64+total, credit.Balance > math.MaxInt64-creditGets:
+		return nil, ReasonBalanceOverflow
+	case fee > 0 && revenue.Balance > math.MaxInt64-fee:
+		return nil, ReasonBalanceOverflow
+	}
+	debited, r := fundsFor(debit, total, now)
+	if r != "" {
+		return nil, r
 	}
 	if !debit.External {
 		debit.DailyDebitDay, debit.DailyDebited = today(debit, now), debited
 	}
-	t := &Transfer{ID: cmd.CommandID, Kind: kind, FromAccountID: debit.ID, ToAccountID: credit.ID,
-		Currency: cmd.Currency, Amount: amount, Status: TransferPosted}
-	b.Transfers[t.ID] = t
-	return Result{Status: StatusApplied, Postings: post(debit, credit, amount, cmd.Currency),
-		Changed: []string{debit.ID, credit.ID}, Transfer: t}
+	postings := post(debit, credit, amount, currency)
+	if fee > 0 {
+		postings = append(postings, post(debit, revenue, fee, currency)...)
+	}
+	return postings, ""
+}
+
+// setFeePlan sets or removes an account's fee plan: account_not_found,
+// account_closed, then fee_account_invalid when the revenue account is
+// missing, closed, frozen, in another currency, or the account itself.
+// Commands applied after it pay under the new plan.
+func (b *Book) setFeePlan(cmd Command) Result {
+	a := b.Accounts[cmd.AccountID]
+	switch {
+	case a == nil:
+		return rejected(ReasonAccountNotFound)
+	case a.Status == AccountClosed:
+		return rejected(ReasonAccountClosed)
+	}
+	if p := cmd.FeePlan; p != nil {
+		rev := b.Accounts[p.RevenueAccountID]
+		if rev == nil || rev.ID == a.ID || rev.Status != AccountActive || rev.Currency != a.Currency {
+			return rejected(ReasonFeeAccountInvalid)
+		}
+		plan := *p
+		a.FeePlan = &plan
+	} else {
+		a.FeePlan = nil
+	}
+	return Result{Status: StatusApplied, Changed: []string{a.ID}}
 }
 
 // legRejected is a transaction's rejection at leg i.
@@ -502,19 +609,25 @@ func (b *Book) restore(s saved) {
 // to both its accounts.
 func (b *Book) transaction(cmd Command, now time.Time) Result {
 	accounts, _ := Refs(cmd)
+	for _, id := range accounts {
+		if a := b.Accounts[id]; a != nil && a.FeePlan != nil {
+			accounts = append(accounts, a.FeePlan.RevenueAccountID)
+		}
+	}
 	before := b.save(accounts)
 	var postings []Posting
 	var changed []string
 	seen := map[string]bool{}
+	fees := make([]int64, len(cmd.Legs))
 	for i, l := range cmd.Legs {
-		if r := b.leg(l, now); r != "" {
+		ps, fee, revenue, r := b.leg(l, now)
+		if r != "" {
 			b.restore(before)
 			return legRejected(i, r)
 		}
-		debit, credit := b.Accounts[l.FromAccountID], b.Accounts[l.ToAccountID]
-		postings = append(postings, post(debit, credit, l.Amount, l.Currency)...)
-		for _, id := range []string{debit.ID, credit.ID} {
-			if !seen[id] {
+		postings, fees[i] = append(postings, ps...), fee
+		for _, id := range []string{l.FromAccountID, l.ToAccountID, revenue} {
+			if id != "" && !seen[id] {
 				seen[id] = true
 				changed = append(changed, id)
 			}
@@ -524,33 +637,35 @@ func (b *Book) transaction(cmd Command, now time.Time) Result {
 	t := &Transfer{ID: cmd.CommandID, Kind: KindTransaction, FromAccountID: first.FromAccountID, ToAccountID: first.ToAccountID,
 		Currency: first.Currency, Amount: first.Amount, Status: TransferPosted, Legs: make([]TransferLeg, len(cmd.Legs))}
 	for i, l := range cmd.Legs {
-		t.Legs[i] = TransferLeg{Leg: l}
+		t.Legs[i] = TransferLeg{Leg: l, Fee: fees[i]}
 	}
+	t.Fee = fees[0] // the row describes the first leg; Legs has every fee
 	b.Transfers[t.ID] = t
 	return Result{Status: StatusApplied, Postings: postings, Changed: changed, Transfer: t}
 }
 
 // leg checks one leg of a transaction and counts its debit against the
 // daily limit; it reports why the leg cannot move, or "".
-func (b *Book) leg(l Leg, now time.Time) Reason {
+func (b *Book) leg(l Leg, now time.Time) (postings []Posting, fee int64, revenue string, r Reason) {
 	if l.FromAccountID == l.ToAccountID {
-		return ReasonSameAccount
+		return nil, 0, "", ReasonSameAccount
 	}
 	debit, credit := b.Accounts[l.FromAccountID], b.Accounts[l.ToAccountID]
 	if r := usable(debit, credit, l.Currency); r != "" {
-		return r
+		return nil, 0, "", r
 	}
-	if debit.Balance < math.MinInt64+l.Amount || credit.Balance > math.MaxInt64-l.Amount {
-		return ReasonBalanceOverflow
-	}
-	debited, r := fundsFor(debit, l.Amount, now)
+	plan, rev, r := b.feePlanOf(debit, KindTransaction)
 	if r != "" {
-		return r
+		return nil, 0, "", r
 	}
-	if !debit.External {
-		debit.DailyDebitDay, debit.DailyDebited = today(debit, now), debited
+	fee = plan.Fee(l.Amount)
+	if postings, r = b.pay(debit, credit, rev, l.Amount, fee, l.Currency, now); r != "" {
+		return nil, 0, "", r
 	}
-	return ""
+	if fee > 0 {
+		revenue = rev.ID
+	}
+	return postings, fee, revenue, ""
 }
 
 // reverseTransaction gives back a transaction, whole (every leg's
@@ -568,7 +683,7 @@ func (b *Book) reverseTransaction(cmd Command, t *Transfer) Result {
 			amounts = append(amounts, l.Amount-l.ReversedAmount)
 		}
 	case len(amounts) != len(t.Legs):
-		return legRejected(min(len(amounts), len(t.Legs)), ReasonReversalExceedsTransfer)
+		return rejected(ReasonReversalExceedsTransfer) // not one amount per leg: no leg to name
 	}
 	if t.reversible() == 0 {
 		return rejected(ReasonReversalExceedsTransfer)
@@ -632,11 +747,11 @@ func legsOf(t *Transfer) []Leg {
 // another, in one step: same_account, then both accounts usable (found,
 // not closed, not frozen, the same currency), then account_not_empty when
 // holds are pending or the balance is below zero (a debt is not swept),
-// then no overflow of the receiver. A zero balance closes with no
-// posting; a positive one makes a transfer (id: the command's) that a
-// reversal cannot undo, the account being closed. The daily debit limit
-// does not apply: closing is final.
-func (b *Book) closeAndSweep(cmd Command) Result {
+// then no overflow of the receiver, then the daily debit limit (a sweep is
+// money leaving; closing must not get around the limit). A zero balance
+// closes with no posting; a positive one makes a transfer (id: the
+// command's) that a reversal cannot undo, the account being closed.
+func (b *Book) closeAndSweep(cmd Command, now time.Time) Result {
 	if cmd.AccountID == cmd.SweepToAccountID {
 		return rejected(ReasonSameAccount)
 	}
@@ -655,6 +770,13 @@ func (b *Book) closeAndSweep(cmd Command) Result {
 	}
 	res := Result{Status: StatusApplied, Changed: []string{a.ID}}
 	if a.Balance > 0 {
+		// The daily debit limit is a control on money leaving: a sweep is
+		// money leaving, and closing must not get around the limit.
+		debited, r := fundsFor(a, a.Balance, now)
+		if r != "" {
+			return rejected(r)
+		}
+		a.DailyDebitDay, a.DailyDebited = today(a, now), debited
 		t := &Transfer{ID: cmd.CommandID, Kind: KindTransfer, FromAccountID: a.ID, ToAccountID: to.ID,
 			Currency: a.Currency, Amount: a.Balance, Status: TransferPosted}
 		b.Transfers[t.ID] = t

@@ -331,7 +331,11 @@ func TestCloseAndSweep(t *testing.T) {
 			}
 		})
 	}
-	b := book(func(b map[string]*Account) { b["a"].DailyDebitLimit = 1 }) // closing is final: no daily limit
+	limited := book(func(b map[string]*Account) { b["a"].DailyDebitLimit = 99 })
+	if res := limited.Apply(sweep("b"), now); res.Reason != ReasonDailyLimitExceeded || limited.Accounts["a"].Status != AccountActive {
+		t.Errorf("sweep of 100 under a daily limit of 99 = %s %s, want daily_limit_exceeded and the account open", res.Status, res.Reason)
+	}
+	b := book(func(b map[string]*Account) { b["a"].DailyDebitLimit = 100 })
 	res := b.Apply(sweep("b"), now)
 	if res.Status != StatusApplied || len(res.Postings) != 2 || res.Transfer == nil || res.Transfer.Amount != 100 {
 		t.Fatalf("sweep of 100 = %+v", res)
@@ -441,7 +445,7 @@ func TestTransactions(t *testing.T) {
 			leg    int
 		}{
 			{rev(1, 61, 0, 0), ReasonReversalExceedsTransfer, 0},
-			{rev(2, 1, 1), ReasonReversalExceedsTransfer, 2},
+			{rev(2, 1, 1), ReasonReversalExceedsTransfer, -1},
 			{Command{Type: TypeReverse, AccountID: "a", TransferID: cid, Amount: 5}, ReasonReversalExceedsTransfer, -1},
 			{Command{Type: TypeReverse, AccountID: "b", TransferID: cid}, ReasonTransferNotFound, -1},
 		} {

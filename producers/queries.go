@@ -41,6 +41,8 @@ type commandResponse struct {
 	Type      *string `json:"type,omitempty"` // unknown for a dead-lettered record without a valid type
 	Status    string  `json:"status"`
 	Reason    *string `json:"reason,omitempty"`
+	// Leg is the transaction leg a rejection is about.
+	Leg *int `json:"leg,omitempty"`
 	// Detail says why a dead-lettered record was refused.
 	Detail      *string   `json:"detail,omitempty"`
 	ProcessedAt time.Time `json:"processed_at"`
@@ -63,7 +65,7 @@ func (a *API) getCommand(w http.ResponseWriter, r *http.Request) {
 		a.internal(w, r, err)
 		return
 	}
-	resp := commandResponse{CommandID: o.CommandID, Status: o.Status, Reason: o.Reason, Detail: o.Detail, ProcessedAt: o.At}
+	resp := commandResponse{CommandID: o.CommandID, Status: o.Status, Reason: o.Reason, Leg: o.Leg, Detail: o.Detail, ProcessedAt: o.At}
 	if o.Type != "" {
 		resp.Type = &o.Type
 	}
@@ -82,6 +84,7 @@ type accountResponse struct {
 	DailyDebitLimit *int64          `json:"daily_debit_limit"`
 	Version         int64           `json:"version"`
 	Metadata        json.RawMessage `json:"metadata,omitempty"`
+	FeePlan         *domain.FeePlan `json:"fee_plan,omitempty"`
 	CreatedAt       time.Time       `json:"created_at"`
 	UpdatedAt       time.Time       `json:"updated_at"`
 }
@@ -120,7 +123,7 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 	resp := accountResponse{
 		AccountID: acc.ID, Currency: acc.Currency, Status: acc.Status, External: acc.External,
 		Balance: acc.Balance, Available: acc.Balance - acc.Held, PendingHolds: acc.Held,
-		OverdraftLimit: acc.OverdraftLimit, Version: acc.Version, Metadata: acc.Metadata,
+		OverdraftLimit: acc.OverdraftLimit, Version: acc.Version, Metadata: acc.Metadata, FeePlan: acc.FeePlan,
 		CreatedAt: acc.CreatedAt, UpdatedAt: acc.UpdatedAt,
 	}
 	if acc.DailyDebitLimit > 0 {

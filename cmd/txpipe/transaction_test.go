@@ -47,9 +47,14 @@ func TestTransactionsThroughThePipeline(t *testing.T) {
 		leg("payer", "shop", 60, "EUR"), leg("payer", "fees", 2, "EUR"), leg("payer", "lp-eur", 30, "EUR"), leg("lp-usd", "payer-usd", 33, "USD"))); status != "applied" {
 		t.Fatalf("transaction = %s %s, want applied", status, reason)
 	}
-	if status, reason := send(fmt.Sprintf(`{"command_id":%q,"type":"transaction","legs":[%s,%s]}`, id(),
+	failing := id()
+	if status, reason := send(fmt.Sprintf(`{"command_id":%q,"type":"transaction","legs":[%s,%s]}`, failing,
 		leg("payer", "shop", 1, "EUR"), leg("payer", "fees", 1000, "EUR"))); status != "rejected" || reason != "insufficient_funds" {
 		t.Fatalf("transaction beyond the funds = %s %s, want rejected insufficient_funds", status, reason)
+	}
+	var outcome struct{ Leg *int }
+	if code := p.get(t, "/v1/commands/"+failing, &outcome); code != http.StatusOK || outcome.Leg == nil || *outcome.Leg != 1 {
+		t.Errorf("GET /v1/commands of the failed transaction = %d leg %v, want leg 1", code, outcome.Leg)
 	}
 	if status, reason := send(fmt.Sprintf(`{"command_id":%q,"type":"reverse","account_id":"payer","transfer_id":%q,"leg_amounts":[0,2,0,0]}`, id(), txID)); status != "applied" {
 		t.Fatalf("reversal of the fee = %s %s, want applied", status, reason)

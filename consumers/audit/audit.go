@@ -103,7 +103,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	r := &Report{}
 	r.add(checkOutcomes(db, commands, dlq, events))
-	r.add(checkSingleEffect(db))
+	r.add(checkSingleEffect(db, reverseTargets(commands)))
 	r.add(checkConservation(db))
 	r.add(checkBalances(db))
 	r.add(checkPublished(db, postings))
@@ -231,10 +231,10 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 }
 
 // checkSingleEffect: invariant 2. Each command's entries balance to zero
-// in each currency, number what its type makes (a pair, or a pair per leg
-// of a transaction; a reversal at most a pair per leg), and belong to an
-// applied command.
-func checkSingleEffect(db *database) Check {
+// in each currency, number exactly what it makes (a pair, a pair per leg
+// of a transaction, a pair per fee paid; the reversal of a transaction at
+// most a pair per leg), and belong to an applied command.
+func checkSingleEffect(db *database, targets map[string]string) Check {
 	c := Check{Name: "invariant 2: no command changed the ledger twice"}
 	for id, es := range db.ByCommand {
 		sums := map[string]int64{}
@@ -246,7 +246,7 @@ func checkSingleEffect(db *database) Check {
 				c.Problems = append(c.Problems, fmt.Sprintf("command %s: its %s entries sum to %d, want 0", id, cur, sum))
 			}
 		}
-		if want, ok := entriesOf(db.Decided[id].Type, db.Legs[id]); len(es) != want && !(!ok && len(es)%2 == 0 && len(es) <= want) {
+		if want, exact := entriesOf(db, id, targets); len(es) != want && (exact || len(es)%2 != 0 || len(es) > want) {
 			c.Problems = append(c.Problems, fmt.Sprintf("command %s (%s) has %d entries, want %d", id, db.Decided[id].Type, len(es), want))
 		}
 		if p := db.Decided[id]; p.Status != string(domain.StatusApplied) {
@@ -257,17 +257,32 @@ func checkSingleEffect(db *database) Check {
 	return c
 }
 
-// entriesOf is how many entries a command of type typ makes: two, or two
-// per leg of a transaction (legs). exact is false for a reversal, which
-// makes two per leg it gives back, so at most the returned count.
-func entriesOf(typ string, legs int) (n int, exact bool) {
-	switch domain.Type(typ) {
+// entriesOf is how many entries command id makes: a pair, a pair per leg
+// of a transaction, and a pair per fee it paid. exact is false for the
+// reversal of a transaction, which makes a pair per leg it gives back, so
+// at most the count returned.
+func entriesOf(db *database, id string, targets map[string]string) (n int, exact bool) {
+	switch domain.Type(db.Decided[id].Type) {
 	case domain.TypeTransaction:
-		return 2 * legs, true
+		return 2*db.Legs[id] + 2*db.FeePairs[id], true
 	case domain.TypeReverse:
-		return 2 * domain.MaxLegs, false
+		if legs := db.Legs[targets[id]]; legs > 0 {
+			return 2 * legs, false
+		}
 	}
-	return 2, true
+	return 2 + 2*db.FeePairs[id], true
+}
+
+// reverseTargets maps each reverse command among the records to the
+// transfer it names.
+func reverseTargets(commands []kafka.Message) map[string]string {
+	out := map[string]string{}
+	for _, m := range commands {
+		if cmd, err := domain.DecodeCommand(m.Value); err == nil && cmd.Type == domain.TypeReverse {
+			out[cmd.CommandID] = cmd.TransferID
+		}
+	}
+	return out
 }
 
 // checkConservation: invariant 3. Per currency, balances and entries sum

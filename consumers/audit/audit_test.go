@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
+	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/pgtest"
 )
 
@@ -27,5 +29,54 @@ func TestAQueryErrorFailsTheAudit(t *testing.T) {
 	got, err := loadDatabase(ctx, db.Pool, "g", "commands")
 	if err == nil || !strings.Contains(err.Error(), "read entries") || !strings.Contains(err.Error(), "permission denied") {
 		t.Fatalf("loadDatabase = %+v, %v; want the permission error", got, err)
+	}
+}
+
+// TestSingleEffectCountsWhatEachCommandMakes: a command's entries must be
+// exactly what it makes (a pair, a pair per leg, a pair per fee); one more
+// pair is an effect applied twice, even when balances and sums agree.
+func TestSingleEffectCountsWhatEachCommandMakes(t *testing.T) {
+	pair := func(cur string, n int64) []ledger.SnapshotEntry {
+		return []ledger.SnapshotEntry{{Amount: -n, Currency: cur}, {Amount: n, Currency: cur}}
+	}
+	pairs := func(ps ...[]ledger.SnapshotEntry) (out []ledger.SnapshotEntry) {
+		for _, p := range ps {
+			out = append(out, p...)
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		name     string
+		typ      domain.Type
+		entries  []ledger.SnapshotEntry
+		legs     int    // of the command's own transfer, or of its target
+		target   string // a reversal's
+		feePairs int
+		problems int
+	}{
+		{"a transfer", domain.TypeTransfer, pair("EUR", 5), 0, "", 0, 0},
+		{"a transfer applied twice", domain.TypeTransfer, pairs(pair("EUR", 5), pair("EUR", 5)), 0, "", 0, 1},
+		{"a transfer with its fee", domain.TypeTransfer, pairs(pair("EUR", 5), pair("EUR", 1)), 0, "", 1, 0},
+		{"a reversal of a transfer applied twice", domain.TypeReverse, pairs(pair("EUR", 5), pair("EUR", 5)), 0, "t", 0, 1},
+		{"a reversal of two of a transaction's three legs", domain.TypeReverse, pairs(pair("EUR", 5), pair("USD", 5)), 3, "t", 0, 0},
+		{"a reversal of a three-leg transaction with four pairs", domain.TypeReverse, pairs(pair("EUR", 1), pair("EUR", 1), pair("EUR", 1), pair("EUR", 1)), 3, "t", 0, 1},
+		{"a transaction of two legs, one with a fee", domain.TypeTransaction, pairs(pair("EUR", 5), pair("USD", 5), pair("EUR", 1)), 2, "", 1, 0},
+		{"a transaction short of a leg", domain.TypeTransaction, pair("EUR", 5), 2, "", 0, 1},
+		{"unbalanced in one currency", domain.TypeTransaction, []ledger.SnapshotEntry{{Amount: -5, Currency: "EUR"}, {Amount: 5, Currency: "USD"}}, 1, "", 0, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			db := &database{Snapshot: &ledger.Snapshot{Decided: map[string]ledger.Decided{"c": {Type: string(tt.typ), Status: "applied"}},
+				ByCommand: map[string][]ledger.SnapshotEntry{"c": tt.entries}, Legs: map[string]int{}, FeePairs: map[string]int{"c": tt.feePairs}}}
+			targets := map[string]string{}
+			if tt.target != "" {
+				targets["c"] = tt.target
+				db.Legs[tt.target] = tt.legs
+			} else if tt.legs > 0 {
+				db.Legs["c"] = tt.legs
+			}
+			if got := checkSingleEffect(db, targets); len(got.Problems) != tt.problems {
+				t.Errorf("problems = %q, want %d", got.Problems, tt.problems)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -170,7 +171,7 @@ func queueReadDecisions(b *pgx.Batch, ids []string, priors map[string]Prior) {
 // selectTransfers reads the columns of transfers the decisions use; the
 // callers add which rows, their order and their locks.
 const selectTransfers = `SELECT transfer_id::text, kind, from_account_id, to_account_id, currency, amount,
-		captured_amount, reversed_amount, status, expires_at, coalesce(reference, '')
+		captured_amount, reversed_amount, status, expires_at, coalesce(reference, ''), fee
 	FROM transfers `
 
 // queueReadTransfers loads the transfers query (selectTransfers and its
@@ -182,7 +183,7 @@ func queueReadTransfers(b *pgx.Batch, query string, args []any, st *State) {
 			var kind, status string
 			var expires pgtype.Timestamptz
 			if err := rows.Scan(&t.ID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency, &t.Amount,
-				&t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.Reference); err != nil {
+				&t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.Reference, &t.Fee); err != nil {
 				return err
 			}
 			t.Kind, t.Status = domain.TransferKind(kind), domain.TransferStatus(status)
@@ -200,11 +201,11 @@ func queueReadTransfers(b *pgx.Batch, query string, args []any, st *State) {
 // queueReadLegs loads the legs of the transactions among transfers into
 // book (the transfers' own rows must be queued before).
 func queueReadLegs(b *pgx.Batch, transfers []string, book *domain.Book) {
-	b.Queue(`SELECT transfer_id::text, from_account_id, to_account_id, currency, amount, reversed_amount
+	b.Queue(`SELECT transfer_id::text, from_account_id, to_account_id, currency, amount, fee, reversed_amount
 		FROM transfer_legs WHERE transfer_id = ANY($1::uuid[]) ORDER BY transfer_id, leg`, transfers).Query(func(rows pgx.Rows) error {
 		var id string
 		var l domain.TransferLeg
-		_, err := pgx.ForEachRow(rows, []any{&id, &l.FromAccountID, &l.ToAccountID, &l.Currency, &l.Amount, &l.ReversedAmount}, func() error {
+		_, err := pgx.ForEachRow(rows, []any{&id, &l.FromAccountID, &l.ToAccountID, &l.Currency, &l.Amount, &l.Fee, &l.ReversedAmount}, func() error {
 			if t := book.Transfers[id]; t != nil {
 				t.Legs = append(t.Legs, l)
 			}
@@ -214,17 +215,31 @@ func queueReadLegs(b *pgx.Batch, transfers []string, book *domain.Book) {
 	})
 }
 
-// queueLockAccounts loads and locks the accounts ids into book, in id order.
+// queueLockAccounts loads and locks the accounts ids into book, with the
+// revenue accounts of their fee plans (a fee is posted there), all in id
+// order in one statement, so the lock order holds. The plans are read in
+// the statement's snapshot: an account's plan changes only by a command
+// on its own partition, applied in order before or after this batch.
 func queueLockAccounts(b *pgx.Batch, ids []string, book *domain.Book) {
 	b.Queue(`SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
-			coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version
-		FROM accounts WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE`, ids).Query(func(rows pgx.Rows) error {
+			coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version, fee_plan
+		FROM accounts
+		WHERE account_id = ANY($1::text[] || ARRAY(SELECT fee_plan->>'revenue_account_id' FROM accounts
+			WHERE account_id = ANY($1) AND fee_plan IS NOT NULL))
+		ORDER BY account_id FOR UPDATE`, ids).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			a := &domain.Account{}
 			var status string
+			var plan []byte
 			if err := rows.Scan(&a.ID, &a.Currency, &status, &a.External, &a.Balance, &a.Held, &a.OverdraftLimit,
-				&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version); err != nil {
+				&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version, &plan); err != nil {
 				return err
+			}
+			if plan != nil {
+				a.FeePlan = &domain.FeePlan{}
+				if err := json.Unmarshal(plan, a.FeePlan); err != nil {
+					return fmt.Errorf("fee plan of account %s: %w", a.ID, err)
+				}
 			}
 			a.Status = domain.AccountStatus(status)
 			book.Accounts[a.ID] = a

@@ -31,6 +31,8 @@ type Queries struct {
 type Outcome struct {
 	CommandID, Type, Status string
 	Reason, Detail          *string
+	// Leg is the transaction leg a rejection is about.
+	Leg *int
 	// At is when it was decided or dead-lettered.
 	At time.Time
 }
@@ -41,13 +43,13 @@ type Outcome struct {
 // dead_lettered.
 func (q *Queries) Outcome(ctx context.Context, id string) (Outcome, error) {
 	var o Outcome
-	err := q.Pool.QueryRow(ctx, `SELECT command_id::text, type, status, reason, NULL, processed_at
+	err := q.Pool.QueryRow(ctx, `SELECT command_id::text, type, status, reason, NULL, processed_at, leg::int
 		FROM processed_commands WHERE command_id = $1
 		UNION ALL
-		SELECT command_id::text, coalesce(type, ''), 'dead_lettered', reason, detail, dead_lettered_at
+		SELECT command_id::text, coalesce(type, ''), 'dead_lettered', reason, detail, dead_lettered_at, NULL
 		FROM dead_lettered_commands WHERE command_id = $1
 			AND NOT EXISTS (SELECT 1 FROM processed_commands WHERE command_id = $1)`,
-		id).Scan(&o.CommandID, &o.Type, &o.Status, &o.Reason, &o.Detail, &o.At)
+		id).Scan(&o.CommandID, &o.Type, &o.Status, &o.Reason, &o.Detail, &o.At, &o.Leg)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return o, ErrNotFound
 	}
@@ -64,7 +66,9 @@ type Account struct {
 	DailyDebitLimit      int64 // 0: none
 	Version              int64
 	// Metadata is the plaintext, opened; nil when the account has none.
-	Metadata             json.RawMessage
+	Metadata json.RawMessage
+	// FeePlan is the fee the account pays on what it sends; nil for none.
+	FeePlan              *domain.FeePlan
 	CreatedAt, UpdatedAt time.Time
 }
 
@@ -74,16 +78,22 @@ type Account struct {
 func (q *Queries) Account(ctx context.Context, id string) (Account, error) {
 	var a Account
 	var plain, keyID pgtype.Text
-	var sealed []byte
+	var sealed, plan []byte
 	err := q.Pool.QueryRow(ctx, `SELECT account_id, currency, status, external, balance, held,
-			overdraft_limit, daily_debit_limit, version, metadata::text, metadata_key_id, metadata_sealed, created_at, updated_at
+			overdraft_limit, daily_debit_limit, version, metadata::text, metadata_key_id, metadata_sealed, created_at, updated_at, fee_plan
 		FROM accounts WHERE account_id = $1`, id).Scan(&a.ID, &a.Currency, &a.Status, &a.External,
-		&a.Balance, &a.Held, &a.OverdraftLimit, &a.DailyDebitLimit, &a.Version, &plain, &keyID, &sealed, &a.CreatedAt, &a.UpdatedAt)
+		&a.Balance, &a.Held, &a.OverdraftLimit, &a.DailyDebitLimit, &a.Version, &plain, &keyID, &sealed, &a.CreatedAt, &a.UpdatedAt, &plan)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return a, ErrNotFound
 	}
 	if err != nil {
 		return a, err
+	}
+	if plan != nil {
+		a.FeePlan = &domain.FeePlan{}
+		if err := json.Unmarshal(plan, a.FeePlan); err != nil {
+			return a, fmt.Errorf("read the fee plan of account %s: %w", id, err)
+		}
 	}
 	switch {
 	case keyID.Valid:
@@ -147,8 +157,8 @@ const selectTransfer = `SELECT transfer_id::text, kind, from_account_id, to_acco
 		captured_amount, reversed_amount, status, expires_at, coalesce(reference, ''), metadata_key_id, metadata_sealed,
 		created_at, updated_at,
 		(SELECT jsonb_agg(jsonb_build_object('from_account_id', l.from_account_id, 'to_account_id', l.to_account_id,
-				'amount', l.amount, 'currency', l.currency, 'reversed_amount', l.reversed_amount) ORDER BY l.leg)
-			FROM transfer_legs l WHERE l.transfer_id = transfers.transfer_id)
+				'amount', l.amount, 'currency', l.currency, 'fee', l.fee, 'reversed_amount', l.reversed_amount) ORDER BY l.leg)
+			FROM transfer_legs l WHERE l.transfer_id = transfers.transfer_id), fee
 	FROM transfers `
 
 // Transfer returns transfer id (a canonical UUID), or ErrNotFound.
@@ -169,7 +179,7 @@ func (q *Queries) transfer(ctx context.Context, query string, arg string) (Trans
 	var keyID pgtype.Text
 	var sealed, legs []byte
 	err := q.Pool.QueryRow(ctx, query, arg).Scan(&t.TransferID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency,
-		&t.Amount, &t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.Reference, &keyID, &sealed, &t.CreatedAt, &t.UpdatedAt, &legs)
+		&t.Amount, &t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.Reference, &keyID, &sealed, &t.CreatedAt, &t.UpdatedAt, &legs, &t.Fee)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, ErrNotFound
 	}

@@ -18,6 +18,9 @@ type Snapshot struct {
 	Entries, ByCommand map[string][]SnapshotEntry
 	PendingHeld        map[string]int64 // account_id → sum of its pending holds
 	Legs               map[string]int   // transaction (transfer_id) → its number of legs
+	// FeePairs counts, per transfer, the fees it paid: 1 for a transfer or
+	// withdrawal with a fee, one per leg with a fee for a transaction.
+	FeePairs map[string]int
 }
 
 // Decided is a stored decision.
@@ -44,7 +47,7 @@ type SnapshotEntry struct {
 // read as missing rows, which an auditor would report as violations.
 func (s Source) ReadSnapshot(ctx context.Context, tx pgx.Tx) (*Snapshot, error) {
 	snap := &Snapshot{Decided: map[string]Decided{}, Offsets: Positions{}, Totals: map[string]Totals{},
-		Entries: map[string][]SnapshotEntry{}, ByCommand: map[string][]SnapshotEntry{}, PendingHeld: map[string]int64{}, Legs: map[string]int{}}
+		Entries: map[string][]SnapshotEntry{}, ByCommand: map[string][]SnapshotEntry{}, PendingHeld: map[string]int64{}, Legs: map[string]int{}, FeePairs: map[string]int{}}
 	each := func(what, sql string, args []any, scans []any, fn func() error) error {
 		rows, err := tx.Query(ctx, sql, args...)
 		if err != nil {
@@ -86,6 +89,12 @@ func (s Source) ReadSnapshot(ctx context.Context, tx pgx.Tx) (*Snapshot, error) 
 	var legs int
 	if err := each("transaction legs", `SELECT transfer_id::text, count(*) FROM transfer_legs GROUP BY transfer_id`, nil,
 		[]any{&id, &legs}, func() error { snap.Legs[id] = legs; return nil }); err != nil {
+		return nil, err
+	}
+	var pairs int
+	if err := each("fees", `SELECT transfer_id::text, 1 FROM transfers WHERE fee > 0 AND kind <> 'transaction'
+		UNION ALL SELECT transfer_id::text, count(*)::int FROM transfer_legs WHERE fee > 0 GROUP BY transfer_id`, nil,
+		[]any{&id, &pairs}, func() error { snap.FeePairs[id] = pairs; return nil }); err != nil {
 		return nil, err
 	}
 	var held int64

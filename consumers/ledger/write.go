@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -91,14 +92,15 @@ func (s Source) queueWrites(b *pgx.Batch, w *Writes) {
 	}
 	if len(w.Created) > 0 {
 		queueInsertTransfers(b, w.Created, w.TransferMetadata, at)
-		queueLegs(b, w.Created, `INSERT INTO transfer_legs (transfer_id, leg, from_account_id, to_account_id, currency, amount, reversed_amount)
-			SELECT id::uuid, n, f, t, c, amt, rev FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[])
-				AS u (id, n, f, t, c, amt, rev)`)
+		queueLegs(b, w.Created, `INSERT INTO transfer_legs (transfer_id, leg, from_account_id, to_account_id, currency, amount, reversed_amount, fee)
+			SELECT id::uuid, n, f, t, c, amt, rev, fee FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
+				AS u (id, n, f, t, c, amt, rev, fee)`)
 	}
 	if len(w.Updated) > 0 {
 		queueUpdateTransfers(b, w.Updated, at)
 		queueLegs(b, w.Updated, `UPDATE transfer_legs AS l SET reversed_amount = u.rev
-			FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[]) AS u (id, n, f, t, c, amt, rev)
+			FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
+				AS u (id, n, f, t, c, amt, rev, fee)
 			WHERE l.transfer_id = u.id::uuid AND l.leg = u.n`)
 	}
 	if len(w.Entries) > 0 {
@@ -152,18 +154,23 @@ func queueInsertAccounts(b *pgx.Batch, accounts []*domain.Account, sealed map[st
 // and locked. Every row must exist; a missing one fails the batch.
 func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time) {
 	n := len(accounts)
-	ids, statuses, days := make([]string, n), make([]string, n), make([]string, n)
+	ids, statuses, days, plans := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	balance, held, debited, versions := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	for i, a := range accounts {
 		ids[i], statuses[i], days[i] = a.ID, string(a.Status), a.DailyDebitDay
 		balance[i], held[i], debited[i], versions[i] = a.Balance, a.Held, a.DailyDebited, a.Version
+		if a.FeePlan != nil {
+			js, _ := json.Marshal(a.FeePlan) // integers and a string: cannot fail
+			plans[i] = string(js)
+		}
 	}
 	b.Queue(`UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
-			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = $8
-		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[])
-			AS u (id, st, bal, hld, dd, deb, ver)
+			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = $8,
+			fee_plan = nullif(u.fp, '')::jsonb
+		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $9::text[])
+			AS u (id, st, bal, hld, dd, deb, ver, fp)
 		WHERE a.account_id = u.id`,
-		ids, statuses, balance, held, days, debited, versions, now).Exec(func(ct pgconn.CommandTag) error {
+		ids, statuses, balance, held, days, debited, versions, now, plans).Exec(func(ct pgconn.CommandTag) error {
 		if ct.RowsAffected() != int64(n) {
 			return fmt.Errorf("update accounts: %d of %d rows found", ct.RowsAffected(), n)
 		}
@@ -178,20 +185,21 @@ func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time
 func queueInsertTransfers(b *pgx.Batch, ts []*domain.Transfer, sealed map[string]domain.Sealed, now time.Time) {
 	ids, kinds, from, to, currencies, statuses, expires := transferColumns(ts)
 	amounts, captured, reversed := amountColumns(ts)
-	refs, keyIDs, ciphertexts := make([]string, len(ts)), make([]string, len(ts)), make([][]byte, len(ts))
+	refs, keyIDs, ciphertexts, fees := make([]string, len(ts)), make([]string, len(ts)), make([][]byte, len(ts)), make([]int64, len(ts))
 	for i, t := range ts {
-		refs[i] = t.Reference
+		refs[i], fees[i] = t.Reference, t.Fee
 		if s, ok := sealed[t.ID]; ok {
 			keyIDs[i], ciphertexts[i] = s.KeyID, s.Ciphertext
 		}
 	}
 	b.Queue(`INSERT INTO transfers (transfer_id, kind, from_account_id, to_account_id, currency, amount,
 			captured_amount, reversed_amount, status, expires_at, created_at, updated_at,
-			reference, metadata_key_id, metadata_sealed)
-		SELECT id::uuid, k, f, t, c, amt, cap, rev, st, exp, $11, $11, nullif(ref, ''), nullif(kid, ''), ct
+			reference, metadata_key_id, metadata_sealed, fee)
+		SELECT id::uuid, k, f, t, c, amt, cap, rev, st, exp, $11, $11, nullif(ref, ''), nullif(kid, ''), ct, fee
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[],
-			$9::text[], $10::timestamptz[], $12::text[], $13::text[], $14::bytea[]) AS u (id, k, f, t, c, amt, cap, rev, st, exp, ref, kid, ct)`,
-		ids, kinds, from, to, currencies, amounts, captured, reversed, statuses, expires, now, refs, keyIDs, ciphertexts)
+			$9::text[], $10::timestamptz[], $12::text[], $13::text[], $14::bytea[], $15::int8[])
+			AS u (id, k, f, t, c, amt, cap, rev, st, exp, ref, kid, ct, fee)`,
+		ids, kinds, from, to, currencies, amounts, captured, reversed, statuses, expires, now, refs, keyIDs, ciphertexts, fees)
 }
 
 // queueUpdateTransfers writes the new state of transfers this batch locked.
@@ -210,23 +218,23 @@ func queueUpdateTransfers(b *pgx.Batch, ts []*domain.Transfer, now time.Time) {
 	})
 }
 
-// queueLegs runs sql (an INSERT or an UPDATE of transfer_legs over seven
+// queueLegs runs sql (an INSERT or an UPDATE of transfer_legs over eight
 // unnested columns) for the legs of the transactions among ts; nothing when
 // there are none.
 func queueLegs(b *pgx.Batch, ts []*domain.Transfer, sql string) {
 	var ids, from, to, currencies []string
 	var legs []int16
-	var amounts, reversed []int64
+	var amounts, reversed, fees []int64
 	for _, t := range ts {
 		for i, l := range t.Legs {
 			ids, legs, from, to, currencies = append(ids, t.ID), append(legs, int16(i)), append(from, l.FromAccountID), append(to, l.ToAccountID), append(currencies, l.Currency)
-			amounts, reversed = append(amounts, l.Amount), append(reversed, l.ReversedAmount)
+			amounts, reversed, fees = append(amounts, l.Amount), append(reversed, l.ReversedAmount), append(fees, l.Fee)
 		}
 	}
 	if len(ids) == 0 {
 		return
 	}
-	b.Queue(sql, ids, legs, from, to, currencies, amounts, reversed)
+	b.Queue(sql, ids, legs, from, to, currencies, amounts, reversed, fees)
 }
 
 func transferColumns(ts []*domain.Transfer) (ids, kinds, from, to, currencies, statuses []string, expires []pgtype.Timestamptz) {
@@ -268,8 +276,12 @@ func queueDecisions(b *pgx.Batch, rows []Decision, now time.Time) {
 	n := len(rows)
 	ids, types, statuses, reasons, debit, accepted, by := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	fps := make([][]byte, n)
-	offsets, partitions := make([]int64, n), make([]int32, n)
+	offsets, partitions, legs := make([]int64, n), make([]int32, n), make([]int16, n)
 	for i, r := range rows {
+		legs[i] = -1
+		if r.Result.Leg != nil {
+			legs[i] = int16(*r.Result.Leg)
+		}
 		ids[i], types[i], statuses[i], reasons[i] = r.Command.CommandID, string(r.Command.Type), string(r.Result.Status), string(r.Result.Reason)
 		debit[i], fps[i], offsets[i], partitions[i], by[i] = r.Command.DebitAccount(), r.Fingerprint, r.Offset, int32(r.Partition), r.SubmittedBy
 		if !r.AcceptedAt.IsZero() {
@@ -277,12 +289,12 @@ func queueDecisions(b *pgx.Batch, rows []Decision, now time.Time) {
 		}
 	}
 	b.Queue(`INSERT INTO processed_commands (command_id, type, fingerprint, status, reason, debit_account_id,
-			accepted_at, processed_at, source_partition, source_offset, submitted_by)
-		SELECT id::uuid, t, fp, st, nullif(r, ''), d, nullif(acc, '')::timestamptz, $8, p, o, s
-		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $9::int4[], $10::int8[], $11::text[])
-			WITH ORDINALITY AS u (id, t, fp, st, r, d, acc, p, o, s, n)
+			accepted_at, processed_at, source_partition, source_offset, submitted_by, leg)
+		SELECT id::uuid, t, fp, st, nullif(r, ''), d, nullif(acc, '')::timestamptz, $8, p, o, s, nullif(l, -1)
+		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $9::int4[], $10::int8[], $11::text[], $12::int2[])
+			WITH ORDINALITY AS u (id, t, fp, st, r, d, acc, p, o, s, l, n)
 		ORDER BY n`,
-		ids, types, fps, statuses, reasons, debit, accepted, now, partitions, offsets, by)
+		ids, types, fps, statuses, reasons, debit, accepted, now, partitions, offsets, by, legs)
 }
 
 // queueDeadLettered records the dead_lettered outcome of records whose

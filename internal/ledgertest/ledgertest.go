@@ -30,6 +30,20 @@ type Generator struct {
 	IDPrefix string
 }
 
+// peer picks another account of a's currency, or a itself when it has none.
+func (g Generator) peer(r *rand.Rand, a Account) Account {
+	var same []Account
+	for _, b := range g.Accounts {
+		if b.Currency == a.Currency && b.ID != a.ID {
+			same = append(same, b)
+		}
+	}
+	if len(same) == 0 {
+		return a
+	}
+	return same[r.IntN(len(same))]
+}
+
 // conditions adds the optional forms of a command, now and then: a
 // reference from a small pool (so that some are refused as used), amount
 // mode up_to on a larger amount, an expected version that rarely matches,
@@ -66,7 +80,7 @@ func (g Generator) Commands(seed uint64, n int) []domain.Command {
 	var cmds []domain.Command
 	type ref struct {
 		id, from string
-		legs     int // a transaction's
+		legs     []int64 // a transaction's amounts
 	}
 	var refs []ref // transfers and holds issued so far
 	pick := func() Account { return g.Accounts[r.IntN(len(g.Accounts))] }
@@ -106,12 +120,15 @@ func (g Generator) Commands(seed uint64, n int) []domain.Command {
 			}
 			if cmd.Type == domain.TypeReverse {
 				cmd.TransferID = ref.id
-				if ref.legs > 0 && r.IntN(2) == 0 {
-					cmd.LegAmounts = make([]int64, ref.legs)
-					for j := range cmd.LegAmounts {
-						cmd.LegAmounts[j] = r.Int64N(3) * amount() / 2
+				if len(ref.legs) > 0 && r.IntN(2) == 0 {
+					// Mostly within each leg, now and then beyond one.
+					cmd.LegAmounts = make([]int64, len(ref.legs))
+					for j, a := range ref.legs {
+						cmd.LegAmounts[j] = r.Int64N(a + 1 + a/(5+r.Int64N(20)))
 					}
-					cmd.LegAmounts[r.IntN(ref.legs)] = 1 + amount()/4
+					if j := r.IntN(len(ref.legs)); cmd.LegAmounts[j] == 0 {
+						cmd.LegAmounts[j] = 1
+					}
 				}
 			} else {
 				cmd.HoldID = ref.id
@@ -131,7 +148,22 @@ func (g Generator) Commands(seed uint64, n int) []domain.Command {
 			cmd = domain.Command{CommandID: cmd.CommandID, Type: domain.TypeTransaction}
 			for range 2 + r.IntN(3) {
 				from, to := pick(), pick()
+				if r.IntN(8) > 0 { // mostly a receiver that can take the leg
+					to = g.peer(r, from)
+				}
 				cmd.Legs = append(cmd.Legs, domain.Leg{FromAccountID: from.ID, ToAccountID: to.ID, Amount: amount(), Currency: from.Currency})
+			}
+		}
+		if r.IntN(25) == 0 {
+			// A fee plan for a, paid to b (another currency's b is
+			// fee_account_invalid), or none.
+			cmd = domain.Command{CommandID: cmd.CommandID, Type: domain.TypeSetFeePlan, AccountID: a.ID}
+			if r.IntN(3) > 0 {
+				cmd.FeePlan = &domain.FeePlan{Bps: r.Int64N(500), Fixed: r.Int64N(5), RevenueAccountID: b.ID}
+				if r.IntN(2) == 0 {
+					hi := 1 + r.Int64N(20)
+					cmd.FeePlan.Max = &hi
+				}
 			}
 		}
 		g.conditions(r, &cmd, prefix, n, b)
@@ -139,7 +171,11 @@ func (g Generator) Commands(seed uint64, n int) []domain.Command {
 		case domain.TypeTransfer, domain.TypeHold:
 			refs = append(refs, ref{id: cmd.CommandID, from: cmd.FromAccountID})
 		case domain.TypeTransaction:
-			refs = append(refs, ref{id: cmd.CommandID, from: cmd.Legs[0].FromAccountID, legs: len(cmd.Legs)})
+			amounts := make([]int64, len(cmd.Legs))
+			for j, l := range cmd.Legs {
+				amounts[j] = l.Amount
+			}
+			refs = append(refs, ref{id: cmd.CommandID, from: cmd.Legs[0].FromAccountID, legs: amounts})
 		}
 		cmds = append(cmds, cmd)
 	}
