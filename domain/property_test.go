@@ -65,6 +65,39 @@ func TestPropertyInvariantsHoldForRandomSequences(t *testing.T) {
 	}
 }
 
+// TestGeneratorExercisesPaymentFlows: over the seeds of the property test,
+// the generator's sequences apply transactions and their reversals, pay
+// fees, move up_to amounts, and meet reference_exists and
+// version_mismatch, so the invariants above are checked on them.
+func TestGeneratorExercisesPaymentFlows(t *testing.T) {
+	seen := map[string]int{}
+	for seed := range uint64(40) {
+		cmds := generator.Commands(seed, 400)
+		for i, res := range run(t, cmds, func(*domain.Book, []domain.Posting) {}) {
+			c := cmds[i]
+			switch {
+			case res.Status == domain.StatusRejected:
+				seen[string(res.Reason)]++
+			case c.Type == domain.TypeTransaction:
+				seen["transaction applied"]++
+			case c.Type == domain.TypeReverse && len(c.LegAmounts) > 0:
+				seen["reversal by legs applied"]++
+			case c.AmountMode == domain.AmountUpTo:
+				seen["up_to applied"]++
+			}
+			if res.Transfer != nil && (res.Transfer.Fee > 0 || c.Type == domain.TypeTransaction && res.Status == domain.StatusApplied && res.Transfer.Legs[0].Fee > 0) {
+				seen["fee paid"]++
+			}
+		}
+	}
+	for _, k := range []string{"transaction applied", "up_to applied", "fee paid", "reference_exists", "version_mismatch", "fee_account_invalid"} {
+		if seen[k] == 0 {
+			t.Errorf("no %q in 40 × 400 commands (%v): the property test does not reach it", k, seen)
+		}
+	}
+	t.Logf("%v", seen)
+}
+
 // checkInvariants asserts the ledger's invariants on b after postings.
 func checkInvariants(t *testing.T, b *domain.Book, postings []domain.Posting) {
 	sums := make(map[string]int64) // currency → sum of balances
@@ -85,8 +118,13 @@ func checkInvariants(t *testing.T, b *domain.Book, postings []domain.Posting) {
 		if tr.Kind == domain.KindHold && tr.Status == domain.TransferPending {
 			held[tr.FromAccountID] += tr.Amount
 		}
-		if tr.ReversedAmount < 0 || tr.ReversedAmount > tr.Amount || tr.CapturedAmount > tr.Amount {
-			t.Errorf("transfer %s: captured %d reversed %d of %d", tr.ID, tr.CapturedAmount, tr.ReversedAmount, tr.Amount)
+		if tr.ReversedAmount < 0 || tr.ReversedAmount > tr.Amount || tr.CapturedAmount > tr.Amount || tr.Fee < 0 {
+			t.Errorf("transfer %s: captured %d reversed %d of %d, fee %d", tr.ID, tr.CapturedAmount, tr.ReversedAmount, tr.Amount, tr.Fee)
+		}
+		for i, l := range tr.Legs {
+			if l.ReversedAmount < 0 || l.ReversedAmount > l.Amount || l.Fee < 0 {
+				t.Errorf("transaction %s leg %d: reversed %d of %d, fee %d", tr.ID, i, l.ReversedAmount, l.Amount, l.Fee)
+			}
 		}
 	}
 	for id, a := range b.Accounts {
