@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/consumers/ledger"
+	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
 )
@@ -144,6 +145,7 @@ func runBench(ctx context.Context, o benchOptions) error {
 	client := &kafka.Client{Addr: kafka.TCP(o.brokers...), Timeout: 10 * time.Second, Transport: transport}
 	uniform := workload{accounts: o.accounts, seed: 1}
 	skewed := workload{accounts: o.accounts, hot: 10, skew: 0.5, seed: 2}
+	splits := workload{accounts: o.accounts, seed: 3, splits: true}
 	steps := []scenario{
 		{"sustained-latency", true, func() (result, error) { return sustainedLatency(ctx, o, client, o.sustained, uniform) }},
 		{"sustained-throughput", true, func() (result, error) { return sustainedThroughput(ctx, o, client, o.throughputFor, uniform) }},
@@ -160,6 +162,12 @@ func runBench(ctx context.Context, o benchOptions) error {
 		}},
 		{"txpipe-3w2r", false, func() (result, error) {
 			return throughput(ctx, o, client, "txpipe-3w2r", n["txpipe"], uniform, 3, 2, o.workerArgs...)
+		}},
+		// Three-leg transactions (two payments and a commission) whose
+		// payer pays a fee on each leg: 12 postings a command where a
+		// transfer makes 2.
+		{"txpipe-split3fee", false, func() (result, error) {
+			return throughput(ctx, o, client, "txpipe-split3fee", n["txpipe"], splits, 1, 1, o.workerArgs...)
 		}},
 		{"pg-ceiling", false, func() (result, error) { return pgCeiling(ctx, o, client, n["pg"], uniform) }},
 		{"kafka-ceiling", false, func() (result, error) { return kafkaCeiling(ctx, o, client, transport, n["kafka"], uniform) }},
@@ -210,6 +218,7 @@ func runBench(ctx context.Context, o benchOptions) error {
 	ratio("txpipe/pg_ceiling", txp, pgc)
 	ratio("skewed/uniform", byName["txpipe-skewed"], txp)
 	ratio("scaled/one_worker", byName["txpipe-3w2r"], txp)
+	ratio("split3fee/transfer", byName["txpipe-split3fee"], txp)
 	if r, ok := byName["sustained-latency"]; ok {
 		rep.Ratios["sustained_p99_ms"] = r.P99ms
 		rep.Ratios["worst_window_p99_ms"] = r.Steady.WorstWindowP99ms
@@ -292,7 +301,7 @@ func minuteText(b int64) string {
 // ratioLine is the last line bench prints, every ratio by name.
 func ratioLine(ratios map[string]float64) string {
 	parts := []string{}
-	for _, k := range []string{"txpipe/naive", "txpipe/pg_ceiling", "skewed/uniform", "scaled/one_worker",
+	for _, k := range []string{"txpipe/naive", "txpipe/pg_ceiling", "skewed/uniform", "scaled/one_worker", "split3fee/transfer",
 		"sustained_p99_ms", "worst_window_p99_ms", "outbox_end/first_minute", "throughput_last/first_minute"} {
 		if v, ok := ratios[k]; ok {
 			parts = append(parts, fmt.Sprintf("%s=%.2f", k, v))
@@ -311,6 +320,12 @@ func throughput(ctx context.Context, o benchOptions, client *kafka.Client, name 
 		return result{}, err
 	}
 	defer s.close(context.WithoutCancel(ctx), client)
+	if wl.splits {
+		// Every payer pays 1 % + 1 on each leg it sends, to the platform.
+		if err := ledger.SetFeePlans(ctx, s.pool, "acct-", platformAccount, domain.FeePlan{Bps: 100, Fixed: 1, RevenueAccountID: platformAccount}); err != nil {
+			return result{}, err
+		}
+	}
 	var worker, relay *proc
 	for i := range workers {
 		p, err := s.start(ctx, "worker", workerArgs...)

@@ -31,7 +31,14 @@ type workload struct {
 	hot      int     // size of the hot set
 	skew     float64 // share of transfers between hot accounts
 	seed     uint64
+	// splits makes every command a transaction of three legs: two payments
+	// and a commission to platformAccount (a marketplace split), where the
+	// payer's fee plan is charged on each (throughput sets the plans).
+	splits bool
 }
+
+// platformAccount receives the splits' commissions and fees.
+const platformAccount = "platform"
 
 // accountID names account i.
 func accountID(i int) string { return fmt.Sprintf("acct-%d", i) }
@@ -66,6 +73,16 @@ func (w workload) stream() func() domain.Command {
 	}
 	return func() domain.Command {
 		a, b := pick()
+		if w.splits {
+			_, c := pick()
+			if c == a {
+				c = b
+			}
+			return domain.Command{CommandID: uuid.Must(uuid.NewV7()).String(), Type: domain.TypeTransaction, Legs: []domain.Leg{
+				{FromAccountID: accountID(a), ToAccountID: accountID(b), Amount: 1 + r.Int64N(100), Currency: "EUR"},
+				{FromAccountID: accountID(a), ToAccountID: accountID(c), Amount: 1 + r.Int64N(100), Currency: "EUR"},
+				{FromAccountID: accountID(a), ToAccountID: platformAccount, Amount: 1 + r.Int64N(10), Currency: "EUR"}}}
+		}
 		return domain.Command{CommandID: uuid.Must(uuid.NewV7()).String(), Type: domain.TypeTransfer, FromAccountID: accountID(a),
 			ToAccountID: accountID(b), Amount: 1 + r.Int64N(100), Currency: "EUR"}
 	}

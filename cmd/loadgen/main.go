@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		quick := fs.Bool("quick", false, "shorter runs (BENCH_QUICK): sustained runs of 2 minutes, smaller throughput runs")
 		rounds := fs.Int("rounds", 3, "runs of each throughput scenario, interleaved; the median counts")
 		only := fs.String("only", "", "run only the scenarios whose names start with one of these comma-separated prefixes "+
-			"(sustained-latency, sustained-throughput, naive, txpipe, txpipe-skewed, txpipe-3w2r, pg-ceiling, kafka-ceiling)")
+			"(sustained-latency, sustained-throughput, naive, txpipe, txpipe-skewed, txpipe-3w2r, txpipe-split3fee, pg-ceiling, kafka-ceiling)")
 		preload := fs.Int("preload-commands", 1000000, "processed commands in every scenario's database before it starts, copied from a template built once (0: fresh databases)")
 		sustained := fs.Duration("sustained-duration", 0, "how long sustained-latency sends (default 10m, 2m with --quick); make soak sets it")
 		throughputFor := fs.Duration("throughput-duration", 0, "how long sustained-throughput sends (default 5m, 2m with --quick)")

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -151,6 +152,24 @@ func SeedFunded(ctx context.Context, pool *pgxpool.Pool, prefix string, n int, b
 	if _, err := pool.Exec(ctx, `INSERT INTO accounts (account_id, currency, status, balance)
 		SELECT $1 || g, 'EUR', 'active', $2 FROM generate_series(0, $3 - 1) AS g`, prefix, balance, n); err != nil {
 		return fmt.Errorf("seed accounts: %w", err)
+	}
+	return nil
+}
+
+// SetFeePlans opens revenue (in EUR, if missing) and gives every internal
+// account whose id starts with prefix the fee plan: a benchmark's fixture,
+// as SeedFunded is.
+func SetFeePlans(ctx context.Context, pool *pgxpool.Pool, prefix, revenue string, plan domain.FeePlan) error {
+	js, err := json.Marshal(plan)
+	if err != nil {
+		return err
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO accounts (account_id, currency, status) VALUES ($1, 'EUR', 'active')
+		ON CONFLICT (account_id) DO NOTHING`, revenue); err != nil {
+		return fmt.Errorf("open the revenue account: %w", err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE accounts SET fee_plan = $2::jsonb WHERE starts_with(account_id, $1) AND NOT external`, prefix, string(js)); err != nil {
+		return fmt.Errorf("set fee plans: %w", err)
 	}
 	return nil
 }
