@@ -497,3 +497,30 @@ func TestTransactions(t *testing.T) {
 		}
 	})
 }
+
+// TestTransactionEdges: a transaction carrying a used reference is refused
+// for it only when it would apply (decided on a copy, nothing changes);
+// its reversal after one of its accounts was frozen names that leg.
+func TestTransactionEdges(t *testing.T) {
+	b := book()
+	legs := []Leg{{FromAccountID: "a", ToAccountID: "b", Amount: 10, Currency: "EUR"}, {FromAccountID: "b", ToAccountID: "a", Amount: 4, Currency: "EUR"}}
+	if res := b.Apply(Command{CommandID: cid, Type: TypeTransaction, Legs: legs, Reference: "r"}, now); res.Status != StatusApplied {
+		t.Fatalf("transaction = %s %s", res.Status, res.Reason)
+	}
+	before := cloneAccounts(b)
+	if res := b.Apply(Command{CommandID: "2", Type: TypeTransaction, Legs: legs, Reference: "r"}, now); res.Reason != ReasonReferenceExists {
+		t.Errorf("a second transaction with the reference = %s %s, want reference_exists", res.Status, res.Reason)
+	}
+	over := []Leg{{FromAccountID: "a", ToAccountID: "b", Amount: 1000, Currency: "EUR"}}
+	if res := b.Apply(Command{CommandID: "3", Type: TypeTransaction, Legs: over, Reference: "r"}, now); res.Reason != ReasonInsufficientFunds || *res.Leg != 0 {
+		t.Errorf("a failing transaction with the reference = %s at %v, want its own insufficient_funds at leg 0", res.Reason, res.Leg)
+	}
+	if diff := cmp.Diff(before, cloneAccounts(b)); diff != "" {
+		t.Errorf("refused transactions changed the book (-before +after):\n%s", diff)
+	}
+	b.Accounts["b"].Status = AccountFrozen
+	res := b.Apply(Command{CommandID: "4", Type: TypeReverse, AccountID: "a", TransferID: cid}, now)
+	if res.Reason != ReasonAccountFrozen || res.Leg == nil || *res.Leg != 1 {
+		t.Errorf("reversal with b frozen = %s at %v, want account_frozen at leg 1 (the last leg goes first)", res.Reason, res.Leg)
+	}
+}
