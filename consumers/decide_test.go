@@ -372,3 +372,14 @@ func TestDecideNamesTheFailingLeg(t *testing.T) {
 		t.Errorf("outcome = %s, want account_not_found at leg 1", v.writes.Outbox[0].Value)
 	}
 }
+
+// TestDecideKeepsAPlanSetOnAnAccountOpenedInTheBatch: the account opened
+// and given a fee plan in one batch is written once, with its plan.
+func TestDecideKeepsAPlanSetOnAnAccountOpenedInTheBatch(t *testing.T) {
+	v := decideBatch(t, testDecider(t), fuzzState(), "dave", nil,
+		`{"command_id":"`+id(1)+`","type":"open_account","account_id":"dave","currency":"EUR"}`,
+		`{"command_id":"`+id(2)+`","type":"set_fee_plan","account_id":"dave","fee_plan":{"bps":10,"fixed":1,"revenue_account_id":"bob"}}`)
+	if len(v.writes.Opened) != 1 || v.writes.Opened[0].FeePlan == nil || v.writes.Opened[0].FeePlan.RevenueAccountID != "bob" || len(v.writes.Changed) != 0 {
+		t.Errorf("opened %+v, changed %+v; want dave opened once, with the plan", v.writes.Opened, v.writes.Changed)
+	}
+}

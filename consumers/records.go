@@ -66,6 +66,14 @@ func (r batchInput) loadRequest(expected positions) ledger.LoadRequest {
 		if c.Reference != "" {
 			req.References = append(req.References, c.Reference)
 		}
+		switch c.Type {
+		case domain.TypeTransfer, domain.TypeWithdraw:
+			req.Payers = append(req.Payers, c.DebitAccount())
+		case domain.TypeTransaction:
+			for _, l := range c.Legs {
+				req.Payers = append(req.Payers, l.FromAccountID)
+			}
+		}
 	}
 	return req
 }

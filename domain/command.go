@@ -102,9 +102,10 @@ type FeePlan struct {
 }
 
 // Fee is the fee on amount: fixed + amount × bps / 10 000 rounded half up,
-// then raised to min and lowered to max where the plan sets them. Exact in
-// int64 for every amount up to MaxAmount: amount is split so that no
-// product exceeds 2^53 × 10^4 / 10^4.
+// then raised to min and lowered to max where the plan sets them, and never
+// above MaxAmount (so that every fee survives a JavaScript number, as every
+// amount does). Exact in int64 for every amount up to MaxAmount: amount is
+// split so that no product exceeds 2^53 × 10^4 / 10^4.
 func (p FeePlan) Fee(amount int64) int64 {
 	q, r := amount/10000, amount%10000
 	fee := p.Fixed + q*p.Bps + (r*p.Bps+5000)/10000
@@ -114,7 +115,7 @@ func (p FeePlan) Fee(amount int64) int64 {
 	if p.Max != nil && fee > *p.Max {
 		fee = *p.Max
 	}
-	return fee
+	return min(fee, MaxAmount)
 }
 
 // Leg is one movement of a transaction.

@@ -22,7 +22,8 @@ func TestFee(t *testing.T) {
 		{"exact", FeePlan{Bps: 15}, 10000, 15},
 		{"raised to min", FeePlan{Bps: 100, Min: i(50)}, 100, 50},
 		{"lowered to max", FeePlan{Bps: 100, Fixed: 5, Max: i(20)}, 100000, 20},
-		{"the whole amount at 100 %", FeePlan{Bps: 10000, Fixed: MaxAmount}, MaxAmount, 2 * MaxAmount},
+		{"never above 2^53-1", FeePlan{Bps: 10000, Fixed: MaxAmount}, MaxAmount, MaxAmount},
+		{"the whole amount at 100 %", FeePlan{Bps: 10000}, 12345, 12345},
 		{"no plan", FeePlan{}, 12345, 0},
 	} {
 		if got := tt.plan.Fee(tt.amount); got != tt.want {
@@ -66,6 +67,7 @@ func TestFeeProperties(t *testing.T) {
 		if p.Max != nil && want > hi {
 			want = hi
 		}
+		want = min(want, MaxAmount)
 		if got != want || got < 0 || (p.Max != nil && got > hi) || (p.Min != nil && got < lo) {
 			t.Fatalf("%+v.Fee(%d) = %d, want %d", p, amount, got, want)
 		}
@@ -161,6 +163,37 @@ func TestFeesInTheRules(t *testing.T) {
 			if res := set(p); res.Reason != ReasonFeeAccountInvalid {
 				t.Errorf("set_fee_plan(revenue %s) = %s %s, want fee_account_invalid", p.RevenueAccountID, res.Status, res.Reason)
 			}
+		}
+	})
+	t.Run("up_to that cannot pay even 1 and its fee is short of funds, not of the daily limit", func(t *testing.T) {
+		b := book(func(m map[string]*Account) {
+			withPlan(0, 60, "rev")(m)
+			m["a"].Balance, m["a"].DailyDebitLimit, m["a"].DailyDebitDay, m["a"].DailyDebited = 50, 100, "2026-11-25", 60
+		})
+		c := transfer(10)
+		c.AmountMode = AmountUpTo
+		if res := b.Apply(c, now); res.Reason != ReasonInsufficientFunds {
+			t.Errorf("up_to = %s %s, want insufficient_funds (as an exact transfer of 1 would)", res.Status, res.Reason)
+		}
+	})
+	t.Run("the fee to the account that receives the payment", func(t *testing.T) {
+		b := book(withPlan(0, 3, "b"))
+		res := b.Apply(transfer(10), now)
+		if res.Status != StatusApplied || b.Accounts["b"].Balance != 13 || b.Accounts["a"].Balance != 87 || sum(b) != 100 {
+			t.Errorf("Apply() = %s %s; a %d b %d; want b to get 10 and the fee of 3", res.Status, res.Reason, b.Accounts["a"].Balance, b.Accounts["b"].Balance)
+		}
+	})
+	t.Run("a rejected transaction gives its fees back", func(t *testing.T) {
+		b := book(withPlan(0, 5, "rev"))
+		before := cloneAccounts(b)
+		res := b.Apply(Command{CommandID: cid, Type: TypeTransaction, Legs: []Leg{
+			{FromAccountID: "a", ToAccountID: "b", Amount: 10, Currency: "EUR"},
+			{FromAccountID: "a", ToAccountID: "b", Amount: 90, Currency: "EUR"}}}, now)
+		if res.Reason != ReasonInsufficientFunds || *res.Leg != 1 {
+			t.Fatalf("Apply() = %s at %v, want insufficient_funds at leg 1 (90 + 5 after 15)", res.Reason, res.Leg)
+		}
+		if diff := cmp.Diff(before, cloneAccounts(b)); diff != "" {
+			t.Errorf("the rejected transaction left a fee behind (-before +after):\n%s", diff)
 		}
 	})
 	t.Run("each leg of a transaction pays its debit's fee", func(t *testing.T) {

@@ -438,8 +438,8 @@ func upTo(debit *Account, amount int64, plan FeePlan, now time.Time) (int64, Rea
 	if avail := debit.Available(); avail <= math.MaxInt64-debit.OverdraftLimit {
 		room = avail + debit.OverdraftLimit
 	}
-	if room <= 0 {
-		return 0, ReasonInsufficientFunds
+	if room <= 0 || 1+plan.Fee(1) > room {
+		return 0, ReasonInsufficientFunds // not even the smallest amount and its fee
 	}
 	short := ReasonInsufficientFunds
 	if debit.DailyDebitLimit > 0 {

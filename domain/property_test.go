@@ -85,8 +85,14 @@ func TestGeneratorExercisesPaymentFlows(t *testing.T) {
 			case c.AmountMode == domain.AmountUpTo:
 				seen["up_to applied"]++
 			}
-			if res.Transfer != nil && (res.Transfer.Fee > 0 || c.Type == domain.TypeTransaction && res.Status == domain.StatusApplied && res.Transfer.Legs[0].Fee > 0) {
-				seen["fee paid"]++
+			if res.Transfer != nil && res.Status == domain.StatusApplied {
+				fee := res.Transfer.Fee
+				for _, l := range res.Transfer.Legs {
+					fee += l.Fee
+				}
+				if fee > 0 {
+					seen["fee paid"]++
+				}
 			}
 		}
 	}

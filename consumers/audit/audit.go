@@ -266,8 +266,12 @@ func entriesOf(db *database, id string, targets map[string]string) (n int, exact
 	case domain.TypeTransaction:
 		return 2*db.Legs[id] + 2*db.FeePairs[id], true
 	case domain.TypeReverse:
-		if legs := db.Legs[targets[id]]; legs > 0 {
+		target, known := targets[id]
+		if legs := db.Legs[target]; legs > 0 {
 			return 2 * legs, false
+		}
+		if !known { // its record is gone from the topic (retention): a transaction's, perhaps
+			return 2 * domain.MaxLegs, false
 		}
 	}
 	return 2 + 2*db.FeePairs[id], true

@@ -53,7 +53,7 @@ func ExpireDue(ctx context.Context, pool *pgxpool.Pool, now time.Time, limit int
 			accounts = append(accounts, t.FromAccountID)
 		}
 		b = &pgx.Batch{}
-		queueLockAccounts(b, sortedUnique(accounts), st.Book)
+		queueLockAccounts(b, sortedUnique(accounts), nil, st.Book) // an expiry pays no fee
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("lock accounts of due holds: %w", err)
 		}

@@ -345,3 +345,73 @@ func TestTransactionLegsRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestFeePlansAreWrittenAndLocked: an account opened with a plan keeps it;
+// a payer's revenue account is locked with it; a plan changed while a batch
+// waits for the payer's lock makes that batch fail with ErrPlanMoved
+// (retried), not decide without the new revenue account.
+func TestFeePlansAreWrittenAndLocked(t *testing.T) {
+	db := pgtest.New(t)
+	keyring := sealingtest.Keyring(t)
+	seed(t, db.Pool, keyring) // alice, bob; offset 3
+	ctx := context.Background()
+	plan := &domain.FeePlan{Bps: 100, Fixed: 1, RevenueAccountID: "bob"}
+	err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 3}}, func(st *ledger.State) *ledger.Writes {
+		return &ledger.Writes{Now: st.Now, Next: ledger.Positions{0: 4}, Opened: []*domain.Account{
+			{ID: "carol", Currency: "EUR", Status: domain.AccountActive, FeePlan: plan},
+			{ID: "rev2", Currency: "EUR", Status: domain.AccountActive}}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err := (&ledger.Queries{Pool: db.Pool, Keyring: keyring}).Account(ctx, "carol"); err != nil || a.FeePlan == nil || *a.FeePlan != *plan {
+		t.Fatalf("carol's plan = %+v, %v; want %+v", a.FeePlan, err, plan)
+	}
+	// carol pays: bob, her revenue account, is locked with her.
+	err = batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 4}, Accounts: []string{"carol", "alice"}, Payers: []string{"carol"}},
+		func(st *ledger.State) *ledger.Writes {
+			if st.Book.Accounts["bob"] == nil {
+				t.Error("the payer's revenue account was not loaded")
+			}
+			return &ledger.Writes{Now: st.Now, Next: ledger.Positions{0: 5}}
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another transaction holds carol and moves her plan to rev2; the
+	// batch starts meanwhile (its statement picks the revenue accounts of
+	// the old plan) and waits for carol.
+	other, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback(ctx)
+	if _, err := other.Exec(ctx, `UPDATE accounts SET fee_plan = '{"bps":100,"fixed":1,"revenue_account_id":"rev2"}' WHERE account_id = 'carol'`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 5}, Accounts: []string{"carol", "alice"}, Payers: []string{"carol"}},
+			func(st *ledger.State) *ledger.Writes {
+				return &ledger.Writes{Now: st.Now, Next: ledger.Positions{0: 6}}
+			})
+	}()
+	// Wait until the batch waits for carol's row lock, then let the plan
+	// change commit.
+	deadline := time.Now().Add(60 * time.Second)
+	for waiting := false; !waiting; time.Sleep(10 * time.Millisecond) {
+		if err := db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%')`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the batch never waited for carol's lock")
+		}
+	}
+	if err := other.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ledger.ErrPlanMoved) {
+		t.Fatalf("batch whose payer's plan moved while it waited: error = %v, want ErrPlanMoved", err)
+	}
+}

@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -35,7 +36,16 @@ type LoadRequest struct {
 	// References are the references the commands carry: those already
 	// held by a transfer are loaded into the book.
 	References []string
+	// Payers are the accounts that send money (a transfer's, a
+	// withdrawal's, a transaction leg's debit): the revenue accounts of
+	// their fee plans are locked too.
+	Payers []string
 }
+
+// ErrPlanMoved means a payer's fee plan changed while the batch waited for
+// its lock, to a revenue account the batch did not lock. Nothing was
+// committed; the batch is retried (the next attempt locks the new one).
+var ErrPlanMoved = errors.New("a fee plan changed while the batch waited for its account: retry")
 
 // State is what a batch's decisions read: the database's clock, the stored
 // decisions of its command ids, and the accounts and transfers it touches,
@@ -106,7 +116,7 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 		// A transaction's legs change only under its transfer's lock, just taken.
 		queueReadLegs(b, transfers, st.Book)
 	} else if len(accounts) > 0 {
-		queueLockAccounts(b, sortedUnique(accounts), st.Book)
+		queueLockAccounts(b, sortedUnique(accounts), req.Payers, st.Book)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("load batch state: %w", err)
@@ -117,7 +127,7 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 		}
 	}
 	if len(transfers) == 0 {
-		return st, nil
+		return st, s.checkRevenue(ctx, tx, st.Book, req.Payers)
 	}
 	for _, t := range st.Book.Transfers {
 		accounts = append(accounts, t.FromAccountID, t.ToAccountID)
@@ -126,11 +136,41 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 		}
 	}
 	b = &pgx.Batch{}
-	queueLockAccounts(b, sortedUnique(accounts), st.Book)
+	queueLockAccounts(b, sortedUnique(accounts), req.Payers, st.Book)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("lock accounts: %w", err)
 	}
-	return st, nil
+	return st, s.checkRevenue(ctx, tx, st.Book, req.Payers)
+}
+
+// checkRevenue makes sure every payer's fee plan names a revenue account
+// the batch locked, or one that does not exist (which the rules refuse as
+// fee_account_invalid). The lock statement chose the revenue accounts from
+// the plans as its snapshot saw them; a plan changed while it waited for
+// the payer's lock (a set_fee_plan on the payer's partition racing a
+// transaction leg from another) may name another: ErrPlanMoved.
+func (Source) checkRevenue(ctx context.Context, tx Sender, book *domain.Book, payers []string) error {
+	var missing []string
+	for _, id := range payers {
+		if a := book.Accounts[id]; a != nil && a.FeePlan != nil && book.Accounts[a.FeePlan.RevenueAccountID] == nil {
+			missing = append(missing, a.FeePlan.RevenueAccountID)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	exists := false
+	b := &pgx.Batch{}
+	b.Queue(`SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = ANY($1))`, missing).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&exists)
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("check revenue accounts: %w", err)
+	}
+	if exists {
+		return ErrPlanMoved
+	}
+	return nil
 }
 
 // queueFence creates the rows of the partitions of expected where missing
@@ -216,17 +256,20 @@ func queueReadLegs(b *pgx.Batch, transfers []string, book *domain.Book) {
 }
 
 // queueLockAccounts loads and locks the accounts ids into book, with the
-// revenue accounts of their fee plans (a fee is posted there), all in id
-// order in one statement, so the lock order holds. The plans are read in
-// the statement's snapshot: an account's plan changes only by a command
-// on its own partition, applied in order before or after this batch.
-func queueLockAccounts(b *pgx.Batch, ids []string, book *domain.Book) {
+// revenue accounts of the fee plans of payers (among ids; a fee is posted
+// there), all in id order in one statement, so the lock order holds. The
+// plans are read in the statement's snapshot, before it waits for locks:
+// checkRevenue catches a plan that changed meanwhile.
+func queueLockAccounts(b *pgx.Batch, ids, payers []string, book *domain.Book) {
+	if payers == nil {
+		payers = []string{}
+	}
 	b.Queue(`SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
 			coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version, fee_plan
 		FROM accounts
 		WHERE account_id = ANY($1::text[] || ARRAY(SELECT fee_plan->>'revenue_account_id' FROM accounts
-			WHERE account_id = ANY($1) AND fee_plan IS NOT NULL))
-		ORDER BY account_id FOR UPDATE`, ids).Query(func(rows pgx.Rows) error {
+			WHERE account_id = ANY($2::text[]) AND fee_plan IS NOT NULL))
+		ORDER BY account_id FOR UPDATE`, ids, payers).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			a := &domain.Account{}
 			var status string

@@ -142,27 +142,37 @@ func queueInsertAccounts(b *pgx.Batch, accounts []*domain.Account, sealed map[st
 			keyIDs[i], ciphertexts[i] = s.KeyID, s.Ciphertext
 		}
 	}
+	// An account opened in this batch may have had its fee plan set later
+	// in the same batch: the row is written once, as the batch left it.
 	b.Queue(`INSERT INTO accounts (account_id, currency, status, balance, held, overdraft_limit,
-			daily_debit_limit, daily_debit_day, daily_debited, version, metadata_key_id, metadata_sealed, created_at, updated_at)
-		SELECT id, cur, st, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(kid, ''), ct, $13, $13
+			daily_debit_limit, daily_debit_day, daily_debited, version, metadata_key_id, metadata_sealed, created_at, updated_at, fee_plan)
+		SELECT id, cur, st, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(kid, ''), ct, $13, $13, nullif(fp, '')::jsonb
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
-			$8::text[], $9::int8[], $10::int8[], $11::text[], $12::bytea[]) AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, kid, ct)`,
-		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, keyIDs, ciphertexts, now)
+			$8::text[], $9::int8[], $10::int8[], $11::text[], $12::bytea[], $14::text[]) AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, kid, ct, fp)`,
+		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, keyIDs, ciphertexts, now, feePlans(accounts))
+}
+
+// feePlans is the fee plan of each of accounts as JSON, "" for none.
+func feePlans(accounts []*domain.Account) []string {
+	plans := make([]string, len(accounts))
+	for i, a := range accounts {
+		if a.FeePlan != nil {
+			js, _ := json.Marshal(a.FeePlan) // integers and a string: cannot fail
+			plans[i] = string(js)
+		}
+	}
+	return plans
 }
 
 // queueUpdateAccounts writes the new state of accounts this batch loaded
 // and locked. Every row must exist; a missing one fails the batch.
 func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time) {
 	n := len(accounts)
-	ids, statuses, days, plans := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, statuses, days, plans := make([]string, n), make([]string, n), make([]string, n), feePlans(accounts)
 	balance, held, debited, versions := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	for i, a := range accounts {
 		ids[i], statuses[i], days[i] = a.ID, string(a.Status), a.DailyDebitDay
 		balance[i], held[i], debited[i], versions[i] = a.Balance, a.Held, a.DailyDebited, a.Version
-		if a.FeePlan != nil {
-			js, _ := json.Marshal(a.FeePlan) // integers and a string: cannot fail
-			plans[i] = string(js)
-		}
 	}
 	b.Queue(`UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
 			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = $8,
