@@ -248,7 +248,8 @@ func headline(byName map[string]result, ratios map[string]float64, o benchOption
 	_, naiveOK := byName["naive"]
 	_, pgOK := byName["pg-ceiling"]
 	_, txpOK := byName["txpipe"]
-	var st, sth steady
+	st := steady{WindowSeconds: windowSize(o.sustained).Seconds()} // the window the scenario would use, when it did not run
+	var sth steady
 	if latOK {
 		st = *lat.Steady
 	}
