@@ -8,7 +8,7 @@
 //
 // The worker's batch transaction is Load (BEGIN, the offset fence, stored
 // decisions, row locks: one round trip, two when the batch names
-// transfers) and Write (every effect, the outbox rows, the new offsets,
+// transfers, rarely one more to check a fee plan that moved) and Write (every effect, the outbox rows, the new offsets,
 // COMMIT: one round trip). What happens between them, the decision, is the
 // caller's and touches no database.
 //
