@@ -170,6 +170,9 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 	if err != nil {
 		return pos, err
 	}
+	if recs.scopes, err = w.scopesOf(ctx, msgs); err != nil {
+		return pos, err
+	}
 	var v *verdict
 	// Load queues BEGIN and Write queues COMMIT (internal/pgtx).
 	err = pgtx.Run(ctx, w.opts.Pool, func(tx *pgxpool.Conn) error {
@@ -189,6 +192,34 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 	w.metrics.observeBatch(v, len(msgs), time.Since(start))
 	out := maps.Clone(pos)
 	maps.Copy(out, next)
+	return out, nil
+}
+
+// scopesOf reads the account patterns of the scoped API keys msgs claim
+// (through Options.Scopes, which caches them); an error is transient.
+func (w *Worker) scopesOf(ctx context.Context, msgs []kafka.Message) (map[string][]string, error) {
+	if w.opts.Scopes == nil {
+		return nil, nil
+	}
+	var out map[string][]string
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		id := submittedBy(m)
+		if id == "" || seen[id] {
+			continue
+		}
+		seen[id] = true
+		patterns, err := w.opts.Scopes.Accounts(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if patterns != nil {
+			if out == nil {
+				out = map[string][]string{}
+			}
+			out[id] = patterns
+		}
+	}
 	return out, nil
 }
 

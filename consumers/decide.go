@@ -91,7 +91,7 @@ func (d decider) decide(r batchInput, st *ledger.State) (*verdict, error) {
 			case r.cmds[i] == nil:
 				d.deadLetter(v, m, r.invalid[i], st, r.idents[i])
 			default:
-				d.command(v, *r.cmds[i], m, st)
+				d.command(v, *r.cmds[i], m, st, r.scopes[v.by])
 			}
 		})
 		if err != nil {
@@ -123,9 +123,11 @@ func (v *verdict) finish(st *ledger.State) {
 }
 
 // command decides one command: a replay of a known command_id has no
-// effect, other content under a known id is an idempotency conflict, and a
-// new command runs the ledger rules.
-func (d decider) command(v *verdict, cmd domain.Command, m kafka.Message, st *ledger.State) {
+// effect, other content under a known id is an idempotency conflict, a new
+// command submitted by a key scoped to accounts (patterns) that does not
+// cover every account it moves money from is forbidden, and any other
+// runs the ledger rules.
+func (d decider) command(v *verdict, cmd domain.Command, m kafka.Message, st *ledger.State, patterns []string) {
 	acceptedAt := domain.RecordTime(m.Time)
 	if string(m.Key) != cmd.DebitAccount() {
 		v.misrouted++ // applied all the same: the producer broke the key contract, not the command
@@ -140,7 +142,10 @@ func (d decider) command(v *verdict, cmd domain.Command, m kafka.Message, st *le
 		d.outcome(v, cmd, res, acceptedAt, st.Now)
 		return
 	}
-	res := st.Book.Apply(cmd, st.Now)
+	res := domain.Result{Status: domain.StatusRejected, Reason: domain.ReasonForbidden}
+	if covers(patterns, cmd) {
+		res = st.Book.Apply(cmd, st.Now)
+	}
 	st.Priors[cmd.CommandID] = ledger.Prior{Fingerprint: fp, Status: res.Status, Reason: res.Reason}
 	v.writes.Decisions = append(v.writes.Decisions, ledger.Decision{Command: cmd, Fingerprint: fp, Result: res,
 		AcceptedAt: acceptedAt, Partition: m.Partition, Offset: m.Offset, SubmittedBy: v.by})
@@ -162,6 +167,17 @@ func (d decider) command(v *verdict, cmd domain.Command, m kafka.Message, st *le
 		ev.SubmittedBy = v.by
 		v.writes.Outbox = append(v.writes.Outbox, eventMessage(d.postingsTopic, p.AccountID, ev, time.Time{}))
 	}
+}
+
+// covers reports whether patterns (a scoped key's; nil: every account)
+// cover every account cmd moves money from.
+func covers(patterns []string, cmd domain.Command) bool {
+	for _, a := range cmd.DebitAccounts() {
+		if !domain.PatternsCover(patterns, a) {
+			return false
+		}
+	}
+	return true
 }
 
 // outcome publishes the outcome event of cmd, with its metadata sealed

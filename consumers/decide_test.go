@@ -383,3 +383,34 @@ func TestDecideKeepsAPlanSetOnAnAccountOpenedInTheBatch(t *testing.T) {
 		t.Errorf("opened %+v, changed %+v; want dave opened once, with the plan", v.writes.Opened, v.writes.Changed)
 	}
 }
+
+// TestDecideForbidsMovingMoneyOutsideTheKeysScope: a record claiming a
+// scoped key's id is rejected forbidden when it moves money from an
+// account outside the key's patterns, whatever else it would do; inside,
+// it applies.
+func TestDecideForbidsMovingMoneyOutsideTheKeysScope(t *testing.T) {
+	const keyID = "0123456789abcdef"
+	msg := func(n int, value string) kafka.Message {
+		return kafka.Message{Partition: 1, Offset: int64(n), Key: []byte("alice"), Value: []byte(value),
+			Headers: []kafka.Header{{Key: domain.SubmittedByHeader, Value: []byte(keyID)}}}
+	}
+	in, err := readBatch([]kafka.Message{
+		msg(1, transfer(1, "alice", "bob", 1)),
+		msg(2, transfer(2, "bob", "alice", 1)),
+		msg(3, `{"command_id":"`+id(3)+`","type":"transaction","legs":[{"from_account_id":"alice","to_account_id":"bob","amount":1,"currency":"EUR"},`+
+			`{"from_account_id":"bob","to_account_id":"alice","amount":1,"currency":"EUR"}]}`),
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.scopes = map[string][]string{keyID: {"alice"}}
+	v, err := testDecider(t).decide(in, fuzzState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := summarize(v).Decisions
+	want := []string{id(1) + " applied", id(2) + " rejected forbidden", id(3) + " rejected forbidden"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("decisions (-want +got):\n%s", diff)
+	}
+}

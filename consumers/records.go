@@ -28,6 +28,9 @@ type batchInput struct {
 	// dl, when set, sends every record to the DLQ (isolating a record
 	// that cannot be applied).
 	dl *deadLetter
+	// scopes holds the account patterns of the scoped API keys the records
+	// claim, by key id (keys of every account are absent).
+	scopes map[string][]string
 }
 
 // readBatch decodes msgs, or with dl set only identifies them. A panic

@@ -60,9 +60,20 @@ type Options struct {
 	// expiry. Default 1 s.
 	ExpiryInterval time.Duration
 	// Keyring seals account metadata before it is stored or published.
-	Keyring    *sealing.Keyring
+	Keyring *sealing.Keyring
+	// Scopes tells the account patterns of the API key a record claims, so
+	// that a record submitted under a scoped key that moves money from an
+	// account outside it is rejected forbidden; nil: no key is scoped.
+	Scopes     AccountScopes
 	Registerer prometheus.Registerer
 	Log        *slog.Logger
+}
+
+// AccountScopes tells the account patterns of an API key (nil: every
+// account, or no such key). apikey.AccountScopes is the implementation;
+// it is called from every lane at once.
+type AccountScopes interface {
+	Accounts(ctx context.Context, keyID string) ([]string, error)
 }
 
 // Worker applies commands from the commands topic. Create it with New and

@@ -761,3 +761,41 @@ func Identify(data []byte) Identity {
 	}
 	return id
 }
+
+// DebitAccounts are the accounts cmd moves money from or acts on, which a
+// key scoped to accounts must cover: every leg's debit account for a
+// transaction, the account for the others (for open_account and deposit
+// too: the account they create or fund).
+func (c Command) DebitAccounts() []string {
+	if len(c.Legs) > 0 {
+		out := make([]string, 0, len(c.Legs))
+		for _, l := range c.Legs {
+			out = append(out, l.FromAccountID)
+		}
+		return out
+	}
+	return []string{c.DebitAccount()}
+}
+
+// PatternsCover reports whether account matches patterns, the accounts a
+// scoped API key may act on: nil matches every account; otherwise one
+// pattern equals account exactly, or ends in "*" and account starts with
+// what comes before it. Bytes are compared as they are: account ids are
+// ASCII and case matters ("Merchant-42" is not "merchant-42"), and an
+// exact pattern never matches a longer id ("merchant-4" does not cover
+// "merchant-42").
+func PatternsCover(patterns []string, account string) bool {
+	if patterns == nil {
+		return true
+	}
+	for _, p := range patterns {
+		if prefix, ok := strings.CutSuffix(p, "*"); ok {
+			if strings.HasPrefix(account, prefix) {
+				return true
+			}
+		} else if p == account {
+			return true
+		}
+	}
+	return false
+}

@@ -240,3 +240,28 @@ func TestRecordTime(t *testing.T) {
 		}
 	}
 }
+
+func TestPatternsCover(t *testing.T) {
+	scoped := []string{"merchant-42", "merchant-42:*", "shared"}
+	for _, tt := range []struct {
+		patterns []string
+		account  string
+		want     bool
+	}{
+		{nil, "anyone", true},
+		{scoped, "merchant-42", true},
+		{scoped, "merchant-42:eur", true},
+		{scoped, "shared", true},
+		{scoped, "merchant-4", false},
+		{scoped, "merchant-420", false}, // an exact pattern does not extend
+		{scoped, "Merchant-42", false},  // case matters
+		{scoped, "merchant-42:", true},  // the prefix itself, with its separator
+		{scoped, "merchant-43", false},
+		{scoped, "", false},
+		{[]string{}, "merchant-42", false}, // scoped to nothing
+	} {
+		if got := PatternsCover(tt.patterns, tt.account); got != tt.want {
+			t.Errorf("PatternsCover(%q, %q) = %v, want %v", tt.patterns, tt.account, got, tt.want)
+		}
+	}
+}

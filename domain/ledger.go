@@ -45,6 +45,9 @@ const (
 	ReasonReferenceExists         Reason = "reference_exists"
 	ReasonVersionMismatch         Reason = "version_mismatch"
 	ReasonFeeAccountInvalid       Reason = "fee_account_invalid"
+	// ReasonForbidden: the API key that submitted the command may not move
+	// money from one of its debit accounts (Command.DebitAccounts).
+	ReasonForbidden Reason = "forbidden"
 )
 
 // AccountStatus is an account's lifecycle state.

@@ -33,6 +33,9 @@ func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
 		a.invalid(w, err, "")
 		return
 	}
+	if !a.inScope(w, r, []domain.Command{cmd}, "") {
+		return
+	}
 	if !a.allow(w, r, 1) {
 		return
 	}
@@ -95,6 +98,9 @@ func (a *API) postBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(verr.Errors) > 0 {
 		a.invalid(w, verr, "no command of this batch was accepted")
+		return
+	}
+	if !a.inScope(w, r, cmds, "/commands/") {
 		return
 	}
 	if !a.allow(w, r, len(cmds)) {
@@ -172,6 +178,37 @@ func (a *API) allow(w http.ResponseWriter, r *http.Request, n int) bool {
 	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 	writeProblem(w, problem{Status: http.StatusTooManyRequests, Type: "rate-limited", Title: "Too many commands",
 		Detail: fmt.Sprintf("this API key may send %g commands a second (bursts of %d); retry after the time in Retry-After", a.opts.RateLimit, a.opts.RateBurst)})
+	return false
+}
+
+// inScope refuses with 403, naming each command (prefix + its index, for
+// a batch), when the request's key is scoped to accounts and any of cmds
+// moves money from an account outside its scope: the whole request, so that
+// a batch is never half accepted.
+func (a *API) inScope(w http.ResponseWriter, r *http.Request, cmds []domain.Command, prefix string) bool {
+	id, _ := r.Context().Value(identityKey{}).(apikey.Identity)
+	if id.Accounts == nil {
+		return true
+	}
+	var errs []domain.FieldError
+	for i, c := range cmds {
+		for _, acct := range c.DebitAccounts() {
+			if !id.Covers(acct) {
+				p := ""
+				if prefix != "" {
+					p = prefix + strconv.Itoa(i)
+				}
+				errs = append(errs, domain.FieldError{Pointer: p, Detail: fmt.Sprintf("this key may not move money from account %q", acct)})
+				break
+			}
+		}
+	}
+	if len(errs) == 0 {
+		return true
+	}
+	a.metrics.rejects.WithLabelValues("forbidden").Inc()
+	writeProblem(w, problem{Status: http.StatusForbidden, Type: "forbidden", Title: "Account outside the key's scope",
+		Detail: "the key is limited to some accounts; nothing of this request was accepted", Errors: errs})
 	return false
 }
 

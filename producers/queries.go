@@ -13,6 +13,7 @@ import (
 
 	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
+	"github.com/txpipe/txpipe/producers/apikey"
 )
 
 // Ledger is what the read endpoints ask of the ledger; *ledger.Queries
@@ -56,6 +57,9 @@ func (a *API) getCommand(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o, err := a.opts.Ledger.Outcome(r.Context(), id)
+	if err == nil && !caller(r).Covers(o.DebitAccountID) {
+		err = ledger.ErrNotFound // another tenant's: as if it did not exist
+	}
 	if errors.Is(err, ledger.ErrNotFound) {
 		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Command not processed",
 			Detail: "no outcome for this command_id yet: it is still in flight, or was never accepted"})
@@ -112,6 +116,9 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	acc, err := a.opts.Ledger.Account(r.Context(), id)
+	if err == nil && !caller(r).Covers(acc.ID) {
+		err = ledger.ErrNotFound // read, then hidden: the same work either way
+	}
 	if errors.Is(err, ledger.ErrNotFound) {
 		accountNotFound(w)
 		return
@@ -186,6 +193,9 @@ func (a *API) getEntries(w http.ResponseWriter, r *http.Request) {
 	}
 	// One entry more than the page says whether an older page exists.
 	rows, err := a.opts.Ledger.Statement(r.Context(), id, after, limit+1)
+	if err == nil && !caller(r).Covers(id) {
+		err = ledger.ErrNotFound
+	}
 	if errors.Is(err, ledger.ErrNotFound) {
 		accountNotFound(w)
 		return
@@ -248,6 +258,9 @@ func (a *API) listTransfers(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := transfersResponse{Transfers: []transferResponse{}}
 	t, err := a.opts.Ledger.TransferByReference(r.Context(), ref)
+	if err == nil && !touches(caller(r), t) {
+		err = ledger.ErrNotFound
+	}
 	switch {
 	case errors.Is(err, ledger.ErrNotFound):
 	case err != nil:
@@ -267,6 +280,9 @@ func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	t, err := a.opts.Ledger.Transfer(r.Context(), id)
+	if err == nil && !touches(caller(r), t) {
+		err = ledger.ErrNotFound
+	}
 	if errors.Is(err, ledger.ErrNotFound) {
 		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Transfer not found",
 			Detail: "no transfer, deposit, withdrawal or hold has this id (its command may still be in flight, or was rejected)"})
@@ -277,6 +293,26 @@ func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, newTransferResponse(t))
+}
+
+// caller is the key the request was authenticated with.
+func caller(r *http.Request) apikey.Identity {
+	id, _ := r.Context().Value(identityKey{}).(apikey.Identity)
+	return id
+}
+
+// touches reports whether t moves money from or to an account id covers
+// (any leg's, for a transaction): a scoped key reads only those.
+func touches(id apikey.Identity, t ledger.Transfer) bool {
+	if id.Covers(t.FromAccountID) || id.Covers(t.ToAccountID) {
+		return true
+	}
+	for _, l := range t.Legs {
+		if id.Covers(l.FromAccountID) || id.Covers(l.ToAccountID) {
+			return true
+		}
+	}
+	return false
 }
 
 // internal answers a failed read of the ledger with 503 and Retry-After:

@@ -13,17 +13,18 @@ import (
 // runAPIKey serves "txpipe apikey create|list|revoke".
 func runAPIKey(ctx context.Context, args []string, e *env) error {
 	if len(args) == 0 || (args[0] != "create" && args[0] != "list" && args[0] != "revoke") {
-		return usageError{"usage: txpipe apikey create --name NAME --scopes commands:write,ledger:read | list | revoke --id KEY_ID"}
+		return usageError{"usage: txpipe apikey create --name NAME --scopes commands:write,ledger:read [--accounts 'PATTERN,…'] | list | revoke --id KEY_ID"}
 	}
 	sub := args[0]
 	fs := newFlagSet("apikey "+sub, e)
 	fs.database()
 	fs.logging()
-	var name, scopes, id string
+	var name, scopes, accounts, id string
 	switch sub {
 	case "create":
 		fs.StringVar(&name, "name", "", "what the key is for (who uses it)")
 		fs.StringVar(&scopes, "scopes", "", "comma-separated: "+strings.Join(apikey.Scopes, ","))
+		fs.StringVar(&accounts, "accounts", "", "comma-separated account patterns the key is limited to (an account id, or a prefix followed by *); empty: every account")
 	case "revoke":
 		fs.StringVar(&id, "id", "", "the key id (apikey list shows it)")
 	}
@@ -46,7 +47,13 @@ func runAPIKey(ctx context.Context, args []string, e *env) error {
 				list = append(list, s)
 			}
 		}
-		token, keyID, err := apikey.Create(ctx, pool, name, list)
+		var patterns []string
+		for _, p := range strings.Split(accounts, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				patterns = append(patterns, p)
+			}
+		}
+		token, keyID, err := apikey.CreateScoped(ctx, pool, name, list, patterns)
 		if err != nil {
 			return usageError{err.Error()}
 		}
@@ -57,7 +64,7 @@ func runAPIKey(ctx context.Context, args []string, e *env) error {
 			return err
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "KEY ID\tNAME\tSCOPES\tCREATED\tLAST USED\tREVOKED")
+		fmt.Fprintln(tw, "KEY ID\tNAME\tSCOPES\tACCOUNTS\tCREATED\tLAST USED\tREVOKED")
 		at := func(t *time.Time) string {
 			if t == nil {
 				return "-"
@@ -65,7 +72,11 @@ func runAPIKey(ctx context.Context, args []string, e *env) error {
 			return t.UTC().Format(time.RFC3339)
 		}
 		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.KeyID, k.Name, strings.Join(k.Scopes, ","), at(&k.CreatedAt), at(k.LastUsedAt), at(k.RevokedAt))
+			accts := "*"
+			if k.Accounts != nil {
+				accts = strings.Join(k.Accounts, ",")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.KeyID, k.Name, strings.Join(k.Scopes, ","), accts, at(&k.CreatedAt), at(k.LastUsedAt), at(k.RevokedAt))
 		}
 		return tw.Flush()
 	case "revoke":

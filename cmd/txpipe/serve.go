@@ -227,6 +227,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			SessionTimeout: cfg.sessionTimeout,
 			ExpiryInterval: cfg.expiryInterval,
 			Keyring:        cfg.keyring,
+			Scopes:         apikey.NewAccountScopes(pool),
 			Registerer:     reg,
 			Log:            log,
 		})

@@ -31,6 +31,9 @@ type Queries struct {
 type Outcome struct {
 	CommandID, Type, Status string
 	Reason, Detail          *string
+	// DebitAccountID is the account the command moves money from or acts
+	// on ("" when a dead-lettered record named none).
+	DebitAccountID string
 	// Leg is the transaction leg a rejection is about.
 	Leg *int
 	// At is when it was decided or dead-lettered.
@@ -43,13 +46,13 @@ type Outcome struct {
 // dead_lettered.
 func (q *Queries) Outcome(ctx context.Context, id string) (Outcome, error) {
 	var o Outcome
-	err := q.Pool.QueryRow(ctx, `SELECT command_id::text, type, status, reason, NULL, processed_at, leg::int
+	err := q.Pool.QueryRow(ctx, `SELECT command_id::text, type, status, reason, NULL, processed_at, leg::int, debit_account_id
 		FROM processed_commands WHERE command_id = $1
 		UNION ALL
-		SELECT command_id::text, coalesce(type, ''), 'dead_lettered', reason, detail, dead_lettered_at, NULL
+		SELECT command_id::text, coalesce(type, ''), 'dead_lettered', reason, detail, dead_lettered_at, NULL, coalesce(debit_account_id, '')
 		FROM dead_lettered_commands WHERE command_id = $1
 			AND NOT EXISTS (SELECT 1 FROM processed_commands WHERE command_id = $1)`,
-		id).Scan(&o.CommandID, &o.Type, &o.Status, &o.Reason, &o.Detail, &o.At, &o.Leg)
+		id).Scan(&o.CommandID, &o.Type, &o.Status, &o.Reason, &o.Detail, &o.At, &o.Leg, &o.DebitAccountID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return o, ErrNotFound
 	}

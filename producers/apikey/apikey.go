@@ -55,10 +55,27 @@ type Identity struct {
 	KeyID  string
 	Name   string
 	Scopes []string
+	// Accounts are the patterns of the accounts the key may move money
+	// from and read (Covers); nil for every account.
+	Accounts []string
 }
 
 // Has reports whether the key carries scope.
 func (id Identity) Has(scope string) bool { return slices.Contains(id.Scopes, scope) }
+
+// Covers reports whether the key may act on account: it is unrestricted, or
+// one of its patterns matches (domain.PatternsCover).
+func (id Identity) Covers(account string) bool { return domain.PatternsCover(id.Accounts, account) }
+
+// ValidPattern reports whether p is an account pattern: an account id, or
+// a non-empty prefix of one followed by "*".
+func ValidPattern(p string) bool {
+	prefix, ok := strings.CutSuffix(p, "*")
+	if !ok {
+		return domain.ValidAccountID(p)
+	}
+	return prefix != "" && domain.ValidAccountID(prefix)
+}
 
 // Parse splits a key into its id and secret, checking its shape only.
 func Parse(token string) (keyID, secret string, ok bool) {
@@ -85,8 +102,23 @@ func hash(secret string) []byte {
 	return h[:]
 }
 
-// Create stores a new key and returns it; the secret is not kept.
+// Create stores a new key for every account and returns it; the secret is
+// not kept.
 func Create(ctx context.Context, pool *pgxpool.Pool, name string, scopes []string) (token, keyID string, err error) {
+	return CreateScoped(ctx, pool, name, scopes, nil)
+}
+
+// CreateScoped stores a new key limited to the accounts matching patterns
+// (nil: every account) and returns it; the secret is not kept.
+func CreateScoped(ctx context.Context, pool *pgxpool.Pool, name string, scopes, patterns []string) (token, keyID string, err error) {
+	if patterns != nil && len(patterns) == 0 {
+		return "", "", errors.New("a key scoped to accounts needs at least one pattern")
+	}
+	for _, p := range patterns {
+		if !ValidPattern(p) {
+			return "", "", fmt.Errorf("account pattern %q: an account id, or a prefix of one followed by *", p)
+		}
+	}
 	name = strings.TrimSpace(name)
 	if name == "" || len(name) > 100 {
 		return "", "", errors.New("a key needs a name of 1–100 characters")
@@ -110,8 +142,8 @@ func Create(ctx context.Context, pool *pgxpool.Pool, name string, scopes []strin
 	keyID = hex.EncodeToString(id[:])
 	s := base64.RawURLEncoding.EncodeToString(secret[:])
 	slices.Sort(scopes)
-	if _, err := pool.Exec(ctx, `INSERT INTO api_keys (key_id, name, scopes, secret_hash) VALUES ($1, $2, $3, $4)`,
-		keyID, name, slices.Compact(scopes), hash(s)); err != nil {
+	if _, err := pool.Exec(ctx, `INSERT INTO api_keys (key_id, name, scopes, secret_hash, accounts) VALUES ($1, $2, $3, $4, $5)`,
+		keyID, name, slices.Compact(scopes), hash(s), patterns); err != nil {
 		return "", "", fmt.Errorf("store key: %w", err)
 	}
 	return prefix + keyID + "_" + s, keyID, nil
@@ -121,19 +153,20 @@ func Create(ctx context.Context, pool *pgxpool.Pool, name string, scopes []strin
 type Key struct {
 	KeyID, Name           string
 	Scopes                []string
+	Accounts              []string // nil: every account
 	CreatedAt             time.Time
 	LastUsedAt, RevokedAt *time.Time
 }
 
 // List returns every key, oldest first.
 func List(ctx context.Context, pool *pgxpool.Pool) ([]Key, error) {
-	rows, err := pool.Query(ctx, `SELECT key_id, name, scopes, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at, key_id`)
+	rows, err := pool.Query(ctx, `SELECT key_id, name, scopes, accounts, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at, key_id`)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Key, error) {
 		var k Key
-		err := r.Scan(&k.KeyID, &k.Name, &k.Scopes, &k.CreatedAt, &k.LastUsedAt, &k.RevokedAt)
+		err := r.Scan(&k.KeyID, &k.Name, &k.Scopes, &k.Accounts, &k.CreatedAt, &k.LastUsedAt, &k.RevokedAt)
 		return k, err
 	})
 }
@@ -149,6 +182,50 @@ func Revoke(ctx context.Context, pool *pgxpool.Pool, keyID string) error {
 		return fmt.Errorf("no key %q", keyID)
 	}
 	return nil
+}
+
+// AccountScopes tells the workers the account patterns of the key a record
+// claims, caching each for CacheTTL: a scope change reaches every worker
+// within it. Safe for concurrent use.
+type AccountScopes struct {
+	pool  *pgxpool.Pool
+	mu    sync.Mutex
+	cache map[string]scopeEntry
+}
+
+type scopeEntry struct {
+	patterns []string
+	fetched  time.Time
+}
+
+// NewAccountScopes returns an AccountScopes over pool.
+func NewAccountScopes(pool *pgxpool.Pool) *AccountScopes {
+	return &AccountScopes{pool: pool, cache: map[string]scopeEntry{}}
+}
+
+// Accounts returns the account patterns of key keyID: nil for a key of
+// every account, or for no such key (a record produced with a made-up id
+// claims nothing). A revoked key keeps its patterns: its records accepted
+// before the revocation apply as scoped as they were sent.
+func (s *AccountScopes) Accounts(ctx context.Context, keyID string) ([]string, error) {
+	s.mu.Lock()
+	e, ok := s.cache[keyID]
+	s.mu.Unlock()
+	if ok && time.Since(e.fetched) < CacheTTL {
+		return e.patterns, nil
+	}
+	e = scopeEntry{fetched: time.Now()}
+	err := s.pool.QueryRow(ctx, `SELECT accounts FROM api_keys WHERE key_id = $1`, keyID).Scan(&e.patterns)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("read the scope of API key %s: %w", keyID, err)
+	}
+	s.mu.Lock()
+	if len(s.cache) > 10000 {
+		clear(s.cache)
+	}
+	s.cache[keyID] = e
+	s.mu.Unlock()
+	return e.patterns, nil
 }
 
 // CacheTTL is how long an Authenticator trusts what it read about a key:
@@ -219,8 +296,8 @@ func (a *Authenticator) lookup(ctx context.Context, keyID string) (cached, error
 	c = cached{id: Identity{KeyID: keyID}, fetched: time.Now()}
 	var revoked *time.Time
 	var h []byte
-	err := a.pool.QueryRow(ctx, `SELECT name, scopes, secret_hash, revoked_at FROM api_keys WHERE key_id = $1`, keyID).
-		Scan(&c.id.Name, &c.id.Scopes, &h, &revoked)
+	err := a.pool.QueryRow(ctx, `SELECT name, scopes, accounts, secret_hash, revoked_at FROM api_keys WHERE key_id = $1`, keyID).
+		Scan(&c.id.Name, &c.id.Scopes, &c.id.Accounts, &h, &revoked)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:

@@ -90,3 +90,12 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestValidPattern(t *testing.T) {
+	for p, want := range map[string]bool{"merchant-42": true, "merchant-42:*": true, "m*": true, "*": false, "": false,
+		"merchant 42": false, "merchant-42**": false, "mérchant": false, "a*b": false} {
+		if got := apikey.ValidPattern(p); got != want {
+			t.Errorf("ValidPattern(%q) = %v, want %v", p, got, want)
+		}
+	}
+}
