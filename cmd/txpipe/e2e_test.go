@@ -844,6 +844,17 @@ func TestAPIReadsFromTheReplica(t *testing.T) {
 		return err == nil
 	})
 	defer replica.Close(ctx)
+	// The database exists on the replica before its migrations have all
+	// been replayed: wait for the last one, or a read may meet a column
+	// the replica does not have yet.
+	var last int
+	if err := p.db.Pool.QueryRow(ctx, `SELECT max(version) FROM schema_migrations`).Scan(&last); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the replica has every migration", func() bool {
+		var got int
+		return replica.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&got) == nil && got == last
+	})
 	var standby bool
 	if err := replica.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&standby); err != nil || !standby {
 		t.Fatalf("the replica URL reaches a server in recovery = %v (%v), want a standby", standby, err)
