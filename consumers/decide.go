@@ -143,7 +143,7 @@ func (d decider) command(v *verdict, cmd domain.Command, m kafka.Message, st *le
 		return
 	}
 	res := domain.Result{Status: domain.StatusRejected, Reason: domain.ReasonForbidden}
-	if covers(patterns, cmd) {
+	if covers(patterns, cmd, st.Book) {
 		res = st.Book.Apply(cmd, st.Now)
 	}
 	st.Priors[cmd.CommandID] = ledger.Prior{Fingerprint: fp, Status: res.Status, Reason: res.Reason}
@@ -170,9 +170,26 @@ func (d decider) command(v *verdict, cmd domain.Command, m kafka.Message, st *le
 }
 
 // covers reports whether patterns (a scoped key's; nil: every account)
-// cover every account cmd moves money from.
-func covers(patterns []string, cmd domain.Command) bool {
-	for _, a := range cmd.DebitAccounts() {
+// cover every account cmd moves money from: its debit accounts, and for a
+// reversal the accounts that received the money it takes back (each leg's
+// receiver it reverses, for a transaction), which only the loaded transfer
+// names. A key may not claw back what it paid to another tenant.
+func covers(patterns []string, cmd domain.Command, book *domain.Book) bool {
+	if patterns == nil {
+		return true
+	}
+	accounts := cmd.DebitAccounts()
+	if t := book.Transfers[cmd.TransferID]; cmd.Type == domain.TypeReverse && t != nil {
+		if len(t.Legs) == 0 {
+			accounts = append(accounts, t.ToAccountID)
+		}
+		for i, l := range t.Legs {
+			if cmd.LegAmounts == nil || (i < len(cmd.LegAmounts) && cmd.LegAmounts[i] > 0) {
+				accounts = append(accounts, l.ToAccountID)
+			}
+		}
+	}
+	for _, a := range accounts {
 		if !domain.PatternsCover(patterns, a) {
 			return false
 		}

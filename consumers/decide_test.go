@@ -414,3 +414,40 @@ func TestDecideForbidsMovingMoneyOutsideTheKeysScope(t *testing.T) {
 		t.Errorf("decisions (-want +got):\n%s", diff)
 	}
 }
+
+// TestDecideForbidsClawingBackFromAnotherTenant: a scoped key may not
+// reverse money it paid to an account outside its scope: a reversal takes
+// the money from the receiver.
+func TestDecideForbidsClawingBackFromAnotherTenant(t *testing.T) {
+	const keyID = "0123456789abcdef"
+	reverse := func(n int, target, extra string) kafka.Message {
+		return kafka.Message{Partition: 1, Offset: int64(n), Key: []byte("alice"), Headers: []kafka.Header{{Key: domain.SubmittedByHeader, Value: []byte(keyID)}},
+			Value: []byte(`{"command_id":"` + id(n) + `","type":"reverse","account_id":"alice","transfer_id":"` + target + `"` + extra + `}`)}
+	}
+	for _, tt := range []struct {
+		name     string
+		patterns []string
+		msg      kafka.Message
+		want     string
+	}{
+		{"a payment to bob, by a key of alice only", []string{"alice"}, reverse(1, fuzzTransfer, ""), "rejected forbidden"},
+		{"a payment to bob, by a key of both", []string{"alice", "bob"}, reverse(1, fuzzTransfer, ""), "applied"},
+		{"a transaction whose first leg paid bob", []string{"alice"}, reverse(1, fuzzTx, ""), "rejected forbidden"},
+		{"only the leg bob paid back to alice", []string{"alice"}, reverse(1, fuzzTx, `,"leg_amounts":[0,4]`), "applied"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			in, err := readBatch([]kafka.Message{tt.msg}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in.scopes = map[string][]string{keyID: tt.patterns}
+			v, err := testDecider(t).decide(in, fuzzState())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := summarize(v).Decisions; len(got) != 1 || got[0] != id(1)+" "+tt.want {
+				t.Errorf("decisions = %v, want %s", got, tt.want)
+			}
+		})
+	}
+}

@@ -115,10 +115,13 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	acc, err := a.opts.Ledger.Account(r.Context(), id)
-	if err == nil && !caller(r).Covers(acc.ID) {
-		err = ledger.ErrNotFound // read, then hidden: the same work either way
+	if !caller(r).Covers(id) {
+		// The scope depends on the id alone: refused before any read, the
+		// answer is the same whether the account exists or not.
+		accountNotFound(w)
+		return
 	}
+	acc, err := a.opts.Ledger.Account(r.Context(), id)
 	if errors.Is(err, ledger.ErrNotFound) {
 		accountNotFound(w)
 		return
@@ -192,10 +195,11 @@ func (a *API) getEntries(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// One entry more than the page says whether an older page exists.
-	rows, err := a.opts.Ledger.Statement(r.Context(), id, after, limit+1)
-	if err == nil && !caller(r).Covers(id) {
-		err = ledger.ErrNotFound
+	if !caller(r).Covers(id) {
+		accountNotFound(w) // before any read, as for the account
+		return
 	}
+	rows, err := a.opts.Ledger.Statement(r.Context(), id, after, limit+1)
 	if errors.Is(err, ledger.ErrNotFound) {
 		accountNotFound(w)
 		return

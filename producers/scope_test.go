@@ -73,12 +73,16 @@ func TestScopedKeysCannotReachOtherTenants(t *testing.T) {
 	}
 
 	missing := serve(h, http.MethodGet, "/v1/accounts/nobody", "").Body.String()
-	for _, path := range []string{"/v1/accounts/merchant-4", "/v1/accounts/merchant-420", "/v1/accounts/Merchant-42"} {
+	calls := f.calls
+	for _, path := range []string{"/v1/accounts/merchant-4", "/v1/accounts/merchant-420", "/v1/accounts/Merchant-42", "/v1/accounts/merchant-4/entries?limit=1000"} {
 		if rec := serve(h, http.MethodGet, path, ""); rec.Code != http.StatusNotFound || rec.Body.String() != missing {
 			t.Errorf("GET %s = %d %s, want the 404 of an account that does not exist", path, rec.Code, rec.Body)
 		}
 	}
-	for _, path := range []string{"/v1/accounts/merchant-4/entries", "/v1/transfers/" + transferID, "/v1/commands/" + cmdApplied} {
+	if f.calls != calls {
+		t.Errorf("the ledger was read %d times for accounts outside the scope, want 0: the scope depends on the id alone", f.calls-calls)
+	}
+	for _, path := range []string{"/v1/transfers/" + transferID, "/v1/commands/" + cmdApplied} {
 		if rec := serve(h, http.MethodGet, path, ""); rec.Code != http.StatusNotFound {
 			t.Errorf("GET %s = %d, want 404", path, rec.Code)
 		}

@@ -20,11 +20,15 @@ func runAPIKey(ctx context.Context, args []string, e *env) error {
 	fs.database()
 	fs.logging()
 	var name, scopes, accounts, id string
+	var accountsSet bool
 	switch sub {
 	case "create":
 		fs.StringVar(&name, "name", "", "what the key is for (who uses it)")
 		fs.StringVar(&scopes, "scopes", "", "comma-separated: "+strings.Join(apikey.Scopes, ","))
-		fs.StringVar(&accounts, "accounts", "", "comma-separated account patterns the key is limited to (an account id, or a prefix followed by *); empty: every account")
+		fs.Func("accounts", "comma-separated account patterns the key is limited to (an account id, or a prefix followed by *); not given: every account", func(v string) error {
+			accounts, accountsSet = v, true
+			return nil
+		})
 	case "revoke":
 		fs.StringVar(&id, "id", "", "the key id (apikey list shows it)")
 	}
@@ -52,6 +56,10 @@ func runAPIKey(ctx context.Context, args []string, e *env) error {
 			if p = strings.TrimSpace(p); p != "" {
 				patterns = append(patterns, p)
 			}
+		}
+		if accountsSet && len(patterns) == 0 {
+			// An empty variable in a script must not make a key of every account.
+			return usageError{"--accounts names no pattern: give at least one, or leave the flag out for a key of every account"}
 		}
 		token, keyID, err := apikey.CreateScoped(ctx, pool, name, list, patterns)
 		if err != nil {

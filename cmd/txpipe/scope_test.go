@@ -28,6 +28,14 @@ func TestScopedKeyThroughThePipeline(t *testing.T) {
 	if err != nil {
 		t.Fatalf("apikey create --accounts: %v", err)
 	}
+	// An empty pattern list (an unset variable in a script) must not make a
+	// key of every account.
+	for _, empty := range []string{"", " , "} {
+		if err := run(context.Background(), []string{"apikey", "create", "--database-url", p.db.URL, "--name", "oops",
+			"--scopes", "commands:write", "--accounts", empty}, &env{stdout: io.Discard, stderr: io.Discard, lookup: testLookup}); err == nil {
+			t.Errorf("apikey create --accounts %q succeeded, want it refused", empty)
+		}
+	}
 	var key, keyID string
 	for _, l := range strings.Split(out.String(), "\n") {
 		if v, ok := strings.CutPrefix(l, "api key: "); ok {
