@@ -557,12 +557,9 @@ func (b *Book) pay(debit, credit, revenue *Account, amount, fee int64, currency 
 // missing, closed, frozen, in another currency, or the account itself.
 // Commands applied after it pay under the new plan.
 func (b *Book) setFeePlan(cmd Command) Result {
-	a := b.Accounts[cmd.AccountID]
-	switch {
-	case a == nil:
-		return rejected(ReasonAccountNotFound)
-	case a.Status == AccountClosed:
-		return rejected(ReasonAccountClosed)
+	a, r := b.notClosed(cmd.AccountID)
+	if r != "" {
+		return rejected(r)
 	}
 	if p := cmd.FeePlan; p != nil {
 		rev := b.Accounts[p.RevenueAccountID]
@@ -961,17 +958,27 @@ func referenced(ps []Posting, reference string) []Posting {
 	return ps
 }
 
+// notClosed finds account id: account_not_found, or account_closed (a
+// closed account stays closed).
+func (b *Book) notClosed(id string) (*Account, Reason) {
+	a := b.Accounts[id]
+	switch {
+	case a == nil:
+		return nil, ReasonAccountNotFound
+	case a.Status == AccountClosed:
+		return nil, ReasonAccountClosed
+	}
+	return a, ""
+}
+
 // setStatus freezes, unfreezes or closes an account: account_not_found,
 // account_closed (a closed account stays closed), and for close_account
 // account_not_empty (a balance or pending holds). Freezing a frozen or
 // unfreezing an active account is applied and changes nothing.
 func (b *Book) setStatus(cmd Command) Result {
-	a := b.Accounts[cmd.AccountID]
-	switch {
-	case a == nil:
-		return rejected(ReasonAccountNotFound)
-	case a.Status == AccountClosed:
-		return rejected(ReasonAccountClosed)
+	a, r := b.notClosed(cmd.AccountID)
+	if r != "" {
+		return rejected(r)
 	}
 	switch cmd.Type {
 	case TypeFreezeAccount:

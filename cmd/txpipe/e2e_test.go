@@ -231,6 +231,21 @@ func (p *pipeline) get(t *testing.T, path string, v any) int {
 	return resp.StatusCode
 }
 
+// submit posts one command and returns its outcome once it has one.
+func (p *pipeline) submit(t *testing.T, body string) (status, reason string) {
+	t.Helper()
+	var c struct {
+		CommandID string `json:"command_id"`
+	}
+	if err := json.Unmarshal([]byte(body), &c); err != nil {
+		t.Fatalf("command %s: %v", body, err)
+	}
+	if code, resp := p.post(t, "/v1/commands", body); code != http.StatusAccepted {
+		t.Fatalf("POST %s = %d %v", body, code, resp)
+	}
+	return p.awaitOutcome(t, c.CommandID)
+}
+
 // awaitOutcome waits until command id has an outcome and returns its status.
 func (p *pipeline) awaitOutcome(t *testing.T, id string) (status, reason string) {
 	t.Helper()

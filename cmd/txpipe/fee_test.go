@@ -17,19 +17,6 @@ import (
 // passes.
 func TestFeePlansThroughThePipeline(t *testing.T) {
 	p := startPipeline(t)
-	send := func(body string) (string, string) {
-		t.Helper()
-		var c struct {
-			CommandID string `json:"command_id"`
-		}
-		if err := json.Unmarshal([]byte(body), &c); err != nil {
-			t.Fatal(err)
-		}
-		if code, resp := p.post(t, "/v1/commands", body); code != http.StatusAccepted {
-			t.Fatalf("POST %s = %d %v", body, code, resp)
-		}
-		return p.awaitOutcome(t, c.CommandID)
-	}
 	cmd := func(body string) string {
 		return fmt.Sprintf(`{"command_id":%q,%s}`, uuid.Must(uuid.NewV7()).String(), body)
 	}
@@ -37,15 +24,15 @@ func TestFeePlansThroughThePipeline(t *testing.T) {
 		`"type":"open_account","account_id":"revenue","currency":"EUR"`, `"type":"open_account","account_id":"revenue-usd","currency":"USD"`,
 		`"type":"deposit","account_id":"payer","amount":100000,"currency":"EUR"`,
 		`"type":"set_fee_plan","account_id":"payer","fee_plan":{"bps":150,"fixed":30,"min":50,"max":500,"revenue_account_id":"revenue"}`} {
-		if status, reason := send(cmd(c)); status != "applied" {
+		if status, reason := p.submit(t, cmd(c)); status != "applied" {
 			t.Fatalf("%s: %s %s", c, status, reason)
 		}
 	}
-	if status, reason := send(cmd(`"type":"set_fee_plan","account_id":"shop","fee_plan":{"bps":1,"fixed":0,"revenue_account_id":"revenue-usd"}`)); reason != "fee_account_invalid" {
+	if status, reason := p.submit(t, cmd(`"type":"set_fee_plan","account_id":"shop","fee_plan":{"bps":1,"fixed":0,"revenue_account_id":"revenue-usd"}`)); reason != "fee_account_invalid" {
 		t.Errorf("a plan paying into another currency = %s %s, want rejected fee_account_invalid", status, reason)
 	}
 	transfer := cmd(`"type":"transfer","from_account_id":"payer","to_account_id":"shop","amount":10000,"currency":"EUR"`)
-	if status, reason := send(transfer); status != "applied" {
+	if status, reason := p.submit(t, transfer); status != "applied" {
 		t.Fatalf("transfer = %s %s", status, reason)
 	}
 	var c struct {

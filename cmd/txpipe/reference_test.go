@@ -20,23 +20,12 @@ import (
 func TestReferencesAreUniqueAndFindTheirTransfer(t *testing.T) {
 	p := startPipeline(t)
 	id := func() string { return uuid.Must(uuid.NewV7()).String() }
-	send := func(body string) (string, string) {
-		t.Helper()
-		var c map[string]any
-		if err := json.Unmarshal([]byte(body), &c); err != nil {
-			t.Fatal(err)
-		}
-		if code, resp := p.post(t, "/v1/commands", body); code != http.StatusAccepted {
-			t.Fatalf("POST %s = %d %v", body, code, resp)
-		}
-		return p.awaitOutcome(t, c["command_id"].(string))
-	}
 	for _, c := range []string{
 		fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"shop","currency":"EUR"}`, id()),
 		fmt.Sprintf(`{"command_id":%q,"type":"open_account","account_id":"payer","currency":"EUR"}`, id()),
 		fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"payer","amount":100,"currency":"EUR"}`, id()),
 	} {
-		if status, reason := send(c); status != "applied" {
+		if status, reason := p.submit(t, c); status != "applied" {
 			t.Fatalf("setup %s: %s %s", c, status, reason)
 		}
 	}
@@ -52,7 +41,7 @@ func TestReferencesAreUniqueAndFindTheirTransfer(t *testing.T) {
 		{fmt.Sprintf(`{"command_id":%q,"type":"withdraw","account_id":"payer","amount":10,"currency":"EUR","reference":"order 4712"}`, id()), "applied", ""},
 	}
 	for _, s := range steps {
-		if status, reason := send(s.body); status != s.status || reason != s.reason {
+		if status, reason := p.submit(t, s.body); status != s.status || reason != s.reason {
 			t.Errorf("%s = %s %s, want %s %s", s.body, status, reason, s.status, s.reason)
 		}
 	}

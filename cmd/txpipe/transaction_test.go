@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"testing"
@@ -17,25 +16,12 @@ import (
 // shows its legs; verify passes.
 func TestTransactionsThroughThePipeline(t *testing.T) {
 	p := startPipeline(t)
-	send := func(body string) (string, string) {
-		t.Helper()
-		var c struct {
-			CommandID string `json:"command_id"`
-		}
-		if err := json.Unmarshal([]byte(body), &c); err != nil {
-			t.Fatal(err)
-		}
-		if code, resp := p.post(t, "/v1/commands", body); code != http.StatusAccepted {
-			t.Fatalf("POST %s = %d %v", body, code, resp)
-		}
-		return p.awaitOutcome(t, c.CommandID)
-	}
 	id := func() string { return uuid.Must(uuid.NewV7()).String() }
 	for _, c := range []string{`"type":"open_account","account_id":"payer","currency":"EUR"`, `"type":"open_account","account_id":"shop","currency":"EUR"`,
 		`"type":"open_account","account_id":"fees","currency":"EUR"`, `"type":"open_account","account_id":"lp-eur","currency":"EUR"`,
 		`"type":"open_account","account_id":"lp-usd","currency":"USD"`, `"type":"open_account","account_id":"payer-usd","currency":"USD"`,
 		`"type":"deposit","account_id":"payer","amount":100,"currency":"EUR"`, `"type":"deposit","account_id":"lp-usd","amount":1000,"currency":"USD"`} {
-		if status, reason := send(fmt.Sprintf(`{"command_id":%q,%s}`, id(), c)); status != "applied" {
+		if status, reason := p.submit(t, fmt.Sprintf(`{"command_id":%q,%s}`, id(), c)); status != "applied" {
 			t.Fatalf("setup %s: %s %s", c, status, reason)
 		}
 	}
@@ -43,12 +29,12 @@ func TestTransactionsThroughThePipeline(t *testing.T) {
 		return fmt.Sprintf(`{"from_account_id":%q,"to_account_id":%q,"amount":%d,"currency":%q}`, from, to, amount, cur)
 	}
 	txID := id()
-	if status, reason := send(fmt.Sprintf(`{"command_id":%q,"type":"transaction","reference":"cart-9","legs":[%s,%s,%s,%s]}`, txID,
+	if status, reason := p.submit(t, fmt.Sprintf(`{"command_id":%q,"type":"transaction","reference":"cart-9","legs":[%s,%s,%s,%s]}`, txID,
 		leg("payer", "shop", 60, "EUR"), leg("payer", "fees", 2, "EUR"), leg("payer", "lp-eur", 30, "EUR"), leg("lp-usd", "payer-usd", 33, "USD"))); status != "applied" {
 		t.Fatalf("transaction = %s %s, want applied", status, reason)
 	}
 	failing := id()
-	if status, reason := send(fmt.Sprintf(`{"command_id":%q,"type":"transaction","legs":[%s,%s]}`, failing,
+	if status, reason := p.submit(t, fmt.Sprintf(`{"command_id":%q,"type":"transaction","legs":[%s,%s]}`, failing,
 		leg("payer", "shop", 1, "EUR"), leg("payer", "fees", 1000, "EUR"))); status != "rejected" || reason != "insufficient_funds" {
 		t.Fatalf("transaction beyond the funds = %s %s, want rejected insufficient_funds", status, reason)
 	}
@@ -56,7 +42,7 @@ func TestTransactionsThroughThePipeline(t *testing.T) {
 	if code := p.get(t, "/v1/commands/"+failing, &outcome); code != http.StatusOK || outcome.Leg == nil || *outcome.Leg != 1 {
 		t.Errorf("GET /v1/commands of the failed transaction = %d leg %v, want leg 1", code, outcome.Leg)
 	}
-	if status, reason := send(fmt.Sprintf(`{"command_id":%q,"type":"reverse","account_id":"payer","transfer_id":%q,"leg_amounts":[0,2,0,0]}`, id(), txID)); status != "applied" {
+	if status, reason := p.submit(t, fmt.Sprintf(`{"command_id":%q,"type":"reverse","account_id":"payer","transfer_id":%q,"leg_amounts":[0,2,0,0]}`, id(), txID)); status != "applied" {
 		t.Fatalf("reversal of the fee = %s %s, want applied", status, reason)
 	}
 
