@@ -46,7 +46,7 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, header string) (apikey.Identity, error)
 }
 
-// API is txpipe's HTTP API (DESIGN.md, "HTTP API"): ingest and the reads
+// API is txpipe's HTTP API (docs/api.md): ingest and the reads
 // of the ledger behind one router and one key check.
 type API struct {
 	opts    APIOptions
