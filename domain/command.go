@@ -327,6 +327,17 @@ func splitObject(data []byte, verr *ValidationError) (map[string]json.RawMessage
 	return fields, order, true
 }
 
+// nestedObject is splitObject for an object inside a command (a leg, a fee
+// plan) at pointer p: as strict, its errors located under p.
+func nestedObject(raw json.RawMessage, p string, verr *ValidationError) (map[string]json.RawMessage, []string, bool) {
+	sub := &ValidationError{}
+	fields, order, ok := splitObject(raw, sub)
+	for _, fe := range sub.Errors {
+		verr.add(p+fe.Pointer, "%s", fe.Detail)
+	}
+	return fields, order, ok
+}
+
 func decodeField(cmd *Command, name string, raw json.RawMessage, verr *ValidationError) {
 	p := pointer(name)
 	switch name {
@@ -431,11 +442,7 @@ func decodeLegs(raw json.RawMessage, p string, verr *ValidationError) []Leg {
 	legs := make([]Leg, len(items))
 	for i, item := range items {
 		lp := fmt.Sprintf("%s/%d", p, i)
-		sub := &ValidationError{}
-		fields, order, ok := splitObject(item, sub)
-		for _, fe := range sub.Errors {
-			verr.add(lp+fe.Pointer, "%s", fe.Detail)
-		}
+		fields, order, ok := nestedObject(item, lp, verr)
 		if !ok {
 			continue
 		}
@@ -469,11 +476,7 @@ func decodeFeePlan(raw json.RawMessage, p string, verr *ValidationError) *FeePla
 	if string(raw) == "null" {
 		return nil
 	}
-	sub := &ValidationError{}
-	fields, order, ok := splitObject(raw, sub)
-	for _, fe := range sub.Errors {
-		verr.add(p+fe.Pointer, "%s", fe.Detail)
-	}
+	fields, order, ok := nestedObject(raw, p, verr)
 	if !ok {
 		return nil
 	}
