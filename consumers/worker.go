@@ -30,6 +30,7 @@ import (
 
 	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain/sealing"
+	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkafetch"
 )
 
@@ -153,7 +154,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		SessionTimeout:        w.opts.SessionTimeout,
 		RebalanceTimeout:      60 * time.Second, // > attemptTimeout: an in-flight batch finishes within it
 		JoinGroupBackoff:      time.Second,
-		WatchPartitionChanges: true,
+		WatchPartitionChanges: false, // watchCoverage does it without kafka-go's race
 		StartOffset:           kafka.FirstOffset,
 		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
 			w.opts.Log.Warn("kafka consumer group", "detail", fmt.Sprintf(msg, args...))
@@ -203,6 +204,42 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.setAssigned(gen)
 		for _, parts := range splitLanes(assignments, w.opts.Lanes) {
 			gen.Start(func(gctx context.Context) { w.runLane(gctx, gen, parts) })
+		}
+		gen.Start(func(gctx context.Context) { w.watchCoverage(gctx, gen.ID) })
+	}
+}
+
+// coverageInterval spaces the checks that every partition has an owner.
+const coverageInterval = 5 * time.Second
+
+// watchCoverage returns, which ends the generation and makes every member
+// rejoin, when two checks in a row find partitions of the commands topic
+// that no member of the stable group holds, or members holding partitions
+// the topic no longer has. It replaces kafka-go's partition watcher, which
+// counts partitions from its own start: a topic recreated while the group
+// was joining left the leader assigning the partitions it saw (none) and
+// the watcher counting the new topic's, so nothing ever changed for it and
+// the group sat with every partition unowned.
+func (w *Worker) watchCoverage(ctx context.Context, generation int32) {
+	client := &kafka.Client{Addr: kafka.TCP(w.opts.Brokers...), Transport: w.opts.Transport, Timeout: 10 * time.Second}
+	t := time.NewTicker(coverageInterval)
+	defer t.Stop()
+	seen := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c, err := kafkaadmin.GroupCoverage(ctx, client, w.opts.GroupID, w.opts.CommandsTopic)
+		if err != nil || !c.Stable || c.Covered() {
+			seen = 0
+			continue
+		}
+		if seen++; seen >= 2 {
+			w.opts.Log.Warn("the group's assignment does not match the commands topic; rejoining the group",
+				"generation", generation, "unowned", c.Unowned, "stray", c.Stray)
+			return
 		}
 	}
 }

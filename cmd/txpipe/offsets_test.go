@@ -161,10 +161,11 @@ type recreateRig struct {
 	kc     *kafkatest.Cluster
 	topics kafkatest.Topics
 	group  string
+	parts  []int // the commands topic's partitions, as producers route to them
 }
 
 func newRecreateRig(t *testing.T) *recreateRig {
-	r := &recreateRig{db: pgtest.New(t), kc: kafkatest.New(t)}
+	r := &recreateRig{db: pgtest.New(t), kc: kafkatest.New(t), parts: []int{0, 1}}
 	r.topics = r.kc.Topics(t, 2)
 	r.group = "test-" + r.topics.Commands
 	return r
@@ -230,7 +231,7 @@ func (r *recreateRig) produceOn(t *testing.T, p, n int) []string {
 		key := "rc-" + id[len(id)-12:]
 		m := kafka.Message{Topic: r.topics.Commands, Key: []byte(key),
 			Value: fmt.Appendf(nil, `{"command_id":%q,"type":"open_account","account_id":%q,"currency":"EUR"}`, id, key)}
-		if (kafka.Murmur2Balancer{}).Balance(m, 0, 1) != p {
+		if (kafka.Murmur2Balancer{}).Balance(m, r.parts...) != p {
 			continue
 		}
 		ids, msgs = append(ids, id), append(msgs, m)
@@ -244,6 +245,39 @@ func (r *recreateRig) produceOn(t *testing.T, p, n int) []string {
 		t.Fatalf("produce to partition %d: %v", p, err)
 	}
 	return ids
+}
+
+// TestPartitionAddedUnderARunningWorkerIsConsumed: a partition added to
+// the commands topic gets an owner without a restart (the worker's own
+// coverage watch; kafka-go's watcher is off).
+func TestPartitionAddedUnderARunningWorkerIsConsumed(t *testing.T) {
+	r := newRecreateRig(t)
+	r.startWorker(t)
+	first := append(r.produceOn(t, 0, 1), r.produceOn(t, 1, 1)...)
+	eventually(t, "both partitions' commands are applied", func() bool { return r.applied(t, first) == 2 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := r.kc.Client.CreatePartitions(ctx, &kafka.CreatePartitionsRequest{
+		Topics: []kafka.TopicPartitionsConfig{{Name: r.topics.Commands, Count: 3}},
+	})
+	if err == nil {
+		err = res.Errors[r.topics.Commands]
+	}
+	if err != nil {
+		t.Fatalf("add a partition: %v", err)
+	}
+	eventually(t, "the broker's metadata shows the new partition", func() bool {
+		ends, err := kafkaadmin.EndOffsets(ctx, r.kc.Client, r.topics.Commands)
+		return err == nil && len(ends) == 3
+	})
+	r.parts = []int{0, 1, 2}
+	added := r.produceOn(t, 2, 2)
+	if ends, err := kafkaadmin.EndOffsets(ctx, r.kc.Client, r.topics.Commands); err != nil || ends[2] != 2 {
+		t.Fatalf("end offsets after producing to the new partition: %v, %v; want partition 2 at 2", ends, err)
+	}
+	eventually(t, "the new partition's commands are applied", func() bool { return r.applied(t, added) == 2 })
+	r.expectOnce(t, append(first, added...))
 }
 
 // recreateTopic deletes the commands topic, waits until the broker no

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -212,4 +214,59 @@ func readPartition(ctx context.Context, f *kafkafetch.Fetcher, topic string, par
 		}
 	}
 	return msgs, nil
+}
+
+// Coverage compares a consumer group's assignment of a topic with the
+// topic's partitions.
+type Coverage struct {
+	// Stable is false, and there is no verdict, while the group rebalances
+	// or the topic is missing.
+	Stable bool
+	// Unowned are partitions of the topic that no member holds.
+	Unowned []int
+	// Stray are partitions members hold that the topic no longer has.
+	Stray []int
+}
+
+// Covered reports whether every partition has an owner and every owned
+// partition exists.
+func (c Coverage) Covered() bool { return len(c.Unowned) == 0 && len(c.Stray) == 0 }
+
+// GroupCoverage reads the assignment of a stable group and the topic's
+// partitions.
+func GroupCoverage(ctx context.Context, client *kafka.Client, group, topic string) (Coverage, error) {
+	parts, err := partitions(ctx, client, topic)
+	if err != nil {
+		return Coverage{}, nil
+	}
+	res, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	if err != nil {
+		return Coverage{}, fmt.Errorf("describe group %s: %w", group, err)
+	}
+	if len(res.Groups) != 1 || res.Groups[0].Error != nil {
+		return Coverage{}, fmt.Errorf("describe group %s: %v", group, res.Groups)
+	}
+	g := res.Groups[0]
+	if g.GroupState != "Stable" {
+		return Coverage{}, nil
+	}
+	held := map[int]bool{}
+	for _, m := range g.Members {
+		for _, t := range m.MemberAssignments.Topics {
+			if t.Topic == topic {
+				for _, p := range t.Partitions {
+					held[p] = true
+				}
+			}
+		}
+	}
+	c := Coverage{Stable: true}
+	for _, p := range parts {
+		if !held[p] {
+			c.Unowned = append(c.Unowned, p)
+		}
+		delete(held, p)
+	}
+	c.Stray = slices.Sorted(maps.Keys(held))
+	return c, nil
 }
