@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,6 +32,9 @@ type APIOptions struct {
 	// Ledger answers the read endpoints (*ledger.Queries on the read
 	// replica when there is one).
 	Ledger Ledger
+	// Primary answers a read that asks for a version (min_version) the
+	// replica has not replayed yet; nil when Ledger is the primary.
+	Primary Ledger
 	// MaxBodyBytes bounds a batch request body; a single command is bounded
 	// by domain.MaxCommandBytes. Default 8 MiB.
 	MaxBodyBytes int64
@@ -86,6 +90,9 @@ func (a *API) Handler() http.Handler {
 	a.route(mux, "GET /v1/accounts/{account_id}/entries", "entries", read, a.getEntries)
 	a.route(mux, "GET /v1/transfers/{transfer_id}", "transfer", read, a.getTransfer)
 	a.route(mux, "GET /v1/transfers", "transfers", read, a.listTransfers)
+	a.route(mux, "GET /v1/holds", "holds", read, a.listHolds)
+	a.route(mux, "GET /v1/accounts", "accounts", read, a.listAccounts)
+	a.route(mux, "GET /v1/balances", "balances", read, a.getBalances)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if allow := allowed(r.URL.Path); allow != "" {
 			w.Header().Set("Allow", allow)
@@ -107,7 +114,7 @@ func allowed(path string) string {
 		len(parts) == 3 && parts[0] == "v1" && parts[1] == "commands" && parts[2] == "batch":
 		return "POST"
 	case len(parts) == 3 && parts[0] == "v1" && (parts[1] == "commands" || parts[1] == "accounts" || parts[1] == "transfers"),
-		len(parts) == 2 && parts[0] == "v1" && parts[1] == "transfers",
+		len(parts) == 2 && parts[0] == "v1" && slices.Contains([]string{"transfers", "holds", "accounts", "balances", "openapi.json"}, parts[1]),
 		len(parts) == 4 && parts[0] == "v1" && parts[1] == "accounts" && parts[3] == "entries":
 		return "GET"
 	}

@@ -15,6 +15,9 @@ type apiMetrics struct {
 	inFlight        prometheus.Gauge
 	commands        prometheus.Counter
 	panics          prometheus.Counter
+	// primaryFallbacks counts reads sent to the primary because the
+	// replica was behind the min_version asked for.
+	primaryFallbacks prometheus.Counter
 }
 
 func newAPIMetrics(reg prometheus.Registerer) (*apiMetrics, error) {
@@ -54,8 +57,12 @@ func newAPIMetrics(reg prometheus.Registerer) (*apiMetrics, error) {
 			Name: "txpipe_ingest_recovered_panics_total",
 			Help: "Requests whose handler panicked, answered 500 and logged with the stack. Any is a txpipe bug.",
 		}),
+		primaryFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_api_primary_fallbacks_total",
+			Help: "Account reads sent to the primary because the replica had not reached the min_version asked for.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.produceDuration, m.payloadBytes, m.rejects, m.inFlight, m.commands, m.panics} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.produceDuration, m.payloadBytes, m.rejects, m.inFlight, m.commands, m.panics, m.primaryFallbacks} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

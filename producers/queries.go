@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -32,9 +29,19 @@ type Ledger interface {
 	Statement(ctx context.Context, accountID string, before, limit int64) ([]ledger.StatementEntry, error)
 	// Transfer is a transfer, deposit, withdrawal or hold.
 	Transfer(ctx context.Context, transferID string) (ledger.Transfer, error)
-	// TransferByReference is the transfer the applied money command with
-	// that reference made.
-	TransferByReference(ctx context.Context, reference string) (ledger.Transfer, error)
+	// Transfers are the transfers matching a filter, newest first.
+	Transfers(ctx context.Context, f ledger.TransferFilter) ([]ledger.Transfer, error)
+	// Rejections are the rejected money commands matching a filter.
+	Rejections(ctx context.Context, f ledger.TransferFilter) ([]ledger.Rejection, error)
+	// Holds are the pending holds matching a filter, soonest expiry first.
+	Holds(ctx context.Context, f ledger.HoldFilter) ([]ledger.Transfer, error)
+	// Accounts are the accounts matching a filter, by id.
+	Accounts(ctx context.Context, f ledger.AccountFilter) ([]ledger.Account, error)
+	// Balances sums the balances of the accounts matching a filter.
+	Balances(ctx context.Context, f ledger.AccountFilter) (ledger.Sum, error)
+	// AccountAsOf is an account as it stood at a time (version < 0) or
+	// right after one of its versions.
+	AccountAsOf(ctx context.Context, id string, at time.Time, version int64) (ledger.AsOf, error)
 }
 
 type commandResponse struct {
@@ -110,9 +117,21 @@ func accountNotFound(w http.ResponseWriter) {
 		Detail: "no account has this id (an open_account may still be in flight)"})
 }
 
+// getAccount answers an account as it is now (no older than min_version
+// when given), or as it stood then (as_of, as_of_version).
 func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 	id, ok := accountID(w, r)
 	if !ok {
+		return
+	}
+	p := newParams(r)
+	p.known["min_version"], p.known["as_of"], p.known["as_of_version"] = true, true, true
+	if p.has("as_of") || p.has("as_of_version") {
+		a.getAccountAsOf(w, r, id, p)
+		return
+	}
+	minVersion := p.int("min_version", 0, 1<<62, 0)
+	if !p.ok(w) {
 		return
 	}
 	if !caller(r).Covers(id) {
@@ -121,15 +140,14 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 		accountNotFound(w)
 		return
 	}
-	acc, err := a.opts.Ledger.Account(r.Context(), id)
-	if errors.Is(err, ledger.ErrNotFound) {
-		accountNotFound(w)
+	acc, ok := a.freshAccount(w, r, id, minVersion)
+	if !ok {
 		return
 	}
-	if err != nil {
-		a.internal(w, r, err)
-		return
-	}
+	writeJSON(w, http.StatusOK, newAccountResponse(acc))
+}
+
+func newAccountResponse(acc ledger.Account) accountResponse {
 	resp := accountResponse{
 		AccountID: acc.ID, Currency: acc.Currency, Status: acc.Status, External: acc.External,
 		Balance: acc.Balance, Available: acc.Balance - acc.Held, PendingHolds: acc.Held,
@@ -139,14 +157,8 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 	if acc.DailyDebitLimit > 0 {
 		resp.DailyDebitLimit = &acc.DailyDebitLimit
 	}
-	writeJSON(w, http.StatusOK, resp)
+	return resp
 }
-
-// Statement paging limits.
-const (
-	defaultEntries = 50
-	maxEntries     = 1000
-)
 
 type entry struct {
 	AccountVersion int64     `json:"account_version"`
@@ -173,32 +185,16 @@ func (a *API) getEntries(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	limit, after := int64(defaultEntries), int64(0)
-	var errs []domain.FieldError
-	q := r.URL.Query()
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 1 || n > maxEntries {
-			errs = append(errs, domain.FieldError{Pointer: "/limit", Detail: fmt.Sprintf("must be an integer from 1 to %d", maxEntries)})
-		}
-		limit = n
-	}
-	if v := q.Get("after"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 1 {
-			errs = append(errs, domain.FieldError{Pointer: "/after", Detail: "must be a cursor from next_after (a positive integer)"})
-		}
-		after = n
-	}
-	if len(errs) > 0 {
-		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid query", Errors: errs})
+	p := newParams(r)
+	limit, after := int64(p.limit()), p.int("after", 1, 1<<62, 0)
+	if !p.ok(w) {
 		return
 	}
-	// One entry more than the page says whether an older page exists.
 	if !caller(r).Covers(id) {
 		accountNotFound(w) // before any read, as for the account
 		return
 	}
+	// One entry more than the page says whether an older page exists.
 	rows, err := a.opts.Ledger.Statement(r.Context(), id, after, limit+1)
 	if errors.Is(err, ledger.ErrNotFound) {
 		accountNotFound(w)
@@ -233,47 +229,6 @@ type transferResponse struct {
 
 func newTransferResponse(t ledger.Transfer) transferResponse {
 	return transferResponse{TransferData: t.TransferData, Metadata: t.Metadata, CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt}
-}
-
-type transfersResponse struct {
-	Transfers []transferResponse `json:"transfers"`
-}
-
-// listTransfers finds transfers. Today it answers the reference filter,
-// which names at most one transfer; the other filters of the contract
-// (account, status, type, time range, paging) are refused with 400 until
-// they are served, rather than ignored.
-func (a *API) listTransfers(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	var errs []domain.FieldError
-	for name := range q {
-		if name != "reference" {
-			errs = append(errs, domain.FieldError{Pointer: "/" + name, Detail: "is not a filter this API serves yet (only reference)"})
-		}
-	}
-	ref := q.Get("reference")
-	if len(q["reference"]) != 1 || !domain.ValidReference(ref) {
-		errs = append(errs, domain.FieldError{Pointer: "/reference", Detail: fmt.Sprintf("is required, once: 1 to %d printable ASCII characters", domain.MaxReferenceLen)})
-	}
-	if len(errs) > 0 {
-		slices.SortFunc(errs, func(x, y domain.FieldError) int { return strings.Compare(x.Pointer, y.Pointer) })
-		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid query", Errors: errs})
-		return
-	}
-	resp := transfersResponse{Transfers: []transferResponse{}}
-	t, err := a.opts.Ledger.TransferByReference(r.Context(), ref)
-	if err == nil && !touches(caller(r), t) {
-		err = ledger.ErrNotFound
-	}
-	switch {
-	case errors.Is(err, ledger.ErrNotFound):
-	case err != nil:
-		a.internal(w, r, err)
-		return
-	default:
-		resp.Transfers = append(resp.Transfers, newTransferResponse(t))
-	}
-	writeJSON(w, http.StatusOK, resp)
 }
 
 func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,8 @@ type fakeLedger struct {
 	calls int
 	// before and limit are the arguments of the last Statement.
 	before, limit int64
+	// filter is the argument of the last Transfers or Rejections.
+	filter ledger.TransferFilter
 }
 
 func (f *fakeLedger) Outcome(_ context.Context, id string) (ledger.Outcome, error) {
@@ -74,14 +77,50 @@ func (f *fakeLedger) Transfer(_ context.Context, id string) (ledger.Transfer, er
 	return t, f.answer(ok)
 }
 
-func (f *fakeLedger) TransferByReference(_ context.Context, ref string) (ledger.Transfer, error) {
+// Transfers answers the reference, account and scope filters, newest
+// first; the other filters are the SQL's, tested against PostgreSQL.
+func (f *fakeLedger) Transfers(_ context.Context, tf ledger.TransferFilter) ([]ledger.Transfer, error) {
 	f.calls++
+	f.filter = tf
+	if f.err != nil {
+		return nil, f.err
+	}
+	var out []ledger.Transfer
 	for _, t := range f.transfers {
-		if t.Reference == ref {
-			return t, f.answer(true)
+		if (tf.Reference == "" || t.Reference == tf.Reference) && (tf.AccountID == "" || t.FromAccountID == tf.AccountID || t.ToAccountID == tf.AccountID) &&
+			(domain.PatternsCover(tf.Scope, t.FromAccountID) || domain.PatternsCover(tf.Scope, t.ToAccountID)) {
+			out = append(out, t)
 		}
 	}
-	return ledger.Transfer{}, f.answer(false)
+	slices.SortFunc(out, func(a, b ledger.Transfer) int { return b.CreatedAt.Compare(a.CreatedAt) })
+	return out[:min(len(out), tf.Limit)], nil
+}
+
+func (f *fakeLedger) Rejections(_ context.Context, tf ledger.TransferFilter) ([]ledger.Rejection, error) {
+	f.calls++
+	f.filter = tf
+	return nil, f.err
+}
+
+func (f *fakeLedger) Holds(context.Context, ledger.HoldFilter) ([]ledger.Transfer, error) {
+	f.calls++
+	return nil, f.err
+}
+
+func (f *fakeLedger) Accounts(context.Context, ledger.AccountFilter) ([]ledger.Account, error) {
+	f.calls++
+	return nil, f.err
+}
+
+func (f *fakeLedger) Balances(_ context.Context, af ledger.AccountFilter) (ledger.Sum, error) {
+	f.calls++
+	return ledger.Sum{Currency: af.Currency, Balance: "0", Available: "0"}, f.err
+}
+
+func (f *fakeLedger) AccountAsOf(_ context.Context, id string, _ time.Time, _ int64) (ledger.AsOf, error) {
+	f.calls++
+	_, ok := f.accounts[id]
+	return ledger.AsOf{AccountID: id}, f.answer(ok)
 }
 
 func (f *fakeLedger) answer(found bool) error {
@@ -303,15 +342,23 @@ func TestReadsRefuseInvalidIDsAndQueries(t *testing.T) {
 		{"/v1/accounts/bad%20id/entries", "Invalid account id", []string{"/account_id"}},
 		{"/v1/accounts/alice/entries?limit=0", "Invalid query", []string{"/limit"}},
 		{"/v1/accounts/alice/entries?limit=1001", "Invalid query", []string{"/limit"}},
-		{"/v1/accounts/alice/entries?limit=abc&after=-1", "Invalid query", []string{"/limit", "/after"}},
+		{"/v1/accounts/alice/entries?limit=abc&after=-1", "Invalid query", []string{"/after", "/limit"}},
 		{"/v1/accounts/alice/entries?after=0", "Invalid query", []string{"/after"}},
 		{"/v1/transfers/nope", "Invalid transfer id", []string{"/transfer_id"}},
-		{"/v1/transfers", "Invalid query", []string{"/reference"}},
 		{"/v1/transfers?reference=", "Invalid query", []string{"/reference"}},
 		{"/v1/transfers?reference=a&reference=b", "Invalid query", []string{"/reference"}},
 		{"/v1/transfers?reference=caf%C3%A9", "Invalid query", []string{"/reference"}},
 		{"/v1/transfers?reference=" + strings.Repeat("r", 129), "Invalid query", []string{"/reference"}},
-		{"/v1/transfers?reference=x&account_id=alice", "Invalid query", []string{"/account_id"}},
+		{"/v1/transfers?reference=x&status=rejected", "Invalid query", []string{"/reference"}},
+		{"/v1/transfers?status=done&type=payout&since=yesterday&until=2026-13-01T00:00:00Z", "Invalid query", []string{"/since", "/status", "/type", "/until"}},
+		{"/v1/transfers?account_id=al%20ice&limit=0&after=not-a-cursor&sort=asc", "Invalid query", []string{"/account_id", "/after", "/limit", "/sort"}},
+		{"/v1/holds?expiring_before=soon&limit=1001", "Invalid query", []string{"/expiring_before", "/limit"}},
+		{"/v1/accounts?prefix=a%25&currency=EURO&after=a%20b", "Invalid query", []string{"/after", "/currency", "/prefix"}},
+		{"/v1/balances?prefix=merchant-", "Invalid query", []string{"/currency"}},
+		{"/v1/accounts/alice?as_of=2026-01-01T00:00:00Z&as_of_version=3", "Invalid query", []string{"/as_of"}},
+		{"/v1/accounts/alice?as_of_version=-1", "Invalid query", []string{"/as_of_version"}},
+		{"/v1/accounts/alice?as_of=2026-01-01T00:00:00Z&min_version=3", "Invalid query", []string{"/min_version"}},
+		{"/v1/accounts/alice?min_version=x&verbose=1", "Invalid query", []string{"/min_version", "/verbose"}},
 	} {
 		rec := serve(h, http.MethodGet, c.path, "")
 		p := problemOf(t, rec)

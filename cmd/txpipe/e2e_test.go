@@ -150,10 +150,19 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // createKey runs "txpipe apikey create" and returns the key and its id.
 func createKey(t *testing.T, dbURL, name, scopes string) (key, id string) {
 	t.Helper()
+	return createScopedKey(t, dbURL, name, scopes, "")
+}
+
+// createScopedKey makes a key scoped to the accounts patterns match (every
+// account when accounts is "").
+func createScopedKey(t *testing.T, dbURL, name, scopes, accounts string) (key, id string) {
+	t.Helper()
+	args := []string{"apikey", "create", "--database-url", dbURL, "--name", name, "--scopes", scopes}
+	if accounts != "" {
+		args = append(args, "--accounts", accounts)
+	}
 	var out bytes.Buffer
-	err := run(context.Background(), []string{"apikey", "create", "--database-url", dbURL, "--name", name, "--scopes", scopes},
-		&env{stdout: &out, stderr: io.Discard, lookup: testLookup})
-	if err != nil {
+	if err := run(context.Background(), args, &env{stdout: &out, stderr: io.Discard, lookup: testLookup}); err != nil {
 		t.Fatalf("apikey create: %v", err)
 	}
 	for _, l := range strings.Split(out.String(), "\n") {

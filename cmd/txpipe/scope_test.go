@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -22,27 +20,13 @@ import (
 // by the worker.
 func TestScopedKeyThroughThePipeline(t *testing.T) {
 	p := startPipeline(t)
-	var out bytes.Buffer
-	err := run(context.Background(), []string{"apikey", "create", "--database-url", p.db.URL, "--name", "merchant-42",
-		"--scopes", "commands:write,ledger:read", "--accounts", "merchant-42:*"}, &env{stdout: &out, stderr: io.Discard, lookup: testLookup})
-	if err != nil {
-		t.Fatalf("apikey create --accounts: %v", err)
-	}
+	key, keyID := createScopedKey(t, p.db.URL, "merchant-42", "commands:write,ledger:read", "merchant-42:*")
 	// An empty pattern list (an unset variable in a script) must not make a
 	// key of every account.
 	for _, empty := range []string{"", " , "} {
 		if err := run(context.Background(), []string{"apikey", "create", "--database-url", p.db.URL, "--name", "oops",
 			"--scopes", "commands:write", "--accounts", empty}, &env{stdout: io.Discard, stderr: io.Discard, lookup: testLookup}); err == nil {
 			t.Errorf("apikey create --accounts %q succeeded, want it refused", empty)
-		}
-	}
-	var key, keyID string
-	for _, l := range strings.Split(out.String(), "\n") {
-		if v, ok := strings.CutPrefix(l, "api key: "); ok {
-			key = v
-		}
-		if v, ok := strings.CutPrefix(l, "key id: "); ok {
-			keyID = v
 		}
 	}
 	id := func() string { return uuid.Must(uuid.NewV7()).String() }

@@ -169,7 +169,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		if err := reg.Register(kafkawriter.NewStatsCollector(w, "ingest")); err != nil {
 			return err
 		}
-		reads := pool
+		reads, primary := producers.Ledger(&ledger.Queries{Pool: pool, Keyring: cfg.keyring}), producers.Ledger(nil)
 		replica, err := cfg.openReadPool(ctx)
 		if err != nil {
 			return err
@@ -178,14 +178,15 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			closers = append(closers, func() error { replica.Close(); return nil })
 			// Not a readiness check: a replica down must not take the API
 			// out of service; its GETs answer 503 until it is back.
-			reads = replica
+			reads, primary = &ledger.Queries{Pool: replica, Keyring: cfg.keyring}, reads
 		}
 		api, err := producers.NewAPI(producers.APIOptions{
 			Producer:       producers.NewProducer(w, cfg.commandsTopic),
 			Auth:           apikey.NewAuthenticator(pool),
 			RateLimit:      cfg.rateLimit,
 			RateBurst:      cfg.rateBurst,
-			Ledger:         &ledger.Queries{Pool: reads, Keyring: cfg.keyring},
+			Ledger:         reads,
+			Primary:        primary,
 			MaxBodyBytes:   cfg.maxBodyBytes,
 			ProduceTimeout: cfg.produceTimeout,
 			Registerer:     reg,

@@ -108,11 +108,11 @@ func TestQueriesReadWhatABatchWrote(t *testing.T) {
 		tr.Reference != "order-1" || string(tr.Metadata) != `{"cart":7}` {
 		t.Errorf("Transfer() = %+v, %v; want alice's posted 30, reference order-1, metadata opened", tr, err)
 	}
-	if byRef, err := q.TransferByReference(ctx, "order-1"); err != nil || byRef.TransferID != cmdTransfer {
-		t.Errorf("TransferByReference(order-1) = %+v, %v; want %s", byRef, err, cmdTransfer)
+	if byRef, err := q.Transfers(ctx, ledger.TransferFilter{Reference: "order-1", Limit: 2}); err != nil || len(byRef) != 1 || byRef[0].TransferID != cmdTransfer {
+		t.Errorf("Transfers(reference order-1) = %+v, %v; want %s", byRef, err, cmdTransfer)
 	}
-	if _, err := q.TransferByReference(ctx, "order-2"); !errors.Is(err, ledger.ErrNotFound) {
-		t.Errorf("TransferByReference(order-2) error = %v, want ErrNotFound", err)
+	if byRef, err := q.Transfers(ctx, ledger.TransferFilter{Reference: "order-2", Limit: 2}); err != nil || len(byRef) != 0 {
+		t.Errorf("Transfers(reference order-2) = %+v, %v; want none", byRef, err)
 	}
 	if _, err := q.Transfer(ctx, cmdDead); !errors.Is(err, ledger.ErrNotFound) {
 		t.Errorf("Transfer(no such) error = %v, want ErrNotFound", err)

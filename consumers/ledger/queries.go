@@ -75,34 +75,42 @@ type Account struct {
 	CreatedAt, UpdatedAt time.Time
 }
 
+const selectAccount = `SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
+		version, metadata::text, metadata_key_id, metadata_sealed, created_at, updated_at, fee_plan
+	FROM accounts`
+
 // Account returns account id, or ErrNotFound. Metadata sealed under a key
 // the keyring lacks is an error (sealing.ErrUnknownKey), not an account
 // without metadata.
 func (q *Queries) Account(ctx context.Context, id string) (Account, error) {
-	var a Account
-	var plain, keyID pgtype.Text
-	var sealed, plan []byte
-	err := q.Pool.QueryRow(ctx, `SELECT account_id, currency, status, external, balance, held,
-			overdraft_limit, daily_debit_limit, version, metadata::text, metadata_key_id, metadata_sealed, created_at, updated_at, fee_plan
-		FROM accounts WHERE account_id = $1`, id).Scan(&a.ID, &a.Currency, &a.Status, &a.External,
-		&a.Balance, &a.Held, &a.OverdraftLimit, &a.DailyDebitLimit, &a.Version, &plain, &keyID, &sealed, &a.CreatedAt, &a.UpdatedAt, &plan)
+	a, err := q.scanAccount(q.Pool.QueryRow(ctx, selectAccount+` WHERE account_id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return a, ErrNotFound
 	}
+	return a, err
+}
+
+// scanAccount reads a row of selectAccount and opens its metadata.
+func (q *Queries) scanAccount(row pgx.Row) (Account, error) {
+	var a Account
+	var plain, keyID pgtype.Text
+	var sealed, plan []byte
+	err := row.Scan(&a.ID, &a.Currency, &a.Status, &a.External, &a.Balance, &a.Held, &a.OverdraftLimit, &a.DailyDebitLimit,
+		&a.Version, &plain, &keyID, &sealed, &a.CreatedAt, &a.UpdatedAt, &plan)
 	if err != nil {
 		return a, err
 	}
 	if plan != nil {
 		a.FeePlan = &domain.FeePlan{}
 		if err := json.Unmarshal(plan, a.FeePlan); err != nil {
-			return a, fmt.Errorf("read the fee plan of account %s: %w", id, err)
+			return a, fmt.Errorf("read the fee plan of account %s: %w", a.ID, err)
 		}
 	}
 	switch {
 	case keyID.Valid:
-		md, err := q.open(keyID.String, sealed, sealing.MetadataAAD(id))
+		md, err := q.open(keyID.String, sealed, sealing.MetadataAAD(a.ID))
 		if err != nil {
-			return a, fmt.Errorf("open the metadata of account %s: %w", id, err)
+			return a, fmt.Errorf("open the metadata of account %s: %w", a.ID, err)
 		}
 		a.Metadata = md
 	case plain.Valid: // written before metadata was sealed; `metadata-key rotate` seals it
@@ -156,36 +164,33 @@ type Transfer struct {
 	CreatedAt, UpdatedAt time.Time
 }
 
-const selectTransfer = `SELECT transfer_id::text, kind, from_account_id, to_account_id, currency, amount,
-		captured_amount, reversed_amount, status, expires_at, coalesce(reference, ''), metadata_key_id, metadata_sealed,
-		created_at, updated_at,
+// selectTransfersAs reads transfers as t, legs aggregated.
+const selectTransfersAs = `SELECT t.transfer_id::text, t.kind, t.from_account_id, t.to_account_id, t.currency, t.amount,
+		t.captured_amount, t.reversed_amount, t.status, t.expires_at, coalesce(t.reference, ''), t.metadata_key_id, t.metadata_sealed,
+		t.created_at, t.updated_at,
 		(SELECT jsonb_agg(jsonb_build_object('from_account_id', l.from_account_id, 'to_account_id', l.to_account_id,
 				'amount', l.amount, 'currency', l.currency, 'fee', l.fee, 'reversed_amount', l.reversed_amount) ORDER BY l.leg)
-			FROM transfer_legs l WHERE l.transfer_id = transfers.transfer_id), fee
-	FROM transfers `
+			FROM transfer_legs l WHERE l.transfer_id = t.transfer_id), t.fee
+	FROM transfers t `
 
 // Transfer returns transfer id (a canonical UUID), or ErrNotFound.
 func (q *Queries) Transfer(ctx context.Context, id string) (Transfer, error) {
-	return q.transfer(ctx, selectTransfer+`WHERE transfer_id = $1`, id)
+	t, err := q.scanTransfer(q.Pool.QueryRow(ctx, selectTransfersAs+`WHERE t.transfer_id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return t, ErrNotFound
+	}
+	return t, err
 }
 
-// TransferByReference returns the transfer made by the applied money
-// command that carried reference, or ErrNotFound.
-func (q *Queries) TransferByReference(ctx context.Context, reference string) (Transfer, error) {
-	return q.transfer(ctx, selectTransfer+`WHERE reference = $1`, reference)
-}
-
-func (q *Queries) transfer(ctx context.Context, query string, arg string) (Transfer, error) {
+// scanTransfer reads a row of selectTransfersAs and opens its metadata.
+func (q *Queries) scanTransfer(row pgx.Row) (Transfer, error) {
 	var t Transfer
 	var kind, status string
 	var expires pgtype.Timestamptz
 	var keyID pgtype.Text
 	var sealed, legs []byte
-	err := q.Pool.QueryRow(ctx, query, arg).Scan(&t.TransferID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency,
+	err := row.Scan(&t.TransferID, &kind, &t.FromAccountID, &t.ToAccountID, &t.Currency,
 		&t.Amount, &t.CapturedAmount, &t.ReversedAmount, &status, &expires, &t.Reference, &keyID, &sealed, &t.CreatedAt, &t.UpdatedAt, &legs, &t.Fee)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return t, ErrNotFound
-	}
 	if err != nil {
 		return t, err
 	}

@@ -217,7 +217,9 @@ func queueUpdateTransfers(b *pgx.Batch, ts []*domain.Transfer, now time.Time) {
 	ids, _, _, _, _, statuses, _ := transferColumns(ts)
 	_, captured, reversed := amountColumns(ts)
 	n := len(ts)
-	b.Queue(`UPDATE transfers AS t SET captured_amount = u.cap, reversed_amount = u.rev, status = u.st, updated_at = $5
+	// settled_at: when a hold stopped counting against available funds.
+	b.Queue(`UPDATE transfers AS t SET captured_amount = u.cap, reversed_amount = u.rev, status = u.st, updated_at = $5,
+			settled_at = CASE WHEN t.status = 'pending' AND u.st <> 'pending' THEN $5 ELSE t.settled_at END
 		FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[]) AS u (id, cap, rev, st)
 		WHERE t.transfer_id = u.id::uuid`,
 		ids, captured, reversed, statuses, now).Exec(func(ct pgconn.CommandTag) error {

@@ -1,0 +1,393 @@
+package ledger
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/txpipe/txpipe/domain"
+)
+
+// The queries over many rows (docs/api.md, Queries). Each is one indexed
+// range scan, named with its index in migrations/0016_queries.sql and
+// shown with its plan at a million transfers in docs/api.md.
+
+// Cursor is where a page ended: the last row's time and id. Rows come
+// newest first, so the next page holds the rows before it.
+type Cursor struct {
+	At time.Time
+	ID string
+}
+
+// String encodes c as the opaque token the API hands out.
+func (c Cursor) String() string {
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%d/%s", c.At.UnixMicro(), c.ID))
+}
+
+// ParseCursor decodes a token from Cursor.String.
+func ParseCursor(s string) (Cursor, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return Cursor{}, false
+	}
+	at, id, ok := strings.Cut(string(b), "/")
+	micros, err := strconv.ParseInt(at, 10, 64)
+	if !ok || err != nil {
+		return Cursor{}, false
+	}
+	id, ok = domain.CanonicalUUID(id)
+	return Cursor{At: time.UnixMicro(micros).UTC(), ID: id}, ok
+}
+
+// StatusRejected asks TransferFilter for the money commands that were
+// rejected: they made no transfer, and only what their decision keeps is
+// shown (Rejection).
+const StatusRejected = "rejected"
+
+// TransferFilter selects transfers. Zero fields do not filter.
+type TransferFilter struct {
+	// AccountID: transfers from or to it, any leg of a transaction
+	// included; for rejections, the commands it was the debit account of.
+	AccountID string
+	// Reference names at most one transfer.
+	Reference string
+	// Status is a domain.TransferStatus or StatusRejected.
+	Status string
+	Kind   domain.TransferKind
+	// Since and Until bound the creation time: Since ≤ t < Until.
+	Since, Until time.Time
+	// After is the cursor of the previous page.
+	After *Cursor
+	// Scope limits the rows to those touching accounts the patterns cover
+	// (domain.PatternsCover); nil for every account.
+	Scope []string
+	Limit int
+}
+
+// Rejection is a money command that was rejected: the debit account it
+// named and why.
+type Rejection struct {
+	CommandID, AccountID string
+	Kind                 domain.TransferKind
+	Reason               string
+	Leg                  *int
+	At                   time.Time
+}
+
+// commandKinds are the command types that make transfers, by kind.
+var commandKinds = map[domain.TransferKind]domain.Type{
+	domain.KindTransfer: domain.TypeTransfer, domain.KindDeposit: domain.TypeDeposit, domain.KindWithdrawal: domain.TypeWithdraw,
+	domain.KindHold: domain.TypeHold, domain.KindTransaction: domain.TypeTransaction,
+}
+
+// args numbers a query's parameters as conditions are added.
+type args []any
+
+func (a *args) add(v any) string {
+	*a = append(*a, v)
+	return "$" + strconv.Itoa(len(*a))
+}
+
+// scopeSQL is the condition that column names an account the patterns
+// cover, in byte order (the "C" collation) as domain.PatternsCover
+// compares: LIKE's own wildcards in a prefix are escaped.
+func (a *args) scopeSQL(column string, patterns []string) string {
+	var exact, like []string
+	for _, p := range patterns {
+		if prefix, ok := strings.CutSuffix(p, "*"); ok {
+			like = append(like, likePrefix(prefix))
+		} else {
+			exact = append(exact, p)
+		}
+	}
+	return fmt.Sprintf(`(%[1]s = ANY(%[2]s::text[]) OR (%[1]s COLLATE "C") LIKE ANY(%[3]s::text[]))`, column, a.add(exact), a.add(like))
+}
+
+// likePrefix is the LIKE pattern of the strings that start with prefix.
+func likePrefix(prefix string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return r.Replace(prefix) + "%"
+}
+
+// transferConditions are f's conditions on the transfers table t,
+// without the account (each branch of the account's query names it).
+func (a *args) transferConditions(f TransferFilter) []string {
+	var c []string
+	if f.Reference != "" {
+		c = append(c, "t.reference = "+a.add(f.Reference))
+	}
+	if f.Status != "" {
+		c = append(c, "t.status = "+a.add(f.Status))
+	}
+	if f.Kind != "" {
+		c = append(c, "t.kind = "+a.add(string(f.Kind)))
+	}
+	if !f.Since.IsZero() {
+		c = append(c, "t.created_at >= "+a.add(f.Since))
+	}
+	if !f.Until.IsZero() {
+		c = append(c, "t.created_at < "+a.add(f.Until))
+	}
+	if f.After != nil {
+		c = append(c, fmt.Sprintf("(t.created_at, t.transfer_id) < (%s, %s::uuid)", a.add(f.After.At), a.add(f.After.ID)))
+	}
+	if f.Scope != nil && f.AccountID == "" {
+		c = append(c, fmt.Sprintf("(%s OR %s OR EXISTS (SELECT 1 FROM transfer_legs l WHERE l.transfer_id = t.transfer_id AND (%s OR %s)))",
+			a.scopeSQL("t.from_account_id", f.Scope), a.scopeSQL("t.to_account_id", f.Scope),
+			a.scopeSQL("l.from_account_id", f.Scope), a.scopeSQL("l.to_account_id", f.Scope)))
+	}
+	return c
+}
+
+func where(conds []string) string {
+	if len(conds) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(conds, " AND ")
+}
+
+const newestFirst = " ORDER BY t.created_at DESC, t.transfer_id DESC LIMIT "
+
+// Transfers returns up to f.Limit transfers matching f, newest first. An
+// account's transfers are the union of three index scans (as the debit
+// side, as the credit side, as a later leg of a transaction), each cut at
+// the limit before they are merged.
+func (q *Queries) Transfers(ctx context.Context, f TransferFilter) ([]Transfer, error) {
+	var a args
+	conds := a.transferConditions(f)
+	limit := a.add(f.Limit)
+	query := selectTransfersAs + where(conds) + newestFirst + limit
+	if f.AccountID != "" {
+		acc := a.add(f.AccountID)
+		branch := func(from, cond string) string {
+			return "(SELECT t.transfer_id, t.created_at FROM " + from + where(append([]string{cond}, conds...)) + newestFirst + limit + ")"
+		}
+		query = `WITH hits AS (` +
+			branch("transfers t", "t.from_account_id = "+acc) + " UNION " +
+			branch("transfers t", "t.to_account_id = "+acc) + " UNION " +
+			branch("transfer_legs l JOIN transfers t USING (transfer_id)", "(l.from_account_id = "+acc+" OR l.to_account_id = "+acc+")") +
+			`) ` + selectTransfersAs + `JOIN hits h USING (transfer_id)` + newestFirst + limit
+	}
+	rows, err := q.Pool.Query(ctx, query, a...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Transfer, error) { return q.scanTransfer(row) })
+}
+
+// Rejections returns up to f.Limit rejected money commands matching f
+// (account, kind, time, cursor, scope), newest first.
+func (q *Queries) Rejections(ctx context.Context, f TransferFilter) ([]Rejection, error) {
+	var a args
+	var conds []string
+	if f.AccountID != "" {
+		conds = append(conds, "debit_account_id = "+a.add(f.AccountID))
+	} else if f.Scope != nil {
+		conds = append(conds, a.scopeSQL("debit_account_id", f.Scope))
+	}
+	types := make([]string, 0, len(commandKinds))
+	for k, t := range commandKinds {
+		if f.Kind == "" || f.Kind == k {
+			types = append(types, string(t))
+		}
+	}
+	conds = append(conds, "status = 'rejected'", "type = ANY("+a.add(types)+"::text[])")
+	if !f.Since.IsZero() {
+		conds = append(conds, "processed_at >= "+a.add(f.Since))
+	}
+	if !f.Until.IsZero() {
+		conds = append(conds, "processed_at < "+a.add(f.Until))
+	}
+	if f.After != nil {
+		conds = append(conds, fmt.Sprintf("(processed_at, command_id) < (%s, %s::uuid)", a.add(f.After.At), a.add(f.After.ID)))
+	}
+	rows, err := q.Pool.Query(ctx, `SELECT command_id::text, debit_account_id, type, coalesce(reason, ''), leg::int, processed_at
+		FROM processed_commands`+where(conds)+` ORDER BY processed_at DESC, command_id DESC LIMIT `+a.add(f.Limit), a...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Rejection, error) {
+		var r Rejection
+		var typ string
+		err := row.Scan(&r.CommandID, &r.AccountID, &typ, &r.Reason, &r.Leg, &r.At)
+		for k, t := range commandKinds {
+			if string(t) == typ {
+				r.Kind = k
+			}
+		}
+		r.At = r.At.UTC()
+		return r, err
+	})
+}
+
+// HoldFilter selects pending holds.
+type HoldFilter struct {
+	// AccountID is the account funds are held on.
+	AccountID string
+	// ExpiringBefore keeps the holds that expire before it (holds
+	// without an expiry never do).
+	ExpiringBefore time.Time
+	Scope          []string
+	// After is the last hold of the previous page: its expiry (zero for
+	// none) and id.
+	After *Cursor
+	Limit int
+}
+
+// Holds returns up to f.Limit pending holds matching f, soonest expiry
+// first (holds without one last), then by id.
+func (q *Queries) Holds(ctx context.Context, f HoldFilter) ([]Transfer, error) {
+	var a args
+	conds := []string{"t.status = 'pending'", "t.kind = 'hold'"}
+	if f.AccountID != "" {
+		conds = append(conds, "t.from_account_id = "+a.add(f.AccountID))
+	} else if f.Scope != nil {
+		conds = append(conds, a.scopeSQL("t.from_account_id", f.Scope))
+	}
+	if !f.ExpiringBefore.IsZero() {
+		conds = append(conds, "t.expires_at < "+a.add(f.ExpiringBefore))
+	}
+	// 'infinity' stands for no expiry, so that the order and the cursor
+	// are one comparison.
+	const expiry = "coalesce(t.expires_at, 'infinity')"
+	if f.After != nil {
+		at := pgtype.Timestamptz{Time: f.After.At, Valid: true}
+		if f.After.At.IsZero() {
+			at = pgtype.Timestamptz{InfinityModifier: pgtype.Infinity, Valid: true}
+		}
+		conds = append(conds, fmt.Sprintf("(%s, t.transfer_id) > (%s::timestamptz, %s::uuid)", expiry, a.add(at), a.add(f.After.ID)))
+	}
+	rows, err := q.Pool.Query(ctx, selectTransfersAs+where(conds)+" ORDER BY "+expiry+", t.transfer_id LIMIT "+a.add(f.Limit), a...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Transfer, error) { return q.scanTransfer(row) })
+}
+
+// AccountFilter selects accounts.
+type AccountFilter struct {
+	// Prefix keeps the accounts whose id starts with it.
+	Prefix   string
+	Currency string
+	// After is the last account id of the previous page.
+	After string
+	Scope []string
+	Limit int
+}
+
+func (a *args) accountConditions(f AccountFilter) []string {
+	var c []string
+	if f.Prefix != "" {
+		c = append(c, `(account_id COLLATE "C") LIKE `+a.add(likePrefix(f.Prefix)))
+	}
+	if f.Currency != "" {
+		c = append(c, "currency = "+a.add(f.Currency))
+	}
+	if f.After != "" {
+		c = append(c, `(account_id COLLATE "C") > `+a.add(f.After))
+	}
+	if f.Scope != nil {
+		c = append(c, a.scopeSQL("account_id", f.Scope))
+	}
+	return c
+}
+
+// Accounts returns up to f.Limit accounts matching f in byte order of
+// their ids, metadata opened.
+func (q *Queries) Accounts(ctx context.Context, f AccountFilter) ([]Account, error) {
+	var a args
+	conds := a.accountConditions(f)
+	rows, err := q.Pool.Query(ctx, selectAccount+where(conds)+` ORDER BY (account_id COLLATE "C") LIMIT `+a.add(f.Limit), a...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Account, error) { return q.scanAccount(row) })
+}
+
+// Sum is what the accounts matching a filter hold together, in one
+// currency. Balances are summed exactly (numeric), so a total is a
+// decimal string that may exceed an int64.
+type Sum struct {
+	Currency           string
+	Accounts           int64
+	Balance, Available string
+}
+
+// Balances sums the balances of the accounts matching f (Prefix, Scope,
+// Currency, which is required).
+func (q *Queries) Balances(ctx context.Context, f AccountFilter) (Sum, error) {
+	var a args
+	f.After = ""
+	conds := a.accountConditions(f)
+	s := Sum{Currency: f.Currency}
+	err := q.Pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(balance), 0)::text, coalesce(sum(balance - held), 0)::text
+		FROM accounts`+where(conds), a...).Scan(&s.Accounts, &s.Balance, &s.Available)
+	return s, err
+}
+
+// AsOf is an account as it stood at a point in its history.
+type AsOf struct {
+	AccountID, Currency string
+	// Version is the account's version then: its last entry's (0 before
+	// the first).
+	Version            int64
+	Balance, Available int64
+	// PendingHolds is what holds kept from its available funds then.
+	PendingHolds int64
+	// At is when the entry of Version was written (the account's creation
+	// for version 0).
+	At time.Time
+}
+
+// AccountAsOf returns account id as it stood at time at (version < 0), or
+// right after its entry of version (at zero): its balance is that entry's
+// balance_after, its holds those created by then and not yet settled. It
+// returns ErrNotFound when no account has the id, or when it did not yet
+// exist then or has no such version.
+func (q *Queries) AccountAsOf(ctx context.Context, id string, at time.Time, version int64) (AsOf, error) {
+	r := AsOf{AccountID: id}
+	var created time.Time
+	err := q.Pool.QueryRow(ctx, `SELECT currency, created_at FROM accounts WHERE account_id = $1`, id).Scan(&r.Currency, &created)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, ErrNotFound
+	}
+	if err != nil {
+		return r, err
+	}
+	var entryAt pgtype.Timestamptz
+	if version >= 0 {
+		err = q.Pool.QueryRow(ctx, `SELECT account_version, balance_after, created_at FROM entries
+			WHERE account_id = $1 AND account_version = $2`, id, version).Scan(&r.Version, &r.Balance, &entryAt)
+	} else {
+		if at.Before(created) {
+			return r, ErrNotFound
+		}
+		err = q.Pool.QueryRow(ctx, `SELECT account_version, balance_after, created_at FROM entries
+			WHERE account_id = $1 AND created_at <= $2 ORDER BY account_version DESC LIMIT 1`, id, at).Scan(&r.Version, &r.Balance, &entryAt)
+	}
+	switch {
+	case errors.Is(err, pgx.ErrNoRows) && version > 0:
+		return r, ErrNotFound
+	case errors.Is(err, pgx.ErrNoRows): // before its first entry
+		r.At = created
+	case err != nil:
+		return r, err
+	default:
+		r.At = entryAt.Time
+	}
+	if version >= 0 {
+		at = r.At
+	}
+	err = q.Pool.QueryRow(ctx, `SELECT coalesce(sum(amount), 0) FROM transfers
+		WHERE from_account_id = $1 AND kind = 'hold' AND created_at <= $2
+			AND (status = 'pending' OR coalesce(settled_at, updated_at) > $2)`, id, at).Scan(&r.PendingHolds)
+	r.Available, r.At = r.Balance-r.PendingHolds, r.At.UTC()
+	return r, err
+}
