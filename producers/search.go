@@ -269,7 +269,9 @@ func (a *API) getAccountAsOf(w http.ResponseWriter, r *http.Request, id string, 
 // answers 409 with Retry-After and returns false when neither has it yet.
 func (a *API) freshAccount(w http.ResponseWriter, r *http.Request, id string, minVersion int64) (ledger.Account, bool) {
 	acc, err := a.opts.Ledger.Account(r.Context(), id)
-	if err == nil && acc.Version < minVersion && a.opts.Primary != nil {
+	// A replica behind may not have the account at all yet.
+	behind := (err == nil && acc.Version < minVersion) || (errors.Is(err, ledger.ErrNotFound) && minVersion > 0)
+	if behind && a.opts.Primary != nil {
 		a.metrics.primaryFallbacks.Inc()
 		acc, err = a.opts.Primary.Account(r.Context(), id)
 	}

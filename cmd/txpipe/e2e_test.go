@@ -883,7 +883,7 @@ func TestAPIReadsFromTheReplica(t *testing.T) {
 	if err := replica.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&standby); err != nil || !standby {
 		t.Fatalf("the replica URL reaches a server in recovery = %v (%v), want a standby", standby, err)
 	}
-	api, _, _ := runServing(t, []string{"ingest", "--database-url", p.db.URL, "--read-database-url", replicaURL.String(),
+	api, admin, _ := runServing(t, []string{"ingest", "--database-url", p.db.URL, "--read-database-url", replicaURL.String(),
 		"--kafka-brokers", strings.Join(p.kc.Brokers, ","), "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 		"--commands-topic", p.topics.Commands, "--log-level", "debug"})
 	viaReplica := &pipeline{api: "http://" + api, key: p.key}
@@ -910,6 +910,18 @@ func TestAPIReadsFromTheReplica(t *testing.T) {
 	}
 	if code := viaReplica.get(t, "/v1/accounts/carol", nil); code != http.StatusNotFound {
 		t.Errorf("GET carol from the paused replica = %d, want 404: the read did not come from the replica", code)
+	}
+	// A client that saw carol's version 1 on the postings topic asks for
+	// it: the paused replica lacks it, the primary answers.
+	if status, reason := p.submit(t, fmt.Sprintf(`{"command_id":%q,"type":"deposit","account_id":"carol","amount":5,"currency":"EUR"}`, uuid.Must(uuid.NewV7()))); status != "applied" {
+		t.Fatalf("deposit = %s %s, want applied", status, reason)
+	}
+	var fresh struct{ Version, Balance int64 }
+	if code := viaReplica.get(t, "/v1/accounts/carol?min_version=1", &fresh); code != http.StatusOK || fresh.Version != 1 || fresh.Balance != 5 {
+		t.Errorf("GET carol?min_version=1 with the replica paused = %d %+v, want 200 at version 1 from the primary", code, fresh)
+	}
+	if n := scrape(t, admin, "txpipe_api_primary_fallbacks_total"); n != 1 {
+		t.Errorf("txpipe_api_primary_fallbacks_total = %v, want 1", n)
 	}
 	resume()
 	eventually(t, "the replica catches up and serves carol", func() bool {
