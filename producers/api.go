@@ -2,6 +2,7 @@ package producers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,7 +13,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
 
+	"github.com/txpipe/txpipe/docs"
 	"github.com/txpipe/txpipe/producers/apikey"
 )
 
@@ -56,6 +59,7 @@ type API struct {
 	opts    APIOptions
 	metrics *apiMetrics
 	limiter *limiter
+	openAPI []byte // docs/openapi.yaml as JSON
 }
 
 // NewAPI checks o and registers the API's metrics.
@@ -76,7 +80,20 @@ func NewAPI(o APIOptions) (*API, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &API{opts: o, metrics: m, limiter: newLimiter(o.RateLimit, o.RateBurst)}, nil
+	spec, err := openAPIJSON()
+	if err != nil {
+		return nil, err
+	}
+	return &API{opts: o, metrics: m, limiter: newLimiter(o.RateLimit, o.RateBurst), openAPI: spec}, nil
+}
+
+// openAPIJSON converts docs/openapi.yaml to JSON.
+func openAPIJSON() ([]byte, error) {
+	var doc any
+	if err := yaml.Unmarshal(docs.OpenAPI, &doc); err != nil {
+		return nil, fmt.Errorf("read the OpenAPI document: %w", err)
+	}
+	return json.Marshal(doc)
 }
 
 // Handler routes the API.
@@ -93,6 +110,11 @@ func (a *API) Handler() http.Handler {
 	a.route(mux, "GET /v1/holds", "holds", read, a.listHolds)
 	a.route(mux, "GET /v1/accounts", "accounts", read, a.listAccounts)
 	a.route(mux, "GET /v1/balances", "balances", read, a.getBalances)
+	// The API's description is public: it holds no data.
+	mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(a.openAPI)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if allow := allowed(r.URL.Path); allow != "" {
 			w.Header().Set("Allow", allow)

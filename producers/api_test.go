@@ -7,18 +7,23 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/txpipe/txpipe/consumers/ledger"
+	"github.com/txpipe/txpipe/docs"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
@@ -409,5 +414,33 @@ func TestUnknownRoutesAnswerProblems(t *testing.T) {
 		if rec.Code != c.status || p.Type != producers.ProblemTypeBase+c.typ || rec.Header().Get("Allow") != c.allow {
 			t.Errorf("%s %s = %d %q Allow %q, want %d %q Allow %q", c.method, c.path, rec.Code, p.Type, rec.Header().Get("Allow"), c.status, c.typ, c.allow)
 		}
+	}
+}
+
+// GET /v1/openapi.json serves docs/openapi.yaml as JSON, without a key.
+func TestOpenAPIDocumentIsServed(t *testing.T) {
+	h := newTestAPI(t, producers.APIOptions{})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v1/openapi.json", nil))
+	var doc struct {
+		OpenAPI string         `json:"openapi"`
+		Paths   map[string]any `json:"paths"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &doc); rec.Code != http.StatusOK || err != nil {
+		t.Fatalf("GET /v1/openapi.json = %d (%v) %.200s", rec.Code, err, rec.Body)
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type = %q, want application/json", ct)
+	}
+	var want struct {
+		OpenAPI string         `yaml:"openapi"`
+		Paths   map[string]any `yaml:"paths"`
+	}
+	if err := yaml.Unmarshal(docs.OpenAPI, &want); err != nil {
+		t.Fatal(err)
+	}
+	if doc.OpenAPI != "3.1.0" || doc.OpenAPI != want.OpenAPI || !cmp.Equal(slices.Sorted(maps.Keys(doc.Paths)), slices.Sorted(maps.Keys(want.Paths))) {
+		t.Errorf("served openapi %q with paths %v, want docs/openapi.yaml's %q with %v",
+			doc.OpenAPI, slices.Sorted(maps.Keys(doc.Paths)), want.OpenAPI, slices.Sorted(maps.Keys(want.Paths)))
 	}
 }

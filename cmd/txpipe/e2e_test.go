@@ -25,6 +25,7 @@ import (
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/containertest"
 	"github.com/txpipe/txpipe/internal/kafkatest"
+	"github.com/txpipe/txpipe/internal/openapitest"
 	"github.com/txpipe/txpipe/internal/pgtest"
 	"github.com/txpipe/txpipe/internal/schematest"
 )
@@ -179,45 +180,55 @@ func createScopedKey(t *testing.T, dbURL, name, scopes, accounts string) (key, i
 	return key, id
 }
 
+// exchange sends req with body and returns the response, its body read:
+// every exchange of the end-to-end tests with the API is checked against
+// docs/openapi.yaml.
+func exchange(t *testing.T, req *http.Request, body string) (*http.Response, []byte) {
+	t.Helper()
+	if body != "" {
+		req.Body = io.NopCloser(strings.NewReader(body))
+		req.ContentLength = int64(len(body))
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read the response: %v", req.Method, req.URL.Path, err)
+	}
+	openapitest.Check(t, req, []byte(body), resp, b)
+	return resp, b
+}
+
 // request sends a request with key (none when empty) and returns the status
 // and the decoded body.
 func (p *pipeline) request(t *testing.T, method, path, body, key string) (int, map[string]any, http.Header) {
 	t.Helper()
-	req, err := http.NewRequest(method, p.api+path, strings.NewReader(body))
+	req, err := http.NewRequest(method, p.api+path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
 	}
-	defer resp.Body.Close()
+	resp, b := exchange(t, req, body)
 	var out map[string]any
-	_ = json.NewDecoder(resp.Body).Decode(&out)
+	_ = json.Unmarshal(b, &out)
 	return resp.StatusCode, out, resp.Header
 }
 
 func (p *pipeline) post(t *testing.T, path, body string) (int, map[string]any) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, p.api+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
+	code, out, _ := p.request(t, http.MethodPost, path, body, p.key)
+	if out == nil {
+		t.Fatalf("POST %s = %d: undecodable response", path, code)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+p.key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("POST %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		t.Fatalf("POST %s: undecodable response: %v", path, err)
-	}
-	return resp.StatusCode, out
+	return code, out
 }
 
 func (p *pipeline) get(t *testing.T, path string, v any) int {
@@ -227,13 +238,9 @@ func (p *pipeline) get(t *testing.T, path string, v any) int {
 		t.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+p.key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	defer resp.Body.Close()
+	resp, b := exchange(t, req, "")
 	if resp.StatusCode == http.StatusOK && v != nil {
-		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		if err := json.Unmarshal(b, v); err != nil {
 			t.Fatalf("GET %s: undecodable response: %v", path, err)
 		}
 	}

@@ -207,19 +207,14 @@ func metadataName(t *testing.T, u, key string) string {
 		t.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp, b := exchange(t, req, "")
 	var acct struct {
 		Metadata struct{ Name string } `json:"metadata"`
 	}
 	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("GET %s = %d %s", u, resp.StatusCode, b)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&acct); err != nil {
+	if err := json.Unmarshal(b, &acct); err != nil {
 		t.Fatal(err)
 	}
 	return acct.Metadata.Name
