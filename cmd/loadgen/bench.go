@@ -208,6 +208,15 @@ func runBench(ctx context.Context, o benchOptions) error {
 		byName[st.name] = median(runs[i])
 		rep.Results = append(rep.Results, byName[st.name])
 	}
+	// The API's read queries on the preloaded history (issue 17).
+	if selected("queries") {
+		fmt.Fprintf(o.log, "bench: queries …\n")
+		qs, err := queryBench(ctx, o, client)
+		if err != nil {
+			return fmt.Errorf("queries: %w", err)
+		}
+		rep.Results = append(rep.Results, qs...)
+	}
 	txp, naive, pgc := byName["txpipe"], byName["naive"], byName["pg-ceiling"]
 	ratio := func(name string, a, b result) {
 		if a.PerSecond > 0 && b.PerSecond > 0 {

@@ -71,10 +71,14 @@ func ImportHistory(ctx context.Context, tx pgx.Tx, h *History, by string) error 
 					a.DailyDebitLimit, dateOrNil(a.DailyDebitDay), a.DailyDebited, a.Version, r.Created, r.Created}, nil
 			}},
 		{"transfers", []string{"transfer_id", "kind", "from_account_id", "to_account_id", "currency", "amount",
-			"captured_amount", "reversed_amount", "status", "expires_at", "created_at", "updated_at"}, len(h.Transfers),
+			"captured_amount", "reversed_amount", "status", "expires_at", "created_at", "updated_at", "settled_at"}, len(h.Transfers),
 			func(i int) ([]any, error) {
 				t := h.Transfers[i]
-				return []any{t.ID, t.Kind, t.From, t.To, t.Currency, t.Amount, t.Captured, t.Reversed, t.Status, nil, t.Created, t.Updated}, nil
+				var settled any // a hold that left pending, at its last change
+				if t.Kind == string(domain.KindHold) && t.Status != string(domain.TransferPending) {
+					settled = t.Updated
+				}
+				return []any{t.ID, t.Kind, t.From, t.To, t.Currency, t.Amount, t.Captured, t.Reversed, t.Status, nil, t.Created, t.Updated, settled}, nil
 			}},
 		{"entries", []string{"account_id", "account_version", "command_id", "command_type", "currency", "amount",
 			"balance_after", "created_at", "submitted_by"}, len(h.Entries),
