@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -165,6 +166,13 @@ func (h *history) next() (domain.Command, time.Time) {
 		from, to := pair(eur, accountID)
 		return domain.Command{CommandID: id, Type: domain.TypeTransfer, FromAccountID: from, ToAccountID: to,
 			Amount: 5000000000, Currency: "EUR"}, at // more than any account holds: insufficient_funds
+	case r < 15 && eur > 1:
+		// A two-leg transaction (a payment and its commission).
+		from, to := pair(eur, accountID)
+		_, fee := pair(eur, accountID)
+		return domain.Command{CommandID: id, Type: domain.TypeTransaction, Legs: []domain.Leg{
+			{FromAccountID: from, ToAccountID: to, Amount: 1 + h.rng.Int64N(100), Currency: "EUR"},
+			{FromAccountID: from, ToAccountID: fee, Amount: 1 + h.rng.Int64N(5), Currency: "EUR"}}}, at
 	}
 	if eur < 2 {
 		return domain.Command{CommandID: id, Type: domain.TypeDeposit, AccountID: eurAcct(), Amount: 1, Currency: "EUR"}, at
@@ -248,7 +256,7 @@ func (h *history) decide(c *ledger.History, cmd domain.Command, at time.Time) {
 		row := h.transfers[t.ID]
 		if row == nil {
 			row = &ledger.HistoryTransfer{ID: t.ID, Kind: string(t.Kind), From: t.FromAccountID, To: t.ToAccountID, Currency: t.Currency,
-				Amount: t.Amount, Created: at}
+				Amount: t.Amount, Created: at, Legs: slices.Clone(t.Legs)}
 			h.transfers[t.ID] = row
 			switch t.Kind {
 			case domain.KindHold:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"io"
 	"slices"
 	"testing"
@@ -63,7 +64,9 @@ func TestPreloadKeepsTheLedgerInvariants(t *testing.T) {
 			(daily_debit_day IS NULL AND daily_debited <> 0 OR daily_debit_day IS NOT NULL AND daily_debited <> (
 				SELECT coalesce(sum(t.amount), 0) FROM transfers t JOIN processed_commands p ON p.command_id = t.transfer_id
 				WHERE t.from_account_id = a.account_id AND t.kind IN ('transfer', 'withdrawal', 'hold')
-					AND (p.processed_at AT TIME ZONE 'UTC')::date = a.daily_debit_day))`},
+					AND (p.processed_at AT TIME ZONE 'UTC')::date = a.daily_debit_day) + (
+				SELECT coalesce(sum(l.amount + l.fee), 0) FROM transfer_legs l JOIN processed_commands p ON p.command_id = l.transfer_id
+				WHERE l.from_account_id = a.account_id AND (p.processed_at AT TIME ZONE 'UTC')::date = a.daily_debit_day))`},
 		{"external accounts keep no daily debits", `SELECT count(*) FROM accounts WHERE external AND (daily_debit_day IS NOT NULL OR daily_debited <> 0)`},
 		{"seq numbers the decisions in order", `SELECT count(*) FROM (SELECT processed_at, lag(processed_at) OVER (ORDER BY seq) AS prev
 			FROM processed_commands) x WHERE processed_at < prev`},
@@ -99,6 +102,7 @@ func TestPreloadKeepsTheLedgerInvariants(t *testing.T) {
 			`SELECT count(*) FROM transfers WHERE status = 'reversed'`,
 			`SELECT count(*) FROM transfers WHERE status = 'posted' AND reversed_amount > 0`,
 			`SELECT count(*) FROM entries WHERE command_type = 'withdraw'`,
+			`SELECT count(DISTINCT transfer_id) FROM transfer_legs`,
 			`SELECT count(*) FROM accounts WHERE currency = 'USD' AND balance < 0`,
 		} {
 			var n int
@@ -121,7 +125,9 @@ func TestPreloadKeepsTheLedgerInvariants(t *testing.T) {
 // of the command would be a duplicate, not a conflict.
 func checkFingerprints(t *testing.T, pool *pgxpool.Pool) {
 	ctx := context.Background()
-	rows, err := pool.Query(ctx, `SELECT t.transfer_id::text, t.kind, t.from_account_id, t.to_account_id, t.amount, t.currency, p.fingerprint
+	rows, err := pool.Query(ctx, `SELECT t.transfer_id::text, t.kind, t.from_account_id, t.to_account_id, t.amount, t.currency, p.fingerprint,
+			(SELECT jsonb_agg(jsonb_build_object('from_account_id', l.from_account_id, 'to_account_id', l.to_account_id,
+				'amount', l.amount, 'currency', l.currency) ORDER BY l.leg) FROM transfer_legs l WHERE l.transfer_id = t.transfer_id)
 		FROM transfers t JOIN processed_commands p ON p.command_id = t.transfer_id WHERE t.kind <> 'hold'`)
 	if err != nil {
 		t.Fatal(err)
@@ -130,8 +136,8 @@ func checkFingerprints(t *testing.T, pool *pgxpool.Pool) {
 	for rows.Next() {
 		var id, kind, from, to, currency string
 		var amount int64
-		var fp []byte
-		if err := rows.Scan(&id, &kind, &from, &to, &amount, &currency, &fp); err != nil {
+		var fp, legs []byte
+		if err := rows.Scan(&id, &kind, &from, &to, &amount, &currency, &fp, &legs); err != nil {
 			t.Fatal(err)
 		}
 		cmd := domain.Command{CommandID: id, Amount: amount, Currency: currency}
@@ -142,6 +148,11 @@ func checkFingerprints(t *testing.T, pool *pgxpool.Pool) {
 			cmd.Type, cmd.AccountID = domain.TypeDeposit, to
 		case "withdrawal":
 			cmd.Type, cmd.AccountID = domain.TypeWithdraw, from
+		case "transaction":
+			cmd = domain.Command{CommandID: id, Type: domain.TypeTransaction}
+			if err := json.Unmarshal(legs, &cmd.Legs); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if want := cmd.Fingerprint(); !slices.Equal(fp, want) {
 			t.Errorf("command %s: fingerprint %x, want %x", id, fp, want)

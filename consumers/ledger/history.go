@@ -34,6 +34,8 @@ type HistoryTransfer struct {
 	ID, Kind, From, To, Currency, Status string
 	Amount, Captured, Reversed           int64
 	Created, Updated                     time.Time
+	// Legs are a transaction's; nil for the other kinds.
+	Legs []domain.TransferLeg
 }
 
 // HistoryEntry is one posting.
@@ -56,6 +58,17 @@ type HistoryDecision struct {
 // the accounts first (the others refer to them), processed_commands in
 // decision order, so that its seq numbers them as the workers would.
 func ImportHistory(ctx context.Context, tx pgx.Tx, h *History, by string) error {
+	type leg struct {
+		id string
+		n  int
+		domain.TransferLeg
+	}
+	var legs []leg
+	for _, t := range h.Transfers {
+		for n, l := range t.Legs {
+			legs = append(legs, leg{t.ID, n, l})
+		}
+	}
 	steps := []struct {
 		table string
 		cols  []string
@@ -79,6 +92,12 @@ func ImportHistory(ctx context.Context, tx pgx.Tx, h *History, by string) error 
 					settled = t.Updated
 				}
 				return []any{t.ID, t.Kind, t.From, t.To, t.Currency, t.Amount, t.Captured, t.Reversed, t.Status, nil, t.Created, t.Updated, settled}, nil
+			}},
+		{"transfer_legs", []string{"transfer_id", "leg", "from_account_id", "to_account_id", "currency", "amount",
+			"reversed_amount", "fee"}, len(legs),
+			func(i int) ([]any, error) {
+				l := legs[i]
+				return []any{l.id, int16(l.n), l.FromAccountID, l.ToAccountID, l.Currency, l.Amount, l.ReversedAmount, l.Fee}, nil
 			}},
 		{"entries", []string{"account_id", "account_version", "command_id", "command_type", "currency", "amount",
 			"balance_after", "created_at", "submitted_by"}, len(h.Entries),

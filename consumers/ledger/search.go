@@ -81,10 +81,14 @@ type Rejection struct {
 	At                   time.Time
 }
 
-// commandKinds are the command types that make transfers, by kind.
-var commandKinds = map[domain.TransferKind]domain.Type{
-	domain.KindTransfer: domain.TypeTransfer, domain.KindDeposit: domain.TypeDeposit, domain.KindWithdrawal: domain.TypeWithdraw,
-	domain.KindHold: domain.TypeHold, domain.KindTransaction: domain.TypeTransaction,
+// commandKinds are the command types that make transfers, and the kind
+// of transfer each makes.
+var commandKinds = []struct {
+	kind domain.TransferKind
+	typ  domain.Type
+}{
+	{domain.KindTransfer, domain.TypeTransfer}, {domain.KindDeposit, domain.TypeDeposit}, {domain.KindWithdrawal, domain.TypeWithdraw},
+	{domain.KindHold, domain.TypeHold}, {domain.KindTransaction, domain.TypeTransaction},
 }
 
 // args numbers a query's parameters as conditions are added.
@@ -193,9 +197,9 @@ func (q *Queries) Rejections(ctx context.Context, f TransferFilter) ([]Rejection
 		conds = append(conds, a.scopeSQL("debit_account_id", f.Scope))
 	}
 	types := make([]string, 0, len(commandKinds))
-	for k, t := range commandKinds {
-		if f.Kind == "" || f.Kind == k {
-			types = append(types, string(t))
+	for _, c := range commandKinds {
+		if f.Kind == "" || f.Kind == c.kind {
+			types = append(types, string(c.typ))
 		}
 	}
 	conds = append(conds, "status = 'rejected'", "type = ANY("+a.add(types)+"::text[])")
@@ -206,10 +210,12 @@ func (q *Queries) Rejections(ctx context.Context, f TransferFilter) ([]Rejection
 		conds = append(conds, "processed_at < "+a.add(f.Until))
 	}
 	if f.After != nil {
-		conds = append(conds, fmt.Sprintf("(processed_at, command_id) < (%s, %s::uuid)", a.add(f.After.At), a.add(f.After.ID)))
+		conds = append(conds, fmt.Sprintf("(p.processed_at, p.command_id) < (%s, %s::uuid)", a.add(f.After.At), a.add(f.After.ID)))
 	}
-	rows, err := q.Pool.Query(ctx, `SELECT command_id::text, debit_account_id, type, coalesce(reason, ''), leg::int, processed_at
-		FROM processed_commands`+where(conds)+` ORDER BY processed_at DESC, command_id DESC LIMIT `+a.add(f.Limit), a...)
+	// Ordered by the columns (p.command_id, not the text the query
+	// returns), as the cursor compares them and the index holds them.
+	rows, err := q.Pool.Query(ctx, `SELECT p.command_id::text, debit_account_id, type, coalesce(reason, ''), leg::int, processed_at
+		FROM processed_commands p`+where(conds)+` ORDER BY p.processed_at DESC, p.command_id DESC LIMIT `+a.add(f.Limit), a...)
 	if err != nil {
 		return nil, err
 	}
@@ -217,9 +223,9 @@ func (q *Queries) Rejections(ctx context.Context, f TransferFilter) ([]Rejection
 		var r Rejection
 		var typ string
 		err := row.Scan(&r.CommandID, &r.AccountID, &typ, &r.Reason, &r.Leg, &r.At)
-		for k, t := range commandKinds {
-			if string(t) == typ {
-				r.Kind = k
+		for _, c := range commandKinds {
+			if string(c.typ) == typ {
+				r.Kind = c.kind
 			}
 		}
 		r.At = r.At.UTC()
