@@ -104,12 +104,18 @@ type accountResponse struct {
 // false when the id cannot name an account (external ones included).
 func accountID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := r.PathValue("account_id")
-	if !domain.ValidAccountID(id) && !(strings.HasPrefix(id, domain.ExternalPrefix) && domain.ValidCurrency(strings.TrimPrefix(id, domain.ExternalPrefix))) {
+	if !anyAccountID(id) {
 		writeProblem(w, problem{Status: http.StatusBadRequest, Type: "invalid-request", Title: "Invalid account id",
 			Errors: []domain.FieldError{{Pointer: "/account_id", Detail: "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'"}}})
 		return "", false
 	}
 	return id, true
+}
+
+// anyAccountID reports whether id can name an account, a currency's
+// external account included.
+func anyAccountID(id string) bool {
+	return domain.ValidAccountID(id) || strings.HasPrefix(id, domain.ExternalPrefix) && domain.ValidCurrency(strings.TrimPrefix(id, domain.ExternalPrefix))
 }
 
 func accountNotFound(w http.ResponseWriter) {
@@ -251,7 +257,7 @@ func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {
 		a.internal(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, newTransferResponse(t))
+	writeJSON(w, http.StatusOK, newTransferResponse(visible(caller(r), t)))
 }
 
 // caller is the key the request was authenticated with.
@@ -272,6 +278,30 @@ func touches(id apikey.Identity, t ledger.Transfer) bool {
 		}
 	}
 	return false
+}
+
+// visible is t as id may see it: for a key scoped to accounts, a
+// transaction shows only its legs that move money from or to an account
+// it covers, and its top-level movement is the first of those (the
+// transaction's first leg may be between two other tenants).
+func visible(id apikey.Identity, t ledger.Transfer) ledger.Transfer {
+	if id.Accounts == nil || t.Legs == nil {
+		return t
+	}
+	var legs []domain.LegData
+	for _, l := range t.Legs {
+		if id.Covers(l.FromAccountID) || id.Covers(l.ToAccountID) {
+			legs = append(legs, l)
+		}
+	}
+	if len(legs) == 0 || len(legs) == len(t.Legs) {
+		return t
+	}
+	first := legs[0]
+	t.Legs = legs
+	t.FromAccountID, t.ToAccountID, t.Amount, t.Currency = first.FromAccountID, first.ToAccountID, first.Amount, first.Currency
+	t.Fee, t.ReversedAmount = first.Fee, first.ReversedAmount
+	return t
 }
 
 // internal answers a failed read of the ledger with 503 and Retry-After:

@@ -39,10 +39,15 @@ func (p *params) cursor() *ledger.Cursor {
 	return &c
 }
 
-// scopedAccount reads account_id: "" when absent; it answers 404 and
-// returns false when the caller's key does not cover it.
-func (p *params) account(w http.ResponseWriter, r *http.Request) (string, bool) {
-	id := p.str("account_id", domain.ValidAccountID, "must be an account id: 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'")
+// account reads account_id: "" when absent, which a key scoped to
+// accounts may leave out only when optional says so (a list of every
+// account's rows would be read and filtered, whatever the key covers). It
+// answers 404 and returns false when the caller's key does not cover it.
+func (p *params) account(w http.ResponseWriter, r *http.Request, optional bool) (string, bool) {
+	id := p.str("account_id", anyAccountID, "must be an account id: 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'")
+	if id == "" && !optional && caller(r).Accounts != nil && !p.has("account_id") {
+		p.fail("account_id", "is required with a key scoped to accounts")
+	}
 	if !p.ok(w) {
 		return "", false
 	}
@@ -54,13 +59,15 @@ func (p *params) account(w http.ResponseWriter, r *http.Request) (string, bool) 
 }
 
 type rejectionResponse struct {
-	TransferID    string    `json:"transfer_id"`
-	Kind          string    `json:"kind"`
-	FromAccountID string    `json:"from_account_id"`
-	Status        string    `json:"status"`
-	Reason        string    `json:"reason"`
-	Leg           *int      `json:"leg,omitempty"`
-	CreatedAt     time.Time `json:"created_at"`
+	TransferID string `json:"transfer_id"`
+	Kind       string `json:"kind"`
+	// AccountID is the command's debit account (for a deposit, the
+	// account it would have credited).
+	AccountID string    `json:"account_id"`
+	Status    string    `json:"status"`
+	Reason    string    `json:"reason"`
+	Leg       *int      `json:"leg,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 type transferPage struct {
@@ -84,7 +91,8 @@ func (a *API) listTransfers(w http.ResponseWriter, r *http.Request) {
 		p.fail("reference", "cannot be combined with status=rejected: a rejected command made no transfer to carry it")
 	}
 	var ok bool
-	if f.AccountID, ok = p.account(w, r); !ok {
+	// A reference names one transfer: a scoped key may look it up.
+	if f.AccountID, ok = p.account(w, r, f.Reference != ""); !ok {
 		return
 	}
 	page := transferPage{Transfers: []any{}}
@@ -97,7 +105,7 @@ func (a *API) listTransfers(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, x := range rs {
 			page.Transfers = append(page.Transfers, rejectionResponse{TransferID: x.CommandID, Kind: string(x.Kind),
-				FromAccountID: x.AccountID, Status: ledger.StatusRejected, Reason: x.Reason, Leg: x.Leg, CreatedAt: x.At})
+				AccountID: x.AccountID, Status: ledger.StatusRejected, Reason: x.Reason, Leg: x.Leg, CreatedAt: x.At})
 			last = &ledger.Cursor{At: x.At, ID: x.CommandID}
 		}
 	} else {
@@ -107,7 +115,7 @@ func (a *API) listTransfers(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, t := range ts {
-			page.Transfers = append(page.Transfers, newTransferResponse(t))
+			page.Transfers = append(page.Transfers, newTransferResponse(visible(caller(r), t)))
 			last = &ledger.Cursor{At: t.CreatedAt, ID: t.TransferID}
 		}
 	}
@@ -127,9 +135,9 @@ type holdPage struct {
 // first.
 func (a *API) listHolds(w http.ResponseWriter, r *http.Request) {
 	p := newParams(r)
-	f := ledger.HoldFilter{ExpiringBefore: p.time("expiring_before"), After: p.cursor(), Limit: p.limit(), Scope: caller(r).Accounts}
+	f := ledger.HoldFilter{ExpiringBefore: p.time("expiring_before"), After: p.cursor(), Limit: p.limit()}
 	var ok bool
-	if f.AccountID, ok = p.account(w, r); !ok {
+	if f.AccountID, ok = p.account(w, r, false); !ok {
 		return
 	}
 	hs, err := a.opts.Ledger.Holds(r.Context(), f)
@@ -172,7 +180,7 @@ func (p *params) accountFilter(r *http.Request) ledger.AccountFilter {
 func (a *API) listAccounts(w http.ResponseWriter, r *http.Request) {
 	p := newParams(r)
 	f := p.accountFilter(r)
-	f.After = p.str("after", domain.ValidAccountID, "must be the next token of a previous page")
+	f.After = p.str("after", anyAccountID, "must be the next token of a previous page")
 	f.Limit = p.limit()
 	if !p.ok(w) {
 		return
@@ -251,6 +259,11 @@ func (a *API) getAccountAsOf(w http.ResponseWriter, r *http.Request, id string, 
 		return
 	}
 	s, err := a.opts.Ledger.AccountAsOf(r.Context(), id, at, version)
+	if errors.Is(err, ledger.ErrNotFound) && version > 0 && a.opts.Primary != nil {
+		// A version just seen may not have reached the replica yet.
+		a.metrics.primaryFallbacks.Inc()
+		s, err = a.opts.Primary.AccountAsOf(r.Context(), id, at, version)
+	}
 	if errors.Is(err, ledger.ErrNotFound) {
 		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Account not found then",
 			Detail: "no account has this id, or it did not exist at that time, or it has no such version"})

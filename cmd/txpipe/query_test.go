@@ -1,10 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -48,6 +48,11 @@ func newQueryRig(t *testing.T) *queryRig {
 		// merchant-42:eur only in the second leg: found through the legs.
 		{"split", `"type":"transaction","legs":[{"from_account_id":"merchant-7:eur","to_account_id":"merchant-4:eur","amount":3,"currency":"EUR"},` +
 			`{"from_account_id":"merchant-4:eur","to_account_id":"merchant-42:eur","amount":2,"currency":"EUR"}]`},
+		// merchant-42:eur in two later legs: once in its list, and a page
+		// of one still reaches everything older.
+		{"split2", `"type":"transaction","legs":[{"from_account_id":"merchant-7:eur","to_account_id":"merchant-4:eur","amount":1,"currency":"EUR"},` +
+			`{"from_account_id":"merchant-4:eur","to_account_id":"merchant-42:eur","amount":1,"currency":"EUR"},` +
+			`{"from_account_id":"merchant-7:eur","to_account_id":"merchant-42:eur","amount":1,"currency":"EUR"}]`},
 	} {
 		id := uuid.Must(uuid.NewV7()).String()
 		if c.name == "hold1" {
@@ -116,17 +121,19 @@ func (r *queryRig) names(ids []string) []string {
 // type, time and reference, newest first, paged by cursor; rejections.
 func TestTransferQueries(t *testing.T) {
 	r := newQueryRig(t)
-	all := []string{"split", "hold7", "hold2", "hold1", "refund", "pay", "deposit42"}
+	all := []string{"split2", "split", "hold7", "hold2", "hold1", "refund", "pay", "deposit42"}
 	for _, c := range []struct {
 		path string
 		want []string
 	}{
 		{"/v1/transfers?account_id=merchant-42:eur&limit=50", all},
 		{"/v1/transfers?account_id=merchant-42:eur&limit=2", all},
+		{"/v1/transfers?account_id=merchant-42:eur&limit=1", all},
+		{"/v1/transfers?account_id=merchant-42:eur&type=transaction&limit=1", []string{"split2", "split"}},
 		{"/v1/transfers?account_id=merchant-42:eur&limit=1&type=hold", []string{"hold7", "hold2", "hold1"}},
 		{"/v1/transfers?account_id=merchant-7:eur&status=pending", []string{"hold7", "hold2", "hold1"}},
 		{"/v1/transfers?account_id=merchant-7:eur&limit=2&type=transfer", []string{"refund", "pay"}},
-		{"/v1/transfers?account_id=merchant-4:eur&type=transaction", []string{"split"}},
+		{"/v1/transfers?account_id=merchant-4:eur&type=transaction", []string{"split2", "split"}},
 		{"/v1/transfers?reference=order-1", []string{"pay"}},
 		{"/v1/transfers?reference=order-1&account_id=merchant-4:eur", nil},
 		{"/v1/transfers?account_id=merchant-42:eur&status=rejected", []string{"rejected"}},
@@ -151,10 +158,14 @@ func TestTransferQueries(t *testing.T) {
 		t.Errorf("GET %s (-want +got):\n%s", window, diff)
 	}
 	var rej struct {
-		Transfers []struct{ Status, Reason, Kind string } `json:"transfers"`
+		Transfers []struct {
+			Status, Reason, Kind string
+			AccountID            string `json:"account_id"`
+		} `json:"transfers"`
 	}
 	r.get(t, "/v1/transfers?account_id=merchant-42:eur&status=rejected", &rej)
-	if len(rej.Transfers) != 1 || rej.Transfers[0].Reason != "insufficient_funds" || rej.Transfers[0].Kind != "transfer" {
+	if len(rej.Transfers) != 1 || rej.Transfers[0].Reason != "insufficient_funds" || rej.Transfers[0].Kind != "transfer" ||
+		rej.Transfers[0].AccountID != "merchant-42:eur" {
 		t.Errorf("the rejection = %+v, want one transfer rejected insufficient_funds", rej.Transfers)
 	}
 }
@@ -176,6 +187,8 @@ func TestHoldAccountAndBalanceQueries(t *testing.T) {
 		{"/v1/accounts?prefix=merchant-4&limit=1", "accounts", "account_id", []string{"merchant-42:eur", "merchant-42:usd", "merchant-4:eur"}},
 		{"/v1/accounts?prefix=merchant-4&currency=USD", "accounts", "account_id", []string{"merchant-42:usd"}},
 		{"/v1/accounts?prefix=merchant_", "accounts", "account_id", []string{"merchant_42:eur"}},
+		// A page can end on an external account: its id is a valid cursor.
+		{"/v1/accounts?limit=1", "accounts", "account_id", []string{"@external:EUR", "merchant-42:eur", "merchant-42:usd", "merchant-4:eur", "merchant-7:eur", "merchant_42:eur"}},
 	} {
 		got := r.list(t, c.path, c.field, c.id, r.key)
 		if c.field == "holds" {
@@ -186,16 +199,21 @@ func TestHoldAccountAndBalanceQueries(t *testing.T) {
 		}
 	}
 
-	// merchant-42:eur: 1000 - 100 + 30 + 2 = 932, holds 27.
+	// merchant-42:eur: 1000 - 100 + 30 + 2 + 2 = 934, holds 27.
 	var sum map[string]any
 	if code, body, _ := r.request(t, http.MethodGet, "/v1/balances?prefix=merchant-4&currency=EUR", "", r.key); code != http.StatusOK {
 		t.Fatalf("GET /v1/balances = %d %v", code, body)
 	} else {
 		sum = body
 	}
-	// merchant-4:eur: 500 + 3 - 2 = 501.
-	if diff := cmp.Diff(map[string]any{"currency": "EUR", "accounts": 2.0, "balance": 1433.0, "available": 1406.0}, sum); diff != "" {
+	// merchant-4:eur: 500 + 3 - 2 + 1 - 1 = 501.
+	if diff := cmp.Diff(map[string]any{"currency": "EUR", "accounts": 2.0, "balance": 1435.0, "available": 1408.0}, sum); diff != "" {
 		t.Errorf("GET /v1/balances?prefix=merchant-4&currency=EUR (-want +got):\n%s", diff)
+	}
+	// Every EUR account but the external one, whose balance is minus the
+	// others' (deposits: 1000 + 500 + 700).
+	if code, all, _ := r.request(t, http.MethodGet, "/v1/balances?currency=EUR", "", r.key); code != http.StatusOK || all["accounts"] != 4.0 || all["balance"] != 2200.0 {
+		t.Errorf("GET /v1/balances?currency=EUR = %d %v, want 4 accounts holding 2200", code, all)
 	}
 
 	type asOf struct {
@@ -208,8 +226,9 @@ func TestHoldAccountAndBalanceQueries(t *testing.T) {
 		{"as_of_version=0", asOf{}},
 		{"as_of_version=1", asOf{Balance: 1000, Available: 1000, Version: 1}},
 		{"as_of=" + url.QueryEscape(r.heldAt.Format(time.RFC3339Nano)), asOf{Balance: 930, Available: 930, Version: 3}},
-		{"as_of=" + url.QueryEscape(time.Now().UTC().Format(time.RFC3339Nano)), asOf{Balance: 932, Available: 905, PendingHolds: 27, Version: 4}},
+		{"as_of=" + url.QueryEscape(time.Now().UTC().Format(time.RFC3339Nano)), asOf{Balance: 934, Available: 907, PendingHolds: 27, Version: 6}},
 		{"as_of_version=4", asOf{Balance: 932, Available: 905, PendingHolds: 27, Version: 4}},
+		{"as_of_version=6", asOf{Balance: 934, Available: 907, PendingHolds: 27, Version: 6}},
 	} {
 		var got asOf
 		var raw struct {
@@ -227,7 +246,7 @@ func TestHoldAccountAndBalanceQueries(t *testing.T) {
 			t.Errorf("GET the account ?%s = %+v, want %+v", c.query, got, c.want)
 		}
 	}
-	for _, q := range []string{"as_of_version=5", "as_of=2000-01-01T00:00:00Z"} {
+	for _, q := range []string{"as_of_version=7", "as_of=2000-01-01T00:00:00Z"} {
 		if code := r.get(t, "/v1/accounts/merchant-42:eur?"+q, nil); code != http.StatusNotFound {
 			t.Errorf("GET the account ?%s = %d, want 404 (no such version, or before it existed)", q, code)
 		}
@@ -237,25 +256,27 @@ func TestHoldAccountAndBalanceQueries(t *testing.T) {
 	if code != http.StatusConflict || h.Get("Retry-After") == "" {
 		t.Errorf("GET the account ?min_version=99 = %d Retry-After %q, want 409 with Retry-After", code, h.Get("Retry-After"))
 	}
-	if code := r.get(t, "/v1/accounts/merchant-42:eur?min_version=4", nil); code != http.StatusOK {
-		t.Errorf("GET the account ?min_version=4 = %d, want 200", code)
+	if code := r.get(t, "/v1/accounts/merchant-42:eur?min_version=6", nil); code != http.StatusOK {
+		t.Errorf("GET the account ?min_version=6 = %d, want 200", code)
 	}
 }
 
 // TestQueriesOfAScopedKey: a key scoped to merchant-42:* sees only what
-// touches its accounts, whatever the query, and 404 for a foreign account
-// named.
+// touches its accounts, whatever the query; 404 for a foreign account
+// named; a list of every account's rows is refused (400) rather than
+// read and filtered; a transaction shows it only its own legs.
 func TestQueriesOfAScopedKey(t *testing.T) {
 	r := newQueryRig(t)
 	for _, c := range []struct {
 		path, field, id string
 		want            []string
 	}{
-		{"/v1/transfers", "transfers", "transfer_id", []string{"split", "hold7", "hold2", "hold1", "refund", "pay", "deposit42"}},
-		{"/v1/transfers?type=deposit", "transfers", "transfer_id", []string{"deposit42"}},
+		{"/v1/transfers?account_id=merchant-42:eur", "transfers", "transfer_id", []string{"split2", "split", "hold7", "hold2", "hold1", "refund", "pay", "deposit42"}},
+		{"/v1/transfers?account_id=merchant-42:eur&type=deposit", "transfers", "transfer_id", []string{"deposit42"}},
 		{"/v1/transfers?reference=their-order", "transfers", "transfer_id", nil},
-		{"/v1/transfers?status=rejected", "transfers", "transfer_id", []string{"rejected"}},
-		{"/v1/holds", "holds", "transfer_id", []string{"hold2", "hold1"}},
+		{"/v1/transfers?reference=order-1", "transfers", "transfer_id", []string{"pay"}},
+		{"/v1/transfers?account_id=merchant-42:eur&status=rejected", "transfers", "transfer_id", []string{"rejected"}},
+		{"/v1/holds?account_id=merchant-42:eur", "holds", "transfer_id", []string{"hold2", "hold1"}},
 		{"/v1/accounts?prefix=merchant-4", "accounts", "account_id", []string{"merchant-42:eur", "merchant-42:usd"}},
 		{"/v1/accounts", "accounts", "account_id", []string{"merchant-42:eur", "merchant-42:usd"}},
 	} {
@@ -269,24 +290,40 @@ func TestQueriesOfAScopedKey(t *testing.T) {
 	}
 	for _, path := range []string{"/v1/transfers?account_id=merchant-7:eur", "/v1/transfers?account_id=merchant-4:eur&status=rejected",
 		"/v1/holds?account_id=merchant-7:eur", "/v1/accounts/merchant-7:eur?as_of_version=1", "/v1/accounts/merchant-4:eur?min_version=1",
-		"/v1/accounts/merchant-424:eur?as_of_version=1"} {
+		"/v1/accounts/merchant-424:eur?as_of_version=1", "/v1/transfers?account_id=@external:EUR"} {
 		if code, body, _ := r.request(t, http.MethodGet, path, "", r.scoped); code != http.StatusNotFound {
 			t.Errorf("GET %s with the scoped key = %d %v, want 404", path, code, body)
 		}
 	}
+	for _, path := range []string{"/v1/transfers", "/v1/transfers?type=deposit", "/v1/transfers?status=rejected", "/v1/holds"} {
+		if code, body, _ := r.request(t, http.MethodGet, path, "", r.scoped); code != http.StatusBadRequest || !strings.Contains(fmt.Sprint(body), "/account_id") {
+			t.Errorf("GET %s with the scoped key = %d %v, want 400 naming /account_id", path, code, body)
+		}
+	}
 	code, sum, _ := r.request(t, http.MethodGet, "/v1/balances?prefix=merchant-&currency=EUR", "", r.scoped)
-	if code != http.StatusOK || sum["accounts"] != 1.0 || sum["balance"] != 932.0 {
+	if code != http.StatusOK || sum["accounts"] != 1.0 || sum["balance"] != 934.0 {
 		t.Errorf("GET /v1/balances?prefix=merchant-&currency=EUR with the scoped key = %d %v, want merchant-42:eur's alone", code, sum)
+	}
+	// split's first leg is between two other tenants: the scoped key sees
+	// only the leg that pays it, as the transfer's movement.
+	var split struct {
+		From   string           `json:"from_account_id"`
+		To     string           `json:"to_account_id"`
+		Amount int64            `json:"amount"`
+		Legs   []map[string]any `json:"legs"`
+	}
+	_, body, _ := r.request(t, http.MethodGet, "/v1/transfers/"+r.ids["split"], "", r.scoped)
+	b, _ := json.Marshal(body)
+	if err := json.Unmarshal(b, &split); err != nil || split.From != "merchant-4:eur" || split.To != "merchant-42:eur" || split.Amount != 2 || len(split.Legs) != 1 {
+		t.Errorf("the split as the scoped key sees it = %s, want its second leg alone (merchant-4:eur → merchant-42:eur, 2)", b)
 	}
 	// '_' in a pattern is a character, not LIKE's wildcard.
 	underscore, _ := createScopedKey(t, r.db.URL, "merchant_", "ledger:read", "merchant_*")
 	if got := r.list(t, "/v1/accounts", "accounts", "account_id", underscore); !cmp.Equal(got, []string{"merchant_42:eur"}) {
 		t.Errorf("GET /v1/accounts with a key scoped to merchant_* = %v, want merchant_42:eur alone", got)
 	}
-	if got := r.list(t, "/v1/transfers", "transfers", "transfer_id", underscore); len(got) != 0 {
-		t.Errorf("GET /v1/transfers with a key scoped to merchant_* = %v, want none", r.names(got))
-	}
-	if got := r.names(r.list(t, "/v1/transfers?account_id=merchant-42:eur&limit=3", "transfers", "transfer_id", r.scoped)); !slices.Contains(got, "split") {
-		t.Errorf("the scoped key's transfers of merchant-42:eur = %v, want the transaction it has a leg of", got)
+	exact, _ := createScopedKey(t, r.db.URL, "exact", "ledger:read", "merchant-4:eur,merchant-7:eur")
+	if got := r.list(t, "/v1/accounts?limit=1", "accounts", "account_id", exact); !cmp.Equal(got, []string{"merchant-4:eur", "merchant-7:eur"}) {
+		t.Errorf("GET /v1/accounts with a key of two exact ids = %v, want those two", got)
 	}
 }

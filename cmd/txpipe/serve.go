@@ -169,16 +169,16 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		if err := reg.Register(kafkawriter.NewStatsCollector(w, "ingest")); err != nil {
 			return err
 		}
-		reads, primary := producers.Ledger(&ledger.Queries{Pool: pool, Keyring: cfg.keyring}), producers.Ledger(nil)
-		replica, err := cfg.openReadPool(ctx)
+		readPool, replica, err := cfg.openReadPool(ctx)
 		if err != nil {
 			return err
 		}
-		if replica != nil {
-			closers = append(closers, func() error { replica.Close(); return nil })
-			// Not a readiness check: a replica down must not take the API
-			// out of service; its GETs answer 503 until it is back.
-			reads, primary = &ledger.Queries{Pool: replica, Keyring: cfg.keyring}, reads
+		// Not a readiness check: a replica down must not take the API out
+		// of service; its GETs answer 503 until it is back.
+		closers = append(closers, func() error { readPool.Close(); return nil })
+		reads, primary := producers.Ledger(&ledger.Queries{Pool: readPool, Keyring: cfg.keyring}), producers.Ledger(nil)
+		if replica {
+			primary = &ledger.Queries{Pool: pool, Keyring: cfg.keyring}
 		}
 		api, err := producers.NewAPI(producers.APIOptions{
 			Producer:       producers.NewProducer(w, cfg.commandsTopic),

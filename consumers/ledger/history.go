@@ -61,12 +61,13 @@ func ImportHistory(ctx context.Context, tx pgx.Tx, h *History, by string) error 
 	type leg struct {
 		id string
 		n  int
+		at time.Time
 		domain.TransferLeg
 	}
 	var legs []leg
 	for _, t := range h.Transfers {
 		for n, l := range t.Legs {
-			legs = append(legs, leg{t.ID, n, l})
+			legs = append(legs, leg{t.ID, n, t.Created, l})
 		}
 	}
 	steps := []struct {
@@ -94,10 +95,10 @@ func ImportHistory(ctx context.Context, tx pgx.Tx, h *History, by string) error 
 				return []any{t.ID, t.Kind, t.From, t.To, t.Currency, t.Amount, t.Captured, t.Reversed, t.Status, nil, t.Created, t.Updated, settled}, nil
 			}},
 		{"transfer_legs", []string{"transfer_id", "leg", "from_account_id", "to_account_id", "currency", "amount",
-			"reversed_amount", "fee"}, len(legs),
+			"reversed_amount", "fee", "created_at"}, len(legs),
 			func(i int) ([]any, error) {
 				l := legs[i]
-				return []any{l.id, int16(l.n), l.FromAccountID, l.ToAccountID, l.Currency, l.Amount, l.ReversedAmount, l.Fee}, nil
+				return []any{l.id, int16(l.n), l.FromAccountID, l.ToAccountID, l.Currency, l.Amount, l.ReversedAmount, l.Fee, l.at}, nil
 			}},
 		{"entries", []string{"account_id", "account_version", "command_id", "command_type", "currency", "amount",
 			"balance_after", "created_at", "submitted_by"}, len(h.Entries),

@@ -232,6 +232,35 @@ func TestExpireDueExpiresEachHoldOnce(t *testing.T) {
 	if a, err := q.Account(ctx, "alice"); err != nil || a.Held != 0 {
 		t.Errorf("alice after expiry: held %d, %v; want 0", a.Held, err)
 	}
+	// The hold settled when it expired: as of before, it was held; after,
+	// not; and a hold captured in the batch that made it settled then.
+	var settled, made time.Time
+	if err := db.Pool.QueryRow(ctx, `SELECT settled_at, created_at FROM transfers WHERE transfer_id = $1`, hold).Scan(&settled, &made); err != nil {
+		t.Fatalf("settled_at of the expired hold: %v", err)
+	}
+	for _, c := range []struct {
+		at   time.Time
+		held int64
+	}{{made, 20}, {settled.Add(-time.Microsecond), 20}, {settled, 0}} {
+		if s, err := q.AccountAsOf(ctx, "alice", c.at, -1); err != nil || s.PendingHolds != c.held {
+			t.Errorf("alice as of %v: pending holds %d, %v; want %d", c.at, s.PendingHolds, err, c.held)
+		}
+	}
+	const captured = "00000000-0000-7000-8000-000000000006"
+	err = batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 4}, CommandIDs: []string{captured}, Accounts: []string{"alice", "bob"}},
+		func(st *ledger.State) *ledger.Writes {
+			res := st.Book.Apply(domain.Command{CommandID: captured, Type: domain.TypeHold, FromAccountID: "alice", ToAccountID: "bob",
+				Amount: 5, Currency: "EUR"}, st.Now)
+			res.Transfer.Status = domain.TransferCaptured // as a capture later in the same batch leaves it
+			return &ledger.Writes{Created: []*domain.Transfer{res.Transfer}, Now: st.Now, Next: ledger.Positions{0: 5}}
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var same bool
+	if err := db.Pool.QueryRow(ctx, `SELECT settled_at = created_at FROM transfers WHERE transfer_id = $1`, captured).Scan(&same); err != nil || !same {
+		t.Errorf("a hold captured in the batch that made it: settled_at = created_at is %v (%v), want true", same, err)
+	}
 }
 
 // TestLoadReadsReferencesAndTheIndexRefusesADuplicate: Load puts the

@@ -31,6 +31,9 @@ func (c Cursor) String() string {
 	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%d/%s", c.At.UnixMicro(), c.ID))
 }
 
+// maxCursorMicros is the end of year 9999.
+var maxCursorMicros = time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC).UnixMicro()
+
 // ParseCursor decodes a token from Cursor.String.
 func ParseCursor(s string) (Cursor, bool) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
@@ -39,7 +42,9 @@ func ParseCursor(s string) (Cursor, bool) {
 	}
 	at, id, ok := strings.Cut(string(b), "/")
 	micros, err := strconv.ParseInt(at, 10, 64)
-	if !ok || err != nil {
+	// A time PostgreSQL can take: 1970 to 9999, or the zero time (a hold
+	// without expiry).
+	if !ok || err != nil || (micros != (time.Time{}).UnixMicro() && (micros < 0 || micros > maxCursorMicros)) {
 		return Cursor{}, false
 	}
 	id, ok = domain.CanonicalUUID(id)
@@ -120,8 +125,9 @@ func likePrefix(prefix string) string {
 	return r.Replace(prefix) + "%"
 }
 
-// transferConditions are f's conditions on the transfers table t,
-// without the account (each branch of the account's query names it).
+// transferConditions are f's conditions on the transfers table t, but
+// for its time range and cursor (timeConditions) and the account (each
+// branch of the account's query names it).
 func (a *args) transferConditions(f TransferFilter) []string {
 	var c []string
 	if f.Reference != "" {
@@ -133,19 +139,27 @@ func (a *args) transferConditions(f TransferFilter) []string {
 	if f.Kind != "" {
 		c = append(c, "t.kind = "+a.add(string(f.Kind)))
 	}
+	if f.Scope != nil && f.AccountID == "" {
+		c = append(c, fmt.Sprintf("(%s OR %s OR EXISTS (SELECT 1 FROM transfer_legs sl WHERE sl.transfer_id = t.transfer_id AND (%s OR %s)))",
+			a.scopeSQL("t.from_account_id", f.Scope), a.scopeSQL("t.to_account_id", f.Scope),
+			a.scopeSQL("sl.from_account_id", f.Scope), a.scopeSQL("sl.to_account_id", f.Scope)))
+	}
+	return c
+}
+
+// timeConditions are f's time range and cursor on the created_at and
+// transfer_id of table alias (t, or a leg l: a leg carries its
+// transaction's time), so that each branch's index bounds its scan.
+func (a *args) timeConditions(f TransferFilter, alias string) []string {
+	var c []string
 	if !f.Since.IsZero() {
-		c = append(c, "t.created_at >= "+a.add(f.Since))
+		c = append(c, alias+".created_at >= "+a.add(f.Since))
 	}
 	if !f.Until.IsZero() {
-		c = append(c, "t.created_at < "+a.add(f.Until))
+		c = append(c, alias+".created_at < "+a.add(f.Until))
 	}
 	if f.After != nil {
-		c = append(c, fmt.Sprintf("(t.created_at, t.transfer_id) < (%s, %s::uuid)", a.add(f.After.At), a.add(f.After.ID)))
-	}
-	if f.Scope != nil && f.AccountID == "" {
-		c = append(c, fmt.Sprintf("(%s OR %s OR EXISTS (SELECT 1 FROM transfer_legs l WHERE l.transfer_id = t.transfer_id AND (%s OR %s)))",
-			a.scopeSQL("t.from_account_id", f.Scope), a.scopeSQL("t.to_account_id", f.Scope),
-			a.scopeSQL("l.from_account_id", f.Scope), a.scopeSQL("l.to_account_id", f.Scope)))
+		c = append(c, fmt.Sprintf("(%[1]s.created_at, %[1]s.transfer_id) < (%[2]s, %[3]s::uuid)", alias, a.add(f.After.At), a.add(f.After.ID)))
 	}
 	return c
 }
@@ -157,27 +171,37 @@ func where(conds []string) string {
 	return " WHERE " + strings.Join(conds, " AND ")
 }
 
-const newestFirst = " ORDER BY t.created_at DESC, t.transfer_id DESC LIMIT "
+func newestFirst(alias string) string {
+	return fmt.Sprintf(" ORDER BY %[1]s.created_at DESC, %[1]s.transfer_id DESC LIMIT ", alias)
+}
 
 // Transfers returns up to f.Limit transfers matching f, newest first. An
-// account's transfers are the union of three index scans (as the debit
-// side, as the credit side, as a later leg of a transaction), each cut at
-// the limit before they are merged.
+// account's transfers are the union of four index scans, each cut at the
+// limit before they are merged: the account as the transfers row's debit
+// side, as its credit side, and as either side of a transaction's later
+// leg (a leg carries its transaction's time; DISTINCT, as two legs of one
+// transaction may name the account).
 func (q *Queries) Transfers(ctx context.Context, f TransferFilter) ([]Transfer, error) {
 	var a args
 	conds := a.transferConditions(f)
 	limit := a.add(f.Limit)
-	query := selectTransfersAs + where(conds) + newestFirst + limit
-	if f.AccountID != "" {
+	var query string
+	if f.AccountID == "" {
+		query = selectTransfersAs + where(append(conds, a.timeConditions(f, "t")...)) + newestFirst("t") + limit
+	} else {
 		acc := a.add(f.AccountID)
-		branch := func(from, cond string) string {
-			return "(SELECT t.transfer_id, t.created_at FROM " + from + where(append([]string{cond}, conds...)) + newestFirst + limit + ")"
+		ownTime, legTime := a.timeConditions(f, "t"), a.timeConditions(f, "l")
+		branch := func(cond string) string {
+			return "(SELECT t.transfer_id, t.created_at FROM transfers t" + where(append(append([]string{cond}, conds...), ownTime...)) +
+				newestFirst("t") + limit + ")"
 		}
-		query = `WITH hits AS (` +
-			branch("transfers t", "t.from_account_id = "+acc) + " UNION " +
-			branch("transfers t", "t.to_account_id = "+acc) + " UNION " +
-			branch("transfer_legs l JOIN transfers t USING (transfer_id)", "(l.from_account_id = "+acc+" OR l.to_account_id = "+acc+")") +
-			`) ` + selectTransfersAs + `JOIN hits h USING (transfer_id)` + newestFirst + limit
+		legs := func(side string) string {
+			return "(SELECT DISTINCT l.transfer_id, l.created_at FROM transfer_legs l JOIN transfers t USING (transfer_id)" +
+				where(append(append([]string{"l." + side + " = " + acc, "l.leg > 0"}, conds...), legTime...)) + newestFirst("l") + limit + ")"
+		}
+		query = `WITH hits AS (` + branch("t.from_account_id = "+acc) + " UNION " + branch("t.to_account_id = "+acc) +
+			" UNION " + legs("from_account_id") + " UNION " + legs("to_account_id") + `) ` +
+			selectTransfersAs + `JOIN hits h USING (transfer_id)` + newestFirst("t") + limit
 	}
 	rows, err := q.Pool.Query(ctx, query, a...)
 	if err != nil {
@@ -187,14 +211,13 @@ func (q *Queries) Transfers(ctx context.Context, f TransferFilter) ([]Transfer, 
 }
 
 // Rejections returns up to f.Limit rejected money commands matching f
-// (account, kind, time, cursor, scope), newest first.
+// (account, kind, time, cursor; not Scope: a scoped caller names an
+// account), newest first.
 func (q *Queries) Rejections(ctx context.Context, f TransferFilter) ([]Rejection, error) {
 	var a args
 	var conds []string
 	if f.AccountID != "" {
 		conds = append(conds, "debit_account_id = "+a.add(f.AccountID))
-	} else if f.Scope != nil {
-		conds = append(conds, a.scopeSQL("debit_account_id", f.Scope))
 	}
 	types := make([]string, 0, len(commandKinds))
 	for _, c := range commandKinds {
@@ -240,7 +263,6 @@ type HoldFilter struct {
 	// ExpiringBefore keeps the holds that expire before it (holds
 	// without an expiry never do).
 	ExpiringBefore time.Time
-	Scope          []string
 	// After is the last hold of the previous page: its expiry (zero for
 	// none) and id.
 	After *Cursor
@@ -254,8 +276,6 @@ func (q *Queries) Holds(ctx context.Context, f HoldFilter) ([]Transfer, error) {
 	conds := []string{"t.status = 'pending'", "t.kind = 'hold'"}
 	if f.AccountID != "" {
 		conds = append(conds, "t.from_account_id = "+a.add(f.AccountID))
-	} else if f.Scope != nil {
-		conds = append(conds, a.scopeSQL("t.from_account_id", f.Scope))
 	}
 	if !f.ExpiringBefore.IsZero() {
 		conds = append(conds, "t.expires_at < "+a.add(f.ExpiringBefore))
@@ -300,9 +320,30 @@ func (a *args) accountConditions(f AccountFilter) []string {
 		c = append(c, `(account_id COLLATE "C") > `+a.add(f.After))
 	}
 	if f.Scope != nil {
-		c = append(c, a.scopeSQL("account_id", f.Scope))
+		c = append(c, a.accountScopeSQL(f.Scope))
 	}
 	return c
+}
+
+// accountScopeSQL is the condition that account_id is covered by the
+// patterns, as ranges of accounts_id_c (a prefix p is [p, p with its last
+// byte incremented) in byte order), so that the scan is bounded by what
+// the key covers, not by the table.
+func (a *args) accountScopeSQL(patterns []string) string {
+	var exact []string
+	var ranges []string
+	for _, p := range patterns {
+		prefix, ok := strings.CutSuffix(p, "*")
+		if !ok {
+			exact = append(exact, p)
+			continue
+		}
+		// Account ids are ASCII below 0x7f, so the last byte never
+		// overflows.
+		upper := prefix[:len(prefix)-1] + string(rune(prefix[len(prefix)-1]+1))
+		ranges = append(ranges, fmt.Sprintf(`((account_id COLLATE "C") >= %s AND (account_id COLLATE "C") < %s)`, a.add(prefix), a.add(upper)))
+	}
+	return "(" + strings.Join(append(ranges, "account_id = ANY("+a.add(exact)+"::text[])"), " OR ") + ")"
 }
 
 // Accounts returns up to f.Limit accounts matching f in byte order of
@@ -326,13 +367,16 @@ type Sum struct {
 	Balance, Available string
 }
 
-// Balances sums the balances of the accounts matching f (Prefix, Scope,
-// Currency, which is required).
+// Balances sums the balances of the internal accounts matching f
+// (Prefix, Scope, Currency, which is required).
 func (q *Queries) Balances(ctx context.Context, f AccountFilter) (Sum, error) {
 	var a args
 	f.After = ""
 	conds := a.accountConditions(f)
 	s := Sum{Currency: f.Currency}
+	// The external account of a currency holds minus what all others
+	// do (money is conserved): it is not one of the accounts summed.
+	conds = append(conds, "NOT external")
 	err := q.Pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(balance), 0)::text, coalesce(sum(balance - held), 0)::text
 		FROM accounts`+where(conds), a...).Scan(&s.Accounts, &s.Balance, &s.Available)
 	return s, err

@@ -21,6 +21,10 @@ func TestCursorRoundTripAndRefusals(t *testing.T) {
 	for _, bad := range []string{"", "x", "MTIz", "LTEvMDE5MDAwMDAtMDAwMC03MDAwLTgwMDAtMDAwMDAwMDAwMDEz==", // padded
 		"MTIzL25vdC1hLXV1aWQ", // "123/not-a-uuid"
 		"YWJjLzAxOTAwMDAwLTAwMDAtNzAwMC04MDAwLTAwMDAwMDAwMDAxMw", // "abc/<uuid>"
+		// Times PostgreSQL would refuse (503 instead of 400): year -7537,
+		// and past 9999.
+		ledger.Cursor{At: time.UnixMicro(-300000000000000000), ID: c.ID}.String(),
+		ledger.Cursor{At: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), ID: c.ID}.String(),
 	} {
 		if got, ok := ledger.ParseCursor(bad); ok {
 			t.Errorf("ParseCursor(%q) = %+v, true; want it refused", bad, got)

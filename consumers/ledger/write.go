@@ -92,9 +92,13 @@ func (s Source) queueWrites(b *pgx.Batch, w *Writes) {
 	}
 	if len(w.Created) > 0 {
 		queueInsertTransfers(b, w.Created, w.TransferMetadata, at)
-		queueLegs(b, w.Created, `INSERT INTO transfer_legs (transfer_id, leg, from_account_id, to_account_id, currency, amount, reversed_amount, fee)
-			SELECT id::uuid, n, f, t, c, amt, rev, fee FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
-				AS u (id, n, f, t, c, amt, rev, fee)`)
+		// Each leg carries its transaction's creation time, for the API's
+		// queries by account.
+		queueLegs(b, w.Created, `INSERT INTO transfer_legs (transfer_id, leg, from_account_id, to_account_id, currency, amount, reversed_amount, fee, created_at)
+			SELECT u.id::uuid, n, f, u.t, c, amt, rev, u.fee, tr.created_at
+			FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
+				AS u (id, n, f, t, c, amt, rev, fee)
+			JOIN transfers tr ON tr.transfer_id = u.id::uuid`)
 	}
 	if len(w.Updated) > 0 {
 		queueUpdateTransfers(b, w.Updated, at)
@@ -202,10 +206,12 @@ func queueInsertTransfers(b *pgx.Batch, ts []*domain.Transfer, sealed map[string
 			keyIDs[i], ciphertexts[i] = s.KeyID, s.Ciphertext
 		}
 	}
+	// settled_at: a hold captured or released in the batch that made it.
 	b.Queue(`INSERT INTO transfers (transfer_id, kind, from_account_id, to_account_id, currency, amount,
 			captured_amount, reversed_amount, status, expires_at, created_at, updated_at,
-			reference, metadata_key_id, metadata_sealed, fee)
-		SELECT id::uuid, k, f, t, c, amt, cap, rev, st, exp, $11, $11, nullif(ref, ''), nullif(kid, ''), ct, fee
+			reference, metadata_key_id, metadata_sealed, fee, settled_at)
+		SELECT id::uuid, k, f, t, c, amt, cap, rev, st, exp, $11, $11, nullif(ref, ''), nullif(kid, ''), ct, fee,
+			CASE WHEN k = 'hold' AND st <> 'pending' THEN $11::timestamptz END
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[],
 			$9::text[], $10::timestamptz[], $12::text[], $13::text[], $14::bytea[], $15::int8[])
 			AS u (id, k, f, t, c, amt, cap, rev, st, exp, ref, kid, ct, fee)`,
