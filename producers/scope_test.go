@@ -74,7 +74,11 @@ func TestScopedKeysCannotReachOtherTenants(t *testing.T) {
 
 	missing := serve(h, http.MethodGet, "/v1/accounts/nobody", "").Body.String()
 	calls := f.calls
-	for _, path := range []string{"/v1/accounts/merchant-4", "/v1/accounts/merchant-420", "/v1/accounts/Merchant-42", "/v1/accounts/merchant-4/entries?limit=1000"} {
+	for _, path := range []string{"/v1/accounts/merchant-4", "/v1/accounts/merchant-420", "/v1/accounts/Merchant-42", "/v1/accounts/merchant-4/entries?limit=1000",
+		// The queries: a foreign account named is the same 404, before any read.
+		"/v1/accounts/merchant-4?as_of_version=1", "/v1/accounts/merchant-420?as_of=2026-01-01T00:00:00Z", "/v1/accounts/Merchant-42?min_version=1",
+		"/v1/transfers?account_id=merchant-4", "/v1/transfers?account_id=merchant-420&status=rejected", "/v1/transfers?account_id=%6Derchant-4",
+		"/v1/holds?account_id=merchant-4", "/v1/transfers?account_id=@external:EUR&reference=their-order"} {
 		if rec := serve(h, http.MethodGet, path, ""); rec.Code != http.StatusNotFound || rec.Body.String() != missing {
 			t.Errorf("GET %s = %d %s, want the 404 of an account that does not exist", path, rec.Code, rec.Body)
 		}
@@ -89,6 +93,12 @@ func TestScopedKeysCannotReachOtherTenants(t *testing.T) {
 	}
 	if rec := serve(h, http.MethodGet, "/v1/transfers?reference=their-order", ""); rec.Code != http.StatusOK || strings.TrimSpace(rec.Body.String()) != `{"transfers":[]}` {
 		t.Errorf("another tenant's transfer by reference = %d %s, want an empty list", rec.Code, rec.Body)
+	}
+	// Lists of every tenant's rows are refused, not read and filtered.
+	for _, path := range []string{"/v1/transfers", "/v1/transfers?type=deposit", "/v1/transfers?status=rejected", "/v1/holds?expiring_before=2027-01-01T00:00:00Z"} {
+		if rec := serve(h, http.MethodGet, path, ""); rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), `"/account_id"`) {
+			t.Errorf("GET %s = %d %s, want 400 naming /account_id", path, rec.Code, rec.Body)
+		}
 	}
 	for _, path := range []string{"/v1/accounts/merchant-42%2F..%2Fmerchant-4", "/v1/accounts/merchant-42%00", "/v1/accounts/..%2Fmerchant-4"} {
 		if rec := serve(h, http.MethodGet, path, ""); rec.Code != http.StatusBadRequest && rec.Code != http.StatusNotFound {
