@@ -245,8 +245,11 @@ func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	t, err := a.opts.Ledger.Transfer(r.Context(), id)
-	if err == nil && !touches(caller(r), t) {
-		err = ledger.ErrNotFound
+	if err == nil {
+		var ok bool
+		if t, ok = visible(caller(r), t); !ok {
+			err = ledger.ErrNotFound
+		}
 	}
 	if errors.Is(err, ledger.ErrNotFound) {
 		writeProblem(w, problem{Status: http.StatusNotFound, Type: "not-found", Title: "Transfer not found",
@@ -257,7 +260,7 @@ func (a *API) getTransfer(w http.ResponseWriter, r *http.Request) {
 		a.internal(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, newTransferResponse(visible(caller(r), t)))
+	writeJSON(w, http.StatusOK, newTransferResponse(t))
 }
 
 // caller is the key the request was authenticated with.
@@ -266,27 +269,17 @@ func caller(r *http.Request) apikey.Identity {
 	return id
 }
 
-// touches reports whether t moves money from or to an account id covers
-// (any leg's, for a transaction): a scoped key reads only those.
-func touches(id apikey.Identity, t ledger.Transfer) bool {
-	if id.Covers(t.FromAccountID) || id.Covers(t.ToAccountID) {
-		return true
+// visible is t as id may see it, and whether it may: for a key scoped to
+// accounts, only a transfer that moves money from or to an account it
+// covers, and of a transaction only the legs that do, the first of them as
+// its movement (the transaction's first leg may be between two other
+// tenants). Unrestricted keys see t whole.
+func visible(id apikey.Identity, t ledger.Transfer) (ledger.Transfer, bool) {
+	if id.Accounts == nil {
+		return t, true
 	}
-	for _, l := range t.Legs {
-		if id.Covers(l.FromAccountID) || id.Covers(l.ToAccountID) {
-			return true
-		}
-	}
-	return false
-}
-
-// visible is t as id may see it: for a key scoped to accounts, a
-// transaction shows only its legs that move money from or to an account
-// it covers, and its top-level movement is the first of those (the
-// transaction's first leg may be between two other tenants).
-func visible(id apikey.Identity, t ledger.Transfer) ledger.Transfer {
-	if id.Accounts == nil || t.Legs == nil {
-		return t
+	if t.Legs == nil {
+		return t, id.Covers(t.FromAccountID) || id.Covers(t.ToAccountID)
 	}
 	var legs []domain.LegData
 	for _, l := range t.Legs {
@@ -294,14 +287,17 @@ func visible(id apikey.Identity, t ledger.Transfer) ledger.Transfer {
 			legs = append(legs, l)
 		}
 	}
-	if len(legs) == 0 || len(legs) == len(t.Legs) {
-		return t
+	switch len(legs) {
+	case 0:
+		return ledger.Transfer{}, false
+	case len(t.Legs):
+		return t, true
 	}
 	first := legs[0]
 	t.Legs = legs
 	t.FromAccountID, t.ToAccountID, t.Amount, t.Currency = first.FromAccountID, first.ToAccountID, first.Amount, first.Currency
 	t.Fee, t.ReversedAmount = first.Fee, first.ReversedAmount
-	return t
+	return t, true
 }
 
 // internal answers a failed read of the ledger with 503 and Retry-After:

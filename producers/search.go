@@ -115,7 +115,11 @@ func (a *API) listTransfers(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, t := range ts {
-			page.Transfers = append(page.Transfers, newTransferResponse(visible(caller(r), t)))
+			v, ok := visible(caller(r), t)
+			if !ok {
+				continue
+			}
+			page.Transfers = append(page.Transfers, newTransferResponse(v))
 			last = &ledger.Cursor{At: t.CreatedAt, ID: t.TransferID}
 		}
 	}
@@ -259,7 +263,7 @@ func (a *API) getAccountAsOf(w http.ResponseWriter, r *http.Request, id string, 
 		return
 	}
 	s, err := a.opts.Ledger.AccountAsOf(r.Context(), id, at, version)
-	if errors.Is(err, ledger.ErrNotFound) && version > 0 && a.opts.Primary != nil {
+	if errors.Is(err, ledger.ErrNotFound) && version > 0 && a.opts.Primary != nil && a.behind(r, id, version) {
 		// A version just seen may not have reached the replica yet.
 		a.metrics.primaryFallbacks.Inc()
 		s, err = a.opts.Primary.AccountAsOf(r.Context(), id, at, version)
@@ -302,6 +306,14 @@ func (a *API) freshAccount(w http.ResponseWriter, r *http.Request, id string, mi
 		return acc, false
 	}
 	return acc, true
+}
+
+// behind reports whether the replica has not reached version of account
+// id (or lacks the account): only then is the primary asked, so that a
+// version that does not exist costs the primary nothing.
+func (a *API) behind(r *http.Request, id string, version int64) bool {
+	acc, err := a.opts.Ledger.Account(r.Context(), id)
+	return errors.Is(err, ledger.ErrNotFound) || err == nil && acc.Version < version
 }
 
 func quoted(values []string) string {

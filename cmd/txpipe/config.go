@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -224,28 +223,17 @@ func (c *config) openPool(ctx context.Context) (*pgxpool.Pool, error) {
 	return openPool(ctx, c.databaseURL, "database-url", 40)
 }
 
-// readStatementTimeout bounds every statement of the API's reads, on the
-// server: no query string can keep a connection busy for longer (the
-// request answers 503 instead).
-const readStatementTimeout = 5 * time.Second
-
-// openReadPool connects to the read replica of --read-database-url, or,
-// when it is not set, to the primary: the API's reads have a pool of their
-// own, whose statements PostgreSQL cancels after readStatementTimeout. It
-// reports whether the pool reaches a replica. Unless the URL sets
-// pool_max_conns, the pool holds 20 connections.
-func (c *config) openReadPool(ctx context.Context) (pool *pgxpool.Pool, replica bool, err error) {
-	url, flag := c.readDatabaseURL, "read-database-url"
-	if url == "" {
-		url, flag = c.databaseURL, "database-url"
+// openReadPool connects to the read replica of --read-database-url, or
+// returns nil when it is not set (reads then use the primary). Unless the
+// URL sets pool_max_conns, the pool holds 20 connections.
+func (c *config) openReadPool(ctx context.Context) (*pgxpool.Pool, error) {
+	if c.readDatabaseURL == "" {
+		return nil, nil
 	}
-	pool, err = openPool(ctx, url, flag, 20, "statement_timeout", strconv.Itoa(int(readStatementTimeout.Milliseconds())))
-	return pool, c.readDatabaseURL != "", err
+	return openPool(ctx, c.readDatabaseURL, "read-database-url", 20)
 }
 
-// openPool opens a pool on url, with extra runtime parameters given as
-// name, value pairs.
-func openPool(ctx context.Context, url, flagName string, maxConns int32, params ...string) (*pgxpool.Pool, error) {
+func openPool(ctx context.Context, url, flagName string, maxConns int32) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		// pgx's parse errors can quote the URL, password included.
@@ -255,9 +243,6 @@ func openPool(ctx context.Context, url, flagName string, maxConns int32, params 
 		pc.MaxConns = maxConns
 	}
 	pc.ConnConfig.RuntimeParams["application_name"] = "txpipe"
-	for i := 0; i+1 < len(params); i += 2 {
-		pc.ConnConfig.RuntimeParams[params[i]] = params[i+1]
-	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)

@@ -169,16 +169,19 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		if err := reg.Register(kafkawriter.NewStatsCollector(w, "ingest")); err != nil {
 			return err
 		}
-		readPool, replica, err := cfg.openReadPool(ctx)
+		// Every read is bounded (ledger.ReadTimeout): no query string can
+		// hold a connection longer.
+		reads := producers.Ledger(&ledger.Queries{Pool: pool, Keyring: cfg.keyring, Timeout: ledger.ReadTimeout})
+		var primary producers.Ledger
+		replica, err := cfg.openReadPool(ctx)
 		if err != nil {
 			return err
 		}
-		// Not a readiness check: a replica down must not take the API out
-		// of service; its GETs answer 503 until it is back.
-		closers = append(closers, func() error { readPool.Close(); return nil })
-		reads, primary := producers.Ledger(&ledger.Queries{Pool: readPool, Keyring: cfg.keyring}), producers.Ledger(nil)
-		if replica {
-			primary = &ledger.Queries{Pool: pool, Keyring: cfg.keyring}
+		if replica != nil {
+			closers = append(closers, func() error { replica.Close(); return nil })
+			// Not a readiness check: a replica down must not take the API
+			// out of service; its GETs answer 503 until it is back.
+			reads, primary = &ledger.Queries{Pool: replica, Keyring: cfg.keyring, Timeout: ledger.ReadTimeout}, reads
 		}
 		api, err := producers.NewAPI(producers.APIOptions{
 			Producer:       producers.NewProducer(w, cfg.commandsTopic),

@@ -23,6 +23,22 @@ var ErrNotFound = errors.New("not found")
 type Queries struct {
 	Pool    *pgxpool.Pool
 	Keyring *sealing.Keyring
+	// Timeout bounds each read (0: none). On expiry pgx asks PostgreSQL to
+	// cancel the statement, which works through PgBouncer too (a
+	// statement_timeout startup parameter does not).
+	Timeout time.Duration
+}
+
+// ReadTimeout is the API's bound on a read: no query string can keep a
+// connection busy longer (the request then answers 503).
+const ReadTimeout = 5 * time.Second
+
+// bound limits ctx to q.Timeout.
+func (q *Queries) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if q.Timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, q.Timeout)
 }
 
 // Outcome is what became of a command: its stored decision, or its
@@ -45,6 +61,8 @@ type Outcome struct {
 // whichever came first: a replay that decided the command replaces
 // dead_lettered.
 func (q *Queries) Outcome(ctx context.Context, id string) (Outcome, error) {
+	ctx, cancel := q.bound(ctx)
+	defer cancel()
 	var o Outcome
 	err := q.Pool.QueryRow(ctx, `SELECT command_id::text, type, status, reason, NULL, processed_at, leg::int, debit_account_id
 		FROM processed_commands WHERE command_id = $1
@@ -83,6 +101,8 @@ const selectAccount = `SELECT account_id, currency, status, external, balance, h
 // the keyring lacks is an error (sealing.ErrUnknownKey), not an account
 // without metadata.
 func (q *Queries) Account(ctx context.Context, id string) (Account, error) {
+	ctx, cancel := q.bound(ctx)
+	defer cancel()
 	a, err := q.scanAccount(q.Pool.QueryRow(ctx, selectAccount+` WHERE account_id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return a, ErrNotFound
@@ -134,6 +154,8 @@ type StatementEntry struct {
 // account has the id. Versions never change once written and new entries
 // only get higher ones, so a page never shifts under concurrent writes.
 func (q *Queries) Statement(ctx context.Context, id string, before, limit int64) ([]StatementEntry, error) {
+	ctx, cancel := q.bound(ctx)
+	defer cancel()
 	var exists bool
 	if err := q.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)`, id).Scan(&exists); err != nil {
 		return nil, err
@@ -175,6 +197,8 @@ const selectTransfersAs = `SELECT t.transfer_id::text, t.kind, t.from_account_id
 
 // Transfer returns transfer id (a canonical UUID), or ErrNotFound.
 func (q *Queries) Transfer(ctx context.Context, id string) (Transfer, error) {
+	ctx, cancel := q.bound(ctx)
+	defer cancel()
 	t, err := q.scanTransfer(q.Pool.QueryRow(ctx, selectTransfersAs+`WHERE t.transfer_id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, ErrNotFound

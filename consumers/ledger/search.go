@@ -182,6 +182,8 @@ func newestFirst(alias string) string {
 // leg (a leg carries its transaction's time; DISTINCT, as two legs of one
 // transaction may name the account).
 func (q *Queries) Transfers(ctx context.Context, f TransferFilter) ([]Transfer, error) {
+	ctx, cancel := q.bound(ctx)
+	defer cancel()
 	var a args
 	conds := a.transferConditions(f)
 	limit := a.add(f.Limit)
@@ -190,18 +192,23 @@ func (q *Queries) Transfers(ctx context.Context, f TransferFilter) ([]Transfer, 
 		query = selectTransfersAs + where(append(conds, a.timeConditions(f, "t")...)) + newestFirst("t") + limit
 	} else {
 		acc := a.add(f.AccountID)
-		ownTime, legTime := a.timeConditions(f, "t"), a.timeConditions(f, "l")
+		ownTime := a.timeConditions(f, "t")
 		branch := func(cond string) string {
 			return "(SELECT t.transfer_id, t.created_at FROM transfers t" + where(append(append([]string{cond}, conds...), ownTime...)) +
 				newestFirst("t") + limit + ")"
 		}
-		legs := func(side string) string {
-			return "(SELECT DISTINCT l.transfer_id, l.created_at FROM transfer_legs l JOIN transfers t USING (transfer_id)" +
-				where(append(append([]string{"l." + side + " = " + acc, "l.leg > 0"}, conds...), legTime...)) + newestFirst("l") + limit + ")"
+		hits := branch("t.from_account_id = "+acc) + " UNION " + branch("t.to_account_id = "+acc)
+		if mayBeTransaction(f) {
+			// Their own parameters: added only when the branches are in
+			// the query (an unused one makes PostgreSQL refuse it).
+			legTime := a.timeConditions(f, "l")
+			legs := func(side string) string {
+				return "(SELECT DISTINCT l.transfer_id, l.created_at FROM transfer_legs l JOIN transfers t USING (transfer_id)" +
+					where(append(append([]string{"l." + side + " = " + acc, "l.leg > 0"}, conds...), legTime...)) + newestFirst("l") + limit + ")"
+			}
+			hits += " UNION " + legs("from_account_id") + " UNION " + legs("to_account_id")
 		}
-		query = `WITH hits AS (` + branch("t.from_account_id = "+acc) + " UNION " + branch("t.to_account_id = "+acc) +
-			" UNION " + legs("from_account_id") + " UNION " + legs("to_account_id") + `) ` +
-			selectTransfersAs + `JOIN hits h USING (transfer_id)` + newestFirst("t") + limit
+		query = `WITH hits AS (` + hits + `) ` + selectTransfersAs + `JOIN hits h USING (transfer_id)` + newestFirst("t") + limit
 	}
 	rows, err := q.Pool.Query(ctx, query, a...)
 	if err != nil {
@@ -210,10 +217,20 @@ func (q *Queries) Transfers(ctx context.Context, f TransferFilter) ([]Transfer, 
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Transfer, error) { return q.scanTransfer(row) })
 }
 
+// mayBeTransaction reports whether f can match a transaction: only they
+// have legs, so the legs' scans are left out when it cannot (they would
+// read every later leg of the account for nothing).
+func mayBeTransaction(f TransferFilter) bool {
+	return (f.Kind == "" || f.Kind == domain.KindTransaction) &&
+		(f.Status == "" || f.Status == string(domain.TransferPosted) || f.Status == string(domain.TransferReversed))
+}
+
 // Rejections returns up to f.Limit rejected money commands matching f
 // (account, kind, time, cursor; not Scope: a scoped caller names an
 // account), newest first.
 func (q *Queries) Rejections(ctx context.Context, f TransferFilter) ([]Rejection, error) {
+	ctx, cancel := q.bound(ctx)
+	defer cancel()
 	var a args
 	var conds []string
 	if f.AccountID != "" {
@@ -272,6 +289,8 @@ type HoldFilter struct {
 // Holds returns up to f.Limit pending holds matching f, soonest expiry
 // first (holds without one last), then by id.
 func (q *Queries) Holds(ctx context.Context, f HoldFilter) ([]Transfer, error) {
+	ctx, cancel := q.bound(ctx)
+	defer cancel()
 	var a args
 	conds := []string{"t.status = 'pending'", "t.kind = 'hold'"}
 	if f.AccountID != "" {
@@ -319,39 +338,59 @@ func (a *args) accountConditions(f AccountFilter) []string {
 	if f.After != "" {
 		c = append(c, `(account_id COLLATE "C") > `+a.add(f.After))
 	}
-	if f.Scope != nil {
-		c = append(c, a.accountScopeSQL(f.Scope))
-	}
 	return c
 }
 
-// accountScopeSQL is the condition that account_id is covered by the
-// patterns, as ranges of accounts_id_c (a prefix p is [p, p with its last
-// byte incremented) in byte order), so that the scan is bounded by what
-// the key covers, not by the table.
-func (a *args) accountScopeSQL(patterns []string) string {
-	var exact []string
-	var ranges []string
+// scopeArms are the conditions, one per pattern (the exact ids together),
+// of which an account covered by patterns meets at least one: a prefix p is
+// the range [p, p with its last byte incremented) of accounts_id_c in byte
+// order, so that each arm is a bounded scan of that index. A bare "*"
+// (refused by apikey, but not by the table) covers everything.
+func (a *args) scopeArms(patterns []string) []string {
+	var exact, arms []string
 	for _, p := range patterns {
 		prefix, ok := strings.CutSuffix(p, "*")
-		if !ok {
+		switch {
+		case !ok:
 			exact = append(exact, p)
-			continue
+		case prefix == "":
+			return []string{"TRUE"}
+		default:
+			// Account ids are ASCII below 0x7f: the last byte never
+			// overflows.
+			upper := prefix[:len(prefix)-1] + string(rune(prefix[len(prefix)-1]+1))
+			arms = append(arms, fmt.Sprintf(`(account_id COLLATE "C") >= %s AND (account_id COLLATE "C") < %s`, a.add(prefix), a.add(upper)))
 		}
-		// Account ids are ASCII below 0x7f, so the last byte never
-		// overflows.
-		upper := prefix[:len(prefix)-1] + string(rune(prefix[len(prefix)-1]+1))
-		ranges = append(ranges, fmt.Sprintf(`((account_id COLLATE "C") >= %s AND (account_id COLLATE "C") < %s)`, a.add(prefix), a.add(upper)))
 	}
-	return "(" + strings.Join(append(ranges, "account_id = ANY("+a.add(exact)+"::text[])"), " OR ") + ")"
+	if len(exact) > 0 {
+		arms = append(arms, "account_id = ANY("+a.add(exact)+"::text[])")
+	}
+	if len(arms) == 0 {
+		return []string{"FALSE"}
+	}
+	return arms
 }
 
+const byID = ` ORDER BY (account_id COLLATE "C") LIMIT `
+
 // Accounts returns up to f.Limit accounts matching f in byte order of
-// their ids, metadata opened.
+// their ids, metadata opened. A scoped caller's accounts are the union of
+// one bounded scan per pattern, each cut at the limit.
 func (q *Queries) Accounts(ctx context.Context, f AccountFilter) ([]Account, error) {
+	ctx, cancel := q.bound(ctx)
+	defer cancel()
 	var a args
 	conds := a.accountConditions(f)
-	rows, err := q.Pool.Query(ctx, selectAccount+where(conds)+` ORDER BY (account_id COLLATE "C") LIMIT `+a.add(f.Limit), a...)
+	limit := a.add(f.Limit)
+	query := selectAccount + where(conds) + byID + limit
+	if f.Scope != nil {
+		var branches []string
+		for _, arm := range a.scopeArms(f.Scope) {
+			branches = append(branches, "(SELECT account_id FROM accounts"+where(append([]string{arm}, conds...))+byID+limit+")")
+		}
+		query = selectAccount + " WHERE account_id IN (" + strings.Join(branches, " UNION ") + ")" + byID + limit
+	}
+	rows, err := q.Pool.Query(ctx, query, a...)
 	if err != nil {
 		return nil, err
 	}
@@ -370,9 +409,14 @@ type Sum struct {
 // Balances sums the balances of the internal accounts matching f
 // (Prefix, Scope, Currency, which is required).
 func (q *Queries) Balances(ctx context.Context, f AccountFilter) (Sum, error) {
+	ctx, cancel := q.bound(ctx)
+	defer cancel()
 	var a args
 	f.After = ""
 	conds := a.accountConditions(f)
+	if f.Scope != nil {
+		conds = append(conds, "("+strings.Join(a.scopeArms(f.Scope), " OR ")+")")
+	}
 	s := Sum{Currency: f.Currency}
 	// The external account of a currency holds minus what all others
 	// do (money is conserved): it is not one of the accounts summed.
@@ -402,6 +446,8 @@ type AsOf struct {
 // returns ErrNotFound when no account has the id, or when it did not yet
 // exist then or has no such version.
 func (q *Queries) AccountAsOf(ctx context.Context, id string, at time.Time, version int64) (AsOf, error) {
+	ctx, cancel := q.bound(ctx)
+	defer cancel()
 	r := AsOf{AccountID: id}
 	var created time.Time
 	err := q.Pool.QueryRow(ctx, `SELECT currency, created_at FROM accounts WHERE account_id = $1`, id).Scan(&r.Currency, &created)
