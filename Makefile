@@ -54,7 +54,7 @@ run: build
 # FUZZTIME is a count of executions, not a duration: a duration races Go
 # 1.26's fuzz coordinator at the deadline and fails with "context deadline
 # exceeded" having found nothing (go.dev/issue/75804, fixed in Go 1.27).
-FUZZ_TARGETS := FuzzDecodeCommand:./domain FuzzDecide:./consumers FuzzCheckPublished:./consumers/audit FuzzParse:./producers/apikey
+FUZZ_TARGETS := FuzzDecodeCommand:./domain FuzzDecide:./consumers FuzzCheckPublished:./consumers/audit FuzzParse:./producers/apikey FuzzParseCursor:./consumers/ledger
 FUZZTIME ?= 30000x
 test:
 	@scripts/install-tools.sh
