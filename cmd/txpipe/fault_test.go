@@ -23,6 +23,7 @@ import (
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkatest"
 	"github.com/txpipe/txpipe/internal/ledgertest"
+	"github.com/txpipe/txpipe/internal/openapitest"
 	"github.com/txpipe/txpipe/internal/pgtest"
 )
 
@@ -144,7 +145,7 @@ func newRig(t *testing.T, p *pipeline) *rig {
 		return r.procs["ingest"].ready() && r.procs["worker-a"].ready() && r.procs["worker-b"].ready() && r.procs["relay"].ready()
 	})
 	key, _ := createKey(t, p.db.URL, "fault-harness", "commands:write")
-	r.client = &retryingClient{base: "http://" + api, key: key}
+	r.client = &retryingClient{t: t, base: "http://" + api, key: key}
 
 	var b [4]byte
 	_, _ = rand.Read(b[:])
@@ -294,6 +295,7 @@ func TestFaultsLoseAndDoubleNothing(t *testing.T) {
 // was not answered 202 with the same command_ids, as a careful upstream
 // would: a command is acknowledged once a 202 covered it.
 type retryingClient struct {
+	t       *testing.T // every answer is checked against docs/openapi.yaml
 	base    string
 	key     string
 	retries atomic.Int64
@@ -310,9 +312,14 @@ func (c *retryingClient) send(cmds []domain.Command) error {
 		for {
 			req, _ := http.NewRequest(http.MethodPost, c.base+"/v1/commands/batch", bytes.NewReader(body))
 			req.Header.Set("Authorization", "Bearer "+c.key)
+			req.Header.Set("Content-Type", "application/json")
 			resp, err := http.DefaultClient.Do(req)
 			if err == nil {
+				answer, rerr := io.ReadAll(resp.Body)
 				resp.Body.Close()
+				if rerr == nil {
+					openapitest.Check(c.t, req, body, resp, answer)
+				}
 				if resp.StatusCode == http.StatusAccepted {
 					break
 				}
