@@ -223,10 +223,11 @@ func (d decider) outcome(v *verdict, cmd domain.Command, res domain.Result, acce
 
 func eventMessage(topic, key string, ev domain.Event, acceptedAt time.Time) outbox.Message {
 	return outbox.Message{
-		Topic:      topic,
-		Key:        []byte(key),
-		Value:      ev.Encode(),
-		Headers:    map[string]string{"event_id": ev.EventID, "event_type": ev.Type, "command_id": ev.CommandID},
+		Topic: topic,
+		Key:   []byte(key),
+		Value: ev.Encode(),
+		Headers: map[string]string{outbox.HeaderEventID: ev.EventID, outbox.HeaderEventType: ev.Type, "command_id": ev.CommandID,
+			outbox.HeaderEventTime: ev.OccurredAt.Format(time.RFC3339Nano)},
 		AcceptedAt: acceptedAt,
 	}
 }

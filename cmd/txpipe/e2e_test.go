@@ -461,12 +461,40 @@ func (p *pipeline) validateSchemas(t *testing.T) {
 				err = schemas.Command(m.Value)
 			} else {
 				err = schemas.Event(m.Value)
+				if cerr := cloudEvent(m); cerr != nil {
+					t.Errorf("record %s/%d@%d is not a CloudEvent in binary mode: %v", topic, m.Partition, m.Offset, cerr)
+				}
 			}
 			if err != nil {
 				t.Errorf("record %s/%d@%d does not match its schema: %v\n%s", topic, m.Partition, m.Offset, err, m.Value)
 			}
 		}
 	}
+}
+
+// cloudEvent checks the CloudEvents 1.0 binary-mode headers of an event
+// record against its value (docs/events.md).
+func cloudEvent(m kafka.Message) error {
+	h := map[string]string{}
+	for _, x := range m.Headers {
+		if _, dup := h[x.Key]; dup {
+			return fmt.Errorf("header %s twice", x.Key)
+		}
+		h[x.Key] = string(x.Value)
+	}
+	var ev domain.Event
+	if err := json.Unmarshal(m.Value, &ev); err != nil {
+		return err
+	}
+	at, err := time.Parse(time.RFC3339Nano, h["ce_time"])
+	switch {
+	case err != nil || !at.Equal(ev.OccurredAt):
+		return fmt.Errorf("ce_time %q, want the event's occurred_at %v", h["ce_time"], ev.OccurredAt)
+	case h["ce_specversion"] != "1.0" || h["ce_id"] != ev.EventID || h["ce_type"] != "txpipe."+ev.Type ||
+		h["ce_source"] != "urn:txpipe:ledger" || h["content-type"] != "application/json" || h["ce_subject"] != string(m.Key):
+		return fmt.Errorf("headers %v for event %s of type %s keyed %s", h, ev.EventID, ev.Type, m.Key)
+	}
+	return nil
 }
 
 func (p *pipeline) runVerify() (string, error) {

@@ -1,0 +1,41 @@
+package outbox
+
+// Rows that carry an event — an event_id and an event_type header, as the
+// workers write their outcome, posting and expiry events — are published
+// as CloudEvents 1.0 in the Kafka protocol binding's binary mode
+// (docs/events.md): the record's value is unchanged, and the event's
+// attributes are headers. The workers store only what the relay cannot
+// know (ce_time, the event's time); the relay adds the rest as it
+// publishes, so the outbox rows do not carry the same strings twice.
+const (
+	// CloudEventsSource is every event's ce_source: the ledger.
+	CloudEventsSource = "urn:txpipe:ledger"
+	// CloudEventsTypePrefix prefixes an event's type in ce_type, as
+	// CloudEvents asks (a type names its producer).
+	CloudEventsTypePrefix = "txpipe."
+)
+
+// Header names of an event row.
+const (
+	HeaderEventID   = "event_id"
+	HeaderEventType = "event_type"
+	HeaderEventTime = "ce_time"
+)
+
+// addCloudEvents adds the CloudEvents attributes of an event row to its
+// headers; rows that are not events (DLQ records) are left alone.
+func addCloudEvents(h map[string]string, key []byte) {
+	id, isEvent := h[HeaderEventID]
+	typ, typed := h[HeaderEventType]
+	if !isEvent || !typed {
+		return
+	}
+	h["ce_specversion"] = "1.0"
+	h["ce_id"] = id
+	h["ce_source"] = CloudEventsSource
+	h["ce_type"] = CloudEventsTypePrefix + typ
+	h["content-type"] = "application/json"
+	if len(key) > 0 {
+		h["ce_subject"] = string(key) // the account the event is keyed by
+	}
+}
