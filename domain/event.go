@@ -80,6 +80,8 @@ type PostingData struct {
 	// Reference is the reference of the transfer this posting moves money
 	// for; absent when it has none.
 	Reference string `json:"reference,omitempty"`
+	// Digest chains the account's postings (PostingDigest).
+	Digest string `json:"digest"`
 }
 
 // Sealed is a value encrypted at rest (domain/sealing): the id of the key
@@ -221,6 +223,7 @@ func postingData(t Type, p Posting) PostingData {
 		BalanceAfter:   p.BalanceAfter,
 		CommandType:    t,
 		Reference:      p.Reference,
+		Digest:         p.Digest,
 	}
 }
 

@@ -1,6 +1,9 @@
 package domain
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"math"
 	"time"
 )
@@ -78,6 +81,9 @@ type Account struct {
 	// Version counts the account's postings: the n-th posting of an account
 	// carries AccountVersion n, so a consumer can see gaps.
 	Version int64
+	// Digest is the digest of the account's latest posting ("" before its
+	// first): the link the next one chains to (PostingDigest).
+	Digest string
 	// FeePlan is the fee the account pays on what it sends; nil for none.
 	FeePlan *FeePlan
 	// An account's metadata is not part of its state here: it never changes
@@ -109,6 +115,31 @@ type Posting struct {
 	// Reference is the reference of the transfer the posting moves money
 	// for, so that analysts can join postings to orders.
 	Reference string
+	// Digest chains the account's postings (PostingDigest).
+	Digest string
+}
+
+// PostingDigest is the digest of posting p of command commandID that
+// follows the account's posting of digest prev ("" for its first): the
+// lowercase hex SHA-256 of
+// "prev|account_id|account_version|currency|amount|balance_after|command_id",
+// numbers in decimal. Each posting names the one before it, so a copy of an
+// account's postings that lacks one, holds one twice or has one altered
+// breaks the chain from there on (docs/events.md).
+func PostingDigest(prev string, p Posting, commandID string) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s|%s|%d|%s|%d|%d|%s", prev, p.AccountID, p.AccountVersion, p.Currency, p.Amount, p.BalanceAfter, commandID)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// chain gives each of postings, in order, its digest, and moves its
+// account's link on.
+func (b *Book) chain(postings []Posting, commandID string) {
+	for i := range postings {
+		a := b.Accounts[postings[i].AccountID]
+		postings[i].Digest = PostingDigest(a.Digest, postings[i], commandID)
+		a.Digest = postings[i].Digest
+	}
 }
 
 // TransferKind says what made a transfer.
@@ -284,6 +315,9 @@ func (b *Book) Apply(cmd Command, now time.Time) Result {
 		}
 	}
 	res := b.apply(cmd, now)
+	if res.Status == StatusApplied {
+		b.chain(res.Postings, cmd.CommandID)
+	}
 	if res.Status == StatusApplied && cmd.Reference != "" && res.Transfer != nil {
 		res.Transfer.Reference = cmd.Reference
 		b.References[cmd.Reference] = res.Transfer.ID

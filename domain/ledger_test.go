@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 var now = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -118,7 +119,8 @@ func TestApplyPostings(t *testing.T) {
 			if got.Status != StatusApplied {
 				t.Fatalf("Apply(%s) = rejected %q, want applied", tt.cmd.Type, got.Reason)
 			}
-			if diff := cmp.Diff(tt.want, got.Postings); diff != "" {
+			// Digests: TestPostingDigestsChainEachAccount.
+			if diff := cmp.Diff(tt.want, got.Postings, cmpopts.IgnoreFields(Posting{}, "Digest")); diff != "" {
 				t.Errorf("Apply(%s) postings mismatch (-want +got):\n%s", tt.cmd.Type, diff)
 			}
 			var sum int64
@@ -522,5 +524,41 @@ func TestTransactionEdges(t *testing.T) {
 	res := b.Apply(Command{CommandID: "4", Type: TypeReverse, AccountID: "a", TransferID: cid}, now)
 	if res.Reason != ReasonAccountFrozen || res.Leg == nil || *res.Leg != 1 {
 		t.Errorf("reversal with b frozen = %s at %v, want account_frozen at leg 1 (the last leg goes first)", res.Reason, res.Leg)
+	}
+}
+
+// The digest is the one docs/events.md defines (vectors computed with
+// Python's hashlib), and Apply chains each account's postings: every
+// posting names its account's previous one.
+func TestPostingDigestsChainEachAccount(t *testing.T) {
+	const (
+		open  = "0190b1c2-0000-7000-8000-000000000001"
+		pay   = "0190b1c2-0000-7000-8000-000000000002"
+		want1 = "52095c048bc64a092e3e95e95d8c6e4f4be95c937a9a908c4f6a6371e1d7b300"
+		want2 = "1dbd50966d0eeeeefb3ab5edda6dec4cf90b9a43b9af883c3c707f4b0562952c"
+	)
+	first := Posting{AccountID: "alice", Currency: "EUR", Amount: 100, BalanceAfter: 100, AccountVersion: 1}
+	if got := PostingDigest("", first, open); got != want1 {
+		t.Errorf("PostingDigest(first) = %s, want %s", got, want1)
+	}
+	second := Posting{AccountID: "alice", Currency: "EUR", Amount: -30, BalanceAfter: 70, AccountVersion: 2}
+	if got := PostingDigest(want1, second, pay); got != want2 {
+		t.Errorf("PostingDigest(second) = %s, want %s", got, want2)
+	}
+
+	b := NewBook()
+	b.Accounts["alice"] = &Account{ID: "alice", Currency: "EUR", Status: AccountActive, Balance: 100, Version: 1, Digest: want1}
+	b.Accounts["bob"] = &Account{ID: "bob", Currency: "EUR", Status: AccountActive}
+	res := b.Apply(Command{CommandID: pay, Type: TypeTransfer, FromAccountID: "alice", ToAccountID: "bob", Amount: 30, Currency: "EUR"}, now)
+	if res.Status != StatusApplied || res.Postings[0].Digest != want2 || b.Accounts["alice"].Digest != want2 {
+		t.Fatalf("alice's posting digest %q (account %q), want %s", res.Postings[0].Digest, b.Accounts["alice"].Digest, want2)
+	}
+	bob := res.Postings[1]
+	if want := PostingDigest("", bob, pay); bob.Digest != want || b.Accounts["bob"].Digest != want {
+		t.Errorf("bob's first posting digest %q, want %s chained from nothing", bob.Digest, want)
+	}
+	// A rejected command moves no link.
+	if res := b.Apply(Command{CommandID: open, Type: TypeTransfer, FromAccountID: "bob", ToAccountID: "alice", Amount: 1000, Currency: "EUR"}, now); res.Status != StatusRejected || b.Accounts["bob"].Digest != bob.Digest {
+		t.Errorf("a rejected transfer moved bob's digest to %q", b.Accounts["bob"].Digest)
 	}
 }

@@ -269,7 +269,7 @@ func (h *history) decide(c *ledger.History, cmd domain.Command, at time.Time) {
 	}
 	for _, p := range res.Postings {
 		c.Entries = append(c.Entries, ledger.HistoryEntry{Account: p.AccountID, CommandID: cmd.CommandID, CommandType: string(cmd.Type),
-			Currency: p.Currency, Version: p.AccountVersion, Amount: p.Amount, BalanceAfter: p.BalanceAfter, At: at})
+			Currency: p.Currency, Version: p.AccountVersion, Amount: p.Amount, BalanceAfter: p.BalanceAfter, At: at, Digest: p.Digest})
 	}
 }
 

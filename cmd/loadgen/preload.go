@@ -25,7 +25,7 @@ import (
 
 // preloadVersion changes whenever what preload writes changes, so that a
 // cached template built by an older loadgen is not reused.
-const preloadVersion = 3
+const preloadVersion = 4
 
 // preloadChunk is how many commands go in one transaction of the preload.
 const preloadChunk = 50000

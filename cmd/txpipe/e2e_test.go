@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
@@ -350,12 +351,25 @@ func TestEndToEndOverHTTP(t *testing.T) {
 	// Postings: per account, versions from 1 with no gap, and each
 	// balance_after follows from the one before.
 	byAccount := make(map[string][]domain.PostingData)
+	commandOf := make(map[string]string) // by digest
 	for _, ev := range p.events(t, p.topics.Postings, 4) {
 		var pd domain.PostingData
 		if err := json.Unmarshal(ev.Data, &pd); err != nil {
 			t.Fatal(err)
 		}
 		byAccount[pd.AccountID] = append(byAccount[pd.AccountID], pd)
+		commandOf[pd.Digest] = ev.CommandID
+	}
+	// Each posting chains to its account's previous one (docs/events.md).
+	for acct, ps := range byAccount {
+		prev := ""
+		for _, pd := range ps {
+			p := domain.Posting{AccountID: pd.AccountID, AccountVersion: pd.AccountVersion, Currency: pd.Currency, Amount: pd.Amount, BalanceAfter: pd.BalanceAfter}
+			if want := domain.PostingDigest(prev, p, commandOf[pd.Digest]); pd.Digest != want {
+				t.Errorf("account %s version %d: digest %q, want %s", acct, pd.AccountVersion, pd.Digest, want)
+			}
+			prev = pd.Digest
+		}
 	}
 	want := map[string][]domain.PostingData{
 		"alice": {
@@ -365,7 +379,7 @@ func TestEndToEndOverHTTP(t *testing.T) {
 		"bob":                           {{AccountID: "bob", AccountVersion: 1, Currency: "EUR", Amount: 250, BalanceAfter: 250, CommandType: domain.TypeTransfer}},
 		domain.ExternalAccountID("EUR"): {{AccountID: domain.ExternalAccountID("EUR"), AccountVersion: 1, Currency: "EUR", Amount: -1000, BalanceAfter: -1000, CommandType: domain.TypeDeposit}},
 	}
-	if diff := cmp.Diff(want, byAccount); diff != "" {
+	if diff := cmp.Diff(want, byAccount, cmpopts.IgnoreFields(domain.PostingData{}, "Digest")); diff != "" {
 		t.Errorf("postings mismatch (-want +got):\n%s", diff)
 	}
 

@@ -107,6 +107,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	r.add(checkConservation(db))
 	r.add(checkBalances(db))
 	r.add(checkPublished(db, postings))
+	r.add(checkDigests(db, postings))
 	return r, nil
 }
 
@@ -374,5 +375,61 @@ func checkPublished(db *database, msgs []kafka.Message) Check {
 		}
 	}
 	c.Detail = fmt.Sprintf("%d postings (%d after dedupe by event_id), %d accounts rebuilt", len(msgs), len(evs), len(rebuilt))
+	return c
+}
+
+// checkDigests: invariant 7's chain. In PostgreSQL, each entry's digest is
+// the one its fields and its account's previous entry give, and the
+// account keeps its latest; on the postings topic (deduped, in order), the
+// same. It names each account's first broken link: every later one is
+// suspect with it. Postings published before digests existed carry none;
+// the chain is carried past them on what their fields give.
+func checkDigests(db *database, msgs []kafka.Message) Check {
+	c := Check{Name: "invariant 7: every account's postings form an unbroken digest chain"}
+	broken := func(where, acct string, version int64, got, want string) {
+		c.Problems = append(c.Problems, fmt.Sprintf("%s: account %s breaks at version %d: digest %q, its fields and the link before give %s",
+			where, acct, version, got, want))
+	}
+	links := 0
+	for acct, entries := range db.Entries {
+		prev := ""
+		for _, e := range entries {
+			want := domain.PostingDigest(prev, domain.Posting{AccountID: acct, AccountVersion: e.Version, Currency: e.Currency,
+				Amount: e.Amount, BalanceAfter: e.Balance}, e.CommandID)
+			if e.Digest != want {
+				broken("PostgreSQL", acct, e.Version, e.Digest, want)
+				prev = ""
+				break
+			}
+			prev = want
+			links++
+		}
+		if a, ok := db.Totals[acct]; ok && prev != "" && a.Digest != prev {
+			c.Problems = append(c.Problems, fmt.Sprintf("PostgreSQL: account %s keeps digest %q, its latest entry's is %s", acct, a.Digest, prev))
+		}
+	}
+	evs, _, _ := dedupe(msgs) // undecodable records: invariant 5 reports them
+	prev, done := map[string]string{}, map[string]bool{}
+	for _, ev := range evs {
+		var p domain.PostingData
+		if json.Unmarshal(ev.Data, &p) != nil || p.AccountID == "" || done[p.AccountID] {
+			continue
+		}
+		want := domain.PostingDigest(prev[p.AccountID], domain.Posting{AccountID: p.AccountID, AccountVersion: p.AccountVersion,
+			Currency: p.Currency, Amount: p.Amount, BalanceAfter: p.BalanceAfter}, ev.CommandID)
+		if p.Digest != "" && p.Digest != want {
+			broken("the postings topic", p.AccountID, p.AccountVersion, p.Digest, want)
+			done[p.AccountID] = true
+			continue
+		}
+		prev[p.AccountID] = want
+		links++
+	}
+	for acct, d := range prev {
+		if a, ok := db.Totals[acct]; ok && !done[acct] && a.Version > 0 && a.Digest != d {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: the topic's chain ends at %s, the database's at %q", acct, d, a.Digest))
+		}
+	}
+	c.Detail = fmt.Sprintf("%d links checked, in PostgreSQL and on the topic", links)
 	return c
 }

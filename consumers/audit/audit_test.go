@@ -2,6 +2,10 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"github.com/segmentio/kafka-go"
+	"slices"
 	"strings"
 	"testing"
 
@@ -78,5 +82,54 @@ func TestSingleEffectCountsWhatEachCommandMakes(t *testing.T) {
 				t.Errorf("problems = %q, want %d", got.Problems, tt.problems)
 			}
 		})
+	}
+}
+
+// checkDigests names the first broken link of a chain, in PostgreSQL and
+// on the topic: an altered amount, a digest rewritten, a posting missing.
+func TestDigestsNameTheFirstBrokenLink(t *testing.T) {
+	type step struct {
+		cmd    string
+		amount int64
+	}
+	steps := []step{{"c1", 100}, {"c2", -30}, {"c3", 5}}
+	// The honest chain of account a.
+	var entries []ledger.SnapshotEntry
+	var msgs []kafka.Message
+	prev, bal := "", int64(0)
+	for i, s := range steps {
+		bal += s.amount
+		p := domain.Posting{AccountID: "a", AccountVersion: int64(i + 1), Currency: "EUR", Amount: s.amount, BalanceAfter: bal}
+		p.Digest = domain.PostingDigest(prev, p, s.cmd)
+		prev = p.Digest
+		entries = append(entries, ledger.SnapshotEntry{Account: "a", Version: p.AccountVersion, Amount: p.Amount, Balance: bal,
+			CommandID: s.cmd, Currency: "EUR", Digest: p.Digest})
+		ev := domain.Event{EventID: fmt.Sprintf("e%d", i), Type: "posting.created", CommandID: s.cmd,
+			Data: json.RawMessage(fmt.Sprintf(`{"account_id":"a","account_version":%d,"currency":"EUR","amount":%d,"balance_after":%d,"command_type":"deposit","digest":%q}`,
+				p.AccountVersion, p.Amount, bal, p.Digest))}
+		msgs = append(msgs, kafka.Message{Key: []byte("a"), Value: ev.Encode(), Offset: int64(i)})
+	}
+	db := func(es []ledger.SnapshotEntry, digest string) *database {
+		return &database{Snapshot: &ledger.Snapshot{Entries: map[string][]ledger.SnapshotEntry{"a": es},
+			Totals: map[string]ledger.Totals{"a": {Currency: "EUR", Balance: bal, Version: 3, Digest: digest}}}}
+	}
+	if c := checkDigests(db(entries, prev), msgs); len(c.Problems) != 0 {
+		t.Fatalf("the honest chain: %q", c.Problems)
+	}
+	tampered := slices.Clone(entries)
+	tampered[1].Amount = -31
+	if c := checkDigests(db(tampered, prev), msgs); len(c.Problems) != 1 || !strings.Contains(c.Problems[0], "PostgreSQL: account a breaks at version 2") {
+		t.Errorf("an amount altered in PostgreSQL: %q, want one problem at version 2", c.Problems)
+	}
+	if c := checkDigests(db(entries, "00"), msgs); len(c.Problems) != 2 {
+		t.Errorf("an account's digest rewritten: %q, want it named (against its entries and the topic)", c.Problems)
+	}
+	altered := slices.Clone(msgs)
+	altered[2].Value = []byte(strings.Replace(string(msgs[2].Value), `"amount":5`, `"amount":6`, 1))
+	if c := checkDigests(db(entries, prev), altered); len(c.Problems) != 1 || !strings.Contains(c.Problems[0], "the postings topic: account a breaks at version 3") {
+		t.Errorf("a posting altered on the topic: %q, want one problem at version 3", c.Problems)
+	}
+	if c := checkDigests(db(entries, prev), []kafka.Message{msgs[0], msgs[2]}); len(c.Problems) != 1 || !strings.Contains(c.Problems[0], "breaks at version 3") {
+		t.Errorf("a posting missing from the topic: %q, want the chain broken at the next one", c.Problems)
 	}
 }

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -19,19 +20,20 @@ import (
 // by NewBulk, so that the entries continue each account's statement.
 type Bulk struct {
 	version, balance map[string]int64
+	digest           map[string]string // the latest posting's, hex
 }
 
 // NewBulk reads every internal account's version and balance.
 func NewBulk(ctx context.Context, pool *pgxpool.Pool) (*Bulk, error) {
-	b := &Bulk{version: map[string]int64{}, balance: map[string]int64{}}
-	rows, err := pool.Query(ctx, `SELECT account_id, version, balance FROM accounts WHERE NOT external`)
+	b := &Bulk{version: map[string]int64{}, balance: map[string]int64{}, digest: map[string]string{}}
+	rows, err := pool.Query(ctx, `SELECT account_id, version, balance, coalesce(encode(digest, 'hex'), '') FROM accounts WHERE NOT external`)
 	if err != nil {
 		return nil, fmt.Errorf("read accounts: %w", err)
 	}
-	var id string
+	var id, digest string
 	var v, bal int64
-	if _, err := pgx.ForEachRow(rows, []any{&id, &v, &bal}, func() error {
-		b.version[id], b.balance[id] = v, bal
+	if _, err := pgx.ForEachRow(rows, []any{&id, &v, &bal, &digest}, func() error {
+		b.version[id], b.balance[id], b.digest[id] = v, bal, digest
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("read accounts: %w", err)
@@ -56,17 +58,20 @@ func (b *Bulk) Post(ctx context.Context, pool *pgxpool.Pool, transfers []domain.
 			b.version[leg.acct]++
 			b.balance[leg.acct] += leg.amt
 			delta[leg.acct] += leg.amt
-			entries = append(entries, []any{leg.acct, b.version[leg.acct], c.CommandID, "transfer", "EUR", leg.amt, b.balance[leg.acct], now})
+			p := domain.Posting{AccountID: leg.acct, Currency: "EUR", Amount: leg.amt, BalanceAfter: b.balance[leg.acct], AccountVersion: b.version[leg.acct]}
+			b.digest[leg.acct] = domain.PostingDigest(b.digest[leg.acct], p, c.CommandID)
+			sum, _ := hex.DecodeString(b.digest[leg.acct])
+			entries = append(entries, []any{leg.acct, b.version[leg.acct], c.CommandID, "transfer", "EUR", leg.amt, b.balance[leg.acct], now, sum})
 		}
 	}
-	accts, deltas, versions := make([]string, 0, len(delta)), make([]int64, 0, len(delta)), make([]int64, 0, len(delta))
+	accts, deltas, versions, digests := make([]string, 0, len(delta)), make([]int64, 0, len(delta)), make([]int64, 0, len(delta)), make([]string, 0, len(delta))
 	for a, d := range delta {
-		accts, deltas, versions = append(accts, a), append(deltas, d), append(versions, b.version[a])
+		accts, deltas, versions, digests = append(accts, a), append(deltas, d), append(versions, b.version[a]), append(digests, b.digest[a])
 	}
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		batch := &pgx.Batch{}
-		batch.Queue(`UPDATE accounts a SET balance = a.balance + u.d, version = u.v, updated_at = now()
-			FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u (id, d, v) WHERE a.account_id = u.id`, accts, deltas, versions)
+		batch.Queue(`UPDATE accounts a SET balance = a.balance + u.d, version = u.v, updated_at = now(), digest = decode(u.dg, 'hex')
+			FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[]) AS u (id, d, v, dg) WHERE a.account_id = u.id`, accts, deltas, versions, digests)
 		batch.Queue(`INSERT INTO transfers (transfer_id, kind, from_account_id, to_account_id, currency, amount, status, created_at, updated_at)
 			SELECT id::uuid, 'transfer', f, t, 'EUR', a, 'posted', now(), now() FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[]) AS u (id, f, t, a)`,
 			ids, froms, tos, amounts)
@@ -76,7 +81,7 @@ func (b *Bulk) Post(ctx context.Context, pool *pgxpool.Pool, transfers []domain.
 			return err
 		}
 		_, err := tx.CopyFrom(ctx, pgx.Identifier{"entries"},
-			[]string{"account_id", "account_version", "command_id", "command_type", "currency", "amount", "balance_after", "created_at"},
+			[]string{"account_id", "account_version", "command_id", "command_type", "currency", "amount", "balance_after", "created_at", "digest"},
 			pgx.CopyFromRows(entries))
 		return err
 	})

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -43,6 +44,7 @@ type HistoryEntry struct {
 	Account, CommandID, CommandType, Currency string
 	Version, Amount, BalanceAfter             int64
 	At                                        time.Time
+	Digest                                    string // hex
 }
 
 // HistoryDecision is a command's stored decision.
@@ -101,10 +103,11 @@ func ImportHistory(ctx context.Context, tx pgx.Tx, h *History, by string) error 
 				return []any{l.id, int16(l.n), l.FromAccountID, l.ToAccountID, l.Currency, l.Amount, l.ReversedAmount, l.Fee, l.at}, nil
 			}},
 		{"entries", []string{"account_id", "account_version", "command_id", "command_type", "currency", "amount",
-			"balance_after", "created_at", "submitted_by"}, len(h.Entries),
+			"balance_after", "created_at", "submitted_by", "digest"}, len(h.Entries),
 			func(i int) ([]any, error) {
 				e := h.Entries[i]
-				return []any{e.Account, e.Version, e.CommandID, e.CommandType, e.Currency, e.Amount, e.BalanceAfter, e.At, by}, nil
+				sum, err := hex.DecodeString(e.Digest)
+				return []any{e.Account, e.Version, e.CommandID, e.CommandType, e.Currency, e.Amount, e.BalanceAfter, e.At, by, sum}, err
 			}},
 		{"processed_commands", []string{"command_id", "type", "fingerprint", "status", "reason", "debit_account_id",
 			"accepted_at", "processed_at", "source_partition", "source_offset", "submitted_by"}, len(h.Decisions),
@@ -142,19 +145,20 @@ func dateOrNil(day string) any {
 // SetAccounts writes the state of every account of accounts, each last
 // changed at updated[id]; every one must exist.
 func SetAccounts(ctx context.Context, pool *pgxpool.Pool, accounts map[string]*domain.Account, updated map[string]time.Time) error {
-	var ids, statuses, days []string
+	var ids, statuses, days, digests []string
 	var balance, held, debited, versions []int64
 	var at []time.Time
 	for id, a := range accounts {
-		ids, statuses, days = append(ids, id), append(statuses, string(a.Status)), append(days, a.DailyDebitDay)
+		ids, statuses, days, digests = append(ids, id), append(statuses, string(a.Status)), append(days, a.DailyDebitDay), append(digests, a.Digest)
 		balance, held, debited, versions = append(balance, a.Balance), append(held, a.Held), append(debited, a.DailyDebited), append(versions, a.Version)
 		at = append(at, updated[id])
 	}
 	ct, err := pool.Exec(ctx, `UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
-			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = u.upd
-		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::timestamptz[])
-			AS u (id, st, bal, hld, dd, deb, ver, upd)
-		WHERE a.account_id = u.id`, ids, statuses, balance, held, days, debited, versions, at)
+			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = u.upd,
+			digest = decode(nullif(u.dg, ''), 'hex')
+		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::timestamptz[], $9::text[])
+			AS u (id, st, bal, hld, dd, deb, ver, upd, dg)
+		WHERE a.account_id = u.id`, ids, statuses, balance, held, days, debited, versions, at, digests)
 	if err != nil {
 		return fmt.Errorf("update accounts: %w", err)
 	}

@@ -265,7 +265,7 @@ func queueLockAccounts(b *pgx.Batch, ids, payers []string, book *domain.Book) {
 		payers = []string{}
 	}
 	b.Queue(`SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
-			coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version, fee_plan
+			coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version, fee_plan, coalesce(encode(digest, 'hex'), '')
 		FROM accounts
 		WHERE account_id = ANY($1::text[] || ARRAY(SELECT fee_plan->>'revenue_account_id' FROM accounts
 			WHERE account_id = ANY($2::text[]) AND fee_plan IS NOT NULL))
@@ -275,7 +275,7 @@ func queueLockAccounts(b *pgx.Batch, ids, payers []string, book *domain.Book) {
 			var status string
 			var plan []byte
 			if err := rows.Scan(&a.ID, &a.Currency, &status, &a.External, &a.Balance, &a.Held, &a.OverdraftLimit,
-				&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version, &plan); err != nil {
+				&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version, &plan, &a.Digest); err != nil {
 				return err
 			}
 			if plan != nil {

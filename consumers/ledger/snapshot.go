@@ -31,6 +31,9 @@ type Totals struct {
 	Currency                          string
 	External                          bool
 	Balance, Held, Overdraft, Version int64
+	// Digest is the digest of the account's latest posting, hex ("" for
+	// none).
+	Digest string
 }
 
 // SnapshotEntry is an entry as the auditor reads it.
@@ -38,6 +41,7 @@ type SnapshotEntry struct {
 	Account                  string
 	Version, Amount, Balance int64
 	CommandID, Currency      string
+	Digest                   string // hex
 }
 
 // ReadSnapshot reads the ledger in tx, which the caller begins read-only
@@ -71,15 +75,16 @@ func (s Source) ReadSnapshot(ctx context.Context, tx pgx.Tx) (*Snapshot, error) 
 		return nil, err
 	}
 	var a Totals
-	if err := each("accounts", `SELECT account_id, currency, external, balance, held, overdraft_limit, version FROM accounts`, nil,
-		[]any{&id, &a.Currency, &a.External, &a.Balance, &a.Held, &a.Overdraft, &a.Version},
+	if err := each("accounts", `SELECT account_id, currency, external, balance, held, overdraft_limit, version,
+			coalesce(encode(digest, 'hex'), '') FROM accounts`, nil,
+		[]any{&id, &a.Currency, &a.External, &a.Balance, &a.Held, &a.Overdraft, &a.Version, &a.Digest},
 		func() error { snap.Totals[id] = a; return nil }); err != nil {
 		return nil, err
 	}
 	var e SnapshotEntry
-	if err := each("entries", `SELECT account_id, account_version, amount, balance_after, command_id::text, currency
+	if err := each("entries", `SELECT account_id, account_version, amount, balance_after, command_id::text, currency, encode(digest, 'hex')
 		FROM entries ORDER BY account_id, account_version`, nil,
-		[]any{&e.Account, &e.Version, &e.Amount, &e.Balance, &e.CommandID, &e.Currency}, func() error {
+		[]any{&e.Account, &e.Version, &e.Amount, &e.Balance, &e.CommandID, &e.Currency, &e.Digest}, func() error {
 			snap.Entries[e.Account] = append(snap.Entries[e.Account], e)
 			snap.ByCommand[e.CommandID] = append(snap.ByCommand[e.CommandID], e)
 			return nil

@@ -149,11 +149,23 @@ func queueInsertAccounts(b *pgx.Batch, accounts []*domain.Account, sealed map[st
 	// An account opened in this batch may have had its fee plan set later
 	// in the same batch: the row is written once, as the batch left it.
 	b.Queue(`INSERT INTO accounts (account_id, currency, status, balance, held, overdraft_limit,
-			daily_debit_limit, daily_debit_day, daily_debited, version, metadata_key_id, metadata_sealed, created_at, updated_at, fee_plan)
-		SELECT id, cur, st, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(kid, ''), ct, $13, $13, nullif(fp, '')::jsonb
+			daily_debit_limit, daily_debit_day, daily_debited, version, metadata_key_id, metadata_sealed, created_at, updated_at, fee_plan, digest)
+		SELECT id, cur, st, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(kid, ''), ct, $13, $13, nullif(fp, '')::jsonb,
+			decode(nullif(dg, ''), 'hex')
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
-			$8::text[], $9::int8[], $10::int8[], $11::text[], $12::bytea[], $14::text[]) AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, kid, ct, fp)`,
-		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, keyIDs, ciphertexts, now, feePlans(accounts))
+			$8::text[], $9::int8[], $10::int8[], $11::text[], $12::bytea[], $14::text[], $15::text[])
+			AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, kid, ct, fp, dg)`,
+		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, keyIDs, ciphertexts, now, feePlans(accounts), digests(accounts))
+}
+
+// digests is the digest of each of accounts' latest posting, hex ("" for
+// none).
+func digests(accounts []*domain.Account) []string {
+	out := make([]string, len(accounts))
+	for i, a := range accounts {
+		out[i] = a.Digest
+	}
+	return out
 }
 
 // feePlans is the fee plan of each of accounts as JSON, "" for none.
@@ -180,11 +192,11 @@ func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time
 	}
 	b.Queue(`UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
 			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = $8,
-			fee_plan = nullif(u.fp, '')::jsonb
-		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $9::text[])
-			AS u (id, st, bal, hld, dd, deb, ver, fp)
+			fee_plan = nullif(u.fp, '')::jsonb, digest = decode(nullif(u.dg, ''), 'hex')
+		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $9::text[], $10::text[])
+			AS u (id, st, bal, hld, dd, deb, ver, fp, dg)
 		WHERE a.account_id = u.id`,
-		ids, statuses, balance, held, days, debited, versions, now, plans).Exec(func(ct pgconn.CommandTag) error {
+		ids, statuses, balance, held, days, debited, versions, now, plans, digests(accounts)).Exec(func(ct pgconn.CommandTag) error {
 		if ct.RowsAffected() != int64(n) {
 			return fmt.Errorf("update accounts: %d of %d rows found", ct.RowsAffected(), n)
 		}
@@ -284,10 +296,15 @@ func queueEntries(b *pgx.Batch, rows []Entry, now time.Time) {
 		accounts[i], commandIDs[i], types[i], currencies[i], by[i] = r.Posting.AccountID, r.CommandID, string(r.CommandType), r.Posting.Currency, r.SubmittedBy
 		versions[i], amounts[i], after[i] = r.Posting.AccountVersion, r.Posting.Amount, r.Posting.BalanceAfter
 	}
-	b.Queue(`INSERT INTO entries (account_id, account_version, command_id, command_type, currency, amount, balance_after, created_at, submitted_by)
-		SELECT a, v, c::uuid, t, cur, amt, bal, $8, s
-		FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $9::text[]) AS u (a, v, c, t, cur, amt, bal, s)`,
-		accounts, versions, commandIDs, types, currencies, amounts, after, now, by)
+	digest := make([]string, n)
+	for i, r := range rows {
+		digest[i] = r.Posting.Digest
+	}
+	b.Queue(`INSERT INTO entries (account_id, account_version, command_id, command_type, currency, amount, balance_after, created_at, submitted_by, digest)
+		SELECT a, v, c::uuid, t, cur, amt, bal, $8, s, decode(dg, 'hex')
+		FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $9::text[], $10::text[])
+			AS u (a, v, c, t, cur, amt, bal, s, dg)`,
+		accounts, versions, commandIDs, types, currencies, amounts, after, now, by, digest)
 }
 
 func queueDecisions(b *pgx.Batch, rows []Decision, now time.Time) {
