@@ -17,6 +17,7 @@ help:
 	@echo "make lint           gofmt and go vet"
 	@echo "make bench          steady-state benchmark on a preloaded database, side by side (BENCH_QUICK=1: about 10 minutes); make bench-micro: Go benchmarks"
 	@echo "make soak           the sustained 1000/s latency run for SOAK_DURATION (5m), RSS and outbox size at start and end"
+	@echo "make release-schemas record docs/schemas as released: later changes must stay backward compatible with them"
 
 .PHONY: build
 build:
@@ -118,3 +119,12 @@ soak: build
 .PHONY: bench-micro
 bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem ./domain/...
+
+# release-schemas: record docs/schemas as released. From then on
+# TestSchemasStayBackwardCompatible refuses any change to them that would
+# break a consumer (a field made required or removed, a type narrowed).
+.PHONY: release-schemas
+release-schemas:
+	rm -rf internal/schematest/testdata/released
+	mkdir -p internal/schematest/testdata/released
+	cp -r docs/schemas/. internal/schematest/testdata/released/
