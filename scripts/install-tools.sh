@@ -36,8 +36,32 @@ command -v mvn >/dev/null 2>&1 || need maven "fetching Kafka's jars"
 command -v java >/dev/null 2>&1 || need openjdk-17-jdk-headless "running Kafka"
 command -v make >/dev/null 2>&1 || need make "the Makefile"
 command -v openssl >/dev/null 2>&1 || need openssl "PostgreSQL's and Kafka's TLS certificates"
+command -v python3 >/dev/null 2>&1 || need python3 "the analyst example (examples/analyst)"
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need python3-venv "the analyst example's virtualenv"
 
-((${#missing[@]})) || exit 0
+# The analyst example's virtualenv (confluent-kafka, DuckDB from PyPI), in
+# the cache; made again when its requirements change. Needs no root.
+analyst_env() {
+  local venv="$TXPIPE_CACHE_DIR/analyst-venv" req="$TXPIPE_REPO_DIR/examples/analyst/requirements.txt"
+  command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || return 0
+  if [[ -x "$venv/bin/python" ]] && cmp -s "$req" "$venv/requirements.txt"; then
+    return 0
+  fi
+  log "analyst example: python3 -m venv $venv; pip install -r examples/analyst/requirements.txt"
+  rm -rf "$venv"
+  if python3 -m venv "$venv" >&2 && "$venv/bin/pip" install -q -r "$req" >&2; then
+    cp "$req" "$venv/requirements.txt"
+  else
+    rm -rf "$venv"
+    [[ "$require" == true ]] && die "could not install the analyst example's packages"
+    log "the analyst example's test will skip"
+  fi
+}
+
+if ! ((${#missing[@]})); then
+  analyst_env
+  exit 0
+fi
 
 if [[ $EUID -ne 0 ]]; then
   log "missing, and not root to install them (sudo $0):"
@@ -46,6 +70,7 @@ if [[ $EUID -ne 0 ]]; then
     die "install them first"
   fi
   log "the tests that need them will skip"
+  analyst_env
   exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -53,9 +78,11 @@ if ! command -v apt-get >/dev/null 2>&1; then
   for w in "${why[@]}"; do log "  $w"; done
   [[ "$require" == true ]] && die "install them first"
   log "the tests that need them will skip"
+  analyst_env
   exit 0
 fi
 log "apt-get install ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q >&2
 apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+analyst_env
