@@ -19,6 +19,7 @@ import (
 
 	"github.com/txpipe/txpipe/consumers"
 	"github.com/txpipe/txpipe/consumers/ledger"
+	"github.com/txpipe/txpipe/ledgerstream"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/outbox"
@@ -408,26 +409,26 @@ func checkDigests(db *database, msgs []kafka.Message) Check {
 			c.Problems = append(c.Problems, fmt.Sprintf("PostgreSQL: account %s keeps digest %q, its latest entry's is %s", acct, a.Digest, prev))
 		}
 	}
-	evs, _, _ := dedupe(msgs) // undecodable records: invariant 5 reports them
-	prev, done := map[string]string{}, map[string]bool{}
-	for _, ev := range evs {
-		var p domain.PostingData
-		if json.Unmarshal(ev.Data, &p) != nil || p.AccountID == "" || done[p.AccountID] {
-			continue
+	// The topic, as any consumer reads it: through ledgerstream.
+	tr := ledgerstream.NewTracker(nil)
+	broke := map[string]bool{}
+	for _, m := range msgs {
+		p, err := ledgerstream.Decode(m.Value)
+		if err != nil {
+			continue // undecodable records: invariant 5 reports them
 		}
-		want := domain.PostingDigest(prev[p.AccountID], domain.Posting{AccountID: p.AccountID, AccountVersion: p.AccountVersion,
-			Currency: p.Currency, Amount: p.Amount, BalanceAfter: p.BalanceAfter}, ev.CommandID)
-		if p.Digest != "" && p.Digest != want {
-			broken("the postings topic", p.AccountID, p.AccountVersion, p.Digest, want)
-			done[p.AccountID] = true
-			continue
+		switch v, prob := tr.Observe(p); {
+		case prob != nil && !broke[p.AccountID]:
+			c.Problems = append(c.Problems, "the postings topic: "+prob.String())
+			broke[p.AccountID] = true
+		case v == ledgerstream.New:
+			links++
 		}
-		prev[p.AccountID] = want
-		links++
 	}
-	for acct, d := range prev {
-		if a, ok := db.Totals[acct]; ok && !done[acct] && a.Version > 0 && a.Digest != d {
-			c.Problems = append(c.Problems, fmt.Sprintf("account %s: the topic's chain ends at %s, the database's at %q", acct, d, a.Digest))
+	for _, acct := range tr.Accounts() {
+		a, _ := tr.Account(acct)
+		if t, ok := db.Totals[acct]; ok && !broke[acct] && a.Digest != t.Digest {
+			c.Problems = append(c.Problems, fmt.Sprintf("account %s: the topic's chain ends at %s, the database's at %q", acct, a.Digest, t.Digest))
 		}
 	}
 	c.Detail = fmt.Sprintf("%d links checked, in PostgreSQL and on the topic", links)
