@@ -19,9 +19,9 @@ import (
 
 	"github.com/txpipe/txpipe/consumers"
 	"github.com/txpipe/txpipe/consumers/ledger"
-	"github.com/txpipe/txpipe/ledgerstream"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
+	"github.com/txpipe/txpipe/ledgerstream"
 	"github.com/txpipe/txpipe/outbox"
 )
 
