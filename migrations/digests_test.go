@@ -78,6 +78,23 @@ func TestDigestsChainEntriesWrittenBefore(t *testing.T) {
 			t.Errorf("entry %s v%d: digest %q (%v), want %s", e.acct, e.version, got, err, want)
 		}
 	}
+	// A worker of the previous version, still running during a rolling
+	// upgrade, inserts entries without a digest (alice twice in one
+	// statement, as a batch does): the trigger chains them.
+	if _, err := conn.Exec(ctx, `INSERT INTO entries (account_id, account_version, command_id, command_type, currency, amount, balance_after, created_at)
+		VALUES ('alice', 3, '0190b1c2-0000-7000-8000-00000000000b', 'deposit', 'EUR', 5, 75, now()),
+		       ('alice', 4, '0190b1c2-0000-7000-8000-00000000000c', 'deposit', 'EUR', 5, 80, now())`); err != nil {
+		t.Fatalf("an entry written as the previous version writes it: %v", err)
+	}
+	for _, e := range []entry{{"alice", "0190b1c2-0000-7000-8000-00000000000b", 3, 5, 75}, {"alice", "0190b1c2-0000-7000-8000-00000000000c", 4, 5, 80}} {
+		want := domain.PostingDigest(prev[e.acct], domain.Posting{AccountID: e.acct, AccountVersion: e.version, Currency: "EUR",
+			Amount: e.amount, BalanceAfter: e.after}, e.cmd)
+		prev[e.acct] = want
+		var got string
+		if err := conn.QueryRow(ctx, `SELECT encode(digest, 'hex') FROM entries WHERE account_id = $1 AND account_version = $2`, e.acct, e.version).Scan(&got); err != nil || got != want {
+			t.Errorf("entry %s v%d written without a digest: %q (%v), want %s", e.acct, e.version, got, err, want)
+		}
+	}
 	for acct, want := range map[string]string{"alice": prev["alice"], "bob": prev["bob"], "carol": ""} {
 		var got string
 		if err := conn.QueryRow(ctx, `SELECT coalesce(encode(digest, 'hex'), '') FROM accounts WHERE account_id = $1`, acct).Scan(&got); err != nil || got != want {

@@ -1,5 +1,10 @@
 package outbox
 
+import (
+	"encoding/json"
+	"time"
+)
+
 // Rows that carry an event — an event_id and an event_type header, as the
 // workers write their outcome, posting and expiry events — are published
 // as CloudEvents 1.0 in the Kafka protocol binding's binary mode
@@ -23,12 +28,22 @@ const (
 )
 
 // addCloudEvents adds the CloudEvents attributes of an event row to its
-// headers; rows that are not events (DLQ records) are left alone.
-func addCloudEvents(h map[string]string, key []byte) {
+// headers; rows that are not events (DLQ records) are left alone. A row
+// written without ce_time (by a worker of an earlier version, during a
+// rolling upgrade) gets the envelope's occurred_at.
+func addCloudEvents(h map[string]string, key, value []byte) {
 	id, isEvent := h[HeaderEventID]
 	typ, typed := h[HeaderEventType]
 	if !isEvent || !typed {
 		return
+	}
+	if _, ok := h[HeaderEventTime]; !ok {
+		var env struct {
+			OccurredAt time.Time `json:"occurred_at"`
+		}
+		if json.Unmarshal(value, &env) == nil && !env.OccurredAt.IsZero() {
+			h[HeaderEventTime] = env.OccurredAt.UTC().Format(time.RFC3339Nano)
+		}
 	}
 	h["ce_specversion"] = "1.0"
 	h["ce_id"] = id

@@ -424,7 +424,7 @@ func toRecord(x *row) (reason string, cause error) {
 	if err := json.Unmarshal(x.headers, &headers); err != nil {
 		return ReasonUndecodable, fmt.Errorf("headers are not a JSON object of strings: %w", err)
 	}
-	addCloudEvents(headers, x.key)
+	addCloudEvents(headers, x.key, x.value)
 	x.msg = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value}
 	x.size = len(x.key) + len(x.value) + 32
 	for _, k := range slices.Sorted(maps.Keys(headers)) {

@@ -44,12 +44,14 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need python3-venv "the an
 analyst_env() {
   local venv="$TXPIPE_CACHE_DIR/analyst-venv" req="$TXPIPE_REPO_DIR/examples/analyst/requirements.txt"
   command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || return 0
-  if [[ -x "$venv/bin/python" ]] && cmp -s "$req" "$venv/requirements.txt"; then
+  if [[ -x "$venv/bin/python" ]] && cmp -s "$req" "$venv/requirements.txt" \
+    && "$venv/bin/python" -c 'import confluent_kafka, duckdb' >/dev/null 2>&1; then
     return 0
   fi
   log "analyst example: python3 -m venv $venv; pip install -r examples/analyst/requirements.txt"
   rm -rf "$venv"
-  if python3 -m venv "$venv" >&2 && "$venv/bin/pip" install -q -r "$req" >&2; then
+  # Wheels only: a source build of DuckDB would take hours on a small machine.
+  if python3 -m venv "$venv" >&2 && "$venv/bin/pip" install -q --only-binary=:all: -r "$req" >&2; then
     cp "$req" "$venv/requirements.txt"
   else
     rm -rf "$venv"

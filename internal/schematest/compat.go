@@ -64,9 +64,14 @@ func compare(at string, prev, next any, out *[]string) {
 				*out = append(*out, fmt.Sprintf("%s: lowered from %v to %v", here, pv, nv))
 			}
 		case "oneOf", "anyOf":
-			// Alternatives may be added, not taken away or changed.
-			if removed := minusAny(asSlice(pv), asSlice(nv)); kept && len(removed) > 0 {
-				*out = append(*out, fmt.Sprintf("%s: %d alternatives removed or changed", here, len(removed)))
+			// Alternatives may be appended; each one released is compared
+			// with the one at its place.
+			ps, ns := asSlice(pv), asSlice(nv)
+			if kept && len(ns) < len(ps) {
+				*out = append(*out, fmt.Sprintf("%s: %d alternatives removed", here, len(ps)-len(ns)))
+			}
+			for i := range min(len(ps), len(ns)) {
+				compare(fmt.Sprintf("%s/%d", here, i), ps[i], ns[i], out)
 			}
 		case "additionalProperties":
 			if allowed(pv) && kept && !allowed(nv) {

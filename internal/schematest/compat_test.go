@@ -81,6 +81,8 @@ func TestIncompatibleCatchesEachBreak(t *testing.T) {
 		{"a pattern changed", `"^x"`, `"^xy"`, true},
 		{"a constraint added", `"type":"object","properties":{"deep"`, `"type":"object","additionalProperties":false,"properties":{"deep"`, true},
 		{"an alternative removed", `,{"const":2}`, ``, true},
+		{"an alternative changed", `{"const":2}]`, `{"const":3}]`, true},
+		{"an alternative described", `{"const":2}]`, `{"const":2,"description":"two"}]`, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			changed := strings.Replace(base, c.from, c.to, 1)
