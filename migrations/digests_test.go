@@ -2,14 +2,9 @@ package migrations_test
 
 import (
 	"context"
-	"slices"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/txpipe/txpipe/domain"
-	"github.com/txpipe/txpipe/internal/pgtest"
-	"github.com/txpipe/txpipe/migrations"
 )
 
 // TestDigestsChainEntriesWrittenBefore applies the migrations before 0017
@@ -18,29 +13,8 @@ import (
 // domain.PostingDigest gives (the workers' and verify's), chained in
 // account_version order, and each account keeps its latest.
 func TestDigestsChainEntriesWrittenBefore(t *testing.T) {
-	db := pgtest.New(t)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE SCHEMA before_digests; SET search_path = before_digests`); err != nil {
-		t.Fatal(err)
-	}
-	ms, err := migrations.All()
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := slices.IndexFunc(ms, func(m migrations.Migration) bool { return m.Version == 17 })
-	if i < 0 {
-		t.Fatal("no migration 17")
-	}
-	for _, m := range ms[:i] {
-		if _, err := conn.Exec(ctx, m.SQL); err != nil {
-			t.Fatalf("migration %s: %v", m.Name, err)
-		}
-	}
+	conn, digests := before(t, "before_digests", 17)
 	type entry struct {
 		acct, cmd     string
 		version       int64
@@ -65,19 +39,25 @@ func TestDigestsChainEntriesWrittenBefore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := conn.Exec(ctx, ms[i].SQL); err != nil {
-		t.Fatalf("migration %s: %v", ms[i].Name, err)
+	if _, err := conn.Exec(ctx, digests.SQL); err != nil {
+		t.Fatalf("migration %s: %v", digests.Name, err)
 	}
+	// chained checks each entry's digest, in order, against the chain
+	// domain.PostingDigest makes.
 	prev := map[string]string{}
-	for _, e := range entries[:3] {
-		want := domain.PostingDigest(prev[e.acct], domain.Posting{AccountID: e.acct, AccountVersion: e.version, Currency: "EUR",
-			Amount: e.amount, BalanceAfter: e.after}, e.cmd)
-		prev[e.acct] = want
-		var got string
-		if err := conn.QueryRow(ctx, `SELECT encode(digest, 'hex') FROM entries WHERE account_id = $1 AND account_version = $2`, e.acct, e.version).Scan(&got); err != nil || got != want {
-			t.Errorf("entry %s v%d: digest %q (%v), want %s", e.acct, e.version, got, err, want)
+	chained := func(es []entry) {
+		t.Helper()
+		for _, e := range es {
+			want := domain.PostingDigest(prev[e.acct], domain.Posting{AccountID: e.acct, AccountVersion: e.version, Currency: "EUR",
+				Amount: e.amount, BalanceAfter: e.after}, e.cmd)
+			prev[e.acct] = want
+			var got string
+			if err := conn.QueryRow(ctx, `SELECT encode(digest, 'hex') FROM entries WHERE account_id = $1 AND account_version = $2`, e.acct, e.version).Scan(&got); err != nil || got != want {
+				t.Errorf("entry %s v%d: digest %q (%v), want %s", e.acct, e.version, got, err, want)
+			}
 		}
 	}
+	chained(entries[:3])
 	// A worker of the previous version, still running during a rolling
 	// upgrade, inserts entries without a digest (alice twice in one
 	// statement, as a batch does): the trigger chains them.
@@ -86,15 +66,7 @@ func TestDigestsChainEntriesWrittenBefore(t *testing.T) {
 		       ('alice', 4, '0190b1c2-0000-7000-8000-00000000000c', 'deposit', 'EUR', 5, 80, now())`); err != nil {
 		t.Fatalf("an entry written as the previous version writes it: %v", err)
 	}
-	for _, e := range []entry{{"alice", "0190b1c2-0000-7000-8000-00000000000b", 3, 5, 75}, {"alice", "0190b1c2-0000-7000-8000-00000000000c", 4, 5, 80}} {
-		want := domain.PostingDigest(prev[e.acct], domain.Posting{AccountID: e.acct, AccountVersion: e.version, Currency: "EUR",
-			Amount: e.amount, BalanceAfter: e.after}, e.cmd)
-		prev[e.acct] = want
-		var got string
-		if err := conn.QueryRow(ctx, `SELECT encode(digest, 'hex') FROM entries WHERE account_id = $1 AND account_version = $2`, e.acct, e.version).Scan(&got); err != nil || got != want {
-			t.Errorf("entry %s v%d written without a digest: %q (%v), want %s", e.acct, e.version, got, err, want)
-		}
-	}
+	chained([]entry{{"alice", "0190b1c2-0000-7000-8000-00000000000b", 3, 5, 75}, {"alice", "0190b1c2-0000-7000-8000-00000000000c", 4, 5, 80}})
 	for acct, want := range map[string]string{"alice": prev["alice"], "bob": prev["bob"], "carol": ""} {
 		var got string
 		if err := conn.QueryRow(ctx, `SELECT coalesce(encode(digest, 'hex'), '') FROM accounts WHERE account_id = $1`, acct).Scan(&got); err != nil || got != want {

@@ -6,9 +6,6 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/txpipe/txpipe/internal/pgtest"
-	"github.com/txpipe/txpipe/migrations"
 )
 
 // TestOutboxSlotsKeepUnpublishedRows applies the migrations before 0011 in
@@ -16,29 +13,8 @@ import (
 // them mid-traffic, and applies 0011: every row is still there to publish,
 // with its id, its shard and its content, and new rows take ids after them.
 func TestOutboxSlotsKeepUnpublishedRows(t *testing.T) {
-	db := pgtest.New(t)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE SCHEMA before_slots; SET search_path = before_slots`); err != nil {
-		t.Fatal(err)
-	}
-	ms, err := migrations.All()
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := slices.IndexFunc(ms, func(m migrations.Migration) bool { return m.Version == 11 })
-	if i < 0 {
-		t.Fatal("no migration 11")
-	}
-	for _, m := range ms[:i] {
-		if _, err := conn.Exec(ctx, m.SQL); err != nil {
-			t.Fatalf("migration %s: %v", m.Name, err)
-		}
-	}
+	conn, slots := before(t, "before_slots", 11)
 	type row struct {
 		ID    int64
 		Shard int16
@@ -62,8 +38,8 @@ func TestOutboxSlotsKeepUnpublishedRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := read()
-	if _, err := conn.Exec(ctx, ms[i].SQL); err != nil {
-		t.Fatalf("migration %s: %v", ms[i].Name, err)
+	if _, err := conn.Exec(ctx, slots.SQL); err != nil {
+		t.Fatalf("migration %s: %v", slots.Name, err)
 	}
 	after := read()
 	if !slices.EqualFunc(before, after, func(a, b row) bool {

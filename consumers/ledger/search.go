@@ -210,7 +210,12 @@ func (q *Queries) Transfers(ctx context.Context, f TransferFilter) ([]Transfer, 
 		}
 		query = `WITH hits AS (` + hits + `) ` + selectTransfersAs + `JOIN hits h USING (transfer_id)` + newestFirst("t") + limit
 	}
-	rows, err := q.Pool.Query(ctx, query, a...)
+	return q.collectTransfers(ctx, query, a)
+}
+
+// collectTransfers runs query, which selects selectTransfersAs's columns.
+func (q *Queries) collectTransfers(ctx context.Context, query string, args []any) ([]Transfer, error) {
+	rows, err := q.Pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -309,11 +314,7 @@ func (q *Queries) Holds(ctx context.Context, f HoldFilter) ([]Transfer, error) {
 		}
 		conds = append(conds, fmt.Sprintf("(%s, t.transfer_id) > (%s::timestamptz, %s::uuid)", expiry, a.add(at), a.add(f.After.ID)))
 	}
-	rows, err := q.Pool.Query(ctx, selectTransfersAs+where(conds)+" ORDER BY "+expiry+", t.transfer_id LIMIT "+a.add(f.Limit), a...)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Transfer, error) { return q.scanTransfer(row) })
+	return q.collectTransfers(ctx, selectTransfersAs+where(conds)+" ORDER BY "+expiry+", t.transfer_id LIMIT "+a.add(f.Limit), a)
 }
 
 // AccountFilter selects accounts.
