@@ -88,13 +88,19 @@ func compare(at string, prev, next any, out *[]string) {
 			compare(here, pv, nv, out)
 		}
 	}
+	added(at, p, n, out)
+}
+
+// added reports the keywords next has and prev had not: a constraint
+// added narrows what is allowed; words and optional fields do not.
+func added(at string, p, n map[string]any, out *[]string) {
 	for _, key := range slices.Sorted(maps.Keys(n)) {
 		if !hasKey(p, key) {
 			switch key {
 			case "required", "properties", "title", "description", "$comment", "examples", "default", "format", "$defs":
 				if key == "required" {
-					if added := stringsOf(n[key]); len(added) > 0 {
-						*out = append(*out, fmt.Sprintf("%s/required: %v became required", at, added))
+					if req := stringsOf(n[key]); len(req) > 0 {
+						*out = append(*out, fmt.Sprintf("%s/required: %v became required", at, req))
 					}
 				}
 			default:
