@@ -14,7 +14,10 @@ type Options struct {
 	// Topic is the postings topic (default ledger.postings.v1).
 	Topic string
 	// GroupID is the consumer group: its committed offsets say where a
-	// restart resumes, so give the Tracker the state stored with them.
+	// restart resumes, so give the Tracker the state stored with them. Run
+	// one member per group: the Tracker holds every account, and a
+	// partition that moved to another member and back would look like a
+	// gap. (Several services each run their own group.)
 	GroupID string
 	// Dialer reaches the brokers (TLS, SASL); nil: kafka-go's default.
 	Dialer *kafka.Dialer
@@ -23,16 +26,18 @@ type Options struct {
 	Tracker *Tracker
 	// OnPosting is called once per new posting (New or Gap), in topic
 	// order per account, with the account as it now stands. An error stops
-	// Run before the posting's offset is committed: it is delivered again
-	// after a restart (at least once; the Tracker's state, stored with
-	// what OnPosting wrote, makes it exactly once).
+	// Run before the posting's offset is committed, and the Tracker
+	// forgets the posting: it is delivered again when Run is called again
+	// (at least once; the Tracker's state, stored with what OnPosting
+	// wrote, makes it exactly once).
 	OnPosting func(ctx context.Context, p Posting, a Account) error
 	// OnProblem is told of every gap and broken link; nil ignores them
 	// (they still reach OnPosting as Gap postings, or not at all when
 	// Broken).
 	OnProblem func(Problem)
-	// OnUndecodable is told of a record that is not a posting event; nil
-	// stops Run with an error, as such a record means a wrong topic.
+	// OnUndecodable is told of a record that is not an event, or a posting
+	// event that does not decode; nil stops Run with an error, as such a
+	// record means a wrong topic. Events of other types are skipped.
 	OnUndecodable func(m kafka.Message, err error)
 }
 
@@ -71,6 +76,9 @@ func Run(ctx context.Context, o Options) error {
 
 func (o Options) handle(ctx context.Context, m kafka.Message) error {
 	p, err := Decode(m.Value)
+	if errors.Is(err, ErrNotAPosting) {
+		return nil
+	}
 	if err != nil {
 		if o.OnUndecodable == nil {
 			return fmt.Errorf("%s/%d@%d: %w", m.Topic, m.Partition, m.Offset, err)
@@ -78,6 +86,7 @@ func (o Options) handle(ctx context.Context, m kafka.Message) error {
 		o.OnUndecodable(m, err)
 		return nil
 	}
+	before, existed := o.Tracker.Account(p.AccountID)
 	verdict, prob := o.Tracker.Observe(p)
 	if prob != nil && o.OnProblem != nil {
 		o.OnProblem(*prob)
@@ -86,5 +95,9 @@ func (o Options) handle(ctx context.Context, m kafka.Message) error {
 		return nil
 	}
 	a, _ := o.Tracker.Account(p.AccountID)
-	return o.OnPosting(ctx, p, a)
+	if err := o.OnPosting(ctx, p, a); err != nil {
+		o.Tracker.undo(p.AccountID, before, existed)
+		return err
+	}
+	return nil
 }

@@ -11,6 +11,7 @@ package ledgerstream
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -34,6 +35,9 @@ type Account struct {
 	// Digest is its latest posting's, the link the next one must chain to
 	// ("" while unknown: before the first posting, or after a gap).
 	Digest string
+	// Digested: a posting with a digest was seen, so every later one must
+	// carry one (only postings published before digests existed lack it).
+	Digested bool
 }
 
 // Verdict says what a posting is to the accounts tracked so far.
@@ -115,11 +119,21 @@ func (t *Tracker) Account(id string) (Account, bool) {
 	return *a, true
 }
 
+// ErrNotAPosting is Decode's answer for an event of another type: a
+// consumer skips it (the topic may carry new types one day).
+var ErrNotAPosting = errors.New("an event that is not a posting")
+
+// PostingType is the type of every posting event.
+const PostingType = "posting.created"
+
 // Decode reads a posting event.
 func Decode(value []byte) (Posting, error) {
 	var ev domain.Event
 	if err := json.Unmarshal(value, &ev); err != nil {
-		return Posting{}, fmt.Errorf("not a posting event: %w", err)
+		return Posting{}, fmt.Errorf("not an event: %w", err)
+	}
+	if ev.Type != PostingType {
+		return Posting{}, fmt.Errorf("event %s of type %q: %w", ev.EventID, ev.Type, ErrNotAPosting)
 	}
 	var p Posting
 	if err := json.Unmarshal(ev.Data, &p.PostingData); err != nil || p.AccountID == "" || p.AccountVersion < 1 {
@@ -154,10 +168,14 @@ func (t *Tracker) Observe(p Posting) (Verdict, *Problem) {
 	case v > a.Version+1:
 		prob := &Problem{Verdict: Gap, Account: p.AccountID, Have: a.Version, Got: v}
 		a.Version, a.Balance, a.Digest = v, p.BalanceAfter, p.Digest // the chain resumes from what it names
+		a.Digested = a.Digested || p.Digest != ""
 		return Gap, prob
 	}
 	if p.BalanceAfter != a.Balance+p.Amount {
 		return broken("balance_after %d, but the balance was %d and the amount is %d", p.BalanceAfter, a.Balance, p.Amount)
+	}
+	if p.Digest == "" && a.Digested {
+		return broken("no digest, after postings that had one")
 	}
 	known := a.Version == 0 || a.Digest != "" // the link this one must chain to
 	want := ""
@@ -169,8 +187,18 @@ func (t *Tracker) Observe(p Posting) (Verdict, *Problem) {
 		}
 	}
 	if p.Digest != "" {
-		want = p.Digest
+		want, a.Digested = p.Digest, true
 	}
 	a.Version, a.Balance, a.Digest = p.AccountVersion, p.BalanceAfter, want
 	return New, nil
+}
+
+// undo puts account id back as it stood before a posting whose delivery
+// failed, so that the posting is new again when it comes back.
+func (t *Tracker) undo(id string, before Account, existed bool) {
+	if !existed {
+		delete(t.accounts, id)
+		return
+	}
+	*t.accounts[id] = before
 }

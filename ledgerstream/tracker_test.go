@@ -48,6 +48,8 @@ func TestTrackerSaysWhatEachPostingIs(t *testing.T) {
 			[]ledgerstream.Verdict{ledgerstream.New, ledgerstream.New, ledgerstream.Broken}, 2},
 		{"postings from before digests carry the chain", []ledgerstream.Posting{noDigest(ps[0]), noDigest(ps[1]), ps[2]},
 			[]ledgerstream.Verdict{ledgerstream.New, ledgerstream.New, ledgerstream.New}, 3},
+		{"a digest removed after postings that had one", []ledgerstream.Posting{ps[0], noDigest(ps[1])},
+			[]ledgerstream.Verdict{ledgerstream.New, ledgerstream.Broken}, 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tr := ledgerstream.NewTracker(nil)
