@@ -77,6 +77,10 @@ func (p *params) limit() int {
 	return int(p.int("limit", 1, maxPage, defaultPage))
 }
 
+// maxVersion bounds an account version or entry cursor in a query string:
+// far above any real one, and an int64 with room to spare.
+const maxVersion = 1 << 62
+
 // Page sizes of the list queries.
 const (
 	defaultPage = 50

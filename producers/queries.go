@@ -136,7 +136,7 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) {
 		a.getAccountAsOf(w, r, id, p)
 		return
 	}
-	minVersion := p.int("min_version", 0, 1<<62, 0)
+	minVersion := p.int("min_version", 0, maxVersion, 0)
 	if !p.ok(w) {
 		return
 	}
@@ -192,7 +192,7 @@ func (a *API) getEntries(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := newParams(r)
-	limit, after := int64(p.limit()), p.int("after", 1, 1<<62, 0)
+	limit, after := int64(p.limit()), p.int("after", 1, maxVersion, 0)
 	if !p.ok(w) {
 		return
 	}

@@ -247,7 +247,7 @@ type asOfResponse struct {
 func (a *API) getAccountAsOf(w http.ResponseWriter, r *http.Request, id string, p *params) {
 	at, version := p.time("as_of"), int64(-1)
 	if p.has("as_of_version") {
-		version = p.int("as_of_version", 0, 1<<62, 0)
+		version = p.int("as_of_version", 0, maxVersion, 0)
 	}
 	if p.has("as_of") == p.has("as_of_version") {
 		p.fail("as_of", "give as_of or as_of_version, not both")

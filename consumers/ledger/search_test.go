@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 	"testing"
@@ -154,5 +155,25 @@ func TestScopedAccountsAreTheirPatterns(t *testing.T) {
 		if err != nil || s.Accounts != int64(len(c.want)) || s.Balance != strconv.Itoa(10*len(c.want)) {
 			t.Errorf("Balances(scope %v) = %+v, %v; want %d accounts", c.scope, s, err, len(c.want))
 		}
+	}
+}
+
+// Timeout bounds every read: past it the read fails rather than holding a
+// connection (the API answers 503).
+func TestReadsAreBoundedByTheTimeout(t *testing.T) {
+	db := pgtest.New(t)
+	keyring := sealingtest.Keyring(t)
+	seed(t, db.Pool, keyring)
+	q := &ledger.Queries{Pool: db.Pool, Keyring: keyring, Timeout: time.Nanosecond}
+	ctx := context.Background()
+	if _, err := q.Transfers(ctx, ledger.TransferFilter{AccountID: "alice", Limit: 10}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Transfers with a 1 ns timeout = %v, want the deadline exceeded", err)
+	}
+	if _, err := q.Account(ctx, "alice"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Account with a 1 ns timeout = %v, want the deadline exceeded", err)
+	}
+	q.Timeout = ledger.ReadTimeout
+	if _, err := q.Account(ctx, "alice"); err != nil {
+		t.Errorf("Account with the API's timeout = %v", err)
 	}
 }

@@ -290,15 +290,11 @@ func amountColumns(ts []*domain.Transfer) (amounts, captured, reversed []int64) 
 }
 func queueEntries(b *pgx.Batch, rows []Entry, now time.Time) {
 	n := len(rows)
-	accounts, commandIDs, types, currencies, by := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	accounts, commandIDs, types, currencies, by, digest := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	versions, amounts, after := make([]int64, n), make([]int64, n), make([]int64, n)
 	for i, r := range rows {
 		accounts[i], commandIDs[i], types[i], currencies[i], by[i] = r.Posting.AccountID, r.CommandID, string(r.CommandType), r.Posting.Currency, r.SubmittedBy
-		versions[i], amounts[i], after[i] = r.Posting.AccountVersion, r.Posting.Amount, r.Posting.BalanceAfter
-	}
-	digest := make([]string, n)
-	for i, r := range rows {
-		digest[i] = r.Posting.Digest
+		versions[i], amounts[i], after[i], digest[i] = r.Posting.AccountVersion, r.Posting.Amount, r.Posting.BalanceAfter, r.Posting.Digest
 	}
 	b.Queue(`INSERT INTO entries (account_id, account_version, command_id, command_type, currency, amount, balance_after, created_at, submitted_by, digest)
 		SELECT a, v, c::uuid, t, cur, amt, bal, $8, s, decode(dg, 'hex')
