@@ -9,6 +9,7 @@ import (
 	"maps"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -72,6 +73,7 @@ type RelayOptions struct {
 // operator fixes the cause and unparks it (Unpark).
 type Relay struct {
 	opts     RelayOptions
+	readSQL  string // readSQL with opts.BatchSize
 	metrics  *relayMetrics
 	ready    readiness
 	leases   *leases
@@ -108,7 +110,7 @@ func NewRelay(o RelayOptions) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Relay{opts: o, metrics: m, refusals: refusals{grace: o.TopicRefusalGrace},
+	return &Relay{opts: o, readSQL: fmt.Sprintf(readSQL, o.BatchSize), metrics: m, refusals: refusals{grace: o.TopicRefusalGrace},
 		leases: &leases{pool: o.Pool, id: o.ID, ttl: o.LeaseTTL, log: o.Log, metrics: m}}, nil
 }
 
@@ -339,13 +341,8 @@ func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([
 	var rows []row
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
-	// A relay paused mid-batch (SIGSTOP, a frozen VM) would hold its rows'
-	// locks past its lease, and the relay that takes its shards over would
-	// wait on them: PostgreSQL ends the session once it sits idle longer
-	// than a publish may take (publishTimeout), releasing them.
-	b.Queue(`SET LOCAL idle_in_transaction_session_timeout = '75s'`)
-	b.Queue(`SELECT id, slot, shard, topic, key, value, headers, accepted_at, created_at
-		FROM outbox WHERE shard = ANY($2) ORDER BY id LIMIT $1 FOR UPDATE`, r.opts.BatchSize, shards).Query(func(rs pgx.Rows) error {
+	b.Queue(relaySettings)
+	b.Queue(r.readSQL, shards).Query(func(rs pgx.Rows) error {
 		var err error
 		rows, err = pgx.CollectRows(rs, func(rr pgx.CollectableRow) (row, error) {
 			var x row
@@ -553,16 +550,15 @@ func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, 
 	held := true
 	if len(res.published)+len(res.parked) > 0 {
 		touched := make(map[int16]bool)
-		slots := make(map[int16]bool)
-		published := make([]int64, len(res.published))
-		for i, x := range res.published {
-			published[i] = x.id
-			touched[x.shard], slots[x.slot] = true, true
+		published := make(map[int16][]int64)
+		for _, x := range res.published {
+			published[x.slot] = append(published[x.slot], x.id)
+			touched[x.shard] = true
 		}
-		parked, reasons := make([]int64, len(res.parked)), make([]string, len(res.parked))
+		parked, reasons, parkedSlots := make([]int64, len(res.parked)), make([]string, len(res.parked)), make(map[int16]bool)
 		for i, x := range res.parked {
 			parked[i], reasons[i] = x.id, x.reason
-			touched[x.shard], slots[x.slot] = true, true
+			touched[x.shard], parkedSlots[x.slot] = true, true
 		}
 		var fenceShards []int16
 		var fenceEpochs []int64
@@ -571,9 +567,15 @@ func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, 
 				fenceShards, fenceEpochs = append(fenceShards, s), append(fenceEpochs, epochs[i])
 			}
 		}
-		b.Queue(settleSQL, published, fenceShards, fenceEpochs, r.opts.ID, parked, reasons, slices.Sorted(maps.Keys(slots))).QueryRow(func(row pgx.Row) error {
-			return row.Scan(&held)
-		})
+		slots := slices.Sorted(maps.Keys(published))
+		args := []any{fenceShards, fenceEpochs, r.opts.ID}
+		for _, s := range slots {
+			args = append(args, published[s])
+		}
+		if len(parked) > 0 {
+			args = append(args, parked, reasons, slices.Sorted(maps.Keys(parkedSlots)))
+		}
+		b.Queue(settleSQL(slots, len(parked) > 0), args...).QueryRow(func(row pgx.Row) error { return row.Scan(&held) })
 	}
 	b.Queue("COMMIT")
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
@@ -587,25 +589,71 @@ func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, 
 	return nil
 }
 
-// settleSQL: $1 the published ids; $2, $3 the shards touched and the epochs
-// this relay holds them under; $4 the relay; $5, $6 the parked ids and
-// their reasons; $7 the slots of all those rows, so that only their
-// partitions are searched.
-const settleSQL = `WITH fence AS (
-	SELECT count(*) = cardinality($2::int2[]) AS held FROM (
+// relaySettings opens every batch's transaction:
+//   - idle_in_transaction_session_timeout: a relay paused mid-batch
+//     (SIGSTOP, a frozen VM) would hold its rows' locks past its lease, and
+//     the relay that takes its shards over would wait on them: PostgreSQL
+//     ends the session once it sits idle longer than a publish may take
+//     (publishTimeout), releasing them;
+//   - plan_cache_mode: the read and the settle have one right plan whatever
+//     their parameters (each slot's primary key walked in id order; the
+//     slots the settle's rows are not in pruned when it starts), so they
+//     use the plan prepared once per connection. Left to choose, PostgreSQL
+//     plans them again at every call, since a generic plan's estimate
+//     counts all eight slots; at 1 000 commands/s that planning took longer
+//     than running them (docs/benchmarks.md, "Planning");
+//   - enable_sort, enable_seqscan: a plan made while a slot looks empty
+//     (just truncated) would read it whole (and, for the read, sort it),
+//     and it would last until a slot is truncated again, which a relay
+//     that has fallen behind does not do: each call would cost more as the
+//     backlog grew (measured: the slots' deletes, planned on an empty
+//     slot, took 0.4 ms a call at 1 000 commands/s, where the index
+//     lookups of one statement over every slot took 0.12). With both off,
+//     every plan is the primary keys' at any size.
+const relaySettings = `SELECT set_config('idle_in_transaction_session_timeout', '75s', true),
+	set_config('plan_cache_mode', 'force_generic_plan', true),
+	set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true)`
+
+// readSQL, with the batch size as its LIMIT (a constant of the relay, so
+// that the plan is made for it): $1 the shards held.
+const readSQL = `SELECT id, slot, shard, topic, key, value, headers, accepted_at, created_at
+	FROM outbox WHERE shard = ANY($1::int2[]) ORDER BY id LIMIT %d FOR UPDATE`
+
+// settleFence opens every settle statement: $1, $2 the shards touched
+// and the epochs this relay holds them under; $3 the relay.
+const settleFence = `WITH fence AS (
+	SELECT count(*) = cardinality($1::int2[]) AS held FROM (
 		SELECT 1 FROM relay_leases AS l
-		JOIN unnest($2::int2[], $3::int8[]) AS u (shard, epoch) ON l.shard = u.shard AND l.epoch = u.epoch
-		WHERE l.owner = $4 ORDER BY l.shard FOR SHARE OF l) AS h),
-published AS (
-	DELETE FROM outbox WHERE slot = ANY($7::int2[]) AND id = ANY($1::int8[]) AND (SELECT held FROM fence)),
+		JOIN unnest($1::int2[], $2::int8[]) AS u (shard, epoch) ON l.shard = u.shard AND l.epoch = u.epoch
+		WHERE l.owner = $3 ORDER BY l.shard FOR SHARE OF l) AS h)`
+
+// settleSQL is the statement that settles a batch, fenced (settleFence):
+// for each of slots, in order, it deletes the published rows of that
+// slot's partition, named, so that the plan searches that partition
+// alone ($4, $5, …: each slot's ids); with parked, it then moves the
+// parked rows to outbox_parked (its three last parameters: their ids,
+// their reasons, and their slots, so that only those partitions are
+// searched).
+func settleSQL(slots []int16, parked bool) string {
+	var q strings.Builder
+	q.WriteString(settleFence)
+	for i, s := range slots {
+		fmt.Fprintf(&q, ",\nd%d AS (DELETE FROM outbox_slot_%d WHERE id = ANY($%d::int8[]) AND (SELECT held FROM fence))", s, s, i+4)
+	}
+	if parked {
+		n := len(slots) + 4
+		fmt.Fprintf(&q, `,
 moved AS (
-	DELETE FROM outbox AS o USING unnest($5::int8[], $6::text[]) AS p (id, reason)
-	WHERE o.slot = ANY($7::int2[]) AND o.id = p.id AND (SELECT held FROM fence)
+	DELETE FROM outbox AS o USING unnest($%d::int8[], $%d::text[]) AS p (id, reason)
+	WHERE o.slot = ANY($%d::int2[]) AND o.id = p.id AND (SELECT held FROM fence)
 	RETURNING o.id, o.topic, o.key, o.value, o.headers, o.accepted_at, o.created_at, p.reason),
 parked AS (
 	INSERT INTO outbox_parked (id, topic, key, value, headers, accepted_at, created_at, reason)
-	SELECT id, topic, key, value, headers, accepted_at, created_at, reason FROM moved)
-SELECT held FROM fence`
+	SELECT id, topic, key, value, headers, accepted_at, created_at, reason FROM moved)`, n, n+1, n+2)
+	}
+	q.WriteString("\nSELECT held FROM fence")
+	return q.String()
+}
 
 // parkedLog is the message of a parked row's log line.
 const parkedLog = "outbox row parked: it cannot be published as it is; its consumers see a gap until it is unparked"

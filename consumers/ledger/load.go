@@ -13,13 +13,22 @@ import (
 	"github.com/txpipe/txpipe/domain"
 )
 
-// idleInTransactionTimeout bounds how long a batch's transaction may sit
-// idle between its statements: above the worker's attempt timeout, far
-// above the time one batch takes to decide. A worker paused between Load
-// and Write (SIGSTOP, a frozen VM) would otherwise hold its offset and
-// account locks, stalling every other partition that touches those
-// accounts, for as long as the pause: PostgreSQL ends such a session.
-const idleInTransactionTimeout = `SET LOCAL idle_in_transaction_session_timeout = '30s'`
+// openSQL is a batch's first statement after BEGIN. It reads the clock of
+// the batch's decisions and sets, for the transaction:
+//   - idle_in_transaction_session_timeout: how long the transaction may
+//     sit idle between its statements: above the worker's attempt timeout,
+//     far above the time one batch takes to decide. A worker paused between
+//     Load and Write (SIGSTOP, a frozen VM) would otherwise hold its offset
+//     and account locks, stalling every other partition that touches those
+//     accounts, for as long as the pause: PostgreSQL ends such a session;
+//   - plan_cache_mode: every statement of a batch finds its rows by key
+//     (arrays of ids, joined to unnest or matched with = ANY), whose one
+//     right plan is an index lookup whatever the ids, so each uses the plan
+//     prepared once per connection. Left to choose, PostgreSQL planned the
+//     small batches of a low rate again at every call (docs/benchmarks.md,
+//     "Planning").
+const openSQL = `SELECT now(), set_config('idle_in_transaction_session_timeout', '30s', true),
+	set_config('plan_cache_mode', 'force_generic_plan', true)`
 
 // LoadRequest is what a batch of commands needs read and locked.
 type LoadRequest struct {
@@ -80,11 +89,10 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 	accounts := req.Accounts
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED") // see internal/pgtx; whatever the server's default_transaction_isolation
-	b.Queue(idleInTransactionTimeout)
 	// One clock decides: every worker takes the time of its decisions (daily
 	// limits, expiries, processed_at) from PostgreSQL, not from its host.
-	b.Queue(`SELECT now()`).QueryRow(func(row pgx.Row) error {
-		if err := row.Scan(&st.Now); err != nil {
+	b.Queue(openSQL).QueryRow(func(row pgx.Row) error {
+		if err := row.Scan(&st.Now, nil, nil); err != nil {
 			return err
 		}
 		st.Now = st.Now.UTC()
