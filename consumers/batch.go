@@ -180,6 +180,9 @@ func (w *Worker) applyBatch(ctx context.Context, pos positions, msgs []kafka.Mes
 		if err != nil {
 			return err
 		}
+		if st.ClockRaised {
+			w.metrics.clockRaised.Inc()
+		}
 		if v, err = w.decider.decide(recs, st); err != nil {
 			return err
 		}

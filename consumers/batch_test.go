@@ -32,7 +32,7 @@ func newTestWorker(t *testing.T, db *pgtest.DB) *Worker {
 	t.Helper()
 	w, err := New(Options{
 		Pool: db.Pool, Brokers: []string{"unused:9092"}, GroupID: "g",
-		CommandsTopic: "commands", EventsTopic: "events", PostingsTopic: "postings", DLQTopic: "dlq",
+		CommandsTopic: "commands", EventsTopic: "events", PostingsTopic: "postings", BalancesTopic: "balances", DLQTopic: "dlq",
 		Keyring:    sealingtest.Keyring(t),
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -402,13 +402,13 @@ func TestHoldLifecycleAndExpiryInPostgres(t *testing.T) {
 	if balance != 80 || held != 10 {
 		t.Errorf("alice = balance %d held %d, want 80 (100-25+5) and 10 (the hold still pending)", balance, held)
 	}
-	if n, err := w.expireDue(ctx, now); err != nil || n != 0 {
+	if n, err := w.expireDue(ctx, ledger.At(now)); err != nil || n != 0 {
 		t.Fatalf("expireDue(before expiry) = %d, %v; want 0", n, err)
 	}
-	if n, err := w.expireDue(ctx, now.Add(2*time.Second)); err != nil || n != 1 {
+	if n, err := w.expireDue(ctx, ledger.At(now.Add(2*time.Second))); err != nil || n != 1 {
 		t.Fatalf("expireDue(after expiry) = %d, %v; want 1", n, err)
 	}
-	if n, err := w.expireDue(ctx, now.Add(time.Hour)); err != nil || n != 0 {
+	if n, err := w.expireDue(ctx, ledger.At(now.Add(time.Hour))); err != nil || n != 0 {
 		t.Fatalf("expireDue(again) = %d, %v; want 0: a hold expires once", n, err)
 	}
 	var status string

@@ -7,6 +7,7 @@ package consumers
 
 import (
 	"bytes"
+	"encoding/json"
 	"maps"
 	"slices"
 	"strconv"
@@ -27,8 +28,8 @@ import (
 // the batch: where outcomes are published and the keyring that seals
 // account metadata.
 type decider struct {
-	eventsTopic, postingsTopic, dlqTopic string
-	keyring                              *sealing.Keyring
+	eventsTopic, postingsTopic, balancesTopic, dlqTopic string
+	keyring                                             *sealing.Keyring
 }
 
 // deadLetter sends a record to the DLQ with this reason. bare sends only
@@ -98,12 +99,13 @@ func (d decider) decide(r batchInput, st *ledger.State) (*verdict, error) {
 			return nil, err
 		}
 	}
-	v.finish(st)
+	d.finish(v, st)
 	return v, nil
 }
 
-// finish lists the accounts and transfers the batch changed, in id order.
-func (v *verdict) finish(st *ledger.State) {
+// finish lists the accounts and transfers the batch changed, in id order,
+// and publishes the balance each account is left with.
+func (d decider) finish(v *verdict, st *ledger.State) {
 	for _, id := range slices.Sorted(maps.Keys(v.touched)) {
 		if !v.opened[id] {
 			v.writes.Changed = append(v.writes.Changed, st.Book.Accounts[id])
@@ -112,6 +114,8 @@ func (v *verdict) finish(st *ledger.State) {
 	for _, id := range slices.Sorted(maps.Keys(v.opened)) {
 		v.writes.Opened = append(v.writes.Opened, st.Book.Accounts[id])
 	}
+	v.writes.Outbox = d.balances(v.writes.Outbox, v.writes.Changed, st.Now)
+	v.writes.Outbox = d.balances(v.writes.Outbox, v.writes.Opened, st.Now)
 	for _, id := range slices.Sorted(maps.Keys(v.transfers)) {
 		if st.Loaded[id] {
 			v.writes.Updated = append(v.writes.Updated, st.Book.Transfers[id])
@@ -162,11 +166,52 @@ func (d decider) command(v *verdict, cmd domain.Command, m kafka.Message, st *le
 		v.writes.Entries = append(v.writes.Entries, ledger.Entry{Posting: p, CommandID: cmd.CommandID, CommandType: cmd.Type, SubmittedBy: v.by})
 	}
 	d.outcome(v, cmd, res, acceptedAt, st.Now)
+	for _, s := range res.Statements {
+		v.writes.Outbox = append(v.writes.Outbox, d.statement(s, st.Now))
+	}
 	for _, p := range res.Postings {
 		ev := domain.NewPostingEvent(uuid.Must(uuid.NewV7()).String(), cmd, p, st.Now)
 		ev.SubmittedBy = v.by
 		v.writes.Outbox = append(v.writes.Outbox, eventMessage(d.postingsTopic, p.AccountID, ev, time.Time{}))
 	}
+}
+
+// balances appends to out the balance record of each of accounts.
+func (d decider) balances(out []outbox.Message, accounts []*domain.Account, now time.Time) []outbox.Message {
+	if d.balancesTopic == "" {
+		return out // turned off (docs/events.md)
+	}
+	for _, a := range accounts {
+		out = append(out, BalanceMessage(d.balancesTopic, a, now))
+	}
+	return out
+}
+
+// BalanceMessage is the record of a's balance on the balances topic, as of
+// now: keyed by the account, with its CloudEvents attributes.
+func BalanceMessage(topic string, a *domain.Account, now time.Time) outbox.Message {
+	js, _ := json.Marshal(domain.NewBalance(a)) // strings and integers: cannot fail
+	return outbox.Message{Topic: topic, Key: []byte(a.ID), Value: js,
+		Headers: map[string]string{outbox.HeaderEventID: uuid.Must(uuid.NewV7()).String(), outbox.HeaderEventType: domain.EventTypeBalance,
+			outbox.HeaderEventTime: now.UTC().Format(time.RFC3339Nano)}}
+}
+
+// statementSpace is the namespace of statement ids (UUIDv5 of the account
+// id and the day).
+var statementSpace = uuid.MustParse("5f0c7a8e-3b1d-4d0e-9a47-6f2e1c9b8d30")
+
+// StatementID is the id of the statement of account on day (2006-01-02),
+// the command_id of its statement.closed event: the same whichever worker
+// closes it, so that it names the statement.
+func StatementID(account, day string) string {
+	return uuid.NewSHA1(statementSpace, []byte(account+"\x00"+day)).String()
+}
+
+// statement is the statement.closed event of s, closed at now, keyed by
+// its account.
+func (d decider) statement(s domain.Statement, now time.Time) outbox.Message {
+	ev := domain.NewStatementEvent(uuid.Must(uuid.NewV7()).String(), StatementID(s.AccountID, s.Day), s, now)
+	return eventMessage(d.eventsTopic, s.AccountID, ev, time.Time{})
 }
 
 // covers reports whether patterns (a scoped key's; nil: every account)

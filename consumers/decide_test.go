@@ -3,6 +3,7 @@ package consumers
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/domain/sealing"
+	"github.com/txpipe/txpipe/internal/schematest"
 )
 
 // These tests run the decision step alone: records and loaded state in,
@@ -105,8 +107,9 @@ func TestDecide(t *testing.T) {
 			Created:   []string{id(1)},
 			Decisions: []string{id(1) + " applied"},
 			Entries:   []string{"alice v4 -30 =970", "bob v3 30 =230"},
-			Messages:  []string{"events alice transfer.applied", "postings alice posting.created", "postings bob posting.created"},
-			Counts:    map[string]int{"applied": 1},
+			Messages: []string{"events alice transfer.applied", "postings alice posting.created", "postings bob posting.created",
+				"balances alice balance.updated", "balances bob balance.updated"},
+			Counts: map[string]int{"applied": 1},
 		},
 	}, {
 		name:   "each command sees the ones before it in the batch",
@@ -118,7 +121,8 @@ func TestDecide(t *testing.T) {
 			Decisions: []string{id(1) + " applied", id(2) + " rejected insufficient_funds"},
 			Entries:   []string{"bob v3 -150 =50", "alice v4 150 =1150"},
 			Messages: []string{"events bob transfer.applied", "postings bob posting.created", "postings alice posting.created",
-				"events bob transfer.rejected"},
+				"events bob transfer.rejected",
+				"balances alice balance.updated", "balances bob balance.updated"},
 			Counts: map[string]int{"applied": 1, "rejected insufficient_funds": 1},
 		},
 	}, {
@@ -130,8 +134,9 @@ func TestDecide(t *testing.T) {
 			Updated:   []string{fuzzHold},
 			Decisions: []string{id(1) + " applied"},
 			Entries:   []string{"alice v4 -60 =940", "bob v3 60 =260"},
-			Messages:  []string{"events alice capture.applied", "postings alice posting.created", "postings bob posting.created"},
-			Counts:    map[string]int{"applied": 1},
+			Messages: []string{"events alice capture.applied", "postings alice posting.created", "postings bob posting.created",
+				"balances alice balance.updated", "balances bob balance.updated"},
+			Counts: map[string]int{"applied": 1},
 		},
 	}, {
 		name: "a reference held by an applied command is refused, and so is one used earlier in the batch",
@@ -145,7 +150,8 @@ func TestDecide(t *testing.T) {
 			Decisions: []string{id(1) + " rejected reference_exists", id(2) + " applied", id(3) + " rejected reference_exists"},
 			Entries:   []string{"@external:EUR v1 -1 =-1301", "alice v4 1 =1001"},
 			Messages: []string{"events alice transfer.rejected", "events alice deposit.applied", "postings @external:EUR posting.created",
-				"postings alice posting.created", "events alice withdraw.rejected"},
+				"postings alice posting.created", "events alice withdraw.rejected",
+				"balances @external:EUR balance.updated", "balances alice balance.updated"},
 			Counts: map[string]int{"applied": 1, "rejected reference_exists": 2},
 		},
 	}, {
@@ -157,8 +163,9 @@ func TestDecide(t *testing.T) {
 			Created:   []string{id(1)},
 			Decisions: []string{id(1) + " applied"},
 			Entries:   []string{"bob v3 -200 =0", "alice v4 200 =1200"},
-			Messages:  []string{"events bob transfer.applied", "postings bob posting.created", "postings alice posting.created"},
-			Counts:    map[string]int{"applied": 1},
+			Messages: []string{"events bob transfer.applied", "postings bob posting.created", "postings alice posting.created",
+				"balances alice balance.updated", "balances bob balance.updated"},
+			Counts: map[string]int{"applied": 1},
 		},
 	}, {
 		name:   "close_account sweeps the balance and closes in one step",
@@ -169,8 +176,9 @@ func TestDecide(t *testing.T) {
 			Created:   []string{id(1)},
 			Decisions: []string{id(1) + " applied"},
 			Entries:   []string{"bob v3 -200 =0", "alice v4 200 =1200"},
-			Messages:  []string{"events bob close_account.applied", "postings bob posting.created", "postings alice posting.created"},
-			Counts:    map[string]int{"applied": 1},
+			Messages: []string{"events bob close_account.applied", "postings bob posting.created", "postings alice posting.created",
+				"balances alice balance.updated", "balances bob balance.updated"},
+			Counts: map[string]int{"applied": 1},
 		},
 	}, {
 		name: "a transaction's legs post in order, and a rejected one leaves nothing",
@@ -185,7 +193,8 @@ func TestDecide(t *testing.T) {
 			Decisions: []string{id(1) + " applied", id(2) + " rejected currency_mismatch"},
 			Entries:   []string{"alice v4 -100 =900", "bob v3 100 =300", "bob v4 -250 =50", "alice v5 250 =1150"},
 			Messages: []string{"events alice transaction.applied", "postings alice posting.created", "postings bob posting.created",
-				"postings bob posting.created", "postings alice posting.created", "events alice transaction.rejected"},
+				"postings bob posting.created", "postings alice posting.created", "events alice transaction.rejected",
+				"balances alice balance.updated", "balances bob balance.updated"},
 			Counts: map[string]int{"applied": 1, "rejected currency_mismatch": 1},
 		},
 	}, {
@@ -197,8 +206,9 @@ func TestDecide(t *testing.T) {
 			Created:   []string{id(1)},
 			Decisions: []string{id(1) + " applied"},
 			Entries:   []string{"bob v3 -5 =195", "alice v4 5 =1005"},
-			Messages:  []string{"events bob transfer.applied", "postings bob posting.created", "postings alice posting.created"},
-			Counts:    map[string]int{"applied": 1, "duplicate": 1},
+			Messages: []string{"events bob transfer.applied", "postings bob posting.created", "postings alice posting.created",
+				"balances alice balance.updated", "balances bob balance.updated"},
+			Counts: map[string]int{"applied": 1, "duplicate": 1},
 		},
 	}, {
 		name:   "other content under a decided id is a conflict, announced but not stored",
@@ -449,5 +459,44 @@ func TestDecideForbidsClawingBackFromAnotherTenant(t *testing.T) {
 				t.Errorf("decisions = %v, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestDecideClosesTheDayBefore: an account whose open statement period is
+// of an earlier day has it closed by its first posting of the batch's day,
+// with one statement.closed event (its id the same whoever closes it) that
+// matches its schema, and a balance record per changed account; the
+// closer's decision closes what is left of past days and nothing of today.
+func TestDecideClosesTheDayBefore(t *testing.T) {
+	st := fuzzState()
+	alice := st.Book.Accounts["alice"]
+	alice.Digest = strings.Repeat("ab", 32)
+	alice.Period = domain.Period{Day: "2026-11-29", Opening: 900, FirstVersion: 2}
+	alice.Period.Credits.Add(100) // 900 + 100 = alice's 1000
+	d := testDecider(t)
+	v := decideBatch(t, d, st, "alice", nil, transfer(1, "alice", "bob", 30))
+	want := []string{"events alice transfer.applied", "events alice statement.closed", "postings alice posting.created", "postings bob posting.created",
+		"balances alice balance.updated", "balances bob balance.updated"}
+	if got := summarize(v).Messages; !slices.Equal(got, want) {
+		t.Fatalf("messages = %v, want %v", got, want)
+	}
+	checkWrites(t, schematest.Load(t), v)
+	var ev domain.Event
+	var s domain.StatementData
+	if err := json.Unmarshal(v.writes.Outbox[1].Value, &ev); err != nil || json.Unmarshal(ev.Data, &s) != nil {
+		t.Fatalf("statement event %s: %v", v.writes.Outbox[1].Value, err)
+	}
+	if s.OpeningBalance != 900 || s.Credits.String() != "100" || s.Debits.String() != "0" ||
+		s.ClosingBalance != 1000 || s.LastVersion != 3 || s.Entries != 2 || s.PeriodStart.Format(time.DateOnly) != "2026-11-29" ||
+		s.LastDigest != strings.Repeat("ab", 32) || ev.CommandID != StatementID("alice", "2026-11-29") || alice.ClosedThrough != "2026-11-29" || alice.Period.Day != "2026-11-30" {
+		t.Errorf("statement %+v (id %s), alice closed through %s with period %+v", s, ev.CommandID, alice.ClosedThrough, alice.Period)
+	}
+
+	bob := st.Book.Accounts["bob"] // bob's period is of today now: not closed
+	carol := st.Book.Accounts["carol"]
+	carol.Digest, carol.Period = strings.Repeat("cd", 32), domain.Period{Day: "2026-11-28", FirstVersion: 1}
+	c := d.closeDays(st.Book, fuzzNow)
+	if len(c.Closed) != 1 || c.Closed[0].ID != "carol" || len(c.Outbox) != 1 || bob.Period.Day != "2026-11-30" {
+		t.Errorf("closeDays closed %d accounts (%d messages), bob's period %+v; want carol's alone", len(c.Closed), len(c.Outbox), bob.Period)
 	}
 }

@@ -144,9 +144,9 @@ func fuzzState() *ledger.State {
 }
 
 // testDecider decides as a worker whose topics are named events,
-// postings and dlq.
+// postings, balances and dlq.
 func testDecider(tb testing.TB) decider {
-	return decider{eventsTopic: "events", postingsTopic: "postings", dlqTopic: "dlq", keyring: sealingtest.Keyring(tb)}
+	return decider{eventsTopic: "events", postingsTopic: "postings", balancesTopic: "balances", dlqTopic: "dlq", keyring: sealingtest.Keyring(tb)}
 }
 
 // decideRecord runs m through readBatch and decide as applyBatch does; st
@@ -191,6 +191,11 @@ func checkWrites(t *testing.T, schemas *schematest.Schemas, v *verdict) {
 				t.Fatalf("%s event does not match its schema: %v\n%s", msg.Topic, err, msg.Value)
 			}
 			checkText(t, "event key", string(msg.Key))
+		case "balances":
+			if err := schemas.Balance(msg.Value); err != nil {
+				t.Fatalf("balance record does not match its schema: %v\n%s", err, msg.Value)
+			}
+			checkText(t, "balance key", string(msg.Key))
 		case "dlq":
 			if len(msg.Key) > maxDLQKey || len(msg.Value) > maxDLQValue {
 				t.Fatalf("DLQ record of key %d and value %d bytes", len(msg.Key), len(msg.Value))

@@ -21,6 +21,8 @@ type metrics struct {
 	lastProcessed prometheus.Gauge
 	offsetGaps    prometheus.Counter
 	expired       prometheus.Counter
+	statements    prometheus.Counter
+	clockRaised   prometheus.Counter
 	replayed      *prometheus.CounterVec
 	panics        prometheus.Counter
 	fetch         kafkafetch.Stats
@@ -85,6 +87,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "txpipe_consumer_holds_expired_total",
 			Help: "Holds expired by the workers' expirer.",
 		}),
+		clockRaised: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_consumer_clock_raised_total",
+			Help: "Batches whose clock was moved forward to the day one of their accounts had already begun (a batch that read its clock before midnight and got its lock after; or PostgreSQL's clock stepping back).",
+		}),
+		statements: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "txpipe_consumer_statements_closed_total",
+			Help: "Daily statements closed by the workers' closer (of accounts that did not move after their day; those that did close in the batch that moved them).",
+		}),
 	}
 	m.replayed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "txpipe_consumer_replayed_records_total",
@@ -97,7 +107,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	fetchCounter := func(name, help string, v *atomic.Int64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 	}
-	collectors := []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.openTxn, m.misrouted, m.halted, m.lastProcessed, m.offsetGaps, m.expired, m.replayed, m.panics,
+	collectors := []prometheus.Collector{m.records, m.batchSize, m.batchDuration, m.retries, m.lag, m.openTxn, m.misrouted, m.halted, m.lastProcessed, m.offsetGaps, m.expired, m.statements, m.clockRaised, m.replayed, m.panics,
 		fetchCounter("txpipe_kafka_fetch_requests_total", "Fetch requests the worker sent (one per broker per lane round).", &m.fetch.Requests),
 		fetchCounter("txpipe_kafka_fetch_records_total", "Command records the worker fetched.", &m.fetch.Records),
 		fetchCounter("txpipe_kafka_fetch_bytes_total", "Bytes of keys and values the worker fetched.", &m.fetch.Bytes),

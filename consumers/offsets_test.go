@@ -246,7 +246,7 @@ func TestRecordHashAtMatchesFetchedRecords(t *testing.T) {
 	}
 	w, err := New(Options{
 		Pool: pgtest.New(t).Pool, Brokers: k.Brokers, Transport: k.Transport, GroupID: "g",
-		CommandsTopic: topic, EventsTopic: "events", PostingsTopic: "postings", DLQTopic: "dlq",
+		CommandsTopic: topic, EventsTopic: "events", PostingsTopic: "postings", BalancesTopic: "balances", DLQTopic: "dlq",
 		Keyring: sealingtest.Keyring(t), Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -318,7 +318,7 @@ func topicWorker(t *testing.T, n int) (*Worker, *kafkatest.Cluster, []kafka.Mess
 	}
 	w, err := New(Options{
 		Pool: pgtest.New(t).Pool, Brokers: k.Brokers, Transport: k.Transport, GroupID: "g",
-		CommandsTopic: topic, EventsTopic: "events", PostingsTopic: "postings", DLQTopic: "dlq",
+		CommandsTopic: topic, EventsTopic: "events", PostingsTopic: "postings", BalancesTopic: "balances", DLQTopic: "dlq",
 		Keyring: sealingtest.Keyring(t), Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

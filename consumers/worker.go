@@ -43,8 +43,9 @@ type Options struct {
 	Transport kafka.RoundTripper
 	GroupID   string
 	// Topics: the commands topic consumed, and the topics outcomes are
-	// written to (through the outbox).
-	CommandsTopic, EventsTopic, PostingsTopic, DLQTopic string
+	// written to (through the outbox). An empty BalancesTopic publishes no
+	// balance records.
+	CommandsTopic, EventsTopic, PostingsTopic, BalancesTopic, DLQTopic string
 	// BatchSize is the most records applied in one transaction; 1 applies
 	// record by record. Default 200 (docs/benchmarks.md).
 	BatchSize int
@@ -60,6 +61,12 @@ type Options struct {
 	// ExpiryInterval is how often the worker looks for holds past their
 	// expiry. Default 1 s.
 	ExpiryInterval time.Duration
+	// CloseInterval is how often the worker looks for statement periods
+	// whose day is over. Default 5 s.
+	CloseInterval time.Duration
+	// Clock dates the decisions from PostgreSQL's now(); nil: PostgreSQL's
+	// own. Tests inject one to cross a day boundary.
+	Clock ledger.Clock
 	// Keyring seals account metadata before it is stored or published.
 	Keyring *sealing.Keyring
 	// Scopes tells the account patterns of the API key a record claims, so
@@ -97,7 +104,7 @@ func New(o Options) (*Worker, error) {
 		return nil, errors.New("worker: Pool, Brokers, Registerer and Log are required")
 	}
 	if o.GroupID == "" || o.CommandsTopic == "" || o.EventsTopic == "" || o.PostingsTopic == "" || o.DLQTopic == "" {
-		return nil, errors.New("worker: GroupID and all four topics are required")
+		return nil, errors.New("worker: GroupID and the commands, events, postings and DLQ topics are required")
 	}
 	if o.Keyring == nil {
 		return nil, errors.New("worker: Keyring is required: account metadata is stored only sealed")
@@ -117,13 +124,17 @@ func New(o Options) (*Worker, error) {
 	if o.ExpiryInterval <= 0 {
 		o.ExpiryInterval = time.Second
 	}
+	if o.CloseInterval <= 0 {
+		o.CloseInterval = 5 * time.Second
+	}
 	m, err := newMetrics(o.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	return &Worker{opts: o, metrics: m, stuck: make(map[int]error),
-		source:  ledger.Source{Group: o.GroupID, Topic: o.CommandsTopic},
-		decider: decider{eventsTopic: o.EventsTopic, postingsTopic: o.PostingsTopic, dlqTopic: o.DLQTopic, keyring: o.Keyring},
+		source: ledger.Source{Group: o.GroupID, Topic: o.CommandsTopic, Clock: o.Clock},
+		decider: decider{eventsTopic: o.EventsTopic, postingsTopic: o.PostingsTopic, balancesTopic: o.BalancesTopic,
+			dlqTopic: o.DLQTopic, keyring: o.Keyring},
 	}, nil
 }
 
@@ -163,20 +174,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("join consumer group %s: %w", w.opts.GroupID, err)
 	}
-	expirerDone := make(chan struct{})
-	ectx, stopExpirer := context.WithCancel(ctx)
-	go func() {
-		defer close(expirerDone)
-		w.runExpirer(ectx)
-	}()
-	defer func() { stopExpirer(); <-expirerDone }()
-	lagDone := make(chan struct{})
-	lctx, stopLag := context.WithCancel(ctx)
-	go func() {
-		defer close(lagDone)
-		w.watchLag(lctx)
-	}()
-	defer func() { stopLag(); <-lagDone }()
+	defer background(ctx, w.runExpirer)()
+	defer background(ctx, w.runCloser)()
+	defer background(ctx, w.watchLag)()
 
 	stop := make(chan struct{})
 	closed := make(chan struct{})

@@ -275,3 +275,66 @@ func NewDeadLetteredEvent(eventID string, id Identity, data DeadLetteredData, ac
 		Data:       mustJSON(data),
 	}
 }
+
+// EventTypeStatementClosed is the type of the event that closes an
+// account's statement of a UTC day (statement.go); its command_id is the
+// statement's id, the same whichever worker closed it.
+const EventTypeStatementClosed = "statement.closed"
+
+// StatementData is the data of a statement.closed event. The period is
+// [PeriodStart, PeriodEnd): one UTC day. OpeningBalance + Credits - Debits
+// = ClosingBalance; Entries postings, versions FirstVersion to
+// LastVersion, the last with digest LastDigest. Debits and Credits are
+// integers that may exceed 2^63.
+type StatementData struct {
+	AccountID      string    `json:"account_id"`
+	Currency       string    `json:"currency"`
+	PeriodStart    time.Time `json:"period_start"`
+	PeriodEnd      time.Time `json:"period_end"`
+	OpeningBalance int64     `json:"opening_balance"`
+	ClosingBalance int64     `json:"closing_balance"`
+	Debits         Sum       `json:"debits"`
+	Credits        Sum       `json:"credits"`
+	Entries        int64     `json:"entries"`
+	FirstVersion   int64     `json:"first_version"`
+	LastVersion    int64     `json:"last_version"`
+	LastDigest     string    `json:"last_digest"`
+}
+
+// NewStatementEvent builds the event of statement s, whose id is
+// statementID, closed at now.
+func NewStatementEvent(eventID, statementID string, s Statement, now time.Time) Event {
+	start, _ := time.Parse(time.DateOnly, s.Day) // a day the rules wrote
+	return Event{
+		EventID:    eventID,
+		Type:       EventTypeStatementClosed,
+		CommandID:  statementID,
+		OccurredAt: now.UTC(),
+		Data: mustJSON(StatementData{AccountID: s.AccountID, Currency: s.Currency,
+			PeriodStart: start, PeriodEnd: start.AddDate(0, 0, 1),
+			OpeningBalance: s.Opening, ClosingBalance: s.Closing, Debits: s.Debits, Credits: s.Credits,
+			Entries: s.Entries(), FirstVersion: s.FirstVersion, LastVersion: s.LastVersion, LastDigest: s.LastDigest}),
+	}
+}
+
+// EventTypeBalance is the type (in its CloudEvents headers) of every record
+// of the balances topic.
+const EventTypeBalance = "balance.updated"
+
+// Balance is a record of the log-compacted balances topic, keyed by
+// account: the account's balance after the batch that last changed it.
+// Version is its count of postings; a hold changes Available without a
+// posting, so two records may share a version: per account, the later
+// record is the newer.
+type Balance struct {
+	AccountID string `json:"account_id"`
+	Currency  string `json:"currency"`
+	Balance   int64  `json:"balance"`
+	Available int64  `json:"available"`
+	Version   int64  `json:"version"`
+}
+
+// NewBalance is a's balance record.
+func NewBalance(a *Account) Balance {
+	return Balance{AccountID: a.ID, Currency: a.Currency, Balance: a.Balance, Available: a.Available(), Version: a.Version}
+}

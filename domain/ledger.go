@@ -86,6 +86,11 @@ type Account struct {
 	Digest string
 	// FeePlan is the fee the account pays on what it sends; nil for none.
 	FeePlan *FeePlan
+	// Period is the account's open statement period, and ClosedThrough
+	// the day of its last statement ("" before its first): see
+	// statement.go.
+	Period        Period
+	ClosedThrough string
 	// An account's metadata is not part of its state here: it never changes
 	// and the rules never read it; the worker stores it sealed.
 }
@@ -133,13 +138,26 @@ func PostingDigest(prev string, p Posting, commandID string) string {
 }
 
 // chain gives each of postings, in order, its digest, and moves its
-// account's link on.
-func (b *Book) chain(postings []Posting, commandID string) {
+// account's link on; it counts each posting in its account's statement
+// period (at now), first closing the period of an earlier day, and returns
+// the statements it closed.
+func (b *Book) chain(postings []Posting, commandID string, now time.Time) (closed []Statement) {
 	for i := range postings {
-		a := b.Accounts[postings[i].AccountID]
-		postings[i].Digest = PostingDigest(a.Digest, postings[i], commandID)
-		a.Digest = postings[i].Digest
+		p := &postings[i]
+		a := b.Accounts[p.AccountID]
+		before := p.BalanceAfter - p.Amount
+		day := a.openPeriodFor(now)
+		if a.Period.Day != "" && a.Period.Day < day {
+			closed = append(closed, a.closePeriod(before, p.AccountVersion-1, a.Digest))
+		}
+		if a.Period.Day == "" {
+			a.Period = Period{Day: day, Opening: before, FirstVersion: p.AccountVersion}
+		}
+		a.Period.add(p.Amount)
+		p.Digest = PostingDigest(a.Digest, *p, commandID)
+		a.Digest = p.Digest
 	}
+	return closed
 }
 
 // TransferKind says what made a transfer.
@@ -236,6 +254,9 @@ type Result struct {
 	Transfer *Transfer
 	// Leg is the index of a transaction's leg a rejection is about.
 	Leg *int
+	// Statements are the periods of earlier days that the command's
+	// postings closed (their accounts' first postings of a new day).
+	Statements []Statement
 }
 
 func rejected(r Reason) Result { return Result{Status: StatusRejected, Reason: r} }
@@ -316,7 +337,7 @@ func (b *Book) Apply(cmd Command, now time.Time) Result {
 	}
 	res := b.apply(cmd, now)
 	if res.Status == StatusApplied {
-		b.chain(res.Postings, cmd.CommandID)
+		res.Statements = b.chain(res.Postings, cmd.CommandID, now)
 	}
 	if res.Status == StatusApplied && cmd.Reference != "" && res.Transfer != nil {
 		res.Transfer.Reference = cmd.Reference

@@ -32,7 +32,7 @@ type stack struct {
 	dbName   string
 	dbURL    string
 	pool     *pgxpool.Pool
-	topics   map[string]string // commands, events, postings, dlq
+	topics   map[string]string // commands, events, postings, balances, dlq
 	logDir   string
 	procs    []*proc
 	key      string // an API key with every scope
@@ -58,7 +58,7 @@ func newStack(ctx context.Context, name string, o benchOptions) (st *stack, err 
 	id := hex.EncodeToString(b[:])
 	s := &stack{name: name, txpipe: o.txpipe, brokers: o.brokers, adminURL: o.adminURL, dbName: "txpipe_bench_" + id, logDir: o.out,
 		topics: map[string]string{}}
-	for _, t := range []string{"commands", "events", "postings", "dlq"} {
+	for _, t := range []string{"commands", "events", "postings", "balances", "dlq"} {
 		s.topics[t] = "bench." + id + "." + t
 	}
 	admin, err := pgx.Connect(ctx, o.adminURL)
@@ -118,7 +118,7 @@ func newStack(ctx context.Context, name string, o benchOptions) (st *stack, err 
 func (s *stack) flags() []string {
 	return []string{"--database-url", s.dbURL, "--kafka-brokers", strings.Join(s.brokers, ","),
 		"--commands-topic", s.topics["commands"], "--events-topic", s.topics["events"],
-		"--postings-topic", s.topics["postings"], "--dlq-topic", s.topics["dlq"]}
+		"--postings-topic", s.topics["postings"], "--balances-topic", s.topics["balances"], "--dlq-topic", s.topics["dlq"]}
 }
 
 func (s *stack) runOnce(ctx context.Context, sub string, extra ...string) error {
@@ -129,7 +129,7 @@ func (s *stack) runOnce(ctx context.Context, sub string, extra ...string) error 
 	case "topics":
 		args = append(args, "--kafka-brokers", strings.Join(s.brokers, ","),
 			"--commands-topic", s.topics["commands"], "--events-topic", s.topics["events"],
-			"--postings-topic", s.topics["postings"], "--dlq-topic", s.topics["dlq"])
+			"--postings-topic", s.topics["postings"], "--balances-topic", s.topics["balances"], "--dlq-topic", s.topics["dlq"])
 	}
 	out, err := exec.CommandContext(ctx, s.txpipe, append(args, extra...)...).CombinedOutput()
 	if err != nil {

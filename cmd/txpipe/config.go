@@ -37,7 +37,7 @@ type config struct {
 	tlsKey          string
 	logLevel        string
 
-	commandsTopic, eventsTopic, postingsTopic, dlqTopic string
+	commandsTopic, eventsTopic, postingsTopic, balancesTopic, dlqTopic string
 
 	partitions        int
 	replicationFactor int
@@ -96,6 +96,7 @@ func (f flagSet) topics() {
 	f.StringVar(&f.cfg.commandsTopic, "commands-topic", "ledger.commands.v1", "topic of incoming commands")
 	f.StringVar(&f.cfg.eventsTopic, "events-topic", "ledger.events.v1", "topic of outcome events")
 	f.StringVar(&f.cfg.postingsTopic, "postings-topic", "ledger.postings.v1", "topic of postings")
+	f.StringVar(&f.cfg.balancesTopic, "balances-topic", "ledger.balances.v1", `log-compacted topic of each account's latest balance ("" for none: the workers then write no balance records)`)
 	f.StringVar(&f.cfg.dlqTopic, "dlq-topic", "ledger.commands.dlq.v1", "topic of records that could not be applied")
 }
 

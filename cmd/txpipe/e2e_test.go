@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
 	"github.com/txpipe/txpipe/internal/containertest"
 	"github.com/txpipe/txpipe/internal/kafkatest"
@@ -48,22 +49,39 @@ func startPipeline(t *testing.T) *pipeline { return startPipelineWith(t, 3) }
 // count, with extra flags for "txpipe all".
 func startPipelineWith(t *testing.T, partitions int, extra ...string) *pipeline {
 	t.Helper()
+	p := newPipeline(t, partitions)
+	p.start(t, nil, extra...)
+	return p
+}
+
+// newPipeline makes a pipeline's database, topics and API key, and starts
+// nothing.
+func newPipeline(t *testing.T, partitions int) *pipeline {
+	t.Helper()
 	p := &pipeline{db: pgtest.New(t), kc: kafkatest.New(t)}
 	p.topics = p.kc.Topics(t, partitions)
 	p.key, p.keyID = createKey(t, p.db.URL, "e2e", "commands:write,ledger:read")
+	return p
+}
+
+// start runs "txpipe all" on p's database and topics, with the workers'
+// clock (nil: PostgreSQL's) and extra flags, until the returned stop is
+// called or the test ends, and waits until it is ready.
+func (p *pipeline) start(t *testing.T, clock ledger.Clock, extra ...string) (stop func()) {
+	t.Helper()
 	args := []string{"all",
 		"--database-url", p.db.URL,
 		"--kafka-brokers", strings.Join(p.kc.Brokers, ","),
 		"--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
-		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ,
+		"--postings-topic", p.topics.Postings, "--balances-topic", p.topics.Balances, "--dlq-topic", p.topics.DLQ,
 		"--group-id", "test-" + p.topics.Commands,
 		"--relay-poll-interval", "100ms",
 		"--shutdown-timeout", "5s",
 		"--log-level", "debug",
 	}
-	args = append(args, extra...)
-	api, admin, logs := runServing(t, args)
+	api, admin, logs, stop := startServing(t, append(args, extra...), clock)
+	t.Cleanup(stop)
 	p.api, p.admin, p.logs = "http://"+api, "http://"+admin, logs
 	eventually(t, "the pipeline is ready", func() bool {
 		resp, err := http.Get(p.admin + "/readyz")
@@ -73,13 +91,23 @@ func startPipelineWith(t *testing.T, partitions int, extra ...string) *pipeline 
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	return p
+	return stop
 }
 
 // runServing runs txpipe with args (a serving subcommand, listening on
 // 127.0.0.1:0) in this process until the test ends, and returns the API and
 // admin addresses and a reader of what it logged (printed if the test fails).
 func runServing(t *testing.T, args []string) (api, admin string, logs func() string) {
+	t.Helper()
+	api, admin, logs, stop := startServing(t, args, nil)
+	t.Cleanup(stop)
+	return api, admin, logs
+}
+
+// startServing is runServing with the workers' clock (nil: PostgreSQL's),
+// returning also stop, which ends the process (as an operator's SIGTERM
+// would) and waits for it; it is for the caller to call.
+func startServing(t *testing.T, args []string, clock ledger.Clock) (api, admin string, logs func() string, stop func()) {
 	t.Helper()
 	var mu sync.Mutex
 	addrs := make(map[string]string)
@@ -100,19 +128,23 @@ func runServing(t *testing.T, args []string) (api, admin string, logs func() str
 			mu.Unlock()
 			listening <- struct{}{}
 		},
+		clock: clock,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, args, e) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run() = %v, want nil after cancel", err)
-		}
-		if t.Failed() {
-			t.Logf("txpipe log:\n%s", logs())
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("run() = %v, want nil after cancel", err)
+			}
+			if t.Failed() {
+				t.Logf("txpipe log:\n%s", logs())
+			}
+		})
+	}
 	for range 2 {
 		select {
 		case <-listening:
@@ -122,7 +154,7 @@ func runServing(t *testing.T, args []string) (api, admin string, logs func() str
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	return addrs["api"], addrs["admin"], logs
+	return addrs["api"], addrs["admin"], logs, stop
 }
 
 type lockedWriter struct {
@@ -457,14 +489,15 @@ func (p *pipeline) verify(t *testing.T) string {
 	return out
 }
 
-// validateSchemas checks every record of the events and postings topics,
-// and every valid command, against docs/schemas.
+// validateSchemas checks every record of the events, postings and
+// balances topics, and every valid command, against docs/schemas, and the
+// CloudEvents headers of the records of the three result topics.
 func (p *pipeline) validateSchemas(t *testing.T) {
 	t.Helper()
 	schemas := schematest.Load(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	for _, topic := range []string{p.topics.Events, p.topics.Postings, p.topics.Commands} {
+	for _, topic := range []string{p.topics.Events, p.topics.Postings, p.topics.Balances, p.topics.Commands} {
 		n := p.kc.Count(ctx, t, topic)
 		for _, m := range p.kc.ReadAll(ctx, t, topic, int(n)) {
 			var err error
@@ -473,6 +506,11 @@ func (p *pipeline) validateSchemas(t *testing.T) {
 					continue // dead-lettered, not a command
 				}
 				err = schemas.Command(m.Value)
+			} else if topic == p.topics.Balances {
+				err = schemas.Balance(m.Value)
+				if cerr := balanceCloudEvent(m); cerr != nil {
+					t.Errorf("record %s/%d@%d is not a CloudEvent in binary mode: %v", topic, m.Partition, m.Offset, cerr)
+				}
 			} else {
 				err = schemas.Event(m.Value)
 				if cerr := cloudEvent(m); cerr != nil {
@@ -511,12 +549,29 @@ func cloudEvent(m kafka.Message) error {
 	return nil
 }
 
+// balanceCloudEvent checks the CloudEvents headers of a balance record,
+// whose value is not an event envelope: its own id and time.
+func balanceCloudEvent(m kafka.Message) error {
+	h := map[string]string{}
+	for _, x := range m.Headers {
+		h[x.Key] = string(x.Value)
+	}
+	if _, err := uuid.Parse(h["ce_id"]); err != nil || h["ce_specversion"] != "1.0" || h["ce_type"] != "txpipe.balance.updated" ||
+		h["ce_source"] != "urn:txpipe:ledger" || h["content-type"] != "application/json" || h["ce_subject"] != string(m.Key) {
+		return fmt.Errorf("headers %v", h)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, h["ce_time"]); err != nil {
+		return fmt.Errorf("ce_time %q: %v", h["ce_time"], err)
+	}
+	return nil
+}
+
 func (p *pipeline) runVerify() (string, error) {
 	var out bytes.Buffer
 	err := run(context.Background(), []string{"verify",
 		"--database-url", p.db.URL, "--kafka-brokers", strings.Join(p.kc.Brokers, ","),
 		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
-		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ,
+		"--postings-topic", p.topics.Postings, "--balances-topic", p.topics.Balances, "--dlq-topic", p.topics.DLQ,
 		"--group-id", "test-" + p.topics.Commands,
 	}, &env{stdout: &out, stderr: io.Discard, lookup: testLookup})
 	return out.String(), err
@@ -729,7 +784,7 @@ func TestReadyzSaysWhyWhenPostgresIsUnreachable(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"worker", "--database-url", "postgres://txpipe:txpipe@" + dead + "/txpipe?sslmode=disable&connect_timeout=1",
 			"--kafka-brokers", strings.Join(kc.Brokers, ","), "--admin-addr", "127.0.0.1:0", "--commands-topic", topics.Commands,
-			"--events-topic", topics.Events, "--postings-topic", topics.Postings, "--dlq-topic", topics.DLQ,
+			"--events-topic", topics.Events, "--postings-topic", topics.Postings, "--balances-topic", topics.Balances, "--dlq-topic", topics.DLQ,
 			"--group-id", "test-" + topics.Commands, "--shutdown-timeout", "5s"}, e)
 	}()
 	defer func() {

@@ -117,7 +117,7 @@ func newRig(t *testing.T, p *pipeline) *rig {
 	}
 	common := []string{"--database-url", p.db.URL, "--kafka-brokers", strings.Join(p.kc.Brokers, ","),
 		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
-		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ, "--log-level", "info"}
+		"--postings-topic", p.topics.Postings, "--balances-topic", p.topics.Balances, "--dlq-topic", p.topics.DLQ, "--log-level", "info"}
 	r.worker = append([]string{"--group-id", "test-" + p.topics.Commands, "--session-timeout", "6s"}, common...)
 	r.relay = append([]string{"--relay-poll-interval", "200ms", "--relay-lease-ttl", "3s"}, common...)
 	api := freeAddr(t)

@@ -42,7 +42,7 @@ func TestKafkaACLsGiveEachRoleOnlyWhatItNeeds(t *testing.T) {
 	out := grant(t, p, "--ingest-user", creds["ingest"].user, "--worker-user", creds["worker"].user,
 		"--relay-user", creds["relay"].user, "--reader-user", creds["reader"].user,
 		"--reader-group-prefix", readerGroups, "--group-id", group)
-	if !strings.Contains(out, "9 ACLs in place") {
+	if !strings.Contains(out, "11 ACLs in place") {
 		t.Errorf("kafka-acls printed:\n%s", out)
 	}
 	// A reader prefix that covers the workers' group is refused: the reader
@@ -59,7 +59,7 @@ func TestKafkaACLsGiveEachRoleOnlyWhatItNeeds(t *testing.T) {
 	dir := t.TempDir()
 	api := freeAddr(t)
 	common := []string{"--database-url", p.db.URL, "--kafka-brokers", sasl, "--kafka-tls-ca", ca,
-		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events, "--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ}
+		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events, "--postings-topic", p.topics.Postings, "--balances-topic", p.topics.Balances, "--dlq-topic", p.topics.DLQ}
 	roles := map[string][]string{
 		"ingest": {"--http-addr", api},
 		"worker": {"--group-id", group, "--session-timeout", "6s"},
@@ -109,6 +109,7 @@ func TestKafkaACLsGiveEachRoleOnlyWhatItNeeds(t *testing.T) {
 		{"control: ingest produces a command", produce(ctx, as("ingest"), p.topics.Commands, valid), false},
 		{"control: the reader fetches outcomes", fetch(ctx, as("reader"), p.topics.Events), false},
 		{"control: the reader fetches postings", fetch(ctx, as("reader"), p.topics.Postings), false},
+		{"control: the reader fetches balances", fetch(ctx, as("reader"), p.topics.Balances), false},
 		{"control: a worker fetches commands", fetch(ctx, as("worker"), p.topics.Commands), false},
 		{"control: a worker reads its group's offsets", groupOffsets(ctx, as("worker"), group, p.topics.Commands), false},
 		{"an authenticated user without grants produces a command", produce(ctx, as("intruder"), p.topics.Commands, valid), true},
@@ -123,6 +124,7 @@ func TestKafkaACLsGiveEachRoleOnlyWhatItNeeds(t *testing.T) {
 		{"the relay fetches commands", fetch(ctx, as("relay"), p.topics.Commands), true},
 		{"ingest fetches outcomes", fetch(ctx, as("ingest"), p.topics.Events), true},
 		{"ingest publishes a posting", produce(ctx, as("ingest"), p.topics.Postings, "{}"), true},
+		{"a worker publishes a balance, bypassing the outbox", produce(ctx, as("worker"), p.topics.Balances, "{}"), true},
 	} {
 		switch {
 		case !c.refuse && c.err != nil:

@@ -39,7 +39,7 @@ func runKafkaACLs(ctx context.Context, args []string, e *env) error {
 		return usageError{fmt.Sprintf("--reader-group-prefix %q covers the workers' group %q: the reader could join it and stall its partitions", p.ReaderGroupPrefix, group)}
 	}
 	acls := kafkaadmin.RoleACLs(p, kafkaadmin.TopicNames{Commands: cfg.commandsTopic, Events: cfg.eventsTopic,
-		Postings: cfg.postingsTopic, DLQ: cfg.dlqTopic}, group)
+		Postings: cfg.postingsTopic, Balances: cfg.balancesTopic, DLQ: cfg.dlqTopic}, group)
 	for _, a := range acls {
 		fmt.Fprintln(e.stdout, kafkaadmin.Describe(a))
 	}

@@ -41,7 +41,7 @@ func TestPipelineOverKafkaSASLSSL(t *testing.T) {
 	user, password, pwFile := scramUser(t, p.kc, "txpipe-test")
 	grant(t, p, "--ingest-user", user, "--worker-user", user, "--relay-user", user, "--group-id", "test-"+p.topics.Commands)
 	var creates []kafka.ACLEntry
-	for _, name := range []string{p.topics.Commands, p.topics.Events, p.topics.Postings, p.topics.DLQ} {
+	for _, name := range []string{p.topics.Commands, p.topics.Events, p.topics.Postings, p.topics.Balances, p.topics.DLQ} {
 		creates = append(creates, kafka.ACLEntry{ResourceType: kafka.ResourceTypeTopic, ResourceName: name, ResourcePatternType: kafka.PatternTypeLiteral,
 			Principal: "User:" + user, Host: "*", Operation: kafka.ACLOperationTypeCreate, PermissionType: kafka.ACLPermissionTypeAllow})
 	}
@@ -55,7 +55,7 @@ func TestPipelineOverKafkaSASLSSL(t *testing.T) {
 	api := freeAddr(t)
 	dir := t.TempDir()
 	common := []string{"--database-url", tlsDatabaseURL(t, pgTLS, p.db), "--kafka-brokers", sasl, "--kafka-tls-ca", ca, "--kafka-sasl-user", user,
-		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events, "--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ}
+		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events, "--postings-topic", p.topics.Postings, "--balances-topic", p.topics.Balances, "--dlq-topic", p.topics.DLQ}
 	proc := &process{t: t, bin: bin, role: "all", log: filepath.Join(dir, "all.log"),
 		args: append([]string{"--http-addr", api, "--group-id", "test-" + p.topics.Commands}, common...)}
 	t.Setenv("TXPIPE_KAFKA_SASL_PASSWORD_FILE", pwFile) // inherited by the process
@@ -89,7 +89,7 @@ func TestPipelineOverKafkaSASLSSL(t *testing.T) {
 		cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer ccancel()
 		return run(cctx, append([]string{"topics", "--log-level", "error", "--commands-topic", p.topics.Commands,
-			"--events-topic", p.topics.Events, "--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ}, args...),
+			"--events-topic", p.topics.Events, "--postings-topic", p.topics.Postings, "--balances-topic", p.topics.Balances, "--dlq-topic", p.topics.DLQ}, args...),
 			&env{stdout: devNull{}, stderr: devNull{}, lookup: testLookup})
 	}
 	if err := topics("--kafka-brokers", sasl, "--kafka-tls-ca", ca, "--kafka-sasl-user", user, "--kafka-sasl-password", password); err != nil {
@@ -125,7 +125,7 @@ func grant(t *testing.T, p *pipeline, args ...string) string {
 	defer cancel()
 	err := run(ctx, append([]string{"kafka-acls", "--kafka-brokers", strings.Join(p.kc.Brokers, ","),
 		"--commands-topic", p.topics.Commands, "--events-topic", p.topics.Events,
-		"--postings-topic", p.topics.Postings, "--dlq-topic", p.topics.DLQ}, args...),
+		"--postings-topic", p.topics.Postings, "--balances-topic", p.topics.Balances, "--dlq-topic", p.topics.DLQ}, args...),
 		&env{stdout: &out, stderr: io.Discard, lookup: testLookup})
 	if err != nil {
 		t.Fatalf("txpipe kafka-acls: %v\n%s", err, out.String())

@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/txpipe/txpipe/consumers/ledger"
 )
 
 func main() {
@@ -43,6 +45,9 @@ type env struct {
 	// onListen, when set, learns the address each server listens on (tests
 	// listen on port 0).
 	onListen func(server, addr string)
+	// clock, when set, dates the workers' decisions instead of
+	// PostgreSQL's now() (tests cross a day boundary with it).
+	clock ledger.Clock
 }
 
 // usageError is a mistake on the command line; main exits 2 for it.
@@ -64,6 +69,8 @@ subcommands:
   dlq replay --records p@o,…|all   send dead letters back to the commands topic
   outbox parked [--reason R]       show the outbox rows the relay parked (id, topic, reason)
   outbox unpark --reason R | --ids ID,… | --all   move parked rows back to be published
+  balances publish   write every account's balance to the balances topic (after the upgrade that
+            brought it, or to rebuild it)
   offsets list   show each partition's stored offset, the log's bounds, halts and the last resets
   offsets reset --partition N --to earliest|latest|OFFSET --reason TEXT [--by NAME]
             decide where a (halted) partition resumes; recorded with who, when and why
@@ -94,6 +101,8 @@ func run(ctx context.Context, args []string, e *env) error {
 		return runDLQ(ctx, rest, e)
 	case "outbox":
 		return runOutbox(ctx, rest, e)
+	case "balances":
+		return runBalances(ctx, rest, e)
 	case "offsets":
 		return runOffsets(ctx, rest, e)
 	case "apikey":

@@ -190,7 +190,7 @@ func (r *recreateRig) startWorker(t *testing.T) *inprocWorker {
 	listening := make(chan string, 1)
 	e := &env{stderr: w.logs, lookup: testLookup, onListen: func(_, addr string) { listening <- addr }}
 	args := append([]string{"worker", "--admin-addr", "127.0.0.1:0", "--lanes", "1", "--session-timeout", "6s",
-		"--events-topic", r.topics.Events, "--postings-topic", r.topics.Postings, "--dlq-topic", r.topics.DLQ,
+		"--events-topic", r.topics.Events, "--postings-topic", r.topics.Postings, "--balances-topic", r.topics.Balances, "--dlq-topic", r.topics.DLQ,
 		"--shutdown-timeout", "5s", "--log-level", "debug"}, r.flags()...)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"time"
@@ -75,8 +76,15 @@ func runTopics(ctx context.Context, args []string, e *env) error {
 		configs["min.insync.replicas"] = "2"
 	}
 	var topics []kafkaadmin.Topic
-	for _, name := range []string{cfg.commandsTopic, cfg.eventsTopic, cfg.postingsTopic, cfg.dlqTopic} {
-		topics = append(topics, kafkaadmin.Topic{Name: name, Partitions: cfg.partitions, ReplicationFactor: cfg.replicationFactor, Configs: configs})
+	for _, name := range []string{cfg.commandsTopic, cfg.eventsTopic, cfg.postingsTopic, cfg.balancesTopic, cfg.dlqTopic} {
+		if name == "" {
+			continue // --balances-topic "": none
+		}
+		c := maps.Clone(configs)
+		if name == cfg.balancesTopic {
+			c["cleanup.policy"] = "compact" // keeps each account's latest record
+		}
+		topics = append(topics, kafkaadmin.Topic{Name: name, Partitions: cfg.partitions, ReplicationFactor: cfg.replicationFactor, Configs: c})
 	}
 	if err := kafkaadmin.EnsureTopics(ctx, client, topics); err != nil {
 		return err
@@ -224,12 +232,14 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 			CommandsTopic:  cfg.commandsTopic,
 			EventsTopic:    cfg.eventsTopic,
 			PostingsTopic:  cfg.postingsTopic,
+			BalancesTopic:  cfg.balancesTopic,
 			DLQTopic:       cfg.dlqTopic,
 			BatchSize:      cfg.batchSize,
 			Lanes:          cfg.lanes,
 			BatchLinger:    cfg.batchLinger,
 			SessionTimeout: cfg.sessionTimeout,
 			ExpiryInterval: cfg.expiryInterval,
+			Clock:          e.clock,
 			Keyring:        cfg.keyring,
 			Scopes:         apikey.NewAccountScopes(pool),
 			Registerer:     reg,

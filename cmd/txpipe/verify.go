@@ -40,7 +40,7 @@ func runVerify(ctx context.Context, args []string, e *env) error {
 	report, err := audit.Run(ctx, audit.Options{
 		Pool: pool, Brokers: brokers,
 		Client:        &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: transport},
-		CommandsTopic: cfg.commandsTopic, EventsTopic: cfg.eventsTopic, PostingsTopic: cfg.postingsTopic, DLQTopic: cfg.dlqTopic,
+		CommandsTopic: cfg.commandsTopic, EventsTopic: cfg.eventsTopic, PostingsTopic: cfg.postingsTopic, BalancesTopic: cfg.balancesTopic, DLQTopic: cfg.dlqTopic,
 		GroupID: cfg.groupID,
 	})
 	if err != nil {

@@ -32,7 +32,7 @@ type Options struct {
 	Client  *kafka.Client
 	// Topics and the consumer group whose stored offsets say what was
 	// processed.
-	CommandsTopic, EventsTopic, PostingsTopic, DLQTopic, GroupID string
+	CommandsTopic, EventsTopic, PostingsTopic, BalancesTopic, DLQTopic, GroupID string
 }
 
 // Report is what an audit found.
@@ -102,6 +102,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	var balances []kafka.Message
+	if o.BalancesTopic != "" {
+		if balances, err = kafkaadmin.ReadAll(ctx, o.Client, o.Brokers, o.BalancesTopic); err != nil {
+			return nil, err
+		}
+	}
 	r := &Report{}
 	r.add(checkOutcomes(db, commands, dlq, events))
 	r.add(checkSingleEffect(db, reverseTargets(commands)))
@@ -109,6 +115,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	r.add(checkBalances(db))
 	r.add(checkPublished(db, postings))
 	r.add(checkDigests(db, postings))
+	r.add(checkStatements(db, events))
+	if o.BalancesTopic != "" {
+		r.add(checkBalancesTopic(db, balances))
+	}
 	return r, nil
 }
 
@@ -204,8 +214,8 @@ func checkOutcomes(db *database, commands, dlq, events []kafka.Message) Check {
 	c.Problems = append(c.Problems, bad...)
 	outcomes := make(map[string]int)
 	for _, ev := range evs {
-		if ev.Type == domain.EventTypeHoldExpired || ev.Type == domain.EventTypeDeadLettered {
-			continue // not a decision: an expiry, or a record that went to the DLQ
+		if ev.Type == domain.EventTypeHoldExpired || ev.Type == domain.EventTypeDeadLettered || ev.Type == domain.EventTypeStatementClosed {
+			continue // not a decision: an expiry, a record that went to the DLQ, a statement
 		}
 		var d domain.OutcomeData
 		if err := json.Unmarshal(ev.Data, &d); err != nil {

@@ -20,23 +20,21 @@ type Expiry struct {
 }
 
 // ExpireDue runs one transaction that locks up to limit pending holds whose
-// expiry is at or before now (the zero time: PostgreSQL's now(), the clock
-// every worker decides by), skipping any a worker holds (it may be
-// capturing it), then their accounts (the package's lock order); calls
-// decide with them; and writes the holds and debit accounts decide changed,
-// with its messages. It returns how many holds were expired. Every worker
-// runs an expirer; they share the work through SKIP LOCKED, and a hold
-// expires exactly once because its state changes from pending under its row
-// lock, in the same transaction as its event.
-func ExpireDue(ctx context.Context, pool *pgxpool.Pool, now time.Time, limit int,
+// expiry is at or before now (as clock tells it: the clock every worker
+// decides by), skipping any a worker holds (it may be capturing it), then
+// their accounts (the package's lock order); calls decide with them; and
+// writes the holds and debit accounts decide changed, with its messages.
+// It returns how many holds were expired. Every worker runs an expirer;
+// they share the work through SKIP LOCKED, and a hold expires exactly once
+// because its state changes from pending under its row lock, in the same
+// transaction as its event.
+func ExpireDue(ctx context.Context, pool *pgxpool.Pool, clock Clock, limit int,
 	decide func(book *domain.Book, now time.Time) Expiry) (int, error) {
 	expired := 0
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if now.IsZero() {
-			if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
-				return fmt.Errorf("read the database clock: %w", err)
-			}
-			now = now.UTC()
+		now, err := readClock(ctx, tx, clock)
+		if err != nil {
+			return err
 		}
 		st := &State{Now: now, Book: domain.NewBook(), Loaded: make(map[string]bool)}
 		b := &pgx.Batch{}

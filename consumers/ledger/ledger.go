@@ -23,8 +23,10 @@ package ledger
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -49,6 +51,34 @@ type Sender interface {
 // consumer group on one topic.
 type Source struct {
 	Group, Topic string
+	// Clock dates the batches' decisions (nil: PostgreSQL's now()).
+	Clock Clock
+}
+
+// Clock gives the time decisions are made at from PostgreSQL's now(), read
+// at the start of their transaction: one clock for every worker, whatever
+// their hosts say. Nil is PostgreSQL's own; tests inject one to cross a
+// day boundary.
+type Clock func(db time.Time) time.Time
+
+// At is the clock that always says t (tests).
+func At(t time.Time) Clock { return func(time.Time) time.Time { return t } }
+
+// read is the time c gives for the database's db, in UTC.
+func (c Clock) read(db time.Time) time.Time {
+	if c != nil {
+		db = c(db)
+	}
+	return db.UTC()
+}
+
+// readClock reads the database's clock in tx through c.
+func readClock(ctx context.Context, tx pgx.Tx, c Clock) (time.Time, error) {
+	var now time.Time
+	if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
+		return time.Time{}, fmt.Errorf("read the database clock: %w", err)
+	}
+	return c.read(now), nil
 }
 
 // offsetColumns returns pos as parallel arrays in partition order, the

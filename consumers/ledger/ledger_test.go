@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/txpipe/txpipe/consumers/ledger"
 	"github.com/txpipe/txpipe/domain"
@@ -220,7 +224,7 @@ func TestExpireDueExpiresEachHoldOnce(t *testing.T) {
 		at   time.Time
 		want int
 	}{{expires.Add(-time.Second), 0}, {expires, 1}, {expires.Add(time.Hour), 0}} {
-		if n, err := ledger.ExpireDue(ctx, db.Pool, tt.at, 10, expire); err != nil || n != tt.want {
+		if n, err := ledger.ExpireDue(ctx, db.Pool, ledger.At(tt.at), 10, expire); err != nil || n != tt.want {
 			t.Errorf("ExpireDue(%v) = %d, %v; want %d", tt.at, n, err, tt.want)
 		}
 	}
@@ -443,4 +447,128 @@ func TestFeePlansAreWrittenAndLocked(t *testing.T) {
 	if err := <-done; !errors.Is(err, ledger.ErrPlanMoved) {
 		t.Fatalf("batch whose payer's plan moved while it waited: error = %v, want ErrPlanMoved", err)
 	}
+}
+
+// TestStatementPeriodsRoundTripAndCloseOnce: an account's open period,
+// with sums beyond int64, is written and loaded back as it was; closers
+// running at once close every period of a past day exactly once, and none
+// of today; and a batch whose clock is behind a day one of its accounts has
+// begun (closed the day before, or an open period of a later day) is dated
+// at that day's start.
+func TestStatementPeriodsRoundTripAndCloseOnce(t *testing.T) {
+	db := pgtest.New(t)
+	ctx := context.Background()
+	big := domain.Sum{}
+	for range 2000 {
+		big.Add(domain.MaxAmount) // > 2^63
+	}
+	day := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	old := &domain.Account{ID: "old", Currency: "EUR", Status: domain.AccountActive, Balance: 7, Version: 3, Digest: "ab",
+		Period: domain.Period{Day: "2026-11-30", Opening: 5, FirstVersion: 2, Debits: big, Credits: big, Entries: 2}}
+	old.Period.Credits.Add(2)
+	today := &domain.Account{ID: "today", Currency: "EUR", Status: domain.AccountActive, Balance: 1, Version: 1,
+		Period: domain.Period{Day: "2026-12-01", FirstVersion: 1}, ClosedThrough: "2026-11-29"}
+	// A worker of the previous version posted version 2 of "upgraded"
+	// without counting it in the period.
+	upgraded := &domain.Account{ID: "upgraded", Currency: "EUR", Status: domain.AccountActive, Balance: 2, Version: 2,
+		Period: domain.Period{Day: "2026-11-30", FirstVersion: 1, Entries: 1}}
+	upgraded.Period.Credits.Add(5)
+	accounts := []*domain.Account{old, today, upgraded}
+	for i := range 300 {
+		accounts = append(accounts, &domain.Account{ID: fmt.Sprintf("c%03d", i), Currency: "EUR", Status: domain.AccountActive,
+			Period: domain.Period{Day: "2026-11-30", FirstVersion: 1}})
+	}
+	err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 0}}, func(st *ledger.State) *ledger.Writes {
+		return &ledger.Writes{Opened: accounts, Now: day, Next: ledger.Positions{0: 1}, Entries: []ledger.Entry{
+			{Posting: domain.Posting{AccountID: "upgraded", Currency: "EUR", Amount: 5, BalanceAfter: 5, AccountVersion: 1, Digest: strings.Repeat("a", 64)}, CommandID: cmdOpen, CommandType: domain.TypeDeposit},
+			{Posting: domain.Posting{AccountID: "upgraded", Currency: "EUR", Amount: -3, BalanceAfter: 2, AccountVersion: 2, Digest: strings.Repeat("b", 64)}, CommandID: cmdTransfer, CommandType: domain.TypeTransfer},
+		}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := func(clock time.Time, ids ...string) *ledger.State {
+		t.Helper()
+		var st *ledger.State
+		err := pgtx.Run(ctx, db.Pool, func(conn *pgxpool.Conn) error {
+			var err error
+			st, err = ledger.Source{Group: "g", Topic: "commands", Clock: ledger.At(clock)}.Load(ctx, conn,
+				ledger.LoadRequest{Expected: ledger.Positions{0: 1}, Accounts: ids})
+			if err != nil {
+				return err
+			}
+			_, err = conn.Exec(ctx, "ROLLBACK") // the locks go now, not when the pool gets round to closing the connection
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	loaded := load(day, "old", "today", "upgraded")
+	if diff := cmp.Diff(old, loaded.Book.Accounts["old"]); diff != "" || loaded.Now != day || loaded.ClockRaised {
+		t.Fatalf("account loaded back (-written +loaded):\n%s\n(clock %v raised %v, want %v)", diff, loaded.Now, loaded.ClockRaised, day)
+	}
+	if p := loaded.Book.Accounts["upgraded"].Period; p.Debits != sum(3) || p.Credits != sum(5) || p.Entries != 2 {
+		t.Errorf("a period that missed a posting loads as %+v, want it recounted from the entries: debits 3, credits 5, 2 entries", p)
+	}
+
+	var mu sync.Mutex
+	closed := map[string]int{}
+	closeDays := func(book *domain.Book, now time.Time) ledger.Closing {
+		var c ledger.Closing
+		for _, a := range book.Accounts {
+			if _, ok := a.CloseDay(now); ok {
+				c.Closed = append(c.Closed, a)
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, a := range c.Closed {
+			closed[a.ID]++
+		}
+		return c
+	}
+	var g errgroup.Group
+	for range 4 { // four workers' closers at once
+		g.Go(func() error {
+			for {
+				n, err := ledger.CloseDays(ctx, db.Pool, ledger.At(day), 40, closeDays)
+				if err != nil || n == 0 {
+					return err
+				}
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range accounts {
+		if want := map[bool]int{true: 1, false: 0}[a.ID != "today"]; closed[a.ID] != want {
+			t.Errorf("account %s closed %d times, want %d", a.ID, closed[a.ID], want)
+		}
+	}
+
+	midnightBefore := time.Date(2026, 11, 30, 23, 59, 59, 0, time.UTC)
+	for _, tt := range []struct {
+		clock  time.Time
+		id     string
+		want   time.Time
+		raised bool
+	}{
+		{midnightBefore, "old", time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), true},   // its 30 November closed
+		{midnightBefore, "today", time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), true}, // its 1 December begun
+		{day, "today", day, false},
+	} {
+		if st := load(tt.clock, tt.id); !st.Now.Equal(tt.want) || st.ClockRaised != tt.raised {
+			t.Errorf("a batch at %v locking %s is dated %v (raised %v), want %v (%v)", tt.clock, tt.id, st.Now, st.ClockRaised, tt.want, tt.raised)
+		}
+	}
+}
+
+// sum is n as a domain.Sum.
+func sum(n uint64) domain.Sum {
+	var s domain.Sum
+	s.Add(n)
+	return s
 }

@@ -60,9 +60,12 @@ var ErrPlanMoved = errors.New("a fee plan changed while the batch waited for its
 // decisions of its command ids, and the accounts and transfers it touches,
 // locked until Write commits.
 type State struct {
-	Now    time.Time
-	Priors map[string]Prior
-	Book   *domain.Book
+	Now time.Time
+	// ClockRaised says Now was moved forward from the batch's clock to
+	// the day an account of the batch had already begun (raiseClock).
+	ClockRaised bool
+	Priors      map[string]Prior
+	Book        *domain.Book
 	// Loaded marks the transfers read from the database: Write updates
 	// those and inserts the others.
 	Loaded map[string]bool
@@ -95,7 +98,7 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 		if err := row.Scan(&st.Now, nil, nil); err != nil {
 			return err
 		}
-		st.Now = st.Now.UTC()
+		st.Now = s.Clock.read(st.Now)
 		return nil
 	})
 	stored := s.queueFence(b, req.Expected)
@@ -135,7 +138,7 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 		}
 	}
 	if len(transfers) == 0 {
-		return st, s.checkRevenue(ctx, tx, st.Book, req.Payers)
+		return st, s.check(ctx, tx, st, req.Payers)
 	}
 	for _, t := range st.Book.Transfers {
 		accounts = append(accounts, t.FromAccountID, t.ToAccountID)
@@ -148,7 +151,96 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("lock accounts: %w", err)
 	}
-	return st, s.checkRevenue(ctx, tx, st.Book, req.Payers)
+	return st, s.check(ctx, tx, st, req.Payers)
+}
+
+// check deals with what the locks just taken may have moved under the
+// batch: the days its accounts have begun (raiseClock), and the revenue
+// accounts of fee plans (checkRevenue).
+func (s Source) check(ctx context.Context, tx Sender, st *State, payers []string) error {
+	raiseClock(st)
+	if err := recount(ctx, tx, st.Book); err != nil {
+		return err
+	}
+	return s.checkRevenue(ctx, tx, st.Book, payers)
+}
+
+// recount recounts, from their entries, the open periods of book's
+// accounts that missed postings (domain.Account.Stale): one more round
+// trip, only then.
+func recount(ctx context.Context, tx Sender, book *domain.Book) error {
+	var ids []string
+	var first []int64
+	for _, a := range book.Accounts {
+		if a.Stale() {
+			ids, first = append(ids, a.ID), append(first, a.Period.FirstVersion)
+			a.Period.Debits, a.Period.Credits, a.Period.Entries = domain.Sum{}, domain.Sum{}, 0
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	b.Queue(`SELECT e.account_id, coalesce(sum(-e.amount) FILTER (WHERE e.amount < 0), 0)::text,
+			coalesce(sum(e.amount) FILTER (WHERE e.amount > 0), 0)::text, count(*)
+		FROM unnest($1::text[], $2::int8[]) AS u (id, first)
+		JOIN entries e ON e.account_id = u.id AND e.account_version >= u.first
+		GROUP BY e.account_id`, ids, first).Query(func(rows pgx.Rows) error {
+		var id, debits, credits string
+		var n int64
+		_, err := pgx.ForEachRow(rows, []any{&id, &debits, &credits, &n}, func() error {
+			p := &book.Accounts[id].Period
+			var err error
+			if p.Debits, err = domain.ParseSum(debits); err != nil {
+				return fmt.Errorf("recount debits of %s: %w", id, err)
+			}
+			if p.Credits, err = domain.ParseSum(credits); err != nil {
+				return fmt.Errorf("recount credits of %s: %w", id, err)
+			}
+			p.Entries = n
+			return nil
+		})
+		return err
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("recount statement periods: %w", err)
+	}
+	return nil
+}
+
+// raiseClock moves st.Now forward, when it is behind, to the start of the
+// latest day an account of the batch has already begun: the day of its
+// open statement period, or the day after the last one it closed. The
+// batch read its clock when it began; a batch of the next day, or a
+// closer, may have taken one of its accounts past midnight while it
+// waited for the lock. Dated by its own clock, its postings would fall in
+// a day whose statement is closed, or be counted in the next day's while
+// dated the day before. Raised, they are dated by the day their account
+// is in, and every posting of a statement is of its day; the rare batch
+// this moves is a few milliseconds later than its clock. A database clock
+// that steps back holds every account's postings at the start of the day
+// it had reached, until the clock catches up, rather than stopping them.
+func raiseClock(st *State) {
+	var floor time.Time
+	for _, a := range st.Book.Accounts {
+		for _, day := range []string{a.Period.Day, nextDay(a.ClosedThrough)} {
+			if t, err := time.Parse(time.DateOnly, day); err == nil && t.After(floor) {
+				floor = t
+			}
+		}
+	}
+	if st.Now.Before(floor) {
+		st.Now, st.ClockRaised = floor, true
+	}
+}
+
+// nextDay is the day after day (2006-01-02), "" for none.
+func nextDay(day string) string {
+	t, err := time.Parse(time.DateOnly, day)
+	if err != nil {
+		return ""
+	}
+	return t.AddDate(0, 0, 1).Format(time.DateOnly)
 }
 
 // checkRevenue makes sure every payer's fee plan names a revenue account
@@ -272,29 +364,45 @@ func queueLockAccounts(b *pgx.Batch, ids, payers []string, book *domain.Book) {
 	if payers == nil {
 		payers = []string{}
 	}
-	b.Queue(`SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
-			coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version, fee_plan, coalesce(encode(digest, 'hex'), '')
-		FROM accounts
-		WHERE account_id = ANY($1::text[] || ARRAY(SELECT fee_plan->>'revenue_account_id' FROM accounts
+	b.Queue(selectAccounts+`WHERE account_id = ANY($1::text[] || ARRAY(SELECT fee_plan->>'revenue_account_id' FROM accounts
 			WHERE account_id = ANY($2::text[]) AND fee_plan IS NOT NULL))
-		ORDER BY account_id FOR UPDATE`, ids, payers).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			a := &domain.Account{}
-			var status string
-			var plan []byte
-			if err := rows.Scan(&a.ID, &a.Currency, &status, &a.External, &a.Balance, &a.Held, &a.OverdraftLimit,
-				&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version, &plan, &a.Digest); err != nil {
-				return err
-			}
-			if plan != nil {
-				a.FeePlan = &domain.FeePlan{}
-				if err := json.Unmarshal(plan, a.FeePlan); err != nil {
-					return fmt.Errorf("fee plan of account %s: %w", a.ID, err)
-				}
-			}
-			a.Status = domain.AccountStatus(status)
-			book.Accounts[a.ID] = a
+		ORDER BY account_id FOR UPDATE`, ids, payers).Query(func(rows pgx.Rows) error { return scanAccounts(rows, book) })
+}
+
+// selectAccounts reads the columns of accounts the rules use (scanAccounts
+// reads them); the callers add which rows and their locks.
+const selectAccounts = `SELECT account_id, currency, status, external, balance, held, overdraft_limit, daily_debit_limit,
+		coalesce(to_char(daily_debit_day, 'YYYY-MM-DD'), ''), daily_debited, version, fee_plan, coalesce(encode(digest, 'hex'), ''),
+		coalesce(to_char(period_day, 'YYYY-MM-DD'), ''), period_opening, period_first_version, period_debits::text, period_credits::text,
+		period_entries, coalesce(to_char(closed_through, 'YYYY-MM-DD'), '')
+	FROM accounts `
+
+// scanAccounts reads the rows of a selectAccounts query into book.
+func scanAccounts(rows pgx.Rows, book *domain.Book) error {
+	for rows.Next() {
+		a := &domain.Account{}
+		var status, debits, credits string
+		var plan []byte
+		if err := rows.Scan(&a.ID, &a.Currency, &status, &a.External, &a.Balance, &a.Held, &a.OverdraftLimit,
+			&a.DailyDebitLimit, &a.DailyDebitDay, &a.DailyDebited, &a.Version, &plan, &a.Digest,
+			&a.Period.Day, &a.Period.Opening, &a.Period.FirstVersion, &debits, &credits, &a.Period.Entries, &a.ClosedThrough); err != nil {
+			return err
 		}
-		return rows.Err()
-	})
+		if plan != nil {
+			a.FeePlan = &domain.FeePlan{}
+			if err := json.Unmarshal(plan, a.FeePlan); err != nil {
+				return fmt.Errorf("fee plan of account %s: %w", a.ID, err)
+			}
+		}
+		var err error
+		if a.Period.Debits, err = domain.ParseSum(debits); err != nil {
+			return fmt.Errorf("period debits of account %s: %w", a.ID, err)
+		}
+		if a.Period.Credits, err = domain.ParseSum(credits); err != nil {
+			return fmt.Errorf("period credits of account %s: %w", a.ID, err)
+		}
+		a.Status = domain.AccountStatus(status)
+		book.Accounts[a.ID] = a
+	}
+	return rows.Err()
 }

@@ -34,6 +34,9 @@ type Totals struct {
 	// Digest is the digest of the account's latest posting, hex ("" for
 	// none).
 	Digest string
+	// ClosedThrough is the day of the account's last statement ("" for
+	// none).
+	ClosedThrough string
 }
 
 // SnapshotEntry is an entry as the auditor reads it.
@@ -42,6 +45,7 @@ type SnapshotEntry struct {
 	Version, Amount, Balance int64
 	CommandID, Currency      string
 	Digest                   string // hex
+	Day                      string // of created_at, UTC, 2006-01-02
 }
 
 // ReadSnapshot reads the ledger in tx, which the caller begins read-only
@@ -76,15 +80,16 @@ func (s Source) ReadSnapshot(ctx context.Context, tx pgx.Tx) (*Snapshot, error) 
 	}
 	var a Totals
 	if err := each("accounts", `SELECT account_id, currency, external, balance, held, overdraft_limit, version,
-			coalesce(encode(digest, 'hex'), '') FROM accounts`, nil,
-		[]any{&id, &a.Currency, &a.External, &a.Balance, &a.Held, &a.Overdraft, &a.Version, &a.Digest},
+			coalesce(encode(digest, 'hex'), ''), coalesce(to_char(closed_through, 'YYYY-MM-DD'), '') FROM accounts`, nil,
+		[]any{&id, &a.Currency, &a.External, &a.Balance, &a.Held, &a.Overdraft, &a.Version, &a.Digest, &a.ClosedThrough},
 		func() error { snap.Totals[id] = a; return nil }); err != nil {
 		return nil, err
 	}
 	var e SnapshotEntry
-	if err := each("entries", `SELECT account_id, account_version, amount, balance_after, command_id::text, currency, encode(digest, 'hex')
+	if err := each("entries", `SELECT account_id, account_version, amount, balance_after, command_id::text, currency, encode(digest, 'hex'),
+			to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
 		FROM entries ORDER BY account_id, account_version`, nil,
-		[]any{&e.Account, &e.Version, &e.Amount, &e.Balance, &e.CommandID, &e.Currency, &e.Digest}, func() error {
+		[]any{&e.Account, &e.Version, &e.Amount, &e.Balance, &e.CommandID, &e.Currency, &e.Digest, &e.Day}, func() error {
 			snap.Entries[e.Account] = append(snap.Entries[e.Account], e)
 			snap.ByCommand[e.CommandID] = append(snap.ByCommand[e.CommandID], e)
 			return nil

@@ -148,14 +148,39 @@ func queueInsertAccounts(b *pgx.Batch, accounts []*domain.Account, sealed map[st
 	}
 	// An account opened in this batch may have had its fee plan set later
 	// in the same batch: the row is written once, as the batch left it.
+	p := periods(accounts)
 	b.Queue(`INSERT INTO accounts (account_id, currency, status, balance, held, overdraft_limit,
-			daily_debit_limit, daily_debit_day, daily_debited, version, metadata_key_id, metadata_sealed, created_at, updated_at, fee_plan, digest)
+			daily_debit_limit, daily_debit_day, daily_debited, version, metadata_key_id, metadata_sealed, created_at, updated_at, fee_plan, digest,
+			period_day, period_opening, period_first_version, period_debits, period_credits, period_entries, closed_through)
 		SELECT id, cur, st, bal, hld, od, dl, nullif(dd, '')::date, deb, ver, nullif(kid, ''), ct, $13, $13, nullif(fp, '')::jsonb,
-			decode(nullif(dg, ''), 'hex')
+			decode(nullif(dg, ''), 'hex'), nullif(pd, '')::date, po, pv, pdb::numeric, pcr::numeric, pn, nullif(ctd, '')::date
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
-			$8::text[], $9::int8[], $10::int8[], $11::text[], $12::bytea[], $14::text[], $15::text[])
-			AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, kid, ct, fp, dg)`,
-		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, keyIDs, ciphertexts, now, feePlans(accounts), digests(accounts))
+			$8::text[], $9::int8[], $10::int8[], $11::text[], $12::bytea[], $14::text[], $15::text[],
+			$16::text[], $17::int8[], $18::int8[], $19::text[], $20::text[], $21::int8[], $22::text[])
+			AS u (id, cur, st, bal, hld, od, dl, dd, deb, ver, kid, ct, fp, dg, pd, po, pv, pdb, pcr, pn, ctd)`,
+		ids, currencies, statuses, balance, held, overdraft, daily, days, debited, versions, keyIDs, ciphertexts, now, feePlans(accounts), digests(accounts),
+		p.days, p.opening, p.first, p.debits, p.credits, p.entries, p.closed)
+}
+
+// periodColumns are the statement periods of accounts as the columns of
+// accounts hold them: each one's day ("" for none), opening balance, first
+// version, debits and credits (decimal), postings counted, and the day of
+// its last statement.
+type periodColumns struct {
+	days, debits, credits, closed []string
+	opening, first, entries       []int64
+}
+
+func periods(accounts []*domain.Account) periodColumns {
+	n := len(accounts)
+	c := periodColumns{days: make([]string, n), debits: make([]string, n), credits: make([]string, n), closed: make([]string, n),
+		opening: make([]int64, n), first: make([]int64, n), entries: make([]int64, n)}
+	for i, a := range accounts {
+		p := a.Period
+		c.days[i], c.opening[i], c.first[i], c.entries[i], c.closed[i] = p.Day, p.Opening, p.FirstVersion, p.Entries, a.ClosedThrough
+		c.debits[i], c.credits[i] = p.Debits.String(), p.Credits.String()
+	}
+	return c
 }
 
 // digests is the digest of each of accounts' latest posting, hex ("" for
@@ -190,13 +215,19 @@ func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time
 		ids[i], statuses[i], days[i] = a.ID, string(a.Status), a.DailyDebitDay
 		balance[i], held[i], debited[i], versions[i] = a.Balance, a.Held, a.DailyDebited, a.Version
 	}
+	p := periods(accounts)
 	b.Queue(`UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
 			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = $8,
-			fee_plan = nullif(u.fp, '')::jsonb, digest = decode(nullif(u.dg, ''), 'hex')
-		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $9::text[], $10::text[])
-			AS u (id, st, bal, hld, dd, deb, ver, fp, dg)
+			fee_plan = nullif(u.fp, '')::jsonb, digest = decode(nullif(u.dg, ''), 'hex'),
+			period_day = nullif(u.pd, '')::date, period_opening = u.po, period_first_version = u.pv,
+			period_debits = u.pdb::numeric, period_credits = u.pcr::numeric, period_entries = u.pn,
+			closed_through = nullif(u.ctd, '')::date
+		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $9::text[], $10::text[],
+				$11::text[], $12::int8[], $13::int8[], $14::text[], $15::text[], $16::int8[], $17::text[])
+			AS u (id, st, bal, hld, dd, deb, ver, fp, dg, pd, po, pv, pdb, pcr, pn, ctd)
 		WHERE a.account_id = u.id`,
-		ids, statuses, balance, held, days, debited, versions, now, plans, digests(accounts)).Exec(func(ct pgconn.CommandTag) error {
+		ids, statuses, balance, held, days, debited, versions, now, plans, digests(accounts),
+		p.days, p.opening, p.first, p.debits, p.credits, p.entries, p.closed).Exec(func(ct pgconn.CommandTag) error {
 		if ct.RowsAffected() != int64(n) {
 			return fmt.Errorf("update accounts: %d of %d rows found", ct.RowsAffected(), n)
 		}

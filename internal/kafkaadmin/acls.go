@@ -17,9 +17,9 @@ type Principals struct {
 	ReaderGroupPrefix string
 }
 
-// TopicNames are the four topics ACLs are granted on.
+// TopicNames are the five topics ACLs are granted on.
 type TopicNames struct {
-	Commands, Events, Postings, DLQ string
+	Commands, Events, Postings, Balances, DLQ string
 }
 
 // RoleACLs is least privilege for each role (READ and WRITE imply DESCRIBE):
@@ -27,8 +27,10 @@ type TopicNames struct {
 //   - ingest writes the commands topic, and nothing else;
 //   - a worker reads the commands topic in its consumer group, and writes
 //     nothing to Kafka: its outcomes go through the outbox;
-//   - the relay writes the events, postings and DLQ topics, and reads none;
-//   - the reader reads the events and postings topics in its groups.
+//   - the relay writes the events, postings, balances and DLQ topics, and
+//     reads none;
+//   - the reader reads the events, postings and balances topics in its
+//     groups.
 //
 // Nobody but ingest may produce commands (who can, can move money and set
 // txpipe_submitted_by), and nobody but the relay may publish outcomes.
@@ -53,13 +55,18 @@ func RoleACLs(p Principals, t TopicNames, workerGroup string) []kafka.ACLEntry {
 		allow(p.Worker, kafka.ResourceTypeGroup, workerGroup, kafka.PatternTypeLiteral, kafka.ACLOperationTypeRead)
 	}
 	if p.Relay != "" {
-		for _, name := range []string{t.Events, t.Postings, t.DLQ} {
-			topic(p.Relay, name, kafka.ACLOperationTypeWrite)
+		for _, name := range []string{t.Events, t.Postings, t.Balances, t.DLQ} {
+			if name != "" {
+				topic(p.Relay, name, kafka.ACLOperationTypeWrite)
+			}
 		}
 	}
 	if p.Reader != "" {
 		topic(p.Reader, t.Events, kafka.ACLOperationTypeRead)
 		topic(p.Reader, t.Postings, kafka.ACLOperationTypeRead)
+		if t.Balances != "" {
+			topic(p.Reader, t.Balances, kafka.ACLOperationTypeRead)
+		}
 		allow(p.Reader, kafka.ResourceTypeGroup, p.ReaderGroupPrefix, kafka.PatternTypePrefixed, kafka.ACLOperationTypeRead)
 	}
 	return acls

@@ -59,11 +59,12 @@ func (c *Cluster) Writer(t testing.TB) *kafkawriter.Writer {
 
 // Topics are one test's topics, named after the test so they never collide.
 type Topics struct {
-	Commands, Events, Postings, DLQ string
+	Commands, Events, Postings, Balances, DLQ string
 }
 
-// Topics creates fresh commands, events, postings and DLQ topics with the
-// given partition count, and deletes them when the test ends.
+// Topics creates fresh commands, events, postings, balances (log-compacted)
+// and DLQ topics with the given partition count, and deletes them when the
+// test ends.
 func (c *Cluster) Topics(t testing.TB, partitions int) Topics {
 	t.Helper()
 	return c.TopicsReplicated(t, partitions, 1)
@@ -75,12 +76,13 @@ func (c *Cluster) TopicsReplicated(t testing.TB, partitions, replicas int) Topic
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	prefix := "test." + hex.EncodeToString(b[:]) + "."
-	ts := Topics{Commands: prefix + "commands", Events: prefix + "events", Postings: prefix + "postings", DLQ: prefix + "dlq"}
-	names := []string{ts.Commands, ts.Events, ts.Postings, ts.DLQ}
+	ts := Topics{Commands: prefix + "commands", Events: prefix + "events", Postings: prefix + "postings", Balances: prefix + "balances", DLQ: prefix + "dlq"}
+	names := []string{ts.Commands, ts.Events, ts.Postings, ts.Balances, ts.DLQ}
 	var topics []kafkaadmin.Topic
 	for _, n := range names {
 		topics = append(topics, kafkaadmin.Topic{Name: n, Partitions: partitions, ReplicationFactor: replicas})
 	}
+	topics[3].Configs = map[string]string{"cleanup.policy": "compact"}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := kafkaadmin.EnsureTopics(ctx, c.Client, topics); err != nil {

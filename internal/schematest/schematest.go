@@ -18,11 +18,13 @@ import (
 
 // Schemas are the compiled schemas of docs/schemas.
 type Schemas struct {
-	commands map[domain.Type]*jsonschema.Schema
-	outcome  *jsonschema.Schema
-	posting  *jsonschema.Schema
-	expired  *jsonschema.Schema
-	dead     *jsonschema.Schema
+	commands  map[domain.Type]*jsonschema.Schema
+	outcome   *jsonschema.Schema
+	posting   *jsonschema.Schema
+	expired   *jsonschema.Schema
+	dead      *jsonschema.Schema
+	statement *jsonschema.Schema
+	balance   *jsonschema.Schema
 }
 
 // Load compiles docs/schemas, found by walking up from the working
@@ -61,6 +63,8 @@ func Load(t testing.TB) *Schemas {
 	s.posting = compile("events/posting.schema.json")
 	s.expired = compile("events/hold_expired.schema.json")
 	s.dead = compile("events/dead_lettered.schema.json")
+	s.statement = compile("events/statement_closed.schema.json")
+	s.balance = compile("balances/balance.schema.json")
 	return s
 }
 
@@ -91,9 +95,14 @@ func (s *Schemas) Event(value []byte) error {
 		return validate(s.expired, value)
 	case domain.EventTypeDeadLettered:
 		return validate(s.dead, value)
+	case domain.EventTypeStatementClosed:
+		return validate(s.statement, value)
 	}
 	return validate(s.outcome, value)
 }
+
+// Balance validates one record of the balances topic.
+func (s *Schemas) Balance(value []byte) error { return validate(s.balance, value) }
 
 func validate(sch *jsonschema.Schema, value []byte) error {
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(value))
