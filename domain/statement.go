@@ -125,6 +125,13 @@ func (s *Sum) Add(v uint64) {
 	s.hi += carry
 }
 
+// AddSum adds o.
+func (s *Sum) AddSum(o Sum) {
+	var carry uint64
+	s.lo, carry = bits.Add64(s.lo, o.lo, 0)
+	s.hi += o.hi + carry
+}
+
 // Equal reports whether s and o are the same sum.
 func (s Sum) Equal(o Sum) bool { return s == o }
 

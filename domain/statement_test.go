@@ -22,6 +22,12 @@ func TestSumCountsBeyondInt64(t *testing.T) {
 	if s.String() != want.String() || s.Big().Cmp(want) != 0 {
 		t.Fatalf("sum = %s, want %s", s, want)
 	}
+	var twice domain.Sum
+	twice.AddSum(s)
+	twice.AddSum(s) // carries from the low word
+	if want2 := new(big.Int).Add(want, want); twice.Big().Cmp(want2) != 0 {
+		t.Fatalf("sum added to itself = %s, want %s", twice, want2)
+	}
 	back, err := domain.ParseSum(s.String())
 	if err != nil || back != s {
 		t.Errorf("ParseSum(%s) = %v, %v; want it back", s, back, err)

@@ -632,8 +632,8 @@ const settleFence = `WITH fence AS (
 // slot's partition, named, so that the plan searches that partition
 // alone ($4, $5, …: each slot's ids); with parked, it then moves the
 // parked rows to outbox_parked (its three last parameters: their ids,
-// their reasons, and their slots, so that only those partitions are
-// searched).
+// their reasons, and their slots; with a generic plan every slot's index
+// is probed, which is cheap for the few rows parked).
 func settleSQL(slots []int16, parked bool) string {
 	var q strings.Builder
 	q.WriteString(settleFence)

@@ -31,7 +31,7 @@ type Expiry struct {
 func ExpireDue(ctx context.Context, pool *pgxpool.Pool, clock Clock, limit int,
 	decide func(book *domain.Book, now time.Time) Expiry) (int, error) {
 	expired := 0
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err := pgx.BeginTxFunc(ctx, pool, readCommitted, func(tx pgx.Tx) error {
 		now, err := readClock(ctx, tx, clock)
 		if err != nil {
 			return err

@@ -55,6 +55,12 @@ type Source struct {
 	Clock Clock
 }
 
+// readCommitted is the isolation of the expirer's and the closer's
+// transactions, whatever the server's default_transaction_isolation: their
+// SKIP LOCKED and FOR SHARE reads would fail with serialization errors
+// under REPEATABLE READ (the batches' own BEGIN says it, internal/pgtx).
+var readCommitted = pgx.TxOptions{IsoLevel: pgx.ReadCommitted}
+
 // Clock gives the time decisions are made at from PostgreSQL's now(), read
 // at the start of their transaction: one clock for every worker, whatever
 // their hosts say. Nil is PostgreSQL's own; tests inject one to cross a

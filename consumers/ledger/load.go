@@ -165,16 +165,15 @@ func (s Source) check(ctx context.Context, tx Sender, st *State, payers []string
 	return s.checkRevenue(ctx, tx, st.Book, payers)
 }
 
-// recount recounts, from their entries, the open periods of book's
-// accounts that missed postings (domain.Account.Stale): one more round
-// trip, only then.
+// recount adds to the open periods of book's accounts that missed
+// postings (domain.Account.Stale) the entries after the last one they
+// counted: one more round trip, only then, reading only what was missed.
 func recount(ctx context.Context, tx Sender, book *domain.Book) error {
 	var ids []string
-	var first []int64
+	var counted []int64
 	for _, a := range book.Accounts {
 		if a.Stale() {
-			ids, first = append(ids, a.ID), append(first, a.Period.FirstVersion)
-			a.Period.Debits, a.Period.Credits, a.Period.Entries = domain.Sum{}, domain.Sum{}, 0
+			ids, counted = append(ids, a.ID), append(counted, a.Period.FirstVersion+a.Period.Entries-1)
 		}
 	}
 	if len(ids) == 0 {
@@ -183,21 +182,24 @@ func recount(ctx context.Context, tx Sender, book *domain.Book) error {
 	b := &pgx.Batch{}
 	b.Queue(`SELECT e.account_id, coalesce(sum(-e.amount) FILTER (WHERE e.amount < 0), 0)::text,
 			coalesce(sum(e.amount) FILTER (WHERE e.amount > 0), 0)::text, count(*)
-		FROM unnest($1::text[], $2::int8[]) AS u (id, first)
-		JOIN entries e ON e.account_id = u.id AND e.account_version >= u.first
-		GROUP BY e.account_id`, ids, first).Query(func(rows pgx.Rows) error {
+		FROM unnest($1::text[], $2::int8[]) AS u (id, counted)
+		JOIN entries e ON e.account_id = u.id AND e.account_version > u.counted
+		GROUP BY e.account_id`, ids, counted).Query(func(rows pgx.Rows) error {
 		var id, debits, credits string
 		var n int64
 		_, err := pgx.ForEachRow(rows, []any{&id, &debits, &credits, &n}, func() error {
-			p := &book.Accounts[id].Period
-			var err error
-			if p.Debits, err = domain.ParseSum(debits); err != nil {
+			d, err := domain.ParseSum(debits)
+			if err != nil {
 				return fmt.Errorf("recount debits of %s: %w", id, err)
 			}
-			if p.Credits, err = domain.ParseSum(credits); err != nil {
+			c, err := domain.ParseSum(credits)
+			if err != nil {
 				return fmt.Errorf("recount credits of %s: %w", id, err)
 			}
-			p.Entries = n
+			p := &book.Accounts[id].Period
+			p.Debits.AddSum(d)
+			p.Credits.AddSum(c)
+			p.Entries += n
 			return nil
 		})
 		return err
@@ -210,7 +212,9 @@ func recount(ctx context.Context, tx Sender, book *domain.Book) error {
 
 // raiseClock moves st.Now forward, when it is behind, to the start of the
 // latest day an account of the batch has already begun: the day of its
-// open statement period, or the day after the last one it closed. The
+// open statement period, the day after the last one it closed, or the day
+// of its daily debit limit's count (a hold placed after midnight posts
+// nothing, but counts against the new day's limit). The
 // batch read its clock when it began; a batch of the next day, or a
 // closer, may have taken one of its accounts past midnight while it
 // waited for the lock. Dated by its own clock, its postings would fall in
@@ -223,7 +227,7 @@ func recount(ctx context.Context, tx Sender, book *domain.Book) error {
 func raiseClock(st *State) {
 	var floor time.Time
 	for _, a := range st.Book.Accounts {
-		for _, day := range []string{a.Period.Day, nextDay(a.ClosedThrough)} {
+		for _, day := range []string{a.Period.Day, nextDay(a.ClosedThrough), a.DailyDebitDay} {
 			if t, err := time.Parse(time.DateOnly, day); err == nil && t.After(floor) {
 				floor = t
 			}

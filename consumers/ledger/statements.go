@@ -34,7 +34,7 @@ type Closing struct {
 func CloseDays(ctx context.Context, pool *pgxpool.Pool, clock Clock, limit int,
 	decide func(book *domain.Book, now time.Time) Closing) (int, error) {
 	closed := 0
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err := pgx.BeginTxFunc(ctx, pool, readCommitted, func(tx pgx.Tx) error {
 		now, err := readClock(ctx, tx, clock)
 		if err != nil {
 			return err
@@ -79,7 +79,7 @@ func CloseDays(ctx context.Context, pool *pgxpool.Pool, clock Clock, limit int,
 // and how many it wrote.
 func PublishBalances(ctx context.Context, pool *pgxpool.Pool, after string, limit int,
 	msg func(a *domain.Account, now time.Time) outbox.Message) (last string, n int, err error) {
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err = pgx.BeginTxFunc(ctx, pool, readCommitted, func(tx pgx.Tx) error {
 		now, err := readClock(ctx, tx, nil)
 		if err != nil {
 			return err
