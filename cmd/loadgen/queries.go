@@ -152,11 +152,12 @@ func queryBench(ctx context.Context, o benchOptions, client *kafka.Client) ([]re
 	if _, err := s.pool.Exec(ctx, "ANALYZE"); err != nil {
 		return nil, fmt.Errorf("analyze: %w", err)
 	}
-	var transfers int64
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM transfers`).Scan(&transfers); err != nil {
+	drawn, err := ledger.SampleForQueries(ctx, s.pool, "EUR", 2000)
+	if err != nil {
 		return nil, err
 	}
-	draw, err := paramSource(ctx, s.pool)
+	transfers := drawn.Transfers
+	draw, err := paramSource(drawn)
 	if err != nil {
 		return nil, err
 	}
@@ -187,35 +188,21 @@ func queryBench(ctx context.Context, o benchOptions, client *kafka.Client) ([]re
 	return out, writePlans(ctx, s.dbURL, keyring, draw(), transfers, filepath.Join(o.out, "query-plans.txt"))
 }
 
-// paramSource draws request parameters from the accounts and the span of
-// the transfers.
-func paramSource(ctx context.Context, pool *pgxpool.Pool) (func() queryParams, error) {
-	type acct struct {
-		id      string
-		version int64
+// paramSource draws request parameters from the sampled accounts and the
+// span of the transfers.
+func paramSource(sample ledger.QuerySample) (func() queryParams, error) {
+	if len(sample.Accounts) == 0 {
+		return nil, fmt.Errorf("no account to ask about")
 	}
-	rows, err := pool.Query(ctx, `SELECT account_id, version FROM accounts WHERE NOT external AND currency = 'EUR' AND version > 0 ORDER BY random() LIMIT 2000`)
-	if err != nil {
-		return nil, err
-	}
-	accts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (acct, error) {
-		var a acct
-		return a, r.Scan(&a.id, &a.version)
-	})
-	if err != nil || len(accts) == 0 {
-		return nil, fmt.Errorf("read accounts to ask about: %v (%d)", err, len(accts))
-	}
-	var first, last time.Time
-	if err := pool.QueryRow(ctx, `SELECT min(created_at), max(created_at) FROM transfers`).Scan(&first, &last); err != nil {
-		return nil, err
-	}
+	first, last := sample.First, sample.Last
 	rng := rand.New(rand.NewPCG(7, 7))
 	return func() queryParams {
-		a := accts[rng.IntN(len(accts))]
+		i := rng.IntN(len(sample.Accounts))
+		id := sample.Accounts[i]
 		at := first.Add(time.Duration(rng.Int64N(int64(last.Sub(first)) + 1)))
 		// acct-1234 → acct-12: acct-12 and acct-120…129 and acct-1200…1299.
-		prefix := a.id[:min(len(a.id), len("acct-")+2)]
-		return queryParams{account: a.id, version: 1 + rng.Int64N(a.version), at: at, prefix: prefix, before: time.Now().Add(time.Hour)}
+		prefix := id[:min(len(id), len("acct-")+2)]
+		return queryParams{account: id, version: 1 + rng.Int64N(sample.Versions[i]), at: at, prefix: prefix, before: time.Now().Add(time.Hour)}
 	}, nil
 }
 

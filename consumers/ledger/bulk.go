@@ -86,3 +86,38 @@ func (b *Bulk) Post(ctx context.Context, pool *pgxpool.Pool, transfers []domain.
 		return err
 	})
 }
+
+// QuerySample is what loadgen's query benchmark draws its requests'
+// parameters from: how many transfers there are, a random sample of
+// internal accounts of one currency that have postings (with their
+// versions), and the span of the transfers' times.
+type QuerySample struct {
+	Transfers   int64
+	Accounts    []string
+	Versions    []int64
+	First, Last time.Time
+}
+
+// SampleForQueries reads a QuerySample of up to n accounts of currency.
+func SampleForQueries(ctx context.Context, pool *pgxpool.Pool, currency string, n int) (QuerySample, error) {
+	var s QuerySample
+	if err := pool.QueryRow(ctx, `SELECT count(*), coalesce(min(created_at), now()), coalesce(max(created_at), now()) FROM transfers`).
+		Scan(&s.Transfers, &s.First, &s.Last); err != nil {
+		return s, fmt.Errorf("read the transfers' span: %w", err)
+	}
+	rows, err := pool.Query(ctx, `SELECT account_id, version FROM accounts
+		WHERE NOT external AND currency = $1 AND version > 0 ORDER BY random() LIMIT $2`, currency, n)
+	if err != nil {
+		return s, fmt.Errorf("sample accounts: %w", err)
+	}
+	var id string
+	var version int64
+	_, err = pgx.ForEachRow(rows, []any{&id, &version}, func() error {
+		s.Accounts, s.Versions = append(s.Accounts, id), append(s.Versions, version)
+		return nil
+	})
+	if err != nil {
+		return s, fmt.Errorf("sample accounts: %w", err)
+	}
+	return s, nil
+}

@@ -105,23 +105,8 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 	if len(req.CommandIDs) > 0 {
 		queueReadDecisions(b, req.CommandIDs, st.Priors)
 	}
-	if len(req.References) > 0 {
-		// Not locked: a concurrent batch that applies the same reference
-		// meets the unique index on commit, and its retry reads this one's.
-		b.Queue(`SELECT reference, transfer_id::text FROM transfers WHERE reference = ANY($1)`,
-			sortedUnique(req.References)).Query(func(rows pgx.Rows) error {
-			var ref, id string
-			_, err := pgx.ForEachRow(rows, []any{&ref, &id}, func() error { st.Book.References[ref] = id; return nil })
-			return err
-		})
-	}
-	if len(currencies) > 0 {
-		// Cheap when the rows exist (no lock is taken on conflict), and
-		// right after a restore too, which a cache would not be.
-		b.Queue(`INSERT INTO accounts (account_id, currency, status, external)
-			SELECT $1 || c, c, 'active', true FROM unnest($2::text[]) AS c
-			ON CONFLICT (account_id) DO NOTHING`, domain.ExternalPrefix, currencies)
-	}
+	queueReferences(b, req.References, st.Book)
+	queueExternalAccounts(b, currencies)
 	if len(transfers) > 0 {
 		queueReadTransfers(b, selectTransfers+`WHERE transfer_id = ANY($1::uuid[]) ORDER BY transfer_id FOR UPDATE`, []any{transfers}, st)
 		// A transaction's legs change only under its transfer's lock, just taken.
@@ -137,21 +122,57 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 			return nil, fmt.Errorf("%w (partition %d: stored %d or halted, expected %d)", ErrFenced, p, got, want)
 		}
 	}
-	if len(transfers) == 0 {
-		return st, s.check(ctx, tx, st, req.Payers)
+	if len(transfers) > 0 {
+		if err := lockTransfersAccounts(ctx, tx, accounts, req.Payers, st.Book); err != nil {
+			return nil, err
+		}
 	}
-	for _, t := range st.Book.Transfers {
+	return st, s.check(ctx, tx, st, req.Payers)
+}
+
+// queueReferences reads which transfers hold the references refs into
+// book. Not locked: a concurrent batch that applies the same reference
+// meets the unique index on commit, and its retry reads this one's.
+func queueReferences(b *pgx.Batch, refs []string, book *domain.Book) {
+	if len(refs) == 0 {
+		return
+	}
+	b.Queue(`SELECT reference, transfer_id::text FROM transfers WHERE reference = ANY($1)`,
+		sortedUnique(refs)).Query(func(rows pgx.Rows) error {
+		var ref, id string
+		_, err := pgx.ForEachRow(rows, []any{&ref, &id}, func() error { book.References[ref] = id; return nil })
+		return err
+	})
+}
+
+// queueExternalAccounts creates the external accounts of currencies where
+// missing: cheap when the rows exist (no lock is taken on conflict), and
+// right after a restore too, which a cache would not be.
+func queueExternalAccounts(b *pgx.Batch, currencies []string) {
+	if len(currencies) == 0 {
+		return
+	}
+	b.Queue(`INSERT INTO accounts (account_id, currency, status, external)
+		SELECT $1 || c, c, 'active', true FROM unnest($2::text[]) AS c
+		ON CONFLICT (account_id) DO NOTHING`, domain.ExternalPrefix, currencies)
+}
+
+// lockTransfersAccounts locks, in a second round trip, accounts and the
+// accounts of the transfers (and their legs) book holds, now that they
+// are read.
+func lockTransfersAccounts(ctx context.Context, tx Sender, accounts, payers []string, book *domain.Book) error {
+	for _, t := range book.Transfers {
 		accounts = append(accounts, t.FromAccountID, t.ToAccountID)
 		for _, l := range t.Legs {
 			accounts = append(accounts, l.FromAccountID, l.ToAccountID)
 		}
 	}
-	b = &pgx.Batch{}
-	queueLockAccounts(b, sortedUnique(accounts), req.Payers, st.Book)
+	b := &pgx.Batch{}
+	queueLockAccounts(b, sortedUnique(accounts), payers, book)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("lock accounts: %w", err)
+		return fmt.Errorf("lock accounts: %w", err)
 	}
-	return st, s.check(ctx, tx, st, req.Payers)
+	return nil
 }
 
 // check deals with what the locks just taken may have moved under the
