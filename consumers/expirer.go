@@ -92,9 +92,11 @@ func (d decider) expire(book *domain.Book, now time.Time) ledger.Expiry {
 		ev := domain.NewExpiryEvent(uuid.Must(uuid.NewV7()).String(), t, now)
 		ex.Outbox = append(ex.Outbox, eventMessage(d.eventsTopic, t.FromAccountID, ev, time.Time{}))
 	}
+	var accounts []*domain.Account
 	for _, id := range slices.Sorted(maps.Keys(freed)) {
-		ex.Outbox = d.balances(ex.Outbox, []*domain.Account{book.Accounts[id]}, now)
+		accounts = append(accounts, book.Accounts[id])
 	}
+	ex.Outbox = d.balances(ex.Outbox, accounts, now)
 	return ex
 }
 

@@ -71,24 +71,25 @@ func (s Statement) Entries() int64 { return s.LastVersion - s.FirstVersion + 1 }
 // DayOf is the UTC day of t, as statements name it.
 func DayOf(t time.Time) string { return t.UTC().Format(time.DateOnly) }
 
-// nextDay is the day after day (2006-01-02).
-func nextDay(day string) string {
+// NextDay is the day after day (2006-01-02); "" for "" or a malformed day.
+func NextDay(day string) string {
 	t, err := time.Parse(time.DateOnly, day)
 	if err != nil {
-		return day
+		return ""
 	}
 	return DayOf(t.AddDate(0, 0, 1))
 }
 
 // openPeriodFor is the day of the period a posting at now opens: now's, or
 // the day after the account's last closed one when now is not after it. A
-// worker's clock behind the one that closed that day would otherwise open a
-// second period of a closed day (the workers retry such a batch with a
-// fresh clock; this keeps each day's statement unique regardless).
+// clock behind the one that closed that day would otherwise open a second
+// period of a closed day (the workers date such a batch at the next day's
+// start, consumers/ledger's raiseClock; this keeps each day's statement
+// unique regardless).
 func (a *Account) openPeriodFor(now time.Time) string {
 	day := DayOf(now)
 	if a.ClosedThrough != "" && day <= a.ClosedThrough {
-		return nextDay(a.ClosedThrough)
+		return NextDay(a.ClosedThrough)
 	}
 	return day
 }
@@ -166,8 +167,13 @@ func (s *Sum) UnmarshalJSON(b []byte) error {
 // errSum is a Sum that is not a decimal integer in [0, 2^128).
 var errSum = errors.New("not a decimal integer between 0 and 2^128-1")
 
-// ParseSum reads a Sum written in decimal (as String writes it).
+// ParseSum reads a Sum written in decimal (as String writes it). Sums
+// that fit 64 bits, nearly all, are read without a big.Int: every batch
+// reads two per account.
 func ParseSum(text string) (Sum, error) {
+	if v, err := strconv.ParseUint(text, 10, 64); err == nil {
+		return Sum{lo: v}, nil
+	}
 	n, ok := new(big.Int).SetString(text, 10)
 	if !ok || n.Sign() < 0 || n.BitLen() > 128 {
 		return Sum{}, errSum

@@ -248,7 +248,7 @@ func recount(ctx context.Context, tx Sender, book *domain.Book) error {
 func raiseClock(st *State) {
 	var floor time.Time
 	for _, a := range st.Book.Accounts {
-		for _, day := range []string{a.Period.Day, nextDay(a.ClosedThrough), a.DailyDebitDay} {
+		for _, day := range []string{a.Period.Day, domain.NextDay(a.ClosedThrough), a.DailyDebitDay} {
 			if t, err := time.Parse(time.DateOnly, day); err == nil && t.After(floor) {
 				floor = t
 			}
@@ -257,15 +257,6 @@ func raiseClock(st *State) {
 	if st.Now.Before(floor) {
 		st.Now, st.ClockRaised = floor, true
 	}
-}
-
-// nextDay is the day after day (2006-01-02), "" for none.
-func nextDay(day string) string {
-	t, err := time.Parse(time.DateOnly, day)
-	if err != nil {
-		return ""
-	}
-	return t.AddDate(0, 0, 1).Format(time.DateOnly)
 }
 
 // checkRevenue makes sure every payer's fee plan names a revenue account
