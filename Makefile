@@ -74,6 +74,18 @@ chaos:
 	TXPIPE_CHAOS=1 TXPIPE_CHAOS_COMMANDS=$(or $(CHAOS_COMMANDS),4000) \
 	$(GO) test -count=1 -timeout 60m -run 'TestFaultsLoseAndDoubleNothing' -v ./cmd/txpipe/ 2>&1 | grep -v '^\s*{'
 	@$(MAKE) --no-print-directory chaos-cluster
+	@$(MAKE) --no-print-directory chaos-failover
+
+# chaos-failover: the PostgreSQL primary's machine lost under load, its
+# standby promoted, with synchronous_commit on and remote_apply (nothing may
+# be lost) and off (what is lost is counted and logged), each on a primary
+# and standby of its own (scripts/postgres.sh on ports 5437 and 5438).
+# make test runs the synchronous variant.
+.PHONY: chaos-failover
+chaos-failover:
+	@eval "$$($(SERVICES) up)"; \
+	TXPIPE_FAILOVER_MODES=$(or $(FAILOVER_MODES),on,remote_apply,off) \
+	$(GO) test -count=1 -timeout 30m -run 'TestPrimaryFailoverLosesNothing' -v ./cmd/txpipe/ 2>&1 | grep -v '^\s*{'
 
 # chaos-cluster: only the leader-loss test on a three-broker cluster, which
 # is started for it and stopped afterwards (CI runs it after make test).

@@ -9,6 +9,18 @@
 #   scripts/postgres.sh reset-db drop and recreate database txpipe (server must be running)
 #   scripts/postgres.sh replica-stop   stop the streaming replica alone (make bench: it would
 #                                replay every write on the same cores); start brings it back
+#   scripts/postgres.sh roles    print which port is the primary and which the standby
+#   scripts/postgres.sh kill-primary    kill -9 every process of the primary at once (its
+#                                machine is lost: nothing more reaches the standby)
+#   scripts/postgres.sh promote  promote the standby (refused while another primary answers)
+#   scripts/postgres.sh rebuild-standby make the lost node a standby of the new primary again
+#                                (its data thrown away, pg_basebackup), synchronous if set
+#   scripts/postgres.sh destroy  stop and drop both clusters (a failover test's own pair)
+#
+# TXPIPE_PG_SYNC=off|on|remote_apply makes the replica a synchronous standby: the primary
+# gets synchronous_standby_names='*' and synchronous_commit=$TXPIPE_PG_SYNC (conf.d/sync.conf,
+# written once the standby streams, removed while it is stopped: a synchronous primary
+# cannot commit without it). docs/operations.md says what each setting guarantees and costs.
 #
 # start also runs a streaming replica of it, cluster "${PG_CLUSTER}_replica" on
 # $PG_REPLICA_PORT (default 5434), made once with pg_basebackup: ingest's
@@ -55,6 +67,12 @@ ETC="/etc/postgresql/$PG_VERSION/$PG_CLUSTER"
 PGLOG="/var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log"
 REPLICA_ETC="/etc/postgresql/$PG_VERSION/$REPLICA_CLUSTER"
 REPLICA_DATA="/var/lib/postgresql/$PG_VERSION/$REPLICA_CLUSTER"
+DATA="/var/lib/postgresql/$PG_VERSION/$PG_CLUSTER"
+PG_SYNC="${TXPIPE_PG_SYNC:-off}"
+case "$PG_SYNC" in
+  off | on | remote_apply) ;;
+  *) die "TXPIPE_PG_SYNC=$PG_SYNC: want off, on or remote_apply" ;;
+esac
 
 # --- helpers -----------------------------------------------------------------
 
@@ -169,6 +187,7 @@ replica_hba() {
 # Managed by scripts/postgres.sh -- overwritten on start.
 local      all       all                         peer
 host       all       all          127.0.0.1/32   scram-sha-256
+host       replication $REPL_USER 127.0.0.1/32   scram-sha-256
 EOF
 }
 
@@ -284,6 +303,13 @@ SQL
 # pg_basebackup (-R writes standby.signal and primary_conninfo), running on
 # $PG_REPLICA_PORT. The primary must be up.
 ensure_replica() {
+  if [[ "$(node_role "$PG_REPLICA_PORT")" == primary ]]; then
+    if [[ "$(node_role "$PG_PORT")" == standby ]]; then
+      log "after a failover the roles are swapped: primary on $PG_REPLICA_PORT, its standby on $PG_PORT"
+      return 0
+    fi
+    die "the replica on $PG_REPLICA_PORT was promoted (a failover): '$0 rebuild-standby' makes $PG_CLUSTER its standby, '$0 destroy' starts afresh"
+  fi
   # Functions' rights are per database: grant in template1, which every
   # database created afterwards (the tests' too) copies, and in $DB_NAME.
   local db
@@ -299,6 +325,7 @@ ensure_replica() {
       if ! replica_lost_wal; then
         # A test killed while it held replay paused must not leave it so.
         as_pg psql -X -q -p "$PG_REPLICA_PORT" -d postgres -c "SELECT pg_wal_replay_resume()" >/dev/null
+        ensure_sync "$ETC" "$PG_PORT" "$REPLICA_ETC"
         return 0
       fi
       log "the primary recycled the WAL the replica needs (it was stopped too long); making it again"
@@ -354,6 +381,42 @@ SQL
     return
   fi
   log "replica ready on $PG_HOST:$PG_REPLICA_PORT"
+  ensure_sync "$ETC" "$PG_PORT" "$REPLICA_ETC"
+}
+
+# node_role PORT: primary, standby or down.
+node_role() {
+  local r
+  r="$(as_pg psql -X -tAq -p "$1" -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" || { echo down; return 0; }
+  case "$r" in f) echo primary ;; t) echo standby ;; *) echo down ;; esac
+}
+
+# ensure_sync PRIMARY_ETC PRIMARY_PORT STANDBY_ETC: with TXPIPE_PG_SYNC, the
+# primary waits for its standby at every commit (conf.d/sync.conf, reloaded);
+# without it, or for the standby (which may one day be promoted alone), no
+# such file.
+ensure_sync() {
+  local changed=""
+  if [[ "$PG_SYNC" != off ]]; then
+    printf "# Managed by scripts/postgres.sh (TXPIPE_PG_SYNC=%s).\nsynchronous_standby_names = '*'\nsynchronous_commit = %s\n" \
+      "$PG_SYNC" "$PG_SYNC" | write_if_changed "$1/conf.d/sync.conf" && changed=1
+  elif [[ -f "$1/conf.d/sync.conf" ]]; then
+    as_root rm -f "$1/conf.d/sync.conf"
+    changed=1
+  fi
+  as_root rm -f "$3/conf.d/sync.conf"
+  if [[ -n "$changed" ]]; then
+    as_pg psql -X -q -p "$2" -d postgres -c 'SELECT pg_reload_conf()' >/dev/null
+    log "synchronous commit on $2: $PG_SYNC"
+  fi
+}
+
+# drop_sync ETC PORT: the primary at ETC commits alone again.
+drop_sync() {
+  [[ -f "$1/conf.d/sync.conf" ]] || return 0
+  as_root rm -f "$1/conf.d/sync.conf"
+  as_pg psql -X -q -p "$2" -d postgres -c 'SELECT pg_reload_conf()' >/dev/null 2>&1 || true
+  log "the primary on $2 commits without its standby now (synchronous commit off until it is back)"
 }
 
 # replica_lost_wal: true when the primary no longer holds the WAL segment the
@@ -371,6 +434,7 @@ replica_lost_wal() {
 
 stop_replica() {
   [[ -f "$REPLICA_ETC/postgresql.conf" ]] || return 0
+  drop_sync "$ETC" "$PG_PORT"
   if replica_online; then
     log "stopping replica $PG_VERSION/$REPLICA_CLUSTER"
     replica_ctl stop -m fast >&2
@@ -394,6 +458,11 @@ cmd_start() {
     return 0
   fi
 
+  if cluster_exists && ! cluster_online && [[ ! -f "$DATA/standby.signal" ]] \
+     && [[ "$(node_role "$PG_REPLICA_PORT")" == primary ]]; then
+    die "the replica on $PG_REPLICA_PORT was promoted: starting $PG_CLUSTER as a primary too would split the ledger in two; '$0 rebuild-standby' makes it the new standby"
+  fi
+
   # Serialize concurrent starts (the cluster is machine-wide, not per checkout).
   exec 9>"${TMPDIR:-/tmp}/txpipe-postgres-$PG_CLUSTER.lock"
   flock -w 300 9 || die "could not take the start lock"
@@ -404,6 +473,11 @@ cmd_start() {
   fi
   ensure_cluster
   need="$(ensure_config)"
+  if ! replica_online; then
+    # Synchronous, with no standby to wait for: every commit would hang
+    # until it is back. ensure_replica sets it again once it streams.
+    drop_sync "$ETC" "$PG_PORT"
+  fi
 
   if cluster_online; then
     case "$need" in
@@ -421,6 +495,11 @@ cmd_start() {
     }
   fi
   wait_ready
+  if [[ -f "$DATA/standby.signal" ]]; then
+    log "$PG_CLUSTER is a standby (rebuilt after a failover)"
+    ensure_replica
+    return 0
+  fi
   ensure_role_and_db
   app_ok || die "cannot log in as $DB_USER to $DB_NAME on $PG_HOST:$PG_PORT with the password"
   log "ready on $PG_HOST:$PG_PORT ($(( ($(now_ms) - t0) / 1000 )) s)"
@@ -461,6 +540,100 @@ SQL
   app_ok || die "cannot log in as $DB_USER to $DB_NAME after reset"
 }
 
+# --- failover: $PG_CLUSTER on $PG_PORT and $REPLICA_CLUSTER on $PG_REPLICA_PORT, either the primary ---
+
+# cluster_ctl NAME ACTION [ARGS]: pg_ctlcluster for either node.
+cluster_ctl() {
+  local name="$1"
+  shift
+  as_root bash -c "$TXPIPE_CLOSE_FDS"'; exec "$@"' _ pg_ctlcluster "$PG_VERSION" "$name" "$@"
+}
+
+# node_with ROLE: "NAME PORT" of the node that has ROLE (primary, standby, down).
+node_with() {
+  local i names=("$PG_CLUSTER" "$REPLICA_CLUSTER") ports=("$PG_PORT" "$PG_REPLICA_PORT")
+  for i in 0 1; do
+    if [[ "$(node_role "${ports[$i]}")" == "$1" ]]; then
+      echo "${names[$i]} ${ports[$i]}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+cmd_roles() {
+  echo "primary=$(node_with primary | cut -d' ' -f2) standby=$(node_with standby | cut -d' ' -f2)"
+}
+
+cmd_kill_primary() {
+  local name port pid kids t0
+  read -r name port < <(node_with primary) || die "no primary answers"
+  pid="$(as_root head -n1 "/var/lib/postgresql/$PG_VERSION/$name/postmaster.pid")"
+  kids="$(pgrep -P "$pid" | tr '\n' ' ')"
+  log "kill -9 of the primary $name on $port: postmaster $pid and its processes $kids"
+  # shellcheck disable=SC2086 # the children's pids, one word each
+  as_root kill -9 "$pid" $kids
+  t0=$(now_ms)
+  # shellcheck disable=SC2086
+  while kill -0 "$pid" $kids 2>/dev/null || pg_isready -q -h "$PG_HOST" -p "$port" -t 1 >/dev/null 2>&1; do
+    (( $(now_ms) - t0 < 10000 )) || die "the primary on $port still answers"
+    sleep 0.1
+  done
+}
+
+cmd_promote() {
+  local name port t0
+  if node_with primary >/dev/null; then
+    die "a primary answers on $(node_with primary | cut -d' ' -f2): promoting the standby would make two"
+  fi
+  read -r name port < <(node_with standby) || die "no standby answers"
+  log "promoting $name on $port"
+  cluster_ctl "$name" promote >&2
+  t0=$(now_ms)
+  until [[ "$(node_role "$port")" == primary ]]; do
+    (( $(now_ms) - t0 < PG_START_TIMEOUT * 1000 )) || die "$name on $port is still not read-write"
+    sleep 0.1
+  done
+  log "$name on $port is the primary"
+}
+
+cmd_rebuild_standby() {
+  local pname pport name port data etc t0
+  read -r pname pport < <(node_with primary) || die "no primary answers"
+  if [[ "$pname" == "$PG_CLUSTER" ]]; then name="$REPLICA_CLUSTER" port="$PG_REPLICA_PORT"; else name="$PG_CLUSTER" port="$PG_PORT"; fi
+  data="/var/lib/postgresql/$PG_VERSION/$name" etc="/etc/postgresql/$PG_VERSION/$name"
+  log "rebuilding $name on $port as a standby of $pname on $pport (its data is thrown away)"
+  cluster_ctl "$name" stop -m immediate >/dev/null 2>&1 || true
+  # A killed postmaster leaves its socket's lock file behind.
+  as_root rm -f "/var/run/postgresql/.s.PGSQL.$port.lock"
+  as_root find "$data" -mindepth 1 -delete
+  as_pg env PGPASSWORD="$REPL_USER" pg_basebackup -h "$PG_HOST" -p "$pport" -U "$REPL_USER" \
+    -D "$data" -R -X stream -c fast >&2 || die "pg_basebackup failed"
+  as_root rm -f "$etc/conf.d/sync.conf"
+  cluster_ctl "$name" start >&2 || die "$name did not start"
+  t0=$(now_ms)
+  until [[ "$(node_role "$port")" == standby ]] && [[ "$(as_pg psql -X -tAq -p "$pport" -d postgres \
+      -c "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")" -gt 0 ]]; do
+    (( $(now_ms) - t0 < PG_START_TIMEOUT * 1000 )) || die "$name on $port does not stream from $pport"
+    sleep 0.2
+  done
+  ensure_sync "/etc/postgresql/$PG_VERSION/$pname" "$pport" "$etc"
+  log "$name on $port streams from $pname on $pport"
+}
+
+cmd_destroy() {
+  local name
+  for name in "$REPLICA_CLUSTER" "$PG_CLUSTER"; do
+    if [[ -f "/etc/postgresql/$PG_VERSION/$name/postgresql.conf" ]]; then
+      log "dropping cluster $PG_VERSION/$name"
+      cluster_ctl "$name" stop -m immediate >/dev/null 2>&1 || true
+      as_root pg_dropcluster "$PG_VERSION" "$name" >&2
+    fi
+    # pg_dropcluster leaves the files it did not make (conf.d/).
+    as_root rm -rf "/etc/postgresql/$PG_VERSION/$name"
+  done
+}
+
 case "${1:-}" in
   start) cmd_start ;;
   reset-db) cmd_reset_db ;;
@@ -469,5 +642,10 @@ case "${1:-}" in
   crash-restart) log "stopping in immediate mode (a crash: no checkpoint, clients cut off)"; pgctl stop -m immediate >&2; cmd_start ;;
   status) cmd_status ;;
   replica-stop) stop_replica ;;
-  *) echo "usage: $0 start|stop|restart|crash-restart|status|reset-db|replica-stop" >&2; exit 2 ;;
+  roles) cmd_roles ;;
+  kill-primary) cmd_kill_primary ;;
+  promote) cmd_promote ;;
+  rebuild-standby) cmd_rebuild_standby ;;
+  destroy) cmd_destroy ;;
+  *) echo "usage: $0 start|stop|restart|crash-restart|status|reset-db|replica-stop|roles|kill-primary|promote|rebuild-standby|destroy" >&2; exit 2 ;;
 esac

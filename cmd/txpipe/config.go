@@ -15,6 +15,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl/scram"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/txpipe/txpipe/domain/sealing"
@@ -219,22 +220,32 @@ func (c *config) logHandler(e *env) slog.Handler {
 
 // openPool connects to PostgreSQL. Unless the URL sets pool_max_conns, the
 // pool holds 40 connections: one per partition a worker may own, plus the
-// relay, its listener and the API's reads.
+// relay, its listener and the API's reads. A URL naming several hosts
+// (postgres://u:p@a:5432,b:5432/db) connects to whichever is read-write
+// unless it sets target_session_attrs itself, so that after a failover new
+// connections find the promoted standby.
 func (c *config) openPool(ctx context.Context) (*pgxpool.Pool, error) {
-	return openPool(ctx, c.databaseURL, "database-url", 40)
+	return openPool(ctx, c.databaseURL, "database-url", 40, pgconn.ValidateConnectTargetSessionAttrsReadWrite)
 }
 
 // openReadPool connects to the read replica of --read-database-url, or
 // returns nil when it is not set (reads then use the primary). Unless the
-// URL sets pool_max_conns, the pool holds 20 connections.
+// URL sets pool_max_conns, the pool holds 20 connections; naming several
+// hosts, it prefers a standby unless it sets target_session_attrs.
 func (c *config) openReadPool(ctx context.Context) (*pgxpool.Pool, error) {
 	if c.readDatabaseURL == "" {
 		return nil, nil
 	}
-	return openPool(ctx, c.readDatabaseURL, "read-database-url", 20)
+	return openPool(ctx, c.readDatabaseURL, "read-database-url", 20, pgconn.ValidateConnectTargetSessionAttrsPreferStandby)
 }
 
-func openPool(ctx context.Context, url, flagName string, maxConns int32) (*pgxpool.Pool, error) {
+// connectTimeout bounds each connection attempt to one host when the URL
+// does not set connect_timeout, so that a primary whose machine is gone
+// (no answer at all, not a refusal) costs seconds before the next host is
+// tried, not the operating system's minutes.
+const connectTimeout = 5 * time.Second
+
+func openPool(ctx context.Context, url, flagName string, maxConns int32, multiHost pgconn.ValidateConnectFunc) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		// pgx's parse errors can quote the URL, password included.
@@ -242,6 +253,12 @@ func openPool(ctx context.Context, url, flagName string, maxConns int32) (*pgxpo
 	}
 	if !strings.Contains(url, "pool_max_conns") {
 		pc.MaxConns = maxConns
+	}
+	if len(pc.ConnConfig.Fallbacks) > 0 && !strings.Contains(url, "target_session_attrs") {
+		pc.ConnConfig.ValidateConnect = multiHost
+	}
+	if pc.ConnConfig.ConnectTimeout == 0 {
+		pc.ConnConfig.ConnectTimeout = connectTimeout
 	}
 	pc.ConnConfig.RuntimeParams["application_name"] = "txpipe"
 	pool, err := pgxpool.NewWithConfig(ctx, pc)

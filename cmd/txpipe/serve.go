@@ -24,6 +24,7 @@ import (
 	"github.com/txpipe/txpipe/internal/httpserver"
 	"github.com/txpipe/txpipe/internal/kafkaadmin"
 	"github.com/txpipe/txpipe/internal/kafkawriter"
+	"github.com/txpipe/txpipe/internal/pgnode"
 	"github.com/txpipe/txpipe/migrations"
 	"github.com/txpipe/txpipe/outbox"
 	"github.com/txpipe/txpipe/producers"
@@ -154,14 +155,19 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	}
 	defer transport.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: transport}
+	node, err := pgnode.NewWatcher(pool, reg, log)
+	if err != nil {
+		return err
+	}
+	status.AddPanel(node.Panel())
 	checks := []httpserver.Check{
-		{Name: "postgres", Fn: func(ctx context.Context) error { return pool.Ping(ctx) }},
+		{Name: "postgres", Fn: func(ctx context.Context) error { return pool.Ping(ctx) }, Detail: node.Detail},
 		{Name: "kafka", Fn: func(ctx context.Context) error { return kafkaadmin.Ping(ctx, client) }},
 	}
 
 	// Build every part first and start them together at the end, so that a
 	// failure half-way leaves nothing running without an owner.
-	var runners []func(context.Context) error
+	runners := []func(context.Context) error{node.Run}
 	var closers []func() error
 	defer func() {
 		for _, c := range closers {

@@ -45,6 +45,10 @@ func Run(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Dura
 type Check struct {
 	Name string
 	Fn   func(ctx context.Context) error
+	// Detail, when set, says more about the dependency whatever its state
+	// (which PostgreSQL node is the primary); /readyz shows it under
+	// "details".
+	Detail func() string
 }
 
 // AdminHandler serves the Prometheus metrics of g on /metrics, liveness on
@@ -76,7 +80,17 @@ func AdminHandler(g prometheus.Gatherer, checks []Check, status *Status) http.Ha
 				status, code = "not ready", http.StatusServiceUnavailable
 			}
 		}
-		writeJSON(w, code, map[string]any{"status": status, "checks": results})
+		body := map[string]any{"status": status, "checks": results}
+		details := map[string]string{}
+		for _, c := range checks {
+			if c.Detail != nil {
+				details[c.Name] = c.Detail()
+			}
+		}
+		if len(details) > 0 {
+			body["details"] = details
+		}
+		writeJSON(w, code, body)
 	})
 	return mux
 }

@@ -35,7 +35,13 @@ type DB struct {
 // database (forcing out connections) when the test ends.
 func New(t testing.TB) *DB {
 	t.Helper()
-	base := containertest.Address(t, EnvVar, containertest.PostgresURL)
+	return NewOn(t, containertest.Address(t, EnvVar, containertest.PostgresURL))
+}
+
+// NewOn is New on the server of base, a URL that may name several hosts
+// (a primary and its standby, with target_session_attrs=read-write).
+func NewOn(t testing.TB, base string) *DB {
+	t.Helper()
 	ctx := context.Background()
 	admin, err := pgx.Connect(ctx, base)
 	if err != nil {

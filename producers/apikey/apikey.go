@@ -232,6 +232,12 @@ func (s *AccountScopes) Accounts(ctx context.Context, keyID string) ([]string, e
 // a revocation takes at most this long to reach every ingest.
 const CacheTTL = 10 * time.Second
 
+// StaleGrace is how long an Authenticator goes on trusting what it last
+// read about a key while PostgreSQL cannot be read (a failover, a restart),
+// so that ingest keeps accepting commands into Kafka through the gap. A key
+// revoked just before the database went away works that much longer.
+const StaleGrace = 5 * time.Minute
+
 // touchInterval spaces the last_used_at updates of one key.
 const touchInterval = time.Minute
 
@@ -293,6 +299,7 @@ func (a *Authenticator) lookup(ctx context.Context, keyID string) (cached, error
 	if ok && time.Since(c.fetched) < CacheTTL {
 		return c, nil
 	}
+	c0 := c
 	c = cached{id: Identity{KeyID: keyID}, fetched: time.Now()}
 	var revoked *time.Time
 	var h []byte
@@ -300,6 +307,10 @@ func (a *Authenticator) lookup(ctx context.Context, keyID string) (cached, error
 		Scan(&c.id.Name, &c.id.Scopes, &c.id.Accounts, &h, &revoked)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil && ok && time.Since(c0.fetched) < StaleGrace:
+		// PostgreSQL is away (a failover, a restart): keep accepting for
+		// the keys seen lately, as they were when last read.
+		return c0, nil
 	case err != nil:
 		return cached{}, fmt.Errorf("read API key: %w", err)
 	case revoked == nil:
