@@ -52,6 +52,14 @@ type RelayOptions struct {
 	// gap its consumers see until an operator unparks it. Meanwhile its rows
 	// wait in the outbox and the other topics' rows flow. Default 1 min.
 	TopicRefusalGrace time.Duration
+	// Listen is the connection the relay LISTENs on for the workers'
+	// wake-ups: nil, the pool's. Behind a pooler in transaction mode
+	// (PgBouncer) a LISTEN does not stay with the client that made it, so
+	// it must name PostgreSQL itself, or NoListen be set.
+	Listen *pgx.ConnConfig
+	// NoListen: no LISTEN at all; the relay finds new rows by polling
+	// every PollInterval.
+	NoListen bool
 	// ID names the relay in the lease table; default host-pid-random.
 	ID         string
 	Registerer prometheus.Registerer
@@ -133,7 +141,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	wake := make(chan struct{}, 1)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { r.leases.run(ctx, wake); return nil })
-	g.Go(func() error { r.listen(ctx, wake); return nil })
+	if !r.opts.NoListen {
+		g.Go(func() error { r.listen(ctx, wake); return nil })
+	}
 	g.Go(func() error { r.watchBacklog(ctx); return nil })
 	g.Go(func() error { r.loop(ctx, wake); return nil })
 	return g.Wait()
@@ -717,6 +727,9 @@ func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
 
 func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}, bo backoff.BackOff) error {
 	cfg := r.opts.Pool.Config().ConnConfig.Copy()
+	if r.opts.Listen != nil {
+		cfg = r.opts.Listen.Copy()
+	}
 	// Named, so an operator can tell the relays' listening sessions in
 	// pg_stat_activity (one stuck there holds the notification queue).
 	cfg.RuntimeParams["application_name"] = listenApplicationName

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, with Debian's apt, what txpipe's tests need and the machine lacks:
 # PostgreSQL, kcat, promtool (prometheus), chromium (the /status page test),
-# Maven and a JDK (Kafka's jars), make, openssl (TLS certificates).
+# Maven and a JDK (Kafka's jars), make, openssl (TLS certificates), pgbouncer.
 #
 #   scripts/install-tools.sh            as root: install what is missing;
 #                                       otherwise: say what is missing and which
@@ -36,6 +36,7 @@ command -v mvn >/dev/null 2>&1 || need maven "fetching Kafka's jars"
 command -v java >/dev/null 2>&1 || need openjdk-17-jdk-headless "running Kafka"
 command -v make >/dev/null 2>&1 || need make "the Makefile"
 command -v openssl >/dev/null 2>&1 || need openssl "PostgreSQL's and Kafka's TLS certificates"
+[[ -x /usr/sbin/pgbouncer ]] || need pgbouncer "the test through PgBouncer (scripts/pgbouncer.sh)"
 command -v python3 >/dev/null 2>&1 || need python3 "the analyst example (examples/analyst)"
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need python3-venv "the analyst example's virtualenv"
 

@@ -15,6 +15,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl/scram"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -58,6 +59,7 @@ type config struct {
 
 	relayBatchSize    int
 	relayPollInterval time.Duration
+	relayListenURL    string
 	relayLeaseTTL     time.Duration
 
 	shutdownTimeout time.Duration
@@ -130,6 +132,7 @@ func (f flagSet) worker() {
 func (f flagSet) relay() {
 	f.IntVar(&f.cfg.relayBatchSize, "relay-batch-size", 500, "most outbox rows published per transaction")
 	f.DurationVar(&f.cfg.relayPollInterval, "relay-poll-interval", time.Second, "how often the relay polls when no notification arrives")
+	f.StringVar(&f.cfg.relayListenURL, "relay-listen-url", "", `PostgreSQL URL of the relay's LISTEN session for the workers' wake-ups (default: --database-url); behind PgBouncer in transaction mode, PostgreSQL's own address, or "off" to poll every --relay-poll-interval`)
 	f.DurationVar(&f.cfg.relayLeaseTTL, "relay-lease-ttl", 10*time.Second, "how long a relay's outbox shard leases last unrenewed: how soon other relays take over from one that stopped, paused or lost PostgreSQL")
 }
 
@@ -237,6 +240,28 @@ func (c *config) openReadPool(ctx context.Context) (*pgxpool.Pool, error) {
 		return nil, nil
 	}
 	return openPool(ctx, c.readDatabaseURL, "read-database-url", 20, pgconn.ValidateConnectTargetSessionAttrsPreferStandby)
+}
+
+// relayListen is the relay's LISTEN connection: nil for the pool's, or
+// off for none.
+func (c *config) relayListen() (cfg *pgx.ConnConfig, off bool, err error) {
+	switch c.relayListenURL {
+	case "":
+		return nil, false, nil
+	case "off":
+		return nil, true, nil
+	}
+	cc, err := pgx.ParseConfig(c.relayListenURL)
+	if err != nil {
+		return nil, false, fmt.Errorf("--relay-listen-url (%s) is not a valid PostgreSQL URL", envflag.Name("relay-listen-url"))
+	}
+	if len(cc.Fallbacks) > 0 && !strings.Contains(c.relayListenURL, "target_session_attrs") {
+		cc.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
+	}
+	if cc.ConnectTimeout == 0 {
+		cc.ConnectTimeout = connectTimeout
+	}
+	return cc, false, nil
 }
 
 // connectTimeout bounds each connection attempt to one host when the URL

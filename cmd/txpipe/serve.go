@@ -263,8 +263,14 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		if err := reg.Register(kafkawriter.NewStatsCollector(w, "relay")); err != nil {
 			return err
 		}
+		listen, noListen, err := cfg.relayListen()
+		if err != nil {
+			return err
+		}
 		rl, err := outbox.NewRelay(outbox.RelayOptions{
 			Pool:         pool,
+			Listen:       listen,
+			NoListen:     noListen,
 			Publisher:    w,
 			BatchSize:    cfg.relayBatchSize,
 			PollInterval: cfg.relayPollInterval,
