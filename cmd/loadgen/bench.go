@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -47,7 +48,13 @@ type benchOptions struct {
 	// sustained and throughputFor are how long sustained-latency and
 	// sustained-throughput send.
 	sustained, throughputFor time.Duration
-	log                      io.Writer
+	// scripts is the folder of postgres.sh and pgbouncer.sh, for the
+	// replica and PgBouncer scenarios.
+	scripts string
+	// pooler, when set, is the server URL the processes under test reach
+	// the database through (PgBouncer's); the database name is replaced.
+	pooler string
+	log    io.Writer
 }
 
 // result is one scenario's figures.
@@ -169,6 +176,37 @@ func runBench(ctx context.Context, o benchOptions) error {
 		{"txpipe-split3fee", false, func() (result, error) {
 			return throughput(ctx, o, client, "txpipe-split3fee", n["txpipe"], splits, 1, 1, o.workerArgs...)
 		}},
+		// The txpipe scenario through PgBouncer in transaction pooling
+		// (scripts/pgbouncer.sh: 20 server connections), statement
+		// descriptions cached instead of prepared statements.
+		{"txpipe-pgbouncer", false, func() (result, error) {
+			if err := runScript(ctx, o, nil, "pgbouncer.sh", "start"); err != nil {
+				return result{}, err
+			}
+			po := o
+			po.pooler = "postgres://txpipe:txpipe@127.0.0.1:6432/txpipe?sslmode=disable&default_query_exec_mode=cache_describe"
+			return throughput(ctx, po, client, "txpipe-pgbouncer", n["txpipe"], uniform, 1, 1, o.workerArgs...)
+		}},
+		// What replication costs: the txpipe scenario with the streaming
+		// replica up, asynchronous, then synchronous (synchronous_commit on:
+		// the standby has the WAL on disk; remote_apply: it has applied it).
+		// Here the replica replays every write on the same two cores; on a
+		// host of its own it costs the round trip and its disk instead.
+		{"replica-async", false, func() (result, error) {
+			return replicated(ctx, o, "off", func() (result, error) {
+				return throughput(ctx, o, client, "replica-async", n["txpipe"], uniform, 1, 1, o.workerArgs...)
+			})
+		}},
+		{"replica-sync", false, func() (result, error) {
+			return replicated(ctx, o, "on", func() (result, error) {
+				return throughput(ctx, o, client, "replica-sync", n["txpipe"], uniform, 1, 1, o.workerArgs...)
+			})
+		}},
+		{"replica-remote-apply", false, func() (result, error) {
+			return replicated(ctx, o, "remote_apply", func() (result, error) {
+				return throughput(ctx, o, client, "replica-remote-apply", n["txpipe"], uniform, 1, 1, o.workerArgs...)
+			})
+		}},
 		{"pg-ceiling", false, func() (result, error) { return pgCeiling(ctx, o, client, n["pg"], uniform) }},
 		{"kafka-ceiling", false, func() (result, error) { return kafkaCeiling(ctx, o, client, transport, n["kafka"], uniform) }},
 	}
@@ -228,6 +266,10 @@ func runBench(ctx context.Context, o benchOptions) error {
 	ratio("skewed/uniform", byName["txpipe-skewed"], txp)
 	ratio("scaled/one_worker", byName["txpipe-3w2r"], txp)
 	ratio("split3fee/transfer", byName["txpipe-split3fee"], txp)
+	ratio("pgbouncer/direct", byName["txpipe-pgbouncer"], txp)
+	ratio("replica_async/none", byName["replica-async"], txp)
+	ratio("replica_sync/async", byName["replica-sync"], byName["replica-async"])
+	ratio("replica_remote_apply/async", byName["replica-remote-apply"], byName["replica-async"])
 	if r, ok := byName["sustained-latency"]; ok {
 		rep.Ratios["sustained_p99_ms"] = r.P99ms
 		rep.Ratios["worst_window_p99_ms"] = r.Steady.WorstWindowP99ms
@@ -312,6 +354,7 @@ func minuteText(b int64) string {
 func ratioLine(ratios map[string]float64) string {
 	parts := []string{}
 	for _, k := range []string{"txpipe/naive", "txpipe/pg_ceiling", "skewed/uniform", "scaled/one_worker", "split3fee/transfer",
+		"pgbouncer/direct", "replica_async/none", "replica_sync/async", "replica_remote_apply/async",
 		"sustained_p99_ms", "worst_window_p99_ms", "outbox_end/first_minute", "throughput_last/first_minute"} {
 		if v, ok := ratios[k]; ok {
 			parts = append(parts, fmt.Sprintf("%s=%.2f", k, v))
@@ -400,6 +443,35 @@ func throughput(ctx context.Context, o benchOptions, client *kafka.Client, name 
 }
 
 // waitFor waits until topic holds n records, printing progress every 5 s.
+// replicated runs fn with the streaming replica of scripts/postgres.sh up,
+// synchronous in mode (off: asynchronous), and stops it afterwards (make
+// bench runs without it).
+func replicated(ctx context.Context, o benchOptions, mode string, fn func() (result, error)) (result, error) {
+	if err := runScript(ctx, o, []string{"TXPIPE_PG_SYNC=" + mode}, "postgres.sh", "start"); err != nil {
+		return result{}, err
+	}
+	defer func() {
+		if err := runScript(context.WithoutCancel(ctx), o, nil, "postgres.sh", "replica-stop"); err != nil {
+			fmt.Fprintf(o.log, "bench: %v\n", err)
+		}
+	}()
+	return fn()
+}
+
+// runScript runs one of --scripts with env added, its messages to the log.
+func runScript(ctx context.Context, o benchOptions, env []string, name string, args ...string) error {
+	if o.scripts == "" {
+		return fmt.Errorf("no --scripts to run %s with", name)
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(o.scripts, name), args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = o.log
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+	}
+	return nil
+}
+
 func waitFor(ctx context.Context, client *kafka.Client, topic string, n int64, log io.Writer) error {
 	last := time.Now()
 	deadline := time.Now().Add(10 * time.Minute)

@@ -31,6 +31,10 @@ type stack struct {
 	adminURL string
 	dbName   string
 	dbURL    string
+	// serveURL, when set, is the database as the processes reach it
+	// (through PgBouncer); dbURL stays PostgreSQL's own, for the relay's
+	// LISTEN and the bench's reads.
+	serveURL string
 	pool     *pgxpool.Pool
 	topics   map[string]string // commands, events, postings, balances, dlq
 	logDir   string
@@ -82,6 +86,9 @@ func newStack(ctx context.Context, name string, o benchOptions) (st *stack, err 
 		}
 	}()
 	s.dbURL = databaseURL(o.adminURL, s.dbName)
+	if o.pooler != "" {
+		s.serveURL = databaseURL(o.pooler, s.dbName)
+	}
 	if err := s.runOnce(ctx, "migrate"); err != nil {
 		return nil, err
 	}
@@ -116,7 +123,11 @@ func newStack(ctx context.Context, name string, o benchOptions) (st *stack, err 
 }
 
 func (s *stack) flags() []string {
-	return []string{"--database-url", s.dbURL, "--kafka-brokers", strings.Join(s.brokers, ","),
+	db := s.dbURL
+	if s.serveURL != "" {
+		db = s.serveURL
+	}
+	return []string{"--database-url", db, "--kafka-brokers", strings.Join(s.brokers, ","),
 		"--commands-topic", s.topics["commands"], "--events-topic", s.topics["events"],
 		"--postings-topic", s.topics["postings"], "--balances-topic", s.topics["balances"], "--dlq-topic", s.topics["dlq"]}
 }
@@ -149,6 +160,9 @@ func (s *stack) start(ctx context.Context, role string, extra ...string) (*proc,
 	case "ingest", "all":
 		p.http = freeAddr()
 		args = append(args, "--http-addr", p.http)
+	}
+	if (role == "relay" || role == "all") && s.serveURL != "" {
+		args = append(args, "--relay-listen-url", s.dbURL)
 	}
 	args = append(args, extra...)
 	logf, err := os.Create(filepath.Join(s.logDir, fmt.Sprintf("%s-%s-%d.log", s.name, role, len(s.procs))))

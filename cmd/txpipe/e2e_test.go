@@ -761,8 +761,10 @@ func TestHoldLifecycleOverHTTP(t *testing.T) {
 }
 
 // TestReadyzSaysWhyWhenPostgresIsUnreachable: with the database away, the
-// process stays up, /readyz answers 503 naming the failing dependency, and
-// /healthz still answers (the process itself is alive).
+// process stays up, /readyz names the failing dependency and what it last
+// knew of the primary, and /healthz still answers (the process itself is
+// alive). A worker is not ready (503); an ingest alone stays ready (200),
+// since it still accepts commands into Kafka (a failover's gap).
 func TestReadyzSaysWhyWhenPostgresIsUnreachable(t *testing.T) {
 	kc := kafkatest.New(t)
 	topics := kc.Topics(t, 1)
@@ -772,58 +774,71 @@ func TestReadyzSaysWhyWhenPostgresIsUnreachable(t *testing.T) {
 	}
 	dead := ln.Addr().String()
 	ln.Close()
-	admin := make(chan string, 2)
-	e := &env{stdout: io.Discard, stderr: io.Discard, lookup: testLookup,
-		onListen: func(server, addr string) {
-			if server == "admin" {
-				admin <- addr
+	common := []string{"--database-url", "postgres://txpipe:txpipe@" + dead + "/txpipe?sslmode=disable&connect_timeout=1",
+		"--kafka-brokers", strings.Join(kc.Brokers, ","), "--admin-addr", "127.0.0.1:0", "--commands-topic", topics.Commands,
+		"--shutdown-timeout", "5s"}
+	for _, tc := range []struct {
+		role   string
+		args   []string
+		code   int
+		status string
+	}{
+		{"worker", []string{"--events-topic", topics.Events, "--postings-topic", topics.Postings, "--balances-topic", topics.Balances,
+			"--dlq-topic", topics.DLQ, "--group-id", "test-" + topics.Commands}, http.StatusServiceUnavailable, "not ready"},
+		{"ingest", []string{"--http-addr", "127.0.0.1:0"}, http.StatusOK, "ready"},
+	} {
+		t.Run(tc.role, func(t *testing.T) {
+			admin := make(chan string, 2)
+			e := &env{stdout: io.Discard, stderr: io.Discard, lookup: testLookup,
+				onListen: func(server, addr string) {
+					if server == "admin" {
+						admin <- addr
+					}
+				}}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- run(ctx, append(append([]string{tc.role}, common...), tc.args...), e) }()
+			defer func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("run() = %v, want nil after cancel", err)
+				}
+			}()
+			var base string
+			select {
+			case addr := <-admin:
+				base = "http://" + addr
+			case err := <-done:
+				done <- err // for the deferred check
+				t.Fatalf("run() ended before listening: %v", err)
 			}
-		}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"worker", "--database-url", "postgres://txpipe:txpipe@" + dead + "/txpipe?sslmode=disable&connect_timeout=1",
-			"--kafka-brokers", strings.Join(kc.Brokers, ","), "--admin-addr", "127.0.0.1:0", "--commands-topic", topics.Commands,
-			"--events-topic", topics.Events, "--postings-topic", topics.Postings, "--balances-topic", topics.Balances, "--dlq-topic", topics.DLQ,
-			"--group-id", "test-" + topics.Commands, "--shutdown-timeout", "5s"}, e)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run() = %v, want nil after cancel", err)
-		}
-	}()
-	var base string
-	select {
-	case addr := <-admin:
-		base = "http://" + addr
-	case err := <-done:
-		done <- err // for the deferred check
-		t.Fatalf("run() ended before listening: %v", err)
-	}
-	var body struct {
-		Status string
-		Checks map[string]string
-	}
-	eventually(t, "/readyz reports PostgreSQL", func() bool {
-		resp, err := http.Get(base + "/readyz")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		_ = json.NewDecoder(resp.Body).Decode(&body)
-		return resp.StatusCode == http.StatusServiceUnavailable && body.Checks["postgres"] != "" && body.Checks["postgres"] != "ok"
-	})
-	if body.Status != "not ready" || body.Checks["kafka"] != "ok" {
-		t.Errorf("/readyz = %+v, want not ready with kafka ok and postgres failing", body)
-	}
-	resp, err := http.Get(base + "/healthz")
-	if err != nil {
-		t.Fatalf("/healthz: %v", err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("/healthz = %d, want 200", resp.StatusCode)
+			var body struct {
+				Status  string
+				Checks  map[string]string
+				Details map[string]string
+			}
+			eventually(t, "/readyz reports PostgreSQL", func() bool {
+				resp, err := http.Get(base + "/readyz")
+				if err != nil {
+					return false
+				}
+				defer resp.Body.Close()
+				_ = json.NewDecoder(resp.Body).Decode(&body)
+				return resp.StatusCode == tc.code && body.Checks["postgres"] != "" && body.Checks["postgres"] != "ok" &&
+					strings.Contains(body.Details["postgres"], "no primary seen yet")
+			})
+			if body.Status != tc.status || body.Checks["kafka"] != "ok" {
+				t.Errorf("/readyz = %+v, want %s with kafka ok and postgres failing", body, tc.status)
+			}
+			resp, err := http.Get(base + "/healthz")
+			if err != nil {
+				t.Fatalf("/healthz: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("/healthz = %d, want 200", resp.StatusCode)
+			}
+		})
 	}
 }
 

@@ -161,7 +161,11 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	}
 	status.AddPanel(node.Panel())
 	checks := []httpserver.Check{
-		{Name: "postgres", Fn: func(ctx context.Context) error { return pool.Ping(ctx) }, Detail: node.Detail},
+		// An ingest alone needs PostgreSQL only for keys (cached through a
+		// gap) and reads: without it, it still accepts commands into
+		// Kafka, so it stays ready (docs/operations.md, failover).
+		{Name: "postgres", Fn: func(ctx context.Context) error { return pool.Ping(ctx) }, Detail: node.Detail,
+			Optional: has("ingest") && !has("worker") && !has("relay")},
 		{Name: "kafka", Fn: func(ctx context.Context) error { return kafkaadmin.Ping(ctx, client) }},
 	}
 

@@ -49,6 +49,9 @@ type Check struct {
 	// (which PostgreSQL node is the primary); /readyz shows it under
 	// "details".
 	Detail func() string
+	// Optional: its failure is shown but leaves the process ready (an
+	// ingest without PostgreSQL still accepts commands into Kafka).
+	Optional bool
 }
 
 // AdminHandler serves the Prometheus metrics of g on /metrics, liveness on
@@ -75,8 +78,8 @@ func AdminHandler(g prometheus.Gatherer, checks []Check, status *Status) http.Ha
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		results := runChecks(r.Context(), checks)
 		status, code := "ready", http.StatusOK
-		for _, v := range results {
-			if v != "ok" {
+		for _, c := range checks {
+			if results[c.Name] != "ok" && !c.Optional {
 				status, code = "not ready", http.StatusServiceUnavailable
 			}
 		}
