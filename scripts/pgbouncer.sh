@@ -68,7 +68,15 @@ admin_users = txpipe
 EOF
 }
 
-running() { port_open "$HOST" "$PORT"; }
+# ours: the pgbouncer of our pidfile is alive (Debian's own service may hold
+# the same port: that is not ours).
+ours() {
+  local pid
+  pid="$(as_root cat "$DIR/pgbouncer.pid" 2>/dev/null || true)"
+  [[ -n "$pid" ]] && as_root kill -0 "$pid" 2>/dev/null
+}
+
+running() { ours && port_open "$HOST" "$PORT"; }
 
 ensure_installed() {
   [[ -x "$BIN" ]] && return 0
@@ -100,6 +108,9 @@ cmd_start() {
     fi
     cmd_stop
   fi
+  if port_open "$HOST" "$PORT"; then
+    die "$HOST:$PORT is taken by another server (Debian's pgbouncer service? service pgbouncer stop), or set PGBOUNCER_PORT"
+  fi
   log "starting on $HOST:$PORT (transaction pooling, $POOL_SIZE server connections per database) in front of $HOST:$PG_PORT"
   as_root runuser -u postgres -- bash -c "$TXPIPE_CLOSE_FDS"'; exec "$@"' _ "$BIN" -d -q "$DIR/pgbouncer.ini" \
     || { as_root tail -n 20 "$DIR/pgbouncer.log" >&2; die "pgbouncer did not start"; }
@@ -114,14 +125,14 @@ cmd_start() {
 
 cmd_stop() {
   local pid
-  pid="$(as_root cat "$DIR/pgbouncer.pid" 2>/dev/null || true)"
-  if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
+  if ! ours; then
     log "not running"
     return 0
   fi
+  pid="$(as_root cat "$DIR/pgbouncer.pid")"
   log "stopping (pid $pid)"
   as_root kill -INT "$pid"
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  while as_root kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 }
 
 case "${1:-}" in

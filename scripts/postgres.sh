@@ -225,11 +225,21 @@ ensure_tls() {
 }
 
 # copy_ca: the CA certificate where clients of this checkout find it.
+# Another cluster (a failover test's pair) has a CA of its own, under its name.
 copy_ca() {
   [[ -f "$ETC/txpipe-ca.crt" ]] || return 0
+  local dst="$TXPIPE_CACHE_DIR/postgres-ca.crt"
+  [[ "$PG_CLUSTER" == txpipe ]] || dst="$TXPIPE_CACHE_DIR/postgres-ca-$PG_CLUSTER.crt"
   mkdir -p "$TXPIPE_CACHE_DIR"
-  cmp -s "$ETC/txpipe-ca.crt" "$TXPIPE_CACHE_DIR/postgres-ca.crt" 2>/dev/null || cp "$ETC/txpipe-ca.crt" "$TXPIPE_CACHE_DIR/postgres-ca.crt"
+  cmp -s "$ETC/txpipe-ca.crt" "$dst" 2>/dev/null || cp "$ETC/txpipe-ca.crt" "$dst"
 }
+
+# has_file PATH: test -f as root (data directories are 0700 postgres).
+has_file() { as_root test -f "$1"; }
+
+# promoted NAME: the node was promoted and has not been rebuilt since: it is
+# the pair's primary, whatever its name, and nothing may drop it.
+promoted() { has_file "/etc/postgresql/$PG_VERSION/$1/promoted"; }
 
 # write_if_changed FILE: stdin -> FILE (owned by postgres) when different. Returns 0 if changed.
 write_if_changed() {
@@ -303,7 +313,17 @@ SQL
 # pg_basebackup (-R writes standby.signal and primary_conninfo), running on
 # $PG_REPLICA_PORT. The primary must be up.
 ensure_replica() {
-  if [[ "$(node_role "$PG_REPLICA_PORT")" == primary ]]; then
+  if promoted "$REPLICA_CLUSTER" && ! replica_online; then
+    log "the replica is the pair's primary since a failover, and down: starting it"
+    replica_ctl start >&2 || die "the promoted replica $REPLICA_CLUSTER did not start"
+    local t0
+    t0=$(now_ms)
+    until [[ "$(node_role "$PG_REPLICA_PORT")" == primary ]]; do
+      (( $(now_ms) - t0 < PG_START_TIMEOUT * 1000 )) || die "the promoted replica on $PG_REPLICA_PORT does not answer as a primary"
+      sleep 0.2
+    done
+  fi
+  if promoted "$REPLICA_CLUSTER" || [[ "$(node_role "$PG_REPLICA_PORT")" == primary ]]; then
     if [[ "$(node_role "$PG_PORT")" == standby ]]; then
       log "after a failover the roles are swapped: primary on $PG_REPLICA_PORT, its standby on $PG_PORT"
       return 0
@@ -325,7 +345,9 @@ ensure_replica() {
       if ! replica_lost_wal; then
         # A test killed while it held replay paused must not leave it so.
         as_pg psql -X -q -p "$PG_REPLICA_PORT" -d postgres -c "SELECT pg_wal_replay_resume()" >/dev/null
-        ensure_sync "$ETC" "$PG_PORT" "$REPLICA_ETC"
+        if [[ "$PG_SYNC" == off ]] || wait_streaming "$PG_PORT"; then
+          ensure_sync "$ETC" "$PG_PORT" "$REPLICA_ETC"
+        fi
         return 0
       fi
       log "the primary recycled the WAL the replica needs (it was stopped too long); making it again"
@@ -381,13 +403,28 @@ SQL
     return
   fi
   log "replica ready on $PG_HOST:$PG_REPLICA_PORT"
+  if [[ "$PG_SYNC" != off ]] && ! wait_streaming "$PG_PORT"; then
+    log "the replica does not stream: the primary stays asynchronous (a synchronous one would stop committing)"
+    return 0
+  fi
   ensure_sync "$ETC" "$PG_PORT" "$REPLICA_ETC"
+}
+
+# wait_streaming PORT: true once the primary on PORT has a standby streaming.
+wait_streaming() {
+  local t0
+  t0=$(now_ms)
+  until [[ "$(as_pg psql -X -tAq -p "$1" -d postgres \
+      -c "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'" 2>/dev/null)" -gt 0 ]]; do
+    (( $(now_ms) - t0 < PG_START_TIMEOUT * 1000 )) || return 1
+    sleep 0.2
+  done
 }
 
 # node_role PORT: primary, standby or down.
 node_role() {
   local r
-  r="$(as_pg psql -X -tAq -p "$1" -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" || { echo down; return 0; }
+  r="$(as_pg env PGCONNECT_TIMEOUT=3 psql -X -tAq -p "$1" -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" || { echo down; return 0; }
   case "$r" in f) echo primary ;; t) echo standby ;; *) echo down ;; esac
 }
 
@@ -398,7 +435,9 @@ node_role() {
 ensure_sync() {
   local changed=""
   if [[ "$PG_SYNC" != off ]]; then
-    printf "# Managed by scripts/postgres.sh (TXPIPE_PG_SYNC=%s).\nsynchronous_standby_names = '*'\nsynchronous_commit = %s\n" \
+    # restart_after_crash off: a primary whose backend crashed must not come
+    # back by itself, making visible the commits its standby never got.
+    printf "# Managed by scripts/postgres.sh (TXPIPE_PG_SYNC=%s).\nsynchronous_standby_names = '*'\nsynchronous_commit = %s\nrestart_after_crash = off\n" \
       "$PG_SYNC" "$PG_SYNC" | write_if_changed "$1/conf.d/sync.conf" && changed=1
   elif [[ -f "$1/conf.d/sync.conf" ]]; then
     as_root rm -f "$1/conf.d/sync.conf"
@@ -434,6 +473,9 @@ replica_lost_wal() {
 
 stop_replica() {
   [[ -f "$REPLICA_ETC/postgresql.conf" ]] || return 0
+  if promoted "$REPLICA_CLUSTER"; then
+    die "$REPLICA_CLUSTER is the pair's primary since a failover: stopping it is not stopping a replica (pg_ctlcluster $PG_VERSION $REPLICA_CLUSTER stop, if you mean it)"
+  fi
   drop_sync "$ETC" "$PG_PORT"
   if replica_online; then
     log "stopping replica $PG_VERSION/$REPLICA_CLUSTER"
@@ -458,8 +500,8 @@ cmd_start() {
     return 0
   fi
 
-  if cluster_exists && ! cluster_online && [[ ! -f "$DATA/standby.signal" ]] \
-     && [[ "$(node_role "$PG_REPLICA_PORT")" == primary ]]; then
+  if cluster_exists && ! cluster_online && ! has_file "$DATA/standby.signal" \
+     && { promoted "$REPLICA_CLUSTER" || [[ "$(node_role "$PG_REPLICA_PORT")" == primary ]]; }; then
     die "the replica on $PG_REPLICA_PORT was promoted: starting $PG_CLUSTER as a primary too would split the ledger in two; '$0 rebuild-standby' makes it the new standby"
   fi
 
@@ -495,7 +537,7 @@ cmd_start() {
     }
   fi
   wait_ready
-  if [[ -f "$DATA/standby.signal" ]]; then
+  if has_file "$DATA/standby.signal"; then
     log "$PG_CLUSTER is a standby (rebuilt after a failover)"
     ensure_replica
     return 0
@@ -569,16 +611,25 @@ cmd_kill_primary() {
   local name port pid kids t0
   read -r name port < <(node_with primary) || die "no primary answers"
   pid="$(as_root head -n1 "/var/lib/postgresql/$PG_VERSION/$name/postmaster.pid")"
+  # Stopped first, the postmaster forks nothing while its children are
+  # listed; then every process titled as the cluster's goes, until none is
+  # left (the whole machine is lost at once, not one process after another).
+  as_root kill -STOP "$pid"
   kids="$(pgrep -P "$pid" | tr '\n' ' ')"
   log "kill -9 of the primary $name on $port: postmaster $pid and its processes $kids"
   # shellcheck disable=SC2086 # the children's pids, one word each
   as_root kill -9 "$pid" $kids
   t0=$(now_ms)
-  # shellcheck disable=SC2086
-  while kill -0 "$pid" $kids 2>/dev/null || pg_isready -q -h "$PG_HOST" -p "$port" -t 1 >/dev/null 2>&1; do
-    (( $(now_ms) - t0 < 10000 )) || die "the primary on $port still answers"
+  local left
+  while left="$(pgrep -f "^postgres: $PG_VERSION/$name: " | tr '\n' ' ')"; [[ -n "${left// /}" ]] || kill -0 "$pid" 2>/dev/null; do
+    # shellcheck disable=SC2086
+    [[ -n "${left// /}" ]] && as_root kill -9 $left 2>/dev/null
+    (( $(now_ms) - t0 < 10000 )) || die "processes of the primary $name are still alive: $left"
     sleep 0.1
   done
+  if pg_isready -q -h "$PG_HOST" -p "$port" -t 1 >/dev/null 2>&1; then
+    die "something still answers on $port"
+  fi
 }
 
 cmd_promote() {
@@ -589,6 +640,12 @@ cmd_promote() {
   read -r name port < <(node_with standby) || die "no standby answers"
   log "promoting $name on $port"
   cluster_ctl "$name" promote >&2
+  # The pair's primary from now on, whatever its name: start and
+  # replica-stop treat it so, and nothing drops it until it is rebuilt.
+  local other="$REPLICA_CLUSTER"
+  [[ "$name" == "$REPLICA_CLUSTER" ]] && other="$PG_CLUSTER"
+  as_root rm -f "/etc/postgresql/$PG_VERSION/$other/promoted"
+  as_root touch "/etc/postgresql/$PG_VERSION/$name/promoted"
   t0=$(now_ms)
   until [[ "$(node_role "$port")" == primary ]]; do
     (( $(now_ms) - t0 < PG_START_TIMEOUT * 1000 )) || die "$name on $port is still not read-write"
@@ -599,6 +656,9 @@ cmd_promote() {
 
 cmd_rebuild_standby() {
   local pname pport name port data etc t0
+  if [[ "$(node_role "$PG_PORT")" == primary && "$(node_role "$PG_REPLICA_PORT")" == primary ]]; then
+    die "both $PG_PORT and $PG_REPLICA_PORT answer as primaries: stop the one that is not the promoted one (the lower timeline) first; rebuilding now could throw the wrong one away"
+  fi
   read -r pname pport < <(node_with primary) || die "no primary answers"
   if [[ "$pname" == "$PG_CLUSTER" ]]; then name="$REPLICA_CLUSTER" port="$PG_REPLICA_PORT"; else name="$PG_CLUSTER" port="$PG_PORT"; fi
   data="/var/lib/postgresql/$PG_VERSION/$name" etc="/etc/postgresql/$PG_VERSION/$name"
@@ -609,7 +669,7 @@ cmd_rebuild_standby() {
   as_root find "$data" -mindepth 1 -delete
   as_pg env PGPASSWORD="$REPL_USER" pg_basebackup -h "$PG_HOST" -p "$pport" -U "$REPL_USER" \
     -D "$data" -R -X stream -c fast >&2 || die "pg_basebackup failed"
-  as_root rm -f "$etc/conf.d/sync.conf"
+  as_root rm -f "$etc/conf.d/sync.conf" "$etc/promoted"
   cluster_ctl "$name" start >&2 || die "$name did not start"
   t0=$(now_ms)
   until [[ "$(node_role "$port")" == standby ]] && [[ "$(as_pg psql -X -tAq -p "$pport" -d postgres \
@@ -623,6 +683,7 @@ cmd_rebuild_standby() {
 
 cmd_destroy() {
   local name
+  [[ "$PG_CLUSTER" != txpipe ]] || die "destroy drops both clusters of a pair; it refuses the development cluster txpipe (set PG_CLUSTER)"
   for name in "$REPLICA_CLUSTER" "$PG_CLUSTER"; do
     if [[ -f "/etc/postgresql/$PG_VERSION/$name/postgresql.conf" ]]; then
       log "dropping cluster $PG_VERSION/$name"

@@ -94,7 +94,8 @@ func runAPIKey(ctx context.Context, args []string, e *env) error {
 		if err := apikey.Revoke(ctx, pool, id); err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "revoked %s (ingest stops accepting it within %s)\n", id, apikey.CacheTTL)
+		fmt.Fprintf(e.stdout, "revoked %s (ingest stops accepting it within %s; an ingest that cannot read PostgreSQL meanwhile, within %s)\n",
+			id, apikey.CacheTTL, apikey.StaleGrace)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/txpipe/txpipe/domain/sealing"
 	"github.com/txpipe/txpipe/internal/envflag"
+	"github.com/txpipe/txpipe/internal/pgnode"
 )
 
 // config is every setting of every subcommand; each subcommand defines the
@@ -258,10 +260,26 @@ func (c *config) relayListen() (cfg *pgx.ConnConfig, off bool, err error) {
 	if len(cc.Fallbacks) > 0 && !strings.Contains(c.relayListenURL, "target_session_attrs") {
 		cc.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
 	}
+	cc.ValidateConnect = pgnode.Fence(cc.ValidateConnect)
+	cc.DialFunc = dial
 	if cc.ConnectTimeout == 0 {
 		cc.ConnectTimeout = connectTimeout
 	}
 	return cc, false, nil
+}
+
+// dial opens connections to PostgreSQL with keepalives every 5 s after
+// 10 s idle, and on Linux TCP_USER_TIMEOUT: a connection whose server's
+// machine vanished (no reset, no answer) fails within about half a minute
+// instead of the operating system's quarter of an hour, so a worker, the
+// relay or a key lookup moves on to the promoted standby. A slow query is
+// not cut: the server's kernel still acknowledges.
+func dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := net.Dialer{
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 5 * time.Second, Count: 3},
+		Control:         tcpUserTimeout(30 * time.Second),
+	}
+	return d.DialContext(ctx, network, addr)
 }
 
 // connectTimeout bounds each connection attempt to one host when the URL
@@ -282,6 +300,8 @@ func openPool(ctx context.Context, url, flagName string, maxConns int32, multiHo
 	if len(pc.ConnConfig.Fallbacks) > 0 && !strings.Contains(url, "target_session_attrs") {
 		pc.ConnConfig.ValidateConnect = multiHost
 	}
+	pc.ConnConfig.ValidateConnect = pgnode.Fence(pc.ConnConfig.ValidateConnect)
+	pc.ConnConfig.DialFunc = dial
 	if pc.ConnConfig.ConnectTimeout == 0 {
 		pc.ConnConfig.ConnectTimeout = connectTimeout
 	}

@@ -30,27 +30,30 @@ const (
 // TestPrimaryFailoverLosesNothing loses the PostgreSQL primary's machine
 // under load and lets the pipeline find the promoted standby by itself,
 // with the replica synchronous (synchronous_commit=on) unless
-// TXPIPE_FAILOVER_MODES says otherwise (make chaos-failover runs "on,off").
+// TXPIPE_FAILOVER_MODES says otherwise (make chaos-failover runs
+// "on,remote_apply,off").
 //
 // Ingest, two workers and the relay run as processes on a URL that names
-// both nodes, while a client posts commands. Mid-run the standby's WAL
-// stream stalls (its walreceiver is stopped) for a moment, the primary's
-// processes are all killed with SIGKILL, the stream resumes with what had
-// reached it, and the standby is promoted; nobody points txpipe anywhere.
-// Then, synchronous:
+// both nodes, while a client posts commands. Mid-run the primary's WAL
+// sender is stopped (SIGSTOP: from then on nothing more reaches the
+// standby, as when the link goes first), then every process of the primary
+// is killed with SIGKILL and the standby is promoted; nobody points txpipe
+// anywhere. Then, synchronous:
 //   - every acknowledged command has exactly one outcome, and the outcomes
 //     equal the domain model's (nothing doubled, nothing lost);
 //   - txpipe verify passes against the new primary;
 //   - no record on the events or postings topics describes an effect the
-//     new primary lacks;
+//     new primary lacks, and no command has two outcome events;
 //   - every process saw the failover (txpipe_postgres_failovers_total).
 //
-// Asynchronous, the last commits the standby had not received are lost with
-// the primary while their events are already on Kafka: the test counts the
-// records the new primary contradicts and logs the count (docs/operations.md
+// Asynchronous, the commits made after the sender stopped are lost with the
+// primary while their events are already on Kafka: the test waits until a
+// hundred such outcomes are published before the kill, then requires the
+// loss to show (commands with two outcome events: the lost one on Kafka,
+// and the one the workers made again, their offsets lost with the commits),
+// counts what the new primary contradicts and logs it (docs/operations.md
 // records it), and still requires every acknowledged command to have one
-// outcome (the workers' offsets are lost with the commits, so they apply
-// those commands again).
+// outcome in the new ledger.
 //
 // Last, scripts/postgres.sh rebuild-standby makes the lost node the new
 // primary's standby.
@@ -119,23 +122,34 @@ func failover(t *testing.T, mode string) {
 	}()
 	eventually(t, "a third of the commands are acknowledged", func() bool { return sent.Load() >= int64(total/3) })
 
-	// The standby's WAL stream stalls: a synchronous primary's commits wait
-	// for it; an asynchronous one's go on without it.
-	receiver := walReceiver(t)
-	if err := syscall.Kill(receiver, syscall.SIGSTOP); err != nil {
+	// The primary's WAL stops reaching the standby: a synchronous primary's
+	// commits wait for it; an asynchronous one's go on without it.
+	sender := walSender(t)
+	if err := syscall.Kill(sender, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = syscall.Kill(sender, syscall.SIGCONT) }) // killed by then, unless the test failed before
+	ctx := context.Background()
 	acked := sent.Load()
-	eventually(t, "more commands are acknowledged while the standby's stream is stalled", func() bool {
+	eventually(t, "more commands are acknowledged while the standby gets nothing", func() bool {
 		return sent.Load() >= acked+2*chunk
 	})
-	pair("kill-primary")
-	if err := syscall.Kill(receiver, syscall.SIGCONT); err != nil {
-		t.Fatal(err)
+	if mode == "off" {
+		// Every outcome on Kafka is one processed command's: once the
+		// topic holds 100 more than the commands processed after the
+		// sender stopped, 100 commits the standby never got are published.
+		var processed int64
+		if err := p.db.Pool.QueryRow(ctx, `SELECT count(*) FROM processed_commands`).Scan(&processed); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "outcomes of commits the standby lacks are published", func() bool {
+			return p.kc.Count(ctx, t, p.topics.Events) >= processed+100
+		})
 	}
+	pair("kill-primary")
+	atKill := sent.Load()
 	pair("promote")
 	promoted := time.Now()
-	atKill := sent.Load()
 	// How long the workers took to commit on the new primary (a figure for
 	// docs/operations.md, not a condition).
 	before := int64(-1)
@@ -164,15 +178,18 @@ func failover(t *testing.T, mode string) {
 		out, verr := p.runVerify()
 		replayModel(t, p, r.byID)
 		stale = p.contradicted(t)
-		t.Logf("asynchronous: resumed %v after the promotion; %d acknowledged commands, %d acknowledged at the kill; records on Kafka the new primary contradicts: %d outcome events, %d postings; txpipe verify: %v\n%s",
-			resumed.Round(time.Millisecond), len(r.byID), atKill, stale.events, stale.postings, verr, tail(out, 2000))
+		if stale.doubled == 0 {
+			t.Errorf("asynchronous: no command has two outcome events, yet outcomes of commits the standby lacked were published: the loss did not show")
+		}
+		t.Logf("asynchronous: resumed %v after the promotion; %d acknowledged commands, %d acknowledged at the kill; records on Kafka the new primary contradicts: %d outcome events, %d postings; commands with two outcome events: %d; txpipe verify: %v\n%s",
+			resumed.Round(time.Millisecond), len(r.byID), atKill, stale.events, stale.postings, stale.doubled, verr, tail(out, 2000))
 	} else {
 		out := p.verify(t)
 		replayModel(t, p, r.byID)
 		stale = p.contradicted(t)
-		if stale.events+stale.postings > 0 {
-			t.Errorf("records on Kafka describe effects the new primary lacks: %d outcome events, %d postings (first: %s)",
-				stale.events, stale.postings, stale.first)
+		if stale.events+stale.postings+stale.doubled > 0 {
+			t.Errorf("records on Kafka describe effects the new primary lacks: %d outcome events, %d postings, %d commands with two outcome events (first: %s)",
+				stale.events, stale.postings, stale.doubled, stale.first)
 		}
 		for _, name := range []string{"ingest", "worker-a", "worker-b", "relay"} {
 			if n := scrape(t, r.procs[name].admin, "txpipe_postgres_failovers_total"); n < 1 {
@@ -188,12 +205,12 @@ func failover(t *testing.T, mode string) {
 	}
 }
 
-// walReceiver is the pid of the failover pair's standby's walreceiver.
-func walReceiver(t *testing.T) int {
+// walSender is the pid of the failover pair's primary's WAL sender.
+func walSender(t *testing.T) int {
 	t.Helper()
-	out, err := exec.Command("pgrep", "-f", failoverCluster+"_replica: walreceiver").Output()
+	out, err := exec.Command("pgrep", "-f", failoverCluster+": walsender").Output()
 	if err != nil {
-		t.Fatalf("no walreceiver on the standby: %v", err)
+		t.Fatalf("no WAL sender on the primary: %v", err)
 	}
 	pid, err := strconv.Atoi(strings.Fields(string(out))[0])
 	if err != nil {
@@ -217,12 +234,14 @@ func (p *pipeline) drain(t *testing.T) {
 
 type contradiction struct {
 	events, postings int
+	doubled          int // commands with two outcome events of different ids
 	first            string
 }
 
 // contradicted counts the outcome events whose command PostgreSQL has not
-// processed or decided otherwise, and the postings whose entry it lacks or
-// chains to another digest.
+// processed or decided otherwise, the commands with outcome events of two
+// ids (one decided on a lost commit, one made again), and the postings whose
+// entry PostgreSQL lacks or chains to another digest.
 func (p *pipeline) contradicted(t *testing.T) contradiction {
 	t.Helper()
 	ctx := context.Background()
@@ -232,11 +251,19 @@ func (p *pipeline) contradicted(t *testing.T) contradiction {
 			c.first = s
 		}
 	}
+	ids := map[string]map[string]bool{} // command → its outcome events' ids
 	for _, m := range p.kc.ReadAll(ctx, t, p.topics.Events, int(p.kc.Count(ctx, t, p.topics.Events))) {
 		var ev domain.Event
 		var d domain.OutcomeData
 		if json.Unmarshal(m.Value, &ev) != nil || json.Unmarshal(ev.Data, &d) != nil || d.Status == "" {
 			continue // not an outcome
+		}
+		if ids[ev.CommandID] == nil {
+			ids[ev.CommandID] = map[string]bool{}
+		}
+		if ids[ev.CommandID][ev.EventID] = true; len(ids[ev.CommandID]) == 2 {
+			c.doubled++
+			note(fmt.Sprintf("command %s has two outcome events", ev.CommandID))
 		}
 		var status, reason string
 		err := p.db.Pool.QueryRow(ctx, `SELECT status, coalesce(reason, '') FROM processed_commands WHERE command_id = $1`, ev.CommandID).

@@ -155,17 +155,21 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 	}
 	defer transport.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: transport}
+	auth := apikey.NewAuthenticator(pool)
 	node, err := pgnode.NewWatcher(pool, reg, log)
 	if err != nil {
 		return err
 	}
 	status.AddPanel(node.Panel())
 	checks := []httpserver.Check{
-		// An ingest alone needs PostgreSQL only for keys (cached through a
-		// gap) and reads: without it, it still accepts commands into
-		// Kafka, so it stays ready (docs/operations.md, failover).
+		// An ingest alone needs PostgreSQL only for keys and reads: through
+		// a gap in the database (a failover) it still accepts commands into
+		// Kafka for the keys it read lately, so it stays ready while it has
+		// read one within apikey.StaleGrace (docs/operations.md, failover).
 		{Name: "postgres", Fn: func(ctx context.Context) error { return pool.Ping(ctx) }, Detail: node.Detail,
-			Optional: has("ingest") && !has("worker") && !has("relay")},
+			Optional: func() bool {
+				return has("ingest") && !has("worker") && !has("relay") && auth.ReadWithin(apikey.StaleGrace)
+			}},
 		{Name: "kafka", Fn: func(ctx context.Context) error { return kafkaadmin.Ping(ctx, client) }},
 	}
 
@@ -203,7 +207,7 @@ func runServe(ctx context.Context, role string, args []string, e *env) error {
 		}
 		api, err := producers.NewAPI(producers.APIOptions{
 			Producer:       producers.NewProducer(w, cfg.commandsTopic),
-			Auth:           apikey.NewAuthenticator(pool),
+			Auth:           auth,
 			RateLimit:      cfg.rateLimit,
 			RateBurst:      cfg.rateBurst,
 			Ledger:         reads,

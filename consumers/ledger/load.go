@@ -26,9 +26,16 @@ import (
 //     right plan is an index lookup whatever the ids, so each uses the plan
 //     prepared once per connection. Left to choose, PostgreSQL planned the
 //     small batches of a low rate again at every call (docs/benchmarks.md,
-//     "Planning").
+//     "Planning");
+//   - lock_timeout: the worker's attempt timeout (20 s). Past it the
+//     worker has closed its connection and retries on another, but
+//     PostgreSQL does not notice a closed client while its backend waits
+//     for a lock: behind a commit that waits for a synchronous standby
+//     that is down, each retry would leave one more backend waiting, until
+//     max_connections ran out. With it, the waiting backend gives up when
+//     its client did, and only the live attempt waits.
 const openSQL = `SELECT now(), set_config('idle_in_transaction_session_timeout', '30s', true),
-	set_config('plan_cache_mode', 'force_generic_plan', true)`
+	set_config('plan_cache_mode', 'force_generic_plan', true), set_config('lock_timeout', '20s', true)`
 
 // LoadRequest is what a batch of commands needs read and locked.
 type LoadRequest struct {
@@ -95,7 +102,7 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 	// One clock decides: every worker takes the time of its decisions (daily
 	// limits, expiries, processed_at) from PostgreSQL, not from its host.
 	b.Queue(openSQL).QueryRow(func(row pgx.Row) error {
-		if err := row.Scan(&st.Now, nil, nil); err != nil {
+		if err := row.Scan(&st.Now, nil, nil, nil); err != nil {
 			return err
 		}
 		st.Now = s.Clock.read(st.Now)

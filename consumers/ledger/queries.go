@@ -23,9 +23,13 @@ var ErrNotFound = errors.New("not found")
 type Queries struct {
 	Pool    *pgxpool.Pool
 	Keyring *sealing.Keyring
-	// Timeout bounds each read (0: none). On expiry pgx asks PostgreSQL to
-	// cancel the statement, which works through PgBouncer too (a
-	// statement_timeout startup parameter does not).
+	// Timeout bounds each read (0: none). On expiry pgx closes the
+	// connection (its default context handling; PostgreSQL ends the
+	// statement when it next writes to the client), which works through
+	// PgBouncer too (a statement_timeout startup parameter does not).
+	// txpipe never has pgx send cancel requests instead: a COMMIT waiting
+	// for a synchronous standby, once cancelled, commits locally without
+	// it (docs/operations.md, "PostgreSQL failover").
 	Timeout time.Duration
 }
 

@@ -49,10 +49,13 @@ type Check struct {
 	// (which PostgreSQL node is the primary); /readyz shows it under
 	// "details".
 	Detail func() string
-	// Optional: its failure is shown but leaves the process ready (an
-	// ingest without PostgreSQL still accepts commands into Kafka).
-	Optional bool
+	// Optional, when set and true at the time of asking, leaves the
+	// process ready whatever the check says (shown all the same): an
+	// ingest through a gap in PostgreSQL still accepts commands into Kafka.
+	Optional func() bool
 }
+
+func (c Check) optional() bool { return c.Optional != nil && c.Optional() }
 
 // AdminHandler serves the Prometheus metrics of g on /metrics, liveness on
 // /healthz (the process answers), readiness on /readyz (every check passes
@@ -79,7 +82,7 @@ func AdminHandler(g prometheus.Gatherer, checks []Check, status *Status) http.Ha
 		results := runChecks(r.Context(), checks)
 		status, code := "ready", http.StatusOK
 		for _, c := range checks {
-			if results[c.Name] != "ok" && !c.Optional {
+			if results[c.Name] != "ok" && !c.optional() {
 				status, code = "not ready", http.StatusServiceUnavailable
 			}
 		}

@@ -227,7 +227,7 @@ func (s *Status) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}{Ready: true, Now: time.Now().UTC().Format(time.RFC3339), Panels: s.readPanels(r.Context())}
 	for _, c := range s.checks {
 		data.Checks = append(data.Checks, check{c.Name, results[c.Name]})
-		data.Ready = data.Ready && (results[c.Name] == "ok" || c.Optional)
+		data.Ready = data.Ready && (results[c.Name] == "ok" || c.optional())
 	}
 	s.mu.Lock()
 	for i, ser := range s.series {

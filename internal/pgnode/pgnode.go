@@ -1,7 +1,9 @@
 // Package pgnode follows which PostgreSQL node a process's pool writes to,
 // so that an operator sees a failover: its metrics, its /status panel and
 // its readiness detail name the primary, its timeline, and when this
-// process last saw it change.
+// process last saw it change. It also fences: a process never connects to
+// a node on an older timeline of the same database system than one it has
+// already written to (a lost primary come back as a primary).
 //
 // A pool opened on a multi-host URL (host=a,b with
 // target_session_attrs=read-write) connects to whichever node is read-write
@@ -12,12 +14,14 @@ package pgnode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -32,6 +36,11 @@ const (
 	MetricChangedAt = "txpipe_postgres_primary_changed_timestamp_seconds"
 )
 
+// forgetAfter is how many answers in a row may fail before the watcher
+// stops naming a primary (its series go): a process cut off from the
+// database does not claim one for ever.
+const forgetAfter = 3
+
 // Interval is how often the watcher asks.
 const Interval = 5 * time.Second
 
@@ -39,21 +48,87 @@ const Interval = 5 * time.Second
 type Node struct {
 	Addr       string // host:port as the server sees itself (behind PgBouncer: the server's, not the pooler's)
 	InRecovery bool   // a standby
+	System     string // the database system's identifier, shared by a primary and its standbys
 	Timeline   int64  // the primary's WAL timeline; promotion raises it (0 on a standby)
 }
 
-// nodeSQL names the server, and on a primary its timeline: the first eight
-// hex digits of the current WAL file's name.
+// nodeSQL names the server, its system, and on a primary its timeline: the
+// first eight hex digits of the current WAL file's name. Every function it
+// calls is open to any role.
 const nodeSQL = `SELECT coalesce(host(inet_server_addr()), 'socket') || ':' || current_setting('port'),
-	pg_is_in_recovery(),
+	pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system())::text,
 	CASE WHEN pg_is_in_recovery() THEN 0
 	ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END`
 
 // Ask returns the node one of pool's connections reaches.
 func Ask(ctx context.Context, pool *pgxpool.Pool) (Node, error) {
 	var n Node
-	err := pool.QueryRow(ctx, nodeSQL).Scan(&n.Addr, &n.InRecovery, &n.Timeline)
+	err := pool.QueryRow(ctx, nodeSQL).Scan(&n.Addr, &n.InRecovery, &n.System, &n.Timeline)
+	if err == nil {
+		seen.raise(n)
+	}
 	return n, err
+}
+
+// timelines is the highest timeline this process has written on, per
+// database system.
+type timelines struct {
+	mu      sync.Mutex
+	highest map[string]int64
+}
+
+var seen = &timelines{highest: map[string]int64{}}
+
+// raise records a primary seen; it returns the highest timeline of its
+// system before.
+func (t *timelines) raise(n Node) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h := t.highest[n.System]
+	if !n.InRecovery && n.Timeline > h {
+		t.highest[n.System] = n.Timeline
+	}
+	return h
+}
+
+// ErrOlderTimeline refuses a node behind a primary this process has seen.
+var ErrOlderTimeline = errors.New("a primary on an older timeline than one this process has written to")
+
+// Fence wraps a ValidateConnectFunc (pgx's check of target_session_attrs;
+// nil: none) so that a connection is also refused when its node is a
+// primary on a lower timeline of the same database system than this
+// process has already seen: after a failover, the lost primary restarted
+// with its old configuration accepts writes too, and would take
+// connections (pgx keeps the first read-write host of the URL) and serve
+// commits the promoted node never had.
+func Fence(next pgconn.ValidateConnectFunc) pgconn.ValidateConnectFunc {
+	return func(ctx context.Context, c *pgconn.PgConn) error {
+		if next != nil {
+			if err := next(ctx, c); err != nil {
+				return err
+			}
+		}
+		res := c.ExecParams(ctx, nodeSQL, nil, nil, nil, nil).Read()
+		if res.Err != nil {
+			return res.Err
+		}
+		if len(res.Rows) != 1 || len(res.Rows[0]) != 4 {
+			return fmt.Errorf("ask the node: %d rows", len(res.Rows))
+		}
+		r := res.Rows[0]
+		tl, err := strconv.ParseInt(string(r[3]), 10, 64)
+		if err != nil {
+			return fmt.Errorf("ask the node: timeline %q", r[3])
+		}
+		n := Node{Addr: string(r[0]), InRecovery: string(r[1]) == "t", System: string(r[2]), Timeline: tl}
+		if n.InRecovery {
+			return nil // a standby: target_session_attrs decides
+		}
+		if h := seen.raise(n); n.Timeline < h {
+			return fmt.Errorf("%s on timeline %d, %d seen before: %w", n.Addr, n.Timeline, h, ErrOlderTimeline)
+		}
+		return nil
+	}
 }
 
 // Watcher follows the primary of a pool.
@@ -67,6 +142,7 @@ type Watcher struct {
 	changedAt prometheus.Gauge
 
 	mu        sync.Mutex
+	failures  int // answers failed in a row
 	cur       Node
 	since     time.Time // when this process first saw cur
 	changes   int       // failovers seen
@@ -82,8 +158,8 @@ func NewWatcher(pool *pgxpool.Pool, reg prometheus.Registerer, log *slog.Logger)
 		log:  log,
 		primary: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: MetricPrimary,
-			Help: "1 for the PostgreSQL node (host:port as it names itself) this process writes to; the series changes at a failover.",
-		}, []string{"node"}),
+			Help: "1 for the PostgreSQL node (host:port as it names itself) and timeline this process writes to; the series changes at a failover, and goes while the node does not answer. Two timelines at once across processes: two primaries.",
+		}, []string{"node", "timeline"}),
 		timeline: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: MetricTimeline,
 			Help: "The WAL timeline of the primary this process writes to: each promotion raises it.",
@@ -131,8 +207,13 @@ func (w *Watcher) observe(n Node, err error, now time.Time) {
 	defer w.mu.Unlock()
 	w.lastErr, w.lastAsked = err, now
 	if err != nil {
+		w.failures++
+		if w.failures == forgetAfter {
+			w.primary.Reset()
+		}
 		return
 	}
+	w.failures = 0
 	if n.InRecovery {
 		// A pool without target_session_attrs=read-write on a standby: say
 		// so rather than call it the primary.
@@ -140,6 +221,7 @@ func (w *Watcher) observe(n Node, err error, now time.Time) {
 		return
 	}
 	if n == w.cur {
+		w.primary.WithLabelValues(n.Addr, strconv.FormatInt(n.Timeline, 10)).Set(1) // again, after a Reset
 		return
 	}
 	if w.cur.Addr != "" {
@@ -149,12 +231,12 @@ func (w *Watcher) observe(n Node, err error, now time.Time) {
 		w.changedAt.Set(float64(now.Unix()))
 		w.log.Warn("the PostgreSQL primary changed: a failover or switchover",
 			"from", w.cur.Addr, "from_timeline", w.cur.Timeline, "to", n.Addr, "to_timeline", n.Timeline)
-		w.primary.DeleteLabelValues(w.cur.Addr)
+		w.primary.Reset()
 	} else {
 		w.log.Info("PostgreSQL primary", "node", n.Addr, "timeline", n.Timeline)
 	}
 	w.cur, w.since = n, now
-	w.primary.WithLabelValues(n.Addr).Set(1)
+	w.primary.WithLabelValues(n.Addr, strconv.FormatInt(n.Timeline, 10)).Set(1)
 	w.timeline.Set(float64(n.Timeline))
 }
 

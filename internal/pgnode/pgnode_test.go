@@ -1,6 +1,7 @@
 package pgnode
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -10,7 +11,50 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/txpipe/txpipe/internal/pgtest"
 )
+
+// TestFenceRefusesAnOlderTimeline connects to the real PostgreSQL through
+// Fence: accepted while its timeline is the highest this process has seen
+// of its system, refused once a higher one was seen (as after a failover,
+// when the lost primary comes back as a primary), and accepted again for
+// another system.
+func TestFenceRefusesAnOlderTimeline(t *testing.T) {
+	db := pgtest.New(t)
+	ctx := context.Background()
+	n, err := Ask(ctx, db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgx.ParseConfig(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ValidateConnect = Fence(nil)
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("connect on the highest timeline seen: %v", err)
+	}
+	c.Close(ctx)
+
+	seen.mu.Lock()
+	seen.highest[n.System] = n.Timeline + 1 // a promoted standby of this system was seen
+	seen.mu.Unlock()
+	defer func() {
+		seen.mu.Lock()
+		seen.highest[n.System] = n.Timeline
+		seen.mu.Unlock()
+	}()
+	if c, err := pgx.ConnectConfig(ctx, cfg); err == nil || !errors.Is(err, ErrOlderTimeline) {
+		if c != nil {
+			c.Close(ctx)
+		}
+		t.Fatalf("connect to timeline %d after %d was seen: %v, want %v", n.Timeline, n.Timeline+1, err, ErrOlderTimeline)
+	}
+}
 
 func TestAChangeOfPrimaryIsAFailover(t *testing.T) {
 	reg := prometheus.NewRegistry()
@@ -35,7 +79,7 @@ func TestAChangeOfPrimaryIsAFailover(t *testing.T) {
 	if n := testutil.ToFloat64(w.failovers); n != 1 {
 		t.Errorf("failovers = %v after the promotion, want 1", n)
 	}
-	if v := testutil.ToFloat64(w.primary.WithLabelValues(b.Addr)); v != 1 {
+	if v := testutil.ToFloat64(w.primary.WithLabelValues(b.Addr, "2")); v != 1 {
 		t.Errorf("%s{node=%q} = %v, want 1", MetricPrimary, b.Addr, v)
 	}
 	if got := testutil.CollectAndCount(w.primary); got != 1 {
@@ -53,8 +97,15 @@ func TestAChangeOfPrimaryIsAFailover(t *testing.T) {
 	if n := testutil.ToFloat64(w.failovers); n != 2 {
 		t.Errorf("failovers = %v after a new timeline, want 2", n)
 	}
+	// A process cut off from the database stops naming a primary.
+	for i := range forgetAfter {
+		w.observe(Node{}, errors.New("timeout"), at.Add(time.Duration(5+i)*Interval))
+	}
+	if got := testutil.CollectAndCount(w.primary); got != 0 {
+		t.Errorf("%d %s series after %d failed answers, want none", got, MetricPrimary, forgetAfter)
+	}
 	// A URL that reaches a standby is not taken for the primary.
-	w.observe(Node{Addr: "10.0.0.3:5432", InRecovery: true}, nil, at.Add(5*Interval))
+	w.observe(Node{Addr: "10.0.0.3:5432", InRecovery: true}, nil, at.Add(20*Interval))
 	if n := testutil.ToFloat64(w.failovers); n != 2 || !strings.Contains(w.Detail(), "is a standby") {
 		t.Errorf("after a standby answered: failovers %v, detail %q", n, w.Detail())
 	}

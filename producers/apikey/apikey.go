@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -245,9 +246,23 @@ const touchInterval = time.Minute
 type Authenticator struct {
 	pool *pgxpool.Pool
 
-	mu      sync.Mutex
-	cache   map[string]cached
-	touched map[string]time.Time
+	mu       sync.Mutex
+	cache    map[string]cached
+	touched  map[string]time.Time
+	lastRead time.Time // the last read of a key from PostgreSQL that succeeded
+}
+
+// lookupTimeout bounds a key's read: past it, a key read lately is trusted
+// as when PostgreSQL is away (StaleGrace), instead of holding the request.
+const lookupTimeout = 2 * time.Second
+
+// ReadWithin reports whether a key was read from PostgreSQL within d: an
+// ingest that did can go on serving the keys it knows through a gap in the
+// database (a failover); one that never could cannot authenticate anyone.
+func (a *Authenticator) ReadWithin(d time.Duration) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.lastRead.IsZero() && time.Since(a.lastRead) < d
 }
 
 type cached struct {
@@ -303,6 +318,8 @@ func (a *Authenticator) lookup(ctx context.Context, keyID string) (cached, error
 	c = cached{id: Identity{KeyID: keyID}, fetched: time.Now()}
 	var revoked *time.Time
 	var h []byte
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
 	err := a.pool.QueryRow(ctx, `SELECT name, scopes, accounts, secret_hash, revoked_at FROM api_keys WHERE key_id = $1`, keyID).
 		Scan(&c.id.Name, &c.id.Scopes, &c.id.Accounts, &h, &revoked)
 	switch {
@@ -317,8 +334,14 @@ func (a *Authenticator) lookup(ctx context.Context, keyID string) (cached, error
 		c.hash = h
 	}
 	a.mu.Lock()
+	a.lastRead = time.Now()
 	if len(a.cache) > 10000 {
-		clear(a.cache) // unknown ids from a scanner must not grow it forever
+		// Unknown ids from a scanner must not grow it for ever; the keys
+		// that exist stay, for a gap in the database.
+		maps.DeleteFunc(a.cache, func(_ string, e cached) bool { return e.hash == nil })
+		if len(a.cache) > 10000 {
+			clear(a.cache)
+		}
 	}
 	a.cache[keyID] = c
 	a.mu.Unlock()
