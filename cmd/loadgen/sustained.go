@@ -17,6 +17,9 @@ import (
 
 // steady holds the figures of the steady-state scenarios.
 type steady struct {
+	// StartedAt is when the measured period began, so that a window
+	// (start_s after it) can be matched with the servers' logs.
+	StartedAt time.Time `json:"started_at,omitzero"`
 	// sustained-latency
 	WindowSeconds    float64  `json:"window_seconds,omitempty"`
 	WorstWindowP99ms float64  `json:"worst_window_p99_ms,omitempty"`
@@ -83,6 +86,7 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 	st.RSSStartMiB = mib(all.rss())
 	n := int(o.rate * d.Seconds())
 	start := time.Now()
+	st.StartedAt = start.UTC()
 	// The outbox's size every 2 s: a ring of slots truncated in turn is a
 	// sawtooth, so one reading at the minute and one at the end would
 	// compare two arbitrary points of it; the largest of each minute does
