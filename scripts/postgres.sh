@@ -313,7 +313,7 @@ SQL
 # pg_basebackup (-R writes standby.signal and primary_conninfo), running on
 # $PG_REPLICA_PORT. The primary must be up.
 ensure_replica() {
-  if promoted "$REPLICA_CLUSTER" && ! replica_online; then
+  if promoted "$REPLICA_CLUSTER" && ! replica_online && [[ "$(node_role "$PG_PORT")" != primary ]]; then
     log "the replica is the pair's primary since a failover, and down: starting it"
     replica_ctl start >&2 || die "the promoted replica $REPLICA_CLUSTER did not start"
     local t0
@@ -328,7 +328,7 @@ ensure_replica() {
       log "after a failover the roles are swapped: primary on $PG_REPLICA_PORT, its standby on $PG_PORT"
       return 0
     fi
-    die "the replica on $PG_REPLICA_PORT was promoted (a failover): '$0 rebuild-standby' makes $PG_CLUSTER its standby, '$0 destroy' starts afresh"
+    die "the replica on $PG_REPLICA_PORT was promoted (a failover) and $PG_CLUSTER on $PG_PORT is not its standby: stop $PG_CLUSTER if it answers as a primary (pg_ctlcluster $PG_VERSION $PG_CLUSTER stop -m immediate), then '$0 rebuild-standby' makes it the standby"
   fi
   # Functions' rights are per database: grant in template1, which every
   # database created afterwards (the tests' too) copies, and in $DB_NAME.
@@ -337,7 +337,7 @@ ensure_replica() {
     as_pg psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d "$db" \
       -c "GRANT EXECUTE ON FUNCTION pg_wal_replay_pause(), pg_wal_replay_resume() TO $DB_USER" >/dev/null
   done
-  if [[ -f "$REPLICA_DATA/standby.signal" ]] && pg_isready -q -h "$PG_HOST" -p "$PG_REPLICA_PORT" -t 2 >/dev/null 2>&1 \
+  if has_file "$REPLICA_DATA/standby.signal" && pg_isready -q -h "$PG_HOST" -p "$PG_REPLICA_PORT" -t 2 >/dev/null 2>&1 \
      && replica_conf | cmp -s - "$REPLICA_ETC/conf.d/txpipe.conf"; then
     local sysid="SELECT system_identifier FROM pg_control_system()"
     if [[ "$(as_pg psql -X -tAq -p "$PG_PORT" -d postgres -c "$sysid")" \
@@ -347,6 +347,9 @@ ensure_replica() {
         as_pg psql -X -q -p "$PG_REPLICA_PORT" -d postgres -c "SELECT pg_wal_replay_resume()" >/dev/null
         if [[ "$PG_SYNC" == off ]] || wait_streaming "$PG_PORT"; then
           ensure_sync "$ETC" "$PG_PORT" "$REPLICA_ETC"
+        else
+          log "the replica does not stream: the primary stays asynchronous (a synchronous one would stop committing)"
+          drop_sync "$ETC" "$PG_PORT"
         fi
         return 0
       fi
@@ -361,7 +364,7 @@ ensure_replica() {
 SELECT format('CREATE ROLE %I REPLICATION LOGIN PASSWORD %L', :'u', :'u')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'u') \gexec
 SQL
-  if [[ ! -f "$REPLICA_DATA/standby.signal" ]]; then
+  if ! has_file "$REPLICA_DATA/standby.signal"; then
     if [[ -f "$REPLICA_ETC/postgresql.conf" ]]; then
       log "dropping the unfinished replica cluster"
       as_root pg_dropcluster --stop "$PG_VERSION" "$REPLICA_CLUSTER" >&2 9>&- || true
@@ -405,6 +408,7 @@ SQL
   log "replica ready on $PG_HOST:$PG_REPLICA_PORT"
   if [[ "$PG_SYNC" != off ]] && ! wait_streaming "$PG_PORT"; then
     log "the replica does not stream: the primary stays asynchronous (a synchronous one would stop committing)"
+    drop_sync "$ETC" "$PG_PORT"
     return 0
   fi
   ensure_sync "$ETC" "$PG_PORT" "$REPLICA_ETC"
@@ -471,9 +475,11 @@ replica_lost_wal() {
   [[ -n "$oldest" && "$seg" < "$oldest" ]]
 }
 
+# stop_replica [all]: with "all" (stop), the pair's other node whatever its
+# role; otherwise (replica-stop) only a replica.
 stop_replica() {
   [[ -f "$REPLICA_ETC/postgresql.conf" ]] || return 0
-  if promoted "$REPLICA_CLUSTER"; then
+  if promoted "$REPLICA_CLUSTER" && [[ "${1:-}" != all ]]; then
     die "$REPLICA_CLUSTER is the pair's primary since a failover: stopping it is not stopping a replica (pg_ctlcluster $PG_VERSION $REPLICA_CLUSTER stop, if you mean it)"
   fi
   drop_sync "$ETC" "$PG_PORT"
@@ -502,7 +508,7 @@ cmd_start() {
 
   if cluster_exists && ! cluster_online && ! has_file "$DATA/standby.signal" \
      && { promoted "$REPLICA_CLUSTER" || [[ "$(node_role "$PG_REPLICA_PORT")" == primary ]]; }; then
-    die "the replica on $PG_REPLICA_PORT was promoted: starting $PG_CLUSTER as a primary too would split the ledger in two; '$0 rebuild-standby' makes it the new standby"
+    die "the replica on $PG_REPLICA_PORT was promoted: starting $PG_CLUSTER as a primary too would split the ledger in two; start the promoted one (pg_ctlcluster $PG_VERSION $REPLICA_CLUSTER start), then '$0 rebuild-standby' makes $PG_CLUSTER its standby"
   fi
 
   # Serialize concurrent starts (the cluster is machine-wide, not per checkout).
@@ -557,7 +563,7 @@ cmd_stop() {
     log "not running"
     return 0
   fi
-  stop_replica
+  stop_replica all
   log "stopping cluster $PG_VERSION/$PG_CLUSTER"
   pgctl stop -m fast >&2
   log "stopped"
@@ -623,7 +629,7 @@ cmd_kill_primary() {
   local left
   while left="$(pgrep -f "^postgres: $PG_VERSION/$name: " | tr '\n' ' ')"; [[ -n "${left// /}" ]] || kill -0 "$pid" 2>/dev/null; do
     # shellcheck disable=SC2086
-    [[ -n "${left// /}" ]] && as_root kill -9 $left 2>/dev/null
+    [[ -n "${left// /}" ]] && { as_root kill -9 $left 2>/dev/null || true; } # gone meanwhile
     (( $(now_ms) - t0 < 10000 )) || die "processes of the primary $name are still alive: $left"
     sleep 0.1
   done
@@ -661,6 +667,11 @@ cmd_rebuild_standby() {
   fi
   read -r pname pport < <(node_with primary) || die "no primary answers"
   if [[ "$pname" == "$PG_CLUSTER" ]]; then name="$REPLICA_CLUSTER" port="$PG_REPLICA_PORT"; else name="$PG_CLUSTER" port="$PG_PORT"; fi
+  if promoted "$name"; then
+    # The promoted node is down or slow to answer, and the old primary is
+    # up: rebuilding now would copy the old over the new.
+    die "$name on $port is the promoted node, and $pname on $pport answers as a primary: stop $pname (pg_ctlcluster $PG_VERSION $pname stop -m immediate), start $name, then rebuild"
+  fi
   data="/var/lib/postgresql/$PG_VERSION/$name" etc="/etc/postgresql/$PG_VERSION/$name"
   log "rebuilding $name on $port as a standby of $pname on $pport (its data is thrown away)"
   cluster_ctl "$name" stop -m immediate >/dev/null 2>&1 || true

@@ -91,6 +91,13 @@ func (t *timelines) raise(n Node) int64 {
 	return h
 }
 
+// of returns the highest timeline seen of system.
+func (t *timelines) of(system string) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.highest[system]
+}
+
 // ErrOlderTimeline refuses a node behind a primary this process has seen.
 var ErrOlderTimeline = errors.New("a primary on an older timeline than one this process has written to")
 
@@ -103,33 +110,62 @@ var ErrOlderTimeline = errors.New("a primary on an older timeline than one this 
 // commits the promoted node never had.
 func Fence(next pgconn.ValidateConnectFunc) pgconn.ValidateConnectFunc {
 	return func(ctx context.Context, c *pgconn.PgConn) error {
+		var notPreferred *pgconn.NotPreferredError
 		if next != nil {
 			if err := next(ctx, c); err != nil {
+				if !errors.As(err, &notPreferred) {
+					return err
+				}
+				// prefer-standby found a primary: pgx may come back to
+				// it when no standby answers, without asking again, so
+				// it is fenced now.
+				if ferr := fence(ctx, c); ferr != nil {
+					return ferr
+				}
 				return err
 			}
 		}
-		res := c.ExecParams(ctx, nodeSQL, nil, nil, nil, nil).Read()
-		if res.Err != nil {
-			return res.Err
-		}
-		if len(res.Rows) != 1 || len(res.Rows[0]) != 4 {
-			return fmt.Errorf("ask the node: %d rows", len(res.Rows))
-		}
-		r := res.Rows[0]
-		tl, err := strconv.ParseInt(string(r[3]), 10, 64)
-		if err != nil {
-			return fmt.Errorf("ask the node: timeline %q", r[3])
-		}
-		n := Node{Addr: string(r[0]), InRecovery: string(r[1]) == "t", System: string(r[2]), Timeline: tl}
-		if n.InRecovery {
-			return nil // a standby: target_session_attrs decides
-		}
-		if h := seen.raise(n); n.Timeline < h {
-			return fmt.Errorf("%s on timeline %d, %d seen before: %w", n.Addr, n.Timeline, h, ErrOlderTimeline)
-		}
-		return nil
+		return fence(ctx, c)
 	}
 }
+
+// fence is Fence's check of one connection.
+func fence(ctx context.Context, c *pgconn.PgConn) error {
+	res := c.ExecParams(ctx, nodeSQL, nil, nil, nil, nil).Read()
+	var pgErr *pgconn.PgError
+	if errors.As(res.Err, &pgErr) && (pgErr.Code == "42501" || pgErr.Code == "42883") {
+		// A server that does not let this role read its control data
+		// or WAL position (revoked grants, a managed service without
+		// them): connect unfenced rather than not at all.
+		unfenced.Do(func() {
+			slog.Warn("PostgreSQL does not let txpipe read its timeline: connecting without the fence against an older primary",
+				"err", res.Err)
+		})
+		return nil
+	}
+	if res.Err != nil {
+		return res.Err
+	}
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 4 {
+		return fmt.Errorf("ask the node: %d rows", len(res.Rows))
+	}
+	r := res.Rows[0]
+	tl, err := strconv.ParseInt(string(r[3]), 10, 64)
+	if err != nil {
+		return fmt.Errorf("ask the node: timeline %q", r[3])
+	}
+	n := Node{Addr: string(r[0]), InRecovery: string(r[1]) == "t", System: string(r[2]), Timeline: tl}
+	if n.InRecovery {
+		return nil // a standby: target_session_attrs decides
+	}
+	if h := seen.raise(n); n.Timeline < h {
+		return fmt.Errorf("%s on timeline %d, %d seen before: %w", n.Addr, n.Timeline, h, ErrOlderTimeline)
+	}
+	return nil
+}
+
+// unfenced logs once that the fence cannot work.
+var unfenced sync.Once
 
 // Watcher follows the primary of a pool.
 type Watcher struct {
@@ -158,8 +194,8 @@ func NewWatcher(pool *pgxpool.Pool, reg prometheus.Registerer, log *slog.Logger)
 		log:  log,
 		primary: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: MetricPrimary,
-			Help: "1 for the PostgreSQL node (host:port as it names itself) and timeline this process writes to; the series changes at a failover, and goes while the node does not answer. Two timelines at once across processes: two primaries.",
-		}, []string{"node", "timeline"}),
+			Help: "1 for the PostgreSQL node (host:port as it names itself), timeline and database system this process writes to; the series changes at a failover, and goes while the node does not answer. Two timelines of one system at once across processes: two primaries.",
+		}, []string{"node", "timeline", "system"}),
 		timeline: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: MetricTimeline,
 			Help: "The WAL timeline of the primary this process writes to: each promotion raises it.",
@@ -193,6 +229,14 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		}
 		w.observe(n, err, time.Now())
+		if err == nil && !n.InRecovery && n.Timeline < seen.of(n.System) {
+			// A connection made before the fence knew better (or through a
+			// pooler repointed since) reaches an older primary: drop the
+			// pool's connections; new ones are fenced.
+			w.log.Error("connected to a PostgreSQL primary on an older timeline than one already written to: two primaries? dropping the pool's connections",
+				"node", n.Addr, "timeline", n.Timeline, "highest", seen.of(n.System))
+			w.pool.Reset()
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -221,7 +265,7 @@ func (w *Watcher) observe(n Node, err error, now time.Time) {
 		return
 	}
 	if n == w.cur {
-		w.primary.WithLabelValues(n.Addr, strconv.FormatInt(n.Timeline, 10)).Set(1) // again, after a Reset
+		w.primary.WithLabelValues(n.Addr, strconv.FormatInt(n.Timeline, 10), n.System).Set(1) // again, after a Reset
 		return
 	}
 	if w.cur.Addr != "" {
@@ -236,7 +280,7 @@ func (w *Watcher) observe(n Node, err error, now time.Time) {
 		w.log.Info("PostgreSQL primary", "node", n.Addr, "timeline", n.Timeline)
 	}
 	w.cur, w.since = n, now
-	w.primary.WithLabelValues(n.Addr, strconv.FormatInt(n.Timeline, 10)).Set(1)
+	w.primary.WithLabelValues(n.Addr, strconv.FormatInt(n.Timeline, 10), n.System).Set(1)
 	w.timeline.Set(float64(n.Timeline))
 }
 

@@ -79,7 +79,7 @@ func TestAChangeOfPrimaryIsAFailover(t *testing.T) {
 	if n := testutil.ToFloat64(w.failovers); n != 1 {
 		t.Errorf("failovers = %v after the promotion, want 1", n)
 	}
-	if v := testutil.ToFloat64(w.primary.WithLabelValues(b.Addr, "2")); v != 1 {
+	if v := testutil.ToFloat64(w.primary.WithLabelValues(b.Addr, "2", "")); v != 1 {
 		t.Errorf("%s{node=%q} = %v, want 1", MetricPrimary, b.Addr, v)
 	}
 	if got := testutil.CollectAndCount(w.primary); got != 1 {

@@ -269,7 +269,14 @@ type cached struct {
 	hash    []byte // nil: no such key, or revoked
 	id      Identity
 	fetched time.Time
+	// retryAt: the last read failed and this stale entry served; until
+	// then it serves again without a read, so that a database gone silent
+	// costs one lookupTimeout a second per key, not one per request.
+	retryAt time.Time
 }
+
+// staleRetry spaces the reads of a key while they fail.
+const staleRetry = time.Second
 
 // dummy is compared when a key does not exist, so that an unknown id and a
 // wrong secret cost the same.
@@ -311,7 +318,7 @@ func (a *Authenticator) lookup(ctx context.Context, keyID string) (cached, error
 	a.mu.Lock()
 	c, ok := a.cache[keyID]
 	a.mu.Unlock()
-	if ok && time.Since(c.fetched) < CacheTTL {
+	if ok && (time.Since(c.fetched) < CacheTTL || time.Now().Before(c.retryAt)) {
 		return c, nil
 	}
 	c0 := c
@@ -327,6 +334,10 @@ func (a *Authenticator) lookup(ctx context.Context, keyID string) (cached, error
 	case err != nil && ok && time.Since(c0.fetched) < StaleGrace:
 		// PostgreSQL is away (a failover, a restart): keep accepting for
 		// the keys seen lately, as they were when last read.
+		c0.retryAt = time.Now().Add(staleRetry)
+		a.mu.Lock()
+		a.cache[keyID] = c0
+		a.mu.Unlock()
 		return c0, nil
 	case err != nil:
 		return cached{}, fmt.Errorf("read API key: %w", err)
