@@ -133,10 +133,11 @@ func Fence(next pgconn.ValidateConnectFunc) pgconn.ValidateConnectFunc {
 func fence(ctx context.Context, c *pgconn.PgConn) error {
 	res := c.ExecParams(ctx, nodeSQL, nil, nil, nil, nil).Read()
 	var pgErr *pgconn.PgError
-	if errors.As(res.Err, &pgErr) && (pgErr.Code == "42501" || pgErr.Code == "42883") {
+	if errors.As(res.Err, &pgErr) && (pgErr.Code == "42501" || pgErr.Code == "42883" || pgErr.Code == "0A000") {
 		// A server that does not let this role read its control data
-		// or WAL position (revoked grants, a managed service without
-		// them): connect unfenced rather than not at all.
+		// or WAL position (revoked grants; a managed service without
+		// these functions, or refusing them): connect unfenced rather
+		// than not at all.
 		unfenced.Do(func() {
 			slog.Warn("PostgreSQL does not let txpipe read its timeline: connecting without the fence against an older primary",
 				"err", res.Err)
