@@ -257,15 +257,23 @@ func (c *config) relayListen() (cfg *pgx.ConnConfig, off bool, err error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("--relay-listen-url (%s) is not a valid PostgreSQL URL", envflag.Name("relay-listen-url"))
 	}
-	if len(cc.Fallbacks) > 0 && !strings.Contains(c.relayListenURL, "target_session_attrs") {
-		cc.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
+	failoverReady(cc, c.relayListenURL, pgconn.ValidateConnectTargetSessionAttrsReadWrite)
+	return cc, false, nil
+}
+
+// failoverReady sets what every connection to PostgreSQL needs to survive
+// a failover: with several hosts in url and no target_session_attrs of its
+// own, multiHost picks among them; the fence refuses an older primary;
+// dial's keepalives and connectTimeout bound a vanished machine.
+func failoverReady(cc *pgx.ConnConfig, url string, multiHost pgconn.ValidateConnectFunc) {
+	if len(cc.Fallbacks) > 0 && !strings.Contains(url, "target_session_attrs") {
+		cc.ValidateConnect = multiHost
 	}
 	cc.ValidateConnect = pgnode.Fence(cc.ValidateConnect)
 	cc.DialFunc = dial
 	if cc.ConnectTimeout == 0 {
 		cc.ConnectTimeout = connectTimeout
 	}
-	return cc, false, nil
 }
 
 // dial opens connections to PostgreSQL with keepalives every 5 s after
@@ -297,14 +305,7 @@ func openPool(ctx context.Context, url, flagName string, maxConns int32, multiHo
 	if !strings.Contains(url, "pool_max_conns") {
 		pc.MaxConns = maxConns
 	}
-	if len(pc.ConnConfig.Fallbacks) > 0 && !strings.Contains(url, "target_session_attrs") {
-		pc.ConnConfig.ValidateConnect = multiHost
-	}
-	pc.ConnConfig.ValidateConnect = pgnode.Fence(pc.ConnConfig.ValidateConnect)
-	pc.ConnConfig.DialFunc = dial
-	if pc.ConnConfig.ConnectTimeout == 0 {
-		pc.ConnConfig.ConnectTimeout = connectTimeout
-	}
+	failoverReady(pc.ConnConfig, url, multiHost)
 	pc.ConnConfig.RuntimeParams["application_name"] = "txpipe"
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {

@@ -470,9 +470,22 @@ func TestEndToEndOverHTTP(t *testing.T) {
 	}
 }
 
-// verify drains the pipeline (every command record processed, the outbox
-// empty), then runs "txpipe verify" and fails the test on any violation.
+// verify drains the pipeline, then runs "txpipe verify" and fails the test
+// on any violation.
 func (p *pipeline) verify(t *testing.T) string {
+	t.Helper()
+	p.drain(t)
+	out, err := p.runVerify()
+	if err != nil {
+		t.Fatalf("txpipe verify = %v:\n%s", err, out)
+	}
+	p.validateSchemas(t)
+	return out
+}
+
+// drain waits until every command record is processed and the outbox is
+// empty.
+func (p *pipeline) drain(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
 	eventually(t, "the pipeline drains", func() bool {
@@ -481,12 +494,6 @@ func (p *pipeline) verify(t *testing.T) string {
 		_ = p.db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&pending)
 		return processed == p.kc.Count(ctx, t, p.topics.Commands) && pending == 0
 	})
-	out, err := p.runVerify()
-	if err != nil {
-		t.Fatalf("txpipe verify = %v:\n%s", err, out)
-	}
-	p.validateSchemas(t)
-	return out
 }
 
 // validateSchemas checks every record of the events, postings and

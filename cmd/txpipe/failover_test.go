@@ -240,19 +240,6 @@ func walSender(t *testing.T) int {
 	return pid
 }
 
-// drain waits until every command record is processed and the outbox is
-// empty.
-func (p *pipeline) drain(t *testing.T) {
-	t.Helper()
-	ctx := context.Background()
-	eventually(t, "the pipeline drains", func() bool {
-		var processed, pending int64
-		_ = p.db.Pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets`).Scan(&processed)
-		_ = p.db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&pending)
-		return processed == p.kc.Count(ctx, t, p.topics.Commands) && pending == 0
-	})
-}
-
 type contradiction struct {
 	events, postings int
 	doubled          int // commands with two outcome events of different ids
