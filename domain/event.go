@@ -131,8 +131,49 @@ func NewOutcomeEvent(eventID string, cmd Command, sealedMetadata *Sealed, res Re
 		Type:       OutcomeType(cmd.Type, res.Status),
 		CommandID:  cmd.CommandID,
 		OccurredAt: now.UTC(),
-		Data:       mustJSON(data),
+		Data:       data.encode(),
 	}
+}
+
+// encode is d's JSON, as json.Marshal writes it but for one scan less:
+// encoding/json compacts again whatever a json.Marshaler (Command, a
+// json.RawMessage) returns, so the command, already compact, is spliced in
+// between the fields before it and those after it.
+func (d OutcomeData) encode() json.RawMessage {
+	head := mustJSON(outcomeHead{CommandType: d.CommandType, Status: d.Status, Reason: d.Reason, Leg: d.Leg})
+	tail := mustJSON(outcomeTail{Postings: d.Postings, Transfer: d.Transfer, AcceptedAt: d.AcceptedAt})
+	out := make([]byte, 0, len(head)+len(d.Command)+len(tail)+16)
+	out = append(out, head[:len(head)-1]...) // without its "}"
+	out = append(out, `,"command":`...)
+	out = appendRaw(out, d.Command)
+	out = append(out, ',')
+	return append(out, tail[1:]...) // without its "{"
+}
+
+// outcomeHead and outcomeTail are OutcomeData's fields before and after
+// Command, in its order (TestOutcomeEncodingIsJSONMarshal holds them to
+// it). Neither is ever the empty object: command_type, status and
+// postings are never omitted.
+type outcomeHead struct {
+	CommandType Type   `json:"command_type"`
+	Status      Status `json:"status"`
+	Reason      Reason `json:"reason,omitempty"`
+	Leg         *int   `json:"leg,omitempty"`
+}
+
+type outcomeTail struct {
+	Postings   []PostingData `json:"postings"`
+	Transfer   *TransferData `json:"transfer,omitempty"`
+	AcceptedAt *time.Time    `json:"accepted_at,omitempty"`
+}
+
+// appendRaw appends raw, JSON that mustJSON made (compact, valid), or null
+// when it is empty, as json.RawMessage encodes.
+func appendRaw(out []byte, raw json.RawMessage) []byte {
+	if len(raw) == 0 {
+		return append(out, "null"...)
+	}
+	return append(out, raw...)
 }
 
 // TransferData describes a transfer, deposit, withdrawal or hold and where
@@ -227,8 +268,28 @@ func postingData(t Type, p Posting) PostingData {
 	}
 }
 
-// Encode returns the event's JSON.
-func (e Event) Encode() []byte { return mustJSON(e) }
+// Encode returns the event's JSON, as json.Marshal writes it but without
+// scanning Data again: every Event is built here, its Data by mustJSON or
+// OutcomeData.encode, compact and valid already.
+func (e Event) Encode() []byte {
+	head := mustJSON(eventHead{EventID: e.EventID, Type: e.Type, CommandID: e.CommandID,
+		OccurredAt: e.OccurredAt.Format(time.RFC3339Nano), SubmittedBy: e.SubmittedBy})
+	out := make([]byte, 0, len(head)+len(e.Data)+16)
+	out = append(out, head[:len(head)-1]...) // without its "}"
+	out = append(out, `,"data":`...)
+	out = appendRaw(out, e.Data)
+	return append(out, '}')
+}
+
+// eventHead is Event without Data, in its order; OccurredAt as
+// time.Time's MarshalJSON writes it.
+type eventHead struct {
+	EventID     string `json:"event_id"`
+	Type        string `json:"type"`
+	CommandID   string `json:"command_id"`
+	OccurredAt  string `json:"occurred_at"`
+	SubmittedBy string `json:"submitted_by,omitempty"`
+}
 
 func mustJSON(v any) json.RawMessage {
 	b, err := json.Marshal(v)

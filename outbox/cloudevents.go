@@ -31,26 +31,34 @@ const (
 // headers; rows that are not events (DLQ records) are left alone. A row
 // written without ce_time (by a worker of an earlier version, during a
 // rolling upgrade) gets the envelope's occurred_at.
-func addCloudEvents(h map[string]string, key, value []byte) {
-	id, isEvent := h[HeaderEventID]
-	typ, typed := h[HeaderEventType]
+func addCloudEvents(h *headerList, key, value []byte) {
+	id, isEvent := h.get(HeaderEventID)
+	typ, typed := h.get(HeaderEventType)
 	if !isEvent || !typed {
 		return
 	}
-	if _, ok := h[HeaderEventTime]; !ok {
+	if _, ok := h.get(HeaderEventTime); !ok {
 		var env struct {
 			OccurredAt time.Time `json:"occurred_at"`
 		}
 		if json.Unmarshal(value, &env) == nil && !env.OccurredAt.IsZero() {
-			h[HeaderEventTime] = env.OccurredAt.UTC().Format(time.RFC3339Nano)
+			h.set(HeaderEventTime, []byte(env.OccurredAt.UTC().Format(time.RFC3339Nano)))
 		}
 	}
-	h["ce_specversion"] = "1.0"
-	h["ce_id"] = id
-	h["ce_source"] = CloudEventsSource
-	h["ce_type"] = CloudEventsTypePrefix + typ
-	h["content-type"] = "application/json"
+	h.set("ce_specversion", specVersion)
+	h.set("ce_id", id)
+	h.set("ce_source", source)
+	h.set("ce_type", append([]byte(CloudEventsTypePrefix), typ...))
+	h.set("content-type", contentType)
 	if len(key) > 0 {
-		h["ce_subject"] = string(key) // the account the event is keyed by
+		h.set("ce_subject", key) // the account the event is keyed by
 	}
 }
+
+// The constant attributes' bytes, shared by every record (kafka-go only
+// reads header values).
+var (
+	specVersion = []byte("1.0")
+	source      = []byte(CloudEventsSource)
+	contentType = []byte("application/json")
+)

@@ -24,8 +24,16 @@ func TestCloudEventsHeaders(t *testing.T) {
 				"ce_id": "e1", "ce_source": "urn:txpipe:ledger", "ce_type": "txpipe.posting.created", "content-type": "application/json", "ce_subject": "alice"}},
 		{"a DLQ row", map[string]string{"dlq_reason": "malformed"}, map[string]string{"dlq_reason": "malformed"}},
 	} {
-		addCloudEvents(c.in, []byte("alice"), value)
-		if diff := cmp.Diff(c.want, c.in); diff != "" {
+		var h headerList
+		for k, v := range c.in {
+			h.set(k, []byte(v))
+		}
+		addCloudEvents(&h, []byte("alice"), value)
+		got := map[string]string{}
+		for _, x := range h {
+			got[x.Key] = string(x.Value)
+		}
+		if diff := cmp.Diff(c.want, got); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", c.name, diff)
 		}
 	}

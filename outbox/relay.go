@@ -2,7 +2,6 @@ package outbox
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -427,16 +426,15 @@ func toRecord(x *row) (reason string, cause error) {
 	if x.topic == "" {
 		return ReasonUndecodable, errors.New("the row names no topic")
 	}
-	var headers map[string]string
-	if err := json.Unmarshal(x.headers, &headers); err != nil {
+	headers, err := parseHeaders(x.headers)
+	if err != nil {
 		return ReasonUndecodable, fmt.Errorf("headers are not a JSON object of strings: %w", err)
 	}
-	addCloudEvents(headers, x.key, x.value)
-	x.msg = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value}
+	addCloudEvents(&headers, x.key, x.value)
+	x.msg = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value, Headers: headers.sorted()}
 	x.size = len(x.key) + len(x.value) + 32
-	for _, k := range slices.Sorted(maps.Keys(headers)) {
-		x.msg.Headers = append(x.msg.Headers, kafka.Header{Key: k, Value: []byte(headers[k])})
-		x.size += len(k) + len(headers[k]) + 8
+	for _, h := range x.msg.Headers {
+		x.size += len(h.Key) + len(h.Value) + 8
 	}
 	return "", nil
 }

@@ -35,8 +35,13 @@ type benchOptions struct {
 	// workerArgs are extra flags for the worker of the txpipe scenarios,
 	// for tuning experiments.
 	workerArgs []string
+	// baseline, when set, is another txpipe binary: the txpipe scenario
+	// runs with it too, as txpipe-baseline, interleaved with the binary
+	// under test, so that a change is measured side by side in one run.
+	baseline string
 	// only, when set, runs just the scenarios whose names start with one
-	// of its comma-separated prefixes.
+	// of its comma-separated prefixes (a prefix ending in "$" is a whole
+	// name).
 	only string
 	// rounds is how many times each throughput scenario runs.
 	rounds int
@@ -164,6 +169,11 @@ func runBench(ctx context.Context, o benchOptions) error {
 		{"txpipe", false, func() (result, error) {
 			return throughput(ctx, o, client, "txpipe", n["txpipe"], uniform, 1, 1, o.workerArgs...)
 		}},
+		{"txpipe-baseline", false, func() (result, error) {
+			b := o
+			b.txpipe = o.baseline
+			return throughput(ctx, b, client, "txpipe-baseline", n["txpipe"], uniform, 1, 1, o.workerArgs...)
+		}},
 		{"txpipe-skewed", false, func() (result, error) {
 			return throughput(ctx, o, client, "txpipe-skewed", n["txpipe"], skewed, 1, 1, o.workerArgs...)
 		}},
@@ -211,11 +221,19 @@ func runBench(ctx context.Context, o benchOptions) error {
 		{"kafka-ceiling", false, func() (result, error) { return kafkaCeiling(ctx, o, client, transport, n["kafka"], uniform) }},
 	}
 	selected := func(name string) bool {
+		if name == "txpipe-baseline" && o.baseline == "" {
+			return false
+		}
 		if o.only == "" {
 			return true
 		}
 		for _, p := range strings.Split(o.only, ",") {
-			if p = strings.TrimSpace(p); p != "" && strings.HasPrefix(name, p) {
+			p = strings.TrimSpace(p)
+			if whole, ok := strings.CutSuffix(p, "$"); ok {
+				if name == whole {
+					return true
+				}
+			} else if p != "" && strings.HasPrefix(name, p) {
 				return true
 			}
 		}
@@ -263,6 +281,7 @@ func runBench(ctx context.Context, o benchOptions) error {
 	}
 	ratio("txpipe/naive", txp, naive)
 	ratio("txpipe/pg_ceiling", txp, pgc)
+	ratio("txpipe/baseline", txp, byName["txpipe-baseline"])
 	ratio("skewed/uniform", byName["txpipe-skewed"], txp)
 	ratio("scaled/one_worker", byName["txpipe-3w2r"], txp)
 	ratio("split3fee/transfer", byName["txpipe-split3fee"], txp)
@@ -353,7 +372,7 @@ func minuteText(b int64) string {
 // ratioLine is the last line bench prints, every ratio by name.
 func ratioLine(ratios map[string]float64) string {
 	parts := []string{}
-	for _, k := range []string{"txpipe/naive", "txpipe/pg_ceiling", "skewed/uniform", "scaled/one_worker", "split3fee/transfer",
+	for _, k := range []string{"txpipe/naive", "txpipe/pg_ceiling", "txpipe/baseline", "skewed/uniform", "scaled/one_worker", "split3fee/transfer",
 		"pgbouncer/direct", "replica_async/none", "replica_sync/async", "replica_remote_apply/async",
 		"sustained_p99_ms", "worst_window_p99_ms", "outbox_end/first_minute", "throughput_last/first_minute"} {
 		if v, ok := ratios[k]; ok {

@@ -63,12 +63,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		dbURL := fs.String("database-url", "", "PostgreSQL server URL; each scenario creates and drops its own database")
 		quick := fs.Bool("quick", false, "shorter runs (BENCH_QUICK): sustained runs of 2 minutes, smaller throughput runs")
 		rounds := fs.Int("rounds", 3, "runs of each throughput scenario, interleaved; the median counts")
-		only := fs.String("only", "", "run only the scenarios whose names start with one of these comma-separated prefixes "+
-			"(sustained-latency, sustained-throughput, naive, txpipe, txpipe-skewed, txpipe-3w2r, txpipe-split3fee, txpipe-pgbouncer, replica-async, replica-sync, replica-remote-apply, pg-ceiling, kafka-ceiling)")
+		only := fs.String("only", "", "run only the scenarios whose names start with one of these comma-separated prefixes, or are a name ending in $ "+
+			"(sustained-latency, sustained-throughput, naive, txpipe, txpipe-baseline, txpipe-skewed, txpipe-3w2r, txpipe-split3fee, txpipe-pgbouncer, replica-async, replica-sync, replica-remote-apply, pg-ceiling, kafka-ceiling)")
 		scripts := fs.String("scripts", "scripts", "the folder of postgres.sh and pgbouncer.sh, which the replica and PgBouncer scenarios run")
 		preload := fs.Int("preload-commands", 1000000, "processed commands in every scenario's database before it starts, copied from a template built once (0: fresh databases)")
 		sustained := fs.Duration("sustained-duration", 0, "how long sustained-latency sends (default 10m, 2m with --quick); make soak sets it")
 		throughputFor := fs.Duration("throughput-duration", 0, "how long sustained-throughput sends (default 5m, 2m with --quick)")
+		baseline := fs.String("baseline", "", "another txpipe binary: the txpipe scenario also runs with it, interleaved, as txpipe-baseline (ratio txpipe/baseline)")
 		workerArgs := fs.String("worker-args", "", "extra flags for the worker of the txpipe scenarios, e.g. \"--batch-linger 20ms\"")
 		if err := envflag.Parse(fs, args[1:], os.LookupEnv); err != nil {
 			return err
@@ -92,7 +93,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 		}
 		return runBench(ctx, benchOptions{txpipe: *txpipe, brokers: strings.Split(*brokers, ","), adminURL: *dbURL, out: *out,
-			quick: *quick, accounts: *accounts, rate: *rate, workerArgs: strings.Fields(*workerArgs), only: *only, rounds: max(1, *rounds),
+			quick: *quick, accounts: *accounts, rate: *rate, workerArgs: strings.Fields(*workerArgs), baseline: *baseline, only: *only, rounds: max(1, *rounds),
 			preload: *preload, sustained: *sustained, throughputFor: *throughputFor, scripts: *scripts, log: stderr})
 	case "run":
 		api := fs.String("api", "http://127.0.0.1:8080", "base URL of the txpipe API")
