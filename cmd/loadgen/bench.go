@@ -243,7 +243,8 @@ func runBench(ctx context.Context, o benchOptions) error {
 	// o.rounds times, interleaved, and the median run counts.
 	runs := make([][]result, len(steps))
 	for round := range o.rounds {
-		for i, st := range steps {
+		for _, i := range roundOrder(steps, round) {
+			st := steps[i]
 			if !selected(st.name) || (st.once && round > 0) {
 				continue
 			}
@@ -511,6 +512,27 @@ func waitFor(ctx context.Context, client *kafka.Client, topic string, n int64, l
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// roundOrder is the order steps run in in round: as listed, except that
+// txpipe and txpipe-baseline swap places every other round, so that
+// neither always runs first (on a warmer cache, or a quieter minute).
+func roundOrder(steps []scenario, round int) []int {
+	order := make([]int, len(steps))
+	a, b := -1, -1
+	for i, st := range steps {
+		order[i] = i
+		switch st.name {
+		case "txpipe":
+			a = i
+		case "txpipe-baseline":
+			b = i
+		}
+	}
+	if round%2 == 1 && a >= 0 && b >= 0 {
+		order[a], order[b] = b, a
+	}
+	return order
 }
 
 // pgCeiling writes the ledger rows of n transfers — two entries, a transfer

@@ -293,3 +293,17 @@ func TestOutboxMinutesTakeEachMinutesLargest(t *testing.T) {
 		t.Errorf("no samples: %d, %d", first, last)
 	}
 }
+
+// txpipe and txpipe-baseline take turns at running first; nothing else
+// moves.
+func TestBaselineTakesTurnsAtRunningFirst(t *testing.T) {
+	steps := []scenario{{name: "naive"}, {name: "txpipe"}, {name: "txpipe-baseline"}, {name: "pg-ceiling"}}
+	for round, want := range [][]int{{0, 1, 2, 3}, {0, 2, 1, 3}, {0, 1, 2, 3}} {
+		if got := roundOrder(steps, round); !slices.Equal(got, want) {
+			t.Errorf("round %d: order %v, want %v", round, got, want)
+		}
+	}
+	if got := roundOrder(steps[:2], 1); !slices.Equal(got, []int{0, 1}) {
+		t.Errorf("without a baseline: order %v, want [0 1]", got)
+	}
+}

@@ -69,7 +69,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		preload := fs.Int("preload-commands", 1000000, "processed commands in every scenario's database before it starts, copied from a template built once (0: fresh databases)")
 		sustained := fs.Duration("sustained-duration", 0, "how long sustained-latency sends (default 10m, 2m with --quick); make soak sets it")
 		throughputFor := fs.Duration("throughput-duration", 0, "how long sustained-throughput sends (default 5m, 2m with --quick)")
-		baseline := fs.String("baseline", "", "another txpipe binary: the txpipe scenario also runs with it, interleaved, as txpipe-baseline (ratio txpipe/baseline)")
+		baseline := fs.String("baseline", "", "another txpipe binary: the txpipe scenario also runs with it, interleaved, as txpipe-baseline (ratio txpipe/baseline); it must know every migration of this tree, since the preload is migrated by this loadgen")
 		workerArgs := fs.String("worker-args", "", "extra flags for the worker of the txpipe scenarios, e.g. \"--batch-linger 20ms\"")
 		if err := envflag.Parse(fs, args[1:], os.LookupEnv); err != nil {
 			return err
