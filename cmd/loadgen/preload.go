@@ -144,7 +144,7 @@ func ensureTemplate(ctx context.Context, adminURL string, spec preloadSpec, log 
 	renamed := false
 	defer func() {
 		if !renamed {
-			_, _ = admin.Exec(context.WithoutCancel(ctx), "DROP DATABASE IF EXISTS "+building+" WITH (FORCE)")
+			_ = dropDatabase(context.WithoutCancel(ctx), admin, building)
 		}
 	}()
 	if _, err := admin.Exec(ctx, fmt.Sprintf("COMMENT ON DATABASE %s IS 'txpipe loadgen preload, started %s'", building, time.Now().UTC().Format(time.RFC3339))); err != nil {

@@ -196,6 +196,29 @@ func (s *stack) start(ctx context.Context, role string, extra ...string) (*proc,
 	}
 }
 
+// dropDatabase drops name, retrying for a few seconds. A plain DROP ends an
+// autovacuum worker busy in the database, which DROP … WITH (FORCE)
+// refuses to do without the right to signal a superuser's process (the
+// bench's copies were left behind that way); FORCE then ends sessions of
+// this role still connected.
+func dropDatabase(ctx context.Context, admin *pgx.Conn, name string) error {
+	var err error
+	for range 10 {
+		if _, err = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name); err == nil {
+			return nil
+		}
+		if _, err = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
+	return err
+}
+
 // peakRSS is the process's high-water resident set size in bytes (VmHWM).
 func (p *proc) peakRSS() int64 { return p.status("VmHWM:") }
 
@@ -235,7 +258,9 @@ func (s *stack) close(ctx context.Context, client *kafka.Client) {
 		s.pool.Close()
 	}
 	if admin, err := pgx.Connect(ctx, s.adminURL); err == nil {
-		_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+s.dbName+" WITH (FORCE)")
+		if err := dropDatabase(ctx, admin, s.dbName); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: could not drop %s: %v\n", s.dbName, err)
+		}
 		admin.Close(ctx)
 	}
 	var names []string
