@@ -152,6 +152,10 @@ full_page_writes = off
 # overrides it on a small machine.
 shared_buffers = '$PG_SHARED_BUFFERS'
 max_wal_size = '4GB'
+# Autovacuum passes and analyzes that take a quarter of a second or more are
+# logged, so that a soak's worst windows can be matched with them
+# (docs/benchmarks.md); the hot tables' frequent small vacuums stay quiet.
+log_autovacuum_min_duration = '250ms'
 EOF
 }
 
