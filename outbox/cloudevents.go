@@ -56,9 +56,15 @@ func addCloudEvents(h *headerList, key, value []byte) {
 }
 
 // The constant attributes' bytes, shared by every record (kafka-go only
-// reads header values).
+// reads header values), each capped at its length so that an append to
+// one copies rather than writes into the shared array.
 var (
-	specVersion = []byte("1.0")
-	source      = []byte(CloudEventsSource)
-	contentType = []byte("application/json")
+	specVersion = constBytes("1.0")
+	source      = constBytes(CloudEventsSource)
+	contentType = constBytes("application/json")
 )
+
+func constBytes(s string) []byte {
+	b := []byte(s)
+	return b[:len(b):len(b)]
+}

@@ -21,11 +21,8 @@ package outbox
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
@@ -97,47 +94,6 @@ func Queue(b *pgx.Batch, msgs []Message) {
 	}
 	b.Queue(insertSQL, topics, keys, values, headers, accepted)
 	b.Queue(notifySQL, NotifyChannel, NotifyQueueMaxUsage)
-}
-
-// headersJSON is h as the headers column's JSON object. The column is
-// jsonb, which keeps neither the order of members nor the spelling of
-// strings, so plain strings (nothing JSON escapes, valid UTF-8), as every
-// header the workers write, are written as they are, in map order; a
-// header that needs escaping sends h through encoding/json.
-func headersJSON(h map[string]string) string {
-	n := 2
-	for k, v := range h {
-		if !plainJSONString(k) || !plainJSONString(v) {
-			b, _ := json.Marshal(h) // a map of strings always encodes
-			return string(b)
-		}
-		n += len(k) + len(v) + 6
-	}
-	var b strings.Builder
-	b.Grow(n)
-	b.WriteByte('{')
-	for k, v := range h {
-		if b.Len() > 1 {
-			b.WriteByte(',')
-		}
-		b.WriteByte('"')
-		b.WriteString(k)
-		b.WriteString(`":"`)
-		b.WriteString(v)
-		b.WriteByte('"')
-	}
-	b.WriteByte('}')
-	return b.String()
-}
-
-// plainJSONString reports whether s needs no escaping in a JSON string.
-func plainJSONString(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return utf8.ValidString(s)
 }
 
 // Unpublished counts the outbox rows no relay has published yet, in q's
