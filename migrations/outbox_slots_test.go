@@ -6,6 +6,9 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/txpipe/txpipe/internal/pgtest"
+	"github.com/txpipe/txpipe/outbox"
 )
 
 // TestOutboxSlotsKeepUnpublishedRows applies the migrations before 0011 in
@@ -53,5 +56,39 @@ func TestOutboxSlotsKeepUnpublishedRows(t *testing.T) {
 	}
 	if last := before[len(before)-1].ID; next <= last {
 		t.Errorf("a new row took id %d, want one after %d", next, last)
+	}
+}
+
+// TestOutboxSlotsLeaveCleaningToTheRelay reads the storage parameters of
+// every partition of the outbox: each must keep autovacuum away from the
+// rows the relay truncates (0020), or the passes come back every naptime
+// and hold up the relay's truncation and reads.
+func TestOutboxSlotsLeaveCleaningToTheRelay(t *testing.T) {
+	db := pgtest.New(t)
+	rows, err := db.Pool.Query(context.Background(), `SELECT c.relname, coalesce(c.reloptions, '{}')
+		FROM pg_partition_tree('outbox') AS p JOIN pg_class AS c ON c.oid = p.relid
+		WHERE p.isleaf ORDER BY c.relname`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type slot struct {
+		Name    string
+		Options []string
+	}
+	slots, err := pgx.CollectRows(rows, pgx.RowToStructByPos[slot])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(slots) != outbox.Slots {
+		t.Fatalf("the outbox has %d partitions, want outbox.Slots = %d", len(slots), outbox.Slots)
+	}
+	want := []string{"autovacuum_vacuum_insert_threshold=-1", "autovacuum_analyze_threshold=2147483647",
+		"autovacuum_analyze_scale_factor=0", "vacuum_truncate=false"}
+	for _, s := range slots {
+		for _, o := range want {
+			if !slices.Contains(s.Options, o) {
+				t.Errorf("%s has storage parameters %v, want %s among them", s.Name, s.Options, o)
+			}
+		}
 	}
 }
