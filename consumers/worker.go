@@ -47,10 +47,13 @@ type Options struct {
 	// balance records.
 	CommandsTopic, EventsTopic, PostingsTopic, BalancesTopic, DLQTopic string
 	// BatchSize is the most records applied in one transaction; 1 applies
-	// record by record. Default 200 (docs/benchmarks.md).
+	// record by record. Default 500 (docs/benchmarks.md).
 	BatchSize int
 	// Lanes is how many transactions a worker runs at once, each over its
-	// own share of the assigned partitions. Default 2.
+	// own share of the assigned partitions. Default 1: batches of random
+	// transfers share accounts, so a second lane mostly waits for the
+	// first one's locks, and at a low rate it halves every batch and
+	// doubles the transactions (docs/benchmarks.md, "One lane").
 	Lanes int
 	// BatchLinger is how long a batch waits for more records after its first
 	// one; 0 takes only the first. Default 2 ms.
@@ -110,10 +113,10 @@ func New(o Options) (*Worker, error) {
 		return nil, errors.New("worker: Keyring is required: account metadata is stored only sealed")
 	}
 	if o.BatchSize <= 0 {
-		o.BatchSize = 200
+		o.BatchSize = 500
 	}
 	if o.Lanes <= 0 {
-		o.Lanes = 2
+		o.Lanes = 1
 	}
 	if o.BatchLinger < 0 {
 		o.BatchLinger = 0

@@ -124,8 +124,8 @@ func (f flagSet) ingest() {
 
 func (f flagSet) worker() {
 	f.StringVar(&f.cfg.groupID, "group-id", "txpipe-workers", "consumer group of the workers")
-	f.IntVar(&f.cfg.batchSize, "batch-size", 200, "most commands applied in one transaction (1: one by one)")
-	f.IntVar(&f.cfg.lanes, "lanes", 2, "transactions a worker runs at once, each over its share of the assigned partitions")
+	f.IntVar(&f.cfg.batchSize, "batch-size", 500, "most commands applied in one transaction (1: one by one)")
+	f.IntVar(&f.cfg.lanes, "lanes", 1, "transactions a worker runs at once, each over its share of the assigned partitions")
 	f.DurationVar(&f.cfg.batchLinger, "batch-linger", 2*time.Millisecond, "how long a batch waits for more records after its first")
 	f.DurationVar(&f.cfg.sessionTimeout, "session-timeout", 10*time.Second, "how long the group waits for a silent worker")
 	f.DurationVar(&f.cfg.expiryInterval, "hold-expiry-interval", time.Second, "how often workers expire holds past their expires_at")

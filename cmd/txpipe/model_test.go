@@ -23,17 +23,18 @@ func TestModelCheckAgainstPureDomain(t *testing.T) {
 	if testing.Short() {
 		t.Skip("soak-sized; runs without -short")
 	}
-	p := startPipelineWith(t, 4)
+	p := startPipelineWith(t, 4, "--lanes", "2") // two transactions at once, as the hot-account test below
 	accounts := []ledgertest.Account{{ID: "m1", Currency: "EUR"}, {ID: "m2", Currency: "EUR"}, {ID: "m3", Currency: "EUR"},
 		{ID: "m4", Currency: "EUR"}, {ID: "m5", Currency: "USD"}, {ID: "m6", Currency: "USD"}, {ID: "m7", Currency: "USD"}, {ID: "m8", Currency: "GBP"}}
 	modelCheck(t, p, accounts, 3000)
 }
 
 // TestConcurrentTransfersOnHotAccounts: many small batches on six
-// partitions fight over five accounts. Deadlocks and serialization failures
-// must be retried, no update lost, and money conserved.
+// partitions, in three lanes (three transactions at once), fight over five
+// accounts. Deadlocks and serialization failures must be retried, no update
+// lost, and money conserved.
 func TestConcurrentTransfersOnHotAccounts(t *testing.T) {
-	p := startPipelineWith(t, 6, "--batch-size", "8", "--batch-linger", "0s")
+	p := startPipelineWith(t, 6, "--batch-size", "8", "--batch-linger", "0s", "--lanes", "3")
 	accounts := []ledgertest.Account{{ID: "h1", Currency: "EUR"}, {ID: "h2", Currency: "EUR"}, {ID: "h3", Currency: "EUR"},
 		{ID: "h4", Currency: "EUR"}, {ID: "h5", Currency: "EUR"}}
 	modelCheck(t, p, accounts, 1500)
