@@ -10,16 +10,20 @@
 --     EXCLUSIVE lock to cut off the empty pages, which the relays' reads
 --     (they lock every slot) then queue behind while it has it;
 --   - and it spent CPU every minute on a machine with none to spare
---     (docs/benchmarks.md, "Autovacuum and the outbox's slots").
+--     (docs/benchmarks.md, "Autovacuum and the outbox's slots, and the
+--     soaks of the night").
 -- So, on every slot: no vacuum for inserts (the rows are deleted within
--- seconds), no analyze (the relay's statements run on generic plans that
--- do not read statistics), and no truncation by VACUUM (the relay's
--- TRUNCATE gives the space back). Vacuum for dead tuples stays, as a
+-- seconds), no analyze (the relay plans its statements with sequential
+-- scans and sorts off, so their plans walk the primary keys whatever the
+-- estimates; the other readers scan the slots whole), and no truncation
+-- by VACUUM (the relay's TRUNCATE gives the space back). Vacuum for dead tuples stays, as a
 -- safety net for a relay that cannot truncate (its role lacks TRUNCATE, a
 -- long transaction holds a slot), once a slot holds 200 000 dead tuples: a
 -- slot truncated on time holds one 3-s window's rows, and at five rows a
 -- transfer 200 000 is a window of ~13 000 transfers a second, about three
--- times what the pipeline sustains on the benchmark machine.
+-- times what the pipeline sustains on the benchmark machine. A deployment
+-- that writes more than that in a window raises it per slot (two to three
+-- times a window's rows at peak: docs/operations.md, "The outbox's slots").
 -- Anti-wraparound vacuum is not affected, and a truncated slot starts a
 -- new relfrozenxid anyway.
 DO $$

@@ -83,7 +83,8 @@ func TestOutboxSlotsLeaveCleaningToTheRelay(t *testing.T) {
 		t.Fatalf("the outbox has %d partitions, want outbox.Slots = %d", len(slots), outbox.Slots)
 	}
 	want := []string{"autovacuum_vacuum_insert_threshold=-1", "autovacuum_analyze_threshold=2147483647",
-		"autovacuum_analyze_scale_factor=0", "vacuum_truncate=false"}
+		"autovacuum_analyze_scale_factor=0", "vacuum_truncate=false",
+		"autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=200000"}
 	for _, s := range slots {
 		for _, o := range want {
 			if !slices.Contains(s.Options, o) {

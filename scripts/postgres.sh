@@ -152,6 +152,13 @@ full_page_writes = off
 # overrides it on a small machine.
 shared_buffers = '$PG_SHARED_BUFFERS'
 max_wal_size = '4GB'
+# WAL segments are recycled rather than created, from the first checkpoint
+# on: how many a checkpoint keeps follows the WAL written between the last
+# ones, which a restarted server has not seen yet, and with 80 MB a commit
+# that needed a new segment waited for 16 MB to be zero-filled
+# (IO:WALInitWrite, 40-60 ms in a soak's first minutes, while every
+# notifying commit queued behind it on Lock:object).
+min_wal_size = '2GB'
 # Autovacuum passes and analyzes that take a quarter of a second or more are
 # logged, so that a soak's worst windows can be matched with them
 # (docs/benchmarks.md); the hot tables' frequent small vacuums stay quiet.
