@@ -50,10 +50,11 @@ type Options struct {
 	// record by record. Default 500 (docs/benchmarks.md).
 	BatchSize int
 	// Lanes is how many transactions a worker runs at once, each over its
-	// own share of the assigned partitions. Default 1: batches of random
-	// transfers share accounts, so a second lane mostly waits for the
-	// first one's locks, and at a low rate it halves every batch and
-	// doubles the transactions (docs/benchmarks.md, "One lane").
+	// own share of the assigned partitions. Default 1: batches of
+	// transfers among some thousands of accounts share accounts, so a
+	// second lane mostly waits for the first one's locks, and at a low
+	// rate it halves every batch and doubles the transactions
+	// (docs/benchmarks.md, "One lane of 500 instead of two of 200").
 	Lanes int
 	// BatchLinger is how long a batch waits for more records after its first
 	// one; 0 takes only the first. Default 2 ms.
