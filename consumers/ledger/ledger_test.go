@@ -572,3 +572,43 @@ func sum(n uint64) domain.Sum {
 	s.Add(n)
 	return s
 }
+
+// TestWriteCommitsNothingWhenARowItUpdatesIsMissing: Write's statements
+// travel with the COMMIT, so a row count checked by the client would come
+// back after the commit. An account or transfer row missing under an
+// update fails the transaction in the server: nothing of the batch
+// commits, and its offsets do not move.
+func TestWriteCommitsNothingWhenARowItUpdatesIsMissing(t *testing.T) {
+	db := pgtest.New(t)
+	seed(t, db.Pool, sealingtest.Keyring(t))
+	ctx := context.Background()
+	for name, w := range map[string]func(st *ledger.State) *ledger.Writes{
+		"account": func(st *ledger.State) *ledger.Writes {
+			alice := *st.Book.Accounts["alice"]
+			alice.Balance, alice.Version = 1, alice.Version+1
+			ghost := &domain.Account{ID: "ghost", Currency: "EUR", Status: domain.AccountActive, Balance: 5, Version: 1}
+			return &ledger.Writes{Changed: []*domain.Account{&alice, ghost}, Now: st.Now, Next: ledger.Positions{0: 4}}
+		},
+		"transfer": func(st *ledger.State) *ledger.Writes {
+			ghost := &domain.Transfer{ID: "00000000-0000-7000-8000-0000000000ff", Kind: domain.KindTransfer, FromAccountID: "alice", ToAccountID: "bob",
+				Currency: "EUR", Amount: 1, Status: domain.TransferReversed, ReversedAmount: 1}
+			return &ledger.Writes{Updated: []*domain.Transfer{ghost}, Now: st.Now, Next: ledger.Positions{0: 4}}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 3}, Accounts: []string{"alice"}}, w)
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.RaiseException || !strings.Contains(pgErr.Message, "1 of 2") && !strings.Contains(pgErr.Message, "0 of 1") {
+				t.Fatalf("Write() error = %v, want the server's raise_exception naming the rows found", err)
+			}
+			got, err := src.Offsets(ctx, db.Pool, []int{0})
+			if err != nil || got[0] != 3 {
+				t.Errorf("stored offset = %v, %v; want 3: the batch committed", got, err)
+			}
+			var balance int64
+			if err := db.Pool.QueryRow(ctx, `SELECT balance FROM accounts WHERE account_id = 'alice'`).Scan(&balance); err != nil || balance != 70 {
+				t.Errorf("alice's balance = %d, %v; want 70: the batch committed", balance, err)
+			}
+		})
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/txpipe/txpipe/domain"
@@ -206,7 +205,8 @@ func feePlans(accounts []*domain.Account) []string {
 }
 
 // queueUpdateAccounts writes the new state of accounts this batch loaded
-// and locked. Every row must exist; a missing one fails the batch.
+// and locked. Every row must exist; a missing one fails the transaction
+// in the server (txpipe_expect_rows, migration 0021), before its COMMIT.
 func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time) {
 	n := len(accounts)
 	ids, statuses, days, plans := make([]string, n), make([]string, n), make([]string, n), feePlans(accounts)
@@ -216,23 +216,21 @@ func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time
 		balance[i], held[i], debited[i], versions[i] = a.Balance, a.Held, a.DailyDebited, a.Version
 	}
 	p := periods(accounts)
-	b.Queue(`UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
-			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = $8,
-			fee_plan = nullif(u.fp, '')::jsonb, digest = decode(nullif(u.dg, ''), 'hex'),
-			period_day = nullif(u.pd, '')::date, period_opening = u.po, period_first_version = u.pv,
-			period_debits = u.pdb::numeric, period_credits = u.pcr::numeric, period_entries = u.pn,
-			closed_through = nullif(u.ctd, '')::date
-		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $9::text[], $10::text[],
-				$11::text[], $12::int8[], $13::int8[], $14::text[], $15::text[], $16::int8[], $17::text[])
-			AS u (id, st, bal, hld, dd, deb, ver, fp, dg, pd, po, pv, pdb, pcr, pn, ctd)
-		WHERE a.account_id = u.id`,
+	b.Queue(`WITH changed AS (
+			UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
+				daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = $8,
+				fee_plan = nullif(u.fp, '')::jsonb, digest = decode(nullif(u.dg, ''), 'hex'),
+				period_day = nullif(u.pd, '')::date, period_opening = u.po, period_first_version = u.pv,
+				period_debits = u.pdb::numeric, period_credits = u.pcr::numeric, period_entries = u.pn,
+				closed_through = nullif(u.ctd, '')::date
+			FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $9::text[], $10::text[],
+					$11::text[], $12::int8[], $13::int8[], $14::text[], $15::text[], $16::int8[], $17::text[])
+				AS u (id, st, bal, hld, dd, deb, ver, fp, dg, pd, po, pv, pdb, pcr, pn, ctd)
+			WHERE a.account_id = u.id
+			RETURNING 1)
+		SELECT txpipe_expect_rows(count(*), cardinality($1::text[]), 'update accounts') FROM changed`,
 		ids, statuses, balance, held, days, debited, versions, now, plans, digests(accounts),
-		p.days, p.opening, p.first, p.debits, p.credits, p.entries, p.closed).Exec(func(ct pgconn.CommandTag) error {
-		if ct.RowsAffected() != int64(n) {
-			return fmt.Errorf("update accounts: %d of %d rows found", ct.RowsAffected(), n)
-		}
-		return nil
-	})
+		p.days, p.opening, p.first, p.debits, p.credits, p.entries, p.closed)
 }
 
 // queueInsertTransfers creates transfers made by this batch, with their
@@ -261,22 +259,20 @@ func queueInsertTransfers(b *pgx.Batch, ts []*domain.Transfer, sealed map[string
 		ids, kinds, from, to, currencies, amounts, captured, reversed, statuses, expires, now, refs, keyIDs, ciphertexts, fees)
 }
 
-// queueUpdateTransfers writes the new state of transfers this batch locked.
+// queueUpdateTransfers writes the new state of transfers this batch
+// locked; a row missing fails the transaction, as for accounts.
 func queueUpdateTransfers(b *pgx.Batch, ts []*domain.Transfer, now time.Time) {
 	ids, _, _, _, _, statuses, _ := transferColumns(ts)
 	_, captured, reversed := amountColumns(ts)
-	n := len(ts)
 	// settled_at: when a hold stopped counting against available funds.
-	b.Queue(`UPDATE transfers AS t SET captured_amount = u.cap, reversed_amount = u.rev, status = u.st, updated_at = $5,
-			settled_at = CASE WHEN t.status = 'pending' AND u.st <> 'pending' THEN $5 ELSE t.settled_at END
-		FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[]) AS u (id, cap, rev, st)
-		WHERE t.transfer_id = u.id::uuid`,
-		ids, captured, reversed, statuses, now).Exec(func(ct pgconn.CommandTag) error {
-		if ct.RowsAffected() != int64(n) {
-			return fmt.Errorf("update transfers: %d of %d rows found", ct.RowsAffected(), n)
-		}
-		return nil
-	})
+	b.Queue(`WITH changed AS (
+			UPDATE transfers AS t SET captured_amount = u.cap, reversed_amount = u.rev, status = u.st, updated_at = $5,
+				settled_at = CASE WHEN t.status = 'pending' AND u.st <> 'pending' THEN $5 ELSE t.settled_at END
+			FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[]) AS u (id, cap, rev, st)
+			WHERE t.transfer_id = u.id::uuid
+			RETURNING 1)
+		SELECT txpipe_expect_rows(count(*), cardinality($1::text[]), 'update transfers') FROM changed`,
+		ids, captured, reversed, statuses, now)
 }
 
 // queueLegs runs sql (an INSERT or an UPDATE of transfer_legs over eight
