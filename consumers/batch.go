@@ -71,12 +71,16 @@ func (w *Worker) process(ctx context.Context, pos positions, msgs []kafka.Messag
 func (w *Worker) deadLetterOne(ctx context.Context, pos positions, m kafka.Message, cause error, log *slog.Logger) (positions, error) {
 	dl := &deadLetter{reason: reasonApplyFailed, detail: publicDetail(cause)}
 	var rp *recordPanic
-	if errors.As(cause, &rp) {
+	switch {
+	case errors.As(cause, &rp):
 		dl = &deadLetter{reason: reasonInternalError, detail: "txpipe failed on this record (a bug, not the sender's fault); the worker's log has the stack"}
 		w.metrics.panics.Inc()
 		log.Error("record made the worker panic; sending it to the DLQ", "partition", m.Partition, "offset", m.Offset,
 			"panic", fmt.Sprint(rp.value), "stack", string(rp.stack))
-	} else {
+	case rowMissing(cause):
+		dl = &deadLetter{reason: reasonInternalError, detail: "a row txpipe had locked for this record was missing (a bug, or a row deleted by hand; not the sender's fault): " + publicDetail(cause)}
+		log.Error("a row the batch had locked was missing; sending the record to the DLQ", "partition", m.Partition, "offset", m.Offset, "err", cause)
+	default:
 		log.Error("record cannot be applied; sending it to the DLQ", "partition", m.Partition, "offset", m.Offset, "err", cause)
 	}
 	msgs := []kafka.Message{m}

@@ -13,7 +13,9 @@ import (
 // so the batch is split and the guilty record sent to the DLQ: a data
 // exception (class 22, e.g. a value the column type cannot hold), an
 // integrity violation other than a unique one (class 23: not null, foreign
-// key, check), or an exception raised by a trigger (P0001).
+// key, check), an exception raised in the database (P0001), or a row the
+// batch had locked found missing (ledger.CodeRowMissing: txpipe's bug, or a
+// row deleted by hand; isolated like a panic, see rowMissing).
 //
 // Everything else is the infrastructure's fault and is retried, never
 // dead-lettered: a lost connection, a timeout, a serialization failure or
@@ -38,10 +40,17 @@ func recordFault(err error) bool {
 	case pgErr.Code == pgerrcode.UniqueViolation:
 		return false
 	case pgerrcode.IsDataException(pgErr.Code), pgerrcode.IsIntegrityConstraintViolation(pgErr.Code),
-		pgErr.Code == pgerrcode.RaiseException:
+		pgErr.Code == pgerrcode.RaiseException, pgErr.Code == ledger.CodeRowMissing:
 		return true
 	}
 	return false
+}
+
+// rowMissing reports whether err is a batch's update that found a row it
+// had locked missing (ledger.CodeRowMissing).
+func rowMissing(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == ledger.CodeRowMissing
 }
 
 // publicDetail describes a record fault for the DLQ headers: the SQLSTATE

@@ -4,14 +4,15 @@
 -- given number of rows (the accounts and transfers a batch locked and
 -- now updates), the server checks it: txpipe_expect_rows raises, the
 -- transaction is aborted, and the COMMIT that follows in the same round
--- trip rolls it back. raise_exception (P0001) makes the worker split the
--- batch and send the record at fault to the DLQ, as for a value the
--- database refuses (consumers/classify.go).
+-- trip rolls it back. A row the batch locked cannot go missing but by a
+-- bug or a hand, so the error has a code of its own, TXP01: the worker
+-- splits the batch and sends the record at fault to the DLQ as
+-- internal_error, never the sender's fault (consumers/classify.go).
 CREATE FUNCTION txpipe_expect_rows(rows_found bigint, rows_wanted bigint, what text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF rows_found <> rows_wanted THEN
-        RAISE EXCEPTION '%: % of % rows found', what, rows_found, rows_wanted;
+    IF rows_found IS DISTINCT FROM rows_wanted THEN
+        RAISE EXCEPTION '%: % of % rows found', what, rows_found, rows_wanted USING ERRCODE = 'TXP01';
     END IF;
 END
 $$;

@@ -145,6 +145,9 @@ func dateOrNil(day string) any {
 // SetAccounts writes the state of every account of accounts, each last
 // changed at updated[id]; every one must exist.
 func SetAccounts(ctx context.Context, pool *pgxpool.Pool, accounts map[string]*domain.Account, updated map[string]time.Time) error {
+	if len(accounts) == 0 {
+		return nil
+	}
 	var ids, statuses, days, digests []string
 	var balance, held, debited, versions []int64
 	var at []time.Time
@@ -153,17 +156,19 @@ func SetAccounts(ctx context.Context, pool *pgxpool.Pool, accounts map[string]*d
 		balance, held, debited, versions = append(balance, a.Balance), append(held, a.Held), append(debited, a.DailyDebited), append(versions, a.Version)
 		at = append(at, updated[id])
 	}
-	ct, err := pool.Exec(ctx, `UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
-			daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = u.upd,
-			digest = decode(nullif(u.dg, ''), 'hex')
-		FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::timestamptz[], $9::text[])
-			AS u (id, st, bal, hld, dd, deb, ver, upd, dg)
-		WHERE a.account_id = u.id`, ids, statuses, balance, held, days, debited, versions, at, digests)
-	if err != nil {
+	// Checked in the statement: a count read after it would come after
+	// its commit.
+	if _, err := pool.Exec(ctx, `WITH changed AS (
+			UPDATE accounts AS a SET status = u.st, balance = u.bal, held = u.hld,
+				daily_debit_day = nullif(u.dd, '')::date, daily_debited = u.deb, version = u.ver, updated_at = u.upd,
+				digest = decode(nullif(u.dg, ''), 'hex')
+			FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::timestamptz[], $9::text[])
+				AS u (id, st, bal, hld, dd, deb, ver, upd, dg)
+			WHERE a.account_id = u.id
+			RETURNING 1)
+		SELECT txpipe_expect_rows(count(*), cardinality($1::text[]), 'update accounts') FROM changed`,
+		ids, statuses, balance, held, days, debited, versions, at, digests); err != nil {
 		return fmt.Errorf("update accounts: %w", err)
-	}
-	if ct.RowsAffected() != int64(len(ids)) {
-		return fmt.Errorf("update accounts: %d of %d rows found", ct.RowsAffected(), len(ids))
 	}
 	return nil
 }

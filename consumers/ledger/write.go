@@ -67,6 +67,11 @@ type DeadLettered struct {
 	SubmittedBy    string
 }
 
+// CodeRowMissing is the SQLSTATE of a batch's update that found fewer
+// rows than it locked (txpipe_expect_rows, migration 0021): a bug, or a
+// row deleted by hand.
+const CodeRowMissing = "TXP01"
+
 // Write stores w, moves the stored offsets to w.Next and commits, in one
 // round trip. Every account of w.Changed and transfer of w.Updated must
 // have been locked by Load; a missing row fails the batch.
@@ -206,7 +211,7 @@ func feePlans(accounts []*domain.Account) []string {
 
 // queueUpdateAccounts writes the new state of accounts this batch loaded
 // and locked. Every row must exist; a missing one fails the transaction
-// in the server (txpipe_expect_rows, migration 0021), before its COMMIT.
+// in the server (CodeRowMissing), before its COMMIT.
 func queueUpdateAccounts(b *pgx.Batch, accounts []*domain.Account, now time.Time) {
 	n := len(accounts)
 	ids, statuses, days, plans := make([]string, n), make([]string, n), make([]string, n), feePlans(accounts)

@@ -6,6 +6,13 @@
 // so queuing "BEGIN" ahead of the first batch and "COMMIT" after the last
 // halves the round trips, which on a busy machine is a good part of a small
 // transaction's time.
+//
+// The statements of a batch that carries COMMIT all run before pgx calls
+// any of their callbacks: a check made in a callback (a row count, a value
+// scanned) comes after the commit, and cannot stop it. What must hold for
+// the transaction to commit is checked in the statements themselves, so
+// that the server fails the transaction (ledger.CodeRowMissing, the
+// relay's fenced settle).
 package pgtx
 
 import (
