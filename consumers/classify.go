@@ -14,8 +14,8 @@ import (
 // exception (class 22, e.g. a value the column type cannot hold), an
 // integrity violation other than a unique one (class 23: not null, foreign
 // key, check), an exception raised in the database (P0001), or a row the
-// batch had locked found missing (ledger.CodeRowMissing: txpipe's bug, or a
-// row deleted by hand; isolated like a panic, see rowMissing).
+// batch had locked found missing (ledger.CodeRowMissing: txpipe's bug,
+// isolated like a panic, see rowMissing).
 //
 // Everything else is the infrastructure's fault and is retried, never
 // dead-lettered: a lost connection, a timeout, a serialization failure or

@@ -4,10 +4,11 @@
 -- given number of rows (the accounts and transfers a batch locked and
 -- now updates), the server checks it: txpipe_expect_rows raises, the
 -- transaction is aborted, and the COMMIT that follows in the same round
--- trip rolls it back. A row the batch locked cannot go missing but by a
--- bug or a hand, so the error has a code of its own, TXP01: the worker
--- splits the batch and sends the record at fault to the DLQ as
--- internal_error, never the sender's fault (consumers/classify.go).
+-- trip rolls it back. A row the batch locked cannot be deleted or renamed
+-- before it commits, so only a bug can raise it, and the error has a code
+-- of its own, TXP01: the worker splits the batch and sends the record at
+-- fault to the DLQ as internal_error, never the sender's fault
+-- (consumers/classify.go).
 CREATE FUNCTION txpipe_expect_rows(rows_found bigint, rows_wanted bigint, what text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN

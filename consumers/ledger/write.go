@@ -68,8 +68,10 @@ type DeadLettered struct {
 }
 
 // CodeRowMissing is the SQLSTATE of a batch's update that found fewer
-// rows than it locked (txpipe_expect_rows, migration 0021): a bug, or a
-// row deleted by hand.
+// rows than it locked (txpipe_expect_rows, migration 0021). A row the
+// batch locked cannot be deleted or renamed before it commits (the DELETE
+// or UPDATE waits for the lock), so only a bug in txpipe raises it: a row
+// written that Load did not lock.
 const CodeRowMissing = "TXP01"
 
 // Write stores w, moves the stored offsets to w.Next and commits, in one
