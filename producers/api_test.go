@@ -8,13 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/txpipe/txpipe/internal/freeport"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
@@ -145,12 +146,10 @@ func TestAPIAcceptsAndProducesKeyedByDebitAccount(t *testing.T) {
 // broker listens: the API must refuse to accept what it cannot store.
 func TestAPIAnswers503WhenKafkaIsDown(t *testing.T) {
 	db := pgtest.New(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	dead, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dead := ln.Addr().String()
-	ln.Close()
 	tr := &kafka.Transport{}
 	defer tr.CloseIdleConnections()
 	w := kafkawriter.New(kafkawriter.Options{Brokers: []string{dead}, Transport: tr})

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/txpipe/txpipe/consumers/ledger"
+	"github.com/txpipe/txpipe/internal/freeport"
 )
 
 // stack is one benchmark scenario's pipeline: its own database and topics,
@@ -270,11 +270,11 @@ func (s *stack) close(ctx context.Context, client *kafka.Client) {
 	_, _ = client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: names})
 }
 
+// freeAddr is an address for a txpipe process to bind itself.
 func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		return "127.0.0.1:0"
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }

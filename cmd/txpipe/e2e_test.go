@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -776,12 +775,7 @@ func TestHoldLifecycleOverHTTP(t *testing.T) {
 func TestReadyzSaysWhyWhenPostgresIsUnreachable(t *testing.T) {
 	kc := kafkatest.New(t)
 	topics := kc.Topics(t, 1)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := freeAddr(t)
 	common := []string{"--database-url", "postgres://txpipe:txpipe@" + dead + "/txpipe?sslmode=disable&connect_timeout=1",
 		"--kafka-brokers", strings.Join(kc.Brokers, ","), "--admin-addr", "127.0.0.1:0", "--commands-topic", topics.Commands,
 		"--shutdown-timeout", "5s"}

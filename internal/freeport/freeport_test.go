@@ -1,0 +1,82 @@
+package freeport
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+)
+
+func TestAddrNeverRepeatsAndStaysBelowTheEphemeralRange(t *testing.T) {
+	low := ephemeralLow("/proc/sys/net/ipv4/ip_local_port_range")
+	seen := map[string]bool{}
+	for range 300 {
+		addr, err := Addr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[addr] {
+			t.Fatalf("%s handed out twice", addr)
+		}
+		seen[addr] = true
+		_, p, _ := net.SplitHostPort(addr)
+		port, _ := strconv.Atoi(p)
+		if low-lowest >= 1000 && (port < lowest || port >= low) {
+			t.Fatalf("%s outside [%d, %d)", addr, lowest, low)
+		}
+	}
+}
+
+func TestAddrFromSkipsHeldAndGivenPorts(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	heldPort := held.Addr().(*net.TCPAddr).Port
+	given1, err := Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, p, _ := net.SplitHostPort(given1)
+	givenPort, _ := strconv.Atoi(p)
+	free, err := kernelPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	candidates := []int{heldPort, givenPort, free}
+	got, err := addrFrom(func() (int, error) {
+		if len(candidates) == 0 {
+			t.Fatal("ran out of candidates")
+		}
+		c := candidates[0]
+		candidates = candidates[1:]
+		return c, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := net.JoinHostPort("127.0.0.1", strconv.Itoa(free)); got != want {
+		t.Fatalf("addrFrom = %s, want %s (the held %d and the given %d skipped)", got, want, heldPort, givenPort)
+	}
+}
+
+func TestEphemeralLow(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		body string
+		want int
+	}{{"32768\t60999\n", 32768}, {"40000 50000", 40000}, {"", 32768}, {"x y", 32768}} {
+		p := filepath.Join(dir, "range")
+		if err := os.WriteFile(p, []byte(c.body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := ephemeralLow(p); got != c.want {
+			t.Errorf("ephemeralLow(%q) = %d, want %d", c.body, got, c.want)
+		}
+	}
+	if got := ephemeralLow(filepath.Join(dir, "missing")); got != 32768 {
+		t.Errorf("missing file: %d, want 32768", got)
+	}
+}
