@@ -77,9 +77,9 @@ func (w *Worker) deadLetterOne(ctx context.Context, pos positions, m kafka.Messa
 		w.metrics.panics.Inc()
 		log.Error("record made the worker panic; sending it to the DLQ", "partition", m.Partition, "offset", m.Offset,
 			"panic", fmt.Sprint(rp.value), "stack", string(rp.stack))
-	case rowMissing(cause):
-		dl = &deadLetter{reason: reasonInternalError, detail: "a row txpipe had locked for this record was missing (a bug in txpipe, not the sender's fault): " + publicDetail(cause)}
-		log.Error("a row the batch had locked was missing; sending the record to the DLQ", "partition", m.Partition, "offset", m.Offset, "err", cause)
+	case lockBroken(cause):
+		dl = &deadLetter{reason: reasonInternalError, detail: "txpipe wrote outside the rows it had locked for this record (a bug in txpipe, not the sender's fault): " + publicDetail(cause)}
+		log.Error("the batch wrote outside the rows it had locked; sending the record to the DLQ", "partition", m.Partition, "offset", m.Offset, "err", cause)
 	default:
 		log.Error("record cannot be applied; sending it to the DLQ", "partition", m.Partition, "offset", m.Offset, "err", cause)
 	}

@@ -12,10 +12,11 @@ import (
 // recordFault reports whether err says the records themselves are at fault,
 // so the batch is split and the guilty record sent to the DLQ: a data
 // exception (class 22, e.g. a value the column type cannot hold), an
-// integrity violation other than a unique one (class 23: not null, foreign
-// key, check), an exception raised in the database (P0001), or a row the
-// batch had locked found missing (ledger.CodeRowMissing: txpipe's bug,
-// isolated like a panic, see rowMissing).
+// integrity violation other than a unique one (class 23: not null, check),
+// an exception raised in the database (P0001), or txpipe's own bug on the
+// record, isolated like a panic (see lockBroken): a row the batch had
+// locked found missing (ledger.CodeRowMissing), or a row naming an account
+// the batch did not lock (ledger.ErrNotLocked).
 //
 // Everything else is the infrastructure's fault and is retried, never
 // dead-lettered: a lost connection, a timeout, a serialization failure or
@@ -32,6 +33,9 @@ func recordFault(err error) bool {
 	if errors.As(err, &rp) {
 		return true // deciding a record panicked: txpipe's bug, isolated like a bad record
 	}
+	if errors.Is(err, ledger.ErrNotLocked) {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return false
@@ -46,9 +50,14 @@ func recordFault(err error) bool {
 	return false
 }
 
-// rowMissing reports whether err is a batch's update that found a row it
-// had locked missing (ledger.CodeRowMissing).
-func rowMissing(err error) bool {
+// lockBroken reports whether err says the batch wrote outside what it had
+// locked: an update that found a locked row missing
+// (ledger.CodeRowMissing), or a row naming an account it did not lock
+// (ledger.ErrNotLocked). Either is a bug in txpipe, never the sender's.
+func lockBroken(err error) bool {
+	if errors.Is(err, ledger.ErrNotLocked) {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == ledger.CodeRowMissing
 }

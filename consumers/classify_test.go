@@ -18,9 +18,10 @@ func TestRecordFaultsAreTheRecordsNeverTheDatabases(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
 		err            error
-		fault, missing bool // recordFault, rowMissing
+		fault, broken bool // recordFault, lockBroken
 	}{
 		{"a row the batch locked is missing", pg(ledger.CodeRowMissing), true, true},
+		{"a row names an account the batch did not lock", fmt.Errorf("write: %w: an entry names account \"x\"", ledger.ErrNotLocked), true, true},
 		{"a value the column cannot hold", pg(pgerrcode.InvalidTextRepresentation), true, false},
 		{"a check constraint", pg(pgerrcode.CheckViolation), true, false},
 		{"raised in the database", pg(pgerrcode.RaiseException), true, false},
@@ -33,8 +34,8 @@ func TestRecordFaultsAreTheRecordsNeverTheDatabases(t *testing.T) {
 		if got := recordFault(tc.err); got != tc.fault {
 			t.Errorf("%s: recordFault = %v, want %v", tc.name, got, tc.fault)
 		}
-		if got := rowMissing(tc.err); got != tc.missing {
-			t.Errorf("%s: rowMissing = %v, want %v", tc.name, got, tc.missing)
+		if got := lockBroken(tc.err); got != tc.broken {
+			t.Errorf("%s: lockBroken = %v, want %v", tc.name, got, tc.broken)
 		}
 	}
 }

@@ -74,7 +74,7 @@ func seed(t *testing.T, pool *pgxpool.Pool, keyring *sealing.Keyring) {
 			if res.Status != domain.StatusApplied {
 				t.Fatalf("transfer %s %s", res.Status, res.Reason)
 			}
-			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]},
+			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]}, Accounts: st.Book.Accounts,
 				Created: []*domain.Transfer{res.Transfer}, Now: st.Now, Next: ledger.Positions{0: 3},
 				TransferMetadata: map[string]domain.Sealed{cmdTransfer: {KeyID: keyID, Ciphertext: ct}},
 				Decisions: []ledger.Decision{{Command: domain.Command{CommandID: cmdTransfer, Type: domain.TypeTransfer, FromAccountID: "alice"},
@@ -205,7 +205,7 @@ func TestExpireDueExpiresEachHoldOnce(t *testing.T) {
 			if res.Status != domain.StatusApplied {
 				t.Fatalf("hold %s %s", res.Status, res.Reason)
 			}
-			return &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"]}, Created: []*domain.Transfer{res.Transfer},
+			return &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"]}, Accounts: st.Book.Accounts, Created: []*domain.Transfer{res.Transfer},
 				Now: st.Now, Next: ledger.Positions{0: 4}}
 		})
 	if err != nil {
@@ -256,7 +256,7 @@ func TestExpireDueExpiresEachHoldOnce(t *testing.T) {
 			res := st.Book.Apply(domain.Command{CommandID: captured, Type: domain.TypeHold, FromAccountID: "alice", ToAccountID: "bob",
 				Amount: 5, Currency: "EUR"}, st.Now)
 			res.Transfer.Status = domain.TransferCaptured // as a capture later in the same batch leaves it
-			return &ledger.Writes{Created: []*domain.Transfer{res.Transfer}, Now: st.Now, Next: ledger.Positions{0: 5}}
+			return &ledger.Writes{Created: []*domain.Transfer{res.Transfer}, Accounts: st.Book.Accounts, Now: st.Now, Next: ledger.Positions{0: 5}}
 		})
 	if err != nil {
 		t.Fatal(err)
@@ -274,14 +274,14 @@ func TestExpireDueExpiresEachHoldOnce(t *testing.T) {
 func TestLoadReadsReferencesAndTheIndexRefusesADuplicate(t *testing.T) {
 	db := pgtest.New(t)
 	seed(t, db.Pool, sealingtest.Keyring(t))
-	err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 3}, References: []string{"order-1", "order-2"}},
+	err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 3}, References: []string{"order-1", "order-2"}, Accounts: []string{"alice", "bob"}},
 		func(st *ledger.State) *ledger.Writes {
 			if diff := cmp.Diff(map[string]string{"order-1": cmdTransfer}, st.Book.References); diff != "" {
 				t.Errorf("loaded references (-want +got):\n%s", diff)
 			}
 			dup := &domain.Transfer{ID: "00000000-0000-7000-8000-000000000009", Kind: domain.KindTransfer, FromAccountID: "alice",
 				ToAccountID: "bob", Currency: "EUR", Amount: 1, Status: domain.TransferPosted, Reference: "order-1"}
-			return &ledger.Writes{Created: []*domain.Transfer{dup}, Now: st.Now, Next: ledger.Positions{0: 4}}
+			return &ledger.Writes{Created: []*domain.Transfer{dup}, Accounts: st.Book.Accounts, Now: st.Now, Next: ledger.Positions{0: 4}}
 		})
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.UniqueViolation {
@@ -346,7 +346,7 @@ func TestTransactionLegsRoundTrip(t *testing.T) {
 			if res.Status != domain.StatusApplied {
 				t.Fatalf("%s: %s %s", cmd.Type, res.Status, res.Reason)
 			}
-			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]}, Now: st.Now, Next: ledger.Positions{0: pos + 1}}
+			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]}, Accounts: st.Book.Accounts, Now: st.Now, Next: ledger.Positions{0: pos + 1}}
 			if st.Loaded[res.Transfer.ID] {
 				w.Updated = []*domain.Transfer{res.Transfer}
 			} else {
@@ -571,6 +571,66 @@ func sum(n uint64) domain.Sum {
 	var s domain.Sum
 	s.Add(n)
 	return s
+}
+
+// TestWriteRefusesRowsNamingAccountsTheBatchDidNotLock: with no foreign
+// keys to accounts (migration 0022), Write itself refuses an entry, a
+// transfer or a leg naming an account the batch neither locked nor opened,
+// whether or not that account exists, before anything is sent: nothing
+// commits and the offsets do not move.
+func TestWriteRefusesRowsNamingAccountsTheBatchDidNotLock(t *testing.T) {
+	db := pgtest.New(t)
+	seed(t, db.Pool, sealingtest.Keyring(t))
+	ctx := context.Background()
+	transfer := func(from, to string, legs ...domain.TransferLeg) *domain.Transfer {
+		return &domain.Transfer{ID: "00000000-0000-7000-8000-0000000000ee", Kind: domain.KindTransfer, FromAccountID: from, ToAccountID: to,
+			Currency: "EUR", Amount: 1, Status: domain.TransferPosted, Legs: legs}
+	}
+	for name, tc := range map[string]struct {
+		writes func(st *ledger.State) *ledger.Writes
+		want   string
+	}{
+		"an entry of an account that exists but is not locked": {func(st *ledger.State) *ledger.Writes {
+			return &ledger.Writes{Entries: []ledger.Entry{{Posting: domain.Posting{AccountID: "bob", Currency: "EUR", Amount: 1, BalanceAfter: 31, AccountVersion: 2},
+				CommandID: cmdTransfer, CommandType: domain.TypeDeposit}}}
+		}, `an entry of command ` + cmdTransfer + ` names account "bob"`},
+		"an entry of no account": {func(st *ledger.State) *ledger.Writes {
+			return &ledger.Writes{Entries: []ledger.Entry{{Posting: domain.Posting{AccountID: "ghost", Currency: "EUR", Amount: 1, BalanceAfter: 1, AccountVersion: 1},
+				CommandID: cmdTransfer, CommandType: domain.TypeDeposit}}}
+		}, `names account "ghost"`},
+		"a transfer to an account not locked": {func(st *ledger.State) *ledger.Writes {
+			return &ledger.Writes{Created: []*domain.Transfer{transfer("alice", "bob")}}
+		}, `names account "bob"`},
+		"a leg to no account": {func(st *ledger.State) *ledger.Writes {
+			return &ledger.Writes{Created: []*domain.Transfer{transfer("alice", "alice", domain.TransferLeg{Leg: domain.Leg{FromAccountID: "alice", ToAccountID: "ghost", Currency: "EUR", Amount: 1}})}}
+		}, `names account "ghost"`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 3}, Accounts: []string{"alice"}}, func(st *ledger.State) *ledger.Writes {
+				w := tc.writes(st)
+				w.Accounts, w.Now, w.Next = st.Book.Accounts, st.Now, ledger.Positions{0: 4}
+				return w
+			})
+			if !errors.Is(err, ledger.ErrNotLocked) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Write() error = %v, want ErrNotLocked naming %s", err, tc.want)
+			}
+			got, err := src.Offsets(ctx, db.Pool, []int{0})
+			if err != nil || got[0] != 3 {
+				t.Errorf("stored offset = %v, %v; want 3: the batch committed", got, err)
+			}
+			var entries, transfers int
+			if err := db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM entries), (SELECT count(*) FROM transfers)`).Scan(&entries, &transfers); err != nil || entries != 2 || transfers != 1 {
+				t.Errorf("entries %d, transfers %d (%v); want seed's 2 and 1", entries, transfers, err)
+			}
+		})
+	}
+	// The same batch naming only what it locked goes through.
+	err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 3}, Accounts: []string{"alice", "bob"}}, func(st *ledger.State) *ledger.Writes {
+		return &ledger.Writes{Created: []*domain.Transfer{transfer("alice", "bob")}, Accounts: st.Book.Accounts, Now: st.Now, Next: ledger.Positions{0: 4}}
+	})
+	if err != nil {
+		t.Fatalf("a transfer between locked accounts: %v", err)
+	}
 }
 
 // TestWriteCommitsNothingWhenARowItUpdatesIsMissing: Write's statements

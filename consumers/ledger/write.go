@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -18,6 +19,11 @@ type Writes struct {
 	// Opened are the accounts the batch created, Changed those it loaded
 	// and changed.
 	Opened, Changed []*domain.Account
+	// Accounts are the accounts Load locked, by id (State.Book.Accounts,
+	// which may hold Opened ones too): with Opened, the only accounts the
+	// batch's entries and created transfers may name, since no foreign key
+	// checks them (migration 0022). Write refuses any other.
+	Accounts map[string]*domain.Account
 	// AccountMetadata is the metadata of Opened accounts and
 	// TransferMetadata that of Created transfers, by id, sealed: the
 	// plaintext is never written.
@@ -74,15 +80,63 @@ type DeadLettered struct {
 // written that Load did not lock.
 const CodeRowMissing = "TXP01"
 
+// ErrNotLocked means a row of a batch names an account the batch neither
+// locked nor opened (in neither Writes.Accounts nor Writes.Opened): a bug in txpipe, refused
+// before anything is sent, so the batch's transaction commits nothing.
+// With CodeRowMissing it is what the foreign keys to accounts used to
+// catch (migration 0022).
+var ErrNotLocked = errors.New("a row names an account the batch did not lock")
+
 // Write stores w, moves the stored offsets to w.Next and commits, in one
 // round trip. Every account of w.Changed and transfer of w.Updated must
-// have been locked by Load; a missing row fails the batch.
+// have been locked by Load; a missing row fails the batch. Every account
+// an entry or a created transfer names must be in w.Accounts or w.Opened,
+// or Write sends nothing and returns ErrNotLocked.
 func (s Source) Write(ctx context.Context, tx Sender, w *Writes) error {
+	if err := w.checkAccounts(); err != nil {
+		return err
+	}
 	b := &pgx.Batch{}
 	s.queueWrites(b, w)
 	b.Queue("COMMIT") // see internal/pgtx
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write batch effects: %w", err)
+	}
+	return nil
+}
+
+// checkAccounts returns ErrNotLocked for the first account an entry, a
+// created transfer or one of its legs names that is neither in w.Accounts
+// nor among w.Opened.
+func (w *Writes) checkAccounts() error {
+	if len(w.Entries) == 0 && len(w.Created) == 0 {
+		return nil
+	}
+	opened := make(map[string]bool, len(w.Opened))
+	for _, a := range w.Opened {
+		opened[a.ID] = true
+	}
+	check := func(what, id string) error {
+		if _, ok := w.Accounts[id]; !ok && !opened[id] {
+			return fmt.Errorf("%w: %s names account %q", ErrNotLocked, what, id)
+		}
+		return nil
+	}
+	for _, e := range w.Entries {
+		if err := check("an entry of command "+e.CommandID, e.Posting.AccountID); err != nil {
+			return err
+		}
+	}
+	for _, t := range w.Created {
+		ids := []string{t.FromAccountID, t.ToAccountID}
+		for _, l := range t.Legs {
+			ids = append(ids, l.FromAccountID, l.ToAccountID)
+		}
+		for _, id := range ids {
+			if err := check("transfer "+t.ID, id); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
