@@ -16,8 +16,8 @@ import (
 func TestRecordFaultsAreTheRecordsNeverTheDatabases(t *testing.T) {
 	pg := func(code string) error { return fmt.Errorf("write batch effects: %w", &pgconn.PgError{Code: code}) }
 	for _, tc := range []struct {
-		name           string
-		err            error
+		name          string
+		err           error
 		fault, broken bool // recordFault, lockBroken
 	}{
 		{"a row the batch locked is missing", pg(ledger.CodeRowMissing), true, true},
