@@ -1,0 +1,14 @@
+-- entries_command_id (0001) serves no statement of txpipe: the API reads
+-- an account's entries by the primary key (account_id, account_version),
+-- the auditor reads them whole, and a command's postings are on the
+-- postings topic. Yet every entry paid an insert into it (a uuid index
+-- as long as the table's history; random where senders' ids are, rather
+-- than time-ordered as loadgen's UUIDv7): dropping it measured 1.06× the
+-- txpipe scenario's throughput, and gives back 45 MB per million
+-- commands (docs/benchmarks.md). To find a command's entries by hand, go
+-- through its accounts, which the primary key leads with (it reads those
+-- accounts' entries, milliseconds for a few hundred):
+--   SELECT e.* FROM transfers t JOIN entries e
+--     ON e.account_id IN (t.from_account_id, t.to_account_id) AND e.command_id = t.transfer_id
+--   WHERE t.transfer_id = '…';
+DROP INDEX IF EXISTS entries_command_id;
