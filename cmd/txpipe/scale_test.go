@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -31,6 +32,21 @@ func TestScaleOutThreeWorkersTwoRelays(t *testing.T) {
 	eventually(t, "the third worker and the second relay are ready", func() bool {
 		return r.procs["worker-c"].ready() && r.procs["relay-b"].ready()
 	})
+	// The processes run the collector settings main gives them (gcDefaults):
+	// the workers and relays collect less often, ingest keeps Go's. (Unless
+	// whoever runs the tests set their own, which the processes inherit.)
+	_, gogc := os.LookupEnv("GOGC")
+	_, limit := os.LookupEnv("GOMEMLIMIT")
+	if !gogc && !limit {
+		for name, want := range map[string]float64{"worker-c": 400, "relay-b": 400, "ingest": 100} {
+			if got := scrape(t, r.procs[name].admin, "go_gc_gogc_percent"); got != want {
+				t.Errorf("%s: go_gc_gogc_percent %v, want %v", name, got, want)
+			}
+		}
+		if got := scrape(t, r.procs["worker-c"].admin, "go_gc_gomemlimit_bytes"); got != 256<<20 {
+			t.Errorf("worker-c: go_gc_gomemlimit_bytes %v, want %d", got, 256<<20)
+		}
+	}
 	// holders counts the relays holding live shard leases, and the most
 	// shards one of them holds.
 	holders := func() (relays, most int) {
