@@ -123,7 +123,7 @@ func (d decider) finish(v *verdict, st *ledger.State) {
 			v.writes.Created = append(v.writes.Created, st.Book.Transfers[id])
 		}
 	}
-	v.writes.Accounts = st.Book.Accounts
+	v.writes.Locked = st.Locked
 	v.writes.Now = st.Now
 }
 

@@ -5,10 +5,14 @@
 -- as long as the table's history; random where senders' ids are, rather
 -- than time-ordered as loadgen's UUIDv7): dropping it measured 1.06× the
 -- txpipe scenario's throughput, and gives back 45 MB per million
--- commands (docs/benchmarks.md). To find a command's entries by hand, go
--- through its accounts, which the primary key leads with (it reads those
--- accounts' entries, milliseconds for a few hundred):
---   SELECT e.* FROM transfers t JOIN entries e
---     ON e.account_id IN (t.from_account_id, t.to_account_id) AND e.command_id = t.transfer_id
---   WHERE t.transfer_id = '…';
+-- commands (docs/benchmarks.md). A command's postings are on the
+-- postings topic (each record names its command_id); in the database,
+-- `SELECT * FROM entries WHERE command_id = '…'` now reads the table
+-- whole (seconds per million entries): narrow it by account_id where the
+-- accounts are known, which the primary key leads with.
+--
+-- DROP INDEX locks entries (ACCESS EXCLUSIVE, briefly): behind a long
+-- reader it gives up after 10 s instead of queueing the workers; run
+-- migrate again.
+SET LOCAL lock_timeout = '10s';
 DROP INDEX IF EXISTS entries_command_id;

@@ -19,7 +19,7 @@ import (
 
 func main() {
 	if len(os.Args) > 1 {
-		if gc, ok := gcDefaults(os.Args[1], os.LookupEnv); ok {
+		if gc, ok := gcDefaults(os.Args[1], os.LookupEnv, cgroupMemoryLimit("/proc/self/cgroup", "/sys/fs/cgroup")); ok {
 			debug.SetGCPercent(gc.percent)
 			debug.SetMemoryLimit(gc.limit)
 		}
@@ -42,38 +42,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "txpipe:", err)
 		os.Exit(1)
 	}
-}
-
-// gcSettings are a process's garbage collector settings.
-type gcSettings struct {
-	percent int   // GOGC
-	limit   int64 // GOMEMLIMIT, bytes
-}
-
-// gcDefaults are the collector settings of a worker, a relay or "all"
-// when the operator set neither GOGC nor GOMEMLIMIT: a collection once the
-// heap has grown by 400 % of what is live, instead of Go's 100 %, but never
-// past a 256 MiB soft limit. Their heaps are small (tens of MiB live) and
-// churn through every batch's buffers, so at Go's default they collect
-// several times a batch: these settings measured 1.08× the txpipe
-// scenario's throughput for 269 against 168 MiB of the worker's peak RSS
-// (docs/benchmarks.md). Past the limit the collector runs more often, as
-// at the default, and never stops the process. ok is false when the role
-// keeps Go's defaults: ingest, the one-shot subcommands, or an operator's
-// own GOGC or GOMEMLIMIT (either one: they are tuned together).
-func gcDefaults(role string, lookup func(string) (string, bool)) (gc gcSettings, ok bool) {
-	switch role {
-	case "worker", "relay", "all":
-	default:
-		return gcSettings{}, false
-	}
-	if _, set := lookup("GOGC"); set {
-		return gcSettings{}, false
-	}
-	if _, set := lookup("GOMEMLIMIT"); set {
-		return gcSettings{}, false
-	}
-	return gcSettings{percent: 400, limit: 256 << 20}, true
 }
 
 // env is what a run sees of its surroundings; tests supply their own.

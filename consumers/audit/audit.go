@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
@@ -324,9 +326,19 @@ func checkConservation(db *database) Check {
 }
 
 // checkBalances: invariant 4. Balance = sum of entries, versions contiguous,
-// held = pending holds, nothing below its overdraft limit.
+// held = pending holds, nothing below its overdraft limit; and every entry,
+// transfer and leg names an account that exists (no foreign key refuses
+// one since migration 0022).
 func checkBalances(db *database) Check {
 	c := Check{Name: "invariant 4: balances equal their entries and respect limits and holds"}
+	for _, id := range slices.Sorted(maps.Keys(db.Entries)) {
+		if _, ok := db.Totals[id]; !ok {
+			c.Problems = append(c.Problems, fmt.Sprintf("%d entries of account %s, which does not exist", len(db.Entries[id]), id))
+		}
+	}
+	for _, u := range db.Unnamed {
+		c.Problems = append(c.Problems, u+", which does not exist")
+	}
 	for id, a := range db.Totals {
 		var sum int64
 		for i, e := range db.Entries[id] {

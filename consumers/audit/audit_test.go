@@ -136,3 +136,49 @@ func TestDigestsNameTheFirstBrokenLink(t *testing.T) {
 		t.Errorf("postings published again: %q, want none", c.Problems)
 	}
 }
+
+// TestRowsNamingNoAccountFailInvariant4: with no foreign keys to accounts
+// (migration 0022), the audit itself finds an entry, a transfer or a leg
+// naming an account that does not exist.
+func TestRowsNamingNoAccountFailInvariant4(t *testing.T) {
+	db := pgtest.New(t)
+	ctx := context.Background()
+	if _, err := db.Pool.Exec(ctx, `
+		INSERT INTO accounts (account_id, currency, status) VALUES ('a', 'EUR', 'active'), ('b', 'EUR', 'active');
+		INSERT INTO transfers (transfer_id, kind, from_account_id, to_account_id, currency, amount, status, created_at, updated_at)
+			VALUES ('00000000-0000-7000-8000-000000000001', 'transfer', 'a', 'b', 'EUR', 1, 'posted', now(), now())`); err != nil {
+		t.Fatal(err)
+	}
+	clean, err := loadDatabase(ctx, db.Pool, "g", "commands")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range checkBalances(clean).Problems {
+		if strings.Contains(p, "does not exist") {
+			t.Errorf("a ledger whose rows all name accounts: %s", p)
+		}
+	}
+	if _, err := db.Pool.Exec(ctx, `
+		INSERT INTO entries (account_id, account_version, command_id, command_type, currency, amount, balance_after, created_at)
+			VALUES ('ghost-entry', 1, gen_random_uuid(), 'deposit', 'EUR', 5, 5, now());
+		INSERT INTO transfers (transfer_id, kind, from_account_id, to_account_id, currency, amount, status, created_at, updated_at)
+			VALUES ('00000000-0000-7000-8000-000000000002', 'transfer', 'a', 'ghost-transfer', 'EUR', 1, 'posted', now(), now());
+		INSERT INTO transfer_legs (transfer_id, leg, from_account_id, to_account_id, currency, amount, created_at)
+			VALUES ('00000000-0000-7000-8000-000000000001', 0, 'ghost-leg', 'b', 'EUR', 1, now())`); err != nil {
+		t.Fatal(err)
+	}
+	dirty, err := loadDatabase(ctx, db.Pool, "g", "commands")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(checkBalances(dirty).Problems, "\n")
+	for _, want := range []string{
+		"1 entries of account ghost-entry, which does not exist",
+		"transfer 00000000-0000-7000-8000-000000000002 names ghost-transfer, which does not exist",
+		"transfer 00000000-0000-7000-8000-000000000001 names ghost-leg, which does not exist",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("invariant 4's problems lack %q; got:\n%s", want, got)
+		}
+	}
+}

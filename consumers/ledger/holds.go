@@ -36,7 +36,7 @@ func ExpireDue(ctx context.Context, pool *pgxpool.Pool, clock Clock, limit int,
 		if err != nil {
 			return err
 		}
-		st := &State{Now: now, Book: domain.NewBook(), Loaded: make(map[string]bool)}
+		st := &State{Now: now, Book: domain.NewBook(), Loaded: make(map[string]bool), Locked: make(map[string]bool)}
 		b := &pgx.Batch{}
 		queueReadTransfers(b, selectTransfers+`WHERE status = 'pending' AND expires_at <= $1
 			ORDER BY transfer_id LIMIT $2 FOR UPDATE SKIP LOCKED`, []any{now, limit}, st)
@@ -51,7 +51,7 @@ func ExpireDue(ctx context.Context, pool *pgxpool.Pool, clock Clock, limit int,
 			accounts = append(accounts, t.FromAccountID)
 		}
 		b = &pgx.Batch{}
-		queueLockAccounts(b, sortedUnique(accounts), nil, st.Book) // an expiry pays no fee
+		queueLockAccounts(b, sortedUnique(accounts), nil, st) // an expiry pays no fee
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("lock accounts of due holds: %w", err)
 		}
@@ -59,7 +59,7 @@ func ExpireDue(ctx context.Context, pool *pgxpool.Pool, clock Clock, limit int,
 		if len(ex.Holds) == 0 {
 			return nil
 		}
-		w := &Writes{Updated: ex.Holds, Outbox: ex.Outbox, Now: now}
+		w := &Writes{Updated: ex.Holds, Outbox: ex.Outbox, Now: now, Locked: st.Locked}
 		changed := make(map[string]bool)
 		for _, t := range ex.Holds {
 			if !changed[t.FromAccountID] {
@@ -68,7 +68,9 @@ func ExpireDue(ctx context.Context, pool *pgxpool.Pool, clock Clock, limit int,
 			}
 		}
 		b = &pgx.Batch{}
-		Source{}.queueWrites(b, w)
+		if err := (Source{}).queueWrites(b, w); err != nil {
+			return err
+		}
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("write expired holds: %w", err)
 		}

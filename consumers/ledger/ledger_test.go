@@ -74,7 +74,7 @@ func seed(t *testing.T, pool *pgxpool.Pool, keyring *sealing.Keyring) {
 			if res.Status != domain.StatusApplied {
 				t.Fatalf("transfer %s %s", res.Status, res.Reason)
 			}
-			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]}, Accounts: st.Book.Accounts,
+			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]}, Locked: st.Locked,
 				Created: []*domain.Transfer{res.Transfer}, Now: st.Now, Next: ledger.Positions{0: 3},
 				TransferMetadata: map[string]domain.Sealed{cmdTransfer: {KeyID: keyID, Ciphertext: ct}},
 				Decisions: []ledger.Decision{{Command: domain.Command{CommandID: cmdTransfer, Type: domain.TypeTransfer, FromAccountID: "alice"},
@@ -205,7 +205,7 @@ func TestExpireDueExpiresEachHoldOnce(t *testing.T) {
 			if res.Status != domain.StatusApplied {
 				t.Fatalf("hold %s %s", res.Status, res.Reason)
 			}
-			return &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"]}, Accounts: st.Book.Accounts, Created: []*domain.Transfer{res.Transfer},
+			return &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"]}, Locked: st.Locked, Created: []*domain.Transfer{res.Transfer},
 				Now: st.Now, Next: ledger.Positions{0: 4}}
 		})
 	if err != nil {
@@ -256,7 +256,7 @@ func TestExpireDueExpiresEachHoldOnce(t *testing.T) {
 			res := st.Book.Apply(domain.Command{CommandID: captured, Type: domain.TypeHold, FromAccountID: "alice", ToAccountID: "bob",
 				Amount: 5, Currency: "EUR"}, st.Now)
 			res.Transfer.Status = domain.TransferCaptured // as a capture later in the same batch leaves it
-			return &ledger.Writes{Created: []*domain.Transfer{res.Transfer}, Accounts: st.Book.Accounts, Now: st.Now, Next: ledger.Positions{0: 5}}
+			return &ledger.Writes{Created: []*domain.Transfer{res.Transfer}, Locked: st.Locked, Now: st.Now, Next: ledger.Positions{0: 5}}
 		})
 	if err != nil {
 		t.Fatal(err)
@@ -281,7 +281,7 @@ func TestLoadReadsReferencesAndTheIndexRefusesADuplicate(t *testing.T) {
 			}
 			dup := &domain.Transfer{ID: "00000000-0000-7000-8000-000000000009", Kind: domain.KindTransfer, FromAccountID: "alice",
 				ToAccountID: "bob", Currency: "EUR", Amount: 1, Status: domain.TransferPosted, Reference: "order-1"}
-			return &ledger.Writes{Created: []*domain.Transfer{dup}, Accounts: st.Book.Accounts, Now: st.Now, Next: ledger.Positions{0: 4}}
+			return &ledger.Writes{Created: []*domain.Transfer{dup}, Locked: st.Locked, Now: st.Now, Next: ledger.Positions{0: 4}}
 		})
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.UniqueViolation {
@@ -346,7 +346,7 @@ func TestTransactionLegsRoundTrip(t *testing.T) {
 			if res.Status != domain.StatusApplied {
 				t.Fatalf("%s: %s %s", cmd.Type, res.Status, res.Reason)
 			}
-			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]}, Accounts: st.Book.Accounts, Now: st.Now, Next: ledger.Positions{0: pos + 1}}
+			w := &ledger.Writes{Changed: []*domain.Account{st.Book.Accounts["alice"], st.Book.Accounts["bob"]}, Locked: st.Locked, Now: st.Now, Next: ledger.Positions{0: pos + 1}}
 			if st.Loaded[res.Transfer.ID] {
 				w.Updated = []*domain.Transfer{res.Transfer}
 			} else {
@@ -576,7 +576,8 @@ func sum(n uint64) domain.Sum {
 // TestWriteRefusesRowsNamingAccountsTheBatchDidNotLock: with no foreign
 // keys to accounts (migration 0022), Write itself refuses an entry, a
 // transfer or a leg naming an account the batch neither locked nor opened,
-// whether or not that account exists, before anything is sent: nothing
+// whether or not that account exists or the book holds it (only the rows
+// the lock statement returned count), before anything is sent: nothing
 // commits and the offsets do not move.
 func TestWriteRefusesRowsNamingAccountsTheBatchDidNotLock(t *testing.T) {
 	db := pgtest.New(t)
@@ -598,6 +599,11 @@ func TestWriteRefusesRowsNamingAccountsTheBatchDidNotLock(t *testing.T) {
 			return &ledger.Writes{Entries: []ledger.Entry{{Posting: domain.Posting{AccountID: "ghost", Currency: "EUR", Amount: 1, BalanceAfter: 1, AccountVersion: 1},
 				CommandID: cmdTransfer, CommandType: domain.TypeDeposit}}}
 		}, `names account "ghost"`},
+		"an entry of an account the book holds but the lock did not return": {func(st *ledger.State) *ledger.Writes {
+			st.Book.Accounts["phantom"] = &domain.Account{ID: "phantom", Currency: "EUR", Status: domain.AccountActive}
+			return &ledger.Writes{Entries: []ledger.Entry{{Posting: domain.Posting{AccountID: "phantom", Currency: "EUR", Amount: 1, BalanceAfter: 1, AccountVersion: 1},
+				CommandID: cmdTransfer, CommandType: domain.TypeDeposit}}}
+		}, `names account "phantom"`},
 		"a transfer to an account not locked": {func(st *ledger.State) *ledger.Writes {
 			return &ledger.Writes{Created: []*domain.Transfer{transfer("alice", "bob")}}
 		}, `names account "bob"`},
@@ -608,7 +614,7 @@ func TestWriteRefusesRowsNamingAccountsTheBatchDidNotLock(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 3}, Accounts: []string{"alice"}}, func(st *ledger.State) *ledger.Writes {
 				w := tc.writes(st)
-				w.Accounts, w.Now, w.Next = st.Book.Accounts, st.Now, ledger.Positions{0: 4}
+				w.Locked, w.Now, w.Next = st.Locked, st.Now, ledger.Positions{0: 4}
 				return w
 			})
 			if !errors.Is(err, ledger.ErrNotLocked) || !strings.Contains(err.Error(), tc.want) {
@@ -626,7 +632,7 @@ func TestWriteRefusesRowsNamingAccountsTheBatchDidNotLock(t *testing.T) {
 	}
 	// The same batch naming only what it locked goes through.
 	err := batch(t, db.Pool, ledger.LoadRequest{Expected: ledger.Positions{0: 3}, Accounts: []string{"alice", "bob"}}, func(st *ledger.State) *ledger.Writes {
-		return &ledger.Writes{Created: []*domain.Transfer{transfer("alice", "bob")}, Accounts: st.Book.Accounts, Now: st.Now, Next: ledger.Positions{0: 4}}
+		return &ledger.Writes{Created: []*domain.Transfer{transfer("alice", "bob")}, Locked: st.Locked, Now: st.Now, Next: ledger.Positions{0: 4}}
 	})
 	if err != nil {
 		t.Fatalf("a transfer between locked accounts: %v", err)

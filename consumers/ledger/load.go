@@ -76,6 +76,10 @@ type State struct {
 	// Loaded marks the transfers read from the database: Write updates
 	// those and inserts the others.
 	Loaded map[string]bool
+	// Locked marks the accounts the lock statement returned, so held FOR
+	// UPDATE until the batch commits: with those the batch opens, the
+	// only accounts its rows may name (Writes.Locked).
+	Locked map[string]bool
 }
 
 // Prior is the decision stored for a command_id.
@@ -94,7 +98,7 @@ type Prior struct {
 // take a second. The caller ends the transaction with Write, or rolls it
 // back (internal/pgtx).
 func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, error) {
-	st := &State{Book: domain.NewBook(), Loaded: make(map[string]bool), Priors: make(map[string]Prior)}
+	st := &State{Book: domain.NewBook(), Loaded: make(map[string]bool), Priors: make(map[string]Prior), Locked: make(map[string]bool)}
 	transfers, currencies := sortedUnique(req.Transfers), sortedUnique(req.Currencies)
 	accounts := req.Accounts
 	b := &pgx.Batch{}
@@ -119,7 +123,7 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 		// A transaction's legs change only under its transfer's lock, just taken.
 		queueReadLegs(b, transfers, st.Book)
 	} else if len(accounts) > 0 {
-		queueLockAccounts(b, sortedUnique(accounts), req.Payers, st.Book)
+		queueLockAccounts(b, sortedUnique(accounts), req.Payers, st)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("load batch state: %w", err)
@@ -130,7 +134,7 @@ func (s Source) Load(ctx context.Context, tx Sender, req LoadRequest) (*State, e
 		}
 	}
 	if len(transfers) > 0 {
-		if err := lockTransfersAccounts(ctx, tx, accounts, req.Payers, st.Book); err != nil {
+		if err := lockTransfersAccounts(ctx, tx, accounts, req.Payers, st); err != nil {
 			return nil, err
 		}
 	}
@@ -167,15 +171,15 @@ func queueExternalAccounts(b *pgx.Batch, currencies []string) {
 // lockTransfersAccounts locks, in a second round trip, accounts and the
 // accounts of the transfers (and their legs) book holds, now that they
 // are read.
-func lockTransfersAccounts(ctx context.Context, tx Sender, accounts, payers []string, book *domain.Book) error {
-	for _, t := range book.Transfers {
+func lockTransfersAccounts(ctx context.Context, tx Sender, accounts, payers []string, st *State) error {
+	for _, t := range st.Book.Transfers {
 		accounts = append(accounts, t.FromAccountID, t.ToAccountID)
 		for _, l := range t.Legs {
 			accounts = append(accounts, l.FromAccountID, l.ToAccountID)
 		}
 	}
 	b := &pgx.Batch{}
-	queueLockAccounts(b, sortedUnique(accounts), payers, book)
+	queueLockAccounts(b, sortedUnique(accounts), payers, st)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("lock accounts: %w", err)
 	}
@@ -378,18 +382,19 @@ func queueReadLegs(b *pgx.Batch, transfers []string, book *domain.Book) {
 	})
 }
 
-// queueLockAccounts loads and locks the accounts ids into book, with the
-// revenue accounts of the fee plans of payers (among ids; a fee is posted
-// there), all in id order in one statement, so the lock order holds. The
-// plans are read in the statement's snapshot, before it waits for locks:
-// checkRevenue catches a plan that changed meanwhile.
-func queueLockAccounts(b *pgx.Batch, ids, payers []string, book *domain.Book) {
+// queueLockAccounts loads and locks the accounts ids into st.Book, with
+// the revenue accounts of the fee plans of payers (among ids; a fee is
+// posted there), all in id order in one statement, so the lock order
+// holds, and marks each row it returns in st.Locked. The plans are read in
+// the statement's snapshot, before it waits for locks: checkRevenue
+// catches a plan that changed meanwhile.
+func queueLockAccounts(b *pgx.Batch, ids, payers []string, st *State) {
 	if payers == nil {
 		payers = []string{}
 	}
 	b.Queue(selectAccounts+`WHERE account_id = ANY($1::text[] || ARRAY(SELECT fee_plan->>'revenue_account_id' FROM accounts
 			WHERE account_id = ANY($2::text[]) AND fee_plan IS NOT NULL))
-		ORDER BY account_id FOR UPDATE`, ids, payers).Query(func(rows pgx.Rows) error { return scanAccounts(rows, book) })
+		ORDER BY account_id FOR UPDATE`, ids, payers).Query(func(rows pgx.Rows) error { return scanAccounts(rows, st.Book, st.Locked) })
 }
 
 // selectAccounts reads the columns of accounts the rules use (scanAccounts
@@ -401,7 +406,7 @@ const selectAccounts = `SELECT account_id, currency, status, external, balance, 
 	FROM accounts `
 
 // scanAccounts reads the rows of a selectAccounts query into book.
-func scanAccounts(rows pgx.Rows, book *domain.Book) error {
+func scanAccounts(rows pgx.Rows, book *domain.Book, locked map[string]bool) error {
 	for rows.Next() {
 		a := &domain.Account{}
 		var status, debits, credits string
@@ -426,6 +431,9 @@ func scanAccounts(rows pgx.Rows, book *domain.Book) error {
 		}
 		a.Status = domain.AccountStatus(status)
 		book.Accounts[a.ID] = a
+		if locked != nil {
+			locked[a.ID] = true
+		}
 	}
 	return rows.Err()
 }

@@ -246,7 +246,9 @@ func (s Source) Advance(ctx context.Context, pool *pgxpool.Pool, from, to Positi
 			}
 		}
 		b = &pgx.Batch{}
-		s.queueWrites(b, &Writes{Next: to})
+		if err := s.queueWrites(b, &Writes{Next: to}); err != nil {
+			return err
+		}
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("advance stored offsets: %w", err)
 		}

@@ -21,6 +21,10 @@ type Snapshot struct {
 	// FeePairs counts, per transfer, the fees it paid: 1 for a transfer or
 	// withdrawal with a fee, one per leg with a fee for a transaction.
 	FeePairs map[string]int
+	// Unnamed lists transfers and legs naming an account that does not
+	// exist, "transfer <id> names <account>" (no foreign key refuses them
+	// since migration 0022: only a bug could write one).
+	Unnamed []string
 }
 
 // Decided is a stored decision.
@@ -105,6 +109,17 @@ func (s Source) ReadSnapshot(ctx context.Context, tx pgx.Tx) (*Snapshot, error) 
 	if err := each("fees", `SELECT transfer_id::text, 1 FROM transfers WHERE fee > 0 AND kind <> 'transaction'
 		UNION ALL SELECT transfer_id::text, count(*)::int FROM transfer_legs WHERE fee > 0 GROUP BY transfer_id`, nil,
 		[]any{&id, &pairs}, func() error { snap.FeePairs[id] = pairs; return nil }); err != nil {
+		return nil, err
+	}
+	var named string
+	if err := each("accounts of transfers", `SELECT x.id, x.account FROM (
+			SELECT transfer_id::text AS id, unnest(ARRAY[from_account_id, to_account_id]) AS account FROM transfers
+			UNION ALL SELECT transfer_id::text, unnest(ARRAY[from_account_id, to_account_id]) FROM transfer_legs) AS x
+		WHERE NOT EXISTS (SELECT 1 FROM accounts AS a WHERE a.account_id = x.account)`, nil,
+		[]any{&id, &named}, func() error {
+			snap.Unnamed = append(snap.Unnamed, fmt.Sprintf("transfer %s names %s", id, named))
+			return nil
+		}); err != nil {
 		return nil, err
 	}
 	var held int64

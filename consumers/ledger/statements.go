@@ -46,7 +46,7 @@ func CloseDays(ctx context.Context, pool *pgxpool.Pool, clock Clock, limit int,
 		// LOCKED never waits, so this order of locks cannot deadlock with
 		// the workers'.
 		b.Queue(selectAccounts+`WHERE period_day < $1::date ORDER BY period_day, account_id LIMIT $2 FOR UPDATE SKIP LOCKED`,
-			domain.DayOf(now), limit).Query(func(rows pgx.Rows) error { return scanAccounts(rows, book) })
+			domain.DayOf(now), limit).Query(func(rows pgx.Rows) error { return scanAccounts(rows, book, nil) })
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("find accounts whose day is over: %w", err)
 		}
@@ -61,7 +61,9 @@ func CloseDays(ctx context.Context, pool *pgxpool.Pool, clock Clock, limit int,
 			return nil
 		}
 		b = &pgx.Batch{}
-		Source{}.queueWrites(b, &Writes{Changed: c.Closed, Outbox: c.Outbox, Now: now})
+		if err := (Source{}).queueWrites(b, &Writes{Changed: c.Closed, Outbox: c.Outbox, Now: now}); err != nil {
+			return err
+		}
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("write closed statements: %w", err)
 		}
@@ -89,7 +91,7 @@ func PublishBalances(ctx context.Context, pool *pgxpool.Pool, after string, limi
 		b.Queue(selectAccounts+`WHERE account_id = ANY(ARRAY(SELECT account_id FROM accounts
 			WHERE (account_id COLLATE "C") > $1 ORDER BY (account_id COLLATE "C") LIMIT $2))
 		ORDER BY account_id FOR SHARE`, after, limit).Query(func(rows pgx.Rows) error {
-			return scanAccounts(rows, book)
+			return scanAccounts(rows, book, nil)
 		})
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("read accounts: %w", err)

@@ -19,11 +19,11 @@ type Writes struct {
 	// Opened are the accounts the batch created, Changed those it loaded
 	// and changed.
 	Opened, Changed []*domain.Account
-	// Accounts are the accounts Load locked, by id (State.Book.Accounts,
-	// which may hold Opened ones too): with Opened, the only accounts the
-	// batch's entries and created transfers may name, since no foreign key
-	// checks them (migration 0022). Write refuses any other.
-	Accounts map[string]*domain.Account
+	// Locked are the accounts Load locked (State.Locked): with Opened,
+	// the only accounts the batch's entries and created transfers may
+	// name, since no foreign key checks them (migration 0022).
+	// queueWrites refuses any other.
+	Locked map[string]bool
 	// AccountMetadata is the metadata of Opened accounts and
 	// TransferMetadata that of Created transfers, by id, sealed: the
 	// plaintext is never written.
@@ -81,7 +81,7 @@ type DeadLettered struct {
 const CodeRowMissing = "TXP01"
 
 // ErrNotLocked means a row of a batch names an account the batch neither
-// locked nor opened (in neither Writes.Accounts nor Writes.Opened): a bug in txpipe, refused
+// locked nor opened (in neither Writes.Locked nor Writes.Opened): a bug in txpipe, refused
 // before anything is sent, so the batch's transaction commits nothing.
 // With CodeRowMissing it is what the foreign keys to accounts used to
 // catch (migration 0022).
@@ -90,14 +90,13 @@ var ErrNotLocked = errors.New("a row names an account the batch did not lock")
 // Write stores w, moves the stored offsets to w.Next and commits, in one
 // round trip. Every account of w.Changed and transfer of w.Updated must
 // have been locked by Load; a missing row fails the batch. Every account
-// an entry or a created transfer names must be in w.Accounts or w.Opened,
+// an entry or a created transfer names must be in w.Locked or w.Opened,
 // or Write sends nothing and returns ErrNotLocked.
 func (s Source) Write(ctx context.Context, tx Sender, w *Writes) error {
-	if err := w.checkAccounts(); err != nil {
+	b := &pgx.Batch{}
+	if err := s.queueWrites(b, w); err != nil {
 		return err
 	}
-	b := &pgx.Batch{}
-	s.queueWrites(b, w)
 	b.Queue("COMMIT") // see internal/pgtx
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write batch effects: %w", err)
@@ -106,7 +105,7 @@ func (s Source) Write(ctx context.Context, tx Sender, w *Writes) error {
 }
 
 // checkAccounts returns ErrNotLocked for the first account an entry, a
-// created transfer or one of its legs names that is neither in w.Accounts
+// created transfer or one of its legs names that is neither in w.Locked
 // nor among w.Opened.
 func (w *Writes) checkAccounts() error {
 	if len(w.Entries) == 0 && len(w.Created) == 0 {
@@ -116,15 +115,10 @@ func (w *Writes) checkAccounts() error {
 	for _, a := range w.Opened {
 		opened[a.ID] = true
 	}
-	check := func(what, id string) error {
-		if _, ok := w.Accounts[id]; !ok && !opened[id] {
-			return fmt.Errorf("%w: %s names account %q", ErrNotLocked, what, id)
-		}
-		return nil
-	}
+	known := func(id string) bool { return w.Locked[id] || opened[id] }
 	for _, e := range w.Entries {
-		if err := check("an entry of command "+e.CommandID, e.Posting.AccountID); err != nil {
-			return err
+		if !known(e.Posting.AccountID) {
+			return fmt.Errorf("%w: an entry of command %s names account %q", ErrNotLocked, e.CommandID, e.Posting.AccountID)
 		}
 	}
 	for _, t := range w.Created {
@@ -133,16 +127,20 @@ func (w *Writes) checkAccounts() error {
 			ids = append(ids, l.FromAccountID, l.ToAccountID)
 		}
 		for _, id := range ids {
-			if err := check("transfer "+t.ID, id); err != nil {
-				return err
+			if !known(id) {
+				return fmt.Errorf("%w: transfer %s names account %q", ErrNotLocked, t.ID, id)
 			}
 		}
 	}
 	return nil
 }
 
-// queueWrites queues w's statements, stamped w.Now.
-func (s Source) queueWrites(b *pgx.Batch, w *Writes) {
+// queueWrites queues w's statements, stamped w.Now, once checkAccounts
+// passes; on ErrNotLocked it queues nothing.
+func (s Source) queueWrites(b *pgx.Batch, w *Writes) error {
+	if err := w.checkAccounts(); err != nil {
+		return err
+	}
 	at := w.Now
 	if len(w.Opened) > 0 {
 		queueInsertAccounts(b, w.Opened, w.AccountMetadata, at)
@@ -183,6 +181,7 @@ func (s Source) queueWrites(b *pgx.Batch, w *Writes) {
 			FROM unnest($3::int4[], $4::int8[]) AS u (p, o)
 			WHERE c.group_id = $1 AND c.topic = $2 AND c.partition = u.p`, s.Group, s.Topic, parts, offsets)
 	}
+	return nil
 }
 
 // The set-based writes of a batch: one statement per table, whatever the
