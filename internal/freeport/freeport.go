@@ -7,8 +7,10 @@
 // "address already in use" (CI saw the relay's admin port taken by
 // ingest's API port, both picked this way). So Addr picks below the
 // kernel's ephemeral range, where the kernel never assigns a port by
-// itself, checks the port can be bound now, and never hands the same port
-// out twice in one process.
+// itself, checks the port can be bound now, never hands the same port out
+// twice in one process, and reserves it against the other processes that
+// use this package (test binaries run in parallel, loadgen) with a lock
+// file held until the process exits.
 package freeport
 
 import (
@@ -62,7 +64,10 @@ func addrFrom(next func() (int, error)) (string, error) {
 			continue
 		}
 		ln.Close()
-		given[port] = true
+		given[port] = true // taken or not, never tried again by this process
+		if !reserve(port) {
+			continue // another process of ours has it
+		}
 		return addr, nil
 	}
 	return "", fmt.Errorf("no free loopback port found in 200 tries")

@@ -1,8 +1,10 @@
 package freeport
 
 import (
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -78,5 +80,59 @@ func TestEphemeralLow(t *testing.T) {
 	}
 	if got := ephemeralLow(filepath.Join(dir, "missing")); got != 32768 {
 		t.Errorf("missing file: %d, want 32768", got)
+	}
+}
+
+// TestAnotherProcessReservationIsSkipped: a port whose lock file another
+// process holds is not handed out, even though it binds. The other process
+// is this test's child, holding the lock until told to go.
+func TestAnotherProcessReservationIsSkipped(t *testing.T) {
+	if os.Getenv("FREEPORT_HOLD") != "" {
+		port, _ := strconv.Atoi(os.Getenv("FREEPORT_HOLD"))
+		if !reserve(port) {
+			os.Exit(3)
+		}
+		os.Stdout.WriteString("held\n")
+		var b [1]byte
+		os.Stdin.Read(b[:]) // until the parent closes our stdin
+		os.Exit(0)
+	}
+	free, err := kernelPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAnotherProcessReservationIsSkipped$")
+	cmd.Env = append(os.Environ(), "FREEPORT_HOLD="+strconv.Itoa(free))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); _ = cmd.Wait() }()
+	line := make([]byte, 5)
+	if _, err := io.ReadFull(out, line); err != nil || string(line) != "held\n" {
+		t.Fatalf("the child did not hold the port: %q %v", line, err)
+	}
+	other, err := kernelPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	candidates := []int{free, other}
+	got, err := addrFrom(func() (int, error) {
+		c := candidates[0]
+		candidates = candidates[1:]
+		return c, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := net.JoinHostPort("127.0.0.1", strconv.Itoa(other)); got != want {
+		t.Fatalf("addrFrom = %s, want %s: port %d is reserved by another process", got, want, free)
 	}
 }
