@@ -81,10 +81,10 @@ type DeadLettered struct {
 const CodeRowMissing = "TXP01"
 
 // ErrNotLocked means a row of a batch names an account the batch neither
-// locked nor opened (in neither Writes.Locked nor Writes.Opened): a bug in txpipe, refused
-// before anything is sent, so the batch's transaction commits nothing.
-// With CodeRowMissing it is what the foreign keys to accounts used to
-// catch (migration 0022).
+// locked nor opened (in neither Writes.Locked nor Writes.Opened): a bug in
+// txpipe, refused before anything is sent, so the batch's transaction
+// commits nothing. With CodeRowMissing it is what the foreign keys to
+// accounts used to catch (migration 0022).
 var ErrNotLocked = errors.New("a row names an account the batch did not lock")
 
 // Write stores w, moves the stored offsets to w.Next and commits, in one
