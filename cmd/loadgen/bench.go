@@ -681,9 +681,9 @@ func printHeadline(w io.Writer, rep report) {
 		st := r.Steady
 		fmt.Fprintf(w, "\n%s: ", r.Scenario)
 		if r.Scenario == "sustained-latency" {
-			fmt.Fprintf(w, "%d commands, p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms; worst %.0f-s window p99 %.1f ms at %.0f s; "+
+			fmt.Fprintf(w, "%d commands, p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms; worst %.0f-s window p99 %.1f ms at %.0f s%s; "+
 				"outbox %s at the start, at most %s in the first minute and %s in the last; txpipe all RSS %.1f → %.1f MiB (peak %.1f).\n",
-				r.Commands, r.P50ms, r.P99ms, r.P999ms, st.WindowSeconds, st.WorstWindowP99ms, st.WorstWindowAtS,
+				r.Commands, r.P50ms, r.P99ms, r.P999ms, st.WindowSeconds, st.WorstWindowP99ms, st.WorstWindowAtS, slowestText(st),
 				bytesText(st.OutboxBytesStart), minuteText(st.OutboxBytesFirstMinute), bytesText(st.OutboxBytesEnd), st.RSSStartMiB, st.RSSEndMiB, r.WorkerRSSMiB)
 		} else {
 			fmt.Fprintf(w, "%d commands in %.0f s (%.0f/s); first minute %.0f/s, last minute %.0f/s; outbox %s → %s; txpipe all RSS %.1f → %.1f MiB (peak %.1f).\n",
@@ -708,4 +708,17 @@ func opt(v float64) string {
 		return ""
 	}
 	return fmt.Sprintf("%.1f", v)
+}
+
+// slowestText says where the worst window's slowest command spent its
+// time (stages), or nothing when its outcome did not say.
+func slowestText(st *steady) string {
+	for _, w := range st.Windows {
+		if w.StartS == st.WorstWindowAtS && w.Slowest != (stages{}) {
+			p := w.Slowest
+			return fmt.Sprintf(" (its slowest command: %.0f ms to the command record, %.0f ms to the worker's decision, %.0f ms to the outcome record, %.0f ms to loadgen)",
+				p.IngestMs, p.WorkerMs, p.RelayMs, p.ConsumeMs)
+		}
+	}
+	return ""
 }

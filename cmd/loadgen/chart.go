@@ -23,25 +23,32 @@ type window struct {
 	P50ms    float64 `json:"p50_ms"`
 	P99ms    float64 `json:"p99_ms"`
 	MaxMs    float64 `json:"max_ms"`
+	// Slowest is where the window's slowest command spent its time.
+	Slowest stages `json:"slowest"`
 }
 
 // latencyWindows splits samples into windows of size by intended send time
 // since start, in order; empty windows are left out.
 func latencyWindows(ss []sample, start time.Time, size time.Duration) []window {
 	buckets := map[int][]time.Duration{}
+	slowest := map[int]sample{}
 	for _, s := range ss {
 		b := int(s.sent.Sub(start) / size)
 		if s.sent.Before(start) {
 			b = -1 - int(start.Sub(s.sent)/size)
 		}
 		buckets[b] = append(buckets[b], s.latency)
+		if s.latency > slowest[b].latency {
+			slowest[b] = s
+		}
 	}
 	var ws []window
 	for _, b := range slices.Sorted(maps.Keys(buckets)) {
 		ds := buckets[b]
 		slices.Sort(ds)
 		q := func(p float64) float64 { return ms(ds[max(0, min(len(ds)-1, int(p*float64(len(ds))+0.5)-1))]) }
-		ws = append(ws, window{StartS: float64(b) * size.Seconds(), Commands: len(ds), P50ms: q(0.5), P99ms: q(0.99), MaxMs: q(1)})
+		ws = append(ws, window{StartS: float64(b) * size.Seconds(), Commands: len(ds), P50ms: q(0.5), P99ms: q(0.99), MaxMs: q(1),
+			Slowest: slowest[b].parts})
 	}
 	return ws
 }

@@ -101,6 +101,30 @@ type latencies struct {
 type sample struct {
 	sent    time.Time // intended send time
 	latency time.Duration
+	parts   stages // where latency went, when the outcome says (zero otherwise)
+}
+
+// stages split a command's latency by the times its records carry, all
+// from this machine's clock: from the intended send time to the command
+// record's timestamp (loadgen, HTTP, ingest, the produce), from there to
+// the batch's decision time (the outcome's occurred_at: the worker's fetch
+// and batching), from there to the outcome record's timestamp (the
+// batch's write and commit, the relay's read and produce), and from there
+// to loadgen consuming it.
+type stages struct {
+	IngestMs  float64 `json:"ingest_ms"`
+	WorkerMs  float64 `json:"to_worker_ms"`
+	RelayMs   float64 `json:"to_relay_ms"`
+	ConsumeMs float64 `json:"to_loadgen_ms"`
+}
+
+// split is at's latency to now split at accepted (the command record's
+// time), decided and published; zero when any of them is unknown.
+func split(at, accepted, decided, published, now time.Time) stages {
+	if accepted.IsZero() || decided.IsZero() || published.IsZero() {
+		return stages{}
+	}
+	return stages{IngestMs: ms(accepted.Sub(at)), WorkerMs: ms(decided.Sub(accepted)), RelayMs: ms(published.Sub(decided)), ConsumeMs: ms(now.Sub(published))}
 }
 
 func newLatencies() *latencies { return &latencies{intended: make(map[string]time.Time)} }
@@ -111,12 +135,14 @@ func (l *latencies) expect(id string, at time.Time) {
 	l.mu.Unlock()
 }
 
-func (l *latencies) observe(id string, now time.Time) {
+// observe records id's outcome consumed at now; accepted, decided and
+// published, when known, split its latency (stages).
+func (l *latencies) observe(id string, now, accepted, decided, published time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if at, ok := l.intended[id]; ok {
 		delete(l.intended, id)
-		l.samples = append(l.samples, sample{sent: at, latency: now.Sub(at)})
+		l.samples = append(l.samples, sample{sent: at, latency: now.Sub(at), parts: split(at, accepted, decided, published, now)})
 	}
 }
 
@@ -188,10 +214,14 @@ func watchOutcomes(ctx context.Context, brokers []string, client *kafka.Client, 
 			for _, msgs := range got.Msgs {
 				for _, m := range msgs {
 					var ev struct {
-						CommandID string `json:"command_id"`
+						CommandID  string    `json:"command_id"`
+						OccurredAt time.Time `json:"occurred_at"`
+						Data       struct {
+							AcceptedAt time.Time `json:"accepted_at"`
+						} `json:"data"`
 					}
 					if json.Unmarshal(m.Value, &ev) == nil {
-						l.observe(ev.CommandID, now)
+						l.observe(ev.CommandID, now, ev.Data.AcceptedAt, ev.OccurredAt, m.Time)
 					}
 				}
 			}

@@ -307,3 +307,30 @@ func TestBaselineTakesTurnsAtRunningFirst(t *testing.T) {
 		t.Errorf("without a baseline: order %v, want [0 1]", got)
 	}
 }
+
+// TestWindowsNameWhereTheSlowestCommandWent: each window carries the
+// stages of its slowest command, split at the times its records carry.
+func TestWindowsNameWhereTheSlowestCommandWent(t *testing.T) {
+	at := time.Date(2026, 12, 1, 2, 27, 41, 0, time.UTC)
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	slow := split(at, at.Add(ms(5)), at.Add(ms(405)), at.Add(ms(420)), at.Add(ms(423)))
+	if want := (stages{IngestMs: 5, WorkerMs: 400, RelayMs: 15, ConsumeMs: 3}); slow != want {
+		t.Fatalf("split = %+v, want %+v", slow, want)
+	}
+	if got := split(at, time.Time{}, at, at, at); got != (stages{}) {
+		t.Errorf("split without the command record's time = %+v, want zero", got)
+	}
+	ss := []sample{
+		{sent: at, latency: ms(10), parts: stages{IngestMs: 2, WorkerMs: 5, RelayMs: 2, ConsumeMs: 1}},
+		{sent: at.Add(ms(1)), latency: ms(423), parts: slow},
+		{sent: at.Add(ms(2)), latency: ms(30), parts: stages{IngestMs: 1, WorkerMs: 20, RelayMs: 8, ConsumeMs: 1}},
+	}
+	ws := latencyWindows(ss, at, 10*time.Second)
+	if len(ws) != 1 || ws[0].Slowest != slow {
+		t.Fatalf("windows = %+v, want one whose slowest is %+v", ws, slow)
+	}
+	st := &steady{Windows: ws, WorstWindowAtS: 0}
+	if got := slowestText(st); !strings.Contains(got, "400 ms to the worker's decision") {
+		t.Errorf("slowestText = %q, want the 400 ms to the worker's decision", got)
+	}
+}
