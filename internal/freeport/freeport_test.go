@@ -47,15 +47,7 @@ func TestAddrFromSkipsHeldAndGivenPorts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	candidates := []int{heldPort, givenPort, free}
-	got, err := addrFrom(func() (int, error) {
-		if len(candidates) == 0 {
-			t.Fatal("ran out of candidates")
-		}
-		c := candidates[0]
-		candidates = candidates[1:]
-		return c, nil
-	})
+	got, err := addrFrom(candidates(t, heldPort, givenPort, free))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,16 +115,24 @@ func TestAnotherProcessReservationIsSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	candidates := []int{free, other}
-	got, err := addrFrom(func() (int, error) {
-		c := candidates[0]
-		candidates = candidates[1:]
-		return c, nil
-	})
+	got, err := addrFrom(candidates(t, free, other))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := net.JoinHostPort("127.0.0.1", strconv.Itoa(other)); got != want {
 		t.Fatalf("addrFrom = %s, want %s: port %d is reserved by another process", got, want, free)
+	}
+}
+
+// candidates offers ports to addrFrom in order, failing the test if it
+// asks for more.
+func candidates(t *testing.T, ports ...int) func() (int, error) {
+	return func() (int, error) {
+		if len(ports) == 0 {
+			t.Fatal("ran out of candidates")
+		}
+		p := ports[0]
+		ports = ports[1:]
+		return p, nil
 	}
 }
