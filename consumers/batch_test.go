@@ -117,7 +117,7 @@ func balances(t *testing.T, db *pgtest.DB) map[string]int64 {
 // outboxEvents returns the outbox rows of topic, decoded, in id order.
 func outboxEvents(t *testing.T, db *pgtest.DB, topic string) []domain.Event {
 	t.Helper()
-	rows, err := db.Pool.Query(context.Background(), `SELECT value FROM outbox WHERE topic = $1 ORDER BY id`, topic)
+	rows, err := db.Pool.Query(context.Background(), `SELECT value FROM outbox_records WHERE topic = $1 ORDER BY id, ord`, topic)
 	if err != nil {
 		t.Fatalf("read outbox: %v", err)
 	}
@@ -193,7 +193,7 @@ func TestApplyBatchOutcomesPerCommand(t *testing.T) {
 	}
 	var dlq int
 	var reason string
-	if err := db.Pool.QueryRow(ctx, `SELECT count(*), min(headers->>'dlq_reason') FROM outbox WHERE topic = 'dlq'`).Scan(&dlq, &reason); err != nil {
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*), min(headers::jsonb->>'dlq_reason') FROM outbox_records WHERE topic = 'dlq'`).Scan(&dlq, &reason); err != nil {
 		t.Fatal(err)
 	}
 	if dlq != 1 || reason != "invalid_command" {
@@ -282,8 +282,8 @@ func TestProcessIsolatesRecordThatFailsInPostgres(t *testing.T) {
 		t.Errorf("balances = %v, want alice 15 and poison 0", got)
 	}
 	var offset, reason, detail string
-	err = db.Pool.QueryRow(ctx, `SELECT headers->>'source_offset', headers->>'dlq_reason', headers->>'dlq_detail'
-		FROM outbox WHERE topic = 'dlq'`).Scan(&offset, &reason, &detail)
+	err = db.Pool.QueryRow(ctx, `SELECT headers::jsonb->>'source_offset', headers::jsonb->>'dlq_reason', headers::jsonb->>'dlq_detail'
+		FROM outbox_records WHERE topic = 'dlq'`).Scan(&offset, &reason, &detail)
 	if err != nil {
 		t.Fatalf("read the DLQ row: %v", err)
 	}
@@ -356,7 +356,7 @@ func TestNullValueRecordIsDeadLettered(t *testing.T) {
 		t.Fatalf("applyBatch() error = %v", err)
 	}
 	var n int
-	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE topic = 'dlq' AND value = ''`).Scan(&n); err != nil {
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox_records WHERE topic = 'dlq' AND value = ''`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	if n != 1 || outcomes(t, db)[id(1)].Status != "applied" {
@@ -475,7 +475,7 @@ func TestBatchAcrossPartitions(t *testing.T) {
 		t.Errorf("balances = %v, want alice 70 and bob 30", got)
 	}
 	var dlq int
-	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE topic = 'dlq' AND headers->>'source_partition' = '1' AND headers->>'source_offset' = '8'`).Scan(&dlq); err != nil || dlq != 1 {
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox_records WHERE topic = 'dlq' AND headers::jsonb->>'source_partition' = '1' AND headers::jsonb->>'source_offset' = '8'`).Scan(&dlq); err != nil || dlq != 1 {
 		t.Errorf("DLQ rows for partition 1 offset 8 = %d (%v), want 1", dlq, err)
 	}
 
@@ -498,7 +498,7 @@ type dlqRow struct {
 
 func dlqRows(t *testing.T, db *pgtest.DB) []dlqRow {
 	t.Helper()
-	rows, err := db.Pool.Query(context.Background(), `SELECT key, value, headers FROM outbox WHERE topic = 'dlq' ORDER BY id`)
+	rows, err := db.Pool.Query(context.Background(), `SELECT key, value, headers::jsonb FROM outbox_records WHERE topic = 'dlq' ORDER BY id, ord`)
 	if err != nil {
 		t.Fatalf("read DLQ rows: %v", err)
 	}

@@ -10,7 +10,7 @@ import (
 // Names of the relay's metrics that others read (the status page).
 const (
 	MetricPublished        = "txpipe_relay_published_total"             // records Kafka acknowledged, by topic
-	MetricPendingRows      = "txpipe_outbox_pending_rows"               // rows of the relay's shards not published yet
+	MetricPendingRows      = "txpipe_outbox_pending_rows"               // records not published yet (every shard's)
 	MetricOldestPendingAge = "txpipe_outbox_oldest_pending_age_seconds" // age of the oldest of them
 	MetricShardsOwned      = "txpipe_relay_shards_owned"                // of the Shards
 )
@@ -78,11 +78,11 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 		}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: MetricPendingRows,
-			Help: "Outbox rows not yet published (sampled every 5 s).",
+			Help: "Outbox records not yet published (sampled every 5 s); the name is older than rows holding several records (migration 0024).",
 		}),
 		oldestAge: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: MetricOldestPendingAge,
-			Help: "Age of the oldest unpublished outbox row; 0 when the outbox is empty (sampled every 5 s).",
+			Help: "Age of the oldest unpublished outbox record; 0 when the outbox is empty (sampled every 5 s).",
 		}),
 		shardsOwned: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: MetricShardsOwned,

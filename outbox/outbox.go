@@ -14,14 +14,21 @@
 // waits for VACUUM and the outbox does not grow with what it has published
 // (docs/outbox.md).
 //
-// A row Kafka refuses for good, or that cannot be made a record, is moved
-// to outbox_parked with the reason (park.go), so it never holds up the rows
-// behind it; Unpark moves parked rows back once the cause is fixed.
+// A row holds the records one transaction wrote for one shard, in order
+// (Queue): the per-row costs (a tuple, its index entries, a lock and a
+// delete) are paid once for several records. The relay rewrites a row to
+// the records it has left when it publishes only some of them.
+//
+// A record Kafka refuses for good, or that cannot be made a record, is
+// moved to outbox_parked with the reason (park.go), so it never holds up
+// the records behind it; Unpark moves parked records back once the cause
+// is fixed.
 package outbox
 
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -67,17 +74,37 @@ type Message struct {
 	AcceptedAt time.Time
 }
 
-const insertSQL = `
-INSERT INTO outbox (topic, key, value, headers, accepted_at)
-SELECT t, k, v, h, a
-FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[], $5::timestamptz[])
-     WITH ORDINALITY AS u (t, k, v, h, a, n)
-ORDER BY n`
+// rowBytes is about how many bytes of records Queue puts in one outbox row
+// (a row ends with the record that takes it past this): with a record's
+// overhead in the row, a row stays under the slots' toast_tuple_target
+// (8160 bytes, migration 0024), so PostgreSQL keeps it in its page as it
+// is instead of compressing it.
+const rowBytes = 6000
 
-// Queue adds to b the statements that insert msgs, in order (ids follow the
-// slice order), and the notification that wakes the relay on commit (left
-// out while the notification queue is held: see NotifyQueueMaxUsage). Run b
-// inside the transaction whose effects the messages describe.
+// insertSQL writes msgs ($1–$5, one element a record) as rows of records:
+// the records of one shard (outbox_shard, the shard the row's generated
+// column computes from its key, the first record's) in order, cut into
+// rows of about rowBytes. The rows take their ids in the order of their
+// first record, so a key's records are in id order, then in position
+// order within a row.
+var insertSQL = `
+INSERT INTO outbox (key, topics, keys, vals, hdrs, accepted)
+SELECT (array_agg(k ORDER BY n))[1], array_agg(t ORDER BY n), array_agg(k ORDER BY n), array_agg(v ORDER BY n),
+       array_agg(h ORDER BY n), array_agg(a ORDER BY n)
+FROM (SELECT t, k, v, h, a, n, s,
+             (sum(octet_length(t) + coalesce(octet_length(k), 0) + octet_length(v) + octet_length(h) + 32)
+                  OVER (PARTITION BY s ORDER BY n) - 1) / ` + strconv.Itoa(rowBytes) + ` AS part
+      FROM (SELECT t, k, v, h, a, n, outbox_shard(k) AS s
+            FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::timestamptz[])
+                 WITH ORDINALITY AS u (t, k, v, h, a, n)) AS x) AS y
+GROUP BY s, part
+ORDER BY min(n)`
+
+// Queue adds to b the statement that writes msgs, in order, as rows of
+// records (see insertSQL), and the notification that wakes the relay on
+// commit (left out while the notification queue is held: see
+// NotifyQueueMaxUsage). Run b inside the transaction whose effects the
+// messages describe.
 func Queue(b *pgx.Batch, msgs []Message) {
 	if len(msgs) == 0 {
 		return
@@ -89,6 +116,9 @@ func Queue(b *pgx.Batch, msgs []Message) {
 	accepted := make([]pgtype.Timestamptz, len(msgs))
 	for i, m := range msgs {
 		topics[i], keys[i], values[i] = m.Topic, m.Key, m.Value
+		if m.Value == nil {
+			values[i] = []byte{} // an empty value, not a NULL (a tombstone once published)
+		}
 		headers[i] = headersJSON(m.Headers)
 		accepted[i] = pgtype.Timestamptz{Time: m.AcceptedAt, Valid: !m.AcceptedAt.IsZero()}
 	}
@@ -96,14 +126,18 @@ func Queue(b *pgx.Batch, msgs []Message) {
 	b.Queue(notifySQL, NotifyChannel, NotifyQueueMaxUsage)
 }
 
-// Unpublished counts the outbox rows no relay has published yet, in q's
+// pendingSQL counts the records waiting in the outbox: a row of records
+// holds cardinality(topics) of them, a row of the older layout one.
+const pendingSQL = `coalesce(sum(coalesce(cardinality(topics), 1)), 0)::int8`
+
+// Unpublished counts the outbox records no relay has published yet, in q's
 // snapshot (an auditor's REPEATABLE READ transaction, say).
 func Unpublished(ctx context.Context, q interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }) (int64, error) {
 	var n int64
-	if err := q.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("count outbox rows: %w", err)
+	if err := q.QueryRow(ctx, `SELECT `+pendingSQL+` FROM outbox`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count outbox records: %w", err)
 	}
 	return n, nil
 }

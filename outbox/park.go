@@ -154,9 +154,10 @@ func ListParked(ctx context.Context, pool *pgxpool.Pool, f ParkedFilter, limit i
 	return list, nil
 }
 
-// Unpark moves the parked rows f picks back into the outbox, with their
-// ids, so the relay publishes them again (or parks them again if Kafka
-// still refuses them), and wakes the relays. It returns how many it moved.
+// Unpark moves the parked records f picks back into the outbox, each a
+// row of one record with its id in outbox_parked, so the relay publishes
+// them again (or parks them again if Kafka still refuses them), and wakes
+// the relays. It returns how many it moved.
 // A key's unparked record reaches Kafka after the key's later records that
 // were published while it was parked.
 func Unpark(ctx context.Context, pool *pgxpool.Pool, f ParkedFilter) (int64, error) {
@@ -164,8 +165,9 @@ func Unpark(ctx context.Context, pool *pgxpool.Pool, f ParkedFilter) (int64, err
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		ct, err := tx.Exec(ctx, `WITH moved AS (DELETE FROM outbox_parked WHERE `+parkedWhere+`
 				RETURNING id, topic, key, value, headers, accepted_at, created_at)
-			INSERT INTO outbox (id, topic, key, value, headers, accepted_at, created_at)
-			SELECT id, topic, key, value, headers, accepted_at, created_at FROM moved ORDER BY id`, f.Reason, ids(f.IDs))
+			INSERT INTO outbox (id, key, topics, keys, vals, hdrs, accepted, created_at)
+			SELECT id, key, ARRAY[topic], ARRAY[key], ARRAY[value], ARRAY[headers], ARRAY[accepted_at], created_at
+			FROM moved ORDER BY id`, f.Reason, ids(f.IDs))
 		if err != nil {
 			return err
 		}

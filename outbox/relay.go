@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -33,7 +34,8 @@ type Publisher interface {
 type RelayOptions struct {
 	Pool      *pgxpool.Pool
 	Publisher Publisher
-	// BatchSize is the most rows published per transaction. Default 500.
+	// BatchSize is the most rows read per transaction (a row holds one or
+	// more records; maxBatchBytes bounds what is published). Default 200.
 	BatchSize int
 	// PollInterval is how often the relay looks for rows when no
 	// notification woke it: the safety net for notifications lost while the
@@ -96,7 +98,7 @@ func NewRelay(o RelayOptions) (*Relay, error) {
 		return nil, errors.New("relay: Pool, Publisher, Registerer and Log are required")
 	}
 	if o.BatchSize <= 0 {
-		o.BatchSize = 500
+		o.BatchSize = 200
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = time.Second
@@ -242,44 +244,61 @@ func (e *publishError) Unwrap() error { return e.err }
 // (recovered, logged and counted where it happened).
 var errPanicked = errors.New("handling the batch panicked")
 
-type row struct {
-	id         int64
+// record is one record of an outbox row, as read.
+type record struct {
+	id         int64 // its row's
+	ord        int32 // its position in the row, from 1
 	slot       int16
 	shard      int16
 	topic      string
 	key, value []byte
-	headers    []byte // jsonb as read: decoded by toRecord
+	headers    []byte // JSON as stored: decoded by toRecord
 	acceptedAt pgtype.Timestamptz
 	createdAt  time.Time
 	msg        kafka.Message // the record, made by toRecord
 	size       int           // its bytes in a produce request, estimated
 }
 
-type parkedRow struct {
-	row
+// outboxRow is an outbox row a batch read: the records it holds.
+type outboxRow struct {
+	id          int64
+	slot, shard int16
+	records     int
+	// single: the row is of the layout before migration 0024, one record
+	// in scalar columns.
+	single bool
+}
+
+type parkedRecord struct {
+	record
 	reason string
 	cause  error
+	parked int64 // its id in outbox_parked, once settled
 }
 
 // batchResult is what became of a batch's rows: published (delete them),
 // parked (move them to outbox_parked), or neither (they stay for the next
 // batch; retained counts them, cause says why the first one stayed).
 type batchResult struct {
-	read        int
-	published   []row
-	parked      []parkedRow
+	rows        []outboxRow
+	published   []record
+	parked      []parkedRecord
 	retained    int
 	cause       error
 	unreachable bool
+	// cut: records were left out of the publish because the batch was full
+	// (maxBatchBytes); more are waiting.
+	cut bool
 }
 
-func (b *batchResult) park(x row, reason string, cause error) {
-	b.parked = append(b.parked, parkedRow{row: x, reason: reason, cause: cause})
+func (b *batchResult) park(x record, reason string, cause error) {
+	b.parked = append(b.parked, parkedRecord{record: x, reason: reason, cause: cause})
 }
 
-// retain leaves rows in the outbox; unreachable: not because of a refusal.
-func (b *batchResult) retain(rows []row, cause error, unreachable bool) {
-	b.retained += len(rows)
+// retain leaves records in the outbox; unreachable: not because of a
+// refusal.
+func (b *batchResult) retain(records []record, cause error, unreachable bool) {
+	b.retained += len(records)
 	if b.cause == nil {
 		b.cause = cause
 	}
@@ -315,7 +334,7 @@ func (r *Relay) publishBatch(ctx context.Context) (published int, full bool, err
 		return 0, false, err
 	}
 	r.account(res)
-	full = res.read == r.opts.BatchSize
+	full = len(res.rows) == r.opts.BatchSize || res.cut
 	if res.retained > 0 {
 		return len(res.published), full, &publishError{n: res.retained, unreachable: res.unreachable, err: res.cause}
 	}
@@ -328,12 +347,12 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn, res *batchRes
 	if len(shards) == 0 {
 		return nil
 	}
-	rows, err := r.read(ctx, conn, shards)
+	rows, records, err := r.read(ctx, conn, shards)
 	if err != nil {
 		return err
 	}
-	res.read = len(rows)
-	send, err := r.prepare(rows, res)
+	res.rows = rows
+	send, err := r.prepare(records, res)
 	if err != nil {
 		return err
 	}
@@ -345,37 +364,51 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn, res *batchRes
 	return r.settle(ctx, conn, shards, epochs, res)
 }
 
-// read opens the transaction and locks the oldest rows of shards.
-func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([]row, error) {
-	var rows []row
+// read opens the transaction and locks the oldest rows of shards; it
+// returns them and their records, in order.
+func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([]outboxRow, []record, error) {
+	var rows []outboxRow
+	var records []record
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
 	b.Queue(relaySettings)
 	b.Queue(r.readSQL, shards).Query(func(rs pgx.Rows) error {
-		var err error
-		rows, err = pgx.CollectRows(rs, func(rr pgx.CollectableRow) (row, error) {
-			var x row
-			err := rr.Scan(&x.id, &x.slot, &x.shard, &x.topic, &x.key, &x.value, &x.headers, &x.acceptedAt, &x.createdAt)
-			return x, err
+		var (
+			x                   outboxRow
+			topics              []string
+			keys, values, heads [][]byte
+			accepted            []pgtype.Timestamptz
+			createdAt           time.Time
+		)
+		_, err := pgx.ForEachRow(rs, []any{&x.id, &x.slot, &x.shard, &x.single, &topics, &keys, &values, &heads, &accepted, &createdAt}, func() error {
+			// The layout check (0024) makes every array as long as topics.
+			x.records = len(topics)
+			rows = append(rows, x)
+			for i, topic := range topics {
+				records = append(records, record{id: x.id, ord: int32(i + 1), slot: x.slot, shard: x.shard,
+					topic: topic, key: keys[i], value: values[i], headers: heads[i], acceptedAt: accepted[i], createdAt: createdAt})
+			}
+			return nil
 		})
 		return err
 	})
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("read outbox: %w", err)
+		return nil, nil, fmt.Errorf("read outbox: %w", err)
 	}
-	return rows, nil
+	return rows, records, nil
 }
 
-// prepare makes rows into records and returns those to send, in id order,
-// up to maxBatchBytes (the rows after the first that does not fit wait for
-// the next batch). It parks the rows that cannot be a record, or are too
-// large for any batch, and holds back those of a topic Kafka refused a
-// moment ago (parked once TopicRefusalGrace is over). A row whose handling
-// panics is parked as internal_error when another row was handled, so the
-// panic is that row's; when every row panics the batch fails instead.
-func (r *Relay) prepare(rows []row, res *batchResult) ([]row, error) {
-	var made, panicked []row
-	for _, x := range rows {
+// prepare makes records into Kafka records and returns those to send, in
+// order, up to maxBatchBytes (the records after the first that does not
+// fit wait for the next batch). It parks the records that cannot be made
+// one, or are too large for any batch, and holds back those of a topic
+// Kafka refused a moment ago (parked once TopicRefusalGrace is over). A
+// record whose handling panics is parked as internal_error when another
+// record was handled, so the panic is that record's; when every record
+// panics the batch fails instead.
+func (r *Relay) prepare(records []record, res *batchResult) ([]record, error) {
+	var made, panicked []record
+	for _, x := range records {
 		var reason string
 		var cause error
 		switch ok := r.guard(func() { reason, cause = toRecord(&x) }); {
@@ -388,7 +421,7 @@ func (r *Relay) prepare(rows []row, res *batchResult) ([]row, error) {
 		}
 	}
 	if len(panicked) > 0 {
-		if len(panicked) == len(rows) {
+		if len(panicked) == len(records) {
 			return nil, errPanicked
 		}
 		for _, x := range panicked {
@@ -396,7 +429,7 @@ func (r *Relay) prepare(rows []row, res *batchResult) ([]row, error) {
 		}
 	}
 	now := time.Now()
-	var send []row
+	var send []record
 	total := 0
 	for _, x := range made {
 		if reason, park, held := r.refusals.standing(x.topic, now); held {
@@ -404,7 +437,7 @@ func (r *Relay) prepare(rows []row, res *batchResult) ([]row, error) {
 			if park {
 				res.park(x, reason, cause)
 			} else {
-				res.retain([]row{x}, cause, false)
+				res.retain([]record{x}, cause, false)
 			}
 			continue
 		}
@@ -413,6 +446,7 @@ func (r *Relay) prepare(rows []row, res *batchResult) ([]row, error) {
 			continue
 		}
 		if total+x.size > maxBatchBytes {
+			res.cut = true
 			break
 		}
 		send = append(send, x)
@@ -421,10 +455,10 @@ func (r *Relay) prepare(rows []row, res *batchResult) ([]row, error) {
 	return send, nil
 }
 
-// toRecord makes x's record, or says why x cannot be one.
-func toRecord(x *row) (reason string, cause error) {
+// toRecord makes x's Kafka record, or says why x cannot be one.
+func toRecord(x *record) (reason string, cause error) {
 	if x.topic == "" {
-		return ReasonUndecodable, errors.New("the row names no topic")
+		return ReasonUndecodable, errors.New("the record names no topic")
 	}
 	headers, err := parseHeaders(x.headers)
 	if err != nil {
@@ -439,65 +473,67 @@ func toRecord(x *row) (reason string, cause error) {
 	return "", nil
 }
 
-// publish sends rows in one call and sorts each into published, parked or
-// retained. Rows Kafka refused as records are sent again one by one
-// (isolate); rows of a topic it refused wait, or are parked once it has
+// publish sends records in one call and sorts each into published, parked
+// or retained. Records Kafka refused as such are sent again one by one
+// (isolate); records of a topic it refused wait, or are parked once it has
 // refused the topic for TopicRefusalGrace; the rest stay for the next
 // batch. By the writer's contract a partition's records after one that
 // failed failed too, so what is published is, per partition, a prefix of
-// its rows in this batch: deleting exactly those keeps every key's order.
-func (r *Relay) publish(ctx context.Context, rows []row, res *batchResult) {
+// its records in this batch: removing exactly those keeps every key's
+// order.
+func (r *Relay) publish(ctx context.Context, records []record, res *batchResult) {
 	start := time.Now()
-	errs, ok := r.write(ctx, rows)
+	errs, ok := r.write(ctx, records)
 	if !ok {
-		r.isolate(ctx, rows, res) // the publish panicked: learn whether one row did it
+		r.isolate(ctx, records, res) // the publish panicked: learn whether one record did it
 		return
 	}
 	r.metrics.publishDuration.Observe(time.Since(start).Seconds())
 	now := time.Now()
-	var suspects []row
-	for i, x := range rows {
+	var suspects []record
+	for i, x := range records {
 		reason, topicWide := refusal(errs[i])
 		switch {
 		case errs[i] == nil:
 			res.published = append(res.published, x)
 			r.refusals.accepted(x.topic)
 		case reason == "":
-			res.retain([]row{x}, errs[i], true)
+			res.retain([]record{x}, errs[i], true)
 		case !topicWide:
 			suspects = append(suspects, x)
 		case r.refusals.observe(x.topic, reason, now):
 			res.park(x, reason, errs[i])
 		default:
-			res.retain([]row{x}, fmt.Errorf("%w (parked if still refused after %s)", errs[i], r.opts.TopicRefusalGrace), false)
+			res.retain([]record{x}, fmt.Errorf("%w (parked if still refused after %s)", errs[i], r.opts.TopicRefusalGrace), false)
 		}
 	}
 	r.isolate(ctx, suspects, res)
 }
 
-// isolate publishes rows one at a time, in id order, to learn which of them
-// Kafka (or the publisher) refuses: a partition's record batch fails whole
-// when one of its records is refused, so its other records are innocent.
-// A row refused again alone is parked. A row whose publish panics alone is
-// parked as internal_error if another row went through alone, so the panic
-// is the row's and not the publisher's; otherwise it stays, and two such
-// rows with none through stop it (the publisher panics whatever it sends).
-// The first row that fails alone for any other reason stops it: that row
-// and the rest stay for the next batch, so no later record of a key is
-// published ahead of an earlier one that may still be.
-func (r *Relay) isolate(ctx context.Context, rows []row, res *batchResult) {
-	var panicked []row
+// isolate publishes records one at a time, in order, to learn which of
+// them Kafka (or the publisher) refuses: a partition's record batch fails
+// whole when one of its records is refused, so its other records are
+// innocent. A record refused again alone is parked. A record whose publish
+// panics alone is parked as internal_error if another record went through
+// alone, so the panic is the record's and not the publisher's; otherwise
+// it stays, and two such records with none through stop it (the publisher
+// panics whatever it sends). The first record that fails alone for any
+// other reason stops it: that record and the rest stay for the next batch,
+// so no later record of a key is published ahead of an earlier one that
+// may still be.
+func (r *Relay) isolate(ctx context.Context, records []record, res *batchResult) {
+	var panicked []record
 	through := false
-	for i, x := range rows {
+	for i, x := range records {
 		if i == maxIsolated {
-			res.retain(rows[i:], fmt.Errorf("more than %d records to publish one by one; the rest wait for the next batch", maxIsolated), false)
+			res.retain(records[i:], fmt.Errorf("more than %d records to publish one by one; the rest wait for the next batch", maxIsolated), false)
 			break
 		}
-		errs, ok := r.write(ctx, []row{x})
+		errs, ok := r.write(ctx, []record{x})
 		if !ok {
 			panicked = append(panicked, x)
 			if len(panicked) == 2 && !through {
-				res.retain(rows[i+1:], errPanicked, false)
+				res.retain(records[i+1:], errPanicked, false)
 				break
 			}
 			continue
@@ -512,33 +548,33 @@ func (r *Relay) isolate(ctx context.Context, rows []row, res *batchResult) {
 			res.park(x, reason, errs[0])
 			continue
 		}
-		res.retain(rows[i:], errs[0], reason == "")
+		res.retain(records[i:], errs[0], reason == "")
 		break
 	}
 	for _, x := range panicked {
 		if through {
 			res.park(x, ReasonInternalError, errPanicked)
 		} else {
-			res.retain([]row{x}, errPanicked, false)
+			res.retain([]record{x}, errPanicked, false)
 		}
 	}
 }
 
-// write publishes rows and returns each one's error (nil: acknowledged).
+// write publishes records and returns each one's error (nil: acknowledged).
 // ok is false when the publisher panicked (recovered; nothing is known of
 // what it sent).
-func (r *Relay) write(ctx context.Context, rows []row) (errs []error, ok bool) {
-	msgs := make([]kafka.Message, len(rows))
-	for i, x := range rows {
+func (r *Relay) write(ctx context.Context, records []record) (errs []error, ok bool) {
+	msgs := make([]kafka.Message, len(records))
+	for i, x := range records {
 		msgs[i] = x.msg
 	}
 	var err error
 	if !r.guard(func() { err = r.opts.Publisher.WriteMessages(ctx, msgs...) }) {
 		return nil, false
 	}
-	errs = make([]error, len(rows))
+	errs = make([]error, len(records))
 	var werrs kafka.WriteErrors
-	if errors.As(err, &werrs) && len(werrs) == len(rows) {
+	if errors.As(err, &werrs) && len(werrs) == len(records) {
 		copy(errs, werrs)
 	} else if err != nil {
 		for i := range errs {
@@ -548,25 +584,44 @@ func (r *Relay) write(ctx context.Context, rows []row) (errs []error, ok bool) {
 	return errs, true
 }
 
-// settle deletes the published rows and moves the parked ones to
-// outbox_parked, then commits. Both are fenced: they happen only while this
-// relay still holds the lease of every shard they touch with the epoch it
-// read the rows under (FOR SHARE holds off a takeover until the commit);
-// otherwise the commit changes nothing and it returns errFenced.
+// recordRef names a record: its row and its position in it.
+type recordRef struct {
+	id  int64
+	ord int32
+}
+
+// settle removes from the outbox what the batch is done with, then
+// commits: a row whose every record was published or parked is deleted; a
+// row of which only some were is rewritten to hold the others, in order;
+// parked records are copied to outbox_parked. All of it is fenced: it
+// happens only while this relay still holds the lease of every shard it
+// touches with the epoch it read the rows under (FOR SHARE holds off a
+// takeover until the commit); otherwise the commit changes nothing and it
+// returns errFenced.
 func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, epochs []int64, res *batchResult) error {
 	b := &pgx.Batch{}
 	held := true
 	if len(res.published)+len(res.parked) > 0 {
-		touched := make(map[int16]bool)
-		published := make(map[int16][]int64)
+		done := make(map[int64]int, len(res.rows))
 		for _, x := range res.published {
-			published[x.slot] = append(published[x.slot], x.id)
-			touched[x.shard] = true
+			done[x.id]++
 		}
-		parked, reasons, parkedSlots := make([]int64, len(res.parked)), make([]string, len(res.parked)), make(map[int16]bool)
-		for i, x := range res.parked {
-			parked[i], reasons[i] = x.id, x.reason
-			touched[x.shard], parkedSlots[x.slot] = true, true
+		for _, x := range res.parked {
+			done[x.id]++
+		}
+		touched := make(map[int16]bool)
+		deleted := make(map[int16][]int64)
+		var partial []outboxRow
+		for _, row := range res.rows {
+			switch n := done[row.id]; {
+			case n == 0:
+			case n == row.records:
+				deleted[row.slot] = append(deleted[row.slot], row.id)
+				touched[row.shard] = true
+			default:
+				partial = append(partial, row)
+				touched[row.shard] = true
+			}
 		}
 		var fenceShards []int16
 		var fenceEpochs []int64
@@ -575,26 +630,82 @@ func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, 
 				fenceShards, fenceEpochs = append(fenceShards, s), append(fenceEpochs, epochs[i])
 			}
 		}
-		slots := slices.Sorted(maps.Keys(published))
+		slots := slices.Sorted(maps.Keys(deleted))
 		args := []any{fenceShards, fenceEpochs, r.opts.ID}
 		for _, s := range slots {
-			args = append(args, published[s])
+			args = append(args, deleted[s])
 		}
-		if len(parked) > 0 {
-			args = append(args, parked, reasons, slices.Sorted(maps.Keys(parkedSlots)))
+		if len(partial) > 0 {
+			args = append(args, res.kept(partial)...)
 		}
-		b.Queue(settleSQL(slots, len(parked) > 0), args...).QueryRow(func(row pgx.Row) error { return row.Scan(&held) })
+		if len(res.parked) > 0 {
+			slices.SortFunc(res.parked, func(a, b parkedRecord) int {
+				return cmp.Or(cmp.Compare(a.id, b.id), cmp.Compare(a.ord, b.ord))
+			})
+			ids, ords, reasons, parkedSlots := make([]int64, len(res.parked)), make([]int32, len(res.parked)), make([]string, len(res.parked)), make(map[int16]bool)
+			for i, x := range res.parked {
+				ids[i], ords[i], reasons[i], parkedSlots[x.slot] = x.id, x.ord, x.reason, true
+			}
+			args = append(args, ids, ords, reasons, slices.Sorted(maps.Keys(parkedSlots)))
+		}
+		b.Queue(settleSQL(slots, len(partial) > 0, len(res.parked) > 0), args...).QueryRow(func(row pgx.Row) error {
+			var parked []int64
+			if err := row.Scan(&held, &parked); err != nil {
+				return err
+			}
+			if held && len(parked) != len(res.parked) {
+				return fmt.Errorf("settle parked %d records, want %d", len(parked), len(res.parked))
+			}
+			for i := range parked {
+				res.parked[i].parked = parked[i]
+			}
+			return nil
+		})
 	}
 	b.Queue("COMMIT")
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("settle published and parked rows: %w", err)
+		return fmt.Errorf("settle published and parked records: %w", err)
 	}
 	if !held {
-		// The rows were locked by this transaction, so none was deleted by
+		// The rows were locked by this transaction, so none was changed by
 		// anyone else: the fence refused, and the commit changed nothing.
 		return errFenced
 	}
 	return nil
+}
+
+// kept returns the settle statement's arguments that rewrite rows, each
+// to the records of it the batch neither published nor parked: the rows'
+// ids and the records' positions, one pair a record kept, and the rows'
+// slots.
+func (b *batchResult) kept(rows []outboxRow) []any {
+	partial := make(map[int64]bool, len(rows))
+	for _, row := range rows {
+		partial[row.id] = true
+	}
+	done := make(map[recordRef]bool)
+	for _, x := range b.published {
+		if partial[x.id] {
+			done[recordRef{x.id, x.ord}] = true
+		}
+	}
+	for _, x := range b.parked {
+		if partial[x.id] {
+			done[recordRef{x.id, x.ord}] = true
+		}
+	}
+	var ids []int64
+	var ords []int32
+	slots := make(map[int16]bool)
+	for _, row := range rows {
+		slots[row.slot] = true
+		for ord := int32(1); ord <= int32(row.records); ord++ {
+			if !done[recordRef{row.id, ord}] {
+				ids, ords = append(ids, row.id), append(ords, ord)
+			}
+		}
+	}
+	return []any{ids, ords, slices.Sorted(maps.Keys(slots))}
 }
 
 // relaySettings opens every batch's transaction:
@@ -623,8 +734,11 @@ const relaySettings = `SELECT set_config('idle_in_transaction_session_timeout', 
 	set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true)`
 
 // readSQL, with the batch size as its LIMIT (a constant of the relay, so
-// that the plan is made for it): $1 the shards held.
-const readSQL = `SELECT id, slot, shard, topic, key, value, headers, accepted_at, created_at
+// that the plan is made for it): $1 the shards held. Every row is read as
+// a row of records, whatever its layout (migration 0024).
+const readSQL = `SELECT id, slot, shard, topics IS NULL,
+		coalesce(topics, ARRAY[topic]), coalesce(keys, ARRAY[key]), coalesce(vals, ARRAY[value]),
+		coalesce(hdrs, ARRAY[headers::text]), coalesce(accepted, ARRAY[accepted_at]), created_at
 	FROM outbox WHERE shard = ANY($1::int2[]) ORDER BY id LIMIT %d FOR UPDATE`
 
 // settleFence opens every settle statement: $1, $2 the shards touched
@@ -635,40 +749,66 @@ const settleFence = `WITH fence AS (
 		JOIN unnest($1::int2[], $2::int8[]) AS u (shard, epoch) ON l.shard = u.shard AND l.epoch = u.epoch
 		WHERE l.owner = $3 ORDER BY l.shard FOR SHARE OF l) AS h)`
 
-// settleSQL is the statement that settles a batch, fenced (settleFence):
-// for each of slots, in order, it deletes the published rows of that
-// slot's partition, named, so that the plan searches that partition
-// alone ($4, $5, …: each slot's ids); with parked, it then moves the
-// parked rows to outbox_parked (its three last parameters: their ids,
-// their reasons, and their slots; with a generic plan every slot's index
-// is probed, which is cheap for the few rows parked).
-func settleSQL(slots []int16, parked bool) string {
+// settleSQL is the statement that settles a batch, fenced (settleFence).
+// For each of slots, in order, it deletes the rows done with of that
+// slot's partition, named, so that the plan searches that partition alone
+// ($4, $5, …: each slot's ids). With kept, it rewrites each row done with
+// in part to the records it keeps (the next three parameters: a row id and
+// a position for each record kept, and the rows' slots). With parked, it
+// copies the parked records to outbox_parked (the last four: their rows'
+// ids, their positions, their reasons, and their rows' slots), each under
+// its row's id for a row of the older layout and under a new id from the
+// outbox's sequence otherwise, and returns those ids in row and position
+// order. With a generic plan the rewrite and the copy probe every slot
+// named; both are rare and touch few rows. Every data-modifying part reads
+// the rows as they were before the statement.
+func settleSQL(slots []int16, kept, parked bool) string {
 	var q strings.Builder
 	q.WriteString(settleFence)
 	for i, s := range slots {
 		fmt.Fprintf(&q, ",\nd%d AS (DELETE FROM outbox_slot_%d WHERE id = ANY($%d::int8[]) AND (SELECT held FROM fence))", s, s, i+4)
 	}
-	if parked {
-		n := len(slots) + 4
+	n := len(slots) + 4
+	if kept {
 		fmt.Fprintf(&q, `,
-moved AS (
-	DELETE FROM outbox AS o USING unnest($%d::int8[], $%d::text[]) AS p (id, reason)
-	WHERE o.slot = ANY($%d::int2[]) AND o.id = p.id AND (SELECT held FROM fence)
-	RETURNING o.id, o.topic, o.key, o.value, o.headers, o.accepted_at, o.created_at, p.reason),
+kept AS (
+	UPDATE outbox AS o SET topics = k.topics, keys = k.keys, vals = k.vals, hdrs = k.hdrs, accepted = k.accepted
+	FROM (SELECT x.id, x.slot, array_agg(x.topics[u.ord] ORDER BY u.ord) AS topics, array_agg(x.keys[u.ord] ORDER BY u.ord) AS keys,
+			array_agg(x.vals[u.ord] ORDER BY u.ord) AS vals, array_agg(x.hdrs[u.ord] ORDER BY u.ord) AS hdrs,
+			array_agg(x.accepted[u.ord] ORDER BY u.ord) AS accepted
+		FROM unnest($%d::int8[], $%d::int4[]) AS u (id, ord)
+		JOIN outbox AS x ON x.slot = ANY($%d::int2[]) AND x.id = u.id
+		GROUP BY x.id, x.slot) AS k
+	WHERE o.slot = k.slot AND o.id = k.id AND (SELECT held FROM fence))`, n, n+1, n+2)
+		n += 3
+	}
+	if parked {
+		fmt.Fprintf(&q, `,
+park AS (
+	SELECT CASE WHEN o.topics IS NULL THEN o.id ELSE nextval('outbox_id_seq') END AS parked_id, p.id, p.ord,
+		coalesce(o.topics[p.ord], o.topic) AS topic, CASE WHEN o.topics IS NULL THEN o.key ELSE o.keys[p.ord] END AS key,
+		coalesce(o.vals[p.ord], o.value) AS value, coalesce(o.hdrs[p.ord], o.headers::text) AS headers,
+		CASE WHEN o.topics IS NULL THEN o.accepted_at ELSE o.accepted[p.ord] END AS accepted_at, o.created_at, p.reason
+	FROM unnest($%d::int8[], $%d::int4[], $%d::text[]) AS p (id, ord, reason)
+	JOIN outbox AS o ON o.slot = ANY($%d::int2[]) AND o.id = p.id
+	WHERE (SELECT held FROM fence)),
 parked AS (
 	INSERT INTO outbox_parked (id, topic, key, value, headers, accepted_at, created_at, reason)
-	SELECT id, topic, key, value, headers, accepted_at, created_at, reason FROM moved)`, n, n+1, n+2)
+	SELECT parked_id, topic, key, value, headers, accepted_at, created_at, reason FROM park)
+SELECT held, (SELECT coalesce(array_agg(parked_id ORDER BY id, ord), '{}') FROM park) FROM fence`, n, n+1, n+2, n+3)
+		return q.String()
 	}
-	q.WriteString("\nSELECT held FROM fence")
+	q.WriteString("\nSELECT held, '{}'::int8[] FROM fence")
 	return q.String()
 }
 
-// parkedLog is the message of a parked row's log line.
-const parkedLog = "outbox row parked: it cannot be published as it is; its consumers see a gap until it is unparked"
+// parkedLog is the message of a parked record's log line.
+const parkedLog = "outbox record parked: it cannot be published as it is; its consumers see a gap until it is unparked"
 
 // account counts and logs, once committed, what a batch did. Each parked
-// row is logged once, at Error (its consumers will see a gap), with its
-// id, topic and reason, never its key or value.
+// record is logged once, at Error (its consumers will see a gap), with its
+// id in outbox_parked, the row it was in, its topic and reason, never its
+// key or value.
 func (r *Relay) account(res *batchResult) {
 	now := time.Now()
 	for _, x := range res.published {
@@ -683,7 +823,7 @@ func (r *Relay) account(res *batchResult) {
 	for _, x := range res.parked {
 		r.metrics.parked.WithLabelValues(x.reason).Inc()
 		r.opts.Log.Error(parkedLog,
-			"id", x.id, "topic", x.topic, "reason", x.reason, "bytes", len(x.key)+len(x.value), "err", x.cause)
+			"id", x.parked, "row", x.id, "topic", x.topic, "reason", x.reason, "bytes", len(x.key)+len(x.value), "err", x.cause)
 	}
 }
 
@@ -771,7 +911,7 @@ func (r *Relay) watchBacklog(ctx context.Context) {
 		var oldest pgtype.Timestamptz
 		var usage float64
 		var size int64
-		err := r.opts.Pool.QueryRow(ctx, `SELECT count(*), min(created_at), pg_notification_queue_usage(),
+		err := r.opts.Pool.QueryRow(ctx, `SELECT `+pendingSQL+`, min(created_at), pg_notification_queue_usage(),
 			(SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8 FROM pg_partition_tree('outbox')) FROM outbox`).Scan(&n, &oldest, &usage, &size)
 		if err == nil {
 			r.metrics.pending.Set(float64(n))

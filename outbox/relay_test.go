@@ -99,7 +99,7 @@ func TestRelayPublishesRowThatCommitsLate(t *testing.T) {
 		t.Fatalf("published records = %q, want [early late]: the late-committing row was skipped", values)
 	}
 	var left int
-	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&left); err != nil {
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox_records`).Scan(&left); err != nil {
 		t.Fatal(err)
 	}
 	if left != 0 {
@@ -107,7 +107,7 @@ func TestRelayPublishesRowThatCommitsLate(t *testing.T) {
 		// the record a moment before that, so wait for the outbox to drain.
 		for left != 0 && ctx.Err() == nil {
 			time.Sleep(20 * time.Millisecond)
-			_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&left)
+			_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox_records`).Scan(&left)
 		}
 		if left != 0 {
 			t.Errorf("outbox still holds %d rows after both were published", left)

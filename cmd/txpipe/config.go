@@ -132,7 +132,7 @@ func (f flagSet) worker() {
 }
 
 func (f flagSet) relay() {
-	f.IntVar(&f.cfg.relayBatchSize, "relay-batch-size", 500, "most outbox rows published per transaction")
+	f.IntVar(&f.cfg.relayBatchSize, "relay-batch-size", 200, "most outbox rows read per transaction (a row holds one or more records)")
 	f.DurationVar(&f.cfg.relayPollInterval, "relay-poll-interval", time.Second, "how often the relay polls when no notification arrives")
 	f.StringVar(&f.cfg.relayListenURL, "relay-listen-url", "", `PostgreSQL URL of the relay's LISTEN session for the workers' wake-ups (default: --database-url); behind PgBouncer in transaction mode, PostgreSQL's own address, or "off" to poll every --relay-poll-interval`)
 	f.DurationVar(&f.cfg.relayLeaseTTL, "relay-lease-ttl", 10*time.Second, "how long a relay's outbox shard leases last unrenewed: how soon other relays take over from one that stopped, paused or lost PostgreSQL")

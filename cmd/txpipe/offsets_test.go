@@ -359,8 +359,8 @@ func (r *recreateRig) expectHalted(t *testing.T, w *inprocWorker, ids []string, 
 // expectOnce checks that each of ids has exactly one outcome event.
 func (r *recreateRig) expectOnce(t *testing.T, ids []string) {
 	t.Helper()
-	rows, err := r.db.Pool.Query(context.Background(), `SELECT headers->>'command_id', count(*) FROM outbox
-		WHERE topic = $1 AND headers->>'command_id' = ANY($2) GROUP BY 1`, r.topics.Events, ids)
+	rows, err := r.db.Pool.Query(context.Background(), `SELECT headers::jsonb->>'command_id', count(*) FROM outbox_records
+		WHERE topic = $1 AND headers::jsonb->>'command_id' = ANY($2) GROUP BY 1`, r.topics.Events, ids)
 	if err != nil {
 		t.Fatal(err)
 	}
