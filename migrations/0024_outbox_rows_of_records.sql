@@ -1,23 +1,27 @@
 -- An outbox row holds one or more records: the records one transaction
--- writes for one shard, in order, up to about 6 KiB a row (outbox.Queue).
--- A row used to be one record; at ~4.7 records a transfer every record paid
--- a heap tuple, two index entries, a row lock and a delete, which cost the
--- worker's and the relay's backends more than the records' bytes did
--- (docs/benchmarks.md, "Records by the row").
+-- writes for one shard, in order, up to about 7 000 bytes a row
+-- (outbox.Queue). A row used to be one record; at ~4.7 records a transfer
+-- every record paid a heap tuple, two index entries, a row lock and a
+-- delete, which cost the worker's and the relay's backends more than the
+-- records' bytes did (docs/benchmarks.md, "Records by the row").
 --
 -- A row is one of two layouts:
---   - a record (rows written before this migration, and unparked records):
---     topic, key, value, headers, accepted_at, as before; the arrays NULL;
---   - records: topics, keys, vals, hdrs and accepted, one element a record,
---     in order; topic and value NULL. key is the first record's key, so the
---     generated shard is the one every record of the row hashes to (Queue
---     groups them by it). hdrs is each record's headers as JSON text:
---     parsing them into jsonb cost the worker's backend about 5 µs a record,
---     and only the relay reads them.
+--   - a record (rows written before this migration, and hand-written
+--     ones): topic, key, value, headers, accepted_at, as before; records
+--     and record_count NULL;
+--   - records: record_count records packed by the worker into the bytea
+--     records (outbox/rowformat.go; outbox_unpack below reads it), in
+--     order; topic and value NULL. key is the first record's key, so the
+--     generated shard is the one every record of the row hashes to: Queue
+--     groups records by the same hash (outbox/shard.go, held to
+--     outbox_shard by a test). Packing in the worker spares its backend
+--     the parsing of each record's headers into jsonb and the grouping,
+--     and the relay's backend the decoding: each row is one value.
 -- The relay publishes a row's records in order and deletes the row once
--- each is published or parked; when some stay (Kafka did not take them, or
--- the relay's batch was full), it rewrites the row to those that stay.
--- outbox_records lists every record of every row, for operators and tests.
+-- each is published or parked; when some stay (Kafka did not take them,
+-- or the relay's batch was full), it rewrites the row to those that stay.
+-- The view outbox_records lists every record waiting, for operators and
+-- tests.
 --
 -- The ALTERs take the outbox's ACCESS EXCLUSIVE lock (briefly: the new
 -- columns are NULL, the check reads the few rows waiting); behind a long
@@ -28,8 +32,7 @@
 SET LOCAL lock_timeout = '10s';
 
 -- The shard of a key, as the outbox's generated column computes it (0008,
--- 0011): Queue groups a transaction's records by it, so that a row's
--- records are all of the row's shard.
+-- 0011).
 CREATE FUNCTION outbox_shard(key bytea) RETURNS smallint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN mod(mod(hashtextextended(encode(coalesce(key, ''::bytea), 'hex'), 0), 32) + 32, 32)::smallint;
@@ -37,35 +40,20 @@ CREATE FUNCTION outbox_shard(key bytea) RETURNS smallint
 ALTER TABLE outbox
     ALTER COLUMN topic DROP NOT NULL,
     ALTER COLUMN value DROP NOT NULL,
-    ADD COLUMN topics   text[],
-    ADD COLUMN keys     bytea[],
-    ADD COLUMN vals     bytea[],
-    ADD COLUMN hdrs     text[],
-    ADD COLUMN accepted timestamptz[],
-    -- Each row is one layout or the other, and a row of records has one
-    -- element a record in every array, one-dimensional and numbered from
-    -- 1 (the relay names records by their position); only a key (and an
-    -- acceptance time) may be NULL, as in the older layout.
+    ADD COLUMN records      bytea,
+    ADD COLUMN record_count integer,
     ADD CONSTRAINT outbox_layout CHECK (
-        CASE WHEN topics IS NULL
-        THEN topic IS NOT NULL AND value IS NOT NULL
-            AND keys IS NULL AND vals IS NULL AND hdrs IS NULL AND accepted IS NULL
-        ELSE topic IS NULL AND value IS NULL
-            AND coalesce(array_ndims(topics) = 1 AND array_lower(topics, 1) = 1
-                AND array_ndims(keys) = 1 AND array_lower(keys, 1) = 1 AND cardinality(keys) = cardinality(topics)
-                AND array_ndims(vals) = 1 AND array_lower(vals, 1) = 1 AND cardinality(vals) = cardinality(topics)
-                AND array_ndims(hdrs) = 1 AND array_lower(hdrs, 1) = 1 AND cardinality(hdrs) = cardinality(topics)
-                AND array_ndims(accepted) = 1 AND array_lower(accepted, 1) = 1 AND cardinality(accepted) = cardinality(topics)
-                AND array_position(topics, NULL) IS NULL AND array_position(vals, NULL) IS NULL
-                AND array_position(hdrs, NULL) IS NULL,
-                false)
+        CASE WHEN records IS NULL
+        THEN topic IS NOT NULL AND value IS NOT NULL AND record_count IS NULL
+        ELSE topic IS NULL AND value IS NULL AND coalesce(record_count > 0, false)
         END);
 
--- A row of records is up to about 7 KiB: kept in the row's page as it is,
+-- A row of records is under 8 000 bytes: kept in the row's page as it is,
 -- rather than compressed (and moved to the slot's TOAST table) past the
 -- default 2 KiB, which would cost the worker's backend the compression and
--- the relay's the decompression. Larger rows (a single record over 6 KiB)
--- are still compressed and moved.
+-- the relay's the decompression. A row holding a single record larger
+-- than that is moved out of line, uncompressed.
+ALTER TABLE outbox ALTER COLUMN records SET STORAGE EXTERNAL;
 DO $$
 BEGIN
     FOR s IN 0..7 LOOP
@@ -79,12 +67,65 @@ $$;
 -- they were.
 ALTER TABLE outbox_parked ALTER COLUMN headers TYPE text USING headers::text;
 
+-- outbox_unpack reads a row's records (outbox/rowformat.go): a format
+-- byte (1), then each record as its topic, key, value and headers, each a
+-- 4-byte big-endian length (0xFFFFFFFF: a NULL key) and its bytes, and its
+-- acceptance time in microseconds since 1970, 8 bytes big-endian (the
+-- smallest int8: none).
+CREATE FUNCTION outbox_unpack(records bytea)
+    RETURNS TABLE (ord integer, topic text, key bytea, value bytea, headers text, accepted_at timestamptz)
+    LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    p integer := 1;
+    n int8;
+    us int8;
+BEGIN
+    IF length(records) = 0 OR get_byte(records, 0) <> 1 THEN
+        RAISE EXCEPTION 'outbox records of an unknown format';
+    END IF;
+    ord := 0;
+    WHILE p < length(records) LOOP
+        ord := ord + 1;
+        n := outbox_u32(records, p);
+        topic := convert_from(substring(records FROM p + 5 FOR n::integer), 'UTF8');
+        p := p + 4 + n::integer;
+        n := outbox_u32(records, p);
+        IF n = 4294967295 THEN
+            key := NULL;
+            p := p + 4;
+        ELSE
+            key := substring(records FROM p + 5 FOR n::integer);
+            p := p + 4 + n::integer;
+        END IF;
+        n := outbox_u32(records, p);
+        value := substring(records FROM p + 5 FOR n::integer);
+        p := p + 4 + n::integer;
+        n := outbox_u32(records, p);
+        headers := convert_from(substring(records FROM p + 5 FOR n::integer), 'UTF8');
+        p := p + 4 + n::integer;
+        n := outbox_u32(records, p);
+        IF n >= 2147483648 THEN
+            n := n - 4294967296;
+        END IF;
+        us := n * 4294967296 + outbox_u32(records, p + 4);
+        accepted_at := CASE WHEN us = -9223372036854775808 THEN NULL
+            ELSE 'epoch'::timestamptz + us * interval '1 microsecond' END;
+        p := p + 8;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION outbox_u32(b bytea, p integer) RETURNS int8
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN (get_byte(b, p)::int8 << 24) | (get_byte(b, p + 1)::int8 << 16) | (get_byte(b, p + 2)::int8 << 8) | get_byte(b, p + 3)::int8;
+
 -- Every record waiting, in the order the relay publishes them: by row id,
 -- then by position in the row (ord, from 1).
 CREATE VIEW outbox_records AS
 SELECT o.id, r.ord, o.slot, o.shard, r.topic, r.key, r.value, r.headers, r.accepted_at, o.created_at
 FROM outbox AS o
-CROSS JOIN LATERAL unnest(
-    coalesce(o.topics, ARRAY[o.topic]), coalesce(o.keys, ARRAY[o.key]), coalesce(o.vals, ARRAY[o.value]),
-    coalesce(o.hdrs, ARRAY[o.headers::text]), coalesce(o.accepted, ARRAY[o.accepted_at]))
-    WITH ORDINALITY AS r (topic, key, value, headers, accepted_at, ord);
+CROSS JOIN LATERAL outbox_unpack(o.records) AS r
+UNION ALL
+SELECT o.id, 1, o.slot, o.shard, o.topic, o.key, o.value, o.headers::text, o.accepted_at, o.created_at
+FROM outbox AS o WHERE o.records IS NULL;

@@ -28,11 +28,9 @@ package outbox
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // NotifyChannel is the LISTEN/NOTIFY channel that wakes the relay when a
@@ -74,61 +72,60 @@ type Message struct {
 	AcceptedAt time.Time
 }
 
-// rowBytes is about how many bytes of records Queue puts in one outbox row
-// (a row ends with the record that takes it past this): with a record's
-// overhead in the row, a row stays under the slots' toast_tuple_target
-// (8160 bytes, migration 0024), so PostgreSQL keeps it in its page as it
-// is instead of compressing it.
-const rowBytes = 6000
+// insertSQL writes the rows Queue packed: $1 each row's key (its first
+// record's, whose shard is every record's), $2 its records, $3 how many.
+// Ids follow the array's order.
+const insertSQL = `
+INSERT INTO outbox (key, records, record_count)
+SELECT k, r, c FROM unnest($1::bytea[], $2::bytea[], $3::int4[]) WITH ORDINALITY AS u (k, r, c, n)
+ORDER BY n`
 
-// insertSQL writes msgs ($1–$5, one element a record) as rows of records:
-// the records of one shard (outbox_shard, the shard the row's generated
-// column computes from its key, the first record's) in order, cut into
-// rows of about rowBytes. The rows take their ids in the order of their
-// first record, so a key's records are in id order, then in position
-// order within a row.
-var insertSQL = `
-INSERT INTO outbox (key, topics, keys, vals, hdrs, accepted)
-SELECT (array_agg(k ORDER BY n))[1], array_agg(t ORDER BY n), array_agg(k ORDER BY n), array_agg(v ORDER BY n),
-       array_agg(h ORDER BY n), array_agg(a ORDER BY n)
-FROM (SELECT t, k, v, h, a, n, s,
-             (sum(octet_length(t) + coalesce(octet_length(k), 0) + octet_length(v) + octet_length(h) + 32)
-                  OVER (PARTITION BY s ORDER BY n) - 1) / ` + strconv.Itoa(rowBytes) + ` AS part
-      FROM (SELECT t, k, v, h, a, n, outbox_shard(k) AS s
-            FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::timestamptz[])
-                 WITH ORDINALITY AS u (t, k, v, h, a, n)) AS x) AS y
-GROUP BY s, part
-ORDER BY min(n)`
-
-// Queue adds to b the statement that writes msgs, in order, as rows of
-// records (see insertSQL), and the notification that wakes the relay on
-// commit (left out while the notification queue is held: see
-// NotifyQueueMaxUsage). Run b inside the transaction whose effects the
-// messages describe.
+// Queue adds to b the statement that writes msgs, in order, and the
+// notification that wakes the relay on commit (left out while the
+// notification queue is held: see NotifyQueueMaxUsage). Run b inside the
+// transaction whose effects the messages describe.
+//
+// The records of one shard go into one row, in order, cut into rows of
+// about rowBytes; rows are written in the order of their first record, so
+// a key's records are in id order, then in position order within a row.
 func Queue(b *pgx.Batch, msgs []Message) {
 	if len(msgs) == 0 {
 		return
 	}
-	topics := make([]string, len(msgs))
-	keys := make([][]byte, len(msgs))
-	values := make([][]byte, len(msgs))
-	headers := make([]string, len(msgs))
-	accepted := make([]pgtype.Timestamptz, len(msgs))
-	for i, m := range msgs {
-		topics[i], keys[i], values[i] = m.Topic, m.Key, m.Value
-		if m.Value == nil {
-			values[i] = []byte{} // an empty value, not a NULL (a tombstone once published)
-		}
-		headers[i] = headersJSON(m.Headers)
-		accepted[i] = pgtype.Timestamptz{Time: m.AcceptedAt, Valid: !m.AcceptedAt.IsZero()}
+	type row struct {
+		key     []byte
+		records []byte
+		count   int32
 	}
-	b.Queue(insertSQL, topics, keys, values, headers, accepted)
+	var rows []*row
+	open := make(map[int16]*row) // each shard's row being filled
+	for _, m := range msgs {
+		headers := headersJSON(m.Headers)
+		size := packedSize(m.Topic, m.Key, m.Value, headers)
+		s := shardOf(m.Key)
+		r := open[s]
+		if r == nil || len(r.records)+size > rowBytes {
+			r = &row{key: m.Key, records: make([]byte, 1, min(max(rowBytes, size+1), 1+size*4))}
+			r.records[0] = rowFormat
+			open[s] = r
+			rows = append(rows, r)
+		}
+		r.records = appendRecord(r.records, m.Topic, m.Key, m.Value, headers, m.AcceptedAt)
+		r.count++
+	}
+	keys := make([][]byte, len(rows))
+	records := make([][]byte, len(rows))
+	counts := make([]int32, len(rows))
+	for i, r := range rows {
+		keys[i], records[i], counts[i] = r.key, r.records, r.count
+	}
+	b.Queue(insertSQL, keys, records, counts)
 	b.Queue(notifySQL, NotifyChannel, NotifyQueueMaxUsage)
 }
 
 // pendingSQL counts the records waiting in the outbox: a row of records
-// holds cardinality(topics) of them, a row of the older layout one.
-const pendingSQL = `coalesce(sum(coalesce(cardinality(topics), 1)), 0)::int8`
+// holds record_count of them, a row of the older layout one.
+const pendingSQL = `coalesce(sum(coalesce(record_count, 1)), 0)::int8`
 
 // Unpublished counts the outbox records no relay has published yet, in q's
 // snapshot (an auditor's REPEATABLE READ transaction, say).

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 )
@@ -157,26 +158,50 @@ func ListParked(ctx context.Context, pool *pgxpool.Pool, f ParkedFilter, limit i
 // Unpark moves the parked records f picks back into the outbox, each a
 // row of one record with its id in outbox_parked, so the relay publishes
 // them again (or parks them again if Kafka still refuses them), and wakes
-// the relays. It returns how many it moved.
-// A key's unparked record reaches Kafka after the key's later records that
-// were published while it was parked.
+// the relays. It returns how many it moved. A key's unparked record
+// reaches Kafka after the key's later records that were published while
+// it was parked.
 func Unpark(ctx context.Context, pool *pgxpool.Pool, f ParkedFilter) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		ct, err := tx.Exec(ctx, `WITH moved AS (DELETE FROM outbox_parked WHERE `+parkedWhere+`
-				RETURNING id, topic, key, value, headers, accepted_at, created_at)
-			INSERT INTO outbox (id, key, topics, keys, vals, hdrs, accepted, created_at)
-			SELECT id, key, ARRAY[topic], ARRAY[key], ARRAY[value], ARRAY[headers], ARRAY[accepted_at], created_at
-			FROM moved ORDER BY id`, f.Reason, ids(f.IDs))
+		rows, err := tx.Query(ctx, `DELETE FROM outbox_parked WHERE `+parkedWhere+`
+			RETURNING id, topic, key, value, headers, accepted_at, created_at`, f.Reason, ids(f.IDs))
 		if err != nil {
 			return err
 		}
-		n = ct.RowsAffected()
+		var (
+			id             int64
+			topic, headers string
+			key, value     []byte
+			accepted       pgtype.Timestamptz
+			created        time.Time
+			createdAt      []time.Time
+			rowIDs         []int64
+			keys, packed   [][]byte
+		)
+		_, err = pgx.ForEachRow(rows, []any{&id, &topic, &key, &value, &headers, &accepted, &created}, func() error {
+			var at time.Time
+			if accepted.Valid {
+				at = accepted.Time
+			}
+			rowIDs, keys, createdAt = append(rowIDs, id), append(keys, key), append(createdAt, created)
+			packed = append(packed, appendRecord([]byte{rowFormat}, topic, key, value, headers, at))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO outbox (id, key, records, record_count, created_at)
+			SELECT id, k, r, 1, c FROM unnest($1::int8[], $2::bytea[], $3::bytea[], $4::timestamptz[]) AS u (id, k, r, c)
+			ORDER BY id`, rowIDs, keys, packed, createdAt); err != nil {
+			return err
+		}
+		n = int64(len(rowIDs))
 		_, err = tx.Exec(ctx, notifySQL, NotifyChannel, NotifyQueueMaxUsage)
 		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("unpark outbox rows: %w", err)
+		return 0, fmt.Errorf("unpark outbox records: %w", err)
 	}
 	return n, nil
 }

@@ -120,17 +120,18 @@ func write(t *testing.T, ctx context.Context, db *pgtest.DB, msgs ...outbox.Mess
 // parked returns outbox_parked's reason of each value.
 func parked(t *testing.T, ctx context.Context, db *pgtest.DB) map[string]string {
 	t.Helper()
-	rows, err := db.Pool.Query(ctx, `SELECT convert_from(value, 'UTF8'), reason FROM outbox_parked`)
+	rows, err := db.Pool.Query(ctx, `SELECT value, reason FROM outbox_parked`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := make(map[string]string)
 	for rows.Next() {
-		var value, reason string
+		var value []byte
+		var reason string
 		if err := rows.Scan(&value, &reason); err != nil {
 			t.Fatal(err)
 		}
-		got[value] = reason
+		got[string(value)] = reason
 	}
 	return got
 }

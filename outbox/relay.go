@@ -257,6 +257,9 @@ type record struct {
 	createdAt  time.Time
 	msg        kafka.Message // the record, made by toRecord
 	size       int           // its bytes in a produce request, estimated
+	// malformed: the row's records could not be read; this record stands
+	// for them all, its value the row's bytes.
+	malformed error
 }
 
 // outboxRow is an outbox row a batch read: the records it holds.
@@ -281,6 +284,7 @@ type parkedRecord struct {
 // batch; retained counts them, cause says why the first one stayed).
 type batchResult struct {
 	rows        []outboxRow
+	records     []record // every record of rows, in order
 	published   []record
 	parked      []parkedRecord
 	retained    int
@@ -351,7 +355,7 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn, res *batchRes
 	if err != nil {
 		return err
 	}
-	res.rows = rows
+	res.rows, res.records = rows, records
 	send, err := r.prepare(records, res)
 	if err != nil {
 		return err
@@ -365,7 +369,9 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn, res *batchRes
 }
 
 // read opens the transaction and locks the oldest rows of shards; it
-// returns them and their records, in order.
+// returns them and their records, in order. A row whose records cannot be
+// read is one record that says so (parked undecodable, with the row's
+// bytes as its value).
 func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([]outboxRow, []record, error) {
 	var rows []outboxRow
 	var records []record
@@ -374,20 +380,28 @@ func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([
 	b.Queue(relaySettings)
 	b.Queue(r.readSQL, shards).Query(func(rs pgx.Rows) error {
 		var (
-			x                   outboxRow
-			topics              []string
-			keys, values, heads [][]byte
-			accepted            []pgtype.Timestamptz
-			createdAt           time.Time
+			x              outboxRow
+			packed         []byte
+			topic, headers pgtype.Text
+			key, value     []byte
+			accepted       pgtype.Timestamptz
+			createdAt      time.Time
 		)
-		_, err := pgx.ForEachRow(rs, []any{&x.id, &x.slot, &x.shard, &x.single, &topics, &keys, &values, &heads, &accepted, &createdAt}, func() error {
-			// The layout check (0024) makes every array as long as topics.
-			x.records = len(topics)
-			rows = append(rows, x)
-			for i, topic := range topics {
-				records = append(records, record{id: x.id, ord: int32(i + 1), slot: x.slot, shard: x.shard,
-					topic: topic, key: keys[i], value: values[i], headers: heads[i], acceptedAt: accepted[i], createdAt: createdAt})
+		_, err := pgx.ForEachRow(rs, []any{&x.id, &x.slot, &x.shard, &packed, &topic, &key, &value, &headers, &accepted, &createdAt}, func() error {
+			x.single = packed == nil
+			start := len(records)
+			if x.single {
+				records = append(records, record{id: x.id, ord: 1, slot: x.slot, shard: x.shard,
+					topic: topic.String, key: key, value: value, headers: []byte(headers.String), acceptedAt: accepted, createdAt: createdAt})
+			} else {
+				var err error
+				if records, err = unpackRecords(records, x, createdAt, packed); err != nil {
+					records = append(records[:start], record{id: x.id, ord: 1, slot: x.slot, shard: x.shard,
+						value: packed, createdAt: createdAt, malformed: err})
+				}
 			}
+			x.records = len(records) - start
+			rows = append(rows, x)
 			return nil
 		})
 		return err
@@ -457,6 +471,9 @@ func (r *Relay) prepare(records []record, res *batchResult) ([]record, error) {
 
 // toRecord makes x's Kafka record, or says why x cannot be one.
 func toRecord(x *record) (reason string, cause error) {
+	if x.malformed != nil {
+		return ReasonUndecodable, x.malformed
+	}
 	if x.topic == "" {
 		return ReasonUndecodable, errors.New("the record names no topic")
 	}
@@ -639,14 +656,7 @@ func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, 
 			args = append(args, res.kept(partial)...)
 		}
 		if len(res.parked) > 0 {
-			slices.SortFunc(res.parked, func(a, b parkedRecord) int {
-				return cmp.Or(cmp.Compare(a.id, b.id), cmp.Compare(a.ord, b.ord))
-			})
-			ids, ords, reasons, parkedSlots := make([]int64, len(res.parked)), make([]int32, len(res.parked)), make([]string, len(res.parked)), make(map[int16]bool)
-			for i, x := range res.parked {
-				ids[i], ords[i], reasons[i], parkedSlots[x.slot] = x.id, x.ord, x.reason, true
-			}
-			args = append(args, ids, ords, reasons, slices.Sorted(maps.Keys(parkedSlots)))
+			args = append(args, res.parkedArgs()...)
 		}
 		b.Queue(settleSQL(slots, len(partial) > 0, len(res.parked) > 0), args...).QueryRow(func(row pgx.Row) error {
 			var parked []int64
@@ -675,9 +685,8 @@ func (r *Relay) settle(ctx context.Context, conn *pgxpool.Conn, shards []int16, 
 }
 
 // kept returns the settle statement's arguments that rewrite rows, each
-// to the records of it the batch neither published nor parked: the rows'
-// ids and the records' positions, one pair a record kept, and the rows'
-// slots.
+// to the records of it the batch neither published nor parked, packed
+// again in order: the rows' ids, their records, how many, and their slots.
 func (b *batchResult) kept(rows []outboxRow) []any {
 	partial := make(map[int64]bool, len(rows))
 	for _, row := range rows {
@@ -694,18 +703,55 @@ func (b *batchResult) kept(rows []outboxRow) []any {
 			done[recordRef{x.id, x.ord}] = true
 		}
 	}
-	var ids []int64
-	var ords []int32
+	packed := make(map[int64][]byte, len(rows))
+	counts := make(map[int64]int32, len(rows))
+	for _, x := range b.records {
+		if !partial[x.id] || done[recordRef{x.id, x.ord}] {
+			continue
+		}
+		if packed[x.id] == nil {
+			packed[x.id] = []byte{rowFormat}
+		}
+		var accepted time.Time
+		if x.acceptedAt.Valid {
+			accepted = x.acceptedAt.Time
+		}
+		packed[x.id] = appendRecord(packed[x.id], x.topic, x.key, x.value, string(x.headers), accepted)
+		counts[x.id]++
+	}
+	ids, records, n := make([]int64, len(rows)), make([][]byte, len(rows)), make([]int32, len(rows))
 	slots := make(map[int16]bool)
-	for _, row := range rows {
+	for i, row := range rows {
+		ids[i], records[i], n[i] = row.id, packed[row.id], counts[row.id]
 		slots[row.slot] = true
-		for ord := int32(1); ord <= int32(row.records); ord++ {
-			if !done[recordRef{row.id, ord}] {
-				ids, ords = append(ids, row.id), append(ords, ord)
-			}
+	}
+	return []any{ids, records, n, slices.Sorted(maps.Keys(slots))}
+}
+
+// parkedArgs returns the settle statement's arguments that copy the
+// parked records to outbox_parked, in row and position order (the order
+// the statement returns their ids in): the row's id for a row of the older
+// layout (it keeps its id) and NULL otherwise, then each record's topic,
+// key, value, headers, acceptance and creation times, and reason.
+func (b *batchResult) parkedArgs() []any {
+	slices.SortFunc(b.parked, func(x, y parkedRecord) int {
+		return cmp.Or(cmp.Compare(x.id, y.id), cmp.Compare(x.ord, y.ord))
+	})
+	single := make(map[int64]bool)
+	for _, row := range b.rows {
+		if row.single {
+			single[row.id] = true
 		}
 	}
-	return []any{ids, ords, slices.Sorted(maps.Keys(slots))}
+	n := len(b.parked)
+	ids, topics, keys, values := make([]pgtype.Int8, n), make([]string, n), make([][]byte, n), make([][]byte, n)
+	headers, accepted, created, reasons := make([]string, n), make([]pgtype.Timestamptz, n), make([]time.Time, n), make([]string, n)
+	for i, x := range b.parked {
+		ids[i] = pgtype.Int8{Int64: x.id, Valid: single[x.id]}
+		topics[i], keys[i], values[i], headers[i] = x.topic, x.key, x.value, string(x.headers)
+		accepted[i], created[i], reasons[i] = x.acceptedAt, x.createdAt, x.reason
+	}
+	return []any{ids, topics, keys, values, headers, accepted, created, reasons}
 }
 
 // relaySettings opens every batch's transaction:
@@ -734,11 +780,10 @@ const relaySettings = `SELECT set_config('idle_in_transaction_session_timeout', 
 	set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true)`
 
 // readSQL, with the batch size as its LIMIT (a constant of the relay, so
-// that the plan is made for it): $1 the shards held. Every row is read as
-// a row of records, whatever its layout (migration 0024).
-const readSQL = `SELECT id, slot, shard, topics IS NULL,
-		coalesce(topics, ARRAY[topic]), coalesce(keys, ARRAY[key]), coalesce(vals, ARRAY[value]),
-		coalesce(hdrs, ARRAY[headers::text]), coalesce(accepted, ARRAY[accepted_at]), created_at
+// that the plan is made for it): $1 the shards held. A row of records
+// comes with records set; a row of the older layout (migration 0024) with
+// its one record's columns.
+const readSQL = `SELECT id, slot, shard, records, topic, key, value, CASE WHEN records IS NULL THEN headers::text END, accepted_at, created_at
 	FROM outbox WHERE shard = ANY($1::int2[]) ORDER BY id LIMIT %d FOR UPDATE`
 
 // settleFence opens every settle statement: $1, $2 the shards touched
@@ -753,15 +798,12 @@ const settleFence = `WITH fence AS (
 // For each of slots, in order, it deletes the rows done with of that
 // slot's partition, named, so that the plan searches that partition alone
 // ($4, $5, …: each slot's ids). With kept, it rewrites each row done with
-// in part to the records it keeps (the next three parameters: a row id and
-// a position for each record kept, and the rows' slots). With parked, it
-// copies the parked records to outbox_parked (the last four: their rows'
-// ids, their positions, their reasons, and their rows' slots), each under
-// its row's id for a row of the older layout and under a new id from the
-// outbox's sequence otherwise, and returns those ids in row and position
-// order. With a generic plan the rewrite and the copy probe every slot
-// named; both are rare and touch few rows. Every data-modifying part reads
-// the rows as they were before the statement.
+// in part to the records it keeps (the next four parameters: the rows'
+// ids, their records packed again, how many, and the rows' slots). With
+// parked, it copies the parked records to outbox_parked (the last eight,
+// see parkedArgs), each under its row's id for a row of the older layout
+// and under a new id from the outbox's sequence otherwise, and returns
+// those ids in order. Both are rare and touch few rows.
 func settleSQL(slots []int16, kept, parked bool) string {
 	var q strings.Builder
 	q.WriteString(settleFence)
@@ -772,33 +814,25 @@ func settleSQL(slots []int16, kept, parked bool) string {
 	if kept {
 		fmt.Fprintf(&q, `,
 kept AS (
-	UPDATE outbox AS o SET topics = k.topics, keys = k.keys, vals = k.vals, hdrs = k.hdrs, accepted = k.accepted
-	FROM (SELECT x.id, x.slot, array_agg(x.topics[u.ord] ORDER BY u.ord) AS topics, array_agg(x.keys[u.ord] ORDER BY u.ord) AS keys,
-			array_agg(x.vals[u.ord] ORDER BY u.ord) AS vals, array_agg(x.hdrs[u.ord] ORDER BY u.ord) AS hdrs,
-			array_agg(x.accepted[u.ord] ORDER BY u.ord) AS accepted
-		FROM unnest($%d::int8[], $%d::int4[]) AS u (id, ord)
-		JOIN outbox AS x ON x.slot = ANY($%d::int2[]) AND x.id = u.id
-		GROUP BY x.id, x.slot) AS k
-	WHERE o.slot = k.slot AND o.id = k.id AND (SELECT held FROM fence))`, n, n+1, n+2)
-		n += 3
+	UPDATE outbox AS o SET records = k.records, record_count = k.n
+	FROM unnest($%d::int8[], $%d::bytea[], $%d::int4[]) AS k (id, records, n)
+	WHERE o.slot = ANY($%d::int2[]) AND o.id = k.id AND (SELECT held FROM fence))`, n, n+1, n+2, n+3)
+		n += 4
 	}
-	if parked {
-		fmt.Fprintf(&q, `,
+	if !parked {
+		q.WriteString("\nSELECT held, '{}'::int8[] FROM fence")
+		return q.String()
+	}
+	fmt.Fprintf(&q, `,
 park AS (
-	SELECT CASE WHEN o.topics IS NULL THEN o.id ELSE nextval('outbox_id_seq') END AS parked_id, p.id, p.ord,
-		coalesce(o.topics[p.ord], o.topic) AS topic, CASE WHEN o.topics IS NULL THEN o.key ELSE o.keys[p.ord] END AS key,
-		coalesce(o.vals[p.ord], o.value) AS value, coalesce(o.hdrs[p.ord], o.headers::text) AS headers,
-		CASE WHEN o.topics IS NULL THEN o.accepted_at ELSE o.accepted[p.ord] END AS accepted_at, o.created_at, p.reason
-	FROM unnest($%d::int8[], $%d::int4[], $%d::text[]) AS p (id, ord, reason)
-	JOIN outbox AS o ON o.slot = ANY($%d::int2[]) AND o.id = p.id
+	SELECT coalesce(p.id, nextval('outbox_id_seq')) AS parked_id, p.n, p.topic, p.key, p.value, p.headers, p.accepted_at, p.created_at, p.reason
+	FROM unnest($%d::int8[], $%d::text[], $%d::bytea[], $%d::bytea[], $%d::text[], $%d::timestamptz[], $%d::timestamptz[], $%d::text[])
+		WITH ORDINALITY AS p (id, topic, key, value, headers, accepted_at, created_at, reason, n)
 	WHERE (SELECT held FROM fence)),
 parked AS (
 	INSERT INTO outbox_parked (id, topic, key, value, headers, accepted_at, created_at, reason)
 	SELECT parked_id, topic, key, value, headers, accepted_at, created_at, reason FROM park)
-SELECT held, (SELECT coalesce(array_agg(parked_id ORDER BY id, ord), '{}') FROM park) FROM fence`, n, n+1, n+2, n+3)
-		return q.String()
-	}
-	q.WriteString("\nSELECT held, '{}'::int8[] FROM fence")
+SELECT held, (SELECT coalesce(array_agg(parked_id ORDER BY n), '{}') FROM park) FROM fence`, n, n+1, n+2, n+3, n+4, n+5, n+6, n+7)
 	return q.String()
 }
 

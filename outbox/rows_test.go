@@ -44,7 +44,7 @@ func TestQueueWritesEachShardsRecordsInRows(t *testing.T) {
 			(SELECT count(*) FROM outbox),
 			(SELECT count(*) FROM outbox_records),
 			(SELECT count(*) FROM outbox_records WHERE outbox_shard(key) <> shard),
-			(SELECT count(*) FROM outbox WHERE cardinality(topics) > 1 AND pg_column_size(outbox.*) > 8160)`).
+			(SELECT count(*) FROM outbox WHERE record_count > 1 AND pg_column_size(outbox.*) > 8160)`).
 		Scan(&rows, &records, &strays, &oversized)
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +186,7 @@ func TestRelayBatchFullMidRow(t *testing.T) {
 	write(t, ctx, db, msgs...)
 	type size struct{ ID, Records int64 }
 	sizes := func() map[int64]int64 {
-		rs, err := db.Pool.Query(ctx, `SELECT id, cardinality(topics) FROM outbox`)
+		rs, err := db.Pool.Query(ctx, `SELECT id, record_count FROM outbox`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -229,38 +229,37 @@ func TestRelayBatchFullMidRow(t *testing.T) {
 	wantOnTopic(t, ctx, kc, topic, values...)
 }
 
-// TestRelayParksUndecodableRecordsOfARow: a row of records written by hand
-// with headers that are not JSON: that record is parked undecodable, its
-// headers kept as they were; the records around it are published. Rows
-// whose arrays do not line up are refused when written.
+// TestRelayParksUndecodableRecordsOfARow: rows of records written by
+// hand. A record whose headers are not JSON is parked undecodable, its
+// headers kept as they were, and the records around it are published; a
+// row whose records cannot be read is parked whole, its bytes as the
+// value. Rows of neither layout, or both, are refused when written.
 func TestRelayParksUndecodableRecordsOfARow(t *testing.T) {
 	db := pgtest.New(t)
 	kc := kafkatest.New(t)
 	topic := kc.Topics(t, 1).Events
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	const insert = `INSERT INTO outbox (key, topics, keys, vals, hdrs, accepted) VALUES ('k', $1, $2, $3, $4, $5)`
-	for name, args := range map[string][]any{
-		"a topic missing": {[]string{topic}, [][]byte{[]byte("k"), []byte("k")}, [][]byte{[]byte("v1"), []byte("v2")},
-			[]string{"{}", "{}"}, []*time.Time{nil, nil}},
-		"a NULL value": {[]string{topic}, [][]byte{[]byte("k")}, [][]byte{nil}, []string{"{}"}, []*time.Time{nil}},
+	for name, insert := range map[string]string{
+		"both layouts":        `INSERT INTO outbox (topic, key, value, records, record_count) VALUES ('t', 'k', 'v', '\x01', 1)`,
+		"records uncounted":   `INSERT INTO outbox (key, records) VALUES ('k', '\x01')`,
+		"no record, no value": `INSERT INTO outbox (topic, key) VALUES ('t', 'k')`,
 	} {
-		if _, err := db.Pool.Exec(ctx, insert, args...); err == nil {
-			t.Errorf("a row of records with %s was written", name)
+		if _, err := db.Pool.Exec(ctx, insert); err == nil {
+			t.Errorf("a row with %s was written", name)
 		}
 	}
-	k := []byte("k")
-	if _, err := db.Pool.Exec(ctx, insert, []string{topic, topic, topic}, [][]byte{k, k, k},
-		[][]byte{[]byte("k1"), []byte("bad"), []byte("k2")},
-		[]string{`{"event_id": "k1"}`, `not JSON {`, `{"event_id": "k2"}`}, []*time.Time{nil, nil, nil}); err != nil {
+	packed := outbox.Packed([4]string{topic, "k", "k1", `{"event_id": "k1"}`}, [4]string{topic, "k", "bad", `not JSON {`},
+		[4]string{topic, "k", "k2", `{"event_id": "k2"}`})
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO outbox (key, records, record_count) VALUES ('k', $1, 3), ('k', '\x01ffff', 1)`, packed); err != nil {
 		t.Fatal(err)
 	}
 	relayWith(t, db, outbox.RelayOptions{Publisher: kc.Writer(t)})
 	drained(t, ctx, db)
-	wantParked(t, ctx, db, map[string]string{"bad": outbox.ReasonUndecodable})
+	wantParked(t, ctx, db, map[string]string{"bad": outbox.ReasonUndecodable, "\x01\xff\xff": outbox.ReasonUndecodable})
 	wantOnTopic(t, ctx, kc, topic, "k1", "k2")
 	var headers string
-	if err := db.Pool.QueryRow(ctx, `SELECT headers FROM outbox_parked`).Scan(&headers); err != nil || headers != "not JSON {" {
+	if err := db.Pool.QueryRow(ctx, `SELECT headers FROM outbox_parked WHERE value = 'bad'`).Scan(&headers); err != nil || headers != "not JSON {" {
 		t.Errorf("the parked record's headers = %q (%v), want them as written", headers, err)
 	}
 }
