@@ -26,9 +26,10 @@
 -- The ALTERs take the outbox's ACCESS EXCLUSIVE lock (briefly: the new
 -- columns are NULL, the check reads the few rows waiting); behind a long
 -- reader they give up after 10 s instead of queueing the workers: run
--- migrate again. txpipe binaries older than this migration refuse to start
--- against it (schema check), so no older worker writes while newer relays
--- read, or the other way round.
+-- migrate again. A relay of the previous version, still running, cannot
+-- read a row of records, and stops publishing until it is replaced (it
+-- retries; nothing is lost): roll the relays before the workers
+-- (docs/deployment.md, "Upgrades").
 SET LOCAL lock_timeout = '10s';
 
 -- The shard of a key, as the outbox's generated column computes it (0008,
@@ -65,7 +66,12 @@ $$;
 -- A parked record's headers are kept as text, as a row of records holds
 -- them: a record parked because its headers are not JSON keeps them as
 -- they were.
-ALTER TABLE outbox_parked ALTER COLUMN headers TYPE text USING headers::text;
+ALTER TABLE outbox_parked ALTER COLUMN headers TYPE text USING headers::text,
+    -- Where a parked record was: its outbox row and its position there, so
+    -- that records unparked together go out in the order they were queued
+    -- (outbox.Unpark), whenever each was parked.
+    ADD COLUMN row_id bigint,
+    ADD COLUMN ord    integer;
 
 -- outbox_unpack reads a row's records (outbox/rowformat.go): a format
 -- byte (1), then each record as its topic, key, value and headers, each a
@@ -74,45 +80,58 @@ ALTER TABLE outbox_parked ALTER COLUMN headers TYPE text USING headers::text;
 -- smallest int8: none).
 CREATE FUNCTION outbox_unpack(records bytea)
     RETURNS TABLE (ord integer, topic text, key bytea, value bytea, headers text, accepted_at timestamptz)
-    LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+    LANGUAGE plpgsql STABLE STRICT AS $$
 DECLARE
     p integer := 1;
     n int8;
     us int8;
 BEGIN
-    IF length(records) = 0 OR get_byte(records, 0) <> 1 THEN
-        RAISE EXCEPTION 'outbox records of an unknown format';
-    END IF;
     ord := 0;
-    WHILE p < length(records) LOOP
-        ord := ord + 1;
-        n := outbox_u32(records, p);
-        topic := convert_from(substring(records FROM p + 5 FOR n::integer), 'UTF8');
-        p := p + 4 + n::integer;
-        n := outbox_u32(records, p);
-        IF n = 4294967295 THEN
-            key := NULL;
-            p := p + 4;
-        ELSE
-            key := substring(records FROM p + 5 FOR n::integer);
+    BEGIN
+        IF length(records) = 0 OR get_byte(records, 0) <> 1 THEN
+            RAISE EXCEPTION 'unknown format';
+        END IF;
+        WHILE p < length(records) LOOP
+            ord := ord + 1;
+            n := outbox_u32(records, p);
+            topic := convert_from(substring(records FROM p + 5 FOR n::integer), 'UTF8');
             p := p + 4 + n::integer;
-        END IF;
-        n := outbox_u32(records, p);
-        value := substring(records FROM p + 5 FOR n::integer);
-        p := p + 4 + n::integer;
-        n := outbox_u32(records, p);
-        headers := convert_from(substring(records FROM p + 5 FOR n::integer), 'UTF8');
-        p := p + 4 + n::integer;
-        n := outbox_u32(records, p);
-        IF n >= 2147483648 THEN
-            n := n - 4294967296;
-        END IF;
-        us := n * 4294967296 + outbox_u32(records, p + 4);
-        accepted_at := CASE WHEN us = -9223372036854775808 THEN NULL
-            ELSE 'epoch'::timestamptz + us * interval '1 microsecond' END;
-        p := p + 8;
+            n := outbox_u32(records, p);
+            IF n = 4294967295 THEN
+                key := NULL;
+                p := p + 4;
+            ELSE
+                key := substring(records FROM p + 5 FOR n::integer);
+                p := p + 4 + n::integer;
+            END IF;
+            n := outbox_u32(records, p);
+            value := substring(records FROM p + 5 FOR n::integer);
+            p := p + 4 + n::integer;
+            n := outbox_u32(records, p);
+            headers := convert_from(substring(records FROM p + 5 FOR n::integer), 'UTF8');
+            p := p + 4 + n::integer;
+            n := outbox_u32(records, p);
+            IF n >= 2147483648 THEN
+                n := n - 4294967296;
+            END IF;
+            us := n * 4294967296 + outbox_u32(records, p + 4);
+            accepted_at := CASE WHEN us = -9223372036854775808 THEN NULL
+                ELSE 'epoch'::timestamptz + us * interval '1 microsecond' END;
+            p := p + 8;
+            RETURN NEXT;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        -- A row that cannot be read (written by hand, or damaged) is one
+        -- line: no position, its bytes as the value, the reason as the
+        -- headers; the relay parks it whole.
+        ord := NULL;
+        topic := NULL;
+        key := NULL;
+        value := records;
+        headers := 'unreadable: ' || SQLERRM;
+        accepted_at := NULL;
         RETURN NEXT;
-    END LOOP;
+    END;
 END
 $$;
 
@@ -120,8 +139,8 @@ CREATE FUNCTION outbox_u32(b bytea, p integer) RETURNS int8
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN (get_byte(b, p)::int8 << 24) | (get_byte(b, p + 1)::int8 << 16) | (get_byte(b, p + 2)::int8 << 8) | get_byte(b, p + 3)::int8;
 
--- Every record waiting, in the order the relay publishes them: by row id,
--- then by position in the row (ord, from 1).
+-- Every record waiting; ORDER BY id, ord is the order the relay publishes
+-- them in (ord: the position in the row, from 1).
 CREATE VIEW outbox_records AS
 SELECT o.id, r.ord, o.slot, o.shard, r.topic, r.key, r.value, r.headers, r.accepted_at, o.created_at
 FROM outbox AS o

@@ -104,7 +104,7 @@ func Queue(b *pgx.Batch, msgs []Message) {
 		size := packedSize(m.Topic, m.Key, m.Value, headers)
 		s := shardOf(m.Key)
 		r := open[s]
-		if r == nil || len(r.records)+size > rowBytes {
+		if r == nil || len(r.key)+len(r.records)+size > rowBytes { // the row's key column is in its page too
 			r = &row{key: m.Key, records: make([]byte, 1, min(max(rowBytes, size+1), 1+size*4))}
 			r.records[0] = rowFormat
 			open[s] = r

@@ -1,9 +1,11 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -12,7 +14,7 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// Why a row was parked: the reason column of outbox_parked and the reason
+// Why a record was parked: the reason column of outbox_parked and the reason
 // label of txpipe_relay_parked_total. docs/operations.md ("Parked outbox
 // rows") says what each means and what to do about it.
 const (
@@ -32,15 +34,16 @@ const (
 	// (INVALID_RECORD, CORRUPT_MESSAGE): e.g. a record without key on a
 	// log-compacted topic.
 	ReasonInvalidRecord = "invalid_record"
-	// ReasonUndecodable: the row cannot be made a record (headers that are
-	// not a JSON object of strings, an empty topic name).
+	// ReasonUndecodable: the record cannot be made a Kafka record (headers
+	// that are not a JSON object of strings, an empty topic name), or its
+	// row's records cannot be read (the row is parked whole).
 	ReasonUndecodable = "undecodable"
-	// ReasonInternalError: handling this row panicked the relay while
-	// other rows of its batch went through (a bug: report it).
+	// ReasonInternalError: handling this record panicked the relay while
+	// other records of its batch went through (a bug: report it).
 	ReasonInternalError = "internal_error"
 )
 
-// ParkReasons lists every reason a row is parked for.
+// ParkReasons lists every reason a record is parked for.
 var ParkReasons = []string{ReasonTopicMissing, ReasonNotAuthorized, ReasonTooLarge, ReasonInvalidRecord, ReasonUndecodable, ReasonInternalError}
 
 // refusal reports whether err is Kafka refusing a record for good, the
@@ -156,47 +159,65 @@ func ListParked(ctx context.Context, pool *pgxpool.Pool, f ParkedFilter, limit i
 }
 
 // Unpark moves the parked records f picks back into the outbox, each a
-// row of one record with its id in outbox_parked, so the relay publishes
-// them again (or parks them again if Kafka still refuses them), and wakes
-// the relays. It returns how many it moved. A key's unparked record
-// reaches Kafka after the key's later records that were published while
-// it was parked.
+// row of one record, so the relay publishes them again (or parks them
+// again if Kafka still refuses them), and wakes the relays. It returns how
+// many it moved. The records keep their parked ids as a set, dealt out in
+// the order they were queued in (their outbox row, then their position
+// there), so records unparked together go out in that order whenever each
+// was parked. A key's unparked record reaches Kafka after the key's later
+// records that were published while it was parked.
 func Unpark(ctx context.Context, pool *pgxpool.Pool, f ParkedFilter) (int64, error) {
+	type parked struct {
+		id, row int64
+		ord     int32
+		key     []byte
+		packed  []byte
+		created time.Time
+	}
 	var n int64
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `DELETE FROM outbox_parked WHERE `+parkedWhere+`
-			RETURNING id, topic, key, value, headers, accepted_at, created_at`, f.Reason, ids(f.IDs))
+			RETURNING id, coalesce(row_id, id), coalesce(ord, 1), topic, key, value, headers, accepted_at, created_at`, f.Reason, ids(f.IDs))
 		if err != nil {
 			return err
 		}
 		var (
-			id             int64
+			x              parked
 			topic, headers string
-			key, value     []byte
+			value          []byte
 			accepted       pgtype.Timestamptz
-			created        time.Time
-			createdAt      []time.Time
-			rowIDs         []int64
-			keys, packed   [][]byte
+			moved          []parked
 		)
-		_, err = pgx.ForEachRow(rows, []any{&id, &topic, &key, &value, &headers, &accepted, &created}, func() error {
+		_, err = pgx.ForEachRow(rows, []any{&x.id, &x.row, &x.ord, &topic, &x.key, &value, &headers, &accepted, &x.created}, func() error {
 			var at time.Time
 			if accepted.Valid {
 				at = accepted.Time
 			}
-			rowIDs, keys, createdAt = append(rowIDs, id), append(keys, key), append(createdAt, created)
-			packed = append(packed, appendRecord([]byte{rowFormat}, topic, key, value, headers, at))
+			x.packed = appendRecord([]byte{rowFormat}, topic, x.key, value, headers, at)
+			moved = append(moved, x)
 			return nil
 		})
 		if err != nil {
 			return err
 		}
+		parkedIDs := make([]int64, len(moved))
+		for i, m := range moved {
+			parkedIDs[i] = m.id
+		}
+		slices.Sort(parkedIDs)
+		slices.SortFunc(moved, func(a, b parked) int {
+			return cmp.Or(cmp.Compare(a.row, b.row), cmp.Compare(a.ord, b.ord), cmp.Compare(a.id, b.id))
+		})
+		keys, packed, created := make([][]byte, len(moved)), make([][]byte, len(moved)), make([]time.Time, len(moved))
+		for i, m := range moved {
+			keys[i], packed[i], created[i] = m.key, m.packed, m.created
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO outbox (id, key, records, record_count, created_at)
 			SELECT id, k, r, 1, c FROM unnest($1::int8[], $2::bytea[], $3::bytea[], $4::timestamptz[]) AS u (id, k, r, c)
-			ORDER BY id`, rowIDs, keys, packed, createdAt); err != nil {
+			ORDER BY id`, parkedIDs, keys, packed, created); err != nil {
 			return err
 		}
-		n = int64(len(rowIDs))
+		n = int64(len(moved))
 		_, err = tx.Exec(ctx, notifySQL, NotifyChannel, NotifyQueueMaxUsage)
 		return err
 	})

@@ -370,8 +370,9 @@ func (r *Relay) publishIn(ctx context.Context, conn *pgxpool.Conn, res *batchRes
 
 // read opens the transaction and locks the oldest rows of shards; it
 // returns them and their records, in order. A row whose records cannot be
-// read is one record that says so (parked undecodable, with the row's
-// bytes as its value).
+// read, or could not be parked as text, is one record that says so
+// (parked undecodable whole, with the row's key, and its bytes as the
+// value).
 func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([]outboxRow, []record, error) {
 	var rows []outboxRow
 	var records []record
@@ -397,7 +398,7 @@ func (r *Relay) read(ctx context.Context, conn *pgxpool.Conn, shards []int16) ([
 				var err error
 				if records, err = unpackRecords(records, x, createdAt, packed); err != nil {
 					records = append(records[:start], record{id: x.id, ord: 1, slot: x.slot, shard: x.shard,
-						value: packed, createdAt: createdAt, malformed: err})
+						key: key, value: packed, createdAt: createdAt, malformed: err})
 				}
 			}
 			x.records = len(records) - start
@@ -731,8 +732,9 @@ func (b *batchResult) kept(rows []outboxRow) []any {
 // parkedArgs returns the settle statement's arguments that copy the
 // parked records to outbox_parked, in row and position order (the order
 // the statement returns their ids in): the row's id for a row of the older
-// layout (it keeps its id) and NULL otherwise, then each record's topic,
-// key, value, headers, acceptance and creation times, and reason.
+// layout (it keeps its id) and NULL otherwise, each record's row and
+// position, then its topic, key, value, headers, acceptance and creation
+// times, and reason.
 func (b *batchResult) parkedArgs() []any {
 	slices.SortFunc(b.parked, func(x, y parkedRecord) int {
 		return cmp.Or(cmp.Compare(x.id, y.id), cmp.Compare(x.ord, y.ord))
@@ -744,14 +746,15 @@ func (b *batchResult) parkedArgs() []any {
 		}
 	}
 	n := len(b.parked)
-	ids, topics, keys, values := make([]pgtype.Int8, n), make([]string, n), make([][]byte, n), make([][]byte, n)
+	ids, rows, ords := make([]pgtype.Int8, n), make([]int64, n), make([]int32, n)
+	topics, keys, values := make([]string, n), make([][]byte, n), make([][]byte, n)
 	headers, accepted, created, reasons := make([]string, n), make([]pgtype.Timestamptz, n), make([]time.Time, n), make([]string, n)
 	for i, x := range b.parked {
-		ids[i] = pgtype.Int8{Int64: x.id, Valid: single[x.id]}
+		ids[i], rows[i], ords[i] = pgtype.Int8{Int64: x.id, Valid: single[x.id]}, x.id, x.ord
 		topics[i], keys[i], values[i], headers[i] = x.topic, x.key, x.value, string(x.headers)
 		accepted[i], created[i], reasons[i] = x.acceptedAt, x.createdAt, x.reason
 	}
-	return []any{ids, topics, keys, values, headers, accepted, created, reasons}
+	return []any{ids, rows, ords, topics, keys, values, headers, accepted, created, reasons}
 }
 
 // relaySettings opens every batch's transaction:
@@ -800,7 +803,7 @@ const settleFence = `WITH fence AS (
 // ($4, $5, …: each slot's ids). With kept, it rewrites each row done with
 // in part to the records it keeps (the next four parameters: the rows'
 // ids, their records packed again, how many, and the rows' slots). With
-// parked, it copies the parked records to outbox_parked (the last eight,
+// parked, it copies the parked records to outbox_parked (the last ten,
 // see parkedArgs), each under its row's id for a row of the older layout
 // and under a new id from the outbox's sequence otherwise, and returns
 // those ids in order. Both are rare and touch few rows.
@@ -825,14 +828,16 @@ kept AS (
 	}
 	fmt.Fprintf(&q, `,
 park AS (
-	SELECT coalesce(p.id, nextval('outbox_id_seq')) AS parked_id, p.n, p.topic, p.key, p.value, p.headers, p.accepted_at, p.created_at, p.reason
-	FROM unnest($%d::int8[], $%d::text[], $%d::bytea[], $%d::bytea[], $%d::text[], $%d::timestamptz[], $%d::timestamptz[], $%d::text[])
-		WITH ORDINALITY AS p (id, topic, key, value, headers, accepted_at, created_at, reason, n)
+	SELECT coalesce(p.id, nextval('outbox_id_seq')) AS parked_id, p.n, p.row_id, p.ord,
+		p.topic, p.key, p.value, p.headers, p.accepted_at, p.created_at, p.reason
+	FROM unnest($%d::int8[], $%d::int8[], $%d::int4[], $%d::text[], $%d::bytea[], $%d::bytea[], $%d::text[], $%d::timestamptz[],
+			$%d::timestamptz[], $%d::text[])
+		WITH ORDINALITY AS p (id, row_id, ord, topic, key, value, headers, accepted_at, created_at, reason, n)
 	WHERE (SELECT held FROM fence)),
 parked AS (
-	INSERT INTO outbox_parked (id, topic, key, value, headers, accepted_at, created_at, reason)
-	SELECT parked_id, topic, key, value, headers, accepted_at, created_at, reason FROM park)
-SELECT held, (SELECT coalesce(array_agg(parked_id ORDER BY n), '{}') FROM park) FROM fence`, n, n+1, n+2, n+3, n+4, n+5, n+6, n+7)
+	INSERT INTO outbox_parked (id, row_id, ord, topic, key, value, headers, accepted_at, created_at, reason)
+	SELECT parked_id, row_id, ord, topic, key, value, headers, accepted_at, created_at, reason FROM park)
+SELECT held, (SELECT coalesce(array_agg(parked_id ORDER BY n), '{}') FROM park) FROM fence`, n, n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9)
 	return q.String()
 }
 

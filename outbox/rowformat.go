@@ -1,11 +1,13 @@
 package outbox
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -53,6 +55,16 @@ func appendRecord(b []byte, topic string, key, value []byte, headers string, acc
 		us = acceptedAt.UnixMicro()
 	}
 	return binary.BigEndian.AppendUint64(b, uint64(us))
+}
+
+// minMicros is the earliest timestamptz PostgreSQL takes (4714-11-24 BC),
+// in microseconds since 1970; its latest (294277 AD) is past any int64.
+const minMicros = -210866803200000000
+
+// isText reports whether b can be a PostgreSQL text value in a UTF-8
+// database.
+func isText(b []byte) bool {
+	return utf8.Valid(b) && bytes.IndexByte(b, 0) < 0
 }
 
 // errRowFormat is a row's records that cannot be read.
@@ -103,7 +115,14 @@ func unpackRecords(out []record, x outboxRow, createdAt time.Time, b []byte) ([]
 			return out, fmt.Errorf("record %d: %w", ord, errRowFormat)
 		}
 		if us := int64(binary.BigEndian.Uint64(b)); us != noAcceptance {
+			if us < minMicros {
+				return out, fmt.Errorf("record %d: a time out of PostgreSQL's range: %w", ord, errRowFormat)
+			}
 			r.acceptedAt = pgtype.Timestamptz{Time: time.UnixMicro(us), Valid: true}
+		}
+		// What the relay may have to park goes into text columns.
+		if !isText(topic) || !isText(r.headers) {
+			return out, fmt.Errorf("record %d: a topic or headers that are not UTF-8 text without NUL: %w", ord, errRowFormat)
 		}
 		b = b[8:]
 		out = append(out, r)

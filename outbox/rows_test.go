@@ -232,8 +232,10 @@ func TestRelayBatchFullMidRow(t *testing.T) {
 // TestRelayParksUndecodableRecordsOfARow: rows of records written by
 // hand. A record whose headers are not JSON is parked undecodable, its
 // headers kept as they were, and the records around it are published; a
-// row whose records cannot be read is parked whole, its bytes as the
-// value. Rows of neither layout, or both, are refused when written.
+// row whose records cannot be read, or hold a NUL or a byte that is not
+// UTF-8 where parking needs text, is parked whole, its bytes as the value
+// (outbox_records shows it as one line without position). Rows of neither
+// layout, or both, are refused when written.
 func TestRelayParksUndecodableRecordsOfARow(t *testing.T) {
 	db := pgtest.New(t)
 	kc := kafkatest.New(t)
@@ -251,15 +253,54 @@ func TestRelayParksUndecodableRecordsOfARow(t *testing.T) {
 	}
 	packed := outbox.Packed([4]string{topic, "k", "k1", `{"event_id": "k1"}`}, [4]string{topic, "k", "bad", `not JSON {`},
 		[4]string{topic, "k", "k2", `{"event_id": "k2"}`})
-	if _, err := db.Pool.Exec(ctx, `INSERT INTO outbox (key, records, record_count) VALUES ('k', $1, 3), ('k', '\x01ffff', 1)`, packed); err != nil {
+	// PostgreSQL's text takes neither NUL nor invalid UTF-8: a row holding
+	// either could not be parked record by record.
+	nul := outbox.Packed([4]string{topic, "k", "n1", "{\"event_id\": \"\x00\"}"})
+	latin1 := outbox.Packed([4]string{topic + "\xe9", "k", "l1", "{}"})
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO outbox (key, records, record_count)
+		VALUES ('k', $1, 3), ('k', '\x01ffff', 1), ('k', $2, 1), ('k', $3, 1)`, packed, nul, latin1); err != nil {
 		t.Fatal(err)
+	}
+	var unreadable int
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox_records WHERE ord IS NULL`).Scan(&unreadable); err != nil || unreadable != 3 {
+		t.Errorf("outbox_records shows %d rows as unreadable (%v), want 3", unreadable, err)
 	}
 	relayWith(t, db, outbox.RelayOptions{Publisher: kc.Writer(t)})
 	drained(t, ctx, db)
-	wantParked(t, ctx, db, map[string]string{"bad": outbox.ReasonUndecodable, "\x01\xff\xff": outbox.ReasonUndecodable})
+	wantParked(t, ctx, db, map[string]string{"bad": outbox.ReasonUndecodable, "\x01\xff\xff": outbox.ReasonUndecodable,
+		string(nul): outbox.ReasonUndecodable, string(latin1): outbox.ReasonUndecodable})
 	wantOnTopic(t, ctx, kc, topic, "k1", "k2")
 	var headers string
 	if err := db.Pool.QueryRow(ctx, `SELECT headers FROM outbox_parked WHERE value = 'bad'`).Scan(&headers); err != nil || headers != "not JSON {" {
 		t.Errorf("the parked record's headers = %q (%v), want them as written", headers, err)
+	}
+}
+
+// TestUnparkKeepsQueueOrder: records parked out of their queue order (the
+// later one first, so with the lower id) go back in the order they were
+// queued in: their row, then their position there.
+func TestUnparkKeepsQueueOrder(t *testing.T) {
+	db := pgtest.New(t)
+	ctx := context.Background()
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO outbox_parked (id, row_id, ord, topic, key, value, headers, created_at, reason) VALUES
+		(101, 50, 3, 't', 'k', 'x3', '{}', now(), 'topic_missing'),
+		(102, 40, 1, 'u', 'k', 'x1', '{}', now(), 'topic_missing'),
+		(103, 50, 1, 'u', 'k', 'x2', '{}', now(), 'not_authorized'),
+		(7, NULL, NULL, 't', 'k', 'x0', '{}', now(), 'too_large')`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := outbox.Unpark(ctx, db.Pool, outbox.ParkedFilter{}); err != nil || n != 4 {
+		t.Fatalf("Unpark = %d, %v; want 4", n, err)
+	}
+	rs, err := db.Pool.Query(ctx, `SELECT convert_from(value, 'UTF8') FROM outbox_records ORDER BY id, ord`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rs, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"x0", "x1", "x2", "x3"}; !slices.Equal(got, want) {
+		t.Errorf("unparked in the order %q, want %q", got, want)
 	}
 }

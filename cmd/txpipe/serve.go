@@ -318,8 +318,8 @@ func statusSeries() []httpserver.Series {
 		{Name: "commands processed /s", Family: consumers.MetricCommands, Rate: true},
 		{Name: "records published /s", Family: outbox.MetricPublished, Rate: true},
 		{Name: "consumer lag (records)", Family: consumers.MetricLag},
-		{Name: "outbox backlog (rows)", Family: outbox.MetricPendingRows},
-		{Name: "oldest outbox row (s)", Family: outbox.MetricOldestPendingAge},
+		{Name: "outbox backlog (records)", Family: outbox.MetricPendingRows},
+		{Name: "oldest outbox record (s)", Family: outbox.MetricOldestPendingAge},
 		{Name: fmt.Sprintf("outbox shards held (of %d)", outbox.Shards), Family: outbox.MetricShardsOwned},
 		{Name: "dead letters /s", Family: consumers.MetricCommands, Label: "outcome", Value: consumers.OutcomeDLQ, Rate: true},
 	}

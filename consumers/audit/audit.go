@@ -125,10 +125,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 }
 
 // database is what the audit reads of PostgreSQL: the ledger's snapshot
-// and, in the same transaction, how many outbox rows wait for the relay.
+// and, in the same transaction, how many outbox records wait for the relay.
 type database struct {
 	*ledger.Snapshot
-	outboxRows int64
+	outboxRecords int64
 }
 
 // loadDatabase reads what the audit checks in one read-only REPEATABLE
@@ -140,7 +140,7 @@ func loadDatabase(ctx context.Context, pool *pgxpool.Pool, group, commandsTopic 
 		if db.Snapshot, err = (ledger.Source{Group: group, Topic: commandsTopic}).ReadSnapshot(ctx, tx); err != nil {
 			return err
 		}
-		db.outboxRows, err = outbox.Unpublished(ctx, tx)
+		db.outboxRecords, err = outbox.Unpublished(ctx, tx)
 		return err
 	})
 	if err != nil {
@@ -366,8 +366,8 @@ func checkBalances(db *database) Check {
 // alone rebuilds every balance, with versions contiguous and in order.
 func checkPublished(db *database, msgs []kafka.Message) Check {
 	c := Check{Name: "invariant 5: every outcome is published; postings rebuild every balance in order"}
-	if db.outboxRows > 0 {
-		c.Problems = append(c.Problems, fmt.Sprintf("%d outbox rows are not published yet: let the relay drain, then verify", db.outboxRows))
+	if db.outboxRecords > 0 {
+		c.Problems = append(c.Problems, fmt.Sprintf("%d outbox records are not published yet: let the relay drain, then verify", db.outboxRecords))
 	}
 	evs, kept, bad := dedupe(msgs)
 	c.Problems = append(c.Problems, bad...)

@@ -61,7 +61,7 @@ func checkStatements(db *database, events []kafka.Message) Check {
 			}
 		}
 	}
-	if db.outboxRows == 0 { // else invariant 5 reports what is not published yet
+	if db.outboxRecords == 0 { // else invariant 5 reports what is not published yet
 		for id, a := range db.Totals {
 			day, err := time.Parse(time.DateOnly, a.ClosedThrough)
 			if err != nil || !oldest.Before(day) {
@@ -125,7 +125,7 @@ func statementProblem(s domain.StatementData, entries []ledger.SnapshotEntry) st
 // has nothing to say).
 func checkBalancesTopic(db *database, msgs []kafka.Message) Check {
 	c := Check{Name: "the balances topic ends at every account's balance"}
-	if db.outboxRows > 0 {
+	if db.outboxRecords > 0 {
 		c.Detail = "not checked: the outbox is not drained (invariant 5 says so)"
 		return c
 	}
