@@ -572,23 +572,11 @@ func TestRelayDeletesWhatKafkaTookAndRetriesTheRest(t *testing.T) {
 // refuses a partition's record batch for one bad record), then fails the
 // first record sent alone with a passing error, then publishes; it keeps
 // the values of each call.
-type refusedThenFlaky struct {
-	pub   outbox.Publisher
-	mu    sync.Mutex
-	calls [][]string
-}
+type refusedThenFlaky struct{ recorder }
 
 func (p *refusedThenFlaky) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
-	p.mu.Lock()
-	var values []string
-	for _, m := range msgs {
-		values = append(values, string(m.Value))
-	}
-	p.calls = append(p.calls, values)
-	call := len(p.calls)
-	p.mu.Unlock()
 	errs := make(kafka.WriteErrors, len(msgs))
-	switch call {
+	switch p.note(msgs) {
 	case 1:
 		for i := range errs {
 			errs[i] = fmt.Errorf("%w: one record of the batch is invalid", kafka.InvalidRecord)
@@ -612,7 +600,7 @@ func TestRelayIsolatingRowsKeepsKeyOrder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	write(t, ctx, db, msg(topic, "k", "k1"), msg(topic, "k", "k2"), msg(topic, "k", "k3"))
-	pub := &refusedThenFlaky{pub: kc.Writer(t)}
+	pub := &refusedThenFlaky{recorder{pub: kc.Writer(t)}}
 	relayWith(t, db, outbox.RelayOptions{Publisher: pub})
 	drained(t, ctx, db)
 	wantParked(t, ctx, db, nil)

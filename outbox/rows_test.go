@@ -100,14 +100,21 @@ type recorder struct {
 	calls [][]string
 }
 
-func (r *recorder) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
+// note keeps the values of msgs as the next call and returns its number,
+// from 1.
+func (r *recorder) note(msgs []kafka.Message) int {
 	var values []string
 	for _, m := range msgs {
 		values = append(values, string(m.Value))
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.calls = append(r.calls, values)
-	r.mu.Unlock()
+	return len(r.calls)
+}
+
+func (r *recorder) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
+	r.note(msgs)
 	return r.pub.WriteMessages(ctx, msgs...)
 }
 
