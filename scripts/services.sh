@@ -11,6 +11,9 @@
 #   export TXPIPE_KAFKA_BROKERS=127.0.0.1:9092
 #   export TXPIPE_DATABASE_URL=postgres://txpipe:txpipe@127.0.0.1:5433/txpipe?sslmode=disable
 #
+# up also sets the host's writeback (scripts/host.sh apply) when run as root, unless
+# TXPIPE_HOST_TUNING=off; otherwise it says what differs (scripts/host.sh check).
+#
 # Ports follow KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093) and PG_PORT (5433);
 # see scripts/kafka.sh and scripts/postgres.sh for the rest.
 set -euo pipefail
@@ -38,6 +41,12 @@ print_env() {
 cmd_up() {
   local t0 kpid ppid krc=0 prc=0
   t0=$(now_ms)
+  # The kernel's writeback (scripts/host.sh): set when we may, else said.
+  if [[ "${TXPIPE_HOST_TUNING:-on}" != off && "$(id -u)" == 0 ]]; then
+    "$TXPIPE_SCRIPTS_DIR/host.sh" apply || true
+  else
+    "$TXPIPE_SCRIPTS_DIR/host.sh" check || true
+  fi
   "$TXPIPE_SCRIPTS_DIR/kafka.sh" start >&2 &
   kpid=$!
   "$TXPIPE_SCRIPTS_DIR/postgres.sh" start >&2 &

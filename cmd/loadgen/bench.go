@@ -99,6 +99,9 @@ type report struct {
 	Ratios   map[string]float64 `json:"ratios"`
 	// TotalSeconds is the whole run, preload included.
 	TotalSeconds float64 `json:"total_seconds"`
+	// Writeback is how the host writes dirty pages back (hostWriteback):
+	// the latency figures depend on it.
+	Writeback string `json:"host_writeback,omitempty"`
 }
 
 // The targets (issue 14), on this machine, measured side by side in one run.
@@ -139,7 +142,7 @@ func runBench(ctx context.Context, o benchOptions) error {
 		n = map[string]int{"naive": 3000, "txpipe": 20000, "pg": 20000, "kafka": 20000}
 	}
 	rep := report{Date: time.Now().UTC(), Quick: o.quick, Ratios: map[string]float64{}, Preload: o.preload,
-		SustainedSeconds: o.sustained.Seconds(), ThroughputSeconds: o.throughputFor.Seconds()}
+		SustainedSeconds: o.sustained.Seconds(), ThroughputSeconds: o.throughputFor.Seconds(), Writeback: hostWriteback()}
 	if o.preload > 0 {
 		spec := preloadSpec{commands: o.preload, accounts: o.accounts, seed: 1, end: time.Now().Add(-time.Hour), span: 90 * 24 * time.Hour}
 		start := time.Now()
@@ -661,6 +664,9 @@ func printHeadline(w io.Writer, rep report) {
 		}
 		fmt.Fprintf(w, "Every scenario's database starts as a copy of %s processed commands (template %s, %s). Whole run: %.1f minutes.\n\n",
 			thousands(int64(rep.Preload)), rep.Template, built, rep.TotalSeconds/60)
+	}
+	if rep.Writeback != "" {
+		fmt.Fprintf(w, "Host writeback: %s.\n\n", rep.Writeback)
 	}
 	fmt.Fprintln(w, "| target | wanted | measured | |")
 	fmt.Fprintln(w, "|---|---|---|---|")
