@@ -45,6 +45,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/txpipe/txpipe/consumers/ledger"
 )
@@ -400,20 +401,29 @@ func (l *lane) check(laneCtx context.Context) {
 
 // verifyAnchors reads back, for each partition of parts, the record its
 // stored anchor names, and halts the partition when the log no longer
-// holds it. It returns false when Kafka could not tell.
+// holds it. It returns false when Kafka could not tell. The records are
+// read all at once: the lane applies nothing meanwhile, and one fetch
+// after another over twelve partitions held it up to 100 ms.
 func (l *lane) verifyAnchors(ctx context.Context, states map[int]ledger.Stored, parts []int) bool {
 	first, end, err := l.f.Bounds(ctx, parts)
 	if err != nil {
 		return false
 	}
-	for _, p := range parts {
-		old := states[p].Anchor
-		var got []byte
-		if anchorCheckable(l.pos[p], old, first[p], end[p]) {
-			if got, err = l.recordHashAt(ctx, p, old.Offset); err != nil {
-				return false
-			}
+	hashes := make([][]byte, len(parts))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, p := range parts {
+		if old := states[p].Anchor; anchorCheckable(l.pos[p], old, first[p], end[p]) {
+			g.Go(func() (err error) {
+				hashes[i], err = l.recordHashAt(gctx, p, old.Offset)
+				return err
+			})
 		}
+	}
+	if g.Wait() != nil {
+		return false
+	}
+	for i, p := range parts {
+		old, got := states[p].Anchor, hashes[i]
 		if reason := logVerdict(l.pos[p], old, first[p], end[p], got); reason != "" {
 			_ = l.halt(ctx, p, ledger.Halt{At: time.Now().UTC(), Reason: reason + "; records of the new log may have been applied since", LogStart: first[p], LogEnd: end[p]})
 		}

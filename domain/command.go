@@ -242,8 +242,8 @@ func DecodeCommand(data []byte) (Command, error) {
 		verr.add("/type", "is required")
 		return Command{}, verr
 	}
-	var typ string
-	if json.Unmarshal(rawType, &typ) != nil {
+	typ, ok := unquote(rawType)
+	if !ok {
 		verr.add("/type", "must be a string")
 		return Command{}, verr
 	}
@@ -287,7 +287,126 @@ func DecodeCommand(data []byte) (Command, error) {
 
 // splitObject reads a single JSON object into its raw members, keeping the
 // order in which names appear, and refusing duplicates and trailing data.
+// A valid object goes by scanObject; anything else by splitStrictly, which
+// says what is wrong.
 func splitObject(data []byte, verr *ValidationError) (map[string]json.RawMessage, []string, bool) {
+	if fields, order, ok := scanObject(data); ok {
+		return fields, order, true
+	}
+	return splitStrictly(data, verr)
+}
+
+// scanObject splits data into its members when data is one valid JSON
+// object whose names are distinct, and returns false otherwise. It
+// checks the syntax with json.Valid and then finds each name and value in
+// one pass over the bytes, which need no checking any more: json.Decoder's
+// tokens, which splitStrictly reads, were a fifth of the worker's CPU.
+// The values alias data.
+func scanObject(data []byte) (map[string]json.RawMessage, []string, bool) {
+	if !json.Valid(data) {
+		return nil, nil, false
+	}
+	i := skipSpace(data, 0)
+	if data[i] != '{' {
+		return nil, nil, false
+	}
+	fields := make(map[string]json.RawMessage, 8)
+	order := make([]string, 0, 8)
+	i = skipSpace(data, i+1)
+	if data[i] == '}' {
+		return fields, order, true
+	}
+	for {
+		end := stringEnd(data, i) // data[i] is the name's quote
+		name, ok := unquote(data[i:end])
+		if !ok {
+			return nil, nil, false
+		}
+		i = skipSpace(data, skipSpace(data, end)+1) // past the colon
+		end = valueEnd(data, i)
+		if _, dup := fields[name]; dup {
+			return nil, nil, false
+		}
+		fields[name] = data[i:end:end]
+		order = append(order, name)
+		i = skipSpace(data, end)
+		if data[i] == '}' {
+			return fields, order, true
+		}
+		i = skipSpace(data, i+1) // past the comma
+	}
+}
+
+// skipSpace returns the index of the first byte at or after i that is not
+// JSON whitespace (len(data) if none).
+func skipSpace(data []byte, i int) int {
+	for i < len(data) {
+		switch data[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// stringEnd returns the index just past the valid JSON string that starts
+// at data[i].
+func stringEnd(data []byte, i int) int {
+	for j := i + 1; ; j++ {
+		switch data[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+}
+
+// valueEnd returns the index just past the valid JSON value that starts at
+// data[i].
+func valueEnd(data []byte, i int) int {
+	switch data[i] {
+	case '"':
+		return stringEnd(data, i)
+	case '{', '[':
+		depth := 0
+		for j := i; ; j++ {
+			switch data[j] {
+			case '"':
+				j = stringEnd(data, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+		}
+	}
+	j := i // a number, true, false or null
+	for j < len(data) && !strings.ContainsRune(",}] \t\n\r", rune(data[j])) {
+		j++
+	}
+	return j
+}
+
+// unquote reads raw, a valid JSON value, as a string; false when it is
+// not one. A string of valid UTF-8 without escapes is its bytes between
+// the quotes; the rest go through encoding/json, so null is "" and an
+// invalid byte U+FFFD as json.Unmarshal has them.
+func unquote(raw []byte) (string, bool) {
+	if len(raw) >= 2 && raw[0] == '"' && bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
+		return string(raw[1 : len(raw)-1]), true
+	}
+	var s string
+	return s, json.Unmarshal(raw, &s) == nil
+}
+
+// splitStrictly is splitObject by json.Decoder's tokens, for data that
+// scanObject turned down: it says where the problem is.
+func splitStrictly(data []byte, verr *ValidationError) (map[string]json.RawMessage, []string, bool) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	tok, err := dec.Token()
@@ -386,9 +505,9 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 			cmd.ExpectedVersion = &v
 		}
 	case "amount_mode":
-		var s string
+		s, ok := unquote(raw)
 		switch {
-		case json.Unmarshal(raw, &s) != nil:
+		case !ok:
 			verr.add(p, "must be a string")
 		case s == "exact":
 		case s == AmountUpTo:
@@ -397,8 +516,7 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 			verr.add(p, "must be \"exact\" or \"up_to\"")
 		}
 	case "reference":
-		var s string
-		if json.Unmarshal(raw, &s) != nil {
+		if s, ok := unquote(raw); !ok {
 			verr.add(p, "must be a string")
 		} else if !ValidReference(s) {
 			verr.add(p, "must be 1 to %d printable ASCII characters", MaxReferenceLen)
@@ -406,8 +524,8 @@ func decodeField(cmd *Command, name string, raw json.RawMessage, verr *Validatio
 			cmd.Reference = s
 		}
 	case "expires_at":
-		var s string
-		if json.Unmarshal(raw, &s) != nil {
+		s, ok := unquote(raw)
+		if !ok {
 			verr.add(p, "must be an RFC 3339 time string")
 			return
 		}
@@ -559,9 +677,9 @@ func canonicalObject(raw json.RawMessage) ([]byte, bool) {
 }
 
 func decodeCurrency(raw json.RawMessage, p string, verr *ValidationError) string {
-	var s string
+	s, ok := unquote(raw)
 	switch {
-	case json.Unmarshal(raw, &s) != nil:
+	case !ok:
 		verr.add(p, "must be a string")
 	case !ValidCurrency(s):
 		verr.add(p, "must be an ISO 4217 currency code such as \"EUR\"")
@@ -572,8 +690,8 @@ func decodeCurrency(raw json.RawMessage, p string, verr *ValidationError) string
 }
 
 func decodeUUID(raw json.RawMessage, p string, verr *ValidationError) string {
-	var s string
-	if json.Unmarshal(raw, &s) != nil {
+	s, ok := unquote(raw)
+	if !ok {
 		verr.add(p, "must be a string")
 		return ""
 	}
@@ -585,8 +703,8 @@ func decodeUUID(raw json.RawMessage, p string, verr *ValidationError) string {
 }
 
 func decodeAccountID(raw json.RawMessage, p string, verr *ValidationError) string {
-	var s string
-	if json.Unmarshal(raw, &s) != nil {
+	s, ok := unquote(raw)
+	if !ok {
 		verr.add(p, "must be a string")
 		return ""
 	}

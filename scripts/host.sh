@@ -31,6 +31,7 @@ current() { cat "/proc/sys/vm/$1" 2>/dev/null || echo "?"; }
 
 cmd_check() {
   local rc=0 kv name want have
+  [[ -d /proc/sys/vm ]] || { log "no /proc/sys/vm (not Linux): nothing to check"; return 0; }
   for kv in "${WANTED[@]}"; do
     name=${kv%%=*}; want=${kv#*=}; have=$(current "$name")
     if [[ "$have" == "$want" ]]; then
