@@ -401,34 +401,38 @@ func (l *lane) check(laneCtx context.Context) {
 
 // verifyAnchors reads back, for each partition of parts, the record its
 // stored anchor names, and halts the partition when the log no longer
-// holds it. It returns false when Kafka could not tell. The records are
-// read all at once: the lane applies nothing meanwhile, and one fetch
-// after another over twelve partitions held it up to 100 ms.
+// holds it. It returns false when Kafka could not tell for one of them;
+// the others are judged all the same, so a partition whose record cannot
+// be read never holds back another's halt. The records are read all at
+// once: the lane applies nothing meanwhile, and one fetch after another
+// over twelve partitions held it up to 100 ms.
 func (l *lane) verifyAnchors(ctx context.Context, states map[int]ledger.Stored, parts []int) bool {
 	first, end, err := l.f.Bounds(ctx, parts)
 	if err != nil {
 		return false
 	}
-	hashes := make([][]byte, len(parts))
-	g, gctx := errgroup.WithContext(ctx)
+	hashes, unread := make([][]byte, len(parts)), make([]bool, len(parts))
+	var g errgroup.Group // no shared cancellation: one failed read does not fail the others
 	for i, p := range parts {
 		if old := states[p].Anchor; anchorCheckable(l.pos[p], old, first[p], end[p]) {
 			g.Go(func() (err error) {
-				hashes[i], err = l.recordHashAt(gctx, p, old.Offset)
+				hashes[i], err = l.recordHashAt(ctx, p, old.Offset)
+				unread[i] = err != nil
 				return err
 			})
 		}
 	}
-	if g.Wait() != nil {
-		return false
-	}
+	told := g.Wait() == nil
 	for i, p := range parts {
+		if unread[i] {
+			continue // Kafka could not tell: judged at the next move
+		}
 		old, got := states[p].Anchor, hashes[i]
 		if reason := logVerdict(l.pos[p], old, first[p], end[p], got); reason != "" {
 			_ = l.halt(ctx, p, ledger.Halt{At: time.Now().UTC(), Reason: reason + "; records of the new log may have been applied since", LogStart: first[p], LogEnd: end[p]})
 		}
 	}
-	return true
+	return told
 }
 
 // changedUnder returns a partition whose row says other than the lane

@@ -351,8 +351,9 @@ func skipSpace(data []byte, i int) int {
 	return i
 }
 
-// stringEnd returns the index just past the valid JSON string that starts
-// at data[i].
+// stringEnd returns the index just past the JSON string that starts at
+// data[i]. It checks no bound: data must have passed json.Valid, as in
+// scanObject, which guarantees the closing quote (and so for valueEnd).
 func stringEnd(data []byte, i int) int {
 	for j := i + 1; ; j++ {
 		switch data[j] {

@@ -45,15 +45,17 @@ cmd_check() {
 }
 
 cmd_apply() {
-  local kv name want
+  local kv name want was ratio
   [[ -d /proc/sys/vm ]] || { log "no /proc/sys/vm (not Linux): nothing to set"; return 0; }
   for kv in "${WANTED[@]}"; do
-    name=${kv%%=*}; want=${kv#*=}
-    if [[ "$(current "$name")" == "$want" ]]; then
+    name=${kv%%=*}; want=${kv#*=}; was=$(current "$name")
+    if [[ "$was" == "$want" ]]; then
       continue
     fi
+    # Setting the bytes zeroes the ratio: say how to go back to either.
+    ratio=$(current dirty_background_ratio)
     if { echo "$want" > "/proc/sys/vm/$name"; } 2>/dev/null; then
-      log "vm.$name set to $want (was the kernel's default; see docs/deployment.md)"
+      log "vm.$name set to $want until reboot (was $was, dirty_background_ratio $ratio; to restore: sysctl -w vm.dirty_background_ratio=$ratio, or vm.$name=$was; see docs/deployment.md)"
     else
       log "could not set vm.$name (read-only /proc/sys?): writeback stays bursty; see docs/deployment.md"
     fi

@@ -42,7 +42,8 @@ cmd_up() {
   local t0 kpid ppid krc=0 prc=0
   t0=$(now_ms)
   # The kernel's writeback (scripts/host.sh): set when we may, else said.
-  if [[ "${TXPIPE_HOST_TUNING:-on}" != off && "$(id -u)" == 0 ]]; then
+  case "${TXPIPE_HOST_TUNING:-on}" in off|0|false|no) local tuning=off ;; *) local tuning=on ;; esac
+  if [[ "$tuning" == on && "$(id -u)" == 0 ]]; then
     "$TXPIPE_SCRIPTS_DIR/host.sh" apply || true
   else
     "$TXPIPE_SCRIPTS_DIR/host.sh" check || true
