@@ -5,7 +5,7 @@
 #   scripts/host.sh apply   set them (needs root; sysctl -w, so until the next reboot)
 #
 # scripts/services.sh up runs `apply` when it runs as root (CI, a VM, a container
-# with a writable /proc/sys) unless TXPIPE_HOST_TUNING=off, and `check` otherwise.
+# with a writable /proc/sys) unless TXPIPE_HOST_TUNING is off (or 0, false, no), and `check` otherwise.
 #
 # Why (docs/deployment.md, "The host's writeback"): Linux starts writing dirty
 # page-cache pages back only past vm.dirty_background_ratio of memory (10 %: 2.4 GB

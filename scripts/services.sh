@@ -12,7 +12,7 @@
 #   export TXPIPE_DATABASE_URL=postgres://txpipe:txpipe@127.0.0.1:5433/txpipe?sslmode=disable
 #
 # up also sets the host's writeback (scripts/host.sh apply) when run as root, unless
-# TXPIPE_HOST_TUNING=off; otherwise it says what differs (scripts/host.sh check).
+# TXPIPE_HOST_TUNING is off (or 0, false, no); otherwise it says what differs (scripts/host.sh check).
 #
 # Ports follow KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093) and PG_PORT (5433);
 # see scripts/kafka.sh and scripts/postgres.sh for the rest.
