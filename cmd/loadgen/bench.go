@@ -688,9 +688,10 @@ func printHeadline(w io.Writer, rep report) {
 		fmt.Fprintf(w, "\n%s: ", r.Scenario)
 		if r.Scenario == "sustained-latency" {
 			fmt.Fprintf(w, "%d commands, p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms; worst %.0f-s window p99 %.1f ms at %.0f s%s; "+
-				"outbox %s at the start, at most %s in the first minute and %s in the last; txpipe all RSS %.1f → %.1f MiB (peak %.1f).\n",
+				"outbox %s at the start, at most %s in the first minute and %s in the last; txpipe all RSS %.1f → %.1f MiB (peak %.1f)%s.\n",
 				r.Commands, r.P50ms, r.P99ms, r.P999ms, st.WindowSeconds, st.WorstWindowP99ms, st.WorstWindowAtS, slowestText(st),
-				bytesText(st.OutboxBytesStart), minuteText(st.OutboxBytesFirstMinute), bytesText(st.OutboxBytesEnd), st.RSSStartMiB, st.RSSEndMiB, r.WorkerRSSMiB)
+				bytesText(st.OutboxBytesStart), minuteText(st.OutboxBytesFirstMinute), bytesText(st.OutboxBytesEnd), st.RSSStartMiB, st.RSSEndMiB, r.WorkerRSSMiB,
+				hostText(st))
 		} else {
 			fmt.Fprintf(w, "%d commands in %.0f s (%.0f/s); first minute %.0f/s, last minute %.0f/s; outbox %s → %s; txpipe all RSS %.1f → %.1f MiB (peak %.1f).\n",
 				r.Commands, r.Seconds, r.PerSecond, st.FirstMinutePerSecond, st.LastMinutePerSecond,
@@ -714,6 +715,21 @@ func opt(v float64) string {
 		return ""
 	}
 	return fmt.Sprintf("%.1f", v)
+}
+
+// hostText says how busy the host's CPUs were over the run and in its
+// worst window, or nothing when the host's counters were not read.
+func hostText(st *steady) string {
+	if st.Host == nil {
+		return ""
+	}
+	text := "; the host over the run: " + st.Host.String()
+	for _, w := range st.Windows {
+		if w.StartS == st.WorstWindowAtS && w.Host != nil {
+			text += "; in the worst window: " + w.Host.String()
+		}
+	}
+	return text
 }
 
 // slowestText says where the worst window's slowest command spent its

@@ -25,6 +25,8 @@ type window struct {
 	MaxMs    float64 `json:"max_ms"`
 	// Slowest is where the window's slowest command spent its time.
 	Slowest stages `json:"slowest"`
+	// Host is how busy the host's CPUs were in the window.
+	Host *hostCPU `json:"host_cpu,omitempty"`
 }
 
 // latencyWindows splits samples into windows of size by intended send time

@@ -3,7 +3,10 @@ package main
 import (
 	"fmt"
 	"os"
+	"sort"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // hostWriteback says how this host's kernel writes dirty pages back, from
@@ -31,4 +34,101 @@ func hostWriteback() string {
 	default:
 		return fmt.Sprintf("vm.dirty_background_ratio = %s %% of memory, the kernel's default: writeback in bursts (scripts/host.sh apply)", ratio)
 	}
+}
+
+// cpuReading is one reading of the host's CPU counters: how long some task
+// has waited for a CPU (/proc/pressure/cpu, "some"), and the ticks of
+// /proc/stat's cpu line spent busy, stolen by the hypervisor, and in all.
+type cpuReading struct {
+	at                        time.Time
+	waitedUs                  int64
+	busy, steal, total        int64
+	hasPressure, hasTickCount bool
+}
+
+// readCPU reads the host's counters; a counter the kernel does not expose
+// is left out (has* false) rather than read as zero.
+func readCPU() cpuReading {
+	r := cpuReading{at: time.Now()}
+	if b, err := os.ReadFile("/proc/pressure/cpu"); err == nil {
+		line, _, _ := strings.Cut(string(b), "\n")
+		if i := strings.Index(line, "total="); strings.HasPrefix(line, "some ") && i >= 0 {
+			if v, err := strconv.ParseInt(strings.TrimSpace(line[i+len("total="):]), 10, 64); err == nil {
+				r.waitedUs, r.hasPressure = v, true
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/stat"); err == nil {
+		line, _, _ := strings.Cut(string(b), "\n")
+		f := strings.Fields(line)
+		// cpu user nice system idle iowait irq softirq steal ...
+		if len(f) >= 9 && f[0] == "cpu" {
+			var v [8]int64
+			ok := true
+			for i := range v {
+				n, err := strconv.ParseInt(f[i+1], 10, 64)
+				ok = ok && err == nil
+				v[i] = n
+			}
+			if ok {
+				r.busy = v[0] + v[1] + v[2] + v[5] + v[6]
+				r.steal = v[7]
+				r.total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7]
+				r.hasTickCount = true
+			}
+		}
+	}
+	return r
+}
+
+// hostCPU is how busy the host's CPUs were between two readings, in
+// percent: Pressure is the share of the time some task waited for a CPU
+// (txpipe's own processes, PostgreSQL's, Kafka's, loadgen's and any other
+// tenant's alike), Busy the share of CPU time spent running, Steal the
+// share the hypervisor gave to other machines. A latency figure measured
+// while Pressure was high says as much about the host as about txpipe.
+// A field is -1 when the host does not expose its counter.
+type hostCPU struct {
+	PressurePct float64 `json:"cpu_pressure_pct"`
+	BusyPct     float64 `json:"cpu_busy_pct"`
+	StealPct    float64 `json:"cpu_steal_pct"`
+}
+
+func cpuBetween(a, b cpuReading) hostCPU {
+	h := hostCPU{PressurePct: -1, BusyPct: -1, StealPct: -1}
+	if d := b.at.Sub(a.at); a.hasPressure && b.hasPressure && d > 0 {
+		h.PressurePct = 100 * float64(b.waitedUs-a.waitedUs) / float64(d.Microseconds())
+	}
+	if t := b.total - a.total; a.hasTickCount && b.hasTickCount && t > 0 {
+		h.BusyPct = 100 * float64(b.busy-a.busy) / float64(t)
+		h.StealPct = 100 * float64(b.steal-a.steal) / float64(t)
+	}
+	return h
+}
+
+// cpuInWindow is the host's CPU over [from, to) from readings taken in
+// order: between the last reading at or before from and the first at or
+// after to (or the nearest there are), so that a window is never judged on
+// nothing.
+func cpuInWindow(rs []cpuReading, from, to time.Time) (hostCPU, bool) {
+	if len(rs) < 2 {
+		return hostCPU{}, false
+	}
+	i := sort.Search(len(rs), func(i int) bool { return rs[i].at.After(from) }) - 1
+	j := sort.Search(len(rs), func(j int) bool { return !rs[j].at.Before(to) })
+	i, j = max(i, 0), min(j, len(rs)-1)
+	if j <= i {
+		return hostCPU{}, false
+	}
+	return cpuBetween(rs[i], rs[j]), true
+}
+
+func (h hostCPU) String() string {
+	pct := func(v float64) string {
+		if v < 0 {
+			return "unknown"
+		}
+		return fmt.Sprintf("%.0f %%", v)
+	}
+	return fmt.Sprintf("CPU pressure %s, busy %s, stolen %s", pct(h.PressurePct), pct(h.BusyPct), pct(h.StealPct))
 }

@@ -334,3 +334,44 @@ func TestWindowsNameWhereTheSlowestCommandWent(t *testing.T) {
 		t.Errorf("slowestText = %q, want the 400 ms to the worker's decision", got)
 	}
 }
+
+func TestHostCPUInAWindow(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	// Some task waited 0.5 s in each of the first 10 s, then all the time;
+	// a quarter of the ticks busy and a tenth stolen throughout.
+	var rs []cpuReading
+	var waited int64
+	for s := 0; s <= 20; s++ {
+		rs = append(rs, cpuReading{at: at(s), waitedUs: waited, busy: int64(s) * 25, steal: int64(s) * 10, total: int64(s) * 100,
+			hasPressure: true, hasTickCount: true})
+		if s < 10 {
+			waited += 500_000
+		} else {
+			waited += 1_000_000
+		}
+	}
+	first, ok := cpuInWindow(rs, at(0), at(10))
+	if !ok || first.PressurePct != 50 || first.BusyPct != 25 || first.StealPct != 10 {
+		t.Fatalf("first window: %+v, %v; want pressure 50, busy 25, steal 10", first, ok)
+	}
+	second, ok := cpuInWindow(rs, at(10), at(20))
+	if !ok || second.PressurePct != 100 {
+		t.Fatalf("second window: %+v, %v; want pressure 100", second, ok)
+	}
+	// A window past the last reading is judged on the nearest readings.
+	if late, ok := cpuInWindow(rs, at(18), at(30)); !ok || late.PressurePct != 100 {
+		t.Fatalf("late window: %+v, %v; want pressure 100 from the last readings", late, ok)
+	}
+	if _, ok := cpuInWindow(rs[:1], at(0), at(10)); ok {
+		t.Fatal("one reading judged a window")
+	}
+	// A host without PSI: pressure unknown, not zero.
+	noPSI := []cpuReading{{at: at(0), hasTickCount: true}, {at: at(1), total: 100, busy: 50, hasTickCount: true}}
+	if h := cpuBetween(noPSI[0], noPSI[1]); h.PressurePct != -1 || h.BusyPct != 50 {
+		t.Fatalf("without PSI: %+v; want pressure -1 (unknown), busy 50", h)
+	}
+	if got := readCPU(); !got.hasTickCount && !got.hasPressure {
+		t.Log("this host exposes neither /proc/stat nor /proc/pressure/cpu")
+	}
+}

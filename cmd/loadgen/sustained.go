@@ -36,6 +36,11 @@ type steady struct {
 	// RSS of txpipe all when the measured period starts and ends.
 	RSSStartMiB float64 `json:"rss_start_mib,omitempty"`
 	RSSEndMiB   float64 `json:"rss_end_mib,omitempty"`
+	// Host is how busy the host's CPUs were over the measured period
+	// (sustained-latency; each window has its own too): the figures above
+	// depend on it, and on a shared machine it says whether a slow run was
+	// txpipe's doing or its neighbours'.
+	Host *hostCPU `json:"host_cpu,omitempty"`
 	// sustained-throughput: outcomes published per second in the first and
 	// the last minute.
 	FirstMinutePerSecond float64      `json:"first_minute_per_second,omitempty"`
@@ -108,6 +113,21 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 			}
 		}
 	})
+	var cpu []cpuReading
+	sampling.Go(func() {
+		cpu = append(cpu, readCPU())
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				cpu = append(cpu, readCPU())
+			case <-sampleCtx.Done():
+				cpu = append(cpu, readCPU())
+				return
+			}
+		}
+	})
 	lastProgress := time.Now()
 	openLoop(ctx, n, stream, 1, o.rate, send, l, func() {
 		if time.Since(lastProgress) > 10*time.Second {
@@ -132,6 +152,16 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 	st.Windows = latencyWindows(ss, start, size)
 	if w, ok := worstWindow(st.Windows, int(o.rate*size.Seconds()/2)); ok {
 		st.WorstWindowP99ms, st.WorstWindowAtS = w.P99ms, w.StartS
+	}
+	if len(cpu) >= 2 {
+		h := cpuBetween(cpu[0], cpu[len(cpu)-1])
+		st.Host = &h
+	}
+	for i, w := range st.Windows {
+		from := start.Add(time.Duration(w.StartS * float64(time.Second)))
+		if h, ok := cpuInWindow(cpu, from, from.Add(size)); ok {
+			st.Windows[i].Host = &h
+		}
 	}
 	f, err := os.Create(filepath.Join(o.out, "latency.png"))
 	if err != nil {
