@@ -33,8 +33,10 @@
 # logs/server.log (broker log, INFO), logs/kafka.out (JVM stdout/stderr),
 # logs/kafkaServer-gc.log (the JVM's collections and their pauses, as
 # Kafka's own kafka-run-class.sh keeps them: a latency spike on the topics
-# can be matched against them), kafka.pid.
-# The previous run's logs are kept as *.1.
+# can be matched against them; the JVM keeps at most ten files of 20 MB,
+# numbering the older ones .0 to .9 in turn, so the highest number is not
+# always the last run's), kafka.pid.
+# The previous run's server.log and kafka.out are kept as *.1.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -357,7 +359,7 @@ cmd_start() {
     -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
     -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -Djava.awt.headless=true \
     -Dkafka.logs.dir="$LOGS" -Dlog4j2.configurationFile="$CONF/log4j2.properties" \
-    -Xlog:gc*:file="$LOGS/kafkaServer-gc.log":time,uptime,level,tags:filecount=10,filesize=20M \
+    "-Xlog:gc*:file=$LOGS/kafkaServer-gc.log:time,uptime,level,tags:filecount=10,filesize=20M" \
     ${KAFKA_OPTS:-} \
     -cp "$LIBS/*" kafka.Kafka "$CONF/server.properties" \
     </dev/null >>"$LOGS/kafka.out" 2>&1 9>&- &

@@ -724,6 +724,9 @@ func hostText(st *steady) string {
 		return ""
 	}
 	text := "; the host over the run: " + st.Host.String()
+	if st.WorstWindowP99ms == 0 { // no window held enough commands to be judged
+		return text
+	}
 	for _, w := range st.Windows {
 		if w.StartS == st.WorstWindowAtS && w.Host != nil {
 			text += "; in the worst window: " + w.Host.String()
@@ -735,6 +738,9 @@ func hostText(st *steady) string {
 // slowestText says where the worst window's slowest command spent its
 // time (stages), or nothing when its outcome did not say.
 func slowestText(st *steady) string {
+	if st.WorstWindowP99ms == 0 {
+		return ""
+	}
 	for _, w := range st.Windows {
 		if w.StartS == st.WorstWindowAtS && w.Slowest != (stages{}) {
 			p := w.Slowest

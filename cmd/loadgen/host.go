@@ -51,34 +51,48 @@ type cpuReading struct {
 func readCPU() cpuReading {
 	r := cpuReading{at: time.Now()}
 	if b, err := os.ReadFile("/proc/pressure/cpu"); err == nil {
-		line, _, _ := strings.Cut(string(b), "\n")
-		if i := strings.Index(line, "total="); strings.HasPrefix(line, "some ") && i >= 0 {
-			if v, err := strconv.ParseInt(strings.TrimSpace(line[i+len("total="):]), 10, 64); err == nil {
-				r.waitedUs, r.hasPressure = v, true
-			}
-		}
+		r.waitedUs, r.hasPressure = parsePressure(string(b))
 	}
 	if b, err := os.ReadFile("/proc/stat"); err == nil {
-		line, _, _ := strings.Cut(string(b), "\n")
-		f := strings.Fields(line)
-		// cpu user nice system idle iowait irq softirq steal ...
-		if len(f) >= 9 && f[0] == "cpu" {
-			var v [8]int64
-			ok := true
-			for i := range v {
-				n, err := strconv.ParseInt(f[i+1], 10, 64)
-				ok = ok && err == nil
-				v[i] = n
-			}
-			if ok {
-				r.busy = v[0] + v[1] + v[2] + v[5] + v[6]
-				r.steal = v[7]
-				r.total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7]
-				r.hasTickCount = true
-			}
-		}
+		r.busy, r.steal, r.total, r.hasTickCount = parseStat(string(b))
 	}
 	return r
+}
+
+// parsePressure reads the "some" line's total (microseconds some task
+// waited) of a /proc/pressure file.
+func parsePressure(text string) (waitedUs int64, ok bool) {
+	line, _, _ := strings.Cut(text, "\n")
+	i := strings.Index(line, "total=")
+	if !strings.HasPrefix(line, "some ") || i < 0 {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(line[i+len("total="):]), 10, 64)
+	return v, err == nil
+}
+
+// parseStat reads /proc/stat's first line, the ticks of all CPUs:
+//
+//	cpu user nice system idle iowait irq softirq steal guest guest_nice
+//
+// busy is user, nice, system, irq and softirq; total adds idle, iowait and
+// steal. guest and guest_nice are already counted in user and nice.
+func parseStat(text string) (busy, steal, total int64, ok bool) {
+	line, _, _ := strings.Cut(text, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, 0, false
+	}
+	var v [8]int64
+	for i := range v {
+		n, err := strconv.ParseInt(f[i+1], 10, 64)
+		if err != nil {
+			return 0, 0, 0, false
+		}
+		v[i] = n
+	}
+	busy = v[0] + v[1] + v[2] + v[5] + v[6]
+	return busy, v[7], busy + v[3] + v[4] + v[7], true
 }
 
 // hostCPU is how busy the host's CPUs were between two readings, in
@@ -87,7 +101,8 @@ func readCPU() cpuReading {
 // tenant's alike), Busy the share of CPU time spent running, Steal the
 // share the hypervisor gave to other machines. A latency figure measured
 // while Pressure was high says as much about the host as about txpipe.
-// A field is -1 when the host does not expose its counter.
+// A field is -1 when the host does not expose its counter (results.json
+// keeps the -1: read it as unknown, not as a figure).
 type hostCPU struct {
 	PressurePct float64 `json:"cpu_pressure_pct"`
 	BusyPct     float64 `json:"cpu_busy_pct"`
@@ -106,17 +121,22 @@ func cpuBetween(a, b cpuReading) hostCPU {
 	return h
 }
 
-// cpuInWindow is the host's CPU over [from, to) from readings taken in
-// order: between the last reading at or before from and the first at or
-// after to (or the nearest there are), so that a window is never judged on
+// cpuInWindow is the host's CPU over [from, to] from readings taken in
+// order: between the first reading in the window and the last, so that
+// nothing outside it counts; when fewer than two readings fall in it,
+// between the nearest ones around it, so that a window is never judged on
 // nothing.
 func cpuInWindow(rs []cpuReading, from, to time.Time) (hostCPU, bool) {
 	if len(rs) < 2 {
 		return hostCPU{}, false
 	}
-	i := sort.Search(len(rs), func(i int) bool { return rs[i].at.After(from) }) - 1
-	j := sort.Search(len(rs), func(j int) bool { return !rs[j].at.Before(to) })
-	i, j = max(i, 0), min(j, len(rs)-1)
+	i := sort.Search(len(rs), func(i int) bool { return !rs[i].at.Before(from) })
+	j := sort.Search(len(rs), func(j int) bool { return rs[j].at.After(to) }) - 1
+	if j <= i { // widen to the readings around the window
+		i = sort.Search(len(rs), func(i int) bool { return rs[i].at.After(from) }) - 1
+		j = sort.Search(len(rs), func(j int) bool { return !rs[j].at.Before(to) })
+		i, j = max(i, 0), min(j, len(rs)-1)
+	}
 	if j <= i {
 		return hostCPU{}, false
 	}

@@ -371,6 +371,44 @@ func TestHostCPUInAWindow(t *testing.T) {
 	if h := cpuBetween(noPSI[0], noPSI[1]); h.PressurePct != -1 || h.BusyPct != 50 {
 		t.Fatalf("without PSI: %+v; want pressure -1 (unknown), busy 50", h)
 	}
+	// Readings off the whole seconds, as the sampler's are: a window is
+	// judged on the readings inside it, not on the second before or after.
+	// Some task waited all the time before 0.3 s and from 10.3 s, never in
+	// between.
+	var off []cpuReading
+	waited = 0
+	for s := -1; s <= 12; s++ {
+		off = append(off, cpuReading{at: at(s).Add(300 * time.Millisecond), waitedUs: waited, hasPressure: true})
+		if s < 0 || s >= 10 {
+			waited += 1_000_000
+		}
+	}
+	if inside, ok := cpuInWindow(off, at(0), at(10)); !ok || inside.PressurePct != 0 {
+		t.Fatalf("window between readings off the second: %+v, %v; want pressure 0 from the readings inside it", inside, ok)
+	}
+}
+
+func TestParseHostCounters(t *testing.T) {
+	stat := "cpu  100 5 50 800 20 3 2 10 40 0\ncpu0 50 2 25 400 10 1 1 5 20 0\n"
+	busy, steal, total, ok := parseStat(stat)
+	// busy: user 100 + nice 5 + system 50 + irq 3 + softirq 2; guest (40)
+	// is inside user already; total adds idle 800, iowait 20, steal 10.
+	if !ok || busy != 160 || steal != 10 || total != 990 {
+		t.Fatalf("parseStat: busy %d steal %d total %d ok %v; want 160, 10, 990, true", busy, steal, total, ok)
+	}
+	if _, _, _, ok := parseStat("cpu0 1 2 3\n"); ok {
+		t.Fatal("parseStat took a line that is not the cpu total")
+	}
+	if _, _, _, ok := parseStat("cpu 1 2 x 4 5 6 7 8\n"); ok {
+		t.Fatal("parseStat took a field that is not a number")
+	}
+	psi := "some avg10=72.10 avg60=71.06 avg300=47.66 total=245819628\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+	if v, ok := parsePressure(psi); !ok || v != 245819628 {
+		t.Fatalf("parsePressure: %d, %v; want 245819628, true", v, ok)
+	}
+	if _, ok := parsePressure("full avg10=0.00 total=5\n"); ok {
+		t.Fatal("parsePressure took the full line for the some line")
+	}
 	if got := readCPU(); !got.hasTickCount && !got.hasPressure {
 		t.Log("this host exposes neither /proc/stat nor /proc/pressure/cpu")
 	}
