@@ -7,6 +7,7 @@ import (
 	"image/png"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -68,8 +69,8 @@ func TestLatencyWindows(t *testing.T) {
 	// second for each earlier window.
 	for s := range 25 {
 		for i := range 100 {
-			ss = append(ss, sample{sent: start.Add(time.Duration(s)*time.Second + time.Duration(i)*10*time.Millisecond),
-				latency: time.Duration(i+1)*time.Millisecond + time.Duration(s/10)*time.Second})
+			ss = append(ss, newSample(start.Add(time.Duration(s)*time.Second+time.Duration(i)*10*time.Millisecond),
+				time.Duration(i+1)*time.Millisecond+time.Duration(s/10)*time.Second, stages{}))
 		}
 	}
 	ws := latencyWindows(ss, start, 10*time.Second)
@@ -321,17 +322,21 @@ func TestWindowsNameWhereTheSlowestCommandWent(t *testing.T) {
 		t.Errorf("split without the command record's time = %+v, want zero", got)
 	}
 	ss := []sample{
-		{sent: at, latency: ms(10), parts: stages{IngestMs: 2, WorkerMs: 5, RelayMs: 2, ConsumeMs: 1}},
-		{sent: at.Add(ms(1)), latency: ms(423), parts: slow},
-		{sent: at.Add(ms(2)), latency: ms(30), parts: stages{IngestMs: 1, WorkerMs: 20, RelayMs: 8, ConsumeMs: 1}},
+		newSample(at, ms(10), stages{IngestMs: 2, WorkerMs: 5, RelayMs: 2, ConsumeMs: 1}),
+		newSample(at.Add(ms(1)), ms(423), slow),
+		newSample(at.Add(ms(2)), ms(30), stages{IngestMs: 1, WorkerMs: 20, RelayMs: 8, ConsumeMs: 1}),
 	}
 	ws := latencyWindows(ss, at, 10*time.Second)
 	if len(ws) != 1 || ws[0].Slowest != slow {
 		t.Fatalf("windows = %+v, want one whose slowest is %+v", ws, slow)
 	}
-	st := &steady{Windows: ws, WorstWindowAtS: 0}
+	st := &steady{Windows: ws, WorstWindowAtS: 0, WorstWindowP99ms: ws[0].P99ms}
 	if got := slowestText(st); !strings.Contains(got, "400 ms to the worker's decision") {
 		t.Errorf("slowestText = %q, want the 400 ms to the worker's decision", got)
+	}
+	// No window judged (too few commands in each): nothing is named.
+	if got := slowestText(&steady{Windows: ws}); got != "" {
+		t.Errorf("slowestText without a worst window = %q, want nothing", got)
 	}
 }
 
@@ -411,5 +416,37 @@ func TestParseHostCounters(t *testing.T) {
 	}
 	if got := readCPU(); !got.hasTickCount && !got.hasPressure {
 		t.Log("this host exposes neither /proc/stat nor /proc/pressure/cpu")
+	}
+}
+
+// TestSamplesHoldNoPointers: a soak keeps millions of samples, and the
+// collector scans any that hold a pointer (a time.Time does) at every
+// cycle; they must stay plain values, and keep their send time exactly.
+func TestSamplesHoldNoPointers(t *testing.T) {
+	var walk func(reflect.Type) bool
+	walk = func(ty reflect.Type) bool {
+		switch ty.Kind() {
+		case reflect.Struct:
+			for i := range ty.NumField() {
+				if !walk(ty.Field(i).Type) {
+					return false
+				}
+			}
+			return true
+		case reflect.Array:
+			return walk(ty.Elem())
+		case reflect.Pointer, reflect.UnsafePointer, reflect.String, reflect.Slice, reflect.Map,
+			reflect.Interface, reflect.Chan, reflect.Func:
+			return false
+		default:
+			return true
+		}
+	}
+	if !walk(reflect.TypeFor[sample]()) {
+		t.Fatal("sample holds a pointer: the collector would scan every sample of a soak")
+	}
+	at := time.Now().Add(-90 * time.Minute)
+	if s := newSample(at, time.Second, stages{}); !s.sent().Equal(at) {
+		t.Fatalf("sent() = %v, want %v", s.sent(), at)
 	}
 }

@@ -166,7 +166,7 @@ func runLoad(ctx context.Context, o loadOptions) error {
 	default:
 		return fmt.Errorf("--mode %q: want http, batch or kafka", o.mode)
 	}
-	l := newLatencies()
+	l := newLatencies(o.n)
 	stop, err := watchOutcomes(ctx, o.brokers, client, o.eventsTopic, l)
 	if err != nil {
 		return err

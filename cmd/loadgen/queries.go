@@ -175,7 +175,7 @@ func queryBench(ctx context.Context, o benchOptions, client *kafka.Client) ([]re
 			if err := getOK(ctx, hc, "http://"+ingest.http+k.path(draw()), s.key); err != nil {
 				return nil, fmt.Errorf("%s: %w", k.name, err)
 			}
-			ss = append(ss, sample{sent: began, latency: time.Since(began)})
+			ss = append(ss, newSample(began, time.Since(began), stages{}))
 		}
 		out = append(out, result{Scenario: "query:" + k.name, Commands: n, P50ms: ms(percentile(ss, 0.5)), P99ms: ms(percentile(ss, 0.99)),
 			Note: fmt.Sprintf("%d transfers in the database", transfers)})

@@ -69,7 +69,7 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 	}
 	sc, closeClient := freshClient(o.brokers)
 	defer closeClient()
-	l := newLatencies()
+	l := newLatencies(int(o.rate * (d + time.Minute).Seconds())) // room for the run and a minute's backlog
 	stop, err := watchOutcomes(ctx, o.brokers, sc, s.topics["events"], l)
 	if err != nil {
 		return result{}, err
@@ -77,7 +77,7 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 	defer stop()
 	send := httpSender("http://"+all.http, s.key)
 	stream := wl.stream()
-	warm := newLatencies()
+	warm := newLatencies(0)
 	warmN := int(warmUp.Seconds() * o.rate)
 	openLoop(ctx, warmN, stream, 1, o.rate, send, warm, nil)
 	if err := waitFor(ctx, sc, s.topics["events"], int64(warmN), o.log); err != nil {
@@ -217,7 +217,7 @@ func sustainedThroughput(ctx context.Context, o benchOptions, client *kafka.Clie
 	}
 	sc, closeClient := freshClient(o.brokers)
 	defer closeClient()
-	l := newLatencies()
+	l := newLatencies(0)
 	stop, err := watchOutcomes(ctx, o.brokers, sc, s.topics["events"], l)
 	if err != nil {
 		return result{}, err
@@ -285,7 +285,7 @@ func sustainedThroughput(ctx context.Context, o benchOptions, client *kafka.Clie
 	st.WindowSeconds = size.Seconds()
 	completed := make([]time.Time, len(ss))
 	for i, x := range ss {
-		completed[i] = x.sent.Add(x.latency)
+		completed[i] = x.sent().Add(x.latency)
 	}
 	st.Rates = rateWindows(start, d, size, acceptedAt, throughputBatch, completed)
 	st.FirstMinutePerSecond = countIn(completed, start, start.Add(time.Minute)) / 60
