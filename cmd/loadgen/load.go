@@ -108,9 +108,9 @@ type sample struct {
 // no pointer (a time.Time holds one), so the collector does not scan the
 // millions of them a soak keeps: it did, and every growth of the slice
 // (each a quarter more) held the latencies' lock for the copy while the
-// collector marked the lot, stalling loadgen's own sends and reads for a
-// third of a second at the same offsets of every soak (830, 1 040,
-// 1 310, 1 640 s).
+// collector marked the lot, and the soaks' worst windows (0.2–2.8 s)
+// fell at those growths, at the same offsets of every soak (540, 670,
+// 830, 1 040, 1 310, 1 640 s at 1 000/s).
 var clockBase = time.Now()
 
 func newSample(sent time.Time, latency time.Duration, parts stages) sample {
@@ -145,10 +145,16 @@ func split(at, accepted, decided, published, now time.Time) stages {
 
 // newLatencies expects about n outcomes (0: unknown): a run that knows
 // its count gets the room for all of them at once, so no growth of the
-// slice lands in the middle of its measurement.
+// slice lands in the middle of its measurement. n is a hint: a negative
+// one reserves nothing, and at most maxReservedSamples are reserved.
 func newLatencies(n int) *latencies {
+	n = min(max(n, 0), maxReservedSamples)
 	return &latencies{intended: make(map[string]time.Time), samples: make([]sample, 0, n)}
 }
+
+// maxReservedSamples bounds what a run reserves up front: 384 MiB of
+// samples, a soak of over two hours at 1 000/s.
+const maxReservedSamples = 1 << 23
 
 func (l *latencies) expect(id string, at time.Time) {
 	l.mu.Lock()

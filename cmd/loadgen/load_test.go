@@ -445,8 +445,19 @@ func TestSamplesHoldNoPointers(t *testing.T) {
 	if !walk(reflect.TypeFor[sample]()) {
 		t.Fatal("sample holds a pointer: the collector would scan every sample of a soak")
 	}
-	at := time.Now().Add(-90 * time.Minute)
-	if s := newSample(at, time.Second, stages{}); !s.sent().Equal(at) {
-		t.Fatalf("sent() = %v, want %v", s.sent(), at)
+	for _, at := range []time.Time{
+		time.Now().Add(-90 * time.Minute),                      // with a monotonic reading: Sub compares those
+		time.Now().Add(-90 * time.Minute).Round(0),             // without one: Sub compares the wall times
+		time.Date(2026, 12, 1, 11, 12, 0, 123456789, time.UTC), // a test's fixed time
+	} {
+		if s := newSample(at, time.Second, stages{}); s.sent().Sub(at) != 0 {
+			t.Fatalf("sent() = %v, want %v", s.sent(), at)
+		}
+	}
+	if l := newLatencies(-5); cap(l.samples) != 0 {
+		t.Fatalf("a negative hint reserved %d samples", cap(l.samples))
+	}
+	if l := newLatencies(1 << 40); cap(l.samples) != maxReservedSamples {
+		t.Fatalf("a huge hint reserved %d samples, want the bound %d", cap(l.samples), maxReservedSamples)
 	}
 }
