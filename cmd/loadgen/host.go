@@ -122,16 +122,18 @@ func cpuBetween(a, b cpuReading) hostCPU {
 }
 
 // cpuInWindow is the host's CPU over [from, to] from readings taken in
-// order: between the first reading in the window and the last, so that
-// nothing outside it counts; when fewer than two readings fall in it,
-// between the nearest ones around it, so that a window is never judged on
-// nothing.
+// order: from the first reading at or after from to the first at or after
+// to (the last one when the run ended first), so that consecutive windows
+// share their boundary reading and together cover every second of the run
+// once, each shifted by the sampler's lag after the whole second; when no
+// two readings span it that way, between the nearest ones around it, so
+// that a window is never judged on nothing.
 func cpuInWindow(rs []cpuReading, from, to time.Time) (hostCPU, bool) {
 	if len(rs) < 2 {
 		return hostCPU{}, false
 	}
 	i := sort.Search(len(rs), func(i int) bool { return !rs[i].at.Before(from) })
-	j := sort.Search(len(rs), func(j int) bool { return rs[j].at.After(to) }) - 1
+	j := min(sort.Search(len(rs), func(j int) bool { return !rs[j].at.Before(to) }), len(rs)-1)
 	if j <= i { // widen to the readings around the window
 		i = sort.Search(len(rs), func(i int) bool { return rs[i].at.After(from) }) - 1
 		j = sort.Search(len(rs), func(j int) bool { return !rs[j].at.Before(to) })

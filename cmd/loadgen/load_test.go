@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"image/png"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -253,6 +254,24 @@ func TestHeadline(t *testing.T) {
 	}
 }
 
+// TestHeadlineWithoutAJudgedWindow: a run in which no window had outcomes
+// for half its commands misses the worst-window target, whatever its
+// (empty) worst window says.
+func TestHeadlineWithoutAJudgedWindow(t *testing.T) {
+	o := benchOptions{rate: 1000, sustained: 10 * time.Minute, throughputFor: 5 * time.Minute}
+	byName := map[string]result{"sustained-latency": {P99ms: 45, Steady: &steady{WindowSeconds: 10}}}
+	for _, tg := range headline(byName, map[string]float64{}, o) {
+		if !strings.HasPrefix(tg.Name, "worst ") {
+			continue
+		}
+		if !tg.Measured || tg.Pass || tg.Shown != noWindowJudged {
+			t.Fatalf("%s: measured %v, pass %v, shown %q; want a measured miss shown as %q", tg.Name, tg.Measured, tg.Pass, tg.Shown, noWindowJudged)
+		}
+		return
+	}
+	t.Fatal("no worst-window target in the headline")
+}
+
 func TestEvenTicks(t *testing.T) {
 	for _, c := range []struct {
 		lo, hi float64
@@ -391,6 +410,26 @@ func TestHostCPUInAWindow(t *testing.T) {
 	if inside, ok := cpuInWindow(off, at(0), at(10)); !ok || inside.PressurePct != 0 {
 		t.Fatalf("window between readings off the second: %+v, %v; want pressure 0 from the readings inside it", inside, ok)
 	}
+	// Consecutive windows share their boundary reading, so a burst in the
+	// second between a window's last reading inside it and the next
+	// window's first counts in exactly one of them.
+	var edge []cpuReading
+	waited = 0
+	for s := 0; s <= 21; s++ {
+		edge = append(edge, cpuReading{at: at(s).Add(300 * time.Millisecond), waitedUs: waited, hasPressure: true})
+		if s == 9 { // some task waited all of 9.3–10.3 s
+			waited += 1_000_000
+		}
+	}
+	w1, ok1 := cpuInWindow(edge, at(0), at(10))
+	w2, ok2 := cpuInWindow(edge, at(10), at(20))
+	if !ok1 || !ok2 || w1.PressurePct != 10 || w2.PressurePct != 0 {
+		t.Fatalf("burst at the boundary: first %+v (%v), second %+v (%v); want 10 %% in the first and 0 in the second", w1, ok1, w2, ok2)
+	}
+	// A window between two readings is judged on the two around it.
+	if h, ok := cpuInWindow(rs, at(10).Add(200*time.Millisecond), at(10).Add(800*time.Millisecond)); !ok || h.PressurePct != 100 {
+		t.Fatalf("window inside one second: %+v, %v; want pressure 100 from the readings at 10 and 11 s", h, ok)
+	}
 }
 
 func TestParseHostCounters(t *testing.T) {
@@ -454,10 +493,56 @@ func TestSamplesHoldNoPointers(t *testing.T) {
 			t.Fatalf("sent() = %v, want %v", s.sent(), at)
 		}
 	}
-	if l := newLatencies(-5); cap(l.samples) != 0 {
-		t.Fatalf("a negative hint reserved %d samples", cap(l.samples))
+}
+
+// TestSamplesInChunks: samples past a chunk go to a new one, the chunks
+// already full are never copied, and the count and the snapshot see every
+// sample in order.
+func TestSamplesInChunks(t *testing.T) {
+	l := newLatencies()
+	n := 2*sampleChunk + 7
+	var first *sample
+	for i := range n {
+		l.add(sample{latency: time.Duration(i)})
+		if i == 0 {
+			first = &l.chunks[0][0]
+		}
 	}
-	if l := newLatencies(1 << 40); cap(l.samples) != maxReservedSamples {
-		t.Fatalf("a huge hint reserved %d samples, want the bound %d", cap(l.samples), maxReservedSamples)
+	if got := l.done(); got != n {
+		t.Fatalf("done() = %d, want %d", got, n)
+	}
+	if len(l.chunks) != 3 || &l.chunks[0][0] != first {
+		t.Fatalf("%d chunks, first moved %v; want 3 chunks and the first where it was", len(l.chunks), &l.chunks[0][0] != first)
+	}
+	ss := l.snapshot()
+	if len(ss) != n {
+		t.Fatalf("snapshot has %d samples, want %d", len(ss), n)
+	}
+	for i, s := range ss {
+		if s.latency != time.Duration(i) {
+			t.Fatalf("snapshot[%d].latency = %v, want %v", i, s.latency, time.Duration(i))
+		}
+	}
+	if newLatencies().done() != 0 || len(newLatencies().snapshot()) != 0 {
+		t.Fatal("an empty collection has samples")
+	}
+}
+
+// TestRateRefused: a rate that is not a positive, finite number of commands
+// a second is refused before anything is sent, in both subcommands.
+func TestRateRefused(t *testing.T) {
+	for _, r := range []string{"0", "-5", "NaN", "+Inf", "1e300"} {
+		for _, args := range [][]string{
+			{"run", "--rate", r, "--api-key", "k"},
+			{"bench", "--rate", r, "--database-url", "postgres://nowhere/x"},
+		} {
+			err := run(context.Background(), args, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), "--rate must be") {
+				t.Errorf("loadgen %v: err %v, want the rate refused", args, err)
+			}
+		}
+	}
+	if err := checkRate(1000); err != nil {
+		t.Errorf("checkRate(1000) = %v, want nil", err)
 	}
 }

@@ -77,6 +77,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if *dbURL == "" {
 			return errors.New("--database-url (TXPIPE_DATABASE_URL) is required")
 		}
+		if err := checkRate(*rate); err != nil {
+			return err
+		}
 		if *preload < 0 || *sustained < 0 || *throughputFor < 0 {
 			return errors.New("--preload-commands, --sustained-duration and --throughput-duration must not be negative")
 		}
@@ -110,6 +113,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if err := envflag.Parse(fs, args[1:], os.LookupEnv); err != nil {
 			return err
 		}
+		if err := checkRate(*rate); err != nil {
+			return err
+		}
+		if *total < 0 || *duration < 0 {
+			return errors.New("--total and --duration must not be negative")
+		}
 		n := *total
 		if n == 0 {
 			n = int(*rate * duration.Seconds())
@@ -122,6 +131,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			n:  n, rate: *rate, setup: *setup, commandsTopic: *commands, eventsTopic: *events, out: *out, log: stderr})
 	}
 	return errors.New(usage)
+}
+
+// maxRate bounds --rate: an open loop this machine could not offer, and
+// far from where a float's conversion to a count of commands overflows.
+const maxRate = 1_000_000
+
+// checkRate refuses a rate that is not a positive, finite number of
+// commands a second, rather than sending nothing or a garbled count.
+func checkRate(r float64) error {
+	if !(r > 0 && r <= maxRate) { // also refuses NaN
+		return fmt.Errorf("--rate must be above 0 and at most %d commands a second, not %v", maxRate, r)
+	}
+	return nil
 }
 
 type loadOptions struct {
@@ -166,7 +188,7 @@ func runLoad(ctx context.Context, o loadOptions) error {
 	default:
 		return fmt.Errorf("--mode %q: want http, batch or kafka", o.mode)
 	}
-	l := newLatencies(o.n)
+	l := newLatencies()
 	stop, err := watchOutcomes(ctx, o.brokers, client, o.eventsTopic, l)
 	if err != nil {
 		return err

@@ -69,7 +69,7 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 	}
 	sc, closeClient := freshClient(o.brokers)
 	defer closeClient()
-	l := newLatencies(int(o.rate * (d + time.Minute).Seconds())) // room for the run and a minute's backlog
+	l := newLatencies()
 	stop, err := watchOutcomes(ctx, o.brokers, sc, s.topics["events"], l)
 	if err != nil {
 		return result{}, err
@@ -77,7 +77,7 @@ func sustainedLatency(ctx context.Context, o benchOptions, client *kafka.Client,
 	defer stop()
 	send := httpSender("http://"+all.http, s.key)
 	stream := wl.stream()
-	warm := newLatencies(0)
+	warm := newLatencies()
 	warmN := int(warmUp.Seconds() * o.rate)
 	openLoop(ctx, warmN, stream, 1, o.rate, send, warm, nil)
 	if err := waitFor(ctx, sc, s.topics["events"], int64(warmN), o.log); err != nil {
@@ -219,7 +219,7 @@ func sustainedThroughput(ctx context.Context, o benchOptions, client *kafka.Clie
 	defer closeClient()
 	// Room for 8 000 outcomes a second (this machine reaches ~5 000), so
 	// the slice does not grow under the reader's lock mid-run.
-	l := newLatencies(int(8000 * d.Seconds()))
+	l := newLatencies()
 	stop, err := watchOutcomes(ctx, o.brokers, sc, s.topics["events"], l)
 	if err != nil {
 		return result{}, err
