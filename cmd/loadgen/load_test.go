@@ -395,10 +395,10 @@ func TestHostCPUInAWindow(t *testing.T) {
 	if h := cpuBetween(noPSI[0], noPSI[1]); h.PressurePct != -1 || h.BusyPct != 50 {
 		t.Fatalf("without PSI: %+v; want pressure -1 (unknown), busy 50", h)
 	}
-	// Readings off the whole seconds, as the sampler's are: a window is
-	// judged on the readings inside it, not on the second before or after.
-	// Some task waited all the time before 0.3 s and from 10.3 s, never in
-	// between.
+	// Readings off the whole seconds, as the sampler's are: a window runs
+	// from its first reading (0.3 s) to the next window's first (10.3 s),
+	// not from the reading before it. Some task waited all the time before
+	// 0.3 s and from 10.3 s, never in between.
 	var off []cpuReading
 	waited = 0
 	for s := -1; s <= 12; s++ {
@@ -531,7 +531,7 @@ func TestSamplesInChunks(t *testing.T) {
 // TestRateRefused: a rate that is not a positive, finite number of commands
 // a second is refused before anything is sent, in both subcommands.
 func TestRateRefused(t *testing.T) {
-	for _, r := range []string{"0", "-5", "NaN", "+Inf", "1e300"} {
+	for _, r := range []string{"0", "-5", "0.0001", "NaN", "+Inf", "1e300"} {
 		for _, args := range [][]string{
 			{"run", "--rate", r, "--api-key", "k"},
 			{"bench", "--rate", r, "--database-url", "postgres://nowhere/x"},

@@ -133,15 +133,22 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	return errors.New(usage)
 }
 
-// maxRate bounds --rate: an open loop this machine could not offer, and
-// far from where a float's conversion to a count of commands overflows.
-const maxRate = 1_000_000
+// minRate and maxRate bound --rate. The open loop schedules command i at
+// i/rate seconds, in an int64 of nanoseconds: at 0.01 a second that holds
+// 92 million commands (29 years), where a rate of 1e-12 overflowed at the
+// second command. Above a million a second is a load this tool could not
+// offer.
+const (
+	minRate = 0.01
+	maxRate = 1_000_000
+)
 
-// checkRate refuses a rate that is not a positive, finite number of
-// commands a second, rather than sending nothing or a garbled count.
+// checkRate refuses a rate that is not a finite number of commands a
+// second within those bounds, rather than sending nothing or a garbled
+// schedule.
 func checkRate(r float64) error {
-	if !(r > 0 && r <= maxRate) { // also refuses NaN
-		return fmt.Errorf("--rate must be above 0 and at most %d commands a second, not %v", maxRate, r)
+	if !(r >= minRate && r <= maxRate) { // also refuses NaN
+		return fmt.Errorf("--rate must be between %v and %d commands a second, not %v", minRate, maxRate, r)
 	}
 	return nil
 }
