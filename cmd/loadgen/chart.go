@@ -35,9 +35,10 @@ func latencyWindows(ss []sample, start time.Time, size time.Duration) []window {
 	buckets := map[int][]time.Duration{}
 	slowest := map[int]sample{}
 	for _, s := range ss {
-		b := int(s.sent().Sub(start) / size)
-		if s.sent().Before(start) {
-			b = -1 - int(start.Sub(s.sent())/size)
+		sent := s.sent()
+		b := int(sent.Sub(start) / size)
+		if sent.Before(start) {
+			b = -1 - int(start.Sub(sent)/size)
 		}
 		buckets[b] = append(buckets[b], s.latency)
 		if s.latency > slowest[b].latency {

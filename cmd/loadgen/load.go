@@ -104,13 +104,10 @@ type sample struct {
 	parts   stages // where latency went, when the outcome says (zero otherwise)
 }
 
-// clockBase is what samples count their send times from. A sample holds
-// no pointer (a time.Time holds one), so the collector does not scan the
-// millions of them a soak keeps: it did, and every growth of the slice
-// (each a quarter more) held the latencies' lock for the copy while the
-// collector marked the lot, and the soaks' worst windows (0.2–2.8 s)
-// fell at those growths, at the same offsets of every soak (540, 670,
-// 830, 1 040, 1 310, 1 640 s at 1 000/s).
+// clockBase is what samples count their send times from, so that a
+// sample holds no pointer (a time.Time holds one) and the collector does
+// not mark the millions of them a soak keeps (see sampleChunk for the
+// stalls that did).
 var clockBase = time.Now()
 
 func newSample(sent time.Time, latency time.Duration, parts stages) sample {
@@ -143,10 +140,7 @@ func split(at, accepted, decided, published, now time.Time) stages {
 	return stages{IngestMs: ms(accepted.Sub(at)), WorkerMs: ms(decided.Sub(accepted)), RelayMs: ms(published.Sub(decided)), ConsumeMs: ms(now.Sub(published))}
 }
 
-// newLatencies is an empty collection of latencies.
-func newLatencies() *latencies {
-	return &latencies{intended: make(map[string]time.Time)}
-}
+func newLatencies() *latencies { return &latencies{intended: make(map[string]time.Time)} }
 
 // sampleChunk is how many samples a chunk holds (3 MiB of them). Samples
 // are kept in chunks that never move, not in one slice: a slice that grows

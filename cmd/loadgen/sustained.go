@@ -217,8 +217,6 @@ func sustainedThroughput(ctx context.Context, o benchOptions, client *kafka.Clie
 	}
 	sc, closeClient := freshClient(o.brokers)
 	defer closeClient()
-	// Room for 8 000 outcomes a second (this machine reaches ~5 000), so
-	// the slice does not grow under the reader's lock mid-run.
 	l := newLatencies()
 	stop, err := watchOutcomes(ctx, o.brokers, sc, s.topics["events"], l)
 	if err != nil {
